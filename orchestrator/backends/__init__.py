@@ -1,0 +1,1 @@
+"""Backends: where a job runs (local Ray, a remote Ray cluster, Kubernetes)."""

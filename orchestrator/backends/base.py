@@ -1,0 +1,92 @@
+"""The backend interface and the registry that picks a backend by name.
+
+A backend turns a validated :class:`JobSpec` into running work. Every backend has a dry run
+(``dry_run`` returns the exact request it would send) separate from ``submit`` (TorchX's
+``dryrun`` / ``schedule`` split), and answers ``status``, ``logs`` and ``cancel`` by job id.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from orchestrator.errors import UsageError
+from orchestrator.settings import Settings
+from orchestrator.spec.models import JobSpec
+from orchestrator.store import JobRecord
+
+
+class EventHandler(Protocol):
+    """Receives the driver's view of a running job (the terminal UI implements this)."""
+
+    def on_start(self, record: JobRecord, info: dict[str, Any]) -> None: ...
+
+    def on_event(self, event: dict[str, Any]) -> None: ...
+
+    def on_finish(self, record: JobRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """How to submit: in the foreground with live events, or detached."""
+
+    detach: bool = False
+    spec_path: str | None = None
+    metrics_port: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """What every backend offers."""
+
+    name: str
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @abstractmethod
+    def dry_run(self, spec: JobSpec, options: SubmitOptions) -> dict[str, Any]:
+        """The exact request ``submit`` would make, as plain data. Starts nothing."""
+
+    @abstractmethod
+    def submit(
+        self, spec: JobSpec, options: SubmitOptions, events: EventHandler | None = None
+    ) -> JobRecord:
+        """Start the job; in the foreground, block until it ends and return the final record."""
+
+    @abstractmethod
+    def status(self, job_id: str) -> JobRecord: ...
+
+    @abstractmethod
+    def list(self, limit: int = 100) -> list[JobRecord]: ...
+
+    @abstractmethod
+    def logs(self, job_id: str, follow: bool = False) -> Iterator[str]: ...
+
+    @abstractmethod
+    def cancel(self, job_id: str) -> JobRecord: ...
+
+
+_REGISTRY: dict[str, str] = {
+    "local": "orchestrator.backends.local:LocalBackend",
+}
+
+
+def backend_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_backend(name: str, settings: Settings) -> Backend:
+    """Instantiate a backend by name (modules load only when chosen)."""
+    target = _REGISTRY.get(name)
+    if target is None:
+        raise UsageError(
+            f"unknown backend {name!r}", fix=f"use one of: {', '.join(backend_names())}"
+        )
+    module_name, cls_name = target.split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    backend: Backend = cls(settings)
+    return backend

@@ -1,0 +1,203 @@
+"""The local backend: jobs run on this machine, on a Ray instance the driver embeds.
+
+No set-up: the driver calls ``ray.init()`` itself. In the foreground the CLI process is the
+driver; with ``--detach`` a background process (``orchestrator _driver JOB``) is, and this
+process returns at once. Either way the job's state lives in the job store.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.backends.base import Backend, EventHandler, SubmitOptions
+from orchestrator.backends.driver import Driver, check_framework_available, job_paths
+from orchestrator.errors import UsageError
+from orchestrator.spec.models import JobSpec
+from orchestrator.store import ACTIVE_STATES, JobRecord, JobState, JobStore, process_alive
+
+LOG_FILE = "driver.log"
+
+
+class LocalBackend(Backend):
+    """Runs jobs with an embedded Ray instance; state in the SQLite job store."""
+
+    name = "local"
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        self.store = JobStore(settings.db_path)
+
+    # -- plan ----------------------------------------------------------------------------
+    def dry_run(self, spec: JobSpec, options: SubmitOptions) -> dict[str, Any]:
+        r = spec.resources
+        per_worker: dict[str, Any] = {"CPU": r.cpus_per_worker}
+        if r.gpus_per_worker:
+            per_worker["GPU"] = r.gpus_per_worker
+        if r.memory_bytes:
+            per_worker["memory"] = r.memory_bytes
+        return {
+            "backend": self.name,
+            "spec": spec.model_dump(mode="json"),
+            "plan": {
+                "trainer": "ray.train.torch.TorchTrainer" if spec.framework == "torch"
+                else "ray.train.tensorflow.TensorflowTrainer",
+                "workers": r.workers,
+                "resources_per_worker": per_worker,
+                "total": {k: v * r.workers for k, v in per_worker.items()},
+                "accelerator": r.accelerator,
+                "placement": "one embedded Ray instance on this machine (PACK)",
+                "collective_backend": spec.sync_backend,
+                "per_worker_batch_size": spec.per_worker_batch_size,
+                "gradient_compression": spec.sync.compression,
+                "max_failures": spec.failure.max_failures,
+                "job_home": str(self.settings.jobs_dir),
+            },
+        }
+
+    # -- submit --------------------------------------------------------------------------
+    def create_record(self, spec: JobSpec, options: SubmitOptions) -> JobRecord:
+        check_framework_available(spec)
+        job_id = self.store.new_job_id(spec.name)
+        job_dir = self.settings.job_dir(job_id)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        spec_json = spec.model_dump(mode="json")
+        (job_dir / "spec.yaml").write_text(yaml.safe_dump(spec_json, sort_keys=False))
+        record = JobRecord(
+            id=job_id,
+            name=spec.name,
+            backend=self.name,
+            state=JobState.PENDING,
+            spec=spec_json,
+            job_dir=job_dir,
+            created_at=time.time(),
+        )
+        return self.store.create(record)
+
+    def submit(
+        self, spec: JobSpec, options: SubmitOptions, events: EventHandler | None = None
+    ) -> JobRecord:
+        record = self.create_record(spec, options)
+        return self.start(record, options, events)
+
+    def start(
+        self, record: JobRecord, options: SubmitOptions, events: EventHandler | None = None
+    ) -> JobRecord:
+        """Run a pending job: in this process, or in a detached driver process."""
+        if options.detach:
+            self._spawn_driver(record)
+            return self.store.get(record.id)
+        return Driver(self.settings, record.id, events).run()
+
+    def _spawn_driver(self, record: JobRecord) -> None:
+        log = (record.job_dir / LOG_FILE).open("ab")
+        env = dict(os.environ)
+        env["ORCHESTRATOR_HOME"] = str(self.settings.home)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "_driver", record.id],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # survives the CLI exiting and its terminal closing
+            env=env,
+        )
+        log.close()
+        self.store.update(record.id, driver_pid=proc.pid)
+
+    # -- resume --------------------------------------------------------------------------
+    def resume(
+        self,
+        job_id: str,
+        options: SubmitOptions,
+        events: EventHandler | None = None,
+        epochs: int | None = None,
+    ) -> JobRecord:
+        """Run a finished, failed, cancelled or interrupted job again from its latest checkpoint."""
+        self.store.reconcile_dead_drivers()
+        record = self.store.get(job_id)
+        if record.state in ACTIVE_STATES:
+            raise UsageError(
+                f"job {record.id} is {record.state.value}; only a job that ended can be resumed",
+                fix=f"wait for it, or `orchestrator cancel {record.id}` first",
+            )
+        spec_json = dict(record.spec)
+        if epochs is not None:
+            spec = JobSpec.model_validate(
+                {**spec_json, "training": {**spec_json["training"], "epochs": epochs}}
+            )
+            spec_json = spec.model_dump(mode="json")
+        self.store.transition(
+            record.id,
+            JobState.PENDING,
+            {record.state},
+            spec=spec_json,
+            ended_at=None,
+            message=None,
+            driver_pid=None,
+            driver_started=None,
+        )
+        return self.start(self.store.get(record.id), options, events)
+
+    # -- queries -------------------------------------------------------------------------
+    def status(self, job_id: str) -> JobRecord:
+        self.store.reconcile_dead_drivers()
+        return self.store.get(job_id)
+
+    def list(self, limit: int = 100) -> list[JobRecord]:
+        self.store.reconcile_dead_drivers()
+        return self.store.list(limit)
+
+    def logs(self, job_id: str, follow: bool = False) -> Iterator[str]:
+        record = self.store.get(job_id)
+        path = record.job_dir / LOG_FILE
+        yield from follow_file(path, lambda: self.status(record.id).state in ACTIVE_STATES if follow else False)
+
+    def cancel(self, job_id: str) -> JobRecord:
+        self.store.reconcile_dead_drivers()
+        record = self.store.get(job_id)
+        if record.state.terminal:
+            return record
+        if record.state == JobState.PENDING and record.driver_pid is None:
+            self.store.transition(record.id, JobState.CANCELLED, {JobState.PENDING},
+                                  ended_at=time.time(), message="cancelled before it started")
+            return self.store.get(record.id)
+        self.store.transition(record.id, JobState.CANCELLING, {JobState.RUNNING, JobState.PENDING})
+        if record.driver_pid and process_alive(record.driver_pid, record.driver_started):
+            try:
+                os.kill(record.driver_pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        return self.store.get(record.id)
+
+    def checkpoint_dir(self, record: JobRecord) -> Path:
+        return Path(job_paths(record, JobSpec.model_validate(record.spec))["checkpoint_dir"])
+
+
+def follow_file(path: Path, keep_following: Any, poll_s: float = 0.3) -> Iterator[str]:
+    """Yield the lines of ``path``; while ``keep_following()`` is true, wait for more."""
+    position = 0
+    pending = ""
+    while True:
+        if path.exists():
+            with path.open("r", encoding="utf-8", errors="replace") as fh:
+                fh.seek(position)
+                chunk = fh.read()
+                position = fh.tell()
+            if chunk:
+                pending += chunk
+                *lines, pending = pending.split("\n")
+                yield from lines
+                continue
+        if not keep_following():
+            if pending:
+                yield pending
+            return
+        time.sleep(poll_s)

@@ -1,0 +1,188 @@
+"""Job verbs: submit, resume, list, status, logs, cancel (and the hidden _driver)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+import yaml
+
+from orchestrator.backends.base import SubmitOptions, backend_names, get_backend
+from orchestrator.cli import (
+    OUTPUT_OPTION,
+    emit_json,
+    exit_code_for_state,
+    handle_errors,
+    main,
+    settings_of,
+)
+from orchestrator.cli.ui import LiveProgress, jobs_table, stdout_console, summary_table
+from orchestrator.spec import load_spec
+from orchestrator.store import JobRecord
+
+BACKEND_OPTION = click.option(
+    "--backend", "-b", default="local", show_default=True,
+    type=click.Choice(backend_names()), help="Where the job runs.",
+)
+
+
+def _finish(record: JobRecord, output: str, quiet: bool) -> None:
+    """Print the outcome and exit with the job's exit code."""
+    if output == "json":
+        emit_json(record.to_json())
+    elif not quiet or record.state.value != "succeeded":
+        stdout_console().print(summary_table(record))
+    sys.exit(exit_code_for_state(record.state.value))
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
+              help="Override a spec field, e.g. --set training.epochs=3 (repeatable).")
+@BACKEND_OPTION
+@click.option("--detach", "-d", is_flag=True, help="Print the job id and return; the job runs on.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved plan and start nothing.")
+@click.option("--quiet", "-q", is_flag=True, help="No live progress.")
+@OUTPUT_OPTION
+@click.pass_context
+@handle_errors
+def submit(
+    ctx: click.Context,
+    spec_path: str,
+    overrides: tuple[str, ...],
+    backend: str,
+    detach: bool,
+    dry_run: bool,
+    quiet: bool,
+    output: str,
+) -> None:
+    """Validate SPEC and run the training job it describes."""
+    spec = load_spec(spec_path, overrides)
+    be = get_backend(backend, settings_of(ctx))
+    options = SubmitOptions(detach=detach, spec_path=spec_path)
+    if dry_run:
+        plan = be.dry_run(spec, options)
+        if output == "json":
+            emit_json(plan)
+        else:
+            click.echo(yaml.safe_dump(plan, sort_keys=False).rstrip())
+        return
+    ui = None if output == "json" and quiet else LiveProgress(quiet=quiet)
+    try:
+        record = be.submit(spec, options, ui)
+    finally:
+        if ui is not None:
+            ui.stop()
+    if detach:
+        if output == "json":
+            emit_json(record.to_json())
+        else:
+            click.echo(record.id)
+            if not quiet:
+                click.echo(f"  follow it: orchestrator logs {record.id} --follow", err=True)
+        return
+    _finish(record, output, quiet)
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@click.option("--epochs", type=click.IntRange(min=1), help="Train up to this many epochs in total.")
+@click.option("--detach", "-d", is_flag=True, help="Return at once; the job runs on.")
+@click.option("--quiet", "-q", is_flag=True, help="No live progress.")
+@OUTPUT_OPTION
+@click.pass_context
+@handle_errors
+def resume(ctx: click.Context, job_id: str, epochs: int | None, detach: bool, quiet: bool, output: str) -> None:
+    """Continue JOB from its latest checkpoint (after a cancel, a crash, or to train longer)."""
+    from orchestrator.backends.local import LocalBackend
+
+    be = LocalBackend(settings_of(ctx))
+    ui = None if output == "json" and quiet else LiveProgress(quiet=quiet)
+    try:
+        record = be.resume(job_id, SubmitOptions(detach=detach), ui, epochs=epochs)
+    finally:
+        if ui is not None:
+            ui.stop()
+    if detach:
+        emit_json(record.to_json()) if output == "json" else click.echo(record.id)
+        return
+    _finish(record, output, quiet)
+
+
+@main.command(name="list")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@OUTPUT_OPTION
+@click.pass_context
+@handle_errors
+def list_jobs(ctx: click.Context, limit: int, output: str) -> None:
+    """List jobs, newest first."""
+    records = get_backend("local", settings_of(ctx)).list(limit)
+    if output == "json":
+        emit_json({"jobs": [r.to_json() for r in records]})
+    elif not records:
+        click.echo("no jobs yet: orchestrator submit jobs/cnn.yaml")
+    else:
+        stdout_console().print(jobs_table(records))
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@OUTPUT_OPTION
+@click.pass_context
+@handle_errors
+def status(ctx: click.Context, job_id: str, output: str) -> None:
+    """Show a job's state, progress, metrics and attempts."""
+    record = get_backend("local", settings_of(ctx)).status(job_id)
+    if output == "json":
+        emit_json(record.to_json())
+        return
+    console = stdout_console()
+    console.print(summary_table(record))
+    if record.state.value in ("running", "pending", "cancelling") and record.progress:
+        p = record.progress
+        console.print(f"progress: epoch {p.get('epoch')}/{p.get('epochs')}, "
+                      f"val_accuracy {p.get('val_accuracy', '-')}")
+    for attempt in record.attempts:
+        console.print(
+            f"attempt {attempt['attempt']}: started {time.strftime('%H:%M:%S', time.localtime(attempt['started_at']))}"
+            f", restored epoch {attempt.get('restored_epoch')}"
+            + (f", failure: {attempt['failure']}" if attempt.get("failure") else "")
+        )
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the job ends.")
+@click.pass_context
+@handle_errors
+def logs(ctx: click.Context, job_id: str, follow: bool) -> None:
+    """Print a job's log (driver messages, epoch lines, worker output)."""
+    for line in get_backend("local", settings_of(ctx)).logs(job_id, follow=follow):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@OUTPUT_OPTION
+@click.pass_context
+@handle_errors
+def cancel(ctx: click.Context, job_id: str, output: str) -> None:
+    """Stop a job gracefully: workers write a final checkpoint; the job can be resumed."""
+    record = get_backend("local", settings_of(ctx)).cancel(job_id)
+    if output == "json":
+        emit_json(record.to_json())
+    else:
+        click.echo(f"{record.id}: {record.state.value}")
+
+
+@main.command(name="_driver", hidden=True)
+@click.argument("job_id")
+@click.pass_context
+@handle_errors
+def driver_command(ctx: click.Context, job_id: str) -> None:
+    """Run a job's driver in this process (used by submit --detach)."""
+    from orchestrator.backends.driver import Driver
+
+    record = Driver(settings_of(ctx), job_id).run()
+    sys.exit(exit_code_for_state(record.state.value))

@@ -1,0 +1,34 @@
+"""`orchestrator schema` and `orchestrator validate`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from orchestrator.cli import OUTPUT_OPTION, emit_json, handle_errors, main
+from orchestrator.spec import job_spec_json_schema, load_spec
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of a job spec."""
+    click.echo(json.dumps(job_spec_json_schema(), indent=2))
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
+              help="Override a field, e.g. --set training.epochs=3 (repeatable).")
+@OUTPUT_OPTION
+@handle_errors
+def validate(spec_path: str, overrides: tuple[str, ...], output: str) -> None:
+    """Check a job spec and print it with every default filled in."""
+    spec = load_spec(spec_path, overrides)
+    if output == "json":
+        emit_json({"valid": True, "spec": spec.model_dump(mode="json")})
+    else:
+        import yaml
+
+        click.echo(f"{spec_path}: valid")
+        click.echo(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False).rstrip())

@@ -1,0 +1,1 @@
+"""Metric names (defined once), the TensorBoard writer and the Prometheus exporter."""

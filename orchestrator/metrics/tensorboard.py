@@ -1,0 +1,41 @@
+"""A small TensorBoard event writer built on tensorboard's own EventFileWriter.
+
+It needs neither torch nor tensorflow, so the driver can log for either framework with the
+same tag names.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+
+class TensorBoardWriter:
+    """Writes scalar summaries (and PNG images) to event files under ``logdir``."""
+
+    def __init__(self, logdir: Path | str) -> None:
+        self.logdir = Path(logdir)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self._writer = EventFileWriter(str(self.logdir))
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        summary = Summary(
+            value=[Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()]
+        )
+        self._writer.add_event(Event(wall_time=time.time(), step=step, summary=summary))
+
+    def image_png(self, tag: str, png: bytes, height: int, width: int, step: int) -> None:
+        image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
+        summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+        self._writer.add_event(Event(wall_time=time.time(), step=step, summary=summary))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()

@@ -1,0 +1,1 @@
+"""What runs inside training workers: data, sessions, checkpoints, framework loops."""

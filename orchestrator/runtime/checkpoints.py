@@ -1,0 +1,210 @@
+"""Checkpoints on storage: atomic writes, manifests with checksums, validated restore.
+
+Layout of a checkpoint directory::
+
+    <dir>/ckpt-0000000120/          one complete checkpoint (global step 120)
+        state.pt                    framework files, written by the caller
+        manifest.json               step, epoch, sha256 and size of every file (written last)
+    <dir>/.tmp-ckpt-...             a checkpoint being written (renamed when complete)
+
+A checkpoint only becomes visible through an atomic ``rename`` after all its files and the
+manifest are fsynced, so a reader never sees half of one. Restore walks checkpoints newest first
+and skips any whose manifest is missing or whose checksums do not match, reporting why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import CheckpointError
+
+MANIFEST = "manifest.json"
+PREFIX = "ckpt-"
+TMP_PREFIX = ".tmp-"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A complete checkpoint found on storage."""
+
+    path: Path
+    step: int
+    epoch: int
+    manifest: dict[str, Any] = field(hash=False, compare=False)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self.manifest.get("meta", {}))
+
+
+@dataclass
+class RestoreResult:
+    """The checkpoint to restore from (if any) and the ones skipped on the way, with reasons."""
+
+    checkpoint: CheckpointInfo | None
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class CheckpointManager:
+    """Writes, lists, validates and prunes checkpoints in one directory."""
+
+    def __init__(self, directory: Path | str, keep: int = 3) -> None:
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def save(
+        self,
+        write: Callable[[Path], None],
+        *,
+        step: int,
+        epoch: int,
+        meta: dict[str, Any] | None = None,
+    ) -> CheckpointInfo:
+        """Write a checkpoint atomically. ``write(tmpdir)`` puts the framework files there."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.directory / f"{PREFIX}{step:010d}"
+        tmp = self.directory / f"{TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            write(tmp)
+            files = {}
+            for item in sorted(tmp.rglob("*")):
+                if item.is_file():
+                    with item.open("rb+") as fh:
+                        os.fsync(fh.fileno())
+                    files[str(item.relative_to(tmp))] = {
+                        "sha256": _sha256(item),
+                        "bytes": item.stat().st_size,
+                    }
+            manifest = {
+                "format": FORMAT_VERSION,
+                "step": step,
+                "epoch": epoch,
+                "created_at": time.time(),
+                "files": files,
+                "meta": meta or {},
+            }
+            manifest_path = tmp / MANIFEST
+            manifest_path.write_text(json.dumps(manifest, indent=1))
+            with manifest_path.open("rb+") as fh:
+                os.fsync(fh.fileno())
+            _fsync_dir(tmp)
+            if final.exists():  # same step written again (e.g. after a restart): replace it
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            _fsync_dir(self.directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.prune()
+        return CheckpointInfo(final, step, epoch, manifest)
+
+    def _candidates(self) -> list[tuple[int, Path]]:
+        if not self.directory.is_dir():
+            return []
+        found = []
+        for entry in self.directory.iterdir():
+            if entry.name.startswith(PREFIX) and entry.is_dir():
+                try:
+                    found.append((int(entry.name[len(PREFIX) :]), entry))
+                except ValueError:
+                    continue
+        return sorted(found, reverse=True)
+
+    def read_manifest(self, path: Path) -> dict[str, Any]:
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: no manifest (an incomplete checkpoint)") from None
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: unreadable manifest ({exc})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+            raise CheckpointError(f"{path}: unknown manifest format")
+        return manifest
+
+    def verify(self, path: Path) -> CheckpointInfo:
+        """Check every file against the manifest; raise CheckpointError saying what is wrong."""
+        manifest = self.read_manifest(path)
+        for name, entry in manifest["files"].items():
+            file = path / name
+            if not file.is_file():
+                raise CheckpointError(f"{path}: file {name} is missing")
+            size = file.stat().st_size
+            if size != entry["bytes"]:
+                raise CheckpointError(
+                    f"{path}: file {name} is {size} bytes, the manifest says {entry['bytes']} (truncated?)"
+                )
+            if _sha256(file) != entry["sha256"]:
+                raise CheckpointError(f"{path}: file {name} fails its sha256 checksum (corrupted)")
+        return CheckpointInfo(path, int(manifest["step"]), int(manifest["epoch"]), manifest)
+
+    def list(self) -> list[CheckpointInfo]:
+        """Checkpoints with a readable manifest, newest first (checksums not verified)."""
+        out = []
+        for _, path in self._candidates():
+            try:
+                manifest = self.read_manifest(path)
+            except CheckpointError:
+                continue
+            out.append(CheckpointInfo(path, int(manifest["step"]), int(manifest["epoch"]), manifest))
+        return out
+
+    def latest_valid(self) -> RestoreResult:
+        """The newest checkpoint that passes verification; skipped ones come with reasons."""
+        result = RestoreResult(None)
+        for _, path in self._candidates():
+            try:
+                result.checkpoint = self.verify(path)
+                return result
+            except CheckpointError as exc:
+                result.skipped.append((path, exc.message))
+        return result
+
+    def prune(self) -> None:
+        """Keep the ``keep`` newest complete checkpoints; remove older ones."""
+        complete = [p for _, p in self._candidates() if (p / MANIFEST).is_file()]
+        for old in complete[self.keep :]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def cleanup_orphans(self, older_than_s: float = 0.0) -> list[Path]:
+        """Remove temporary directories left by writers that died mid-write."""
+        removed = []
+        if not self.directory.is_dir():
+            return removed
+        now = time.time()
+        for entry in self.directory.iterdir():
+            if entry.name.startswith(TMP_PREFIX) and now - entry.stat().st_mtime >= older_than_s:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+        return removed

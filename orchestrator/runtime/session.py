@@ -1,0 +1,309 @@
+"""The per-worker training session, and the helpers a user training function calls.
+
+Inside a worker, our wrapper creates one :class:`TrainSession` and makes it current; the
+built-in training loops and user entrypoints then use the module-level helpers::
+
+    from orchestrator.runtime import session
+
+    def train(config):
+        data = session.get_data()
+        restored = session.restore_checkpoint()          # dict or None
+        for epoch in range(start, config["training"]["epochs"] + 1):
+            for step, batch in enumerate(session.shard(epoch)): ...
+            session.report(epoch=epoch, train_loss=..., val_accuracy=...)
+            session.save_checkpoint({"model": ...}, epoch=epoch, step=global_step)
+
+The session is framework-neutral; the framework layer supplies the collectives (broadcast,
+gather, any-rank flags) and the checkpoint serialisation.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+import numpy as np
+
+from orchestrator.runtime.checkpoints import CheckpointInfo, CheckpointManager
+from orchestrator.runtime.data import PreparedData, shard_indices
+
+
+class Collectives(Protocol):
+    """What the session needs from the framework's process group."""
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any: ...
+
+    def all_gather_object(self, obj: Any) -> list[Any]: ...
+
+    def any_rank(self, flag: bool) -> bool: ...
+
+    def barrier(self) -> None: ...
+
+
+class LocalCollectives:
+    """Collectives for a single process (world size 1)."""
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        return obj
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def any_rank(self, flag: bool) -> bool:
+        return flag
+
+    def barrier(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """Where a job's artefacts go (the job directory is shared by workers on one machine)."""
+
+    job_dir: Path
+    checkpoint_dir: Path
+    model_dir: Path
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, str]) -> JobPaths:
+        return cls(Path(cfg["job_dir"]), Path(cfg["checkpoint_dir"]), Path(cfg["model_dir"]))
+
+    def to_config(self) -> dict[str, str]:
+        return {
+            "job_dir": str(self.job_dir),
+            "checkpoint_dir": str(self.checkpoint_dir),
+            "model_dir": str(self.model_dir),
+        }
+
+
+class TrainSession:
+    """One worker's view of the job: rank, data, event stream, checkpoints, stop requests."""
+
+    #: Rank 0 sends step progress at most this often (seconds); epoch events always go.
+    PROGRESS_INTERVAL_S = 0.5
+
+    def __init__(
+        self,
+        *,
+        config: dict[str, Any],
+        rank: int,
+        world_size: int,
+        paths: JobPaths,
+        data: PreparedData | None,
+        sink: Any,
+        collectives: Collectives,
+        keep_checkpoints: int,
+    ) -> None:
+        self.config = config
+        self.rank = rank
+        self.world_size = world_size
+        self.paths = paths
+        self.data = data
+        self.sink = sink
+        self.collectives = collectives
+        self.checkpoints = CheckpointManager(paths.checkpoint_dir, keep=keep_checkpoints)
+        self._last_progress = 0.0
+        self._stop_ref: Any = None
+        self._stop_seen: str | None = None
+        self.restored: CheckpointInfo | None = None
+        self.started_at = time.time()
+        self.first_step_at: float | None = None
+
+    # -- events -------------------------------------------------------------------------
+    def emit(self, event: dict[str, Any]) -> None:
+        """Send one event to the driver (fire and forget)."""
+        if self.sink is None:
+            return
+        event.setdefault("time", time.time())
+        event.setdefault("rank", self.rank)
+        self.sink.push.remote([event])
+
+    def progress(self, *, epoch: int, step: int, steps: int, loss: float, global_step: int) -> None:
+        """Step progress for the terminal; only rank 0 sends, at most twice a second."""
+        now = time.time()
+        if self.first_step_at is None:
+            self.first_step_at = now
+            self.emit({"type": "first_step", "epoch": epoch, "global_step": global_step})
+        if self.rank != 0 or (now - self._last_progress < self.PROGRESS_INTERVAL_S and step != steps):
+            return
+        self._last_progress = now
+        self.emit({"type": "step", "epoch": epoch, "step": step, "steps": steps, "loss": loss,
+                   "global_step": global_step})
+
+    def report(self, *, epoch: int, **metrics: float) -> None:
+        """Epoch metrics (already reduced over ranks); rank 0's report is the job's."""
+        if self.rank == 0:
+            clean = {k: float(v) for k, v in metrics.items() if v is not None}
+            self.emit({"type": "epoch", "epoch": epoch, "metrics": clean})
+
+    def record_shard(self, epoch: int, indices: np.ndarray) -> None:
+        """Record which training samples this rank used in ``epoch`` (positions in the split)."""
+        self.emit({"type": "shard", "epoch": epoch, "indices": [int(i) for i in indices]})
+
+    # -- data ---------------------------------------------------------------------------
+    def shard(self, epoch: int) -> np.ndarray:
+        """This rank's training sample positions for ``epoch`` (disjoint across ranks)."""
+        if self.data is None:
+            raise RuntimeError("this job has no prepared data set")
+        seed = int(self.config["training"]["seed"])
+        return shard_indices(len(self.data.x_train), self.rank, self.world_size, epoch, seed)
+
+    # -- stopping -----------------------------------------------------------------------
+    def _poll_stop(self) -> str | None:
+        """Non-blocking look at the driver's stop flag (one outstanding request at a time)."""
+        if self._stop_seen is not None or self.sink is None:
+            return self._stop_seen
+        import ray
+
+        if self._stop_ref is None:
+            self._stop_ref = self.sink.stop_reason.remote()
+            return None
+        ready, _ = ray.wait([self._stop_ref], timeout=0)
+        if ready:
+            self._stop_seen = ray.get(self._stop_ref)
+            self._stop_ref = None
+        return self._stop_seen
+
+    def should_stop(self) -> bool:
+        """True on every rank once the driver asked to stop (a collective: call it on all ranks)."""
+        return self.collectives.any_rank(self._poll_stop() is not None)
+
+    # -- checkpoints --------------------------------------------------------------------
+    def save_checkpoint(
+        self,
+        write: Callable[[Path], None],
+        *,
+        epoch: int,
+        step: int,
+        meta: dict[str, Any] | None = None,
+    ) -> float:
+        """Rank 0 writes a checkpoint atomically; returns the seconds it took (0 elsewhere)."""
+        seconds = 0.0
+        if self.rank == 0:
+            start = time.perf_counter()
+            info = self.checkpoints.save(write, step=step, epoch=epoch, meta=meta)
+            seconds = time.perf_counter() - start
+            self.emit({"type": "checkpoint", "epoch": epoch, "global_step": step,
+                       "path": str(info.path), "seconds": seconds})
+        return seconds
+
+    def find_restore_point(self) -> CheckpointInfo | None:
+        """The newest valid checkpoint, chosen by rank 0 and agreed by all ranks."""
+        choice: str | None = None
+        if self.rank == 0:
+            self.checkpoints.cleanup_orphans()
+            result = self.checkpoints.latest_valid()
+            for path, reason in result.skipped:
+                self.emit({"type": "checkpoint_skipped", "path": str(path), "reason": reason})
+            choice = str(result.checkpoint.path) if result.checkpoint else None
+        choice = self.collectives.broadcast_object(choice)
+        self.restored = self.checkpoints.verify(Path(choice)) if choice else None
+        return self.restored
+
+    def attempt_started(self) -> None:
+        """Rank 0 tells the driver a (re)started worker group is about to train."""
+        if self.rank != 0:
+            return
+        restored = self.restored
+        self.emit({
+            "type": "attempt_start",
+            "restored_epoch": restored.epoch if restored else None,
+            "restored_step": restored.step if restored else None,
+            "restored_path": str(restored.path) if restored else None,
+        })
+
+
+# -- the current session, for user code --------------------------------------------------
+_current: TrainSession | None = None
+
+
+def set_session(session: TrainSession | None) -> None:
+    global _current
+    _current = session
+
+
+def get_session() -> TrainSession:
+    """The session of this worker; only valid inside a training function run by orchestrator."""
+    if _current is None:
+        raise RuntimeError(
+            "no orchestrator training session: call this from a training function that "
+            "`orchestrator submit` runs"
+        )
+    return _current
+
+
+def report(*, epoch: int, **metrics: float) -> None:
+    """Report epoch metrics (rank 0's values are the job's; reduce over ranks first)."""
+    get_session().report(epoch=epoch, **metrics)
+
+
+def get_data() -> PreparedData:
+    """The prepared (cleaned, split, preprocessed) data set of the job."""
+    data = get_session().data
+    if data is None:
+        raise RuntimeError("this job has no prepared data set")
+    return data
+
+
+def shard(epoch: int) -> np.ndarray:
+    """This worker's training sample positions for ``epoch``."""
+    return get_session().shard(epoch)
+
+
+def should_stop() -> bool:
+    """True (on all ranks) once the job was asked to stop; save a checkpoint and return."""
+    return get_session().should_stop()
+
+
+class _ForwardingStream(io.TextIOBase):
+    """Copies a worker's stdout/stderr lines to the driver log (and the original stream)."""
+
+    def __init__(self, original: TextIO, session: TrainSession, stream: str) -> None:
+        self._original = original
+        self._session = session
+        self._stream = stream
+        self._buffer = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        self._original.write(text)
+        with self._lock:
+            self._buffer += text
+            if "\n" in self._buffer:
+                lines, self._buffer = self._buffer.rsplit("\n", 1)
+                self._session.emit({"type": "log", "stream": self._stream, "lines": lines.split("\n")})
+        return len(text)
+
+    def flush(self) -> None:
+        self._original.flush()
+
+    def close_buffer(self) -> None:
+        with self._lock:
+            if self._buffer:
+                self._session.emit({"type": "log", "stream": self._stream, "lines": [self._buffer]})
+                self._buffer = ""
+
+
+class captured_output:
+    """Context manager: forward print()/warnings from user code to the job's log."""
+
+    def __init__(self, session: TrainSession) -> None:
+        self.session = session
+
+    def __enter__(self) -> captured_output:
+        self._saved = (sys.stdout, sys.stderr)
+        self._out = _ForwardingStream(sys.stdout, self.session, "stdout")
+        self._err = _ForwardingStream(sys.stderr, self.session, "stderr")
+        sys.stdout, sys.stderr = self._out, self._err  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._out.close_buffer()
+        self._err.close_buffer()
+        sys.stdout, sys.stderr = self._saved

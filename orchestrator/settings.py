@@ -1,0 +1,36 @@
+"""One Settings object: the only place that reads environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the orchestrator keeps its state, and process-wide defaults.
+
+    ``home`` holds the job store (``jobs.db``) and one directory per job (``jobs/<id>/``).
+    """
+
+    home: Path
+    ray_address: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(env.get("ORCHESTRATOR_HOME") or Path.home() / ".orchestrator").expanduser()
+        return cls(home=home.resolve(), ray_address=env.get("ORCHESTRATOR_RAY_ADDRESS") or None)
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "jobs.db"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.jobs_dir / job_id

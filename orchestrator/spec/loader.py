@@ -1,0 +1,514 @@
+"""Load job specs from YAML, safely, with file:line and field paths in every error.
+
+YAML is composed into a node graph by PyYAML's safe composer and then turned into plain Python
+values by our own small constructor, which
+
+* remembers the line of every mapping key and value (for error messages),
+* rejects duplicate keys (PyYAML silently keeps the last one),
+* bounds the number of nodes visited, so alias bombs ("billion laughs") fail fast instead of
+  eating memory, and rejects recursive aliases.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.errors import SpecError, SpecFileError, SpecIssue
+from orchestrator.spec.models import CrossFieldError, JobSpec
+
+MAX_SPEC_BYTES = 1_000_000
+MAX_NODES = 20_000
+MAX_DEPTH = 64
+
+_SCALAR_TAGS = {
+    "tag:yaml.org,2002:null",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:str",
+    "tag:yaml.org,2002:timestamp",
+}
+
+
+@dataclass
+class LoadedYAML:
+    """Plain data from a YAML document plus the line (1-based) of each field path."""
+
+    data: Any
+    lines: dict[tuple[str | int, ...], int] = field(default_factory=dict)
+
+    def line_of(self, path: tuple[str | int, ...]) -> int | None:
+        """The line of ``path`` or, failing that, of its nearest ancestor present in the file."""
+        while True:
+            if path in self.lines:
+                return self.lines[path]
+            if not path:
+                return None
+            path = path[:-1]
+
+
+class _Builder:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.visited = 0
+        self.lines: dict[tuple[str | int, ...], int] = {}
+        self._scalar = yaml.SafeLoader("")  # only used for its scalar constructors
+
+    def build(self, node: yaml.Node, path: tuple[str | int, ...], stack: set[int]) -> Any:
+        self.visited += 1
+        if self.visited > MAX_NODES:
+            raise SpecFileError(
+                self.source,
+                f"the YAML expands to more than {MAX_NODES} values (an alias bomb?)",
+                fix="write the spec out without deeply nested anchors and aliases",
+                line=node.start_mark.line + 1,
+            )
+        if len(path) > MAX_DEPTH or id(node) in stack:
+            raise SpecFileError(
+                self.source,
+                "the YAML is nested too deeply or refers to itself through an alias",
+                fix="remove the recursive anchor/alias",
+                line=node.start_mark.line + 1,
+            )
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path, stack | {id(node)})
+        if isinstance(node, yaml.SequenceNode):
+            return [
+                self.build(child, path + (i,), stack | {id(node)})
+                for i, child in enumerate(node.value)
+            ]
+        if node.tag not in _SCALAR_TAGS:
+            raise SpecFileError(
+                self.source,
+                f"unsupported YAML tag {node.tag!r}",
+                fix="remove the tag; job specs hold plain strings, numbers, lists and mappings",
+                line=node.start_mark.line + 1,
+            )
+        value = self._scalar.construct_object(node, deep=True)
+        if node.tag == "tag:yaml.org,2002:timestamp":
+            value = str(node.value)  # keep dates as the text the user wrote
+        return value
+
+    def _mapping(self, node: yaml.MappingNode, path: tuple[str | int, ...], stack: set[int]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key_node, value_node in self._merged_pairs(node):
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise SpecFileError(
+                    self.source,
+                    "a mapping key must be a plain string",
+                    fix="use simple keys such as 'epochs:'",
+                    line=key_node.start_mark.line + 1,
+                )
+            key = str(key_node.value)
+            if key in out:
+                raise SpecFileError(
+                    self.source,
+                    f"{_dotted(path + (key,))}: key {key!r} appears twice",
+                    fix="keep one of the two entries",
+                    line=key_node.start_mark.line + 1,
+                )
+            self.lines[path + (key,)] = key_node.start_mark.line + 1
+            out[key] = self.build(value_node, path + (key,), stack)
+        return out
+
+    def _merged_pairs(self, node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
+        """Resolve YAML merge keys (``<<: *defaults``); explicit keys win over merged ones."""
+        explicit = [(k, v) for k, v in node.value if k.tag != "tag:yaml.org,2002:merge"]
+        names = {k.value for k, _ in explicit if isinstance(k, yaml.ScalarNode)}
+        merged: list[tuple[yaml.Node, yaml.Node]] = []
+        for key, value in node.value:
+            if key.tag != "tag:yaml.org,2002:merge":
+                continue
+            sources = value.value if isinstance(value, yaml.SequenceNode) else [value]
+            for src in sources:
+                if not isinstance(src, yaml.MappingNode):
+                    raise SpecFileError(
+                        self.source,
+                        "a merge key (<<) must refer to a mapping",
+                        fix="merge an anchored mapping: '<<: *defaults'",
+                        line=src.start_mark.line + 1,
+                    )
+                for k, v in src.value:
+                    self.visited += 1
+                    if self.visited > MAX_NODES:
+                        raise SpecFileError(
+                            self.source,
+                            f"the YAML expands to more than {MAX_NODES} values (an alias bomb?)",
+                            fix="write the spec out without deeply nested anchors and aliases",
+                            line=src.start_mark.line + 1,
+                        )
+                    if isinstance(k, yaml.ScalarNode) and k.value not in names:
+                        names.add(k.value)
+                        merged.append((k, v))
+        return merged + explicit
+
+
+def _dotted(path: Iterable[str | int]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def parse_yaml_text(text: str, source: str) -> LoadedYAML:
+    """Parse one YAML document into plain data with line numbers. Raises SpecFileError."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or "invalid YAML"
+        context = f" {exc.context}" if exc.context else ""
+        raise SpecFileError(
+            source,
+            f"YAML syntax error: {problem}{context}",
+            fix="check indentation, colons and quotes near this line",
+            line=mark.line + 1 if mark else None,
+        ) from None
+    except yaml.YAMLError as exc:
+        raise SpecFileError(source, f"YAML syntax error: {exc}", fix="check the YAML syntax") from None
+    if node is None:
+        raise SpecFileError(
+            source,
+            "the file is empty",
+            fix="a job spec needs at least 'name:' and 'model:' (see jobs/cnn.yaml)",
+        )
+    builder = _Builder(source)
+    data = builder.build(node, (), set())
+    return LoadedYAML(data=data, lines=builder.lines)
+
+
+def read_spec_text(path: Path) -> str:
+    """Read a spec file as UTF-8 text, turning every file problem into a SpecFileError."""
+    source = str(path)
+    try:
+        size = path.stat().st_size
+        if path.is_dir():
+            raise SpecFileError(source, "is a directory, not a file", fix="pass a .yaml file")
+        if size > MAX_SPEC_BYTES:
+            raise SpecFileError(
+                source,
+                f"the file is {size} bytes; job specs are limited to {MAX_SPEC_BYTES}",
+                fix="keep data out of the spec; point data.source at a .npz file instead",
+            )
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecFileError(
+            source, "no such file", fix="check the path; example specs are in jobs/"
+        ) from None
+    except PermissionError:
+        raise SpecFileError(
+            source, "the file cannot be read (permission denied)", fix="check its permissions"
+        ) from None
+    except OSError as exc:
+        raise SpecFileError(source, f"the file cannot be read: {exc.strerror}", fix="check the path") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpecFileError(
+            source,
+            f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+            fix="save the file as UTF-8",
+            line=line,
+        ) from None
+
+
+def _model_for_path(path: tuple[str | int, ...], data: Any) -> type[BaseModel] | None:
+    """The pydantic model that owns the mapping at ``path`` (for 'did you mean')."""
+    model: type[BaseModel] = JobSpec
+    node = data
+    for part in path:
+        if not isinstance(part, str):
+            return None
+        info = model.model_fields.get(part)
+        if info is None:
+            return None
+        node = node.get(part) if isinstance(node, Mapping) else None
+        candidates = _models_in(info.annotation)
+        if not candidates:
+            return None
+        model = _pick_by_type(candidates, node)
+    return model
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found += _models_in(arg)
+    return found
+
+
+def _pick_by_type(candidates: list[type[BaseModel]], node: Any) -> type[BaseModel]:
+    """Among a discriminated union's members, the one whose ``type`` the data names."""
+    if len(candidates) > 1 and isinstance(node, Mapping):
+        for candidate in candidates:
+            tag = candidate.model_fields.get("type")
+            if tag is not None and tag.default == node.get("type"):
+                return candidate
+    return candidates[0]
+
+
+def _clean_loc(loc: tuple[Any, ...], data: Any) -> tuple[str | int, ...]:
+    """Drop pydantic's union/discriminator tags from an error location."""
+    out: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, Mapping) and isinstance(part, str) and part in node:
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int):
+            out.append(part)
+            node = node[part] if 0 <= part < len(node) else None
+        elif isinstance(node, Mapping) and isinstance(part, str) and not out[-1:] == [part]:
+            # Either a tag (e.g. 'cnn' of a discriminated union) or a field the user left out.
+            model = _model_for_path(tuple(out), data)
+            if model is not None and part in model.model_fields:
+                out.append(part)
+                node = None
+        else:
+            out.append(part)
+            node = None
+    return tuple(out)
+
+
+def issues_from_validation(
+    exc: ValidationError, data: Any, loaded: LoadedYAML | None = None
+) -> list[SpecIssue]:
+    """Turn pydantic errors into SpecIssues with field paths, lines and fixes."""
+    issues: list[SpecIssue] = []
+    for err in exc.errors(include_url=False):
+        ctx = err.get("ctx") or {}
+        original = ctx.get("error")
+        loc = _clean_loc(tuple(err["loc"]), data)
+        fix: str | None = None
+        message = err["msg"].removeprefix("Value error, ")
+        if isinstance(original, CrossFieldError):
+            loc = tuple(p for p in loc) + tuple(original.field_path.split("."))
+            message, fix = str(original), original.fix
+        path = _dotted(loc)
+        kind = err["type"]
+        value: Any = err.get("input")
+        if kind == "extra_forbidden":
+            parent = _model_for_path(loc[:-1], data)
+            allowed = sorted(parent.model_fields) if parent else []
+            name = str(loc[-1]) if loc else ""
+            close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+            message = "unknown field"
+            fix = f"did you mean `{close[0]}`?" if close else None
+            if allowed:
+                fix = (fix + " " if fix else "") + "Allowed here: " + ", ".join(allowed)
+            value = None
+            issues.append(_issue(path, message, fix, loaded, loc))
+            continue
+        if kind == "missing":
+            issues.append(_issue(path, "required field is missing", f"add `{path}:`", loaded, loc))
+            continue
+        if kind == "union_tag_invalid":
+            expected = ctx.get("expected_tags", "")
+            fix = f"use one of {expected}"
+            message = f"unknown {ctx.get('discriminator', 'type')}"
+            value = ctx.get("tag")
+            loc = loc + ("type",)
+            path = _dotted(loc)
+        elif kind == "union_tag_not_found":
+            message = "needs a 'type'"
+            fix = "add 'type: cnn' (or another built-in model type)"
+        elif kind == "literal_error":
+            fix = f"use {ctx.get('expected')}"
+            if isinstance(value, str):
+                close = difflib.get_close_matches(
+                    value, [s.strip(" '") for s in str(ctx.get("expected", "")).replace(" or ", ",").split(",")], n=1
+                )
+                if close:
+                    fix = f"did you mean `{close[0]}`? ({fix})"
+        elif fix is None:
+            fix = _generic_fix(kind, ctx, path)
+        issues.append(_issue(path, message, fix, loaded, loc, value))
+    return issues
+
+
+def _issue(
+    path: str,
+    message: str,
+    fix: str | None,
+    loaded: LoadedYAML | None,
+    loc: tuple[str | int, ...],
+    value: Any = ...,
+) -> SpecIssue:
+    line = loaded.line_of(loc) if loaded else None
+    if value is ... or isinstance(value, (dict, list)) and len(repr(value)) > 80:
+        return SpecIssue(path, message, fix=fix, line=line)
+    return SpecIssue(path, message, value=value, fix=fix, line=line)
+
+
+def _generic_fix(kind: str, ctx: Mapping[str, Any], path: str) -> str | None:
+    bounds = {
+        "greater_than": "greater than {gt}",
+        "greater_than_equal": "at least {ge}",
+        "less_than": "less than {lt}",
+        "less_than_equal": "at most {le}",
+    }
+    if kind in bounds:
+        return f"set {path} to a value " + bounds[kind].format(**ctx)
+    if kind.startswith("int_"):
+        return f"set {path} to a whole number"
+    if kind.startswith("float_"):
+        return f"set {path} to a number"
+    if kind.startswith("bool"):
+        return f"set {path} to true or false"
+    if kind in {"string_type", "string_pattern_mismatch"}:
+        return f"set {path} to a string" + (
+            f" matching {ctx['pattern']}" if "pattern" in ctx else ""
+        )
+    if kind in {"model_type", "model_attributes_type", "dict_type"}:
+        return f"write {path or 'the spec'} as a mapping (key: value lines), not a list or scalar"
+    if kind == "list_type":
+        return f"write {path} as a list, e.g. [32, 64]"
+    if kind in {"too_short", "too_long"}:
+        return f"give {path} between {ctx.get('min_length', 0)} and {ctx.get('max_length', '...')} items"
+    return None
+
+
+def validate_spec_data(data: Any, *, source: str | None = None, loaded: LoadedYAML | None = None) -> JobSpec:
+    """Validate plain data as a JobSpec, raising SpecError with every issue found."""
+    if not isinstance(data, Mapping):
+        kind = "a list" if isinstance(data, list) else f"a {type(data).__name__}"
+        raise SpecError(
+            [
+                SpecIssue(
+                    "",
+                    f"the top level must be a mapping of fields, not {kind}",
+                    fix="start the file with 'name: my-job' and 'model:' lines",
+                    line=1,
+                )
+            ],
+            source=source,
+        )
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(issues_from_validation(exc, data, loaded), source=source) from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str = "--set") -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides; values are parsed as YAML scalars/flow collections."""
+    out = _deep_copy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise SpecError(
+                [SpecIssue(item, "override needs the form path=value", fix="e.g. --set training.epochs=3")],
+                source=source,
+            )
+        key, raw = item.split("=", 1)
+        parts = [p for p in key.strip().split(".")]
+        if not all(parts):
+            raise SpecError(
+                [SpecIssue(key, "empty field name in override path", fix="e.g. --set training.epochs=3")],
+                source=source,
+            )
+        value = parse_yaml_text(raw, f"--set {key}").data if raw.strip() else ""
+        target = out
+        for i, part in enumerate(parts[:-1]):
+            nxt = target.get(part)
+            if nxt is None:
+                nxt = target[part] = {}
+            if not isinstance(nxt, dict):
+                raise SpecError(
+                    [SpecIssue(".".join(parts[: i + 1]), "is not a mapping, cannot set a field inside it")],
+                    source=source,
+                )
+            target = nxt
+        target[parts[-1]] = value
+    return out
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def load_spec(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> JobSpec:
+    """Read, parse and validate a job spec file, with optional ``path=value`` overrides.
+
+    Relative paths inside the spec (``data.source``, ``entrypoint``) are resolved against the
+    spec file's directory, so a spec works from any current directory.
+    """
+    spec_path = Path(path)
+    source = str(path)
+    loaded = parse_yaml_text(read_spec_text(spec_path), source)
+    data = loaded.data
+    overrides = list(overrides)
+    if overrides and isinstance(data, dict):
+        data = apply_overrides(data, overrides)
+    try:
+        spec = validate_spec_data(data, source=source, loaded=loaded)
+    except SpecError as exc:
+        raise _blame_overrides(exc, overrides) from None
+    return resolve_paths(spec, spec_path.resolve().parent, source=source, loaded=loaded)
+
+
+def _blame_overrides(exc: SpecError, overrides: list[str]) -> SpecError:
+    """Point issues about overridden fields at the --set option rather than a file line."""
+    keys = {item.split("=", 1)[0].strip(): item for item in overrides}
+    issues = []
+    for issue in exc.issues:
+        item = next((v for k, v in keys.items() if issue.field_path == k or issue.field_path.startswith(k + ".")), None)
+        if item is None:
+            issues.append(issue)
+        else:
+            issues.append(replace(issue, line=None, message=f"{issue.message} (from --set {item})"))
+    return SpecError(issues, source=exc.source)
+
+
+def resolve_paths(spec: JobSpec, base: Path, *, source: str | None = None, loaded: LoadedYAML | None = None) -> JobSpec:
+    """Make file references absolute and check that they exist (the one place that does I/O)."""
+    issues: list[SpecIssue] = []
+    updates: dict[str, Any] = {}
+    if not spec.data.is_builtin:
+        data_path = (base / spec.data.source).resolve()
+        if not data_path.is_file():
+            issues.append(
+                SpecIssue(
+                    "data.source",
+                    "data file not found",
+                    value=spec.data.source,
+                    fix=f"check the path (resolved to {data_path})",
+                    line=loaded.line_of(("data", "source")) if loaded else None,
+                )
+            )
+        updates["data"] = spec.data.model_copy(update={"source": str(data_path)})
+    if spec.entrypoint:
+        file_part, func = spec.entrypoint.rsplit(":", 1)
+        entry = (base / file_part).resolve()
+        if not entry.is_file():
+            issues.append(
+                SpecIssue(
+                    "entrypoint",
+                    "entrypoint file not found",
+                    value=spec.entrypoint,
+                    fix=f"check the path (resolved to {entry})",
+                    line=loaded.line_of(("entrypoint",)) if loaded else None,
+                )
+            )
+        updates["entrypoint"] = f"{entry}:{func}"
+    if spec.checkpoint.dir:
+        updates["checkpoint"] = spec.checkpoint.model_copy(
+            update={"dir": str((base / os.path.expanduser(spec.checkpoint.dir)).resolve())}
+        )
+    if issues:
+        raise SpecError(issues, source=source)
+    return spec.model_copy(update=updates) if updates else spec

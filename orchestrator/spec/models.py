@@ -1,0 +1,283 @@
+"""The job spec: pydantic models, the single source of truth.
+
+JSON Schema (``orchestrator schema``) and the Kubernetes CRD schema are generated from these
+models. Models are immutable and do no I/O; file checks happen in :mod:`orchestrator.spec.loader`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: Accelerator types the scheduler and the Kubernetes backend know by name. Other names that
+#: follow the vendor-model pattern are accepted too (new hardware appears faster than releases).
+KNOWN_ACCELERATORS: tuple[str, ...] = (
+    "nvidia-h200-141gb",
+    "nvidia-h100-80gb",
+    "nvidia-a100-80gb",
+    "nvidia-a100-40gb",
+    "nvidia-l4",
+    "nvidia-t4",
+    "nvidia-v100",
+    "tpu-v4-podslice",
+    "tpu-v5-lite-podslice",
+    "tpu-v5p-slice",
+    "tpu-v6e-slice",
+)
+ACCELERATOR_PATTERN = re.compile(r"^(nvidia|amd|intel|tpu)-[a-z0-9][a-z0-9-]*$")
+
+BUILTIN_DATASETS: tuple[str, ...] = ("digits",)
+
+_MEMORY_UNITS = {
+    "": 1,
+    "k": 1000,
+    "m": 1000**2,
+    "g": 1000**3,
+    "t": 1000**4,
+    "ki": 1024,
+    "mi": 1024**2,
+    "gi": 1024**3,
+    "ti": 1024**4,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+}
+_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_memory(value: str | int) -> int:
+    """Parse ``4Gi``, ``512Mi``, ``2GB`` or a byte count into bytes."""
+    if isinstance(value, int):
+        return value
+    match = _MEMORY_RE.match(value)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _MEMORY_UNITS:
+        raise ValueError(
+            "not a memory size; write a number with a unit such as 512Mi, 4Gi or 2GB"
+        )
+    return int(float(match.group(1)) * _MEMORY_UNITS[unit])
+
+
+class CrossFieldError(ValueError):
+    """A model-level check failed; carries the field path it is about (for error messages)."""
+
+    def __init__(self, field_path: str, message: str, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.field_path = field_path
+        self.fix = fix
+
+
+class _Model(BaseModel):
+    """Base for every spec section: unknown fields are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class CNNModel(_Model):
+    """A convolutional classifier: conv blocks (conv, optional batch norm, ReLU, max-pool)."""
+
+    type: Literal["cnn"] = "cnn"
+    conv_filters: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default=[32, 64], min_length=1, max_length=8, description="Filters of each conv block."
+    )
+    kernel_size: int = Field(default=3, ge=1, le=15, description="Square kernel side.")
+    pool: bool = Field(default=True, description="2x2 max-pool after each block that fits.")
+    batch_norm: bool = Field(default=True, description="Batch normalisation after each conv.")
+    dropout: float = Field(default=0.25, ge=0.0, lt=1.0, description="Dropout before the head.")
+    dense_units: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default=[128], max_length=8, description="Hidden dense layers before the output layer."
+    )
+
+
+ModelSpec = Annotated[CNNModel, Field(discriminator="type")]
+
+
+class CleaningSpec(_Model):
+    """Row cleaning applied to the whole data set before it is split."""
+
+    drop_invalid: bool = Field(default=True, description="Drop rows with NaN or inf.")
+    drop_duplicates: bool = Field(default=True, description="Drop exact duplicate rows.")
+    clip_outliers_z: float | None = Field(
+        default=None,
+        gt=0,
+        description="Clip features to this many standard deviations (train statistics).",
+    )
+
+
+class DataSpec(_Model):
+    """Where the data comes from and how it is split and preprocessed."""
+
+    source: str = Field(
+        default="digits",
+        description="'digits' (scikit-learn's 8x8 digits) or a path to a .npz file with x and y.",
+    )
+    validation_fraction: float = Field(default=0.15, gt=0.0, lt=0.5)
+    test_fraction: float = Field(default=0.15, ge=0.0, lt=0.5)
+    preprocessing: Literal["standardize", "normalize", "none"] = "standardize"
+    cleaning: CleaningSpec = CleaningSpec()
+
+    @field_validator("source")
+    @classmethod
+    def _source_kind(cls, value: str) -> str:
+        if value in BUILTIN_DATASETS or value.endswith(".npz"):
+            return value
+        raise ValueError(
+            f"unknown data source; use one of {', '.join(BUILTIN_DATASETS)} "
+            "or a path ending in .npz"
+        )
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> DataSpec:
+        if self.validation_fraction + self.test_fraction >= 0.8:
+            raise CrossFieldError(
+                "test_fraction",
+                "validation_fraction + test_fraction must leave at least 20% for training",
+                fix="lower data.validation_fraction or data.test_fraction",
+            )
+        return self
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.source in BUILTIN_DATASETS
+
+
+class ResourcesSpec(_Model):
+    """What each worker of the gang needs."""
+
+    workers: int = Field(default=2, ge=1, le=4096, description="Number of training workers.")
+    cpus_per_worker: float = Field(default=1.0, gt=0, le=512)
+    gpus_per_worker: float = Field(default=0, ge=0, le=16)
+    accelerator: str | None = Field(
+        default=None, description="Accelerator type, e.g. nvidia-a100-40gb or tpu-v5-lite-podslice."
+    )
+    memory: str | int | None = Field(
+        default=None, description="Memory per worker: bytes or a size such as 4Gi."
+    )
+
+    @field_validator("accelerator")
+    @classmethod
+    def _accelerator_name(cls, value: str | None) -> str | None:
+        if value is None or value in KNOWN_ACCELERATORS or ACCELERATOR_PATTERN.match(value):
+            return value
+        raise ValueError(
+            "not an accelerator type; use a name such as " + ", ".join(KNOWN_ACCELERATORS[:4])
+        )
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_size(cls, value: str | int | None) -> str | int | None:
+        if value is None:
+            return None
+        if parse_memory(value) <= 0:
+            raise ValueError("memory must be positive")
+        return value
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return None if self.memory is None else parse_memory(self.memory)
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+
+class TrainingSpec(_Model):
+    """The optimisation loop."""
+
+    epochs: int = Field(default=10, ge=1, le=100000)
+    batch_size: int = Field(default=64, ge=1, le=1_000_000, description="Global batch size.")
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    learning_rate: float = Field(default=1e-3, gt=0, le=10)
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="For sgd and rmsprop.")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class CheckpointSpec(_Model):
+    """When and where checkpoints are written."""
+
+    every_epochs: int = Field(default=1, ge=1)
+    keep: int = Field(default=3, ge=1, le=1000, description="Newest checkpoints kept on disk.")
+    dir: str | None = Field(
+        default=None, description="Directory for checkpoints (default: the job's directory)."
+    )
+
+
+class FailureSpec(_Model):
+    """How many worker-group failures a job survives."""
+
+    max_failures: int = Field(default=0, ge=0, le=1000)
+
+
+class SyncSpec(_Model):
+    """Gradient synchronisation (all-reduce) settings."""
+
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    bucket_mb: float = Field(default=25.0, gt=0, le=1024, description="DDP bucket size.")
+    compression: Literal["none", "fp16"] = Field(
+        default="none", description="Gradient compression through a DDP communication hook."
+    )
+
+
+class JobSpec(_Model):
+    """A training job: what to train, on what data, with which resources."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=53,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Lower-case letters, digits and '-' (a Kubernetes name).",
+    )
+    framework: Literal["torch", "tensorflow"] = "torch"
+    model: ModelSpec | None = None
+    entrypoint: str | None = Field(
+        default=None,
+        pattern=r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$",
+        description="A user training function, path/to/file.py:function.",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Free-form values passed to a user entrypoint."
+    )
+    data: DataSpec = DataSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    training: TrainingSpec = TrainingSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    failure: FailureSpec = FailureSpec()
+    sync: SyncSpec = SyncSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobSpec:
+        if (self.model is None) == (self.entrypoint is None):
+            raise CrossFieldError(
+                "model",
+                "give exactly one of 'model' (a built-in model) or 'entrypoint'",
+                fix="add 'model: {type: cnn}' or 'entrypoint: path/to/file.py:function'",
+            )
+        if self.training.batch_size < self.resources.workers:
+            raise CrossFieldError(
+                "training.batch_size",
+                f"global batch size {self.training.batch_size} is smaller than "
+                f"resources.workers {self.resources.workers}",
+                fix=f"set training.batch_size to at least {self.resources.workers}",
+            )
+        if self.sync.backend == "nccl" and not self.resources.uses_gpu:
+            raise CrossFieldError(
+                "sync.backend",
+                "nccl needs GPUs",
+                fix="set resources.gpus_per_worker >= 1, or sync.backend: gloo (or auto)",
+            )
+        return self
+
+    @property
+    def per_worker_batch_size(self) -> int:
+        return self.training.batch_size // self.resources.workers
+
+    @property
+    def sync_backend(self) -> str:
+        """The collective backend actually used: nccl on GPUs, gloo on CPUs."""
+        if self.sync.backend != "auto":
+            return self.sync.backend
+        return "nccl" if self.resources.uses_gpu else "gloo"

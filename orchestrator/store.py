@@ -1,0 +1,324 @@
+"""The job store: one SQLite database under $ORCHESTRATOR_HOME, safe for concurrent CLIs.
+
+SQLite in WAL mode with a busy timeout lets several CLI processes read and write at once;
+each state change is one short transaction, and transitions are conditional
+(``UPDATE ... WHERE state IN (...)``) so that, for example, a late "succeeded" cannot overwrite
+a "cancelled" that another process wrote first.
+
+The store is the one place job state lives. Job directories hold artefacts (logs, checkpoints,
+models, TensorBoard events), never the state itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import JobNotFoundError, UsageError
+
+
+class JobState(str, Enum):
+    """Lifecycle of a job. Terminal states never change again, except through `resume`."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED}
+)
+ACTIVE_STATES = frozenset({JobState.PENDING, JobState.RUNNING, JobState.CANCELLING})
+
+
+@dataclass
+class JobRecord:
+    """One row of the job store."""
+
+    id: str
+    name: str
+    backend: str
+    state: JobState
+    spec: dict[str, Any]
+    job_dir: Path
+    created_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    driver_pid: int | None = None
+    driver_started: float | None = None
+    message: str | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+    progress: dict[str, Any] = field(default_factory=dict)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    external_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job_id": self.id,
+            "name": self.name,
+            "backend": self.backend,
+            "state": self.state.value,
+            "message": self.message,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "job_dir": str(self.job_dir),
+            "progress": self.progress,
+            "attempts": self.attempts,
+            **self.result,
+        }
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    state TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    job_dir TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    ended_at REAL,
+    driver_pid INTEGER,
+    driver_started REAL,
+    message TEXT,
+    result_json TEXT NOT NULL DEFAULT '{}',
+    progress_json TEXT NOT NULL DEFAULT '{}',
+    attempts_json TEXT NOT NULL DEFAULT '[]',
+    external_id TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
+"""
+
+_COLUMNS = (
+    "id, name, backend, state, spec_json, job_dir, created_at, started_at, ended_at, driver_pid, "
+    "driver_started, message, result_json, progress_json, attempts_json, external_id"
+)
+
+
+class JobStore:
+    """CRUD over the jobs table. Cheap to construct; opens a connection per operation."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as conn:
+            conn.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            yield conn
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def new_job_id(self, name: str) -> str:
+        return f"{name}-{secrets.token_hex(3)}"
+
+    def create(self, record: JobRecord) -> JobRecord:
+        with self._transaction() as conn:
+            conn.execute(
+                f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 16)})",
+                self._row_values(record),
+            )
+        return record
+
+    @staticmethod
+    def _row_values(r: JobRecord) -> tuple[Any, ...]:
+        return (
+            r.id,
+            r.name,
+            r.backend,
+            r.state.value,
+            json.dumps(r.spec),
+            str(r.job_dir),
+            r.created_at,
+            r.started_at,
+            r.ended_at,
+            r.driver_pid,
+            r.driver_started,
+            r.message,
+            json.dumps(r.result),
+            json.dumps(r.progress),
+            json.dumps(r.attempts),
+            r.external_id,
+        )
+
+    @staticmethod
+    def _from_row(row: tuple[Any, ...]) -> JobRecord:
+        return JobRecord(
+            id=row[0],
+            name=row[1],
+            backend=row[2],
+            state=JobState(row[3]),
+            spec=json.loads(row[4]),
+            job_dir=Path(row[5]),
+            created_at=row[6],
+            started_at=row[7],
+            ended_at=row[8],
+            driver_pid=row[9],
+            driver_started=row[10],
+            message=row[11],
+            result=json.loads(row[12]),
+            progress=json.loads(row[13]),
+            attempts=json.loads(row[14]),
+            external_id=row[15],
+        )
+
+    def get(self, job_id: str) -> JobRecord:
+        """Find a job by id or by a unique id prefix."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE id = ? OR id LIKE ? ESCAPE '\\' "
+                "ORDER BY created_at DESC",
+                (job_id, _like_prefix(job_id)),
+            ).fetchall()
+        exact = [r for r in rows if r[0] == job_id]
+        if exact:
+            return self._from_row(exact[0])
+        if not rows:
+            raise JobNotFoundError(
+                f"no job {job_id!r} in the job store {self.db_path}",
+                fix="run `orchestrator list` to see job ids",
+            )
+        if len(rows) > 1:
+            raise UsageError(
+                f"{job_id!r} matches {len(rows)} jobs: " + ", ".join(r[0] for r in rows[:5]),
+                fix="give more of the job id",
+            )
+        return self._from_row(rows[0])
+
+    def list(self, limit: int = 100) -> list[JobRecord]:
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [self._from_row(r) for r in rows]
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        """Set fields unconditionally (progress, result, attempts, pid...)."""
+        self._update(job_id, fields, expected=None)
+
+    def transition(
+        self, job_id: str, new: JobState, expected: frozenset[JobState] | set[JobState], **fields: Any
+    ) -> bool:
+        """Move to ``new`` only if the current state is in ``expected``. True if it happened."""
+        return self._update(job_id, {"state": new, **fields}, expected=expected)
+
+    def _update(
+        self, job_id: str, fields: dict[str, Any], expected: frozenset[JobState] | set[JobState] | None
+    ) -> bool:
+        columns = {
+            "state": lambda v: JobState(v).value,
+            "result": json.dumps,
+            "progress": json.dumps,
+            "attempts": json.dumps,
+            "spec": json.dumps,
+        }
+        names = {"result": "result_json", "progress": "progress_json", "attempts": "attempts_json", "spec": "spec_json"}
+        sets, values = [], []
+        for key, value in fields.items():
+            conv = columns.get(key)
+            sets.append(f"{names.get(key, key)} = ?")
+            values.append(conv(value) if conv and value is not None else value)
+        sql = f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?"
+        values.append(job_id)
+        if expected is not None:
+            sql += f" AND state IN ({', '.join('?' * len(expected))})"
+            values += [s.value for s in expected]
+        with self._transaction() as conn:
+            cur = conn.execute(sql, values)
+            return cur.rowcount == 1
+
+    def reconcile_dead_drivers(self) -> list[str]:
+        """Mark jobs whose local driver process died without saying so as ``interrupted``."""
+        changed = []
+        for record in self.list(limit=10_000):
+            if record.state not in ACTIVE_STATES or record.backend != "local":
+                continue
+            if record.driver_pid is None:
+                # A pending job whose driver never started within a minute is lost too.
+                if time.time() - record.created_at < 60:
+                    continue
+            elif process_alive(record.driver_pid, record.driver_started):
+                continue
+            message = "the driver process exited without finishing the job (killed?)"
+            if self.transition(
+                record.id,
+                JobState.INTERRUPTED,
+                ACTIVE_STATES,
+                ended_at=time.time(),
+                message=message + "; `orchestrator resume` continues it from its latest checkpoint",
+            ):
+                changed.append(record.id)
+        return changed
+
+
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def process_start_time(pid: int) -> float | None:
+    """The process's start time (to tell a live driver from a reused pid), or None if gone."""
+    try:
+        import psutil
+
+        return float(psutil.Process(pid).create_time())
+    except Exception:  # noqa: BLE001 - psutil raises several kinds for a vanished process
+        return None
+
+
+def process_alive(pid: int, started: float | None) -> bool:
+    """True if ``pid`` runs and is the same process that started at ``started``."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    now_started = process_start_time(pid)
+    if now_started is None:
+        return False
+    try:
+        import psutil
+
+        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return False
+    except Exception:  # noqa: BLE001
+        return False
+    return started is None or abs(now_started - started) < 1.0
