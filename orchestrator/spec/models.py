@@ -61,6 +61,17 @@ def parse_memory(value: str | int) -> int:
     return int(float(match.group(1)) * _MEMORY_UNITS[unit])
 
 
+_TOLERATION_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9./_]*(=[-A-Za-z0-9._]*)?(:(NoSchedule|PreferNoSchedule|NoExecute))?$"
+
+
+def _check_accelerator(value: str) -> str:
+    if value in KNOWN_ACCELERATORS or ACCELERATOR_PATTERN.match(value):
+        return value
+    raise ValueError(
+        "not an accelerator type; use a name such as " + ", ".join(KNOWN_ACCELERATORS[:4])
+    )
+
+
 class CrossFieldError(ValueError):
     """A model-level check failed; carries the field path it is about (for error messages)."""
 
@@ -156,15 +167,67 @@ class ResourcesSpec(_Model):
     memory: str | int | None = Field(
         default=None, description="Memory per worker: bytes or a size such as 4Gi."
     )
+    # Scheduling fields, read by orchestrator.scheduler (see docs/scheduler.md).
+    accelerators: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Acceptable accelerator types, most preferred first (instead of `accelerator`); "
+        "the scheduler takes the first type that has room.",
+    )
+    topology: str | None = Field(
+        default=None,
+        pattern=r"^[1-9][0-9]*(x[1-9][0-9]*){1,2}$",
+        description="TPU slice topology such as 2x4 or 4x4x4: the gang takes one whole slice.",
+    )
+    queue: str = Field(
+        default="default",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Scheduler queue the job joins (queues, quotas and cohorts are set per cluster).",
+    )
+    priority: int | str | None = Field(
+        default=None,
+        description="Priority class (low, normal, high, or one the cluster defines) or an integer; "
+        "default: the queue's priority.",
+    )
+    tolerations: list[Annotated[str, Field(pattern=_TOLERATION_PATTERN)]] = Field(
+        default_factory=list,
+        description="Node-pool taints this job tolerates: key, key=value or key=value:Effect.",
+    )
 
     @field_validator("accelerator")
     @classmethod
     def _accelerator_name(cls, value: str | None) -> str | None:
-        if value is None or value in KNOWN_ACCELERATORS or ACCELERATOR_PATTERN.match(value):
+        if value is None:
             return value
-        raise ValueError(
-            "not an accelerator type; use a name such as " + ", ".join(KNOWN_ACCELERATORS[:4])
-        )
+        return _check_accelerator(value)
+
+    @field_validator("accelerators")
+    @classmethod
+    def _accelerator_names(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [_check_accelerator(v) for v in value]
+
+    @model_validator(mode="after")
+    def _one_accelerator_field(self) -> ResourcesSpec:
+        if self.accelerator is not None and self.accelerators is not None:
+            raise CrossFieldError(
+                "accelerators",
+                "give either 'accelerator' (one type) or 'accelerators' (a list), not both",
+                fix=f"move {self.accelerator!r} into the 'accelerators' list",
+            )
+        if self.topology is not None and not all(a.startswith("tpu-") for a in self.accelerator_choices):
+            raise CrossFieldError(
+                "topology",
+                "a slice topology needs a TPU accelerator",
+                fix="set resources.accelerator to a TPU type such as tpu-v5p-slice, or drop topology",
+            )
+        return self
+
+    @property
+    def accelerator_choices(self) -> tuple[str, ...]:
+        """Acceptable accelerator types in order of preference (empty: CPU only)."""
+        if self.accelerators is not None:
+            return tuple(self.accelerators)
+        return (self.accelerator,) if self.accelerator else ()
 
     @field_validator("memory")
     @classmethod
