@@ -16,13 +16,20 @@ class Settings:
     """
 
     home: Path
+    #: A remote Ray cluster for the `ray` backend (ORCHESTRATOR_RAY_ADDRESS).
     ray_address: str | None = None
+    #: A Ray instance the local backend joins instead of starting its own (Ray's RAY_ADDRESS).
+    local_ray_address: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         home = Path(env.get("ORCHESTRATOR_HOME") or Path.home() / ".orchestrator").expanduser()
-        return cls(home=home.resolve(), ray_address=env.get("ORCHESTRATOR_RAY_ADDRESS") or None)
+        return cls(
+            home=home.resolve(),
+            ray_address=env.get("ORCHESTRATOR_RAY_ADDRESS") or None,
+            local_ray_address=env.get("RAY_ADDRESS") or None,
+        )
 
     @property
     def db_path(self) -> Path:

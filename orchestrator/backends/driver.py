@@ -80,6 +80,7 @@ class _RunState:
     first_step_at: float | None = None
     stopped: bool = False
     shards: dict[int, dict[int, list[int]]] = field(default_factory=dict)
+    model_checksum: str | None = None
 
 
 class Driver:
@@ -106,6 +107,8 @@ class Driver:
         self._sink: Any = None
         self._tb: Any = None
         self._log_handler: logging.Handler | None = None
+        # "submit to first step" counts from submission; for a resumed job, from the resume.
+        self.requested_at = self.record.created_at if not self.record.attempts else time.time()
 
     # -- signals --------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -181,7 +184,7 @@ class Driver:
         log.info("data: %s", json.dumps(summary))
 
         init_start = time.time()
-        context = start_embedded_ray()
+        context = start_embedded_ray(self.settings.local_ray_address)
         dashboard_url = _dashboard_url(context)
         log.info("Ray started in %.1fs; dashboard: %s", time.time() - init_start, dashboard_url or "off")
         check_fits_local_cluster(spec, ray.cluster_resources())
@@ -278,6 +281,7 @@ class Driver:
             return True
         if kind == "final":
             self.state.final_metrics = dict(event["metrics"])
+            self.state.model_checksum = event.get("param_checksum")
             log.info("final %s", " ".join(f"{k}={v:.4g}" for k, v in event["metrics"].items()))
             return True
         if kind == "checkpoint":
@@ -302,7 +306,7 @@ class Driver:
             return True
         elif kind == "first_step" and self.state.first_step_at is None:
             self.state.first_step_at = event["time"]
-            log.info("first training step after %.2fs from submit", event["time"] - self.record.created_at)
+            log.info("first training step %.2fs after submit", event["time"] - self.requested_at)
         elif kind == "shard":
             self.state.shards.setdefault(int(event["rank"]), {})[int(event["epoch"])] = event["indices"]
         elif kind == "stopped":
@@ -351,8 +355,9 @@ class Driver:
             "torchscript_path": str(model_dir / "model.torchscript.pt")
             if (model_dir / "model.torchscript.pt").exists() else None,
             "tensorboard_dir": str(self.record.job_dir / "tensorboard"),
-            "time_to_first_step_s": (self.state.first_step_at - self.record.created_at)
+            "time_to_first_step_s": (self.state.first_step_at - self.requested_at)
             if self.state.first_step_at else None,
+            "model_checksum": self.state.model_checksum,
         })
         self.store.transition(
             self.record.id, state, ACTIVE_STATES, ended_at=now, message=message,
@@ -407,8 +412,11 @@ class Driver:
 RAY_START_ATTEMPTS = 3
 
 
-def start_embedded_ray() -> Any:
+def start_embedded_ray(join_address: str | None = None) -> Any:
     """``ray.init()`` for the local backend, retried when the node times out during start-up.
+
+    With ``join_address`` (Ray's own ``RAY_ADDRESS`` convention) the driver joins that running
+    Ray instance instead of starting one; tests use this to share one Ray across jobs.
 
     On a slow or contended machine the raylet can give up waiting (a fixed 15 s) for its
     dashboard agent to import and report its ports, and ``ray.init`` fails with "The current
@@ -417,6 +425,9 @@ def start_embedded_ray() -> Any:
     """
     import ray
 
+    if join_address:
+        return ray.init(address=join_address, log_to_driver=False, logging_level=logging.WARNING,
+                        namespace="orchestrator")
     for attempt in range(1, RAY_START_ATTEMPTS + 1):
         try:
             return ray.init(

@@ -49,6 +49,9 @@ class Collectives(Protocol):
 class LocalCollectives:
     """Collectives for a single process (world size 1)."""
 
+    def __init__(self, device: Any = None) -> None:
+        self.device = device
+
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         return obj
 

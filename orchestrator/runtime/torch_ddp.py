@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from torch import nn
 from orchestrator.metrics import names
 from orchestrator.runtime import session as session_mod
 from orchestrator.runtime.data import PreparedData, eval_indices
-from orchestrator.runtime.session import JobPaths, LocalCollectives, TrainSession
+from orchestrator.runtime.session import Collectives, JobPaths, LocalCollectives, TrainSession
 from orchestrator.spec.models import JobSpec
 
 STATE_FILE = "state.pt"
@@ -105,7 +106,7 @@ def wrap_ddp(model: nn.Module, spec: JobSpec, device: torch.device) -> nn.Module
 
 
 def evaluate(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, rank: int, world: int, batch: int, device: torch.device
+    model: nn.Module, x: np.ndarray, y: np.ndarray, rank: int, world: int, batch: int, dev: torch.device
 ) -> tuple[float, float]:
     """Loss and accuracy over the whole split: each rank takes a slice, sums are all-reduced."""
     idx = eval_indices(len(x), rank, world)
@@ -114,12 +115,12 @@ def evaluate(
     with torch.no_grad():
         for start in range(0, len(idx), batch):
             sel = idx[start : start + batch]
-            xb = torch.from_numpy(x[sel]).to(device)
-            yb = torch.from_numpy(y[sel]).to(device)
+            xb = torch.from_numpy(x[sel]).to(dev)
+            yb = torch.from_numpy(y[sel]).to(dev)
             out = model(xb)
             loss_sum += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
             correct += float((out.argmax(1) == yb).sum())
-    total_loss, total_correct, count = _all_reduce_sum([loss_sum, correct, float(len(idx))], device)
+    total_loss, total_correct, count = _all_reduce_sum([loss_sum, correct, float(len(idx))], dev)
     return total_loss / max(count, 1), total_correct / max(count, 1)
 
 
@@ -136,39 +137,76 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def train_builtin(sess: TrainSession, spec: JobSpec, device: torch.device) -> dict[str, float]:
+def worker_device() -> torch.device:
+    """The device this worker trains on (its GPU when the job asked for GPUs, else the CPU)."""
+    return _session_device(session_mod.get_session())
+
+
+def evaluate_split(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 512) -> tuple[float, float]:
+    """Loss and accuracy of ``model`` on a whole split, computed across all ranks (a collective)."""
+    sess = session_mod.get_session()
+    return evaluate(model, x, y, sess.rank, sess.world_size, batch, _session_device(sess))
+
+
+def prepare_model(model: nn.Module, dev: torch.device | None = None) -> nn.Module:
+    """Move ``model`` to this worker's device and wrap it for DDP with the spec's sync settings."""
+    sess = session_mod.get_session()
+    spec = JobSpec.model_validate(sess.config)
+    dev = dev or _session_device(sess)
+    return wrap_ddp(model.to(dev), spec, dev)
+
+
+def _session_device(sess: TrainSession) -> torch.device:
+    return getattr(sess.collectives, "device", torch.device("cpu"))
+
+
+def restore_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
+    """Load the newest valid checkpoint into ``model``/``optimizer`` (and this rank's RNG).
+
+    Returns ``(first_epoch_to_run, global_step)``: ``(1, 0)`` when there is no checkpoint.
+    Call it on every rank before wrapping the model for DDP.
+    """
+    sess = session_mod.get_session()
+    restored = sess.find_restore_point()
+    start_epoch, global_step = 1, 0
+    if restored is not None:
+        dev = next(iter(model.parameters())).device
+        state = torch.load(restored.path / STATE_FILE, map_location=dev, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, global_step = int(state["epoch"]) + 1, int(state["global_step"])
+        rng = state.get("rng") or []
+        if len(rng) == sess.world_size:
+            _set_rng_state(rng[sess.rank])
+        else:  # the world size changed: reseed deterministically for this rank and epoch
+            seed = int(sess.config["training"]["seed"])
+            torch.manual_seed(seed * 1000 + sess.rank + 7919 * start_epoch)
+    sess.attempt_started()
+    return start_epoch, global_step
+
+
+def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[str, float]:
     """The built-in supervised loop for classification models (cnn)."""
     data = sess.data
     assert data is not None
     rank, world = sess.rank, sess.world_size
     torch.manual_seed(spec.training.seed * 1000 + rank)
-    model = build_model(spec, data).to(device)
+    model = build_model(spec, data).to(dev)
     optimizer = make_optimizer(spec, model.parameters())
-    start_epoch, global_step = 1, 0
-
-    restored = sess.find_restore_point()
-    if restored is not None:
-        state = torch.load(restored.path / STATE_FILE, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, global_step = int(state["epoch"]) + 1, int(state["global_step"])
-        rng = state.get("rng") or []
-        if len(rng) == world:
-            _set_rng_state(rng[rank])
-        else:  # the world size changed: reseed deterministically for this rank and epoch
-            torch.manual_seed(spec.training.seed * 1000 + rank + 7919 * start_epoch)
-    sess.attempt_started()
+    start_epoch, global_step = restore_checkpoint(model, optimizer)
     if rank == 0:
         sess.emit({"type": "model", "parameters": sum(p.numel() for p in model.parameters()),
-                   "param_checksum": param_checksum(model)})
+                   "param_checksum": param_checksum(model),
+                   "optimizer_checksum": optimizer_checksum(optimizer)})
 
-    net = wrap_ddp(model, spec, device)
+    net = wrap_ddp(model, spec, dev)
     bs = spec.per_worker_batch_size
     epochs = spec.training.epochs
     x_train, y_train = data.x_train, data.y_train
     lr = spec.training.learning_rate
     stopped = False
     checkpoint_seconds = 0.0
+    epoch = start_epoch
 
     for epoch in range(start_epoch, epochs + 1):
         idx = sess.shard(epoch)
@@ -178,8 +216,8 @@ def train_builtin(sess: TrainSession, spec: JobSpec, device: torch.device) -> di
         t0 = time.perf_counter()
         for step in range(steps):
             sel = idx[step * bs : (step + 1) * bs]
-            xb = torch.from_numpy(x_train[sel]).to(device, non_blocking=True)
-            yb = torch.from_numpy(y_train[sel]).to(device, non_blocking=True)
+            xb = torch.from_numpy(x_train[sel]).to(dev, non_blocking=True)
+            yb = torch.from_numpy(y_train[sel]).to(dev, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             out = net(xb)
             loss = nn.functional.cross_entropy(out, yb)
@@ -196,13 +234,13 @@ def train_builtin(sess: TrainSession, spec: JobSpec, device: torch.device) -> di
                 break
         train_seconds = time.perf_counter() - t0
         sess.record_shard(epoch, idx[: int(seen)])
-        t_loss, t_correct, t_seen = _all_reduce_sum([loss_sum, correct, seen], device)
-        val_loss, val_acc = evaluate(net, data.x_val, data.y_val, rank, world, 512, device)
+        t_loss, t_correct, t_seen = _all_reduce_sum([loss_sum, correct, seen], dev)
         if stopped:
             break
+        val_loss, val_acc = evaluate(net, data.x_val, data.y_val, rank, world, 512, dev)
         stop_now = sess.should_stop()
         if epoch % spec.checkpoint.every_epochs == 0 or epoch == epochs or stop_now:
-            checkpoint_seconds = save_torch_checkpoint(sess, model, optimizer, epoch, global_step)
+            checkpoint_seconds = save_checkpoint(model, optimizer, epoch=epoch, step=global_step)
         sess.report(
             epoch=epoch,
             **{
@@ -223,7 +261,7 @@ def train_builtin(sess: TrainSession, spec: JobSpec, device: torch.device) -> di
     if stopped:
         sess.emit({"type": "stopped", "epoch": epoch, "global_step": global_step})
         return {}
-    test_loss, test_acc = evaluate(net, data.x_test, data.y_test, rank, world, 512, device)
+    test_loss, test_acc = evaluate(net, data.x_test, data.y_test, rank, world, 512, dev)
     final = {names.TEST_LOSS: test_loss, names.TEST_ACCURACY: test_acc}
     if rank == 0:
         export_torch_model(model, data, spec, sess.paths.model_dir)
@@ -232,10 +270,14 @@ def train_builtin(sess: TrainSession, spec: JobSpec, device: torch.device) -> di
     return final
 
 
-def save_torch_checkpoint(
-    sess: TrainSession, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, global_step: int
-) -> float:
-    """Gather every rank's RNG state, then rank 0 writes model, optimizer, epoch and RNG."""
+def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, *, epoch: int, step: int) -> float:
+    """Gather every rank's RNG state, then rank 0 writes model, optimizer, epoch and RNG.
+
+    Call it on every rank (it is a collective); pass the unwrapped model, not the DDP wrapper.
+    Returns the seconds rank 0 spent writing (0 on other ranks).
+    """
+    sess = session_mod.get_session()
+    global_step = step
     rng = sess.collectives.all_gather_object(_rng_state())
     if sess.rank != 0:
         return 0.0
@@ -253,7 +295,8 @@ def save_torch_checkpoint(
 
     return sess.save_checkpoint(
         write, epoch=epoch, step=global_step,
-        meta={"framework": "torch", "param_checksum": param_checksum(model)},
+        meta={"framework": "torch", "param_checksum": param_checksum(model),
+              "optimizer_checksum": optimizer_checksum(optimizer)},
     )
 
 
@@ -266,6 +309,33 @@ def param_checksum(model: nn.Module) -> str:
         digest.update(key.encode())
         digest.update(value.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def optimizer_checksum(optimizer: torch.optim.Optimizer) -> str:
+    """A short hash of the optimizer's state tensors and hyperparameters."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    state = optimizer.state_dict()
+    for key in sorted(state["state"]):
+        for name, value in sorted(state["state"][key].items()):
+            digest.update(f"{key}.{name}".encode())
+            if isinstance(value, torch.Tensor):
+                digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+            else:
+                digest.update(repr(value).encode())
+    digest.update(repr(state["param_groups"]).encode())
+    return digest.hexdigest()[:16]
+
+
+def export_model(model: nn.Module) -> Path | None:
+    """Rank 0 saves a user model (state_dict and TorchScript) in the job's model directory."""
+    sess = session_mod.get_session()
+    if sess.rank != 0 or sess.data is None:
+        return None
+    spec = JobSpec.model_validate(sess.config)
+    export_torch_model(model, sess.data, spec, sess.paths.model_dir)
+    return sess.paths.model_dir / "model.pt"
 
 
 def export_torch_model(model: nn.Module, data: PreparedData, spec: JobSpec, model_dir: Path) -> None:
@@ -285,11 +355,13 @@ def export_torch_model(model: nn.Module, data: PreparedData, spec: JobSpec, mode
     shift, scale = tensor(pre.shift), tensor(pre.scale)
     assert shift is not None and scale is not None
     wrapped = WithPreprocessing(cpu_model, shift, scale, tensor(pre.clip_low), tensor(pre.clip_high)).eval()
-    scripted = torch.jit.script(wrapped)
-    scripted.save(str(model_dir / "model.torchscript.pt"))
+    with warnings.catch_warnings():  # TorchScript is deprecated upstream but still the portable format
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(wrapped)
+        scripted.save(str(model_dir / "model.torchscript.pt"))
     meta = {
         "framework": "torch",
-        "model": spec.model.model_dump(mode="json") if spec.model else None,
+        "model": spec.model.model_dump(mode="json") if spec.model else {"entrypoint": spec.entrypoint},
         "sample_shape": list(data.sample_shape),
         "num_classes": data.num_classes,
         "task": data.task,
@@ -321,11 +393,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     spec = JobSpec.model_validate(config["spec"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    dev = ray.train.torch.get_device()
     data = config.get("data")
     if data is not None and not isinstance(data, PreparedData):
         data = ray.get(data)
-    collectives = TorchCollectives(device) if world > 1 else LocalCollectives()
+    collectives: Collectives = TorchCollectives(dev) if world > 1 else LocalCollectives(dev)
     sess = TrainSession(
         config=config["spec"],
         rank=rank,
@@ -343,6 +415,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 func = _load_user_function(spec.entrypoint)
                 func(dict(config["spec"]))
             else:
-                train_builtin(sess, spec, device)
+                train_builtin(sess, spec, dev)
     finally:
         session_mod.set_session(None)

@@ -1,0 +1,93 @@
+"""Integration fixtures: one real Ray instance shared by the whole session, CLI runners.
+
+Starting Ray costs seconds (minutes on a contended machine), so tests share one head started
+with `ray start --head`; jobs join it through Ray's RAY_ADDRESS convention. The one test that
+checks the zero-set-up default path (an embedded Ray started by `submit` itself) runs without
+RAY_ADDRESS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+RAY_BIN = Path(sys.executable).parent / "ray"
+
+
+def _ray_stop() -> None:
+    subprocess.run([str(RAY_BIN), "stop", "--force"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Address of a Ray head (2 CPUs, dashboard on 127.0.0.1) running for the whole session."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [
+        str(RAY_BIN), "start", "--head", "--num-cpus=2", "--num-gpus=0",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
+        "--disable-usage-stats",
+    ]
+    last = None
+    for _ in range(3):  # the head can time out waiting for its agents on a very busy machine
+        last = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        if last.returncode == 0:
+            break
+        _ray_stop()
+    assert last is not None and last.returncode == 0, last.stdout + last.stderr
+    address = "127.0.0.1:6379"
+    for line in last.stdout.splitlines():
+        if "--address=" in line:
+            address = line.split("--address=")[1].split()[0].strip("'\"")
+            break
+    yield address
+    _ray_stop()
+
+
+def cli_env(home: Path, ray_address: str | None) -> dict[str, str]:
+    env = {**os.environ, "ORCHESTRATOR_HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
+    return env
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], timeout: float = 1800, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO,
+    )
+    if check:
+        assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def last_json(stdout: str) -> dict[str, Any]:
+    lines = [line for line in stdout.strip().splitlines() if line.strip()]
+    assert lines, "no output"
+    data: dict[str, Any] = json.loads(lines[-1])
+    return data
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 1.0, what: str = "condition") -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

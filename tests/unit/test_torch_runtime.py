@@ -1,0 +1,119 @@
+"""The torch training loop and checkpoint restore, in one process (no Ray, world size 1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from orchestrator.runtime import session as session_mod
+from orchestrator.runtime import torch_ddp
+from orchestrator.runtime.data import prepare_data
+from orchestrator.runtime.session import JobPaths, LocalCollectives, TrainSession
+from orchestrator.spec.models import JobSpec
+
+
+def make_session(tmp_path: Path, spec: JobSpec) -> TrainSession:
+    data = prepare_data(spec.data, spec.training.seed)
+    paths = JobPaths(tmp_path, tmp_path / "checkpoints", tmp_path / "model")
+    sess = TrainSession(
+        config=spec.model_dump(mode="json"), rank=0, world_size=1, paths=paths, data=data,
+        sink=None, collectives=LocalCollectives(torch.device("cpu")), keep_checkpoints=spec.checkpoint.keep,
+    )
+    session_mod.set_session(sess)
+    return sess
+
+
+@pytest.fixture
+def spec() -> JobSpec:
+    return JobSpec(
+        name="unit",
+        model={"type": "cnn", "conv_filters": [8], "dense_units": [16]},
+        resources={"workers": 1},
+        training={"epochs": 2, "batch_size": 64, "learning_rate": 0.01, "seed": 1},
+    )
+
+
+def test_builtin_loop_trains_checkpoints_and_exports(tmp_path: Path, spec: JobSpec) -> None:
+    sess = make_session(tmp_path, spec)
+    try:
+        final = torch_ddp.train_builtin(sess, spec, torch.device("cpu"))
+    finally:
+        session_mod.set_session(None)
+    assert final["test_accuracy"] > 0.5  # 2 tiny epochs; chance is 0.1
+    ckpts = sess.checkpoints.list()
+    assert [c.epoch for c in ckpts] == [2, 1]
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert meta["num_classes"] == 10 and meta["sample_shape"] == [1, 8, 8]
+    # the TorchScript model takes raw (unpreprocessed) inputs and matches the trained model
+    scripted = torch.jit.load(str(tmp_path / "model" / "model.torchscript.pt"))
+    from sklearn.datasets import load_digits
+
+    raw = torch.from_numpy(load_digits().images[:16, None].astype("float32"))
+    model = torch_ddp.build_model(spec, sess.data)  # type: ignore[arg-type]
+    model.load_state_dict(torch.load(tmp_path / "model" / "model.pt"))
+    model.eval()
+    pre = sess.data.preprocessor  # type: ignore[union-attr]
+    expected = model(torch.from_numpy(pre.apply(raw.numpy())))
+    assert torch.allclose(scripted(raw), expected, atol=1e-5)
+
+
+def test_restore_gives_identical_weights_optimizer_and_next_epoch(tmp_path: Path, spec: JobSpec) -> None:
+    sess = make_session(tmp_path, spec)
+    try:
+        torch.manual_seed(0)
+        model = torch_ddp.build_model(spec, sess.data)  # type: ignore[arg-type]
+        opt = torch_ddp.make_optimizer(spec, model.parameters())
+        x = torch.from_numpy(sess.data.x_train[:32])  # type: ignore[union-attr]
+        y = torch.from_numpy(sess.data.y_train[:32])  # type: ignore[union-attr]
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        torch_ddp.save_checkpoint(model, opt, epoch=3, step=30)
+        rng_after_save = torch.get_rng_state()
+        expected_model = torch_ddp.param_checksum(model)
+        expected_opt = torch_ddp.optimizer_checksum(opt)
+
+        torch.manual_seed(123)  # a different process state
+        fresh = torch_ddp.build_model(spec, sess.data)  # type: ignore[arg-type]
+        fresh_opt = torch_ddp.make_optimizer(spec, fresh.parameters())
+        assert torch_ddp.param_checksum(fresh) != expected_model
+        start_epoch, step = torch_ddp.restore_checkpoint(fresh, fresh_opt)
+    finally:
+        session_mod.set_session(None)
+    assert (start_epoch, step) == (4, 30)
+    assert torch_ddp.param_checksum(fresh) == expected_model
+    assert torch_ddp.optimizer_checksum(fresh_opt) == expected_opt
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(torch.get_rng_state(), rng_after_save)  # dropout continues identically
+
+
+def test_no_checkpoint_starts_at_epoch_one(tmp_path: Path, spec: JobSpec) -> None:
+    sess = make_session(tmp_path, spec)
+    try:
+        model = torch_ddp.build_model(spec, sess.data)  # type: ignore[arg-type]
+        opt = torch_ddp.make_optimizer(spec, model.parameters())
+        assert torch_ddp.restore_checkpoint(model, opt) == (1, 0)
+    finally:
+        session_mod.set_session(None)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "rmsprop"])
+def test_every_optimizer_builds(spec: JobSpec, optimizer: str) -> None:
+    s = spec.model_copy(update={"training": spec.training.model_copy(update={"optimizer": optimizer})})
+    opt = torch_ddp.make_optimizer(s, torch.nn.Linear(2, 2).parameters())
+    assert type(opt).__name__.lower() == optimizer
+
+
+def test_cnn_shapes_for_larger_images() -> None:
+    from orchestrator.models.torch_models import build_cnn
+    from orchestrator.spec.models import CNNModel
+
+    net = build_cnn(CNNModel(conv_filters=[4, 8, 16]), (3, 32, 32), 7)
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+    tiny = build_cnn(CNNModel(conv_filters=[4, 8, 16, 32]), (1, 4, 4), 2)  # pools stop at 1x1
+    assert tiny(torch.zeros(2, 1, 4, 4)).shape == (2, 2)
