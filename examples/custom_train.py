@@ -24,11 +24,12 @@ def train(config: dict) -> None:
     torch.manual_seed(config["training"]["seed"])
     model = nn.Sequential(nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, data.num_classes))
     optimizer = torch.optim.SGD(model.parameters(), lr=config["training"]["learning_rate"], momentum=0.9)
-    start_epoch, step = helpers.restore_checkpoint(model, optimizer)  # (1, 0) on a fresh start
+    point = helpers.restore_checkpoint(model, optimizer)  # epoch 1, step 0 on a fresh start
+    step = point.global_step
     net = helpers.prepare_model(model)  # DDP with the spec's bucket size and compression
     per_worker = config["training"]["batch_size"] // session.get_session().world_size
 
-    for epoch in range(start_epoch, config["training"]["epochs"] + 1):
+    for epoch in range(point.start_epoch, config["training"]["epochs"] + 1):
         net.train()
         indices = session.shard(epoch)  # this worker's part of the training split
         total = 0.0

@@ -35,7 +35,11 @@ class SubmitOptions:
 
     detach: bool = False
     spec_path: str | None = None
-    metrics_port: int | None = None
+    #: Port of the job's Prometheus endpoint: 0 picks a free one, None serves none.
+    metrics_port: int | None = 0
+    metrics_host: str = "127.0.0.1"
+    #: Keep /metrics up this long after the job ends, so a scraper sees the final values.
+    metrics_linger_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,13 +1,13 @@
 """The job driver: prepares data, starts Ray Train, and turns worker events into job state.
 
-One function, :func:`run_driver`, serves every way a local job runs: in the foreground of
+One class, :class:`Driver`, serves every way a local job runs: in the foreground of
 ``orchestrator submit`` (with a terminal UI attached), detached in a background process
 (``submit --detach``), and again for ``resume``. It
 
 * marks the job running in the store (with its pid, so a killed driver is detected later),
 * prepares the data once and hands it to the workers through Ray's object store,
 * runs ``TorchTrainer.fit`` in a thread while the main thread drains the workers' event
-  stream into TensorBoard, the job log, the store and the UI,
+  stream into the run tracker, TensorBoard, Prometheus, the job log, the store and the UI,
 * turns SIGINT/SIGTERM (and ``orchestrator cancel``) into a graceful stop: workers checkpoint
   and return, the job ends ``cancelled`` and can be resumed.
 """
@@ -21,13 +21,20 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from orchestrator.backends.base import EventHandler
-from orchestrator.errors import BackendError, NotAvailableError, OrchestratorError, TrainingError
+from orchestrator.backends.ray_local import (
+    build_torch_trainer,
+    check_fits_local_cluster,
+    dashboard_url,
+    describe_training_error,
+    start_embedded_ray,
+)
+from orchestrator.backends.tracker import RunTracker
+from orchestrator.errors import NotAvailableError, OrchestratorError, TrainingError
 from orchestrator.metrics import names
 from orchestrator.settings import Settings
 from orchestrator.spec.models import JobSpec
@@ -37,7 +44,7 @@ log = logging.getLogger("orchestrator.driver")
 
 POLL_INTERVAL_S = 0.25
 #: After a stop request, how long workers get to checkpoint before the driver stops Ray.
-GRACEFUL_STOP_TIMEOUT_S = 60.0
+GRACEFUL_STOP_TIMEOUT_S = 120.0
 
 
 def job_paths(record: JobRecord, spec: JobSpec) -> dict[str, str]:
@@ -52,35 +59,18 @@ def job_paths(record: JobRecord, spec: JobSpec) -> dict[str, str]:
 
 def check_framework_available(spec: JobSpec) -> None:
     """Fail fast, before any job record exists, when the spec's framework cannot run here."""
+    import importlib.util
+
     if spec.framework == "tensorflow":
         raise NotAvailableError(
             "framework 'tensorflow' is not available yet in this version of orchestrator",
             fix="use `framework: torch` for now",
         )
-    try:
-        import importlib.util
-
-        if importlib.util.find_spec("torch") is None:
-            raise ImportError
-    except ImportError:
+    if importlib.util.find_spec("torch") is None:
         raise NotAvailableError(
             "framework 'torch' is not installed",
             fix="install it: pip install 'orchestrator[torch]' (CPU: torch==2.13.0)",
-        ) from None
-
-
-@dataclass
-class _RunState:
-    """What the driver learns from the event stream while the job runs."""
-
-    epoch_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
-    final_metrics: dict[str, float] = field(default_factory=dict)
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    last_checkpoint: str | None = None
-    first_step_at: float | None = None
-    stopped: bool = False
-    shards: dict[int, dict[int, list[int]]] = field(default_factory=dict)
-    model_checksum: str | None = None
+        )
 
 
 class Driver:
@@ -93,6 +83,9 @@ class Driver:
         events: EventHandler | None = None,
         *,
         install_signal_handlers: bool = True,
+        metrics_port: int | None = 0,
+        metrics_host: str = "127.0.0.1",
+        metrics_linger_s: float = 0.0,
     ) -> None:
         self.settings = settings
         self.store = JobStore(settings.db_path)
@@ -101,7 +94,11 @@ class Driver:
         self.events = events
         self.install_signal_handlers = install_signal_handlers
         self.paths = job_paths(self.record, self.spec)
-        self.state = _RunState(attempts=list(self.record.attempts))
+        self.tracker = RunTracker(attempts=[dict(a) for a in self.record.attempts])
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.metrics_linger_s = metrics_linger_s
+        self._metrics: Any = None
         self._stop_reason: str | None = None
         self._stop_requested_at: float | None = None
         self._sink: Any = None
@@ -112,7 +109,7 @@ class Driver:
 
     # -- signals --------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
-        """Ask the workers to checkpoint and stop (idempotent). A second call forces the stop."""
+        """Ask the workers to checkpoint and stop (idempotent). A second Ctrl-C forces the stop."""
         if self._stop_reason is not None:
             if reason == "interrupt":
                 raise KeyboardInterrupt
@@ -148,6 +145,7 @@ class Driver:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, self._on_signal)
         try:
+            self._start_metrics()
             return self._run()
         except KeyboardInterrupt:
             return self._finish(JobState.CANCELLED, "cancelled (forced); resumable from the last checkpoint")
@@ -170,6 +168,23 @@ class Driver:
         logger.addHandler(handler)
         self._log_handler = handler
 
+    def _start_metrics(self) -> None:
+        """Serve this job's Prometheus metrics while it runs (port 0 picks a free one)."""
+        if self.metrics_port is None:
+            return
+        from orchestrator.metrics.prometheus import JobMetrics
+
+        self._metrics = JobMetrics(self.record.id, self.spec.framework)
+        self._metrics.set_state(JobState.RUNNING.value)
+        port = self._metrics.serve(self.metrics_port, self.metrics_host)
+        url = f"http://{self.metrics_host}:{port}/metrics"
+        log.info("Prometheus metrics: %s", url)
+        self._update_result(metrics_url=url)
+
+    def _update_result(self, **values: Any) -> None:
+        record = self.store.get(self.record.id)
+        self.store.update(self.record.id, result={**record.result, **values})
+
     def _run(self) -> JobRecord:
         import ray
 
@@ -185,28 +200,27 @@ class Driver:
 
         init_start = time.time()
         context = start_embedded_ray(self.settings.local_ray_address)
-        dashboard_url = _dashboard_url(context)
-        log.info("Ray started in %.1fs; dashboard: %s", time.time() - init_start, dashboard_url or "off")
+        url = dashboard_url(context)
+        log.info("Ray ready in %.1fs; dashboard: %s", time.time() - init_start, url or "off")
         check_fits_local_cluster(spec, ray.cluster_resources())
 
         self._tb = TensorBoardWriter(self.record.job_dir / "tensorboard")
-        self._sink = create_sink()
+        self._sink = create_sink(attempts_before=len(self.record.attempts))
         if self._stop_reason:
             self._sink.request_stop.remote(self._stop_reason)
-        data_ref = ray.put(data)
-        trainer = build_torch_trainer(spec, self.record, self.paths, data_ref, self._sink)
+        trainer = build_torch_trainer(spec, self.record, self.paths, ray.put(data), self._sink)
 
-        info = {
-            "dashboard_url": dashboard_url,
-            "job_dir": str(self.record.job_dir),
-            "tensorboard_dir": str(self.record.job_dir / "tensorboard"),
-            "data": summary,
-            "workers": spec.resources.workers,
-            "submitted_at": self.record.created_at,
-        }
-        self.store.update(self.record.id, result={"dashboard_url": dashboard_url,
-                                                  "tensorboard_dir": info["tensorboard_dir"]})
+        tensorboard_dir = str(self.record.job_dir / "tensorboard")
+        self._update_result(dashboard_url=url, tensorboard_dir=tensorboard_dir)
         if self.events:
+            info = {
+                "dashboard_url": url,
+                "job_dir": str(self.record.job_dir),
+                "tensorboard_dir": tensorboard_dir,
+                "metrics_url": self.store.get(self.record.id).result.get("metrics_url"),
+                "data": summary,
+                "workers": spec.resources.workers,
+            }
             self.events.on_start(self.store.get(self.record.id), info)
 
         outcome: dict[str, Any] = {}
@@ -226,8 +240,7 @@ class Driver:
             now = time.time()
             if now - last_store_check > 1.0:
                 last_store_check = now
-                current = self.store.get(self.record.id).state
-                if current == JobState.CANCELLING:
+                if self.store.get(self.record.id).state == JobState.CANCELLING:
                     self.request_stop("cancelled")
             if self._stop_requested_at and now - self._stop_requested_at > GRACEFUL_STOP_TIMEOUT_S:
                 log.warning("workers did not stop within %.0fs; stopping Ray", GRACEFUL_STOP_TIMEOUT_S)
@@ -238,15 +251,22 @@ class Driver:
         if "error" in outcome:
             if self._stop_reason:
                 return self._finish(JobState.CANCELLED, self._cancel_message())
-            raise TrainingError(_describe_training_error(outcome["error"]))
-        if self._stop_reason or self.state.stopped:
+            reason = self.tracker.last_failure()
+            attempts = len(self.tracker.attempts) - len(self.record.attempts)
+            if reason:
+                raise TrainingError(
+                    f"training failed after {attempts} attempt{'s' if attempts != 1 else ''} "
+                    f"(failure.max_failures = {spec.failure.max_failures}): {reason}"
+                )
+            raise TrainingError(describe_training_error(outcome["error"]))
+        if self._stop_reason or self.tracker.stopped:
             return self._finish(JobState.CANCELLED, self._cancel_message())
-        if not self.state.final_metrics and not spec.entrypoint:
+        if not self.tracker.final_metrics and not spec.entrypoint:
             raise TrainingError("training ended without final metrics (see the job log)")
         return self._finish(JobState.SUCCEEDED, None)
 
     def _cancel_message(self) -> str:
-        ckpt = self.state.last_checkpoint
+        ckpt = self.tracker.last_checkpoint
         where = f"; latest checkpoint {ckpt}" if ckpt else ""
         return f"cancelled ({self._stop_reason or 'stop requested'}){where}; `orchestrator resume` continues it"
 
@@ -257,115 +277,109 @@ class Driver:
         import ray
 
         try:
-            events = ray.get(self._sink.drain.remote(), timeout=10)
+            events = ray.get(self._sink.drain.remote(), timeout=30)
         except Exception:  # noqa: BLE001 - a slow sink only delays progress output
             return
         progress_changed = False
         for event in events:
-            progress_changed |= self._handle(event)
+            progress_changed |= self.tracker.apply(event)
+            self._side_effects(event)
+            if self._metrics is not None:
+                self._metrics.on_event(event)
             if self.events:
                 self.events.on_event(event)
+        for recovery in self.tracker.new_recoveries:
+            if self._metrics is not None:
+                self._metrics.on_recovery(recovery.seconds, recovery.lost_steps)
+        self.tracker.new_recoveries.clear()
         if progress_changed:
             self._save_progress()
 
-    def _handle(self, event: dict[str, Any]) -> bool:
+    def _side_effects(self, event: dict[str, Any]) -> None:
+        """Log lines and TensorBoard points for one event."""
         kind = event.get("type")
         if kind == "epoch":
             epoch, metrics = int(event["epoch"]), event["metrics"]
-            self.state.epoch_metrics[epoch] = metrics
             if self._tb is not None:
                 tags = {names.TENSORBOARD_TAGS[k]: v for k, v in metrics.items() if k in names.TENSORBOARD_TAGS}
                 self._tb.scalars(tags, step=epoch)
                 self._tb.flush()
             log.info("epoch %d %s", epoch, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-            return True
-        if kind == "final":
-            self.state.final_metrics = dict(event["metrics"])
-            self.state.model_checksum = event.get("param_checksum")
+        elif kind == "final":
+            if self._tb is not None and self.tracker.epoch_metrics:
+                final = event["metrics"]
+                tags = {t: final[k] for k, t in names.FINAL_TENSORBOARD_TAGS.items() if k in final}
+                self._tb.scalars(tags, step=max(self.tracker.epoch_metrics))
+                self._tb.flush()
             log.info("final %s", " ".join(f"{k}={v:.4g}" for k, v in event["metrics"].items()))
-            return True
-        if kind == "checkpoint":
-            self.state.last_checkpoint = event["path"]
+        elif kind == "checkpoint":
             log.info("checkpoint epoch %s step %s -> %s (%.2fs)", event["epoch"], event["global_step"],
                      event["path"], event["seconds"])
-            return True
-        if kind == "checkpoint_skipped":
+        elif kind == "checkpoint_skipped":
             log.warning("skipped checkpoint %s: %s", event["path"], event["reason"])
         elif kind == "attempt_start":
-            attempt = {
-                "attempt": len(self.state.attempts) + 1,
-                "started_at": event["time"],
-                "restored_epoch": event.get("restored_epoch"),
-                "restored_step": event.get("restored_step"),
-            }
-            if self.state.attempts and self.state.attempts[-1].get("ended_at") is None:
-                self.state.attempts[-1]["ended_at"] = event["time"]
-                self.state.attempts[-1].setdefault("failure", "worker group restarted")
-            self.state.attempts.append(attempt)
-            log.info("attempt %d started (restored epoch %s)", attempt["attempt"], attempt["restored_epoch"])
-            return True
-        elif kind == "first_step" and self.state.first_step_at is None:
-            self.state.first_step_at = event["time"]
+            log.info("attempt %s started (restored epoch %s, step %s)", event.get("attempt"),
+                     event.get("restored_epoch"), event.get("restored_step"))
+        elif kind == "first_step" and event.get("attempt", 1) == (self.tracker.current or {}).get("attempt"):
             log.info("first training step %.2fs after submit", event["time"] - self.requested_at)
-        elif kind == "shard":
-            self.state.shards.setdefault(int(event["rank"]), {})[int(event["epoch"])] = event["indices"]
+        elif kind in ("injected", "hang"):
+            log.warning("%s", event["reason"])
+        elif kind == "worker_error":
+            log.error("rank %s raised %s\n%s", event.get("rank"), event["error"], event.get("traceback", ""))
+        elif kind == "failure":
+            log.warning("worker group failed: %s", event.get("errors"))
         elif kind == "stopped":
-            self.state.stopped = True
             log.info("workers stopped at epoch %s step %s", event["epoch"], event["global_step"])
         elif kind == "log":
             for line in event["lines"]:
                 log.info("[rank %s %s] %s", event.get("rank"), event.get("stream"), line)
         elif kind == "model":
             log.info("model: %s parameters (checksum %s)", event["parameters"], event["param_checksum"])
-        return False
 
     def _save_progress(self) -> None:
-        latest = max(self.state.epoch_metrics) if self.state.epoch_metrics else None
-        progress = {"epoch": latest, "epochs": self.spec.training.epochs}
+        epochs = self.tracker.epoch_metrics
+        latest = max(epochs) if epochs else None
+        progress: dict[str, Any] = {"epoch": latest, "epochs": self.spec.training.epochs}
         if latest is not None:
-            progress.update(self.state.epoch_metrics[latest])
-        self.store.update(self.record.id, progress=progress, attempts=self.state.attempts)
+            progress.update(epochs[latest])
+        self.store.update(self.record.id, progress=progress, attempts=self.tracker.public_attempts())
 
     def _write_shards(self) -> None:
-        if self.state.shards:
-            path = self.record.job_dir / "shards.json"
-            existing: dict[str, dict[str, list[int]]] = {}
-            if path.exists():
-                existing = json.loads(path.read_text())
-            for rank, epochs in self.state.shards.items():
-                for epoch, indices in epochs.items():
-                    existing.setdefault(str(rank), {})[str(epoch)] = indices
-            path.write_text(json.dumps(existing))
+        if not self.tracker.shards:
+            return
+        path = self.record.job_dir / "shards.json"
+        existing: dict[str, dict[str, list[int]]] = json.loads(path.read_text()) if path.exists() else {}
+        for rank, epochs in self.tracker.shards.items():
+            for epoch, indices in epochs.items():
+                existing.setdefault(str(rank), {})[str(epoch)] = indices
+        path.write_text(json.dumps(existing))
 
     # -- end ------------------------------------------------------------------------------
     def _finish(self, state: JobState, message: str | None) -> JobRecord:
         now = time.time()
-        if self.state.attempts and self.state.attempts[-1].get("ended_at") is None:
-            self.state.attempts[-1]["ended_at"] = now
-            if state != JobState.SUCCEEDED:
-                self.state.attempts[-1]["failure"] = message
-        metrics = self._summary_metrics()
+        self.tracker.close(now, message if state != JobState.SUCCEEDED else None)
         model_dir = Path(self.paths["model_dir"])
-        record = self.store.get(self.record.id)
-        result = dict(record.result)
+        result = dict(self.store.get(self.record.id).result)
         result.update({
-            "metrics": metrics,
+            "metrics": self._summary_metrics(),
             "checkpoint": self._latest_checkpoint(),
             "model_path": str(model_dir / "model.pt") if (model_dir / "model.pt").exists() else None,
             "torchscript_path": str(model_dir / "model.torchscript.pt")
             if (model_dir / "model.torchscript.pt").exists() else None,
             "tensorboard_dir": str(self.record.job_dir / "tensorboard"),
-            "time_to_first_step_s": (self.state.first_step_at - self.requested_at)
-            if self.state.first_step_at else None,
-            "model_checksum": self.state.model_checksum,
+            "time_to_first_step_s": (self.tracker.first_step_at - self.requested_at)
+            if self.tracker.first_step_at else None,
+            "model_checksum": self.tracker.model_checksum,
         })
         self.store.transition(
             self.record.id, state, ACTIVE_STATES, ended_at=now, message=message,
-            result=result, attempts=self.state.attempts,
+            result=result, attempts=self.tracker.public_attempts(),
         )
         self._save_progress()
         log.info("job %s %s%s", self.record.id, state.value, f": {message}" if message else "")
         final = self.store.get(self.record.id)
+        if self._metrics is not None:
+            self._metrics.set_state(final.state.value)
         if self.events:
             self.events.on_finish(final)
         return final
@@ -374,14 +388,13 @@ class Driver:
         from orchestrator.runtime.checkpoints import CheckpointManager
 
         found = CheckpointManager(self.paths["checkpoint_dir"]).list()
-        return str(found[0].path) if found else self.state.last_checkpoint
+        return str(found[0].path) if found else self.tracker.last_checkpoint
 
     def _summary_metrics(self) -> dict[str, Any]:
-        epochs = self.state.epoch_metrics
+        epochs = self.tracker.epoch_metrics
         out: dict[str, Any] = {}
         if epochs:
-            last = epochs[max(epochs)]
-            out.update(last)
+            out.update(epochs[max(epochs)])
             out["epochs"] = max(epochs)
             total_time = sum(m.get(names.EPOCH_SECONDS, 0.0) for m in epochs.values())
             total_samples = sum(
@@ -389,8 +402,7 @@ class Driver:
             )
             if total_time > 0:
                 out[names.SAMPLES_PER_SECOND] = total_samples / total_time
-            out.pop(names.EPOCH, None)
-        out.update(self.state.final_metrics)
+        out.update(self.tracker.final_metrics)
         return out
 
     def _shutdown(self) -> None:
@@ -403,141 +415,10 @@ class Driver:
             log.warning("ray.shutdown failed:\n%s", traceback.format_exc())
         if self._tb is not None:
             self._tb.close()
+        if self._metrics is not None:
+            if self.metrics_linger_s > 0:
+                time.sleep(self.metrics_linger_s)  # let a scraper see the final values
+            self._metrics.close()
         if self._log_handler is not None:
             logging.getLogger("orchestrator").removeHandler(self._log_handler)
             self._log_handler.close()
-
-
-#: How often ray.init is tried when Ray's node fails to come up in time (see start_embedded_ray).
-RAY_START_ATTEMPTS = 3
-
-
-def start_embedded_ray(join_address: str | None = None) -> Any:
-    """``ray.init()`` for the local backend, retried when the node times out during start-up.
-
-    With ``join_address`` (Ray's own ``RAY_ADDRESS`` convention) the driver joins that running
-    Ray instance instead of starting one; tests use this to share one Ray across jobs.
-
-    On a slow or contended machine the raylet can give up waiting (a fixed 15 s) for its
-    dashboard agent to import and report its ports, and ``ray.init`` fails with "The current
-    node timed out during startup". The agent's modules are then in the page cache, so a
-    second try usually succeeds.
-    """
-    import ray
-
-    if join_address:
-        return ray.init(address=join_address, log_to_driver=False, logging_level=logging.WARNING,
-                        namespace="orchestrator")
-    for attempt in range(1, RAY_START_ATTEMPTS + 1):
-        try:
-            return ray.init(
-                include_dashboard=True,
-                dashboard_host="127.0.0.1",
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-                namespace="orchestrator",
-            )
-        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception here
-            if "timed out during startup" not in str(exc) or attempt == RAY_START_ATTEMPTS:
-                raise BackendError(
-                    f"the embedded Ray instance did not start: {exc}",
-                    fix="check /tmp/ray/session_latest/logs/raylet.out; on a very busy machine try again",
-                ) from None
-            log.warning("Ray start-up timed out (attempt %d of %d); retrying", attempt, RAY_START_ATTEMPTS)
-            ray.shutdown()
-    raise AssertionError("unreachable")
-
-
-def _dashboard_url(context: Any) -> str | None:
-    url = getattr(context, "dashboard_url", None)
-    if not url:
-        return None
-    return url if url.startswith("http") else f"http://{url}"
-
-
-def check_fits_local_cluster(spec: JobSpec, resources: dict[str, float]) -> None:
-    """Refuse, with the numbers, a job this machine's Ray can never place (it would hang)."""
-    r = spec.resources
-    need_cpu = r.workers * r.cpus_per_worker
-    have_cpu = resources.get("CPU", 0.0)
-    reasons = []
-    if need_cpu > have_cpu + 1e-9:
-        reasons.append(f"needs {r.workers} x {r.cpus_per_worker:g} = {need_cpu:g} CPUs; this machine has {have_cpu:g}")
-    need_gpu = r.workers * r.gpus_per_worker
-    have_gpu = resources.get("GPU", 0.0)
-    if need_gpu > have_gpu + 1e-9:
-        reasons.append(f"needs {need_gpu:g} GPUs; this machine has {have_gpu:g}")
-    if r.memory_bytes and r.workers * r.memory_bytes > resources.get("memory", 0.0):
-        reasons.append(
-            f"needs {r.workers} x {r.memory_bytes / 2**30:.1f} GiB memory; Ray has "
-            f"{resources.get('memory', 0.0) / 2**30:.1f} GiB"
-        )
-    if r.accelerator and r.gpus_per_worker > 0:
-        key = f"accelerator_type:{_ray_accelerator_name(r.accelerator)}"
-        if key not in resources:
-            reasons.append(f"needs accelerator {r.accelerator}; this machine has none")
-    if reasons:
-        raise BackendError(
-            "the job does not fit this machine (local backend)",
-            reasons=reasons,
-            fix="lower resources.workers / cpus_per_worker (fractions such as 0.5 are fine), "
-            "or submit to a cluster with --backend ray or kubernetes",
-        )
-
-
-def _ray_accelerator_name(accelerator: str) -> str:
-    """Our accelerator names to Ray's accelerator_type resource names (A100, H100, T4...)."""
-    parts = accelerator.split("-")
-    if parts[0] == "nvidia" and len(parts) > 1:
-        return parts[1].upper()
-    if parts[0] == "tpu" and len(parts) > 1:
-        return "TPU-" + parts[1].upper()
-    return accelerator
-
-
-def build_torch_trainer(spec: JobSpec, record: JobRecord, paths: dict[str, str], data_ref: Any, sink: Any) -> Any:
-    """The Ray Train TorchTrainer for a spec (DDP over gloo on CPU, nccl on GPU)."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from orchestrator.runtime.torch_ddp import train_loop_per_worker
-
-    r = spec.resources
-    per_worker: dict[str, float] = {"CPU": r.cpus_per_worker}
-    if r.gpus_per_worker:
-        per_worker["GPU"] = r.gpus_per_worker
-    if r.memory_bytes:
-        per_worker["memory"] = float(r.memory_bytes)
-    scaling = ScalingConfig(
-        num_workers=r.workers,
-        use_gpu=r.uses_gpu,
-        resources_per_worker=per_worker,
-        accelerator_type=_ray_accelerator_name(r.accelerator) if r.accelerator and r.uses_gpu else None,
-    )
-    run = RunConfig(
-        name=record.id,
-        storage_path=str(record.job_dir / "ray"),
-        failure_config=FailureConfig(max_failures=spec.failure.max_failures),
-    )
-    return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "spec": spec.model_dump(mode="json"),
-            "paths": paths,
-            "data": data_ref,
-            "sink": sink,
-        },
-        torch_config=TorchConfig(backend=spec.sync_backend),
-        scaling_config=scaling,
-        run_config=run,
-    )
-
-
-def _describe_training_error(exc: BaseException) -> str:
-    """A one-paragraph reason from Ray Train's error (the worker's exception, not Ray's wrapping)."""
-    text = str(exc).strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    # Ray's message ends with the user exception's "Type: message" line; show that first.
-    tail = [line for line in lines if not line.startswith(" ") and ":" in line]
-    reason = tail[-1] if tail else (lines[-1] if lines else type(exc).__name__)
-    return f"training failed: {reason} (full traceback in the job log: orchestrator logs JOB)"

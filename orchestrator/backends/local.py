@@ -93,16 +93,21 @@ class LocalBackend(Backend):
     ) -> JobRecord:
         """Run a pending job: in this process, or in a detached driver process."""
         if options.detach:
-            self._spawn_driver(record)
+            self._spawn_driver(record, options)
             return self.store.get(record.id)
-        return Driver(self.settings, record.id, events).run()
+        return Driver(
+            self.settings, record.id, events, metrics_port=options.metrics_port,
+            metrics_host=options.metrics_host, metrics_linger_s=options.metrics_linger_s,
+        ).run()
 
-    def _spawn_driver(self, record: JobRecord) -> None:
+    def _spawn_driver(self, record: JobRecord, options: SubmitOptions) -> None:
         log = (record.job_dir / LOG_FILE).open("ab")
         env = dict(os.environ)
         env["ORCHESTRATOR_HOME"] = str(self.settings.home)
+        metrics = ["--metrics-host", options.metrics_host]
+        metrics += ["--no-metrics"] if options.metrics_port is None else ["--metrics-port", str(options.metrics_port)]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "_driver", record.id],
+            [sys.executable, "-m", "orchestrator", "_driver", record.id, *metrics],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

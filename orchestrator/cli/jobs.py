@@ -21,6 +21,15 @@ from orchestrator.cli.ui import LiveProgress, jobs_table, stdout_console, summar
 from orchestrator.spec import load_spec
 from orchestrator.store import JobRecord
 
+METRICS_OPTIONS = (
+    click.option("--metrics-port", type=click.IntRange(0, 65535), default=0, show_default=True,
+                 help="Serve the job's Prometheus /metrics on this port (0: a free port, printed)."),
+    click.option("--metrics-host", default="127.0.0.1", show_default=True,
+                 help="Address /metrics binds to."),
+    click.option("--metrics-linger", type=click.FloatRange(0, 3600), default=0.0, show_default=True,
+                 help="Keep /metrics up this many seconds after the job ends (for a last scrape)."),
+)
+
 BACKEND_OPTION = click.option(
     "--backend", "-b", default="local", show_default=True,
     type=click.Choice(backend_names()), help="Where the job runs.",
@@ -44,6 +53,12 @@ def _finish(record: JobRecord, output: str, quiet: bool) -> None:
 @click.option("--detach", "-d", is_flag=True, help="Print the job id and return; the job runs on.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan and start nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No live progress.")
+@click.option("--inject-failure", "inject", multiple=True, metavar="kind=K,rank=R,at_step=S",
+              help="Fail on purpose (testing): kind sigkill|exception|hang, rank, at_step or at_epoch, "
+                   "attempt. Repeatable.")
+@METRICS_OPTIONS[0]
+@METRICS_OPTIONS[1]
+@METRICS_OPTIONS[2]
 @OUTPUT_OPTION
 @click.pass_context
 @handle_errors
@@ -55,12 +70,17 @@ def submit(
     detach: bool,
     dry_run: bool,
     quiet: bool,
+    inject: tuple[str, ...],
+    metrics_port: int,
+    metrics_host: str,
+    metrics_linger: float,
     output: str,
 ) -> None:
     """Validate SPEC and run the training job it describes."""
-    spec = load_spec(spec_path, overrides)
+    spec = load_spec(spec_path, overrides, inject)
     be = get_backend(backend, settings_of(ctx))
-    options = SubmitOptions(detach=detach, spec_path=spec_path)
+    options = SubmitOptions(detach=detach, spec_path=spec_path, metrics_port=metrics_port,
+                            metrics_host=metrics_host, metrics_linger_s=metrics_linger)
     if dry_run:
         plan = be.dry_run(spec, options)
         if output == "json":
@@ -90,17 +110,25 @@ def submit(
 @click.option("--epochs", type=click.IntRange(min=1), help="Train up to this many epochs in total.")
 @click.option("--detach", "-d", is_flag=True, help="Return at once; the job runs on.")
 @click.option("--quiet", "-q", is_flag=True, help="No live progress.")
+@METRICS_OPTIONS[0]
+@METRICS_OPTIONS[1]
+@METRICS_OPTIONS[2]
 @OUTPUT_OPTION
 @click.pass_context
 @handle_errors
-def resume(ctx: click.Context, job_id: str, epochs: int | None, detach: bool, quiet: bool, output: str) -> None:
+def resume(
+    ctx: click.Context, job_id: str, epochs: int | None, detach: bool, quiet: bool,
+    metrics_port: int, metrics_host: str, metrics_linger: float, output: str,
+) -> None:
     """Continue JOB from its latest checkpoint (after a cancel, a crash, or to train longer)."""
     from orchestrator.backends.local import LocalBackend
 
     be = LocalBackend(settings_of(ctx))
     ui = None if output == "json" and quiet else LiveProgress(quiet=quiet)
+    options = SubmitOptions(detach=detach, metrics_port=metrics_port, metrics_host=metrics_host,
+                            metrics_linger_s=metrics_linger)
     try:
-        record = be.resume(job_id, SubmitOptions(detach=detach), ui, epochs=epochs)
+        record = be.resume(job_id, options, ui, epochs=epochs)
     finally:
         if ui is not None:
             ui.stop()
@@ -178,11 +206,15 @@ def cancel(ctx: click.Context, job_id: str, output: str) -> None:
 
 @main.command(name="_driver", hidden=True)
 @click.argument("job_id")
+@click.option("--metrics-port", type=int, default=0)
+@click.option("--metrics-host", default="127.0.0.1")
+@click.option("--no-metrics", is_flag=True)
 @click.pass_context
 @handle_errors
-def driver_command(ctx: click.Context, job_id: str) -> None:
+def driver_command(ctx: click.Context, job_id: str, metrics_port: int, metrics_host: str, no_metrics: bool) -> None:
     """Run a job's driver in this process (used by submit --detach)."""
     from orchestrator.backends.driver import Driver
 
-    record = Driver(settings_of(ctx), job_id).run()
+    record = Driver(settings_of(ctx), job_id, metrics_port=None if no_metrics else metrics_port,
+                    metrics_host=metrics_host).run()
     sys.exit(exit_code_for_state(record.state.value))

@@ -59,6 +59,8 @@ class LiveProgress:
         if info.get("dashboard_url"):
             c.print(f"  Ray dashboard: {info['dashboard_url']}")
         c.print(f"  TensorBoard:   tensorboard --logdir {info['tensorboard_dir']}")
+        if info.get("metrics_url"):
+            c.print(f"  Prometheus:    {info['metrics_url']}")
         c.print(f"  logs:          orchestrator logs {record.id} --follow")
         self.progress = Progress(
             TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),

@@ -36,3 +36,74 @@ FINAL_TENSORBOARD_TAGS: dict[str, str] = {
     TEST_LOSS: "loss/test",
     TEST_ACCURACY: "accuracy/test",
 }
+
+
+# -- Prometheus ---------------------------------------------------------------------------------
+# Every Prometheus metric the project exports. Labels are low-cardinality only: job, framework,
+# queue, pool, accelerator, state -- never a step number or a path.
+
+PROMETHEUS_PREFIX = "orchestrator_"
+
+
+class PromMetric:
+    """One exported metric: full name, type, help text and label names."""
+
+    def __init__(self, short: str, kind: str, help: str, labels: tuple[str, ...]) -> None:
+        self.name = PROMETHEUS_PREFIX + short
+        self.kind = kind
+        self.help = help
+        self.labels = labels
+
+    def __repr__(self) -> str:
+        return f"PromMetric({self.name!r})"
+
+
+JOB_LABELS = ("job", "framework")
+
+JOB_STATE = PromMetric("job_state", "gauge", "1 for the job's current state, 0 for the others",
+                       JOB_LABELS + ("state",))
+JOB_EPOCH = PromMetric("epoch", "gauge", "Last completed epoch", JOB_LABELS)
+JOB_STEP = PromMetric("step", "gauge", "Global training step (optimizer steps)", JOB_LABELS)
+JOB_STEP_LOSS = PromMetric("step_loss", "gauge", "Training loss of the latest step seen", JOB_LABELS)
+JOB_TRAIN_LOSS = PromMetric("train_loss", "gauge", "Mean training loss of the last epoch", JOB_LABELS)
+JOB_VAL_LOSS = PromMetric("validation_loss", "gauge", "Validation loss after the last epoch", JOB_LABELS)
+JOB_TRAIN_ACCURACY = PromMetric("train_accuracy", "gauge", "Training accuracy of the last epoch", JOB_LABELS)
+JOB_VAL_ACCURACY = PromMetric("validation_accuracy", "gauge", "Validation accuracy after the last epoch",
+                              JOB_LABELS)
+JOB_SAMPLES_PER_SECOND = PromMetric("samples_per_second", "gauge", "Training throughput of the last epoch",
+                                    JOB_LABELS)
+JOB_LEARNING_RATE = PromMetric("learning_rate", "gauge", "Learning rate at the end of the last epoch",
+                               JOB_LABELS)
+JOB_CHECKPOINT_SECONDS = PromMetric("checkpoint_write_seconds", "histogram", "Time to write one checkpoint",
+                                    JOB_LABELS)
+JOB_RESTARTS = PromMetric("restarts_total", "counter", "Worker-group restarts after a failure", JOB_LABELS)
+JOB_RECOVERY_SECONDS = PromMetric("recovery_seconds", "histogram",
+                                  "Failure detected to first training step after restore", JOB_LABELS)
+JOB_LOST_STEPS = PromMetric("lost_steps_total", "counter", "Training steps redone after failures", JOB_LABELS)
+JOB_LAST_PROGRESS = PromMetric("last_progress_timestamp_seconds", "gauge",
+                               "Unix time of the latest training progress seen", JOB_LABELS)
+
+QUEUE_JOBS = PromMetric("queue_jobs", "gauge", "Jobs per queue and state (queued, running)", ("queue", "state"))
+POOL_ACCELERATORS = PromMetric("pool_accelerators_total", "gauge", "Accelerators (or CPUs) in a pool",
+                               ("pool", "accelerator"))
+POOL_ALLOCATED = PromMetric("pool_accelerators_allocated", "gauge", "Accelerators (or CPUs) allocated to jobs",
+                            ("pool", "accelerator"))
+SCHEDULING_SECONDS = PromMetric("scheduling_decision_seconds", "histogram", "Time of one scheduling pass", ())
+PREEMPTIONS = PromMetric("preemptions_total", "counter", "Jobs preempted (checkpointed and requeued)", ("queue",))
+
+ALL_PROMETHEUS_METRICS: tuple[PromMetric, ...] = (
+    JOB_STATE, JOB_EPOCH, JOB_STEP, JOB_STEP_LOSS, JOB_TRAIN_LOSS, JOB_VAL_LOSS, JOB_TRAIN_ACCURACY,
+    JOB_VAL_ACCURACY, JOB_SAMPLES_PER_SECOND, JOB_LEARNING_RATE, JOB_CHECKPOINT_SECONDS, JOB_RESTARTS,
+    JOB_RECOVERY_SECONDS, JOB_LOST_STEPS, JOB_LAST_PROGRESS, QUEUE_JOBS, POOL_ACCELERATORS, POOL_ALLOCATED,
+    SCHEDULING_SECONDS, PREEMPTIONS,
+)
+
+#: Epoch report key -> the per-job gauge that carries it.
+EPOCH_GAUGES: dict[str, PromMetric] = {
+    TRAIN_LOSS: JOB_TRAIN_LOSS,
+    VAL_LOSS: JOB_VAL_LOSS,
+    TRAIN_ACCURACY: JOB_TRAIN_ACCURACY,
+    VAL_ACCURACY: JOB_VAL_ACCURACY,
+    SAMPLES_PER_SECOND: JOB_SAMPLES_PER_SECOND,
+    LEARNING_RATE: JOB_LEARNING_RATE,
+}

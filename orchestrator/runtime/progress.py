@@ -15,9 +15,16 @@ from typing import Any
 class ProgressSink:
     """Buffers worker events for the driver and holds the stop flag. Runs as a 0-CPU actor."""
 
-    def __init__(self) -> None:
+    def __init__(self, attempts_before: int = 0) -> None:
         self._events: list[dict[str, Any]] = []
         self._stop_reason: str | None = None
+        self._attempt = attempts_before  # attempts of earlier runs of this job (resume)
+        self._first_attempt = attempts_before + 1
+
+    def next_attempt(self) -> tuple[int, int]:
+        """Called by rank 0 when a worker group starts: (attempt number, restarts in this run)."""
+        self._attempt += 1
+        return self._attempt, self._attempt - self._first_attempt
 
     def push(self, events: list[dict[str, Any]]) -> None:
         self._events.extend(events)
@@ -37,12 +44,34 @@ class ProgressSink:
         return time.time()
 
 
-def create_sink(name: str | None = None) -> Any:
+def create_sink(attempts_before: int = 0) -> Any:
     """Start the sink actor (0 CPUs, so it never competes with the training workers)."""
     import ray
 
     actor_cls = ray.remote(num_cpus=0, max_restarts=0)(ProgressSink)
-    options: dict[str, Any] = {}
-    if name:
-        options["name"] = name
-    return actor_cls.options(**options).remote()
+    return actor_cls.remote(attempts_before)
+
+
+def failure_reporter(sink: Any) -> Any:
+    """A Ray Train callback that tells the driver, through the sink, when workers fail.
+
+    It runs in Ray Train's controller, which notices a failed worker group (an exception, a
+    dead process) before restarting it; the event marks when the failure was detected.
+    """
+    from ray.train import UserCallback
+
+    class FailureReporter(UserCallback):  # type: ignore[misc]
+        def __init__(self, sink: Any) -> None:
+            self.sink = sink
+
+        def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+            errors = {int(rank): _one_line(exc) for rank, exc in worker_exceptions.items()}
+            self.sink.push.remote([{"type": "failure", "time": time.time(), "errors": errors}])
+
+    return FailureReporter(sink)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    tail = [line for line in text if line and not line.startswith(" ")]
+    return f"{type(exc).__name__}: {tail[-1] if tail else ''}".strip()

@@ -20,6 +20,8 @@ gather, any-rank flags) and the checkpoint serialisation.
 from __future__ import annotations
 
 import io
+import os
+import signal
 import sys
 import threading
 import time
@@ -32,6 +34,10 @@ import numpy as np
 
 from orchestrator.runtime.checkpoints import CheckpointInfo, CheckpointManager
 from orchestrator.runtime.data import PreparedData, shard_indices
+
+
+class InjectedFailureError(RuntimeError):
+    """Raised on purpose by failure injection (testing.inject with kind: exception)."""
 
 
 class Collectives(Protocol):
@@ -89,7 +95,7 @@ class TrainSession:
     """One worker's view of the job: rank, data, event stream, checkpoints, stop requests."""
 
     #: Rank 0 sends step progress at most this often (seconds); epoch events always go.
-    PROGRESS_INTERVAL_S = 0.5
+    PROGRESS_INTERVAL_S = 0.25
 
     def __init__(
         self,
@@ -117,33 +123,111 @@ class TrainSession:
         self.restored: CheckpointInfo | None = None
         self.started_at = time.time()
         self.first_step_at: float | None = None
+        self.attempt = 1
+        self.restarts = 0
+        failure = config.get("failure") or {}
+        self.hang_timeout_s: float | None = failure.get("hang_timeout_s")
+        self._injections = [
+            i for i in (config.get("testing") or {}).get("inject", []) if int(i.get("rank", 0)) == rank
+        ]
+        self._last_touch = time.monotonic()
+        self._watchdog: threading.Thread | None = None
+        self._closed = threading.Event()
 
     # -- events -------------------------------------------------------------------------
-    def emit(self, event: dict[str, Any]) -> None:
-        """Send one event to the driver (fire and forget)."""
+    def emit(self, event: dict[str, Any], *, wait: bool = False) -> None:
+        """Send one event to the driver: fire and forget, or (``wait``) until it is delivered."""
         if self.sink is None:
             return
         event.setdefault("time", time.time())
         event.setdefault("rank", self.rank)
-        self.sink.push.remote([event])
+        ref = self.sink.push.remote([event])
+        if wait:
+            import ray
+
+            try:
+                ray.get(ref, timeout=10)
+            except Exception:  # noqa: BLE001 - the driver may be gone; the event is best effort
+                pass
+
+    # -- liveness -----------------------------------------------------------------------
+    def touch(self) -> None:
+        """Record progress (the hang watchdog fires when there is none for hang_timeout_s)."""
+        self._last_touch = time.monotonic()
+
+    def _start_watchdog(self) -> None:
+        if self.hang_timeout_s is None or self._watchdog is not None:
+            return
+        self.touch()
+        self._watchdog = threading.Thread(target=self._watch, name="orchestrator-hang-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def _watch(self) -> None:
+        assert self.hang_timeout_s is not None
+        interval = min(1.0, self.hang_timeout_s / 4)
+        while not self._closed.wait(interval):
+            idle = time.monotonic() - self._last_touch
+            if idle > self.hang_timeout_s:
+                self.emit({"type": "hang", "seconds": idle,
+                           "reason": f"rank {self.rank} made no progress for {idle:.0f}s "
+                                     f"(failure.hang_timeout_s = {self.hang_timeout_s:g})"}, wait=True)
+                os.kill(os.getpid(), signal.SIGKILL)  # Ray Train sees a dead worker and restarts the group
+
+    def close(self) -> None:
+        self._closed.set()
+
+    # -- failure injection (tests and demos) --------------------------------------------
+    def maybe_inject(self, *, epoch: int, global_step: int, epoch_start: bool) -> None:
+        """Fail on purpose when a spec'd injection matches this rank, attempt and point."""
+        for inj in self._injections:
+            if int(inj.get("attempt", 1)) != self.attempt:
+                continue
+            hit = (epoch_start and inj.get("at_epoch") == epoch) or (
+                not epoch_start and inj.get("at_step") == global_step
+            )
+            if not hit:
+                continue
+            kind = inj["kind"]
+            what = f"injected {kind} on rank {self.rank} at epoch {epoch}, step {global_step} (attempt {self.attempt})"
+            self.emit({"type": "injected", "kind": kind, "epoch": epoch, "global_step": global_step,
+                       "reason": what}, wait=True)
+            if kind == "exception":
+                raise InjectedFailureError(what)
+            if kind == "sigkill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if kind == "hang":
+                while True:  # no progress from here on; the watchdog ends it
+                    time.sleep(3600)
 
     def progress(self, *, epoch: int, step: int, steps: int, loss: float, global_step: int) -> None:
         """Step progress for the terminal; only rank 0 sends, at most twice a second."""
         now = time.time()
+        self.touch()
         if self.first_step_at is None:
             self.first_step_at = now
-            self.emit({"type": "first_step", "epoch": epoch, "global_step": global_step})
+            if self.rank == 0:
+                self.emit({"type": "first_step", "epoch": epoch, "global_step": global_step,
+                           "attempt": self.attempt})
+        if self._injections:
+            self.maybe_inject(epoch=epoch, global_step=global_step, epoch_start=False)
         if self.rank != 0 or (now - self._last_progress < self.PROGRESS_INTERVAL_S and step != steps):
             return
         self._last_progress = now
         self.emit({"type": "step", "epoch": epoch, "step": step, "steps": steps, "loss": loss,
                    "global_step": global_step})
 
-    def report(self, *, epoch: int, **metrics: float) -> None:
+    def report(self, *, epoch: int, global_step: int | None = None, **metrics: float) -> None:
         """Epoch metrics (already reduced over ranks); rank 0's report is the job's."""
+        self.touch()
         if self.rank == 0:
             clean = {k: float(v) for k, v in metrics.items() if v is not None}
-            self.emit({"type": "epoch", "epoch": epoch, "metrics": clean})
+            self.emit({"type": "epoch", "epoch": epoch, "global_step": global_step, "metrics": clean})
+
+    def epoch_started(self, epoch: int, global_step: int) -> None:
+        """Mark the start of an epoch (failure injection at_epoch; liveness)."""
+        self.touch()
+        if self._injections:
+            self.maybe_inject(epoch=epoch, global_step=global_step, epoch_start=True)
 
     def record_shard(self, epoch: int, indices: np.ndarray) -> None:
         """Record which training samples this rank used in ``epoch`` (positions in the split)."""
@@ -188,12 +272,14 @@ class TrainSession:
     ) -> float:
         """Rank 0 writes a checkpoint atomically; returns the seconds it took (0 elsewhere)."""
         seconds = 0.0
+        self.touch()
         if self.rank == 0:
             start = time.perf_counter()
             info = self.checkpoints.save(write, step=step, epoch=epoch, meta=meta)
             seconds = time.perf_counter() - start
             self.emit({"type": "checkpoint", "epoch": epoch, "global_step": step,
                        "path": str(info.path), "seconds": seconds})
+        self.touch()
         return seconds
 
     def find_restore_point(self) -> CheckpointInfo | None:
@@ -209,16 +295,38 @@ class TrainSession:
         self.restored = self.checkpoints.verify(Path(choice)) if choice else None
         return self.restored
 
+    def begin_attempt(self) -> None:
+        """Learn this worker group's attempt number; after a failure, wait the backoff first.
+
+        Rank 0 asks the driver's sink for the number and all ranks agree on it. Call this once,
+        on every rank, before restoring a checkpoint.
+        """
+        numbers = (1, 0)
+        if self.rank == 0 and self.sink is not None:
+            import ray
+
+            numbers = tuple(ray.get(self.sink.next_attempt.remote(), timeout=60))  # type: ignore[assignment]
+        self.attempt, self.restarts = self.collectives.broadcast_object(numbers)
+        if self.restarts:
+            failure = self.config.get("failure") or {}
+            base = float(failure.get("backoff_s", 1.0))
+            wait = min(base * 2 ** (self.restarts - 1), float(failure.get("backoff_max_s", 60.0)))
+            if wait > 0:
+                time.sleep(wait)  # exponential backoff between attempts
+
     def attempt_started(self) -> None:
         """Rank 0 tells the driver a (re)started worker group is about to train."""
+        self._start_watchdog()
         if self.rank != 0:
             return
         restored = self.restored
         self.emit({
             "type": "attempt_start",
+            "attempt": self.attempt,
             "restored_epoch": restored.epoch if restored else None,
             "restored_step": restored.step if restored else None,
             "restored_path": str(restored.path) if restored else None,
+            "pid": os.getpid(),
         })
 
 
@@ -239,6 +347,12 @@ def get_session() -> TrainSession:
             "`orchestrator submit` runs"
         )
     return _current
+
+
+def touch_if_active() -> None:
+    """Record progress for the hang watchdog, if a session is active (cheap; safe anywhere)."""
+    if _current is not None:
+        _current.touch()
 
 
 def report(*, epoch: int, **metrics: float) -> None:

@@ -1,21 +1,15 @@
-"""PyTorch DDP inside Ray Train workers: the built-in training loop and the worker entry.
+"""PyTorch DDP helpers for training functions inside Ray Train workers.
 
-Every worker runs :func:`train_loop_per_worker`. It builds the :class:`TrainSession`, restores
-the newest valid checkpoint (chosen on rank 0, agreed by all), then runs either the built-in
-loop for the spec's model or the user's entrypoint function.
-
-Determinism: each epoch's shard order depends only on (seed, epoch); each rank's torch RNG is
-seeded with (seed, rank) and saved in every checkpoint, so a resumed run continues exactly as
-an uninterrupted one would.
+Used by the built-in loop (:mod:`orchestrator.runtime.torch_loop`) and by user entrypoints:
+DDP wrapping with the spec's sync settings, split evaluation across ranks, checkpoints that
+hold every rank's RNG state (so a resumed run continues exactly as an uninterrupted one), and
+model export (state_dict and TorchScript).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import math
-import time
 import warnings
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +18,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from orchestrator.metrics import names
 from orchestrator.runtime import session as session_mod
 from orchestrator.runtime.data import PreparedData, eval_indices
-from orchestrator.runtime.session import Collectives, JobPaths, LocalCollectives, TrainSession
+from orchestrator.runtime.session import TrainSession
 from orchestrator.spec.models import JobSpec
 
 STATE_FILE = "state.pt"
-#: How often (in steps) ranks agree on whether the driver asked them to stop.
-STOP_CHECK_EVERY = 10
 
 
 class TorchCollectives:
@@ -112,8 +103,10 @@ def evaluate(
     idx = eval_indices(len(x), rank, world)
     model.eval()
     loss_sum = correct = 0.0
+    touch = session_mod.touch_if_active
     with torch.no_grad():
         for start in range(0, len(idx), batch):
+            touch()
             sel = idx[start : start + batch]
             xb = torch.from_numpy(x[sel]).to(dev)
             yb = torch.from_numpy(y[sel]).to(dev)
@@ -160,124 +153,72 @@ def _session_device(sess: TrainSession) -> torch.device:
     return getattr(sess.collectives, "device", torch.device("cpu"))
 
 
-def restore_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
-    """Load the newest valid checkpoint into ``model``/``optimizer`` (and this rank's RNG).
+@dataclass(frozen=True)
+class RestorePoint:
+    """Where training continues after :func:`restore_checkpoint`.
 
-    Returns ``(first_epoch_to_run, global_step)``: ``(1, 0)`` when there is no checkpoint.
-    Call it on every rank before wrapping the model for DDP.
+    ``start_epoch`` is the epoch to run next; a mid-epoch checkpoint sets ``step_in_epoch`` to
+    the steps of that epoch already done (skip them) and ``extra`` to what the loop saved with
+    it (e.g. running loss sums).
+    """
+
+    start_epoch: int = 1
+    global_step: int = 0
+    step_in_epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def restore_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer) -> RestorePoint:
+    """Start an attempt: wait the restart backoff, then load the newest valid checkpoint.
+
+    Loads model, optimizer and this rank's RNG state. Returns where to continue
+    (``RestorePoint()``: epoch 1, step 0, when there is no checkpoint). Call it on every rank
+    before wrapping the model for DDP.
     """
     sess = session_mod.get_session()
+    sess.begin_attempt()
     restored = sess.find_restore_point()
-    start_epoch, global_step = 1, 0
+    point = RestorePoint()
     if restored is not None:
         dev = next(iter(model.parameters())).device
         state = torch.load(restored.path / STATE_FILE, map_location=dev, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch, global_step = int(state["epoch"]) + 1, int(state["global_step"])
+        in_epoch = int(state.get("step_in_epoch", 0))
+        epoch = int(state["epoch"])
+        point = RestorePoint(
+            start_epoch=epoch if in_epoch else epoch + 1,
+            global_step=int(state["global_step"]),
+            step_in_epoch=in_epoch,
+            extra=dict(state.get("extra") or {}),
+        )
         rng = state.get("rng") or []
         if len(rng) == sess.world_size:
             _set_rng_state(rng[sess.rank])
         else:  # the world size changed: reseed deterministically for this rank and epoch
             seed = int(sess.config["training"]["seed"])
-            torch.manual_seed(seed * 1000 + sess.rank + 7919 * start_epoch)
+            torch.manual_seed(seed * 1000 + sess.rank + 7919 * point.start_epoch)
     sess.attempt_started()
-    return start_epoch, global_step
+    return point
 
 
-def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[str, float]:
-    """The built-in supervised loop for classification models (cnn)."""
-    data = sess.data
-    assert data is not None
-    rank, world = sess.rank, sess.world_size
-    torch.manual_seed(spec.training.seed * 1000 + rank)
-    model = build_model(spec, data).to(dev)
-    optimizer = make_optimizer(spec, model.parameters())
-    start_epoch, global_step = restore_checkpoint(model, optimizer)
-    if rank == 0:
-        sess.emit({"type": "model", "parameters": sum(p.numel() for p in model.parameters()),
-                   "param_checksum": param_checksum(model),
-                   "optimizer_checksum": optimizer_checksum(optimizer)})
-
-    net = wrap_ddp(model, spec, dev)
-    bs = spec.per_worker_batch_size
-    epochs = spec.training.epochs
-    x_train, y_train = data.x_train, data.y_train
-    lr = spec.training.learning_rate
-    stopped = False
-    checkpoint_seconds = 0.0
-    epoch = start_epoch
-
-    for epoch in range(start_epoch, epochs + 1):
-        idx = sess.shard(epoch)
-        steps = max(1, math.ceil(len(idx) / bs))
-        net.train()
-        loss_sum = correct = seen = 0.0
-        t0 = time.perf_counter()
-        for step in range(steps):
-            sel = idx[step * bs : (step + 1) * bs]
-            xb = torch.from_numpy(x_train[sel]).to(dev, non_blocking=True)
-            yb = torch.from_numpy(y_train[sel]).to(dev, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            out = net(xb)
-            loss = nn.functional.cross_entropy(out, yb)
-            loss.backward()
-            optimizer.step()
-            global_step += 1
-            batch_loss = float(loss.detach())
-            loss_sum += batch_loss * len(sel)
-            correct += float((out.detach().argmax(1) == yb).sum())
-            seen += len(sel)
-            sess.progress(epoch=epoch, step=step + 1, steps=steps, loss=batch_loss, global_step=global_step)
-            if (step + 1) % STOP_CHECK_EVERY == 0 and step + 1 < steps and sess.should_stop():
-                stopped = True
-                break
-        train_seconds = time.perf_counter() - t0
-        sess.record_shard(epoch, idx[: int(seen)])
-        t_loss, t_correct, t_seen = _all_reduce_sum([loss_sum, correct, seen], dev)
-        if stopped:
-            break
-        val_loss, val_acc = evaluate(net, data.x_val, data.y_val, rank, world, 512, dev)
-        stop_now = sess.should_stop()
-        if epoch % spec.checkpoint.every_epochs == 0 or epoch == epochs or stop_now:
-            checkpoint_seconds = save_checkpoint(model, optimizer, epoch=epoch, step=global_step)
-        sess.report(
-            epoch=epoch,
-            **{
-                names.TRAIN_LOSS: t_loss / max(t_seen, 1),
-                names.TRAIN_ACCURACY: t_correct / max(t_seen, 1),
-                names.VAL_LOSS: val_loss,
-                names.VAL_ACCURACY: val_acc,
-                names.LEARNING_RATE: optimizer.param_groups[0].get("lr", lr),
-                names.SAMPLES_PER_SECOND: t_seen / max(train_seconds, 1e-9),
-                names.EPOCH_SECONDS: train_seconds,
-                names.CHECKPOINT_SECONDS: checkpoint_seconds,
-            },
-        )
-        if stop_now:
-            stopped = True
-            break
-
-    if stopped:
-        sess.emit({"type": "stopped", "epoch": epoch, "global_step": global_step})
-        return {}
-    test_loss, test_acc = evaluate(net, data.x_test, data.y_test, rank, world, 512, dev)
-    final = {names.TEST_LOSS: test_loss, names.TEST_ACCURACY: test_acc}
-    if rank == 0:
-        export_torch_model(model, data, spec, sess.paths.model_dir)
-        sess.emit({"type": "final", "metrics": final, "model_dir": str(sess.paths.model_dir),
-                   "param_checksum": param_checksum(model)})
-    return final
-
-
-def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, *, epoch: int, step: int) -> float:
+def save_checkpoint(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epoch: int,
+    step: int,
+    step_in_epoch: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> float:
     """Gather every rank's RNG state, then rank 0 writes model, optimizer, epoch and RNG.
 
-    Call it on every rank (it is a collective); pass the unwrapped model, not the DDP wrapper.
-    Returns the seconds rank 0 spent writing (0 on other ranks).
+    ``step`` is the global step; a mid-epoch checkpoint also gives ``step_in_epoch`` (steps of
+    ``epoch`` done so far) and whatever the loop needs to finish the epoch (``extra``). Call it
+    on every rank (it is a collective) with the unwrapped model, not the DDP wrapper. Returns
+    the seconds rank 0 spent writing (0 on other ranks).
     """
     sess = session_mod.get_session()
-    global_step = step
     rng = sess.collectives.all_gather_object(_rng_state())
     if sess.rank != 0:
         return 0.0
@@ -285,7 +226,9 @@ def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, *, epoch
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "epoch": epoch,
-        "global_step": global_step,
+        "global_step": step,
+        "step_in_epoch": step_in_epoch,
+        "extra": extra or {},
         "rng": rng,
         "world_size": sess.world_size,
     }
@@ -294,8 +237,8 @@ def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, *, epoch
         torch.save(state, directory / STATE_FILE)
 
     return sess.save_checkpoint(
-        write, epoch=epoch, step=global_step,
-        meta={"framework": "torch", "param_checksum": param_checksum(model),
+        write, epoch=epoch, step=step,
+        meta={"framework": "torch", "step_in_epoch": step_in_epoch, "param_checksum": param_checksum(model),
               "optimizer_checksum": optimizer_checksum(optimizer)},
     )
 
@@ -369,52 +312,3 @@ def export_torch_model(model: nn.Module, data: PreparedData, spec: JobSpec, mode
         "files": {"state_dict": "model.pt", "torchscript": "model.torchscript.pt"},
     }
     (model_dir / "model.json").write_text(json.dumps(meta, indent=1))
-
-
-def _load_user_function(entrypoint: str) -> Callable[[dict[str, Any]], Any]:
-    file_part, func_name = entrypoint.rsplit(":", 1)
-    module_name = "orchestrator_user_" + Path(file_part).stem
-    spec = importlib.util.spec_from_file_location(module_name, file_part)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {file_part}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    func = getattr(module, func_name, None)
-    if not callable(func):
-        raise AttributeError(f"{file_part} has no function {func_name!r}")
-    return func  # type: ignore[no-any-return]
-
-
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train's per-worker function: set up the session, then train."""
-    import ray.train
-    import ray.train.torch
-
-    spec = JobSpec.model_validate(config["spec"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    dev = ray.train.torch.get_device()
-    data = config.get("data")
-    if data is not None and not isinstance(data, PreparedData):
-        data = ray.get(data)
-    collectives: Collectives = TorchCollectives(dev) if world > 1 else LocalCollectives(dev)
-    sess = TrainSession(
-        config=config["spec"],
-        rank=rank,
-        world_size=world,
-        paths=JobPaths.from_config(config["paths"]),
-        data=data,
-        sink=config.get("sink"),
-        collectives=collectives,
-        keep_checkpoints=spec.checkpoint.keep,
-    )
-    session_mod.set_session(sess)
-    try:
-        with session_mod.captured_output(sess):
-            if spec.entrypoint:
-                func = _load_user_function(spec.entrypoint)
-                func(dict(config["spec"]))
-            else:
-                train_builtin(sess, spec, dev)
-    finally:
-        session_mod.set_session(None)

@@ -294,7 +294,7 @@ def issues_from_validation(
         fix: str | None = None
         message = err["msg"].removeprefix("Value error, ")
         if isinstance(original, CrossFieldError):
-            loc = tuple(p for p in loc) + tuple(original.field_path.split("."))
+            loc = loc + tuple(int(p) if p.isdigit() else p for p in original.field_path.split("."))
             message, fix = str(original), original.fix
         path = _dotted(loc)
         kind = err["type"]
@@ -441,7 +441,25 @@ def _deep_copy(value: Any) -> Any:
     return value
 
 
-def load_spec(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> JobSpec:
+def parse_injection(text: str) -> dict[str, Any]:
+    """``kind=sigkill,rank=1,at_step=35[,attempt=1]`` (the --inject-failure option) as a dict."""
+    out: dict[str, Any] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(
+                [SpecIssue("testing.inject", f"cannot read {part!r}",
+                           fix="write kind=sigkill,rank=1,at_step=35 (kind, rank, at_step or at_epoch, attempt)")],
+                source="--inject-failure",
+            )
+        value = value.strip()
+        out[key.strip()] = int(value) if value.isdigit() else value
+    return out
+
+
+def load_spec(
+    path: str | os.PathLike[str], overrides: Iterable[str] = (), inject: Iterable[str] = ()
+) -> JobSpec:
     """Read, parse and validate a job spec file, with optional ``path=value`` overrides.
 
     Relative paths inside the spec (``data.source``, ``entrypoint``) are resolved against the
@@ -454,6 +472,11 @@ def load_spec(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Jo
     overrides = list(overrides)
     if overrides and isinstance(data, dict):
         data = apply_overrides(data, overrides)
+    injections = [parse_injection(text) for text in inject]
+    if injections and isinstance(data, dict):
+        testing = dict(data.get("testing") or {})
+        testing["inject"] = list(testing.get("inject") or []) + injections
+        data = {**data, "testing": testing}
     try:
         spec = validate_spec_data(data, source=source, loaded=loaded)
     except SpecError as exc:

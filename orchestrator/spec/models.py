@@ -263,6 +263,11 @@ class CheckpointSpec(_Model):
     """When and where checkpoints are written."""
 
     every_epochs: int = Field(default=1, ge=1)
+    every_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Also checkpoint every N global steps (mid-epoch), so a failure loses at most N steps.",
+    )
     keep: int = Field(default=3, ge=1, le=1000, description="Newest checkpoints kept on disk.")
     dir: str | None = Field(
         default=None, description="Directory for checkpoints (default: the job's directory)."
@@ -270,9 +275,48 @@ class CheckpointSpec(_Model):
 
 
 class FailureSpec(_Model):
-    """How many worker-group failures a job survives."""
+    """How many worker-group failures a job survives, and how failures are detected."""
 
     max_failures: int = Field(default=0, ge=0, le=1000)
+    hang_timeout_s: float | None = Field(
+        default=600.0,
+        gt=0,
+        description="A worker that makes no progress for this long is treated as failed (null: never).",
+    )
+    backoff_s: float = Field(
+        default=1.0, ge=0, le=3600, description="Wait before the first restart; doubles each restart."
+    )
+    backoff_max_s: float = Field(default=60.0, ge=0, le=3600, description="Upper bound of the wait.")
+
+    def backoff(self, restart: int) -> float:
+        """Seconds to wait before restart number ``restart`` (1 for the first restart)."""
+        if restart < 1:
+            return 0.0
+        return min(self.backoff_s * 2 ** (restart - 1), self.backoff_max_s)
+
+
+class InjectedFailure(_Model):
+    """A failure to inject on purpose (tests, demos): what, on which rank, when, which attempt."""
+
+    kind: Literal["exception", "sigkill", "hang"]
+    rank: int = Field(default=0, ge=0)
+    at_step: int | None = Field(default=None, ge=1, description="After this global step.")
+    at_epoch: int | None = Field(default=None, ge=1, description="At the start of this epoch.")
+    attempt: int = Field(default=1, ge=1, description="Only on this attempt (1 = the first run).")
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> InjectedFailure:
+        if (self.at_step is None) == (self.at_epoch is None):
+            raise CrossFieldError(
+                "at_step", "give exactly one of at_step or at_epoch", fix="e.g. at_step: 35"
+            )
+        return self
+
+
+class FaultInjectionSpec(_Model):
+    """Test-only settings: failure injection."""
+
+    inject: list[InjectedFailure] = Field(default_factory=list, max_length=32)
 
 
 class SyncSpec(_Model):
@@ -310,6 +354,7 @@ class JobSpec(_Model):
     checkpoint: CheckpointSpec = CheckpointSpec()
     failure: FailureSpec = FailureSpec()
     sync: SyncSpec = SyncSpec()
+    testing: FaultInjectionSpec = FaultInjectionSpec()
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
@@ -325,6 +370,24 @@ class JobSpec(_Model):
                 f"global batch size {self.training.batch_size} is smaller than "
                 f"resources.workers {self.resources.workers}",
                 fix=f"set training.batch_size to at least {self.resources.workers}",
+            )
+        for i, inj in enumerate(self.testing.inject):
+            if inj.rank >= self.resources.workers:
+                raise CrossFieldError(
+                    f"testing.inject.{i}.rank",
+                    f"rank {inj.rank} does not exist with {self.resources.workers} workers",
+                    fix=f"use a rank from 0 to {self.resources.workers - 1}",
+                )
+            if inj.kind == "hang" and self.failure.hang_timeout_s is None:
+                raise CrossFieldError(
+                    "failure.hang_timeout_s",
+                    "an injected hang needs hang detection, or the job hangs forever",
+                    fix="set failure.hang_timeout_s, e.g. 20",
+                )
+        if self.failure.backoff_max_s < self.failure.backoff_s:
+            raise CrossFieldError(
+                "failure.backoff_max_s", "must not be below failure.backoff_s",
+                fix=f"set it to at least {self.failure.backoff_s:g}",
             )
         if self.sync.backend == "nccl" and not self.resources.uses_gpu:
             raise CrossFieldError(

@@ -10,6 +10,7 @@ import torch
 
 from orchestrator.runtime import session as session_mod
 from orchestrator.runtime import torch_ddp
+from orchestrator.runtime.torch_loop import train_builtin
 from orchestrator.runtime.data import prepare_data
 from orchestrator.runtime.session import JobPaths, LocalCollectives, TrainSession
 from orchestrator.spec.models import JobSpec
@@ -39,7 +40,7 @@ def spec() -> JobSpec:
 def test_builtin_loop_trains_checkpoints_and_exports(tmp_path: Path, spec: JobSpec) -> None:
     sess = make_session(tmp_path, spec)
     try:
-        final = torch_ddp.train_builtin(sess, spec, torch.device("cpu"))
+        final = train_builtin(sess, spec, torch.device("cpu"))
     finally:
         session_mod.set_session(None)
     assert final["test_accuracy"] > 0.5  # 2 tiny epochs; chance is 0.1
@@ -81,10 +82,10 @@ def test_restore_gives_identical_weights_optimizer_and_next_epoch(tmp_path: Path
         fresh = torch_ddp.build_model(spec, sess.data)  # type: ignore[arg-type]
         fresh_opt = torch_ddp.make_optimizer(spec, fresh.parameters())
         assert torch_ddp.param_checksum(fresh) != expected_model
-        start_epoch, step = torch_ddp.restore_checkpoint(fresh, fresh_opt)
+        point = torch_ddp.restore_checkpoint(fresh, fresh_opt)
     finally:
         session_mod.set_session(None)
-    assert (start_epoch, step) == (4, 30)
+    assert (point.start_epoch, point.global_step, point.step_in_epoch) == (4, 30, 0)
     assert torch_ddp.param_checksum(fresh) == expected_model
     assert torch_ddp.optimizer_checksum(fresh_opt) == expected_opt
     for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
@@ -97,7 +98,7 @@ def test_no_checkpoint_starts_at_epoch_one(tmp_path: Path, spec: JobSpec) -> Non
     try:
         model = torch_ddp.build_model(spec, sess.data)  # type: ignore[arg-type]
         opt = torch_ddp.make_optimizer(spec, model.parameters())
-        assert torch_ddp.restore_checkpoint(model, opt) == (1, 0)
+        assert torch_ddp.restore_checkpoint(model, opt) == torch_ddp.RestorePoint(1, 0)
     finally:
         session_mod.set_session(None)
 

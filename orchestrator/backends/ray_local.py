@@ -1,0 +1,154 @@
+"""Ray-facing pieces of the driver: starting or joining Ray, fitting checks, the trainer.
+
+Kept apart from :mod:`orchestrator.backends.driver` so the driver reads as job logic; these
+functions are the only place that knows Ray Train's API.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from orchestrator.errors import BackendError
+from orchestrator.spec.models import JobSpec
+from orchestrator.store import JobRecord
+
+log = logging.getLogger("orchestrator.driver")
+
+
+def dashboard_url(context: Any) -> str | None:
+    url = getattr(context, "dashboard_url", None)
+    if not url:
+        return None
+    return url if url.startswith("http") else f"http://{url}"
+
+
+#: How often ray.init is tried when Ray's start-up fails (see start_embedded_ray).
+RAY_START_ATTEMPTS = 3
+
+
+def start_embedded_ray(join_address: str | None = None) -> Any:
+    """``ray.init()`` for the local backend, retried when the node times out during start-up.
+
+    With ``join_address`` (Ray's own ``RAY_ADDRESS`` convention) the driver joins that running
+    Ray instance instead of starting one; tests use this to share one Ray across jobs.
+
+    On a slow or contended machine Ray's start-up has fixed deadlines that can pass: the raylet
+    waits 15 s for its dashboard agent to report its ports, ``ray.init`` waits 30 s for the node
+    to register, the dashboard head must come up in time. Any of these makes ``ray.init`` raise;
+    a second try, with the modules now in the page cache, usually succeeds.
+    """
+    import ray
+
+    if join_address:
+        return ray.init(address=join_address, log_to_driver=False, logging_level=logging.WARNING,
+                        namespace="orchestrator")
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        try:
+            return ray.init(
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                namespace="orchestrator",
+            )
+        except Exception as exc:  # noqa: BLE001 - Ray raises bare Exceptions from its start-up
+            if attempt == RAY_START_ATTEMPTS:
+                raise BackendError(
+                    f"the embedded Ray instance did not start: {exc}",
+                    fix="check /tmp/ray/session_latest/logs/raylet.out; on a very busy machine try again",
+                ) from None
+            log.warning("Ray did not start (attempt %d of %d): %s; retrying", attempt, RAY_START_ATTEMPTS,
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            ray.shutdown()
+    raise AssertionError("unreachable")
+
+
+def check_fits_local_cluster(spec: JobSpec, resources: dict[str, float]) -> None:
+    """Refuse, with the numbers, a job this machine's Ray can never place (it would hang)."""
+    r = spec.resources
+    need_cpu = r.workers * r.cpus_per_worker
+    have_cpu = resources.get("CPU", 0.0)
+    reasons = []
+    if need_cpu > have_cpu + 1e-9:
+        reasons.append(f"needs {r.workers} x {r.cpus_per_worker:g} = {need_cpu:g} CPUs; this machine has {have_cpu:g}")
+    need_gpu = r.workers * r.gpus_per_worker
+    have_gpu = resources.get("GPU", 0.0)
+    if need_gpu > have_gpu + 1e-9:
+        reasons.append(f"needs {need_gpu:g} GPUs; this machine has {have_gpu:g}")
+    if r.memory_bytes and r.workers * r.memory_bytes > resources.get("memory", 0.0):
+        reasons.append(
+            f"needs {r.workers} x {r.memory_bytes / 2**30:.1f} GiB memory; Ray has "
+            f"{resources.get('memory', 0.0) / 2**30:.1f} GiB"
+        )
+    if r.accelerator and r.gpus_per_worker > 0:
+        key = f"accelerator_type:{_ray_accelerator_name(r.accelerator)}"
+        if key not in resources:
+            reasons.append(f"needs accelerator {r.accelerator}; this machine has none")
+    if reasons:
+        raise BackendError(
+            "the job does not fit this machine (local backend)",
+            reasons=reasons,
+            fix="lower resources.workers / cpus_per_worker (fractions such as 0.5 are fine), "
+            "or submit to a cluster with --backend ray or kubernetes",
+        )
+
+
+def _ray_accelerator_name(accelerator: str) -> str:
+    """Our accelerator names to Ray's accelerator_type resource names (A100, H100, T4...)."""
+    parts = accelerator.split("-")
+    if parts[0] == "nvidia" and len(parts) > 1:
+        return parts[1].upper()
+    if parts[0] == "tpu" and len(parts) > 1:
+        return "TPU-" + parts[1].upper()
+    return accelerator
+
+
+def build_torch_trainer(spec: JobSpec, record: JobRecord, paths: dict[str, str], data_ref: Any, sink: Any) -> Any:
+    """The Ray Train TorchTrainer for a spec (DDP over gloo on CPU, nccl on GPU)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from orchestrator.runtime.progress import failure_reporter
+    from orchestrator.runtime.worker import torch_train_loop_per_worker
+
+    r = spec.resources
+    per_worker: dict[str, float] = {"CPU": r.cpus_per_worker}
+    if r.gpus_per_worker:
+        per_worker["GPU"] = r.gpus_per_worker
+    if r.memory_bytes:
+        per_worker["memory"] = float(r.memory_bytes)
+    scaling = ScalingConfig(
+        num_workers=r.workers,
+        use_gpu=r.uses_gpu,
+        resources_per_worker=per_worker,
+        accelerator_type=_ray_accelerator_name(r.accelerator) if r.accelerator and r.uses_gpu else None,
+    )
+    run = RunConfig(
+        name=record.id,
+        storage_path=str(record.job_dir / "ray"),
+        failure_config=FailureConfig(max_failures=spec.failure.max_failures),
+        callbacks=[failure_reporter(sink)],
+    )
+    return TorchTrainer(
+        torch_train_loop_per_worker,
+        train_loop_config={
+            "spec": spec.model_dump(mode="json"),
+            "paths": paths,
+            "data": data_ref,
+            "sink": sink,
+        },
+        torch_config=TorchConfig(backend=spec.sync_backend),
+        scaling_config=scaling,
+        run_config=run,
+    )
+
+
+def describe_training_error(exc: BaseException) -> str:
+    """A one-paragraph reason from Ray Train's error (the worker's exception, not Ray's wrapping)."""
+    text = str(exc).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    # Ray's message ends with the user exception's "Type: message" line; show that first.
+    tail = [line for line in lines if not line.startswith(" ") and ":" in line]
+    reason = tail[-1] if tail else (lines[-1] if lines else type(exc).__name__)
+    return f"training failed: {reason} (full traceback in the job log: orchestrator logs JOB)"

@@ -1,0 +1,192 @@
+"""What the driver learns from the workers' event stream, as plain state (no Ray, no I/O).
+
+:class:`RunTracker` folds events into epoch metrics, the latest checkpoint, per-rank shard
+records and the attempt history: when each attempt started, what it restored, when and why it
+failed, how long recovery took (failure detected to the first step after the restore) and how
+many steps were redone. The driver feeds it and turns its state into TensorBoard, Prometheus,
+the job store and the terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("orchestrator.driver")
+
+#: Event kinds that mean "this attempt failed", most precise first (their reason wins).
+_FAILURE_KINDS = ("injected", "worker_error", "hang", "failure")
+
+
+@dataclass
+class Recovery:
+    """One completed recovery: seconds from failure detection to first step, steps redone."""
+
+    attempt: int
+    seconds: float | None
+    lost_steps: int
+
+
+@dataclass
+class RunTracker:
+    """Folds worker events into the state of one driver run."""
+
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    epoch_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    last_checkpoint: str | None = None
+    first_step_at: float | None = None
+    stopped: bool = False
+    model_checksum: str | None = None
+    shards: dict[int, dict[int, list[int]]] = field(default_factory=dict)
+    new_recoveries: list[Recovery] = field(default_factory=list)
+    _attempts_before: int = 0
+
+    def __post_init__(self) -> None:
+        self._attempts_before = len(self.attempts)
+
+    @property
+    def current(self) -> dict[str, Any] | None:
+        if len(self.attempts) > self._attempts_before:
+            return self.attempts[-1]
+        return None
+
+    def apply(self, event: dict[str, Any]) -> bool:
+        """Fold one event in; True when the job's visible progress changed."""
+        kind = event.get("type")
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is None:
+            return False
+        return bool(handler(event))
+
+    # -- progress -------------------------------------------------------------------------
+    def _seen_step(self, step: Any) -> None:
+        if self.current is not None and step is not None:
+            self.current["last_step"] = max(int(step), int(self.current.get("last_step") or 0))
+
+    def _on_step(self, event: dict[str, Any]) -> bool:
+        self._seen_step(event.get("global_step"))
+        return False
+
+    def _on_epoch(self, event: dict[str, Any]) -> bool:
+        self.epoch_metrics[int(event["epoch"])] = dict(event["metrics"])
+        self._seen_step(event.get("global_step"))
+        return True
+
+    def _on_final(self, event: dict[str, Any]) -> bool:
+        self.final_metrics = dict(event["metrics"])
+        self.model_checksum = event.get("param_checksum")
+        return True
+
+    def _on_checkpoint(self, event: dict[str, Any]) -> bool:
+        self.last_checkpoint = event["path"]
+        self._seen_step(event.get("global_step"))
+        return True
+
+    def _on_shard(self, event: dict[str, Any]) -> bool:
+        per_epoch = self.shards.setdefault(int(event["rank"]), {})
+        epoch = int(event["epoch"])
+        per_epoch[epoch] = per_epoch.get(epoch, []) + list(event["indices"])  # a resumed epoch adds on
+        return False
+
+    def _on_stopped(self, event: dict[str, Any]) -> bool:
+        self.stopped = True
+        return False
+
+    # -- attempts -------------------------------------------------------------------------
+    def _on_attempt_start(self, event: dict[str, Any]) -> bool:
+        previous = self.current
+        now = float(event["time"])
+        attempt = {
+            "attempt": int(event.get("attempt") or len(self.attempts) + 1),
+            "started_at": now,
+            "ended_at": None,
+            "restored_epoch": event.get("restored_epoch"),
+            "restored_step": event.get("restored_step"),
+            "failure": None,
+        }
+        if previous is not None and previous.get("ended_at") is None:
+            previous["ended_at"] = previous.get("failure_detected_at") or now
+            if not previous.get("failure"):
+                previous["failure"] = "the worker group failed and was restarted"
+                previous["failure_detected_at"] = now
+        self.attempts.append(attempt)
+        return True
+
+    def _on_failure_event(self, event: dict[str, Any], reason: str) -> bool:
+        current = self.current
+        if current is None or current.get("ended_at") is not None:
+            return False
+        if current.get("failure_detected_at") is None:
+            current["failure_detected_at"] = float(event["time"])
+            current["failure"] = reason
+        elif _rank(event.get("type")) < _rank(current.get("failure_kind")):
+            current["failure"] = reason  # a more precise account of the same failure
+        else:
+            return False
+        current["failure_kind"] = event.get("type")
+        if event.get("global_step") is not None:
+            self._seen_step(event["global_step"])
+        return True
+
+    def _on_injected(self, event: dict[str, Any]) -> bool:
+        return self._on_failure_event(event, str(event["reason"]))
+
+    def _on_worker_error(self, event: dict[str, Any]) -> bool:
+        return self._on_failure_event(event, f"rank {event.get('rank')}: {event['error']}")
+
+    def _on_hang(self, event: dict[str, Any]) -> bool:
+        return self._on_failure_event(event, str(event["reason"]))
+
+    def _on_failure(self, event: dict[str, Any]) -> bool:
+        errors = event.get("errors") or {}
+        reason = "; ".join(f"rank {rank}: {text}" for rank, text in sorted(errors.items())) or "worker failure"
+        return self._on_failure_event(event, reason)
+
+    def _on_first_step(self, event: dict[str, Any]) -> bool:
+        if self.first_step_at is None:
+            self.first_step_at = float(event["time"])
+        current = self.current
+        if current is None or current.get("first_step_at") is not None:
+            return False
+        current["first_step_at"] = float(event["time"])
+        previous = self.attempts[-2] if len(self.attempts) >= 2 else None
+        if previous is None or not previous.get("failure"):
+            return False  # a fresh start or a resume after a clean stop: nothing was recovered
+        detected = previous.get("failure_detected_at") or previous.get("ended_at")
+        seconds = float(event["time"]) - float(detected) if detected else None
+        restored = int(current.get("restored_step") or 0)
+        lost = max(0, int(previous.get("last_step") or 0) - restored)
+        current["recovery_seconds"] = seconds
+        current["lost_steps"] = lost
+        self.new_recoveries.append(Recovery(int(current["attempt"]), seconds, lost))
+        log.info(
+            "attempt %s recovered: restored step %s, %s steps redone, %.2fs from failure detection "
+            "to first step", current["attempt"], restored, lost, seconds or float("nan"),
+        )
+        return True
+
+    # -- end ------------------------------------------------------------------------------
+    def close(self, now: float, failure: str | None) -> None:
+        """The run ended: close the open attempt (with the failure text, if it failed)."""
+        current = self.current
+        if current is not None and current.get("ended_at") is None:
+            current["ended_at"] = now
+            if failure and not current.get("failure"):
+                current["failure"] = failure
+
+    def last_failure(self) -> str | None:
+        for attempt in reversed(self.attempts):
+            if attempt.get("failure"):
+                return str(attempt["failure"])
+        return None
+
+    def public_attempts(self) -> list[dict[str, Any]]:
+        """The attempt records as shown to users (no internal bookkeeping keys)."""
+        hidden = {"failure_kind", "first_step_at"}
+        return [{k: v for k, v in a.items() if k not in hidden} for a in self.attempts]
+
+
+def _rank(kind: Any) -> int:
+    return _FAILURE_KINDS.index(kind) if kind in _FAILURE_KINDS else len(_FAILURE_KINDS)

@@ -1,0 +1,118 @@
+"""Observability verbs: `metrics serve` (Prometheus) and `tensorboard`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import click
+
+from orchestrator.cli import handle_errors, main, settings_of
+from orchestrator.errors import UsageError
+from orchestrator.settings import Settings
+from orchestrator.store import JobRecord, JobState, JobStore
+
+
+@main.group()
+def metrics() -> None:
+    """Prometheus metrics for long-running scraping."""
+
+
+def local_queue_snapshot(records: list[JobRecord], cpus: float | None = None) -> dict[str, Any]:
+    """Per-queue job counts and this machine's CPU pool, from the job store."""
+    counts: Counter[tuple[str, str]] = Counter()
+    allocated = 0.0
+    for r in records:
+        queue = str((r.spec.get("resources") or {}).get("queue") or "default")
+        if r.state == JobState.PENDING:
+            counts[(queue, "queued")] += 1
+        elif r.state in (JobState.RUNNING, JobState.CANCELLING):
+            counts[(queue, "running")] += 1
+            res = r.spec.get("resources") or {}
+            allocated += float(res.get("workers", 1)) * float(res.get("cpus_per_worker", 1))
+    for queue in {q for q, _ in counts}:
+        counts.setdefault((queue, "queued"), 0)
+        counts.setdefault((queue, "running"), 0)
+    total = float(cpus if cpus is not None else (os.cpu_count() or 1))
+    return {"queue_jobs": dict(counts), "pools": {("local", "cpu"): (total, allocated)}, "preemptions": {}}
+
+
+@metrics.command("serve")
+@click.option("--port", type=click.IntRange(0, 65535), default=9465, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.pass_context
+@handle_errors
+def metrics_serve(ctx: click.Context, port: int, host: str) -> None:
+    """Serve /metrics for every job in the job store (and the local queue) until Ctrl-C."""
+    from prometheus_client import CollectorRegistry
+
+    from orchestrator.metrics.prometheus import StoreCollector, serve_registry
+
+    settings: Settings = settings_of(ctx)
+    store = JobStore(settings.db_path)
+
+    def records() -> list[JobRecord]:
+        store.reconcile_dead_drivers()
+        return store.list(limit=10_000)
+
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(records, lambda: local_queue_snapshot(records())))
+    try:
+        server = serve_registry(registry, port, host)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}", fix="pick another --port") from None
+    click.echo(f"serving http://{host}:{server.server_port}/metrics (Ctrl-C to stop)", err=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@main.command()
+@click.argument("job_id", metavar="[JOB]", required=False)
+@click.option("--port", type=click.IntRange(0, 65535), default=6006, show_default=True,
+              help="0 picks a free port.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.pass_context
+@handle_errors
+def tensorboard(ctx: click.Context, job_id: str | None, port: int, host: str) -> None:
+    """Start TensorBoard on one job's events (or every job's) and print its URL."""
+    settings: Settings = settings_of(ctx)
+    if job_id:
+        record = JobStore(settings.db_path).get(job_id)
+        logdir = record.job_dir / "tensorboard"
+        if not logdir.is_dir():
+            raise UsageError(f"job {record.id} has no TensorBoard events yet ({logdir})",
+                             fix="wait until its first epoch ends")
+    else:
+        logdir = settings.jobs_dir
+        if not logdir.is_dir():
+            raise UsageError("no jobs yet", fix="orchestrator submit jobs/cnn.yaml")
+    port = port or _free_port(host)
+    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", host,
+           "--port", str(port)]
+    click.echo(f"TensorBoard: http://{host}:{port}/  (logdir {logdir}; Ctrl-C to stop)")
+    sys.stdout.flush()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(10)
+        return
+    if code != 0:
+        err = (proc.stderr.read() if proc.stderr else "").strip().splitlines()
+        raise UsageError(f"TensorBoard exited with code {code}: {err[-1] if err else ''}",
+                         fix="check that the port is free (--port)")

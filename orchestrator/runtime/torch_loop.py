@@ -1,0 +1,143 @@
+"""The built-in supervised training loop for torch models (classification).
+
+Each epoch: this rank's shard in a (seed, epoch)-determined order, DDP steps, a cross-rank
+evaluation on the validation split, an epoch report, and a checkpoint every
+``checkpoint.every_epochs`` (plus every ``checkpoint.every_steps`` mid-epoch). A mid-epoch
+checkpoint carries the epoch's running sums, so a restart finishes the epoch exactly as an
+uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from orchestrator.metrics import names
+from orchestrator.runtime.session import TrainSession
+from orchestrator.runtime.torch_ddp import (
+    _all_reduce_sum,
+    build_model,
+    evaluate,
+    export_torch_model,
+    make_optimizer,
+    optimizer_checksum,
+    param_checksum,
+    restore_checkpoint,
+    save_checkpoint,
+    wrap_ddp,
+)
+from orchestrator.spec.models import JobSpec
+
+#: How often (in steps) ranks agree on whether the driver asked them to stop.
+STOP_CHECK_EVERY = 10
+
+
+@dataclass
+class _EpochSums:
+    loss: float = 0.0
+    correct: float = 0.0
+    seen: float = 0.0
+    seconds: float = 0.0
+
+    def as_extra(self) -> dict[str, float]:
+        return {"loss": self.loss, "correct": self.correct, "seen": self.seen, "seconds": self.seconds}
+
+
+def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[str, float]:
+    """Train the spec's built-in model; returns the test metrics (empty if stopped early)."""
+    data = sess.data
+    assert data is not None
+    rank, world = sess.rank, sess.world_size
+    torch.manual_seed(spec.training.seed * 1000 + rank)
+    model = build_model(spec, data).to(dev)
+    optimizer = make_optimizer(spec, model.parameters())
+    point = restore_checkpoint(model, optimizer)
+    if rank == 0:
+        sess.emit({"type": "model", "parameters": sum(p.numel() for p in model.parameters()),
+                   "param_checksum": param_checksum(model),
+                   "optimizer_checksum": optimizer_checksum(optimizer)})
+
+    net = wrap_ddp(model, spec, dev)
+    bs = spec.per_worker_batch_size
+    epochs = spec.training.epochs
+    every_steps = spec.checkpoint.every_steps
+    global_step = point.global_step
+    checkpoint_seconds = 0.0
+    stopped = False
+    epoch = point.start_epoch
+
+    for epoch in range(point.start_epoch, epochs + 1):
+        idx = sess.shard(epoch)
+        steps = max(1, math.ceil(len(idx) / bs))
+        first = point.step_in_epoch if epoch == point.start_epoch else 0
+        sums = _EpochSums(**point.extra) if first else _EpochSums()
+        sess.epoch_started(epoch, global_step)
+        net.train()
+        t0 = time.perf_counter()
+        for step in range(first, steps):
+            sel = idx[step * bs : (step + 1) * bs]
+            xb = torch.from_numpy(data.x_train[sel]).to(dev, non_blocking=True)
+            yb = torch.from_numpy(data.y_train[sel]).to(dev, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            out = net(xb)
+            loss = nn.functional.cross_entropy(out, yb)
+            loss.backward()
+            optimizer.step()
+            global_step += 1
+            batch_loss = float(loss.detach())
+            sums.loss += batch_loss * len(sel)
+            sums.correct += float((out.detach().argmax(1) == yb).sum())
+            sums.seen += len(sel)
+            sess.progress(epoch=epoch, step=step + 1, steps=steps, loss=batch_loss, global_step=global_step)
+            last_step = step + 1 == steps
+            stop = (step + 1) % STOP_CHECK_EVERY == 0 and not last_step and sess.should_stop()
+            if stop or (every_steps and global_step % every_steps == 0 and not last_step):
+                elapsed = time.perf_counter() - t0
+                sums.seconds += elapsed
+                save_checkpoint(model, optimizer, epoch=epoch, step=global_step, step_in_epoch=step + 1,
+                                extra=sums.as_extra())
+                t0 = time.perf_counter()
+            if stop:
+                stopped = True
+                break
+        sums.seconds += time.perf_counter() - t0
+        sess.record_shard(epoch, idx[first * bs : min(step + 1, steps) * bs])  # what this attempt trained
+        if stopped:
+            break
+        t_loss, t_correct, t_seen = _all_reduce_sum([sums.loss, sums.correct, sums.seen], dev)
+        val_loss, val_acc = evaluate(net, data.x_val, data.y_val, rank, world, 512, dev)
+        stop_now = sess.should_stop()
+        if epoch % spec.checkpoint.every_epochs == 0 or epoch == epochs or stop_now:
+            checkpoint_seconds = save_checkpoint(model, optimizer, epoch=epoch, step=global_step)
+        sess.report(
+            epoch=epoch,
+            global_step=global_step,
+            **{
+                names.TRAIN_LOSS: t_loss / max(t_seen, 1),
+                names.TRAIN_ACCURACY: t_correct / max(t_seen, 1),
+                names.VAL_LOSS: val_loss,
+                names.VAL_ACCURACY: val_acc,
+                names.LEARNING_RATE: optimizer.param_groups[0].get("lr", spec.training.learning_rate),
+                names.SAMPLES_PER_SECOND: t_seen / max(sums.seconds, 1e-9),
+                names.EPOCH_SECONDS: sums.seconds,
+                names.CHECKPOINT_SECONDS: checkpoint_seconds,
+            },
+        )
+        if stop_now:
+            stopped = True
+            break
+
+    if stopped:
+        sess.emit({"type": "stopped", "epoch": epoch, "global_step": global_step})
+        return {}
+    test_loss, test_acc = evaluate(net, data.x_test, data.y_test, rank, world, 512, dev)
+    final = {names.TEST_LOSS: test_loss, names.TEST_ACCURACY: test_acc}
+    if rank == 0:
+        export_torch_model(model, data, spec, sess.paths.model_dir)
+        sess.emit({"type": "final", "metrics": final, "model_dir": str(sess.paths.model_dir),
+                   "param_checksum": param_checksum(model)})
+    return final

@@ -1,0 +1,89 @@
+"""The function every Ray Train worker runs: build the session, then train.
+
+It validates the spec, fetches the prepared data from the object store, makes the
+:class:`TrainSession` current (so user code can call the session helpers), forwards the
+worker's output to the job log, and reports an exception to the driver (with its traceback)
+before Ray Train sees it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from orchestrator.runtime import session as session_mod
+from orchestrator.runtime.data import PreparedData
+from orchestrator.runtime.session import Collectives, JobPaths, LocalCollectives, TrainSession
+from orchestrator.spec.models import JobSpec
+
+
+def load_user_function(entrypoint: str) -> Callable[[dict[str, Any]], Any]:
+    """Import ``path/to/file.py:function`` by path (no package or sys.path needed)."""
+    file_part, func_name = entrypoint.rsplit(":", 1)
+    module_name = "orchestrator_user_" + Path(file_part).stem
+    spec = importlib.util.spec_from_file_location(module_name, file_part)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {file_part}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise AttributeError(f"{file_part} has no function {func_name!r}")
+    return func  # type: ignore[no-any-return]
+
+
+def torch_train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function for torch jobs."""
+    import ray.train
+    import ray.train.torch
+
+    from orchestrator.runtime.torch_ddp import TorchCollectives
+    from orchestrator.runtime.torch_loop import train_builtin
+
+    spec = JobSpec.model_validate(config["spec"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    dev = ray.train.torch.get_device()
+    collectives: Collectives = TorchCollectives(dev) if world > 1 else LocalCollectives(dev)
+    sess = _make_session(config, spec, rank, world, collectives)
+    _run(sess, spec, config, lambda: train_builtin(sess, spec, dev))
+
+
+def _make_session(
+    config: dict[str, Any], spec: JobSpec, rank: int, world: int, collectives: Collectives
+) -> TrainSession:
+    import ray
+
+    data = config.get("data")
+    if data is not None and not isinstance(data, PreparedData):
+        data = ray.get(data)
+    return TrainSession(
+        config=config["spec"],
+        rank=rank,
+        world_size=world,
+        paths=JobPaths.from_config(config["paths"]),
+        data=data,
+        sink=config.get("sink"),
+        collectives=collectives,
+        keep_checkpoints=spec.checkpoint.keep,
+    )
+
+
+def _run(sess: TrainSession, spec: JobSpec, config: dict[str, Any], builtin: Callable[[], Any]) -> None:
+    session_mod.set_session(sess)
+    try:
+        with session_mod.captured_output(sess):
+            if spec.entrypoint:
+                load_user_function(spec.entrypoint)(dict(config["spec"]))
+            else:
+                builtin()
+    except BaseException as exc:
+        sess.emit({"type": "worker_error", "error": f"{type(exc).__name__}: {exc}",
+                   "traceback": traceback.format_exc()}, wait=True)
+        raise
+    finally:
+        sess.close()
+        session_mod.set_session(None)

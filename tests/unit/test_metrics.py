@@ -1,0 +1,97 @@
+"""Metric names defined once; the job exporter and the store collector over real HTTP."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from orchestrator.cli.obs_cmds import local_queue_snapshot
+from orchestrator.metrics import names
+from orchestrator.metrics.prometheus import JobMetrics, StoreCollector, serve_registry
+from orchestrator.store import JobRecord, JobState
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_names_are_unique_prefixed_and_low_cardinality() -> None:
+    seen = [m.name for m in names.ALL_PROMETHEUS_METRICS]
+    assert len(seen) == len(set(seen))
+    for m in names.ALL_PROMETHEUS_METRICS:
+        assert re.fullmatch(r"orchestrator_[a-z_]+", m.name), m.name
+        assert set(m.labels) <= {"job", "framework", "queue", "pool", "accelerator", "state"}
+        assert m.kind in {"gauge", "counter", "histogram"}
+        assert m.kind != "counter" or m.name.endswith("_total")
+
+
+def test_job_metrics_follow_worker_events_over_http() -> None:
+    jm = JobMetrics("job-1", "torch")
+    port = jm.serve(0)
+    try:
+        jm.set_state("running")
+        jm.on_event({"type": "step", "global_step": 7, "loss": 1.5, "time": 100.0})
+        jm.on_event({"type": "epoch", "epoch": 1, "time": 101.0,
+                     "metrics": {"val_accuracy": 0.91, "train_loss": 0.4, "samples_per_second": 1200.0}})
+        jm.on_event({"type": "checkpoint", "seconds": 0.2, "epoch": 1, "global_step": 20, "path": "/x"})
+        jm.on_recovery(3.5, 12)
+        got = scrape(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        jm.close()
+    job = (("framework", "torch"), ("job", "job-1"))
+    assert got[("orchestrator_step", job)] == 7
+    assert got[("orchestrator_step_loss", job)] == 1.5
+    assert got[("orchestrator_epoch", job)] == 1
+    assert got[("orchestrator_validation_accuracy", job)] == 0.91
+    assert got[("orchestrator_samples_per_second", job)] == 1200.0
+    assert got[("orchestrator_restarts_total", job)] == 1
+    assert got[("orchestrator_lost_steps_total", job)] == 12
+    assert got[("orchestrator_recovery_seconds_sum", job)] == 3.5
+    assert got[("orchestrator_checkpoint_write_seconds_count", job)] == 1
+    assert got[("orchestrator_last_progress_timestamp_seconds", job)] == 101.0
+    assert got[("orchestrator_job_state", job + (("state", "running"),))] == 1
+    assert got[("orchestrator_job_state", job + (("state", "failed"),))] == 0
+
+
+def record(job_id: str, state: JobState, **kw: object) -> JobRecord:
+    return JobRecord(
+        id=job_id, name="n", backend="local", state=state,
+        spec={"framework": "torch", "resources": {"workers": 2, "cpus_per_worker": 0.5, "queue": "research"}},
+        job_dir=Path("/tmp"), created_at=time.time(), **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_store_collector_reads_the_store_at_scrape_time() -> None:
+    records = [
+        record("a", JobState.RUNNING, progress={"epoch": 3, "val_accuracy": 0.95},
+               attempts=[{"attempt": 1}, {"attempt": 2, "lost_steps": 4}]),
+        record("b", JobState.PENDING),
+        record("c", JobState.SUCCEEDED),
+    ]
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(lambda: records, lambda: local_queue_snapshot(records, cpus=2)))
+    server = serve_registry(registry, 0)
+    try:
+        got = scrape(f"http://127.0.0.1:{server.server_port}/metrics")
+    finally:
+        server.shutdown()
+    a = (("framework", "torch"), ("job", "a"))
+    assert got[("orchestrator_epoch", a)] == 3
+    assert got[("orchestrator_validation_accuracy", a)] == 0.95
+    assert got[("orchestrator_restarts_total", a)] == 1
+    assert got[("orchestrator_lost_steps_total", a)] == 4
+    assert got[("orchestrator_job_state", (("framework", "torch"), ("job", "c"), ("state", "succeeded")))] == 1
+    assert got[("orchestrator_queue_jobs", (("queue", "research"), ("state", "queued")))] == 1
+    assert got[("orchestrator_queue_jobs", (("queue", "research"), ("state", "running")))] == 1
+    assert got[("orchestrator_pool_accelerators_total", (("accelerator", "cpu"), ("pool", "local")))] == 2
+    assert got[("orchestrator_pool_accelerators_allocated", (("accelerator", "cpu"), ("pool", "local")))] == 1.0
