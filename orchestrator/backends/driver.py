@@ -199,7 +199,10 @@ class Driver:
         log.info("data: %s", json.dumps(summary))
 
         init_start = time.time()
-        context = start_embedded_ray(self.settings.local_ray_address)
+        context = start_embedded_ray(
+            self.settings.local_ray_address,
+            metadata={"orchestrator_job_id": self.record.id, "orchestrator_job_name": self.record.name},
+        )
         url = dashboard_url(context)
         log.info("Ray ready in %.1fs; dashboard: %s", time.time() - init_start, url or "off")
         check_fits_local_cluster(spec, ray.cluster_resources())

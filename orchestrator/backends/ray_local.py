@@ -17,17 +17,21 @@ log = logging.getLogger("orchestrator.driver")
 
 
 def dashboard_url(context: Any) -> str | None:
+    """The Ray dashboard's page for this driver's Ray job (None when the dashboard is off)."""
+    import ray
+
     url = getattr(context, "dashboard_url", None)
     if not url:
         return None
-    return url if url.startswith("http") else f"http://{url}"
+    base = url if url.startswith("http") else f"http://{url}"
+    return f"{base}/#/jobs/{ray.get_runtime_context().get_job_id()}"
 
 
 #: How often ray.init is tried when Ray's start-up fails (see start_embedded_ray).
 RAY_START_ATTEMPTS = 3
 
 
-def start_embedded_ray(join_address: str | None = None) -> Any:
+def start_embedded_ray(join_address: str | None = None, metadata: dict[str, str] | None = None) -> Any:
     """``ray.init()`` for the local backend, retried when the node times out during start-up.
 
     With ``join_address`` (Ray's own ``RAY_ADDRESS`` convention) the driver joins that running
@@ -39,19 +43,20 @@ def start_embedded_ray(join_address: str | None = None) -> Any:
     a second try, with the modules now in the page cache, usually succeeds.
     """
     import ray
+    from ray.job_config import JobConfig
 
+    # The metadata shows in the Ray dashboard's job list and API, tying the Ray job to ours.
+    common: dict[str, Any] = {
+        "log_to_driver": False,
+        "logging_level": logging.WARNING,
+        "namespace": "orchestrator",
+        "job_config": JobConfig(metadata=metadata or {}),
+    }
     if join_address:
-        return ray.init(address=join_address, log_to_driver=False, logging_level=logging.WARNING,
-                        namespace="orchestrator")
+        return ray.init(address=join_address, **common)
     for attempt in range(1, RAY_START_ATTEMPTS + 1):
         try:
-            return ray.init(
-                include_dashboard=True,
-                dashboard_host="127.0.0.1",
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-                namespace="orchestrator",
-            )
+            return ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **common)
         except Exception as exc:  # noqa: BLE001 - Ray raises bare Exceptions from its start-up
             if attempt == RAY_START_ATTEMPTS:
                 raise BackendError(

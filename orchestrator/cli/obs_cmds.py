@@ -26,11 +26,14 @@ def metrics() -> None:
 def local_queue_snapshot(records: list[JobRecord], cpus: float | None = None) -> dict[str, Any]:
     """Per-queue job counts and this machine's CPU pool, from the job store."""
     counts: Counter[tuple[str, str]] = Counter()
+    oldest: dict[str, float] = {}
     allocated = 0.0
+    now = time.time()
     for r in records:
         queue = str((r.spec.get("resources") or {}).get("queue") or "default")
         if r.state == JobState.PENDING:
             counts[(queue, "queued")] += 1
+            oldest[queue] = max(oldest.get(queue, 0.0), now - r.created_at)
         elif r.state in (JobState.RUNNING, JobState.CANCELLING):
             counts[(queue, "running")] += 1
             res = r.spec.get("resources") or {}
@@ -38,8 +41,10 @@ def local_queue_snapshot(records: list[JobRecord], cpus: float | None = None) ->
     for queue in {q for q, _ in counts}:
         counts.setdefault((queue, "queued"), 0)
         counts.setdefault((queue, "running"), 0)
+        oldest.setdefault(queue, 0.0)
     total = float(cpus if cpus is not None else (os.cpu_count() or 1))
-    return {"queue_jobs": dict(counts), "pools": {("local", "cpu"): (total, allocated)}, "preemptions": {}}
+    return {"queue_jobs": dict(counts), "oldest_wait": oldest,
+            "pools": {("local", "cpu"): (total, allocated)}, "preemptions": {}}
 
 
 @metrics.command("serve")

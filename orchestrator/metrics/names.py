@@ -84,6 +84,8 @@ JOB_LAST_PROGRESS = PromMetric("last_progress_timestamp_seconds", "gauge",
                                "Unix time of the latest training progress seen", JOB_LABELS)
 
 QUEUE_JOBS = PromMetric("queue_jobs", "gauge", "Jobs per queue and state (queued, running)", ("queue", "state"))
+QUEUE_OLDEST_WAIT = PromMetric("queue_oldest_wait_seconds", "gauge", "How long the oldest queued job has waited",
+                               ("queue",))
 POOL_ACCELERATORS = PromMetric("pool_accelerators_total", "gauge", "Accelerators (or CPUs) in a pool",
                                ("pool", "accelerator"))
 POOL_ALLOCATED = PromMetric("pool_accelerators_allocated", "gauge", "Accelerators (or CPUs) allocated to jobs",
@@ -94,7 +96,8 @@ PREEMPTIONS = PromMetric("preemptions_total", "counter", "Jobs preempted (checkp
 ALL_PROMETHEUS_METRICS: tuple[PromMetric, ...] = (
     JOB_STATE, JOB_EPOCH, JOB_STEP, JOB_STEP_LOSS, JOB_TRAIN_LOSS, JOB_VAL_LOSS, JOB_TRAIN_ACCURACY,
     JOB_VAL_ACCURACY, JOB_SAMPLES_PER_SECOND, JOB_LEARNING_RATE, JOB_CHECKPOINT_SECONDS, JOB_RESTARTS,
-    JOB_RECOVERY_SECONDS, JOB_LOST_STEPS, JOB_LAST_PROGRESS, QUEUE_JOBS, POOL_ACCELERATORS, POOL_ALLOCATED,
+    JOB_RECOVERY_SECONDS, JOB_LOST_STEPS, JOB_LAST_PROGRESS, QUEUE_JOBS, QUEUE_OLDEST_WAIT, POOL_ACCELERATORS,
+    POOL_ALLOCATED,
     SCHEDULING_SECONDS, PREEMPTIONS,
 )
 

@@ -129,6 +129,8 @@ class StoreCollector(Collector):
             snap = self.queue_snapshot()
             for (queue, state), count in snap.get("queue_jobs", {}).items():
                 families[names.QUEUE_JOBS.name].add_metric([queue, state], float(count))
+            for queue, seconds in snap.get("oldest_wait", {}).items():
+                families[names.QUEUE_OLDEST_WAIT.name].add_metric([queue], float(seconds))
             for (pool, accel), (total, allocated) in snap.get("pools", {}).items():
                 families[names.POOL_ACCELERATORS.name].add_metric([pool, accel], float(total))
                 families[names.POOL_ALLOCATED.name].add_metric([pool, accel], float(allocated))

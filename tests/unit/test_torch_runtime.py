@@ -10,9 +10,9 @@ import torch
 
 from orchestrator.runtime import session as session_mod
 from orchestrator.runtime import torch_ddp
-from orchestrator.runtime.torch_loop import train_builtin
 from orchestrator.runtime.data import prepare_data
 from orchestrator.runtime.session import JobPaths, LocalCollectives, TrainSession
+from orchestrator.runtime.torch_loop import train_builtin
 from orchestrator.spec.models import JobSpec
 
 
