@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,9 @@ class Settings:
     ray_address: str | None = None
     #: A Ray instance the local backend joins instead of starting its own (Ray's RAY_ADDRESS).
     local_ray_address: str | None = None
+    #: Kubernetes namespace and kubeconfig context for the `kubernetes` backend.
+    kube_namespace: str = "default"
+    kube_context: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -29,7 +33,13 @@ class Settings:
             home=home.resolve(),
             ray_address=env.get("ORCHESTRATOR_RAY_ADDRESS") or None,
             local_ray_address=env.get("RAY_ADDRESS") or None,
+            kube_namespace=env.get("ORCHESTRATOR_NAMESPACE") or "default",
+            kube_context=env.get("ORCHESTRATOR_KUBE_CONTEXT") or None,
         )
+
+    def with_overrides(self, **values: Any) -> Settings:
+        """A copy with the given fields replaced; None means "keep" (unset CLI options)."""
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
 
     @property
     def db_path(self) -> Path:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 import click
 import yaml
 
-from orchestrator.backends.base import SubmitOptions, backend_names, get_backend
+from orchestrator.backends.base import Backend, SubmitOptions, backend_names, get_backend
 from orchestrator.cli import (
     OUTPUT_OPTION,
     emit_json,
@@ -36,6 +37,25 @@ BACKEND_OPTION = click.option(
 )
 
 
+def target_options(func: Any) -> Any:
+    """--backend plus where that backend is: --address (ray), --namespace/--context (kubernetes)."""
+    func = click.option("--context", "kube_context", default=None, metavar="CTX",
+                        help="kubeconfig context (backend kubernetes).")(func)
+    func = click.option("--namespace", "-n", "kube_namespace", default=None, metavar="NS",
+                        help="Kubernetes namespace (backend kubernetes; default: ORCHESTRATOR_NAMESPACE or default).")(func)
+    func = click.option("--address", "ray_address", default=None, metavar="URL",
+                        help="Ray cluster, e.g. http://head:8265 (backend ray; default: ORCHESTRATOR_RAY_ADDRESS).")(func)
+    return BACKEND_OPTION(func)
+
+
+def backend_for(ctx: click.Context, backend: str, ray_address: str | None, kube_namespace: str | None,
+                kube_context: str | None) -> Backend:
+    settings = settings_of(ctx).with_overrides(
+        ray_address=ray_address, kube_namespace=kube_namespace, kube_context=kube_context
+    )
+    return get_backend(backend, settings)
+
+
 def _finish(record: JobRecord, output: str, quiet: bool) -> None:
     """Print the outcome and exit with the job's exit code."""
     if output == "json":
@@ -49,7 +69,7 @@ def _finish(record: JobRecord, output: str, quiet: bool) -> None:
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
               help="Override a spec field, e.g. --set training.epochs=3 (repeatable).")
-@BACKEND_OPTION
+@target_options
 @click.option("--detach", "-d", is_flag=True, help="Print the job id and return; the job runs on.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan and start nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No live progress.")
@@ -67,6 +87,9 @@ def submit(
     spec_path: str,
     overrides: tuple[str, ...],
     backend: str,
+    ray_address: str | None,
+    kube_namespace: str | None,
+    kube_context: str | None,
     detach: bool,
     dry_run: bool,
     quiet: bool,
@@ -78,7 +101,7 @@ def submit(
 ) -> None:
     """Validate SPEC and run the training job it describes."""
     spec = load_spec(spec_path, overrides, inject)
-    be = get_backend(backend, settings_of(ctx))
+    be = backend_for(ctx, backend, ray_address, kube_namespace, kube_context)
     options = SubmitOptions(detach=detach, spec_path=spec_path, metrics_port=metrics_port,
                             metrics_host=metrics_host, metrics_linger_s=metrics_linger)
     if dry_run:
@@ -140,12 +163,14 @@ def resume(
 
 @main.command(name="list")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@target_options
 @OUTPUT_OPTION
 @click.pass_context
 @handle_errors
-def list_jobs(ctx: click.Context, limit: int, output: str) -> None:
+def list_jobs(ctx: click.Context, limit: int, backend: str, ray_address: str | None,
+              kube_namespace: str | None, kube_context: str | None, output: str) -> None:
     """List jobs, newest first."""
-    records = get_backend("local", settings_of(ctx)).list(limit)
+    records = backend_for(ctx, backend, ray_address, kube_namespace, kube_context).list(limit)
     if output == "json":
         emit_json({"jobs": [r.to_json() for r in records]})
     elif not records:
@@ -156,12 +181,14 @@ def list_jobs(ctx: click.Context, limit: int, output: str) -> None:
 
 @main.command()
 @click.argument("job_id", metavar="JOB")
+@target_options
 @OUTPUT_OPTION
 @click.pass_context
 @handle_errors
-def status(ctx: click.Context, job_id: str, output: str) -> None:
+def status(ctx: click.Context, job_id: str, backend: str, ray_address: str | None,
+           kube_namespace: str | None, kube_context: str | None, output: str) -> None:
     """Show a job's state, progress, metrics and attempts."""
-    record = get_backend("local", settings_of(ctx)).status(job_id)
+    record = backend_for(ctx, backend, ray_address, kube_namespace, kube_context).status(job_id)
     if output == "json":
         emit_json(record.to_json())
         return
@@ -182,22 +209,27 @@ def status(ctx: click.Context, job_id: str, output: str) -> None:
 @main.command()
 @click.argument("job_id", metavar="JOB")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the job ends.")
+@target_options
 @click.pass_context
 @handle_errors
-def logs(ctx: click.Context, job_id: str, follow: bool) -> None:
+def logs(ctx: click.Context, job_id: str, follow: bool, backend: str, ray_address: str | None,
+         kube_namespace: str | None, kube_context: str | None) -> None:
     """Print a job's log (driver messages, epoch lines, worker output)."""
-    for line in get_backend("local", settings_of(ctx)).logs(job_id, follow=follow):
+    be = backend_for(ctx, backend, ray_address, kube_namespace, kube_context)
+    for line in be.logs(job_id, follow=follow):
         click.echo(line)
 
 
 @main.command()
 @click.argument("job_id", metavar="JOB")
+@target_options
 @OUTPUT_OPTION
 @click.pass_context
 @handle_errors
-def cancel(ctx: click.Context, job_id: str, output: str) -> None:
+def cancel(ctx: click.Context, job_id: str, backend: str, ray_address: str | None,
+           kube_namespace: str | None, kube_context: str | None, output: str) -> None:
     """Stop a job gracefully: workers write a final checkpoint; the job can be resumed."""
-    record = get_backend("local", settings_of(ctx)).cancel(job_id)
+    record = backend_for(ctx, backend, ray_address, kube_namespace, kube_context).cancel(job_id)
     if output == "json":
         emit_json(record.to_json())
     else:
