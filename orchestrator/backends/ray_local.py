@@ -29,6 +29,8 @@ def dashboard_url(context: Any) -> str | None:
 
 #: How often ray.init is tried when Ray's start-up fails (see start_embedded_ray).
 RAY_START_ATTEMPTS = 3
+#: Seconds the Ray dashboard may take to start (Ray's default is 60).
+DASHBOARD_STARTUP_TIMEOUT_S = 600
 
 
 def start_embedded_ray(join_address: str | None = None, metadata: dict[str, str] | None = None) -> Any:
@@ -43,7 +45,13 @@ def start_embedded_ray(join_address: str | None = None, metadata: dict[str, str]
     a second try, with the modules now in the page cache, usually succeeds.
     """
     import ray
+    from ray._private import ray_constants
     from ray.job_config import JobConfig
+
+    # Ray gives its dashboard 60 s to come up (RAY_DASHBOARD_STARTUP_TIMEOUT_S); a busy laptop
+    # or CI machine can need longer. Ray reads the value at call time, so raise it here.
+    ray_constants.RAY_DASHBOARD_STARTUP_TIMEOUT_S = max(ray_constants.RAY_DASHBOARD_STARTUP_TIMEOUT_S,
+                                                        DASHBOARD_STARTUP_TIMEOUT_S)
 
     # The metadata shows in the Ray dashboard's job list and API, tying the Ray job to ours.
     common: dict[str, Any] = {

@@ -33,7 +33,7 @@ def _ray_stop() -> None:
 @pytest.fixture(scope="session")
 def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Address of a Ray head (2 CPUs, dashboard on 127.0.0.1) running for the whole session."""
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "600"}
     env.pop("RAY_ADDRESS", None)
     cmd = [
         str(RAY_BIN), "start", "--head", "--num-cpus=2", "--num-gpus=0",

@@ -20,7 +20,7 @@ import yaml
 from orchestrator.store import JobState, JobStore
 from tests.integration.conftest import cli_env, last_json, run_cli, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.heavy]
 
 EVERY = 5
 FAIL_AT = 33

@@ -135,6 +135,7 @@ def small_job(tmp_path: Path, epochs: int, **extra: Any) -> Path:
     return path
 
 
+@pytest.mark.heavy
 def test_resume_continues_at_the_next_epoch_with_identical_state(
     ray_address: str, tmp_path: Path
 ) -> None:
@@ -156,6 +157,7 @@ def test_resume_continues_at_the_next_epoch_with_identical_state(
     assert resumed["metrics"]["val_accuracy"] == straight["metrics"]["val_accuracy"]
 
 
+@pytest.mark.heavy
 def test_detach_then_cancel_then_resume(ray_address: str, tmp_path: Path) -> None:
     env = cli_env(tmp_path / "home", ray_address)
     proc = run_cli(["submit", str(small_job(tmp_path, 200)), "--detach"], env, check=True)
@@ -178,6 +180,7 @@ def test_detach_then_cancel_then_resume(ray_address: str, tmp_path: Path) -> Non
     assert resumed["metrics"]["epochs"] == stopped_epoch + 1
 
 
+@pytest.mark.heavy
 def test_ctrl_c_stops_gracefully_with_a_checkpoint(ray_address: str, tmp_path: Path) -> None:
     env = cli_env(tmp_path / "home", ray_address)
     proc = subprocess.Popen(
@@ -200,6 +203,7 @@ def test_ctrl_c_stops_gracefully_with_a_checkpoint(ray_address: str, tmp_path: P
     assert "Traceback" not in err
 
 
+@pytest.mark.heavy
 def test_user_entrypoint_runs_with_our_helpers(ray_address: str, tmp_path: Path) -> None:
     env = cli_env(tmp_path / "home", ray_address)
     spec = str(REPO / "jobs" / "custom-entrypoint.yaml")
@@ -213,6 +217,7 @@ def test_user_entrypoint_runs_with_our_helpers(ray_address: str, tmp_path: Path)
     assert "done after" in logs  # the function's print() reached the job log
 
 
+@pytest.mark.heavy
 def test_failing_entrypoint_fails_the_job_with_the_reason(ray_address: str, tmp_path: Path) -> None:
     (tmp_path / "bad.py").write_text("def train(config):\n    raise ValueError('learning went wrong')\n")
     spec = tmp_path / "bad.yaml"
@@ -228,6 +233,7 @@ def test_failing_entrypoint_fails_the_job_with_the_reason(ray_address: str, tmp_
     assert "ValueError" in logs
 
 
+@pytest.mark.heavy
 def test_job_that_cannot_fit_this_machine_says_why(ray_address: str, tmp_path: Path) -> None:
     env = cli_env(tmp_path / "home", ray_address)
     spec = small_job(tmp_path, 1, name="huge", resources={"workers": 8, "cpus_per_worker": 1})

@@ -202,6 +202,7 @@ def _ray_jobs_while_running(job: subprocess.Popen[str]) -> list[dict[str, Any]]:
     return seen
 
 
+@pytest.mark.heavy
 def test_loss_decreased_and_accuracy_gauge_reached_the_final_value(observed_run: Any) -> None:
     base, result = observed_run["base"], observed_run["result"]
     job = result["job_id"]
@@ -218,6 +219,7 @@ def test_loss_decreased_and_accuracy_gauge_reached_the_final_value(observed_run:
     assert float(sample["value"][1]) == pytest.approx(result["metrics"]["val_accuracy"], abs=1e-9)
 
 
+@pytest.mark.heavy
 def test_failure_metrics_reached_prometheus(observed_run: Any) -> None:
     base, result = observed_run["base"], observed_run["result"]
     job = result["job_id"]
@@ -228,6 +230,7 @@ def test_failure_metrics_reached_prometheus(observed_run: Any) -> None:
     assert float(lost["data"]["result"][0]["value"][1]) == result["attempts"][1]["lost_steps"]
 
 
+@pytest.mark.heavy
 def test_every_dashboard_and_rule_expression_runs(observed_run: Any) -> None:
     base, job = observed_run["base"], observed_run["result"]["job_id"]
     at = observed_run["ended"] - 4
@@ -247,6 +250,7 @@ def test_every_dashboard_and_rule_expression_runs(observed_run: Any) -> None:
     assert checked >= 15
 
 
+@pytest.mark.heavy
 def test_ray_dashboard_lists_the_job(observed_run: Any) -> None:
     ray_jobs = observed_run["ray_jobs"]
     assert ray_jobs, "the Ray dashboard's /api/jobs/ did not list the job"
@@ -255,6 +259,7 @@ def test_ray_dashboard_lists_the_job(observed_run: Any) -> None:
     assert observed_run["result"]["dashboard_url"].endswith(f"#/jobs/{ray_jobs[0]['job_id']}")
 
 
+@pytest.mark.heavy
 def test_tensorboard_command_serves_the_job(observed_run: Any) -> None:
     port = free_port()
     job = observed_run["result"]["job_id"]
