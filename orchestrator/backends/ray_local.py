@@ -63,16 +63,24 @@ def start_embedded_ray(join_address: str | None = None, metadata: dict[str, str]
     if join_address:
         return ray.init(address=join_address, **common)
     for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        # The dashboard head adds ten Python processes to Ray's start-up; on a starved machine
+        # they push the raylet's agents past their fixed deadlines. After a failed start, try
+        # without the dashboard: the job runs, only the dashboard is missing (and logged).
+        with_dashboard = attempt == 1
         try:
-            return ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **common)
+            context = ray.init(include_dashboard=with_dashboard, dashboard_host="127.0.0.1", **common)
+            if not with_dashboard:
+                log.warning("Ray started without its dashboard (the machine is too busy to start it in time)")
+            return context
         except Exception as exc:  # noqa: BLE001 - Ray raises bare Exceptions from its start-up
             if attempt == RAY_START_ATTEMPTS:
                 raise BackendError(
                     f"the embedded Ray instance did not start: {exc}",
                     fix="check /tmp/ray/session_latest/logs/raylet.out; on a very busy machine try again",
                 ) from None
-            log.warning("Ray did not start (attempt %d of %d): %s; retrying", attempt, RAY_START_ATTEMPTS,
-                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            log.warning("Ray did not start (attempt %d of %d): %s; retrying%s", attempt, RAY_START_ATTEMPTS,
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                        " without the dashboard" if attempt == 1 else "")
             ray.shutdown()
     raise AssertionError("unreachable")
 

@@ -48,7 +48,11 @@ def test_json_output_has_the_documented_fields(cnn_run: dict[str, Any]) -> None:
     assert Path(result["checkpoint"]).name == "ckpt-0000000200"  # 10 epochs x 20 steps
     assert Path(result["model_path"]).is_file()
     assert len(result["attempts"]) == 1 and result["attempts"][0]["restored_epoch"] is None
-    assert result["dashboard_url"].startswith("http://127.0.0.1:")
+    if result["dashboard_url"] is None:  # Ray's start-up fell back to no dashboard on a starved machine
+        logs = run_cli(["logs", result["job_id"]], cnn_run["env"], check=True).stdout
+        assert "Ray started without its dashboard" in logs
+    else:
+        assert result["dashboard_url"].startswith("http://127.0.0.1:")
     assert result["time_to_first_step_s"] > 0
 
 
