@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 run: install
 	$(BIN)/orchestrator submit jobs/cnn.yaml
 
-# Unit tests and the core integration tests (one real embedded-Ray training run). The
-# integration tests marked `heavy` (fault injection, Prometheus end to end, many more Ray runs)
-# need more time than CI has on a 2-CPU machine; `make test-all` runs everything.
+# Unit tests and the integration tests that need no training run. The integration tests marked
+# `heavy` (real Ray training runs: jobs/cnn.yaml accuracy, fault injection, Prometheus end to end)
+# need more time than CI has on the 2-CPU machine it runs on; `make test-all` runs everything.
 test: install
 	$(BIN)/python -m pytest -m "not heavy"
 

@@ -30,6 +30,7 @@ def cnn_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"home": home, "env": env, "result": last_json(proc.stdout), "stderr": proc.stderr}
 
 
+@pytest.mark.heavy
 def test_cnn_reaches_95_percent_validation_accuracy(cnn_run: dict[str, Any]) -> None:
     result = cnn_run["result"]
     assert result["state"] == "succeeded"
@@ -41,6 +42,7 @@ def test_cnn_reaches_95_percent_validation_accuracy(cnn_run: dict[str, Any]) -> 
     assert metrics["val_loss"] < 0.5
 
 
+@pytest.mark.heavy
 def test_json_output_has_the_documented_fields(cnn_run: dict[str, Any]) -> None:
     result = cnn_run["result"]
     for key in ("job_id", "state", "metrics", "checkpoint", "model_path", "tensorboard_dir", "attempts"):
@@ -56,6 +58,7 @@ def test_json_output_has_the_documented_fields(cnn_run: dict[str, Any]) -> None:
     assert result["time_to_first_step_s"] > 0
 
 
+@pytest.mark.heavy
 def test_each_worker_trained_on_a_disjoint_shard(cnn_run: dict[str, Any]) -> None:
     job_dir = Path(cnn_run["result"]["job_dir"])
     shards = json.loads((job_dir / "shards.json").read_text())
@@ -67,6 +70,7 @@ def test_each_worker_trained_on_a_disjoint_shard(cnn_run: dict[str, Any]) -> Non
     assert shards["0"]["1"] != shards["0"]["2"]  # reshuffled every epoch
 
 
+@pytest.mark.heavy
 def test_tensorboard_events_have_the_epoch_scalars(cnn_run: dict[str, Any]) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -83,6 +87,7 @@ def test_tensorboard_events_have_the_epoch_scalars(cnn_run: dict[str, Any]) -> N
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.heavy
 def test_saved_models_load_and_predict(cnn_run: dict[str, Any]) -> None:
     import torch
     from sklearn.datasets import load_digits
@@ -100,6 +105,7 @@ def test_saved_models_load_and_predict(cnn_run: dict[str, Any]) -> None:
     assert meta["preprocessing"]["kind"] == "standardize"
 
 
+@pytest.mark.heavy
 def test_job_records_work_across_cli_invocations(cnn_run: dict[str, Any]) -> None:
     env, job_id = cnn_run["env"], cnn_run["result"]["job_id"]
     listed = last_json(run_cli(["list", "--output", "json"], env, check=True).stdout)
@@ -114,6 +120,7 @@ def test_job_records_work_across_cli_invocations(cnn_run: dict[str, Any]) -> Non
     assert "succeeded" in text and "val_accuracy" in text
 
 
+@pytest.mark.heavy
 def test_unknown_job_is_a_clear_error(cnn_run: dict[str, Any]) -> None:
     proc = run_cli(["status", "no-such-job"], cnn_run["env"])
     assert proc.returncode == 2

@@ -127,14 +127,14 @@ def test_bad_spec_through_the_real_binary(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
-def test_alias_bomb_fails_fast(tmp_path: Path) -> None:
-    import time
+def test_alias_bomb_stops_at_the_node_budget(tmp_path: Path) -> None:
+    """10**9 values if it were expanded; the loader gives up after MAX_NODES instead."""
+    from orchestrator.spec.loader import MAX_NODES
 
     path = write(tmp_path, ALIAS_BOMB)
-    start = time.perf_counter()
-    with pytest.raises(SpecError):
+    with pytest.raises(SpecError) as err:
         load_spec(path)
-    assert time.perf_counter() - start < 5  # 10**9 expansions if it were followed
+    assert f"more than {MAX_NODES} values" in err.value.render()
 
 
 def test_every_job_file_loads_and_validates() -> None:
