@@ -110,3 +110,23 @@ EPOCH_GAUGES: dict[str, PromMetric] = {
     SAMPLES_PER_SECOND: JOB_SAMPLES_PER_SECOND,
     LEARNING_RATE: JOB_LEARNING_RATE,
 }
+
+# -- Kubernetes operator (orchestrator operator) ------------------------------------------------
+# Pool capacity on Kubernetes reuses POOL_ACCELERATORS / POOL_ALLOCATED above.
+OPERATOR_RECONCILES = PromMetric("operator_reconciles_total", "counter",
+                                 "TrainingJob reconciliations, by outcome (state: ok, retry, error)", ("state",))
+OPERATOR_RECONCILE_SECONDS = PromMetric("operator_reconcile_seconds", "histogram",
+                                        "Time of one TrainingJob reconciliation", ())
+OPERATOR_TRAININGJOBS = PromMetric("operator_trainingjobs", "gauge",
+                                   "TrainingJobs the operator knows, by phase (state: Pending, Running, ...)",
+                                   ("state",))
+OPERATOR_RAYJOBS_CREATED = PromMetric("operator_rayjobs_created_total", "counter",
+                                      "RayJobs the operator created, by node pool", ("pool",))
+OPERATOR_PLACEMENT_WAITS = PromMetric("operator_placement_waits_total", "counter",
+                                      "Times a TrainingJob was left waiting by the scheduler, by queue", ("queue",))
+OPERATOR_POOLS = PromMetric("operator_node_pools", "gauge", "Node pools the operator schedules onto", ())
+
+ALL_PROMETHEUS_METRICS += (
+    OPERATOR_RECONCILES, OPERATOR_RECONCILE_SECONDS, OPERATOR_TRAININGJOBS, OPERATOR_RAYJOBS_CREATED,
+    OPERATOR_PLACEMENT_WAITS, OPERATOR_POOLS,
+)
