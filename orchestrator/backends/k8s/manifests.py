@@ -1,0 +1,288 @@
+"""Manifests: the TrainingJob a user submits, and the spec ConfigMap and KubeRay RayJob it becomes.
+
+Pure functions of (job spec, chosen node pool, runtime config): the backend's dry run and the
+operator call the same code, so ``submit --dry-run`` prints exactly what the operator creates.
+
+How a job maps onto a RayJob (KubeRay v1):
+
+* **head group**: one small CPU pod that runs the driver. The RayJob entrypoint runs our runtime on
+  the embedded spec, which is mounted from a ConfigMap at ``/etc/orchestrator/spec.yaml``:
+  ``python -m orchestrator submit /etc/orchestrator/spec.yaml --backend local ...``. KubeRay sets
+  ``RAY_ADDRESS`` for the driver, and the local backend joins the Ray instance it names.
+* **worker group** on the chosen pool: GPU and CPU pools get one pod per training worker
+  (requests = limits: cpu, memory, ``nvidia.com/gpu``); a TPU pool with a slice topology gets one
+  slice: ``numOfHosts`` host pods, each with the host's ``google.com/tpu`` chips.
+* **placement**: ``nodeSelector`` from GKE's labels (``cloud.google.com/gke-accelerator``, or
+  ``cloud.google.com/gke-tpu-accelerator`` + ``cloud.google.com/gke-tpu-topology``) and the
+  pool's own labels (which win); a toleration for each of the pool's taints.
+* **lifecycle**: ``shutdownAfterJobFinishes``, ``ttlSecondsAfterFinished``, ``backoffLimit`` =
+  ``failure.max_failures`` (whole-cluster retries; worker restarts inside a run are the runtime's),
+  an owner reference to the TrainingJob, and optionally Kueue's queue label with ``suspend: true``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from orchestrator.backends.k8s import (
+    API_VERSION,
+    JOB_LABEL,
+    JOB_UID_LABEL,
+    KIND,
+    KUEUE_QUEUE_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    POOL_LABEL,
+    RAY_API_VERSION,
+    RAY_KIND,
+    SPEC_FILE,
+    SPEC_MOUNT_DIR,
+)
+from orchestrator.backends.k8s.pools import GPU_RESOURCE, TPU_RESOURCE, gke_node_selector, is_tpu
+from orchestrator.scheduler import NodePool
+from orchestrator.scheduler.cluster import CPU
+from orchestrator.spec.models import JobSpec, parse_memory
+
+DEFAULT_IMAGE = "ghcr.io/orchestrator-dev/orchestrator:0.1.0"
+#: A Kubernetes quantity as our specs write memory (``4Gi``, ``512M``; not ``4GB``, which Kubernetes refuses).
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_MAX_NAME = 40  # KubeRay derives cluster, pod and service names from the RayJob's: leave room
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How the operator builds Ray clusters (set by ``orchestrator operator`` options)."""
+
+    image: str = DEFAULT_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    ray_version: str = "2.60.0"
+    head_cpu: str = "1"
+    head_memory: str = "4Gi"
+    worker_memory: str = "4Gi"  # per worker, when the spec gives none
+    ttl_seconds_after_finished: int = 600
+    service_account: str | None = None
+    #: Label RayJobs with Kueue's queue-name (the job's ``resources.queue``) and create them suspended.
+    kueue: bool = False
+    #: Relative paths in a spec (data.source, entrypoint, checkpoint.dir) resolve against this.
+    workdir: str = "/app"
+    metrics_port: int = 9400
+
+
+def rayjob_name(job_name: str, uid: str) -> str:
+    """The RayJob of a TrainingJob: its name, or a shortened one with a stable hash suffix."""
+    if len(job_name) <= _MAX_NAME:
+        return job_name
+    digest = hashlib.sha1(f"{job_name}/{uid}".encode()).hexdigest()[:6]
+    return f"{job_name[: _MAX_NAME - 7].rstrip('-')}-{digest}"
+
+
+def spec_configmap_name(rayjob: str) -> str:
+    return f"{rayjob}-spec"
+
+
+def spec_data(spec: JobSpec) -> dict[str, Any]:
+    """The spec as plain data, every field written out (a default may change; this job must not)."""
+    return spec.model_dump(mode="json")
+
+
+def training_job_manifest(spec: JobSpec, namespace: str, *, name: str | None = None, suspend: bool = False,
+                          labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The TrainingJob custom resource for ``spec`` (named after the spec unless ``name`` is given)."""
+    body: dict[str, Any] = {"suspend": True} if suspend else {}
+    metadata: dict[str, Any] = {"name": name or spec.name, "namespace": namespace}
+    if labels:
+        metadata["labels"] = dict(labels)
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": {**spec_data(spec), **body}}
+
+
+def owner_reference(job: Mapping[str, Any]) -> dict[str, Any]:
+    meta = job["metadata"]
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"], "uid": meta.get("uid", ""),
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def _labels(job: Mapping[str, Any], pool: str | None = None) -> dict[str, str]:
+    meta = job["metadata"]
+    labels = {MANAGED_BY_LABEL: MANAGED_BY, JOB_LABEL: meta["name"]}
+    if meta.get("uid"):
+        labels[JOB_UID_LABEL] = meta["uid"]
+    if pool:
+        labels[POOL_LABEL] = pool
+    return labels
+
+
+def cluster_paths(data: dict[str, Any], workdir: str) -> dict[str, Any]:
+    """Resolve relative file paths in spec data against the image's working directory."""
+    out = dict(data)
+
+    def absolute(path: str) -> str:
+        return path if posixpath.isabs(path) else posixpath.normpath(posixpath.join(workdir, path))
+
+    source = (out.get("data") or {}).get("source")
+    if source and source.endswith(".npz"):
+        out["data"] = {**out["data"], "source": absolute(source)}
+    if out.get("entrypoint"):
+        file_part, func = out["entrypoint"].rsplit(":", 1)
+        out["entrypoint"] = f"{absolute(file_part)}:{func}"
+    ckpt = (out.get("checkpoint") or {}).get("dir")
+    if ckpt:
+        out["checkpoint"] = {**out["checkpoint"], "dir": absolute(ckpt)}
+    return out
+
+
+def spec_configmap(job: Mapping[str, Any], spec: JobSpec, config: RuntimeConfig) -> dict[str, Any]:
+    """The ConfigMap holding the spec the driver runs (mounted in the Ray head pod)."""
+    meta = job["metadata"]
+    name = spec_configmap_name(rayjob_name(meta["name"], meta.get("uid", "")))
+    text = yaml.safe_dump(cluster_paths(spec_data(spec), config.workdir), sort_keys=False)
+    return {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": meta["namespace"], "labels": _labels(job),
+                     "ownerReferences": [owner_reference(job)]},
+        "data": {SPEC_FILE: text},
+    }
+
+
+def entrypoint_command(config: RuntimeConfig) -> str:
+    """The RayJob entrypoint: our runtime on the mounted spec, joining the RayJob's Ray cluster."""
+    return (f"python -m orchestrator submit {SPEC_MOUNT_DIR}/{SPEC_FILE} --backend local --quiet "
+            f"--metrics-host 0.0.0.0 --metrics-port {config.metrics_port}")
+
+
+def _quantity(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{int(math.ceil(value * 1000))}m"
+
+
+def worker_layout(spec: JobSpec, pool: NodePool) -> tuple[int, int, int]:
+    """(replicas, numOfHosts, training workers per pod) of the worker group on ``pool``."""
+    workers = spec.resources.workers
+    if is_tpu(pool.accelerator) and pool.topology:
+        hosts = pool.hosts_per_slice
+        return 1, hosts, max(1, workers // hosts)
+    return workers, 1, 1
+
+
+def worker_resources(spec: JobSpec, pool: NodePool, config: RuntimeConfig) -> dict[str, str]:
+    """Requests (= limits) of one worker pod."""
+    r = spec.resources
+    _, _, per_pod = worker_layout(spec, pool)
+    if per_pod == 1 and r.memory is None:
+        memory = config.worker_memory
+    elif per_pod == 1 and _QUANTITY.match(str(r.memory)):
+        memory = str(r.memory)  # keep what the user wrote when Kubernetes reads it the same way
+    else:
+        memory = str((r.memory_bytes or parse_memory(config.worker_memory)) * per_pod)
+    out = {"cpu": _quantity(r.cpus_per_worker * per_pod), "memory": memory}
+    if pool.accelerator != CPU and r.gpus_per_worker:
+        if is_tpu(pool.accelerator):
+            chips = pool.accelerators_per_node if pool.topology else math.ceil(r.gpus_per_worker)
+            out[TPU_RESOURCE] = str(chips)
+        else:
+            out[GPU_RESOURCE] = str(math.ceil(r.gpus_per_worker))  # a pod cannot hold part of a GPU
+    return out
+
+
+def node_selector(pool: NodePool) -> dict[str, str]:
+    """GKE's labels for the pool's accelerator (TPUs: always; GPUs: when the pool names no labels),
+    then the pool's own labels."""
+    selector: dict[str, str] = {}
+    if is_tpu(pool.accelerator) or not pool.labels:
+        selector.update(gke_node_selector(pool.accelerator, pool.topology))
+    selector.update(pool.labels)
+    return selector
+
+
+def tolerations(pool: NodePool) -> list[dict[str, str]]:
+    out = []
+    for taint in pool.taints:
+        item = {"key": taint.key, "operator": "Equal" if taint.value else "Exists", "effect": taint.effect}
+        if taint.value:
+            item["value"] = taint.value
+        out.append(item)
+    device = TPU_RESOURCE if is_tpu(pool.accelerator) else GPU_RESOURCE if pool.accelerator != CPU else None
+    if device:  # GKE taints every GPU/TPU node with the device key
+        out.append({"key": device, "operator": "Exists", "effect": "NoSchedule"})
+    return out
+
+
+def _container(name: str, config: RuntimeConfig, resources: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "name": name, "image": config.image, "imagePullPolicy": config.image_pull_policy,
+        "resources": {"requests": dict(resources), "limits": dict(resources)},
+        "env": [{"name": "ORCHESTRATOR_HOME", "value": "/tmp/orchestrator"}],
+    }
+
+
+def _head_group(job: Mapping[str, Any], config: RuntimeConfig) -> dict[str, Any]:
+    meta = job["metadata"]
+    container = _container("ray-head", config, {"cpu": config.head_cpu, "memory": config.head_memory})
+    container["ports"] = [
+        {"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
+        {"containerPort": 10001, "name": "client"}, {"containerPort": config.metrics_port, "name": "job-metrics"},
+    ]
+    container["volumeMounts"] = [{"name": "job-spec", "mountPath": SPEC_MOUNT_DIR, "readOnly": True}]
+    pod: dict[str, Any] = {
+        "containers": [container],
+        "volumes": [{"name": "job-spec", "configMap": {
+            "name": spec_configmap_name(rayjob_name(meta["name"], meta.get("uid", "")))}}],
+    }
+    if config.service_account:
+        pod["serviceAccountName"] = config.service_account
+    return {"rayStartParams": {"dashboard-host": "0.0.0.0"}, "template": {"spec": pod}}
+
+
+def _worker_group(spec: JobSpec, pool: NodePool, config: RuntimeConfig) -> dict[str, Any]:
+    replicas, hosts, _ = worker_layout(spec, pool)
+    pod: dict[str, Any] = {"containers": [_container("ray-worker", config, worker_resources(spec, pool, config))]}
+    selector = node_selector(pool)
+    if selector:
+        pod["nodeSelector"] = selector
+    tolerated = tolerations(pool)
+    if tolerated:
+        pod["tolerations"] = tolerated
+    if config.service_account:
+        pod["serviceAccountName"] = config.service_account
+    group: dict[str, Any] = {
+        "groupName": "workers", "replicas": replicas, "minReplicas": replicas, "maxReplicas": replicas,
+        "rayStartParams": {}, "template": {"metadata": {"labels": {POOL_LABEL: pool.name}}, "spec": pod},
+    }
+    if hosts > 1 or (is_tpu(pool.accelerator) and pool.topology):
+        group["numOfHosts"] = hosts
+    return group
+
+
+def rayjob_manifest(job: Mapping[str, Any], spec: JobSpec, pool: NodePool, config: RuntimeConfig,
+                    kueue_queue: str | None = None) -> dict[str, Any]:
+    """The KubeRay RayJob that runs ``spec`` on ``pool`` for the TrainingJob ``job``."""
+    meta = job["metadata"]
+    labels = _labels(job, pool.name)
+    if kueue_queue:
+        labels[KUEUE_QUEUE_LABEL] = kueue_queue
+    body: dict[str, Any] = {
+        "entrypoint": entrypoint_command(config),
+        "submissionMode": "K8sJobMode",
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": config.ttl_seconds_after_finished,
+        "backoffLimit": spec.failure.max_failures,
+        "rayClusterSpec": {
+            "rayVersion": config.ray_version,
+            "headGroupSpec": _head_group(job, config),
+            "workerGroupSpecs": [_worker_group(spec, pool, config)],
+        },
+    }
+    if kueue_queue:
+        body["suspend"] = True  # Kueue admits the job by unsuspending it
+    return {
+        "apiVersion": RAY_API_VERSION, "kind": RAY_KIND,
+        "metadata": {"name": rayjob_name(meta["name"], meta.get("uid", "")), "namespace": meta["namespace"],
+                     "labels": labels, "ownerReferences": [owner_reference(job)]},
+        "spec": body,
+    }

@@ -1,0 +1,166 @@
+"""The ``kubernetes`` backend: a job is a ``TrainingJob`` custom resource; our operator runs it.
+
+``submit`` creates the TrainingJob and returns at once (the cluster runs the job; follow it with
+``status`` and ``logs``). The job's state lives in the TrainingJob's ``status``, written by the
+operator -- nothing is kept on this machine. ``cancel`` sets ``spec.suspend``: the operator deletes
+the RayJob and frees the placement; ``kubectl patch`` back to ``false`` runs the job again.
+
+``logs`` reads the driver's output from the RayJob's *submitter* pod: in KubeRay's default
+``K8sJobMode`` a Kubernetes Job runs ``ray job submit`` against the Ray head, and that command
+streams the driver's log until the Ray job ends. It needs only the ``pods/log`` permission the
+user already has, not network access to the Ray dashboard.
+
+``dry_run`` prints the TrainingJob and the RayJob the operator would create. It reads the pool
+ConfigMaps from the cluster when it can; otherwise it assumes a pool that just fits the job (and
+says so).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from orchestrator.backends.base import Backend, EventHandler, SubmitOptions
+from orchestrator.backends.k8s import JOB_LABEL, POOLS_CONFIGMAP_LABEL
+from orchestrator.backends.k8s.client import KubeApi, load_api_client
+from orchestrator.backends.k8s.manifests import (
+    RuntimeConfig,
+    rayjob_manifest,
+    rayjob_name,
+    training_job_manifest,
+)
+from orchestrator.backends.k8s.placement import decide_once
+from orchestrator.backends.k8s.pools import assumed_pool, cluster_from_configmaps
+from orchestrator.backends.k8s.status import TrainingJobStatus, record_from_training_job
+from orchestrator.errors import BackendError, JobNotFoundError, OrchestratorError, UsageError
+from orchestrator.scheduler import ClusterSpec, Place
+from orchestrator.settings import Settings
+from orchestrator.spec.models import JobSpec
+from orchestrator.store import JobRecord
+
+
+def portable_paths(spec: JobSpec, spec_path: str | None) -> JobSpec:
+    """Undo the local resolution of file paths inside the spec's directory (they name files in the
+    image, relative to its working directory, on the cluster)."""
+    if not spec_path:
+        return spec
+    base = os.path.dirname(os.path.abspath(spec_path))
+
+    def portable(path: str) -> str:
+        inside = os.path.commonpath([base, os.path.abspath(path)]) == base
+        return os.path.relpath(path, base) if inside else path
+
+    updates: dict[str, Any] = {}
+    if not spec.data.is_builtin:
+        updates["data"] = spec.data.model_copy(update={"source": portable(spec.data.source)})
+    if spec.entrypoint:
+        file_part, func = spec.entrypoint.rsplit(":", 1)
+        updates["entrypoint"] = f"{portable(file_part)}:{func}"
+    if spec.checkpoint.dir:
+        updates["checkpoint"] = spec.checkpoint.model_copy(update={"dir": portable(spec.checkpoint.dir)})
+    return spec.model_copy(update=updates) if updates else spec
+
+
+class KubernetesBackend(Backend):
+    """Jobs as TrainingJobs in ``settings.kube_namespace`` of ``settings.kube_context``."""
+
+    name = "kubernetes"
+
+    def __init__(self, settings: Settings, api: KubeApi | None = None,
+                 runtime: RuntimeConfig | None = None) -> None:
+        super().__init__(settings)
+        self._api = api
+        self.runtime = runtime or RuntimeConfig()
+
+    @property
+    def api(self) -> KubeApi:
+        if self._api is None:
+            self._api = KubeApi(load_api_client(self.settings.kube_context))
+        return self._api
+
+    @property
+    def namespace(self) -> str:
+        return self.settings.kube_namespace
+
+    # -- dry run ----------------------------------------------------------------------------
+
+    def _cluster_pools(self) -> ClusterSpec | None:
+        """The pools the operator would see, or None when they cannot be read."""
+        try:
+            configmaps = self.api.list_configmaps(None, f"{POOLS_CONFIGMAP_LABEL}=true")
+        except OrchestratorError:
+            return None
+        return cluster_from_configmaps(configmaps)
+
+    def dry_run(self, spec: JobSpec, options: SubmitOptions) -> dict[str, Any]:
+        job = training_job_manifest(portable_paths(spec, options.spec_path), self.namespace)
+        cluster = self._cluster_pools()
+        source = "node-pool ConfigMaps on the cluster"
+        if cluster is None:
+            pool = assumed_pool(spec)
+            cluster, source = ClusterSpec(pools=[pool]), f"assumed pool {pool.name} (cluster pools not readable)"
+        decision = decide_once(cluster, spec)
+        plan: dict[str, Any] = {"trainingJob": job}
+        if isinstance(decision, Place):
+            pool = cluster.pool_by_name[decision.placement.pool]
+            plan["placement"] = {"pool": pool.name, "accelerator": pool.accelerator,
+                                 "nodes": len(decision.placement.shares), "from": source}
+            plan["rayJob"] = rayjob_manifest({**job, "metadata": {**job["metadata"], "uid": ""}}, spec, pool,
+                                             self.runtime, spec.resources.queue if self.runtime.kueue else None)
+        else:
+            plan["placement"] = {"pool": None, "from": source, "waits": [r.text for r in decision.reasons]}
+            plan["rayJob"] = None
+        return plan
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def submit(self, spec: JobSpec, options: SubmitOptions, events: EventHandler | None = None) -> JobRecord:
+        body = training_job_manifest(portable_paths(spec, options.spec_path), self.namespace)
+        if self.api.get_training_job(self.namespace, spec.name) is not None:
+            raise UsageError(
+                f"a TrainingJob named {spec.name!r} already exists in namespace {self.namespace}",
+                fix=f"pick another spec name (--set name=...), or delete it: kubectl delete tj {spec.name} "
+                    f"-n {self.namespace}",
+            )
+        created = self.api.create_training_job(body)
+        return record_from_training_job(created)
+
+    def _get(self, job_id: str) -> dict[str, Any]:
+        obj = self.api.get_training_job(self.namespace, job_id)
+        if obj is None:
+            raise JobNotFoundError(f"no TrainingJob {job_id!r} in namespace {self.namespace}",
+                                   fix="list them with: orchestrator list --backend kubernetes -n NAMESPACE")
+        return obj
+
+    def status(self, job_id: str) -> JobRecord:
+        return record_from_training_job(self._get(job_id))
+
+    def list(self, limit: int = 100) -> list[JobRecord]:
+        records = [record_from_training_job(o) for o in self.api.list_training_jobs(self.namespace)]
+        records.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        return records[:limit]
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Suspend the job (the operator deletes its RayJob; unsuspend to run it again)."""
+        self._get(job_id)
+        patched = self.api.patch_training_job(self.namespace, job_id, {"spec": {"suspend": True}})
+        if patched is None:
+            raise JobNotFoundError(f"TrainingJob {job_id!r} was deleted meanwhile")
+        return record_from_training_job(patched)
+
+    def logs(self, job_id: str, follow: bool = False) -> Iterator[str]:
+        """The driver's log, read from the RayJob's submitter pod (see the module docstring)."""
+        job = self._get(job_id)
+        status = TrainingJobStatus.parse(job.get("status"))
+        name = status.rayJob.name if status.rayJob else rayjob_name(job_id, job["metadata"].get("uid", ""))
+        pods = self.api.list_pods(self.namespace, f"job-name={name}")
+        if not pods:
+            pods = self.api.list_pods(self.namespace, f"{JOB_LABEL}={job_id}")
+        if not pods:
+            raise BackendError(
+                f"no driver pod for {job_id} yet (phase {status.phase})",
+                fix="wait until the RayJob is running: orchestrator status --backend kubernetes " + job_id,
+            )
+        newest = max(pods, key=lambda p: p.get("metadata", {}).get("creationTimestamp", ""))
+        yield from self.api.pod_log(self.namespace, newest["metadata"]["name"], follow=follow)
