@@ -76,6 +76,7 @@ class Backend(ABC):
 
 _REGISTRY: dict[str, str] = {
     "local": "orchestrator.backends.local:LocalBackend",
+    "kubernetes": "orchestrator.backends.kubernetes:KubernetesBackend",
 }
 
 
