@@ -1,0 +1,103 @@
+"""Kubernetes verbs: ``orchestrator operator`` (the operator; the container's command) and
+``orchestrator crd`` (the TrainingJob CRD, generated from the job spec models).
+
+kopf and the kubernetes client are imported only when these verbs run.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from orchestrator.cli import handle_errors, main
+from orchestrator.errors import NotAvailableError, UsageError
+
+
+@main.command()
+@click.option("--namespace", "-n", "namespaces", multiple=True, metavar="NS",
+              help="Run TrainingJobs of this namespace (repeatable; default: all namespaces).")
+@click.option("--context", "kube_context", default=None, metavar="CTX",
+              help="kubeconfig context (default: the pod's service account, else the current context).")
+@click.option("--pools-namespace", default=None, metavar="NS",
+              help="Read node-pool ConfigMaps only from this namespace (default: every namespace).")
+@click.option("--pools-from-nodes", is_flag=True,
+              help="Also derive pools from Nodes, grouped by --node-pool-label.")
+@click.option("--node-pool-label", default="cloud.google.com/gke-nodepool", show_default=True)
+@click.option("--retry-interval", type=click.FloatRange(1, 86400), default=60.0, show_default=True,
+              help="Seconds between retries of waiting jobs (they are also retried when pools change).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Serve the operator's Prometheus /metrics here (0: a free port).")
+@click.option("--metrics-host", default="0.0.0.0", show_default=True)
+@click.option("--health-port", type=click.IntRange(0, 65535), default=8081, show_default=True,
+              help="kopf's liveness endpoint /healthz on this port (0: off).")
+@click.option("--image", envvar="ORCHESTRATOR_RUNTIME_IMAGE", default=None, metavar="IMAGE",
+              help="Image of the Ray head and workers (default: ORCHESTRATOR_RUNTIME_IMAGE, else the release image).")
+@click.option("--head-cpu", default="1", show_default=True, help="CPU of the Ray head pod.")
+@click.option("--head-memory", default="4Gi", show_default=True, help="Memory of the Ray head pod.")
+@click.option("--worker-memory", default="4Gi", show_default=True,
+              help="Memory per worker when a spec gives none.")
+@click.option("--ttl", "ttl_s", type=click.IntRange(0), default=600, show_default=True,
+              help="ttlSecondsAfterFinished of RayJobs.")
+@click.option("--service-account", default=None, help="ServiceAccount of the Ray pods.")
+@click.option("--workdir", default="/app", show_default=True,
+              help="Relative paths in specs resolve against this directory of the image.")
+@click.option("--kueue", is_flag=True, help="Label RayJobs with Kueue's queue-name (resources.queue), suspended.")
+@click.option("--policy", default=None, help="Scheduling policy (default: the pools' scheduler.policy, else las).")
+@click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
+@handle_errors
+def operator(
+    namespaces: tuple[str, ...], kube_context: str | None, pools_namespace: str | None, pools_from_nodes: bool,
+    node_pool_label: str, retry_interval: float, metrics_port: int, metrics_host: str, health_port: int,
+    image: str | None, head_cpu: str, head_memory: str, worker_memory: str, ttl_s: int,
+    service_account: str | None, workdir: str, kueue: bool, policy: str | None, verbose: bool,
+) -> None:
+    """Run the Kubernetes operator: TrainingJobs -> KubeRay RayJobs on node pools."""
+    try:
+        import asyncio
+
+        import kopf
+    except ImportError:
+        raise NotAvailableError("the operator needs kopf and the kubernetes client",
+                                fix="pip install 'orchestrator[kubernetes]'") from None
+    from orchestrator.backends.k8s.client import KubeApi, load_api_client
+    from orchestrator.backends.k8s.manifests import DEFAULT_IMAGE, RuntimeConfig
+    from orchestrator.operator.controller import Controller, OperatorConfig
+    from orchestrator.operator.handlers import run_operator
+
+    runtime = RuntimeConfig(image=image or DEFAULT_IMAGE, head_cpu=head_cpu, head_memory=head_memory,
+                            worker_memory=worker_memory, ttl_seconds_after_finished=ttl_s,
+                            service_account=service_account, workdir=workdir, kueue=kueue)
+    liveness = f"http://0.0.0.0:{health_port}/healthz" if health_port else None
+    config = OperatorConfig(namespaces=namespaces, pools_namespace=pools_namespace,
+                            pools_from_nodes=pools_from_nodes, node_pool_label=node_pool_label,
+                            retry_interval_s=retry_interval, metrics_port=metrics_port, metrics_host=metrics_host,
+                            liveness_endpoint=liveness, policy=policy, runtime=runtime)
+    kopf.configure(verbose=verbose)
+    api = KubeApi(load_api_client(kube_context))
+    asyncio.run(run_operator(Controller(api, config), api, liveness_endpoint=liveness))
+
+
+@main.command()
+@click.option("--write", "write", is_flag=True, help="Write it to --path instead of printing it.")
+@click.option("--check", is_flag=True, help="Exit 2 when --path differs from the models (for CI).")
+@click.option("--path", type=click.Path(dir_okay=False, path_type=Path), default=Path("deploy/k8s/crd.yaml"),
+              show_default=True)
+@handle_errors
+def crd(write: bool, check: bool, path: Path) -> None:
+    """Print the TrainingJob CustomResourceDefinition, generated from the job spec models."""
+    from orchestrator.backends.k8s.crd import render_crd_yaml
+
+    text = render_crd_yaml()
+    if check:
+        current = path.read_text(encoding="utf-8") if path.is_file() else ""
+        if current != text:
+            raise UsageError(f"{path} is out of date with the job spec models",
+                             fix=f"regenerate it: orchestrator crd --write --path {path}")
+        click.echo(f"{path} is up to date")
+    elif write:
+        path.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {path}")
+    else:
+        sys.stdout.write(text)
