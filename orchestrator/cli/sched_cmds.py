@@ -1,0 +1,294 @@
+"""Scheduler verbs: ``simulate`` (trace replay), ``queue`` and ``explain`` (why a job waits)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.cli import OUTPUT_OPTION, emit_json, handle_errors, main, settings_of
+from orchestrator.errors import UsageError
+from orchestrator.scheduler import get_policy
+from orchestrator.scheduler.explain import duration_words
+from orchestrator.scheduler.view import QueueRow
+
+_TIME = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+ROWS_SHOWN = 40
+
+
+def parse_time(text: str) -> float:
+    """Seconds from ``3600``, ``90m``, ``12h`` or ``3d``."""
+    match = _TIME.match(text)
+    if match is None:
+        raise UsageError(f"--explain-at {text!r} is not a time", fix="give seconds, or a number with s, m, h or d")
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+def _policies(names: Sequence[str]) -> list[str]:
+    wanted = [n.strip() for name in names for n in name.split(",") if n.strip()] or ["default"]
+    return list(dict.fromkeys(get_policy(n).name for n in wanted))  # validates every name first
+
+
+def queue_table(rows: Sequence[QueueRow], title: str, limit: int | None = ROWS_SHOWN) -> Table:
+    table = Table(title=title, title_justify="left", expand=False)
+    for column in ("job", "queue", "prio", "state", "gang", "for", "where / why"):
+        table.add_column(column, overflow="fold")
+    style = {"running": "cyan", "starting": "green", "waiting": "yellow", "unschedulable": "red"}
+    for row in rows[:limit]:
+        table.add_row(row.job_id, row.queue, str(row.priority), f"[{style.get(row.state, '')}]{row.state}[/]",
+                      row.gang, duration_words(row.since_s), row.detail)
+    if limit is not None and len(rows) > limit:
+        table.caption = f"{len(rows) - limit} more jobs not shown (--output json lists all)"
+    return table
+
+
+# -- simulate ----------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--trace", "trace_path", required=True, metavar="TRACE.csv",
+              help="Job trace: submit_s, duration, gpus and optionally vc columns.")
+@click.option("--cluster", "cluster_path", required=True, metavar="CLUSTER",
+              help="A cluster YAML, or a vc_config.csv (each VC an independent partition).")
+@click.option("--policy", "policy_names", multiple=True, metavar="NAME",
+              help="fifo, sjf, srtf (oracles) or las/default; repeat or comma-separate. Default: las.")
+@click.option("--contended", is_flag=True, help="vc_config.csv: use contended_nodes instead of nodes.")
+@click.option("--vc", "only", multiple=True, metavar="VC", help="Replay only this partition (repeatable).")
+@click.option("--limit", type=click.IntRange(min=1), help="Replay only the first N rows of the trace.")
+@click.option("--backfill-bound", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Longest a queue head may be passed by backfill (default: the cluster's, 3600).")
+@click.option("--explain-at", "explain_at", metavar="T", help="Stop at time T (trace seconds; 90m, 12h, 3d) "
+              "and show the queue and why each job waits.")
+@click.option("--job", "job_id", metavar="JOB", help="With --explain-at: explain this job only (e.g. job-1234).")
+@click.option("--plot", "plot_path", metavar="OUT.png", help="Write a PNG of the JCT distribution per policy.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@OUTPUT_OPTION
+@handle_errors
+def simulate(trace_path: str, cluster_path: str, policy_names: tuple[str, ...], contended: bool,
+             only: tuple[str, ...], limit: int | None, backfill_bound: float | None, explain_at: str | None,
+             job_id: str | None, plot_path: str | None, quiet: bool, output: str) -> None:
+    """Replay a job trace through the real scheduler in simulated time and report JCT figures.
+
+    \b
+    Example (the Philly development slice, contended setting):
+      orchestrator simulate --trace ../shared/traces/philly/dev.csv \\
+          --cluster ../shared/traces/philly/vc_config.csv --contended --policy fifo,sjf,srtf,las
+    """
+    from orchestrator.simulate import job_completion_times, load, reports_json, run_policy, summarize
+    from orchestrator.simulate.report import write_plot
+
+    policies = _policies(policy_names)
+    if job_id and explain_at is None:
+        raise UsageError("--job needs --explain-at", fix="add --explain-at T")
+    until = parse_time(explain_at) if explain_at is not None else None
+    partitions = load(trace_path, cluster_path, contended=contended, limit=limit, only=only)
+    if until is not None:
+        _explain_at(partitions, policies[0], until, backfill_bound, job_id, output)
+        return
+    console = Console(stderr=True)
+    total = sum(len(p.jobs) for p in partitions)
+    reports, jct = [], {}
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=quiet) as progress:
+        for name in policies:
+            task = progress.add_task(f"replaying with {name}", total=total)
+            replays, seconds = run_policy(partitions, name, backfill_bound_s=backfill_bound,
+                                          on_finished=lambda n, task=task: progress.advance(task, n))
+            progress.update(task, completed=total)
+            reports.append(summarize(name, replays, seconds))
+            jct[name] = job_completion_times(replays)
+    if plot_path:
+        write_plot(plot_path, jct)
+    if output == "json":
+        emit_json(reports_json(reports, trace=trace_path, cluster=cluster_path, contended=contended,
+                               jobs=total, partitions=len(partitions)))
+        return
+    table = Table(title=f"{trace_path}: {total:,} jobs on {cluster_path}"
+                  f"{' (contended)' if contended else ''}, {len(partitions)} partition(s)", title_justify="left")
+    for column in ("policy", "avg JCT", "p50", "p95", "p99", "avg queue", "makespan", "GPU util", "preempt",
+                   "replay"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for r in reports:
+        table.add_row(r.policy, f"{r.avg_jct_s:,.0f} s", f"{r.p50_jct_s:,.0f}", f"{r.p95_jct_s:,.0f}",
+                      f"{r.p99_jct_s:,.0f}", f"{r.avg_queue_s:,.0f} s", duration_words(r.makespan_s),
+                      f"{r.utilization:.1%}", f"{r.preemptions:,}", f"{r.replay_s:.1f} s")
+    Console(soft_wrap=True).print(table)
+    if plot_path:
+        click.echo(f"JCT distribution written to {plot_path}")
+
+
+def _explain_at(partitions: Sequence[Any], policy: str, until: float, backfill_bound: float | None,
+                job_id: str | None, output: str) -> None:
+    from orchestrator.scheduler.view import queue_rows
+    from orchestrator.simulate import replay
+
+    views: dict[str, list[QueueRow]] = {}
+    for partition in partitions:
+        done = replay(partition, policy, until=until, backfill_bound_s=backfill_bound)
+        done.scheduler.clock.set(until)  # type: ignore[attr-defined]  # the replay's ManualClock
+        views[partition.name] = queue_rows(done.scheduler, done.state)
+    if job_id is not None:
+        found = [(name, row) for name, rows in views.items() for row in rows if row.job_id == job_id]
+        if not found:
+            raise UsageError(f"job {job_id} is not queued or running at t={until:g}",
+                             fix="pick a job that has been submitted and not finished by then")
+        name, row = found[0]
+        if output == "json":
+            emit_json({"time": until, "policy": policy, "partition": name, "job": row.to_json()})
+        else:
+            _print_row(row, f"t={until:g} ({policy}, partition {name})")
+        return
+    if output == "json":
+        emit_json({"time": until, "policy": policy,
+                   "partitions": {name: [r.to_json() for r in rows] for name, rows in views.items()}})
+        return
+    console = Console(soft_wrap=True)
+    for name, rows in views.items():
+        waiting = sum(r.state in ("waiting", "unschedulable") for r in rows)
+        console.print(queue_table(rows, f"partition {name} at t={until:g} ({policy}): "
+                                        f"{len(rows) - waiting} running or starting, {waiting} waiting"))
+
+
+def _print_row(row: QueueRow, where: str) -> None:
+    click.echo(f"{row.job_id} ({row.gang}, queue {row.queue}, priority {row.priority}) at {where}: {row.state}"
+               f" for {duration_words(row.since_s)}")
+    if row.reasons:
+        for reason in row.reasons:
+            click.echo(f"  - {reason}")
+    else:
+        click.echo(f"  {row.detail}")
+
+
+# -- queue and explain (the local backend's jobs) ---------------------------------------------
+
+def _gpu_count() -> int:
+    """GPUs on this machine by ``nvidia-smi -L`` (no CUDA library import), 0 without it."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return 0
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def _local_view(ctx: click.Context, policy: str) -> tuple[list[QueueRow], dict[str, str], str]:
+    """The scheduler's view of this machine's active jobs: rows, unreadable jobs, machine words.
+
+    The cluster model is one node with this machine's CPUs, memory and GPUs; every queue the jobs
+    name exists, without quota. Running jobs hold their resources; pending ones are explained.
+    """
+    import os
+
+    import psutil
+
+    from orchestrator.backends.base import get_backend
+    from orchestrator.errors import OrchestratorError
+    from orchestrator.scheduler import ClusterState, ManualClock, Scheduler, request_from_spec
+    from orchestrator.scheduler.cluster import cluster_from_data
+    from orchestrator.scheduler.placement import find_placement
+    from orchestrator.scheduler.view import queue_rows
+    from orchestrator.spec.models import JobSpec
+    from orchestrator.store import JobState
+
+    now = time.time()
+    records = [r for r in get_backend("local", settings_of(ctx)).list(10_000)
+               if r.state in (JobState.PENDING, JobState.RUNNING, JobState.CANCELLING)]
+    cpus, memory, gpus = os.cpu_count() or 1, psutil.virtual_memory().total, _gpu_count()
+    unreadable: dict[str, str] = {}
+    requests = {}
+    for record in sorted(records, key=lambda r: r.created_at):
+        try:
+            request = request_from_spec(JobSpec.model_validate(record.spec))
+        except (ValueError, OrchestratorError) as exc:
+            unreadable[record.id] = str(exc).splitlines()[0]
+            continue
+        # The local backend runs on whatever GPUs this machine has: drop the type preference.
+        requests[record.id] = (record, dataclasses.replace(request, accelerators=()))
+    pool: dict[str, Any] = {"name": "local", "nodes": 1, "cpus_per_node": float(cpus), "memory_per_node": memory}
+    pool.update({"accelerator": "nvidia-gpu", "accelerators_per_node": gpus} if gpus else {"accelerator": "cpu"})
+    queues = sorted({req.queue for _, req in requests.values()} | {"default"})
+    cluster = cluster_from_data({"name": "local", "pools": [pool], "queues": [{"name": q} for q in queues]})
+    machine = f"this machine: {cpus} cpus, {memory / 2**30:.1f} GiB, {gpus} GPUs"
+    clock = ManualClock(now)
+    state = ClusterState(cluster)
+    scheduler = Scheduler(cluster, policy, clock)
+    overcommitted: list[QueueRow] = []
+    for job_id, (record, request) in requests.items():
+        try:
+            job = state.submit(job_id, request, record.created_at, submit_time=record.created_at)
+        except OrchestratorError as exc:
+            unreadable[job_id] = str(exc).splitlines()[0]
+            continue
+        if record.state is JobState.PENDING:
+            continue
+        options = scheduler.eligibility(request).options
+        placement = next((p for o in options if (p := find_placement(state.capacity.pools[o.pool.name], request,
+                                                                        o.resource)) is not None), None)
+        if placement is None:  # Ray runs it anyway (or queues its workers): do not count it
+            state.finish(job_id, now)
+            overcommitted.append(QueueRow(job_id, request.queue, job.priority, "running", request.describe(),
+                                          now - (record.started_at or record.created_at),
+                                          "running; not counted: it does not fit this machine's free resources"))
+        else:
+            state.start(job, placement, record.started_at or record.created_at)
+    return queue_rows(scheduler, state) + overcommitted, unreadable, machine
+
+
+@main.command(name="queue")
+@click.option("--policy", default="default", show_default=True, help="Scheduling policy to explain with.")
+@OUTPUT_OPTION
+@click.pass_context
+@handle_errors
+def queue_command(ctx: click.Context, policy: str, output: str) -> None:
+    """Show queued and running jobs of this machine, with their state and why they wait."""
+    rows, unreadable, machine = _local_view(ctx, _policies([policy])[0])
+    if output == "json":
+        emit_json({"time": time.time(), "machine": machine, "jobs": [r.to_json() for r in rows],
+                   "unreadable": unreadable})
+        return
+    if not rows and not unreadable:
+        click.echo(f"no queued or running jobs ({machine})")
+        return
+    Console(soft_wrap=True).print(queue_table(rows, machine, limit=None))
+    for job, problem in unreadable.items():
+        click.echo(f"{job}: not shown, its spec cannot be read ({problem})", err=True)
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@click.option("--policy", default="default", show_default=True, help="Scheduling policy to explain with.")
+@OUTPUT_OPTION
+@click.pass_context
+@handle_errors
+def explain(ctx: click.Context, job_id: str, policy: str, output: str) -> None:
+    """Say where JOB runs, or why it waits, in words."""
+    from orchestrator.store import JobStore
+
+    record = JobStore(settings_of(ctx).db_path).get(job_id)
+    rows, unreadable, machine = _local_view(ctx, _policies([policy])[0])
+    row = next((r for r in rows if r.job_id == record.id), None)
+    if row is None:
+        why = unreadable.get(record.id)
+        message = (f"its spec cannot be read: {why}" if why else
+                   f"it is {record.state.value}, not queued or running")
+        if output == "json":
+            emit_json({"job_id": record.id, "state": record.state.value, "detail": message})
+        else:
+            click.echo(f"{record.id}: {message}")
+        return
+    if output == "json":
+        emit_json(row.to_json())
+    else:
+        _print_row(row, machine)
