@@ -67,6 +67,9 @@ class KubernetesBackend(Backend):
 
     name = "kubernetes"
 
+    #: Where the dry run reads pool ConfigMaps: the operator's namespace in deploy/k8s.
+    pools_namespace = "orchestrator-system"
+
     def __init__(self, settings: Settings, api: KubeApi | None = None,
                  runtime: RuntimeConfig | None = None) -> None:
         super().__init__(settings)
@@ -85,21 +88,22 @@ class KubernetesBackend(Backend):
 
     # -- dry run ----------------------------------------------------------------------------
 
-    def _cluster_pools(self) -> ClusterSpec | None:
-        """The pools the operator would see, or None when they cannot be read."""
+    def _cluster_pools(self) -> tuple[ClusterSpec | None, str]:
+        """The pools the operator would see (None when they cannot be read), and where from."""
+        where = f"node-pool ConfigMaps in namespace {self.pools_namespace}"
         try:
-            configmaps = self.api.list_configmaps(None, f"{POOLS_CONFIGMAP_LABEL}=true")
-        except OrchestratorError:
-            return None
-        return cluster_from_configmaps(configmaps)
+            cluster = cluster_from_configmaps(
+                self.api.list_configmaps(self.pools_namespace, f"{POOLS_CONFIGMAP_LABEL}=true"))
+        except OrchestratorError as exc:
+            return None, f"{where} not readable ({exc.message})"
+        return cluster, where if cluster is not None else f"no {where}"
 
     def dry_run(self, spec: JobSpec, options: SubmitOptions) -> dict[str, Any]:
         job = training_job_manifest(portable_paths(spec, options.spec_path), self.namespace)
-        cluster = self._cluster_pools()
-        source = "node-pool ConfigMaps on the cluster"
+        cluster, source = self._cluster_pools()
         if cluster is None:
             pool = assumed_pool(spec)
-            cluster, source = ClusterSpec(pools=[pool]), f"assumed pool {pool.name} (cluster pools not readable)"
+            cluster, source = ClusterSpec(pools=[pool]), f"assumed pool {pool.name}: {source}"
         decision = decide_once(cluster, spec)
         plan: dict[str, Any] = {"trainingJob": job}
         if isinstance(decision, Place):

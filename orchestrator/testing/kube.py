@@ -37,6 +37,7 @@ from typing import Any
 
 import aiohttp.web
 import attrs
+import jsonpointer
 import kmock
 import yaml
 from kmock._internal import enums, rendering
@@ -68,6 +69,7 @@ class ApiServer(kmock.KubernetesEmulator):
 
     _versions: Iterable[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _validators: dict[kmock.resource, Any] = attrs.field(factory=dict, init=False)
+    _pod_logs: dict[tuple[str, str], str] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -79,6 +81,11 @@ class ApiServer(kmock.KubernetesEmulator):
         payload = await super()._serve_api(request)
         payload["serverAddressByClientCIDRs"] = [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]
         return payload
+
+    @property
+    def request_log(self) -> list[rendering.Request]:
+        """Every request served so far, oldest first (method, resource, params, headers...)."""
+        return list(self._requests)
 
     def declare(self, path: str, kind: str, namespaced: bool, subresources: Iterable[str] = ()) -> None:
         """Serve a resource (``group/version/plural``) in discovery, list and watch."""
@@ -98,9 +105,17 @@ class ApiServer(kmock.KubernetesEmulator):
 
     # -- writes ---------------------------------------------------------------------------------
 
+    def set_pod_log(self, namespace: str, pod: str, text: str) -> None:
+        """What ``GET .../pods/POD/log`` answers (there are no containers to log anything)."""
+        self._pod_logs[(namespace, pod)] = text
+
     async def _handle(self, request: rendering.Request) -> Any:
-        if request.resource is not None and isinstance(request.data, dict):
-            if request.method == "PUT" and request.name is not None:
+        if request.subresource == "log" and request.method == "GET" and request.name is not None:
+            self._current(request)  # 404 for a pod that does not exist
+            return aiohttp.web.Response(text=self._pod_logs.get((request.namespace or "", request.name), ""),
+                                        content_type="text/plain")
+        if request.resource is not None and isinstance(request.data, (dict, list)):
+            if request.method == "PUT" and request.name is not None and isinstance(request.data, dict):
                 return await self._replace(request)
             if request.action == enums.action.CREATE:
                 self._prepare_create(request)
@@ -151,7 +166,30 @@ class ApiServer(kmock.KubernetesEmulator):
         info = self.resources.get(request.resource) if request.resource in self.resources else None
         return bool(info is not None and "status" in info.subresources)
 
+    def _prepare_json_patch(self, request: rendering.Request, ops: list[dict[str, Any]]) -> None:
+        """RFC 6902: ``test`` operations fail with 422 (kopf relies on it for optimistic
+        concurrency); the status subresource rules apply by path; resourceVersion moves on."""
+        current = self._current(request).raw
+        for op in ops:
+            if op.get("op") == "test":
+                try:
+                    found = jsonpointer.resolve_pointer(current, op["path"])
+                except jsonpointer.JsonPointerException:
+                    found = None
+                if found != op.get("value"):
+                    raise kmock.KubernetesError(status=422, reason="Invalid",
+                                                message=f"the test of {op['path']} failed: {found!r} != {op.get('value')!r}")
+        on_status = [op for op in ops if op.get("path", "").split("/")[1:2] == ["status"]]
+        dropped = [op for op in ops if op not in on_status] if request.subresource == "status" else \
+            on_status if self._has_status(request) else []
+        for op in dropped:
+            if op.get("op") != "test":
+                ops.remove(op)
+        ops.append({"op": "add", "path": "/metadata/resourceVersion", "value": self._next_version()})
+
     def _prepare_patch(self, request: rendering.Request) -> None:
+        if isinstance(request.data, list):
+            return self._prepare_json_patch(request, request.data)
         data: dict[str, Any] = request.data
         current = self._current(request)
         if request.subresource == "status":
@@ -316,6 +354,10 @@ class KubeEmulator:
     def register_crd(self, crd: Mapping[str, Any]) -> None:
         assert self.server is not None, "start() the emulator first"
         self.call(self.server.register_crd, crd)
+
+    def set_pod_log(self, namespace: str, pod: str, text: str) -> None:
+        assert self.server is not None, "start() the emulator first"
+        self.call(self.server.set_pod_log, namespace, pod, text)
 
     def api_client(self) -> Any:
         """An official-client ``ApiClient`` talking to this emulator."""

@@ -134,11 +134,14 @@ def record_from_training_job(obj: Mapping[str, Any]) -> JobRecord:
             result["dashboard_url"] = status.rayJob.dashboardURL
     if status.lastMetrics:
         result["metrics"] = status.lastMetrics
+    state = job_state(status.phase if obj.get("status") else None)
+    if (obj.get("spec") or {}).get("suspend") and not state.terminal:
+        state = JobState.CANCELLING  # the operator has yet to act on the suspend
     return JobRecord(
         id=meta.get("name", ""),
         name=str(spec.get("name") or meta.get("name", "")),
         backend="kubernetes",
-        state=job_state(status.phase if obj.get("status") else None),
+        state=state,
         spec=spec,
         job_dir=Path(f"k8s/{namespace}/{meta.get('name', '')}"),
         created_at=parse_time(meta.get("creationTimestamp")) or 0.0,

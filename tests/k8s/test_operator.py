@@ -1,0 +1,283 @@
+"""The operator (kopf, in a thread) against the Kubernetes API emulator (kmock, over HTTP).
+
+Each test has its own namespace and operator. The tests play KubeRay's part: they write RayJob
+statuses themselves.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from typing import Any
+
+import kubernetes
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from orchestrator.backends.k8s import JOB_LABEL, RAY_GROUP, RAY_PLURAL, RAY_VERSION, RETRY_ANNOTATION
+from orchestrator.backends.k8s.manifests import RuntimeConfig, rayjob_manifest
+from orchestrator.spec import validate_spec_data
+from orchestrator.testing import builders as b
+from tests.k8s.conftest import wait_for
+
+pytestmark = pytest.mark.k8s
+
+A100_TAINT = {"key": "dedicated", "value": "ml", "effect": "NoSchedule"}
+
+
+def core(api: Any) -> Any:
+    return kubernetes.client.CoreV1Api(api.api_client)
+
+
+def add_pools(api: Any, namespace: str, *pools: dict[str, Any], name: str = "pools") -> None:
+    core(api).create_namespaced_config_map(namespace, b.pool_configmap(name, namespace, pools))
+
+
+def rayjobs(api: Any, namespace: str) -> list[dict[str, Any]]:
+    return api.list_rayjobs(namespace)
+
+
+def status(api: Any, namespace: str, name: str) -> dict[str, Any]:
+    return (api.get_training_job(namespace, name) or {}).get("status") or {}
+
+
+def events(api: Any, namespace: str, name: str) -> list[tuple[str, str, str]]:
+    items = core(api).list_namespaced_event(namespace).items
+    return [(e.type, e.reason, e.message) for e in items if e.involved_object.name == name]
+
+
+def set_rayjob_status(api: Any, namespace: str, name: str, **fields: Any) -> None:
+    api.custom.patch_namespaced_custom_object_status(RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL, name,
+                                                     {"status": fields})
+
+
+def phase_is(api: Any, namespace: str, name: str, phase: str) -> Any:
+    return lambda: status(api, namespace, name).get("phase") == phase and status(api, namespace, name)
+
+
+def test_gpu_job_becomes_a_rayjob_on_the_gpu_pool(api: Any, namespace: str, start_operator: Any,
+                                                 rayjob_errors: Any) -> None:
+    add_pools(api, namespace, b.gpu_pool("a100", nodes=2, per_node=8, taints=[A100_TAINT], cpus_per_node=64),
+              b.gpu_pool("t4", accelerator="nvidia-t4", nodes=4, per_node=1))
+    operator = start_operator(namespace, metrics_port=0, metrics_host="127.0.0.1")
+    spec = b.spec_data("gpu-job", workers=4, gpus=1, cpus=2, accelerator="nvidia-a100-40gb", memory="8Gi",
+                       tolerations=["dedicated=ml:NoSchedule"], failure={"max_failures": 2})
+    job = api.create_training_job(b.training_job("gpu-job", namespace, spec))
+
+    [rj] = wait_for(lambda: rayjobs(api, namespace), "the RayJob")
+    assert rayjob_errors(rj) == []
+    assert rj["metadata"]["name"] == "gpu-job"
+    assert rj["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
+    assert rj["metadata"]["labels"][JOB_LABEL] == "gpu-job"
+    assert rj["spec"]["backoffLimit"] == 2
+    assert rj["spec"]["shutdownAfterJobFinishes"] is True
+    assert rj["spec"]["ttlSecondsAfterFinished"] == 600
+    assert "orchestrator submit /etc/orchestrator/spec.yaml --backend local" in rj["spec"]["entrypoint"]
+    [workers] = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert workers["replicas"] == workers["minReplicas"] == workers["maxReplicas"] == 4
+    pod = workers["template"]["spec"]
+    resources = pod["containers"][0]["resources"]
+    assert resources["requests"] == resources["limits"] == {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"}
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"}
+    assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in pod["tolerations"]
+
+    cm = core(api).read_namespaced_config_map("gpu-job-spec", namespace)
+    mounted = validate_spec_data(__import__("yaml").safe_load(cm.data["spec.yaml"]))
+    assert mounted.resources.workers == 4 and mounted.failure.max_failures == 2
+
+    st = wait_for(phase_is(api, namespace, "gpu-job", "Starting"), "phase Starting")
+    assert st["placement"] == {"pool": "a100", "accelerator": "nvidia-a100-40gb", "nodes": 1, "workers": 4}
+    assert st["rayJob"]["name"] == "gpu-job" and st["attempts"] == 1
+    scheduled = next(c for c in st["conditions"] if c["type"] == "Scheduled")
+    assert scheduled["status"] == "True" and scheduled["message"] == "placed on pool a100: a100-0 (4)"
+    assert ("Normal", "Scheduled", "placed on pool a100: a100-0 (4)") in wait_for(
+        lambda: events(api, namespace, "gpu-job"), "the Scheduled event")
+
+    port = operator.controller.metrics._server.server_port
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("orchestrator_operator_rayjobs_created_total", (("pool", "a100"),))] == 1
+    assert samples[("orchestrator_pool_accelerators_allocated", (("accelerator", "nvidia-a100-40gb"), ("pool", "a100")))] == 4
+    assert samples[("orchestrator_pool_accelerators_total", (("accelerator", "nvidia-a100-40gb"), ("pool", "a100")))] == 16
+    assert samples[("orchestrator_operator_node_pools", ())] == 2
+
+
+def test_multi_host_tpu_job_takes_one_whole_slice(api: Any, namespace: str, start_operator: Any,
+                                                  rayjob_errors: Any) -> None:
+    add_pools(api, namespace, b.tpu_pool("v5p", topology="2x2x4", nodes=8, per_node=4))
+    start_operator(namespace)
+    spec = b.spec_data("tpu-job", workers=4, gpus=4, accelerator="tpu-v5p-slice", topology="2x2x4")
+    api.create_training_job(b.training_job("tpu-job", namespace, spec))
+
+    [rj] = wait_for(lambda: rayjobs(api, namespace), "the RayJob")
+    assert rayjob_errors(rj) == []
+    [workers] = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert workers["numOfHosts"] == 4 and workers["replicas"] == 1
+    pod = workers["template"]["spec"]
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-tpu-accelerator": "tpu-v5p-slice",
+                                   "cloud.google.com/gke-tpu-topology": "2x2x4"}
+    assert pod["containers"][0]["resources"]["limits"]["google.com/tpu"] == "4"
+    st = wait_for(phase_is(api, namespace, "tpu-job", "Starting"), "phase Starting")
+    assert st["placement"]["nodes"] == 4 and st["placement"]["pool"] == "v5p"
+
+
+def test_rayjob_states_are_mirrored_and_a_finished_job_frees_its_pool(api: Any, namespace: str,
+                                                                       start_operator: Any) -> None:
+    add_pools(api, namespace, b.gpu_pool("a100", nodes=2, per_node=8))
+    start_operator(namespace)
+    api.create_training_job(b.training_job("first", namespace, b.spec_data(
+        "first", workers=16, gpus=1, accelerator="nvidia-a100-40gb", training={"epochs": 1, "batch_size": 64})))
+    wait_for(lambda: api.get_rayjob(namespace, "first"), "the first RayJob")
+    api.create_training_job(b.training_job("second", namespace, b.spec_data(
+        "second", workers=8, gpus=1, accelerator="nvidia-a100-40gb")))
+    st = wait_for(phase_is(api, namespace, "second", "Pending"), "the second job to wait")
+    assert "pool a100 has 0 free" in st["message"]
+    assert api.get_rayjob(namespace, "second") is None
+
+    set_rayjob_status(api, namespace, "first", jobDeploymentStatus="Initializing")
+    wait_for(lambda: status(api, namespace, "first").get("rayJob", {}).get("deploymentStatus") == "Initializing",
+             "Initializing mirrored")
+    assert status(api, namespace, "first")["phase"] == "Starting"
+    set_rayjob_status(api, namespace, "first", jobDeploymentStatus="Running", jobStatus="RUNNING",
+                      dashboardURL="first-head-svc.ns:8265", startTime="2026-01-01T00:00:00Z")
+    st = wait_for(phase_is(api, namespace, "first", "Running"), "phase Running")
+    assert st["rayJob"] == {"name": "first", "jobStatus": "RUNNING", "deploymentStatus": "Running",
+                            "dashboardURL": "first-head-svc.ns:8265"}
+    assert st["startTime"] == "2026-01-01T00:00:00Z"
+    set_rayjob_status(api, namespace, "first", jobDeploymentStatus="Retrying", jobStatus="FAILED", failed=1)
+    wait_for(lambda: status(api, namespace, "first").get("attempts") == 2, "attempt 2 after a KubeRay retry")
+    set_rayjob_status(api, namespace, "first", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED",
+                      endTime="2026-01-01T01:00:00Z")
+    st = wait_for(phase_is(api, namespace, "first", "Succeeded"), "phase Succeeded")
+    assert st["completionTime"] == "2026-01-01T01:00:00Z"
+    finished = next(c for c in st["conditions"] if c["type"] == "Finished")
+    assert finished["status"] == "True" and finished["reason"] == "Succeeded"
+    assert any(e[1] == "Succeeded" for e in events(api, namespace, "first"))
+
+    # the freed pool goes to the waiting job, without any retry timer (the interval is an hour)
+    wait_for(lambda: api.get_rayjob(namespace, "second"), "the waiting job's RayJob once the pool is free")
+    assert wait_for(phase_is(api, namespace, "second", "Starting"), "second starting")["placement"]["pool"] == "a100"
+
+
+def test_deleting_a_trainingjob_deletes_its_rayjob_and_spec(api: Any, namespace: str, start_operator: Any) -> None:
+    add_pools(api, namespace, b.gpu_pool("a100"))
+    start_operator(namespace)
+    api.create_training_job(b.training_job("doomed", namespace, b.spec_data(
+        "doomed", workers=2, gpus=1, accelerator="nvidia-a100-40gb")))
+    wait_for(lambda: api.get_rayjob(namespace, "doomed"), "the RayJob")
+    assert core(api).read_namespaced_config_map("doomed-spec", namespace).data
+    assert api.delete_training_job(namespace, "doomed") is True
+    wait_for(lambda: api.get_rayjob(namespace, "doomed") is None, "the RayJob to be deleted")
+    wait_for(lambda: not api.list_configmaps(namespace, f"{JOB_LABEL}=doomed"), "the spec ConfigMap to be deleted")
+    assert rayjobs(api, namespace) == []
+
+
+def test_a_job_too_large_for_every_pool_waits_with_the_schedulers_reason_until_pools_change(
+        api: Any, namespace: str, start_operator: Any) -> None:
+    add_pools(api, namespace, b.gpu_pool("a100", nodes=2, per_node=8))
+    start_operator(namespace)
+    api.create_training_job(b.training_job("huge", namespace, b.spec_data(
+        "huge", workers=32, gpus=1, accelerator="nvidia-a100-40gb")))
+    st = wait_for(phase_is(api, namespace, "huge", "Pending"), "phase Pending")
+    reason = "needs 32 nvidia-a100-40gb as one gang; pool a100 has 16 in total"
+    scheduled = next(c for c in st["conditions"] if c["type"] == "Scheduled")
+    assert (scheduled["status"], scheduled["reason"], scheduled["message"]) == ("False", "Unschedulable", reason)
+    assert st["message"] == f"cannot be placed: {reason}"
+    assert ("Warning", "Unschedulable", reason) in wait_for(lambda: events(api, namespace, "huge"), "the event")
+    assert rayjobs(api, namespace) == []
+
+    # a bigger pool appears: the job is retried at once and placed there
+    core(api).patch_namespaced_config_map("pools", namespace, b.pool_configmap("pools", namespace, [
+        b.gpu_pool("a100", nodes=2, per_node=8), b.gpu_pool("a100-big", nodes=4, per_node=8)]))
+    wait_for(lambda: api.get_rayjob(namespace, "huge"), "the RayJob after the pools changed")
+    st = wait_for(phase_is(api, namespace, "huge", "Starting"), "phase Starting")
+    assert st["placement"]["pool"] == "a100-big"
+    assert RETRY_ANNOTATION in api.get_training_job(namespace, "huge")["metadata"]["annotations"]
+
+
+def test_an_invalid_spec_is_rejected_naming_the_field(api: Any, namespace: str, start_operator: Any) -> None:
+    # the API server's schema check (the CRD's openAPIV3Schema) names the field
+    bad = b.training_job("zero", namespace, b.spec_data("zero", workers=0))
+    with pytest.raises(kubernetes.client.ApiException) as info:
+        api.custom.create_namespaced_custom_object("orchestrator.dev", "v1alpha1", namespace, "trainingjobs", bad)
+    assert info.value.status == 422 and "spec.resources.workers" in info.value.body
+
+    # what the schema cannot see (a cross-field rule), the operator's validation names
+    add_pools(api, namespace, b.gpu_pool("a100"))
+    start_operator(namespace)
+    api.create_training_job(b.training_job("tiny-batch", namespace, b.spec_data(
+        "tiny-batch", workers=4, training={"epochs": 1, "batch_size": 2})))
+    st = wait_for(phase_is(api, namespace, "tiny-batch", "Invalid"), "phase Invalid")
+    assert st["message"].startswith("invalid spec: training.batch_size: global batch size 2 is smaller than "
+                                    "resources.workers 4")
+    valid = next(c for c in st["conditions"] if c["type"] == "Valid")
+    assert valid["status"] == "False" and valid["reason"] == "InvalidSpec"
+    assert any(e[1] == "InvalidSpec" and "training.batch_size" in e[2]
+               for e in wait_for(lambda: events(api, namespace, "tiny-batch"), "the event"))
+    assert rayjobs(api, namespace) == []
+
+
+def test_restarting_the_operator_mid_flight_never_duplicates_a_rayjob(api: Any, namespace: str,
+                                                                     start_operator: Any) -> None:
+    add_pools(api, namespace, b.gpu_pool("a100", nodes=2, per_node=8))
+    first = start_operator(namespace)
+    api.create_training_job(b.training_job("steady", namespace, b.spec_data(
+        "steady", workers=8, gpus=1, accelerator="nvidia-a100-40gb")))
+    wait_for(phase_is(api, namespace, "steady", "Starting"), "the first operator to start the job")
+    first.stop()
+
+    # while no operator runs: a job whose RayJob was created by an operator that died before it
+    # wrote the status (the worst moment to crash)
+    job = api.create_training_job(b.training_job("orphan", namespace, b.spec_data(
+        "orphan", workers=8, gpus=1, accelerator="nvidia-a100-40gb")))
+    from orchestrator.scheduler import NodePool
+
+    spec = validate_spec_data(job["spec"])
+    api.create_rayjob(rayjob_manifest(job, spec, NodePool(**b.gpu_pool("a100", nodes=2, per_node=8)),
+                                      RuntimeConfig()))
+    # and a third job that must wait: both nodes are taken by the two running jobs
+    api.create_training_job(b.training_job("third", namespace, b.spec_data(
+        "third", workers=8, gpus=1, accelerator="nvidia-a100-40gb")))
+
+    start_operator(namespace)
+    st = wait_for(phase_is(api, namespace, "orphan", "Starting"), "the orphan RayJob to be adopted")
+    assert st["rayJob"]["name"] == "orphan"
+    wait_for(phase_is(api, namespace, "third", "Pending"), "the third job to wait")
+    names = sorted(rj["metadata"]["name"] for rj in rayjobs(api, namespace))
+    assert names == ["orphan", "steady"]
+    assert status(api, namespace, "steady")["phase"] == "Starting"
+    assert status(api, namespace, "steady")["attempts"] == 1
+
+
+def test_suspend_and_resume_and_rbac_covers_exactly_the_calls_made(kube: Any, api: Any, namespace: str,
+                                                                  start_operator: Any) -> None:
+    from tests.k8s.rbac import granted_rules, used_rules
+
+    before = len(kube.server.request_log)
+    add_pools(api, namespace, b.gpu_pool("a100"))
+    start_operator(namespace)
+    api.create_training_job(b.training_job("pausable", namespace, b.spec_data(
+        "pausable", workers=2, gpus=1, accelerator="nvidia-a100-40gb")))
+    wait_for(lambda: api.get_rayjob(namespace, "pausable"), "the RayJob")
+
+    api.patch_training_job(namespace, "pausable", {"spec": {"suspend": True}})
+    wait_for(lambda: api.get_rayjob(namespace, "pausable") is None, "the RayJob to go on suspend")
+    st = wait_for(phase_is(api, namespace, "pausable", "Suspended"), "phase Suspended")
+    assert st["placement"] is None
+
+    api.patch_training_job(namespace, "pausable", {"spec": {"suspend": False}})
+    wait_for(lambda: api.get_rayjob(namespace, "pausable"), "a new RayJob on resume")
+    st = wait_for(phase_is(api, namespace, "pausable", "Starting"), "phase Starting again")
+    assert st["attempts"] == 2
+    api.delete_training_job(namespace, "pausable")
+    wait_for(lambda: api.get_rayjob(namespace, "pausable") is None, "cleanup")
+
+    used = used_rules(kube.server.request_log[before:])
+    granted = granted_rules()
+    assert used <= granted, f"the operator made calls its ClusterRole does not allow: {used - granted}"
+    # everything granted was used, except what needs --pools-from-nodes, the finalizers
+    # subresource (checked by the API server when an owner reference blocks deletion), and reading
+    # one RayJob (only when its name is taken)
+    unused = granted - used - {("", "nodes", "list"), ("", "nodes", "watch"),
+                               ("orchestrator.dev", "trainingjobs/finalizers", "update"), ("ray.io", "rayjobs", "get")}
+    assert unused == set(), f"the ClusterRole grants verbs the operator never uses: {unused}"
