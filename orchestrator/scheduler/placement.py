@@ -101,8 +101,12 @@ def never_fits(pool: NodePool, request: GangRequest) -> str | None:
         return f"one worker does not fit a node of pool {pool.name} ({_node_words(pool)})"
     nodes = math.ceil(request.workers / per_node)
     if nodes > pool.nodes:
-        total = pool.capacity if request.accelerators_per_worker or pool.accelerator == CPU else None
-        size = f"{fmt_amount(total)} in total" if total is not None else f"{pool.nodes} nodes"
+        if pool.accelerator == CPU:
+            size = f"{fmt_amount(pool.capacity)} cpus in total"
+        elif request.accelerators_per_worker:
+            size = f"{fmt_amount(pool.capacity)} in total"
+        else:
+            size = f"{pool.nodes} nodes"
         return f"needs {what} as one gang; pool {pool.name} has {size}"
     return None
 
