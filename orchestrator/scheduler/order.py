@@ -34,12 +34,16 @@ class PendingOrder:
         pending = state.pending
         for job_id in self.keys.keys() - pending.keys():  # started or finished since the last pass
             self._remove(job_id)
-        log = state.enqueued
-        for job in log[self.seen:]:
-            if job.id in pending:  # (re)queued since: rank it afresh
-                self._remove(job.id)
-                self._insert(job, now)
-        self.seen = len(log)
+        start = self.seen - state.enqueued_base
+        if start < 0:  # fell behind a trimmed log: rank every waiting job afresh
+            self.keys, self.entries, self.expiries = {}, [], []
+            fresh: list[Job] = list(pending.values())
+        else:
+            fresh = [job for job in state.enqueued[start:] if pending.get(job.id) is job]
+        for job in fresh:  # (re)queued since the last pass
+            self._remove(job.id)
+            self._insert(job, now)
+        self.seen = state.enqueued_base + len(state.enqueued)
         while self.expiries and self.expiries[0][0] <= now:
             job_id = heapq.heappop(self.expiries)[2]
             if job_id in self.keys:

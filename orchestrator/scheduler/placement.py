@@ -6,7 +6,8 @@
   the node with the least free room that still fits (best fit), which keeps large holes for
   large jobs. CPU gangs may spread, largest free nodes first.
 * A TPU multi-host slice is placed whole: every host of one wholly free slice.
-* Taints keep jobs off pools unless tolerated; ``PreferNoSchedule`` pools are tried last.
+* Taints keep jobs off pools unless tolerated; ``PreferNoSchedule`` pools are tried last. Jobs
+  that ask for accelerators tolerate ``nvidia.com/gpu`` and ``google.com/tpu`` taints implicitly.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from orchestrator.scheduler.capacity import EPS, PoolCapacity
 from orchestrator.scheduler.cluster import CPU, ClusterSpec, NodePool, fmt_amount
 from orchestrator.scheduler.decisions import Placement
 from orchestrator.scheduler.jobs import GangRequest
+
+ACCELERATOR_TAINTS = ("nvidia.com/gpu", "google.com/tpu")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,9 @@ def eligible_pools(cluster: ClusterSpec, request: GangRequest) -> Eligibility:
     else:  # CPU work prefers CPU pools, then any pool that lets it in
         candidates = [p for p in cluster.pools if p.accelerator == CPU]
         candidates += [p for p in cluster.pools if p.accelerator != CPU]
+    # Like Kubernetes' ExtendedResourceToleration (on by default in GKE): a pod that asks for GPUs
+    # or TPU chips tolerates the taints that keep everything else off those nodes.
+    implicit = ACCELERATOR_TAINTS if request.accelerators_per_worker else ()
     preferred: list[PoolOption] = []
     fallback: list[PoolOption] = []
     excluded: list[str] = []
@@ -55,7 +61,8 @@ def eligible_pools(cluster: ClusterSpec, request: GangRequest) -> Eligibility:
         if missing:
             excluded.append(f"pool {pool.name} lacks label {', '.join(missing)}")
             continue
-        untolerated = [t for t in pool.taints if not any(tol.tolerates(t) for tol in request.tolerations)]
+        untolerated = [t for t in pool.taints if t.key not in implicit
+                       and not any(tol.tolerates(t) for tol in request.tolerations)]
         hard = [t for t in untolerated if t.effect != "PreferNoSchedule"]
         if hard:
             excluded.append(f"pool {pool.name} is tainted {hard[0]}, not tolerated")

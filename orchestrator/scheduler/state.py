@@ -100,7 +100,10 @@ class ClusterState:
         # Kept up to date so that a pass need not scan every job for them:
         self.pending_queues: Counter[str] = Counter()  # queue -> pending jobs
         self.running_priorities: Counter[int] = Counter()  # priority -> running jobs
-        self.enqueued: list[Job] = []  # every (re)queueing, in order: lets a scheduler keep its order
+        # Every (re)queueing in order, so a scheduler can keep its order up to date; entries before
+        # ``enqueued_base`` were trimmed (a reader that fell behind rebuilds its order).
+        self.enqueued: list[Job] = []
+        self.enqueued_base = 0
         self._seq = itertools.count()
 
     def submit(self, job_id: str, request: GangRequest, now: float, *, duration: float | None = None,
@@ -118,6 +121,10 @@ class ClusterState:
     def _enqueue(self, job: Job) -> None:
         self.pending[job.id] = job
         self.enqueued.append(job)
+        if len(self.enqueued) > 4 * len(self.pending) + 4096:  # a long-lived state: drop the old half
+            drop = len(self.enqueued) // 2
+            del self.enqueued[:drop]
+            self.enqueued_base += drop
         self.pending_queues[job.queue] += 1
 
     def _dequeue(self, job: Job) -> None:

@@ -116,26 +116,31 @@ def tainted(name: str, *taints: dict[str, str], **extra: object) -> dict[str, ob
 
 
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+TEAM_TAINT = {"key": "dedicated", "value": "ml", "effect": "NoSchedule"}
 SPOT_TAINT = {"key": "cloud.google.com/gke-spot", "value": "true", "effect": "NoSchedule"}
 
 
 def test_taints_keep_jobs_off_pools_unless_tolerated() -> None:
-    spec = cluster(tainted("t4", GPU_TAINT), tainted("t4-spot", GPU_TAINT, SPOT_TAINT, spot=True))
+    spec = cluster(tainted("t4", GPU_TAINT, TEAM_TAINT), tainted("t4-spot", GPU_TAINT, TEAM_TAINT, SPOT_TAINT))
     h = Harness(spec, "las")
     h.submit("plain", gang(4, "nvidia-t4"))
-    h.submit("gpu-ok", gang(4, "nvidia-t4", tolerations=("nvidia.com/gpu",)))
-    h.submit("gpu-ok-2", gang(4, "nvidia-t4", tolerations=("nvidia.com/gpu=present:NoSchedule",)))
-    h.submit("spot-ok", gang(4, "nvidia-t4", tolerations=("nvidia.com/gpu", "cloud.google.com/gke-spot=true")))
+    h.submit("team", gang(4, "nvidia-t4", tolerations=("dedicated",)))
+    h.submit("team-2", gang(4, "nvidia-t4", tolerations=("dedicated=ml:NoSchedule",)))
+    h.submit("spot-ok", gang(4, "nvidia-t4", tolerations=("dedicated", "cloud.google.com/gke-spot=true")))
+    h.submit("cpu-job", GangRequest(workers=1, cpus_per_worker=1, tolerations=(Toleration("dedicated"),)))
     result = h.step(explain=True)
     placed = {d.job_id: d.placement.pool for d in result.placements}
-    assert placed == {"gpu-ok": "t4", "spot-ok": "t4-spot"}
+    # GPU jobs tolerate nvidia.com/gpu implicitly (as with Kubernetes' ExtendedResourceToleration).
+    assert placed == {"team": "t4", "spot-ok": "t4-spot"}
     plain = result.waits["plain"]
     assert plain.permanent and [r.text for r in plain.reasons] == [
-        "pool t4 is tainted nvidia.com/gpu=present:NoSchedule, not tolerated",
-        "pool t4-spot is tainted nvidia.com/gpu=present:NoSchedule, not tolerated",
+        "pool t4 is tainted dedicated=ml:NoSchedule, not tolerated",
+        "pool t4-spot is tainted dedicated=ml:NoSchedule, not tolerated",
     ]
-    # gpu-ok-2 tolerates the GPU taint but not spot: it waits for t4 rather than use t4-spot.
-    assert result.waits["gpu-ok-2"].message.startswith("needs 4 nvidia-t4 as one gang; pool t4 has 0 free")
+    # team-2 tolerates the team taint but not spot: it waits for t4 rather than use t4-spot.
+    assert result.waits["team-2"].message.startswith("needs 4 nvidia-t4 as one gang; pool t4 has 0 free")
+    assert result.waits["cpu-job"].reasons[0].text == (
+        "pool t4 is tainted nvidia.com/gpu=present:NoSchedule, not tolerated")
 
 
 def test_prefer_no_schedule_pools_are_used_last() -> None:

@@ -1,0 +1,184 @@
+"""The simulator on small traces: exact figures by hand, the CLI's output, and bad input (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import main
+from orchestrator.scheduler.policies import Las
+from orchestrator.simulate import load, run_policy, summarize
+from tests.conftest import REPO
+
+TRACE = """\
+vc,submit_time,submit_s,duration,gpus,gpu_time
+a,x,0,100,8,800
+a,x,10,50,4,200
+a,x,20,10,2,20
+"""
+VCS = "vc,nodes,gpus_per_node,contended_nodes\na,2,8,1\n"
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[str, str]:
+    (tmp_path / "t.csv").write_text(TRACE)
+    (tmp_path / "vc.csv").write_text(VCS)
+    return str(tmp_path / "t.csv"), str(tmp_path / "vc.csv")
+
+
+def figures(files: tuple[str, str], policy: str | Las) -> dict[str, float]:
+    partitions = load(*files, contended=True)
+    replays, _ = run_policy(partitions, policy)
+    report = summarize(getattr(policy, "name", str(policy)), replays, 0.0)
+    return {k: round(v, 3) for k, v in report.to_json().items() if k != "replay_s"}
+
+
+def test_fifo_by_hand(files: tuple[str, str]) -> None:
+    # 8 GPUs. job-2 runs 0-100; job-3 (4 GPUs) and job-4 (2) wait for it, then run 100-150, 100-110.
+    assert figures(files, "fifo") == {
+        "jobs": 3, "avg_jct_s": 110.0, "p50_jct_s": 100.0, "p95_jct_s": 136.0, "p99_jct_s": 139.2,
+        "avg_queue_s": round(170 / 3, 3), "makespan_s": 150.0, "utilization": 0.85, "preemptions": 0}
+
+
+def test_srtf_by_hand(files: tuple[str, str]) -> None:
+    # At t=10 job-3 (50 s) preempts job-2 (90 s left), which owes 30 s of checkpoint for 8 GPUs;
+    # job-4 fits beside job-3 at t=20. job-2 resumes at t=60 and ends at 60 + 90 + 30 = 180.
+    got = figures(files, "srtf")
+    assert (got["avg_jct_s"], got["avg_queue_s"], got["preemptions"]) == (80.0, round(50 / 3, 3), 1)
+    assert got["makespan_s"] == 180.0
+
+
+def test_las_with_a_low_threshold_preempts_like_srtf_here(files: tuple[str, str]) -> None:
+    got = figures(files, Las(thresholds=(50.0,)))  # job-2 leaves band 0 after 50 GPU-s (t=6.25)
+    assert (got["avg_jct_s"], got["preemptions"]) == (80.0, 1)
+    assert figures(files, "las")["avg_jct_s"] == 110.0  # default thresholds: no preemption here
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["simulate", *args])
+    return result.exit_code, result.output
+
+
+def test_simulate_json_shape(files: tuple[str, str]) -> None:
+    code, out = run_cli("--trace", files[0], "--cluster", files[1], "--contended", "--policy", "fifo,srtf",
+                        "-q", "-o", "json")
+    assert code == 0, out
+    data = json.loads(out.splitlines()[-1])
+    assert list(data["policies"]) == ["fifo", "srtf"]
+    fifo = data["policies"]["fifo"]
+    assert {"avg_jct_s", "p99_jct_s", "avg_queue_s", "utilization", "preemptions"} <= set(fifo)
+    assert (fifo["avg_jct_s"], fifo["utilization"], data["policies"]["srtf"]["preemptions"]) == (110.0, 0.85, 1)
+
+
+def test_simulate_text_table(files: tuple[str, str]) -> None:
+    code, out = run_cli("--trace", files[0], "--cluster", files[1], "--contended", "-q")
+    assert code == 0, out
+    assert "las" in out and "110 s" in out and "85.0%" in out
+
+
+def test_explain_at_shows_the_queue_at_that_time(files: tuple[str, str]) -> None:
+    code, out = run_cli("--trace", files[0], "--cluster", files[1], "--contended", "--policy", "fifo",
+                        "--explain-at", "30", "-o", "json")
+    assert code == 0, out
+    rows = {r["job_id"]: r for r in json.loads(out.splitlines()[-1])["partitions"]["a"]}
+    assert rows["job-2"]["state"] == "running" and rows["job-2"]["since_s"] == 30
+    assert rows["job-3"]["detail"] == "needs 4 nvidia-gpu as one gang; pool a has 0 free"
+    assert rows["job-4"]["detail"] == "blocked behind job-3 at the head of queue default (fifo does not backfill)"
+    code, out = run_cli("--trace", files[0], "--cluster", files[1], "--contended", "--policy", "fifo",
+                        "--explain-at", "30", "--job", "job-3")
+    assert code == 0 and "  - pool a has 0 free" in out
+
+
+def test_simulate_on_a_cluster_yaml(files: tuple[str, str]) -> None:
+    code, out = run_cli("--trace", files[0], "--cluster", str(REPO / "examples/clusters/gpu.yaml"),
+                        "--policy", "fifo", "-q", "-o", "json")
+    assert code == 0, out
+    assert json.loads(out.splitlines()[-1])["policies"]["fifo"]["avg_jct_s"] == pytest.approx((100 + 50 + 10) / 3)
+
+
+def test_plot_writes_a_png(files: tuple[str, str], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="--plot needs matplotlib (pip install -e '.[test]')")
+    png = tmp_path / "jct.png"
+    code, out = run_cli("--trace", files[0], "--cluster", files[1], "--policy", "fifo,las", "-q",
+                        "--plot", str(png))
+    assert code == 0, out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+@pytest.mark.parametrize(("trace", "vcs", "args", "needles"), [
+    ("vc,submit_s,duration,gpus\na,0,10,x\n", VCS, [], ["t.csv:2: column gpus: 'x' is not a whole number"]),
+    ("vc,submit_s,duration,gpus\na,0,-5,1\n", VCS, [], ["t.csv:2: column duration: '-5' is not a number >= 0"]),
+    ("vc,submit_s,gpus\na,0,1\n", VCS, [], ["t.csv:1: missing column duration"]),
+    ("vc,submit_s,duration,gpus\nzz,0,10,1\n", VCS, [], ["t.csv:2: vc 'zz' is not in", "vc.csv"]),
+    ("vc,submit_s,duration,gpus\na,0,10,1\na,5,10,64\n", VCS, [], ["t.csv:3: the job asks for 64 GPUs; vc a has 16"]),
+    ("vc,submit_s,duration,gpus\na,0,10,1,9\n", VCS, [], ["t.csv:2: 5 fields, the header has 4"]),
+    (TRACE, "vc,nodes,gpus_per_node\na,2,8\na,3,8\n", [], ["vc.csv:3: vc 'a' appears twice"]),
+    (TRACE, "vc,nodes,gpus_per_node\na,two,8\n", [], ["vc.csv:2: column nodes: 'two' is not a whole number"]),
+    (TRACE, VCS, ["--contended"], []),
+    (TRACE, "vc,nodes,gpus_per_node\na,2,8\n", ["--contended"], ["vc.csv:1: missing column contended_nodes"]),
+    (TRACE, VCS, ["--policy", "lifo"], ["unknown scheduling policy 'lifo'"]),
+    (TRACE, VCS, ["--vc", "b"], ["no jobs for partition b"]),
+    (TRACE, VCS, ["--explain-at", "soon"], ["--explain-at 'soon' is not a time"]),
+])
+def test_bad_input_exits_2_and_names_the_row(tmp_path: Path, trace: str, vcs: str, args: list[str],
+                                             needles: list[str]) -> None:
+    (tmp_path / "t.csv").write_text(trace)
+    (tmp_path / "vc.csv").write_text(vcs)
+    code, out = run_cli("--trace", str(tmp_path / "t.csv"), "--cluster", str(tmp_path / "vc.csv"), "-q", *args)
+    if not needles:
+        assert code == 0, out
+        return
+    assert code == 2, out
+    for needle in needles:
+        assert needle in out
+    assert "Traceback" not in out
+
+
+def test_bad_cluster_yaml_names_the_field(tmp_path: Path, files: tuple[str, str]) -> None:
+    bad = tmp_path / "c.yaml"
+    bad.write_text(textwrap.dedent("""\
+        pools:
+          - name: a100
+            accelerator: nvidia-a100-40gb
+            nodes: 2
+            accelerators_per_node: 8
+        queues:
+          - name: team
+            quotas:
+              nvidia-h100-80gb: {nominal: 8}
+        """))
+    code, out = run_cli("--trace", files[0], "--cluster", str(bad))
+    assert code == 2
+    assert "invalid cluster file" in out and "queues[0].quotas.nvidia-h100-80gb" in out
+    assert "no pool has accelerator 'nvidia-h100-80gb'" in out
+
+
+def test_no_heavy_framework_is_imported() -> None:
+    """The scheduler and the simulator are pure Python: no Ray, torch, TensorFlow or Kubernetes."""
+    code = textwrap.dedent(f"""
+        import sys
+        from orchestrator.scheduler import ClusterState, Scheduler, load_cluster
+        from orchestrator.simulate import load, run_policy, summarize
+        from orchestrator.cli import main
+        from click.testing import CliRunner
+        import pathlib, tempfile
+        d = pathlib.Path(tempfile.mkdtemp())
+        (d / "t.csv").write_text({TRACE!r})
+        (d / "vc.csv").write_text({VCS!r})
+        parts = load(str(d / "t.csv"), str(d / "vc.csv"), contended=True)
+        print(summarize("las", run_policy(parts, "las")[0], 0).avg_jct_s)
+        load_cluster({str(REPO / "examples/clusters/gpu.yaml")!r})
+        r = CliRunner().invoke(main, ["simulate", "--trace", str(d / "t.csv"), "--cluster", str(d / "vc.csv"), "-q"])
+        assert r.exit_code == 0, r.output
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("ray", "torch", "tensorflow", "kubernetes"))
+        print(heavy)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["110.0", "[]"]
