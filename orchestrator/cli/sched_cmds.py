@@ -29,7 +29,9 @@ def parse_time(text: str) -> float:
     """Seconds from ``3600``, ``90m``, ``12h`` or ``3d``."""
     match = _TIME.match(text)
     if match is None:
-        raise UsageError(f"--explain-at {text!r} is not a time", fix="give seconds, or a number with s, m, h or d")
+        raise UsageError(
+            f"--explain-at {text!r} is not a time", fix="give seconds, or a number with s, m, h or d"
+        )
     return float(match.group(1)) * _UNIT[match.group(2)]
 
 
@@ -44,8 +46,15 @@ def queue_table(rows: Sequence[QueueRow], title: str, limit: int | None = ROWS_S
         table.add_column(column, overflow="fold")
     style = {"running": "cyan", "starting": "green", "waiting": "yellow", "unschedulable": "red"}
     for row in rows[:limit]:
-        table.add_row(row.job_id, row.queue, str(row.priority), f"[{style.get(row.state, '')}]{row.state}[/]",
-                      row.gang, duration_words(row.since_s), row.detail)
+        table.add_row(
+            row.job_id,
+            row.queue,
+            str(row.priority),
+            f"[{style.get(row.state, '')}]{row.state}[/]",
+            row.gang,
+            duration_words(row.since_s),
+            row.detail,
+        )
     if limit is not None and len(rows) > limit:
         table.caption = f"{len(rows) - limit} more jobs not shown (--output json lists all)"
     return table
@@ -53,28 +62,67 @@ def queue_table(rows: Sequence[QueueRow], title: str, limit: int | None = ROWS_S
 
 # -- simulate ----------------------------------------------------------------------------------
 
+
 @main.command()
-@click.option("--trace", "trace_path", required=True, metavar="TRACE.csv",
-              help="Job trace: submit_s, duration, gpus and optionally vc columns.")
-@click.option("--cluster", "cluster_path", required=True, metavar="CLUSTER",
-              help="A cluster YAML, or a vc_config.csv (each VC an independent partition).")
-@click.option("--policy", "policy_names", multiple=True, metavar="NAME",
-              help="fifo, sjf, srtf (oracles) or las/default; repeat or comma-separate. Default: las.")
+@click.option(
+    "--trace",
+    "trace_path",
+    required=True,
+    metavar="TRACE.csv",
+    help="Job trace: submit_s, duration, gpus and optionally vc columns.",
+)
+@click.option(
+    "--cluster",
+    "cluster_path",
+    required=True,
+    metavar="CLUSTER",
+    help="A cluster YAML, or a vc_config.csv (each VC an independent partition).",
+)
+@click.option(
+    "--policy",
+    "policy_names",
+    multiple=True,
+    metavar="NAME",
+    help="fifo, sjf, srtf (oracles) or las/default; repeat or comma-separate. Default: las.",
+)
 @click.option("--contended", is_flag=True, help="vc_config.csv: use contended_nodes instead of nodes.")
 @click.option("--vc", "only", multiple=True, metavar="VC", help="Replay only this partition (repeatable).")
 @click.option("--limit", type=click.IntRange(min=1), help="Replay only the first N rows of the trace.")
-@click.option("--backfill-bound", type=click.FloatRange(min=0), metavar="SECONDS",
-              help="Longest a queue head may be passed by backfill (default: the cluster's, 3600).")
-@click.option("--explain-at", "explain_at", metavar="T", help="Stop at time T (trace seconds; 90m, 12h, 3d) "
-              "and show the queue and why each job waits.")
-@click.option("--job", "job_id", metavar="JOB", help="With --explain-at: explain this job only (e.g. job-1234).")
-@click.option("--plot", "plot_path", metavar="OUT.png", help="Write a PNG of the JCT distribution per policy.")
+@click.option(
+    "--backfill-bound",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Longest a queue head may be passed by backfill (default: the cluster's, 3600).",
+)
+@click.option(
+    "--explain-at",
+    "explain_at",
+    metavar="T",
+    help="Stop at time T (trace seconds; 90m, 12h, 3d) and show the queue and why each job waits.",
+)
+@click.option(
+    "--job", "job_id", metavar="JOB", help="With --explain-at: explain this job only (e.g. job-1234)."
+)
+@click.option(
+    "--plot", "plot_path", metavar="OUT.png", help="Write a PNG of the JCT distribution per policy."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @OUTPUT_OPTION
 @handle_errors
-def simulate(trace_path: str, cluster_path: str, policy_names: tuple[str, ...], contended: bool,
-             only: tuple[str, ...], limit: int | None, backfill_bound: float | None, explain_at: str | None,
-             job_id: str | None, plot_path: str | None, quiet: bool, output: str) -> None:
+def simulate(
+    trace_path: str,
+    cluster_path: str,
+    policy_names: tuple[str, ...],
+    contended: bool,
+    only: tuple[str, ...],
+    limit: int | None,
+    backfill_bound: float | None,
+    explain_at: str | None,
+    job_id: str | None,
+    plot_path: str | None,
+    quiet: bool,
+    output: str,
+) -> None:
     """Replay a job trace through the real scheduler in simulated time and report JCT figures.
 
     \b
@@ -98,37 +146,84 @@ def simulate(trace_path: str, cluster_path: str, policy_names: tuple[str, ...], 
     reports, jct = [], {}
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=quiet) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=quiet,
+    ) as progress:
         for name in policies:
             task = progress.add_task(f"replaying with {name}", total=total)
-            replays, seconds = run_policy(partitions, name, backfill_bound_s=backfill_bound,
-                                          on_finished=lambda n, task=task: progress.advance(task, n))
+            replays, seconds = run_policy(
+                partitions,
+                name,
+                backfill_bound_s=backfill_bound,
+                on_finished=lambda n, task=task: progress.advance(task, n),
+            )
             progress.update(task, completed=total)
             reports.append(summarize(name, replays, seconds))
             jct[name] = job_completion_times(replays)
     if plot_path:
         write_plot(plot_path, jct)
     if output == "json":
-        emit_json(reports_json(reports, trace=trace_path, cluster=cluster_path, contended=contended,
-                               jobs=total, partitions=len(partitions)))
+        emit_json(
+            reports_json(
+                reports,
+                trace=trace_path,
+                cluster=cluster_path,
+                contended=contended,
+                jobs=total,
+                partitions=len(partitions),
+            )
+        )
         return
-    table = Table(title=f"{trace_path}: {total:,} jobs on {cluster_path}"
-                  f"{' (contended)' if contended else ''}, {len(partitions)} partition(s)", title_justify="left")
-    for column in ("policy", "avg JCT", "p50", "p95", "p99", "avg queue", "makespan", "GPU util", "preempt",
-                   "replay"):
+    table = Table(
+        title=f"{trace_path}: {total:,} jobs on {cluster_path}"
+        f"{' (contended)' if contended else ''}, {len(partitions)} partition(s)",
+        title_justify="left",
+    )
+    for column in (
+        "policy",
+        "avg JCT",
+        "p50",
+        "p95",
+        "p99",
+        "avg queue",
+        "makespan",
+        "GPU util",
+        "preempt",
+        "replay",
+    ):
         table.add_column(column, justify="left" if column == "policy" else "right")
     for r in reports:
-        table.add_row(r.policy, f"{r.avg_jct_s:,.0f} s", f"{r.p50_jct_s:,.0f}", f"{r.p95_jct_s:,.0f}",
-                      f"{r.p99_jct_s:,.0f}", f"{r.avg_queue_s:,.0f} s", duration_words(r.makespan_s),
-                      f"{r.utilization:.1%}", f"{r.preemptions:,}", f"{r.replay_s:.1f} s")
+        table.add_row(
+            r.policy,
+            f"{r.avg_jct_s:,.0f} s",
+            f"{r.p50_jct_s:,.0f}",
+            f"{r.p95_jct_s:,.0f}",
+            f"{r.p99_jct_s:,.0f}",
+            f"{r.avg_queue_s:,.0f} s",
+            duration_words(r.makespan_s),
+            f"{r.utilization:.1%}",
+            f"{r.preemptions:,}",
+            f"{r.replay_s:.1f} s",
+        )
     Console(soft_wrap=True).print(table)
     if plot_path:
         click.echo(f"JCT distribution written to {plot_path}")
 
 
-def _explain_at(partitions: Sequence[Any], policy: str, until: float, backfill_bound: float | None,
-                job_id: str | None, output: str) -> None:
+def _explain_at(
+    partitions: Sequence[Any],
+    policy: str,
+    until: float,
+    backfill_bound: float | None,
+    job_id: str | None,
+    output: str,
+) -> None:
     from orchestrator.scheduler.view import queue_rows
     from orchestrator.simulate import replay
 
@@ -140,8 +235,10 @@ def _explain_at(partitions: Sequence[Any], policy: str, until: float, backfill_b
     if job_id is not None:
         found = [(name, row) for name, rows in views.items() for row in rows if row.job_id == job_id]
         if not found:
-            raise UsageError(f"job {job_id} is not queued or running at t={until:g}",
-                             fix="pick a job that has been submitted and not finished by then")
+            raise UsageError(
+                f"job {job_id} is not queued or running at t={until:g}",
+                fix="pick a job that has been submitted and not finished by then",
+            )
         name, row = found[0]
         if output == "json":
             emit_json({"time": until, "policy": policy, "partition": name, "job": row.to_json()})
@@ -149,19 +246,31 @@ def _explain_at(partitions: Sequence[Any], policy: str, until: float, backfill_b
             _print_row(row, f"t={until:g} ({policy}, partition {name})")
         return
     if output == "json":
-        emit_json({"time": until, "policy": policy,
-                   "partitions": {name: [r.to_json() for r in rows] for name, rows in views.items()}})
+        emit_json(
+            {
+                "time": until,
+                "policy": policy,
+                "partitions": {name: [r.to_json() for r in rows] for name, rows in views.items()},
+            }
+        )
         return
     console = Console(soft_wrap=True)
     for name, rows in views.items():
         waiting = sum(r.state in ("waiting", "unschedulable") for r in rows)
-        console.print(queue_table(rows, f"partition {name} at t={until:g} ({policy}): "
-                                        f"{len(rows) - waiting} running or starting, {waiting} waiting"))
+        console.print(
+            queue_table(
+                rows,
+                f"partition {name} at t={until:g} ({policy}): "
+                f"{len(rows) - waiting} running or starting, {waiting} waiting",
+            )
+        )
 
 
 def _print_row(row: QueueRow, where: str) -> None:
-    click.echo(f"{row.job_id} ({row.gang}, queue {row.queue}, priority {row.priority}) at {where}: {row.state}"
-               f" for {duration_words(row.since_s)}")
+    click.echo(
+        f"{row.job_id} ({row.gang}, queue {row.queue}, priority {row.priority}) at {where}: {row.state}"
+        f" for {duration_words(row.since_s)}"
+    )
     if row.reasons:
         for reason in row.reasons:
             click.echo(f"  - {reason}")
@@ -170,6 +279,7 @@ def _print_row(row: QueueRow, where: str) -> None:
 
 
 # -- queue and explain (the local backend's jobs) ---------------------------------------------
+
 
 def _gpu_count() -> int:
     """GPUs on this machine by ``nvidia-smi -L`` (no CUDA library import), 0 without it."""
@@ -203,8 +313,11 @@ def _local_view(ctx: click.Context, policy: str) -> tuple[list[QueueRow], dict[s
     from orchestrator.store import JobState
 
     now = time.time()
-    records = [r for r in get_backend("local", settings_of(ctx)).list(10_000)
-               if r.state in (JobState.PENDING, JobState.RUNNING, JobState.CANCELLING)]
+    records = [
+        r
+        for r in get_backend("local", settings_of(ctx)).list(10_000)
+        if r.state in (JobState.PENDING, JobState.RUNNING, JobState.CANCELLING)
+    ]
     cpus, memory, gpus = os.cpu_count() or 1, psutil.virtual_memory().total, _gpu_count()
     unreadable: dict[str, str] = {}
     requests = {}
@@ -216,8 +329,15 @@ def _local_view(ctx: click.Context, policy: str) -> tuple[list[QueueRow], dict[s
             continue
         # The local backend runs on whatever GPUs this machine has: drop the type preference.
         requests[record.id] = (record, dataclasses.replace(request, accelerators=()))
-    pool: dict[str, Any] = {"name": "local", "nodes": 1, "cpus_per_node": float(cpus), "memory_per_node": memory}
-    pool.update({"accelerator": "nvidia-gpu", "accelerators_per_node": gpus} if gpus else {"accelerator": "cpu"})
+    pool: dict[str, Any] = {
+        "name": "local",
+        "nodes": 1,
+        "cpus_per_node": float(cpus),
+        "memory_per_node": memory,
+    }
+    pool.update(
+        {"accelerator": "nvidia-gpu", "accelerators_per_node": gpus} if gpus else {"accelerator": "cpu"}
+    )
     queues = sorted({req.queue for _, req in requests.values()} | {"default"})
     cluster = cluster_from_data({"name": "local", "pools": [pool], "queues": [{"name": q} for q in queues]})
     machine = f"this machine: {cpus} cpus, {memory / 2**30:.1f} GiB, {gpus} GPUs"
@@ -234,13 +354,27 @@ def _local_view(ctx: click.Context, policy: str) -> tuple[list[QueueRow], dict[s
         if record.state is JobState.PENDING:
             continue
         options = scheduler.eligibility(request).options
-        placement = next((p for o in options if (p := find_placement(state.capacity.pools[o.pool.name], request,
-                                                                        o.resource)) is not None), None)
+        placement = next(
+            (
+                p
+                for o in options
+                if (p := find_placement(state.capacity.pools[o.pool.name], request, o.resource)) is not None
+            ),
+            None,
+        )
         if placement is None:  # Ray runs it anyway (or queues its workers): do not count it
             state.finish(job_id, now)
-            overcommitted.append(QueueRow(job_id, request.queue, job.priority, "running", request.describe(),
-                                          now - (record.started_at or record.created_at),
-                                          "running; not counted: it does not fit this machine's free resources"))
+            overcommitted.append(
+                QueueRow(
+                    job_id,
+                    request.queue,
+                    job.priority,
+                    "running",
+                    request.describe(),
+                    now - (record.started_at or record.created_at),
+                    "running; not counted: it does not fit this machine's free resources",
+                )
+            )
         else:
             state.start(job, placement, record.started_at or record.created_at)
     return queue_rows(scheduler, state) + overcommitted, unreadable, machine
@@ -255,8 +389,14 @@ def queue_command(ctx: click.Context, policy: str, output: str) -> None:
     """Show queued and running jobs of this machine, with their state and why they wait."""
     rows, unreadable, machine = _local_view(ctx, _policies([policy])[0])
     if output == "json":
-        emit_json({"time": time.time(), "machine": machine, "jobs": [r.to_json() for r in rows],
-                   "unreadable": unreadable})
+        emit_json(
+            {
+                "time": time.time(),
+                "machine": machine,
+                "jobs": [r.to_json() for r in rows],
+                "unreadable": unreadable,
+            }
+        )
         return
     if not rows and not unreadable:
         click.echo(f"no queued or running jobs ({machine})")
@@ -281,8 +421,9 @@ def explain(ctx: click.Context, job_id: str, policy: str, output: str) -> None:
     row = next((r for r in rows if r.job_id == record.id), None)
     if row is None:
         why = unreadable.get(record.id)
-        message = (f"its spec cannot be read: {why}" if why else
-                   f"it is {record.state.value}, not queued or running")
+        message = (
+            f"its spec cannot be read: {why}" if why else f"it is {record.state.value}, not queued or running"
+        )
         if output == "json":
             emit_json({"job_id": record.id, "state": record.state.value, "detail": message})
         else:

@@ -28,7 +28,9 @@ class PoolCapacity:
     def __init__(self, pool: NodePool) -> None:
         self.pool = pool
         n = pool.nodes
-        self.per_node = float(pool.accelerators_per_node if pool.accelerator != CPU else pool.cpus_per_node or 0)
+        self.per_node = float(
+            pool.accelerators_per_node if pool.accelerator != CPU else pool.cpus_per_node or 0
+        )
         self.free = [self.per_node] * n
         tracks_cpu = pool.accelerator != CPU and pool.cpus_per_node is not None
         self.free_cpu: list[float] | None = [float(pool.cpus_per_node or 0)] * n if tracks_cpu else None
@@ -59,7 +61,7 @@ class PoolCapacity:
 
     def best_fit(self, primary: float, cpu: float, mem: int, skip: set[int] | None = None) -> int | None:
         """The node (not in ``skip``) with the least free primary resource that still fits."""
-        for bucket in self.buckets[bucket_of(primary) if primary > EPS else 0:]:
+        for bucket in self.buckets[bucket_of(primary) if primary > EPS else 0 :]:
             for node in bucket:
                 if self.fits(node, primary, cpu, mem) and (skip is None or node not in skip):
                     return node
@@ -110,8 +112,12 @@ class Capacity:
 
     __slots__ = ("cluster", "pools", "quota")
 
-    def __init__(self, cluster: ClusterSpec, pools: dict[str, PoolCapacity] | None = None,
-                 quota: QuotaBook | None = None) -> None:
+    def __init__(
+        self,
+        cluster: ClusterSpec,
+        pools: dict[str, PoolCapacity] | None = None,
+        quota: QuotaBook | None = None,
+    ) -> None:
         self.cluster = cluster
         self.pools = pools if pools is not None else {p.name: PoolCapacity(p) for p in cluster.pools}
         self.quota = quota if quota is not None else QuotaBook(cluster)

@@ -86,31 +86,52 @@ class NodePool(_Model):
     def _consistent(self) -> NodePool:
         if self.accelerator == CPU:
             if self.accelerators_per_node:
-                raise CrossFieldError("accelerators_per_node", "a cpu pool has no accelerators",
-                                      fix="set accelerators_per_node: 0 or name the accelerator type")
+                raise CrossFieldError(
+                    "accelerators_per_node",
+                    "a cpu pool has no accelerators",
+                    fix="set accelerators_per_node: 0 or name the accelerator type",
+                )
             if self.cpus_per_node is None:
-                raise CrossFieldError("cpus_per_node", "a cpu pool needs cpus_per_node",
-                                      fix="add cpus_per_node: <CPUs of one node>")
+                raise CrossFieldError(
+                    "cpus_per_node",
+                    "a cpu pool needs cpus_per_node",
+                    fix="add cpus_per_node: <CPUs of one node>",
+                )
         elif self.accelerators_per_node == 0:
-            raise CrossFieldError("accelerators_per_node", f"pool of {self.accelerator} needs accelerators_per_node",
-                                  fix="add accelerators_per_node: <GPUs or TPU chips per node>")
+            raise CrossFieldError(
+                "accelerators_per_node",
+                f"pool of {self.accelerator} needs accelerators_per_node",
+                fix="add accelerators_per_node: <GPUs or TPU chips per node>",
+            )
         if self.topology is not None:
             if not self.is_tpu:
-                raise CrossFieldError("topology", "only TPU pools have a slice topology",
-                                      fix="drop topology, or use a tpu-... accelerator")
+                raise CrossFieldError(
+                    "topology",
+                    "only TPU pools have a slice topology",
+                    fix="drop topology, or use a tpu-... accelerator",
+                )
             chips = self.chips_per_slice
             if chips % self.accelerators_per_node:
-                raise CrossFieldError("topology", f"topology {self.topology} has {chips} chips, not a multiple "
-                                      f"of accelerators_per_node {self.accelerators_per_node}",
-                                      fix="fix the topology or the chips per host")
+                raise CrossFieldError(
+                    "topology",
+                    f"topology {self.topology} has {chips} chips, not a multiple "
+                    f"of accelerators_per_node {self.accelerators_per_node}",
+                    fix="fix the topology or the chips per host",
+                )
             if self.nodes % self.hosts_per_slice:
-                raise CrossFieldError("nodes", f"{self.nodes} nodes is not a whole number of {self.topology} "
-                                      f"slices ({self.hosts_per_slice} hosts each)",
-                                      fix=f"use a multiple of {self.hosts_per_slice}")
+                raise CrossFieldError(
+                    "nodes",
+                    f"{self.nodes} nodes is not a whole number of {self.topology} "
+                    f"slices ({self.hosts_per_slice} hosts each)",
+                    fix=f"use a multiple of {self.hosts_per_slice}",
+                )
         low, high = self.min_nodes, self.max_nodes
         if (low is not None and low > self.nodes) or (high is not None and high < self.nodes):
-            raise CrossFieldError("nodes", f"nodes {self.nodes} is outside min_nodes..max_nodes ({low}..{high})",
-                                  fix="keep min_nodes <= nodes <= max_nodes")
+            raise CrossFieldError(
+                "nodes",
+                f"nodes {self.nodes} is outside min_nodes..max_nodes ({low}..{high})",
+                fix="keep min_nodes <= nodes <= max_nodes",
+            )
         return self
 
     @property
@@ -123,7 +144,11 @@ class NodePool(_Model):
 
     @property
     def chips_per_slice(self) -> int:
-        return math.prod(int(x) for x in self.topology.split("x")) if self.topology else self.accelerators_per_node
+        return (
+            math.prod(int(x) for x in self.topology.split("x"))
+            if self.topology
+            else self.accelerators_per_node
+        )
 
     @property
     def hosts_per_slice(self) -> int:
@@ -142,7 +167,9 @@ class Quota(_Model):
 
     nominal: float = Field(ge=0, description="What the queue owns.")
     borrowing_limit: float | None = Field(
-        default=None, ge=0, description="How much above nominal it may borrow from its cohort (none: no limit)."
+        default=None,
+        ge=0,
+        description="How much above nominal it may borrow from its cohort (none: no limit).",
     )
     lending_limit: float | None = Field(
         default=None, ge=0, description="How much of its unused nominal it lends to the cohort (none: all)."
@@ -151,8 +178,11 @@ class Quota(_Model):
     @model_validator(mode="after")
     def _lend_within_nominal(self) -> Quota:
         if self.lending_limit is not None and self.lending_limit > self.nominal:
-            raise CrossFieldError("lending_limit", f"lending_limit {self.lending_limit} exceeds nominal {self.nominal}",
-                                  fix="lend at most the nominal quota")
+            raise CrossFieldError(
+                "lending_limit",
+                f"lending_limit {self.lending_limit} exceeds nominal {self.nominal}",
+                fix="lend at most the nominal quota",
+            )
         return self
 
     @property
@@ -165,8 +195,12 @@ class Queue(_Model):
     """A queue (a team, a project): default priority, per-type quotas, an optional cohort."""
 
     name: str = Field(pattern=NAME_PATTERN, max_length=63)
-    cohort: str | None = Field(default=None, pattern=NAME_PATTERN, description="Queues of a cohort lend and borrow.")
-    priority: int | str = Field(default="normal", description="Priority class of its jobs unless they name one.")
+    cohort: str | None = Field(
+        default=None, pattern=NAME_PATTERN, description="Queues of a cohort lend and borrow."
+    )
+    priority: int | str = Field(
+        default="normal", description="Priority class of its jobs unless they name one."
+    )
     quotas: dict[str, Quota] = Field(
         default_factory=dict, description="Per accelerator type (or cpu). Empty: no quota, no limit."
     )
@@ -207,12 +241,17 @@ class ClusterSpec(_Model):
         for i, queue in enumerate(self.queues):
             for resource in queue.quotas:
                 if resource not in types:
-                    raise CrossFieldError(f"queues[{i}].quotas.{resource}",
-                                          f"no pool has accelerator {resource!r}",
-                                          fix="use one of " + ", ".join(sorted(types)))
+                    raise CrossFieldError(
+                        f"queues[{i}].quotas.{resource}",
+                        f"no pool has accelerator {resource!r}",
+                        fix="use one of " + ", ".join(sorted(types)),
+                    )
             if isinstance(queue.priority, str) and queue.priority not in self.priority_classes:
-                raise CrossFieldError(f"queues[{i}].priority", f"unknown priority class {queue.priority!r}",
-                                      fix="use one of " + ", ".join(self.priority_classes))
+                raise CrossFieldError(
+                    f"queues[{i}].priority",
+                    f"unknown priority class {queue.priority!r}",
+                    fix="use one of " + ", ".join(self.priority_classes),
+                )
         return self
 
     @cached_property
@@ -241,8 +280,16 @@ class ClusterSpec(_Model):
         if isinstance(priority, int):
             return priority
         if priority not in self.priority_classes:
-            raise SpecError([SpecIssue("resources.priority", f"unknown priority class {priority!r}",
-                                       value=priority, fix="use one of " + ", ".join(self.priority_classes))])
+            raise SpecError(
+                [
+                    SpecIssue(
+                        "resources.priority",
+                        f"unknown priority class {priority!r}",
+                        value=priority,
+                        fix="use one of " + ", ".join(self.priority_classes),
+                    )
+                ]
+            )
         return self.priority_classes[priority]
 
 
@@ -250,7 +297,9 @@ def _unique(field: str, names: list[str]) -> None:
     seen: set[str] = set()
     for i, name in enumerate(names):
         if name in seen:
-            raise CrossFieldError(f"{field}[{i}].name", f"{name!r} is used twice", fix="give each a unique name")
+            raise CrossFieldError(
+                f"{field}[{i}].name", f"{name!r} is used twice", fix="give each a unique name"
+            )
         seen.add(name)
 
 
@@ -260,15 +309,25 @@ class ClusterFileError(SpecError):
     def __init__(self, issues: list[SpecIssue], *, source: str | None = None) -> None:
         super().__init__(issues, source=source)
         count = len(self.issues)
-        self.message = f"invalid cluster file {source or ''}".rstrip() + f": {count} problem{'s' * (count != 1)}"
+        self.message = (
+            f"invalid cluster file {source or ''}".rstrip() + f": {count} problem{'s' * (count != 1)}"
+        )
         self.args = (self.message,)
 
 
 def cluster_from_data(data: Any, source: str = "<cluster>", lines: Any = None) -> ClusterSpec:
     """Validate plain data (a parsed cluster YAML) into a ClusterSpec, or raise ClusterFileError."""
     if not isinstance(data, dict):
-        raise ClusterFileError([SpecIssue("", "the top level must be a mapping with a 'pools:' list",
-                                          fix="see examples/clusters/gpu.yaml")], source=source)
+        raise ClusterFileError(
+            [
+                SpecIssue(
+                    "",
+                    "the top level must be a mapping with a 'pools:' list",
+                    fix="see examples/clusters/gpu.yaml",
+                )
+            ],
+            source=source,
+        )
     try:
         return ClusterSpec.model_validate(data)
     except ValidationError as exc:
@@ -283,11 +342,13 @@ def load_cluster(path: str | Path) -> ClusterSpec:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = "no such file" if isinstance(exc, FileNotFoundError) else f"cannot read it ({exc})"
-        raise ClusterFileError([SpecIssue("", reason, fix="check the path; examples are in examples/clusters/")],
-                               source=source) from None
+        raise ClusterFileError(
+            [SpecIssue("", reason, fix="check the path; examples are in examples/clusters/")], source=source
+        ) from None
     if not text.strip():
-        raise ClusterFileError([SpecIssue("", "the file is empty", fix="see examples/clusters/gpu.yaml")],
-                               source=source)
+        raise ClusterFileError(
+            [SpecIssue("", "the file is empty", fix="see examples/clusters/gpu.yaml")], source=source
+        )
     try:
         loaded = parse_yaml_text(text, source)
     except SpecError as exc:
@@ -296,7 +357,11 @@ def load_cluster(path: str | Path) -> ClusterSpec:
 
 
 _MODELS_BY_PATH: dict[str, type[BaseModel]] = {
-    "": ClusterSpec, "pools": NodePool, "queues": Queue, "taints": Taint, "scheduler": SchedulerSettings,
+    "": ClusterSpec,
+    "pools": NodePool,
+    "queues": Queue,
+    "taints": Taint,
+    "scheduler": SchedulerSettings,
     "quotas": Quota,
 }
 

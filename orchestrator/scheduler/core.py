@@ -19,11 +19,12 @@ from __future__ import annotations
 import math
 import weakref
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from orchestrator.errors import UsageError
 from orchestrator.scheduler import explain as words
-from orchestrator.scheduler.capacity import Capacity
+from orchestrator.scheduler.capacity import EPS, Capacity
 from orchestrator.scheduler.clock import Clock, SystemClock
 from orchestrator.scheduler.cluster import ClusterSpec
 from orchestrator.scheduler.decisions import Decision, Place, Placement, Preempt, Reason, Wait
@@ -57,8 +58,14 @@ class PassResult:
 class Scheduler:
     """Places gangs on a cluster by a policy; the clock is injected (real or simulated time)."""
 
-    def __init__(self, cluster: ClusterSpec, policy: Policy | str | None = None, clock: Clock | None = None,
-                 *, backfill_bound_s: float | None = None) -> None:
+    def __init__(
+        self,
+        cluster: ClusterSpec,
+        policy: Policy | str | None = None,
+        clock: Clock | None = None,
+        *,
+        backfill_bound_s: float | None = None,
+    ) -> None:
         self.cluster = cluster
         self.policy = get_policy(policy if policy is not None else cluster.scheduler.policy)
         self.clock: Clock = clock or SystemClock()
@@ -68,7 +75,8 @@ class Scheduler:
         self._by_job: dict[str, tuple[GangRequest, Eligibility]] = {}
         # Per state: waiting jobs kept in order, and when running jobs cross policy thresholds.
         self._orders: weakref.WeakKeyDictionary[ClusterState, tuple[PendingOrder, RunningWatch]] = (
-            weakref.WeakKeyDictionary())
+            weakref.WeakKeyDictionary()
+        )
 
     def tracking(self, state: ClusterState) -> tuple[PendingOrder, RunningWatch]:
         """The state's waiting jobs in this scheduler's order (updated to now), and its watch."""
@@ -126,8 +134,18 @@ class SchedulingPass:
         # (pool, queue, priority, worker shape) -> fewest workers that failed: a larger gang of the
         # same shape fails too, until a preemption frees more than its preemptor takes.
         self.failed: dict[tuple[object, ...], int] = {}
+        # (queue, priority, worker shape, pools) -> [(band, workers)] for which preemption found no
+        # plan: a gang as large or larger, in a band no better, finds fewer victims and needs more.
+        self.no_victims: dict[tuple[object, ...], list[tuple[float, int]]] = {}
         self.waiting_by_pools: Counter[tuple[int, frozenset[str]]] = Counter()
-        self._running_floor: tuple[int, float] | None = None
+        self._lowest_running: int | None = None  # lowest priority among running jobs
+        self._worst_seen = -math.inf  # worst band among the running jobs scanned so far
+        self._running_scan: Iterator[Job] | None = None
+        self._steady = type(self.policy).steady_key is not Policy.steady_key
+        # Running bands that change only at next_change: the watch counts running jobs per band.
+        self._piecewise = type(self.policy).next_change is not Policy.next_change
+        self._worst_running: float | None = None
+        self._watch: RunningWatch | None = None
 
     @property
     def work(self) -> Capacity:
@@ -142,11 +160,22 @@ class SchedulingPass:
     def sort_key(self, job: Job) -> tuple[float, tuple[float, ...]]:
         """(-priority, policy rank), reused across passes for as long as the policy says it holds."""
         cache = job.rank_cache
-        if (cache is not None and cache[0] is self.policy and cache[1] == job.run_start
-                and cache[2] == job.queued_since and self.now < cache[3]):
+        if (
+            cache is not None
+            and cache[0] is self.policy
+            and cache[1] == job.run_start
+            and cache[2] == job.queued_since
+            and self.now < cache[3]
+        ):
             return cache[4]
         key = (-job.priority, self.policy.rank(job, self.now))
-        job.rank_cache = (self.policy, job.run_start, job.queued_since, self.policy.rank_until(job, self.now), key)
+        job.rank_cache = (
+            self.policy,
+            job.run_start,
+            job.queued_since,
+            self.policy.rank_until(job, self.now),
+            key,
+        )
         return key
 
     def rank(self, job: Job) -> tuple[float, ...]:
@@ -157,17 +186,47 @@ class SchedulingPass:
 
     def may_have_victims(self, job: Job) -> bool:
         """False when no running job can give way to ``job`` by priority or policy band."""
-        if self._running_floor is None:
-            lowest = min(self.state.running_priorities, default=2**62)
-            worst = -math.inf
-            if self.policy.preemptive:
-                worst = max((self.band(j) for j in self.state.running.values()), default=-math.inf)
-            self._running_floor = (lowest, worst)
-        lowest, worst = self._running_floor
-        return lowest < job.priority or worst > self.band(job)
+        if self._lowest_running is None:
+            self._lowest_running = min(self.state.running_priorities, default=2**62)
+        if self._lowest_running < job.priority:
+            return True
+        if not self.policy.preemptive:
+            return False
+        band = self.band(job)
+        if self._worst_seen > band:
+            return True
+        if self._piecewise and self._watch is not None:
+            if self._worst_running is None:
+                self._worst_running = self._watch.worst_band(self.state, self.now)
+            return self._worst_running > band
+        if self._steady and self._worst_running is None:
+            worst = self._watch.worst(self.state, self.now) if self._watch is not None else None
+            if worst is not None or not self.state.running:
+                self._worst_running = -math.inf if worst is None else self.policy.band(worst, self.now)
+            else:
+                self._steady = False  # the policy gave no key for some job: scan instead
+        if self._steady and self._worst_running is not None:
+            return self._worst_running > band
+        # Scan the running jobs (which a pass never changes) only as far as needed: one with a
+        # worse band usually comes early (long runs started early), and a pass resumes the scan.
+        if self._worst_seen >= self.policy.worst_band:
+            return False  # the scan already met a job in the policy's last band
+        if self._running_scan is None:
+            self._running_scan = iter(self.state.running.values())
+        policy_band, now = self.policy.band, self.now
+        for running in self._running_scan:
+            seen = policy_band(running, now)
+            if seen > self._worst_seen:
+                self._worst_seen = seen
+                if seen > band:
+                    return True
+                if seen >= self.policy.worst_band:
+                    break
+        return False
 
     def run(self) -> PassResult:
         order, watch = self.scheduler.tracking(self.state)
+        self._watch = watch
         if self.explain:
             self.result.order = [job.id for job in order]
         queues = len(self.state.pending_queues)
@@ -189,28 +248,46 @@ class SchedulingPass:
         queue = self.state.cluster.queue_by_name.get(job.queue)
         if queue is None:
             known = ", ".join(self.state.cluster.queue_by_name)
-            return self._wait(job, [Reason("unknown-queue", f"queue {job.queue} does not exist (queues: {known})")],
-                              (), permanent=True)
+            return self._wait(
+                job,
+                [Reason("unknown-queue", f"queue {job.queue} does not exist (queues: {known})")],
+                (),
+                permanent=True,
+            )
         head = self.blocked.get(job.queue)
         if head is not None and not self.policy.backfill:
-            return self.explain and self._wait(job, [words.head_of_line(head.id, job.queue, self.policy.name)], ())
+            return self.explain and self._wait(
+                job, [words.head_of_line(head.id, job.queue, self.policy.name)], ()
+            )
         eligibility = self.scheduler.eligibility_of(job)
         if not eligibility.options:
-            return self.explain and self._wait(job, list(words.unschedulable(job.request, eligibility)), (),
-                                               permanent=True)
+            return self.explain and self._wait(
+                job, list(words.unschedulable(job.request, eligibility)), (), permanent=True
+            )
         options = eligibility.options
         held = self.held.get(job.queue)
         if held is not None:
             options = tuple(o for o in options if o.pool.name not in held)
             if not options:
-                return self.explain and self._wait(job, [words.held_back(
-                    head.id, job.queue, self.now - head.queued_since, self.bound)] if head else [],
-                    eligibility.options)
+                return self.explain and self._wait(
+                    job,
+                    [words.held_back(head.id, job.queue, self.now - head.queued_since, self.bound)]
+                    if head
+                    else [],
+                    eligibility.options,
+                )
         tried: list[tuple[PoolOption, str | None]] = []  # (option, quota reason or None)
         request = job.request
+        shape = (
+            job.queue,
+            job.priority,
+            request.accelerators_per_worker,
+            request.cpus_per_worker,
+            request.memory_per_worker,
+            request.topology,
+        )
         for option in options:
-            key = (option.pool.name, job.queue, job.priority, request.accelerators_per_worker,
-                   request.cpus_per_worker, request.memory_per_worker, request.topology)
+            key = (option.pool.name, *shape)
             if self.failed.get(key, math.inf) <= request.workers:
                 tried.append((option, None))
                 continue
@@ -223,9 +300,22 @@ class SchedulingPass:
                 self._place(job, placement, verdict.borrowing)
                 return True
             tried.append((option, None))
-        head_past_bound = (self.policy.backfill and job.queue not in self.blocked
-                           and self.now - job.queued_since >= self.bound)
-        plan = plan_preemption(self, job, options, head_past_bound)
+        head_past_bound = (
+            self.policy.backfill
+            and job.queue not in self.blocked
+            and self.now - job.queued_since >= self.bound
+        )
+        pools = (*shape, tuple(o.pool.name for o in options))
+        cacheable = not head_past_bound and not self.work.quota.limited
+        if cacheable and any(
+            band <= self.band(job) and workers <= request.workers
+            for band, workers in self.no_victims.get(pools, ())
+        ):
+            plan = None  # a smaller gang of this shape in a band no worse found no victims enough
+        else:
+            plan = plan_preemption(self, job, options, head_past_bound)
+            if plan is None and cacheable:
+                self.no_victims.setdefault(pools, []).append((self.band(job), request.workers))
         if plan is not None:
             for victim, why in plan.victims:
                 self.result.decisions.append(Preempt(victim.id, job.id, why, self.state.lost_work(victim)))
@@ -233,23 +323,44 @@ class SchedulingPass:
                 self.writable().give(victim.placement, victim.queue)
                 self.taken.add(victim.id)
             self.failed.clear()  # victims may have freed more than the preemptor takes
+            self.no_victims.clear()
             self._place(job, plan.placement, plan.borrowing, tuple(v.id for v, _ in plan.victims))
             return True
         for option in options:
-            key = (option.pool.name, job.queue, job.priority, request.accelerators_per_worker,
-                   request.cpus_per_worker, request.memory_per_worker, request.topology)
+            key = (option.pool.name, *shape)
             self.failed[key] = min(self.failed.get(key, request.workers), request.workers)
         self._block(job, options)
         if not self.explain:
+            if self._nothing_more(job):
+                self.closed.add(job.queue)
             return False
         reasons = [words.pool_room(self.work.pools[o.pool.name], request) for o, why in tried if why is None]
         reasons += [Reason("quota", why) for _, why in tried if why is not None]
         return self._wait(job, reasons, eligibility.options)
 
+    def _nothing_more(self, job: Job) -> bool:
+        """True when no job after ``job`` in its queue can start in this pass.
+
+        Later jobs of the queue have a lower priority or a worse rank, are not its head, and get no
+        quota reclaim (no quotas here); so when every pool is full and ``job`` has no possible
+        victim, none of them can be placed or preempt. In a busy cluster this ends most passes
+        early instead of walking thousands of waiting jobs.
+        """
+        if self.work.quota.limited or any(p.free_total > EPS for p in self.work.pools.values()):
+            return False
+        return not self.may_have_victims(job)
+
     def _place(self, job: Job, placement: Placement, borrowing: bool, preempts: tuple[str, ...] = ()) -> None:
-        self.result.decisions.append(Place(
-            job.id, placement, borrowing=borrowing, backfill=job.queue in self.blocked, preempts=preempts,
-            promoted=self.policy.promoted(job, self.now)))
+        self.result.decisions.append(
+            Place(
+                job.id,
+                placement,
+                borrowing=borrowing,
+                backfill=job.queue in self.blocked,
+                preempts=preempts,
+                promoted=self.policy.promoted(job, self.now),
+            )
+        )
         self.writable().take(placement, job.queue)
 
     def _block(self, job: Job, options: tuple[PoolOption, ...]) -> None:
@@ -266,8 +377,9 @@ class SchedulingPass:
         else:
             self.wakeups.append(job.queued_since + self.bound)
 
-    def _wait(self, job: Job, reasons: list[Reason], options: tuple[PoolOption, ...],
-              permanent: bool = False) -> bool:
+    def _wait(
+        self, job: Job, reasons: list[Reason], options: tuple[PoolOption, ...], permanent: bool = False
+    ) -> bool:
         if not self.explain:
             return False
         pools = frozenset(o.pool.name for o in options)

@@ -26,16 +26,20 @@ def pool_room(cap: PoolCapacity, request: GangRequest) -> Reason:
     pool = cap.pool
     if pool.topology and cap.slice_free is not None:
         whole = sum(1 for hosts in cap.slice_free if hosts == pool.hosts_per_slice)
-        return Reason("capacity", f"pool {pool.name} has {whole} of {len(cap.slice_free)} "
-                                  f"{pool.topology} slices wholly free")
+        return Reason(
+            "capacity",
+            f"pool {pool.name} has {whole} of {len(cap.slice_free)} {pool.topology} slices wholly free",
+        )
     unit = "" if pool.accelerator != CPU else " cpus"
     text = f"pool {pool.name} has {fmt_amount(round(cap.free_total, 6))}{unit} free"
     need = request.accelerators_per_worker if pool.accelerator != CPU else request.cpus_per_worker
     if need and cap.free_total + EPS >= need * request.workers:
         per_node = workers_per_node(pool, request)
         nodes = -(-request.workers // per_node)
-        text += (f", too scattered for the gang (it needs {nodes} node{'s' * (nodes != 1)}, "
-                 f"largest free block {fmt_amount(cap.max_free())})")
+        text += (
+            f", too scattered for the gang (it needs {nodes} node{'s' * (nodes != 1)}, "
+            f"largest free block {fmt_amount(cap.max_free())})"
+        )
     elif not need and request.cpus_per_worker and cap.free_cpu is not None:
         text = f"pool {pool.name} has {fmt_amount(round(sum(cap.free_cpu), 6))} cpus free"
     return Reason("capacity", text)
@@ -46,8 +50,11 @@ def unschedulable(request: GangRequest, eligibility: Eligibility) -> tuple[Reaso
     reasons = [Reason("too-large", text) for text in eligibility.never]
     reasons += [Reason("excluded", text) for text in eligibility.excluded]
     if not reasons:
-        wanted = " or ".join(request.accelerators) if request.accelerators else (
-            "GPUs" if request.accelerators_per_worker else "cpus")
+        wanted = (
+            " or ".join(request.accelerators)
+            if request.accelerators
+            else ("GPUs" if request.accelerators_per_worker else "cpus")
+        )
         reasons.append(Reason("no-pool", f"no pool has {wanted}"))
     return tuple(reasons)
 
@@ -62,14 +69,17 @@ def queued_ahead(higher: int, same: int, policy: str) -> list[Reason]:
 
 
 def head_of_line(head_id: str, queue: str, policy: str) -> Reason:
-    return Reason("head-of-line",
-                  f"blocked behind {head_id} at the head of queue {queue} ({policy} does not backfill)")
+    return Reason(
+        "head-of-line", f"blocked behind {head_id} at the head of queue {queue} ({policy} does not backfill)"
+    )
 
 
 def held_back(head_id: str, queue: str, waited: float, bound: float) -> Reason:
-    return Reason("backfill-bound",
-                  f"held back for {head_id}, which has waited {duration_words(waited)} at the head of "
-                  f"queue {queue}, past the backfill bound of {duration_words(bound)}")
+    return Reason(
+        "backfill-bound",
+        f"held back for {head_id}, which has waited {duration_words(waited)} at the head of "
+        f"queue {queue}, past the backfill bound of {duration_words(bound)}",
+    )
 
 
 def duration_words(seconds: float) -> str:

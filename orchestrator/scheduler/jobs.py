@@ -97,16 +97,21 @@ class GangRequest:
         return f"{self.workers} worker{'s' * (self.workers != 1)} x {fmt_amount(self.cpus_per_worker)} cpus"
 
 
-
 def request_from_spec(spec: JobSpec) -> GangRequest:
     """The gang request of a job spec (``resources``). Raises SpecError for unschedulable specs."""
     r = spec.resources
     choices = r.accelerator_choices
     if choices and not r.gpus_per_worker:
-        raise SpecError([SpecIssue(
-            "resources.gpus_per_worker", "an accelerator type is set but no accelerators per worker",
-            value=r.gpus_per_worker, fix="set resources.gpus_per_worker (GPUs or TPU chips per worker)",
-        )])
+        raise SpecError(
+            [
+                SpecIssue(
+                    "resources.gpus_per_worker",
+                    "an accelerator type is set but no accelerators per worker",
+                    value=r.gpus_per_worker,
+                    fix="set resources.gpus_per_worker (GPUs or TPU chips per worker)",
+                )
+            ]
+        )
     return GangRequest(
         workers=r.workers,
         accelerators_per_worker=float(r.gpus_per_worker),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
+from collections import Counter
 from collections.abc import Iterator
 
 from orchestrator.scheduler.policies import Policy
@@ -90,11 +91,47 @@ class RunningWatch:
         self.policy = policy
         self.seen: dict[str, float | None] = {}  # job id -> run start it was computed for
         self.heap: list[tuple[float, str, float]] = []  # (when, job id, run start)
+        self.band_of: dict[str, float] = {}  # job id -> band when last tracked
+        self.band_count: Counter[float] = Counter()  # band -> running jobs in it
+        # For policies whose running jobs keep their band order (``Policy.steady_key``): the
+        # running jobs by that key, worst first, so "is any running job in a worse band?" costs
+        # O(log n) instead of a scan of every running job at every pass.
+        self.worst_seen: dict[str, float | None] = {}
+        self.worst_heap: list[tuple[float, int, str, float]] = []  # (-key, seq, job id, run start)
+
+    def worst(self, state: ClusterState, now: float) -> Job | None:
+        """The running job with the worst band (None: none runs, or the policy has no steady key)."""
+        running = state.running
+        for job_id in self.worst_seen.keys() - running.keys():
+            del self.worst_seen[job_id]
+        for job_id in running.keys() - self.worst_seen.keys():
+            job = running[job_id]
+            key = self.policy.steady_key(job, now)
+            if key is None or job.run_start is None:
+                return None
+            self.worst_seen[job_id] = job.run_start
+            heapq.heappush(self.worst_heap, (-key, job.seq, job_id, job.run_start))
+        heap = self.worst_heap
+        while heap and self.worst_seen.get(heap[0][2]) != heap[0][3]:
+            heapq.heappop(heap)  # stopped (and maybe restarted: its new entry is in the heap too)
+        return running[heap[0][2]] if heap else None
 
     def next_time(self, state: ClusterState, now: float) -> float | None:
+        self.sync(state, now)
+        return self.heap[0][0] if self.heap else None
+
+    def worst_band(self, state: ClusterState, now: float) -> float:
+        """The worst band among running jobs. Exact for policies whose running bands change only
+        at ``next_change`` (a restart between two syncs may leave it too high: safe for a bound)."""
+        self.sync(state, now)
+        return max(self.band_count, default=-math.inf)
+
+    def sync(self, state: ClusterState, now: float) -> None:
+        """Catch up with runs that started or stopped, and with changes due by ``now``."""
         running = state.running
         for job_id in self.seen.keys() - running.keys():
             del self.seen[job_id]
+            self._count(self.band_of.pop(job_id), -1)
         for job_id in running.keys() - self.seen.keys():
             self._track(running[job_id], now)
         heap = self.heap
@@ -103,10 +140,21 @@ class RunningWatch:
             job = running.get(job_id)
             if job is not None and self.seen.get(job_id) == started:
                 self._track(job, now)  # due now: its next change, if any
-        return heap[0][0] if heap else None
 
     def _track(self, job: Job, now: float) -> None:
         self.seen[job.id] = job.run_start
+        old = self.band_of.get(job.id)
+        if old is not None:
+            self._count(old, -1)
+        band = self.band_of[job.id] = self.policy.band(job, now)
+        self._count(band, +1)
         when = self.policy.next_change(job, now)
         if when is not None and job.run_start is not None:
             heapq.heappush(self.heap, (max(when, now + 1e-6), job.id, job.run_start))
+
+    def _count(self, band: float, change: int) -> None:
+        left = self.band_count[band] + change
+        if left:
+            self.band_count[band] = left
+        else:
+            del self.band_count[band]

@@ -61,15 +61,19 @@ def eligible_pools(cluster: ClusterSpec, request: GangRequest) -> Eligibility:
         if missing:
             excluded.append(f"pool {pool.name} lacks label {', '.join(missing)}")
             continue
-        untolerated = [t for t in pool.taints if t.key not in implicit
-                       and not any(tol.tolerates(t) for tol in request.tolerations)]
+        untolerated = [
+            t
+            for t in pool.taints
+            if t.key not in implicit and not any(tol.tolerates(t) for tol in request.tolerations)
+        ]
         hard = [t for t in untolerated if t.effect != "PreferNoSchedule"]
         if hard:
             excluded.append(f"pool {pool.name} is tainted {hard[0]}, not tolerated")
             continue
         if pool.is_tpu and request.topology and pool.topology != request.topology:
-            excluded.append(f"pool {pool.name} has {pool.topology or 'single-host'} slices, "
-                            f"not {request.topology}")
+            excluded.append(
+                f"pool {pool.name} has {pool.topology or 'single-host'} slices, not {request.topology}"
+            )
             continue
         problem = never_fits(pool, request)
         if problem:
@@ -100,8 +104,10 @@ def never_fits(pool: NodePool, request: GangRequest) -> str | None:
     what = request.describe(pool.accelerator if request.accelerators_per_worker else None)
     if pool.topology:
         if request.total_accelerators != pool.chips_per_slice or request.workers % pool.hosts_per_slice:
-            return (f"needs {what} on {request.workers} workers; pool {pool.name} has {pool.topology} slices "
-                    f"of {pool.chips_per_slice} chips on {pool.hosts_per_slice} hosts")
+            return (
+                f"needs {what} on {request.workers} workers; pool {pool.name} has {pool.topology} slices "
+                f"of {pool.chips_per_slice} chips on {pool.hosts_per_slice} hosts"
+            )
         return None if pool.nodes else f"pool {pool.name} has no slices"
     per_node = workers_per_node(pool, request)
     if per_node == 0:
@@ -145,11 +151,14 @@ def find_placement(capacity: PoolCapacity, request: GangRequest, resource: str) 
         shares = _spread(capacity, request.workers, primary, secondary, m)
     if shares is None:
         return None
-    return Placement(pool.name, pool.accelerator, shares, primary, secondary, m, resource, request.amount(resource))
+    return Placement(
+        pool.name, pool.accelerator, shares, primary, secondary, m, resource, request.amount(resource)
+    )
 
 
-def _consolidated(cap: PoolCapacity, request: GangRequest, p: float, c: float, m: int
-                  ) -> tuple[tuple[int, int], ...] | None:
+def _consolidated(
+    cap: PoolCapacity, request: GangRequest, p: float, c: float, m: int
+) -> tuple[tuple[int, int], ...] | None:
     per_node = workers_per_node(cap.pool, request)
     full, rest = divmod(request.workers, per_node)
     chunks = [per_node] * full + ([rest] if rest else [])
@@ -167,7 +176,9 @@ def _consolidated(cap: PoolCapacity, request: GangRequest, p: float, c: float, m
     return tuple(shares)
 
 
-def _spread(cap: PoolCapacity, workers: int, p: float, c: float, m: int) -> tuple[tuple[int, int], ...] | None:
+def _spread(
+    cap: PoolCapacity, workers: int, p: float, c: float, m: int
+) -> tuple[tuple[int, int], ...] | None:
     shares: list[tuple[int, int]] = []
     left = workers
     for bucket in reversed(cap.buckets):  # fewest nodes: the emptiest nodes first
@@ -186,7 +197,9 @@ def _spread(cap: PoolCapacity, workers: int, p: float, c: float, m: int) -> tupl
     return None
 
 
-def _whole_slice(cap: PoolCapacity, request: GangRequest, c: float, m: int) -> tuple[tuple[int, int], ...] | None:
+def _whole_slice(
+    cap: PoolCapacity, request: GangRequest, c: float, m: int
+) -> tuple[tuple[int, int], ...] | None:
     hosts = cap.pool.hosts_per_slice
     per_host = request.workers // hosts
     for index, whole in enumerate(cap.slice_free or ()):

@@ -37,10 +37,20 @@ class Policy:
     clairvoyant: ClassVar[bool] = False  # reads true durations: a reference only
     preemptive: ClassVar[bool] = False  # a better-ranked job may preempt a worse band
     backfill: ClassVar[bool] = True  # False: a blocked job blocks everything behind it in its queue
+    worst_band: float = math.inf  # no band is worse than this (lets a scan for worse bands stop)
 
     def rank(self, job: Job, now: float) -> tuple[float, ...]:
         """Smaller first. The first element is the band; the last must be ``job.seq`` (unique)."""
         raise NotImplementedError
+
+    def band(self, job: Job, now: float) -> float:
+        """``rank(job, now)[0]``; subclasses may compute it faster (it is asked of every running job)."""
+        return self.rank(job, now)[0]
+
+    def steady_key(self, job: Job, now: float) -> float | None:
+        """For a running job: a number that stays fixed while it runs and orders running jobs as
+        their bands do (greater: worse band); None when the policy has none."""
+        return None
 
     def rank_until(self, job: Job, now: float) -> float:
         """Until when ``rank(job, now)`` stays valid if nothing happens to the job."""
@@ -98,8 +108,17 @@ class Srtf(_Oracle):
         self.duration(job)
         return (job.remaining_at(now), job.submit_time, job.seq)
 
+    def band(self, job: Job, now: float) -> float:
+        if job.duration is None or job.run_start is None:
+            return self.rank(job, now)[0]
+        # remaining_at inlined: this is asked of every running job in most passes
+        return job.duration - job.work_done + job.restore_debt - (now - job.run_start)
+
     def rank_until(self, job: Job, now: float) -> float:
         return now if job.status is JobStatus.RUNNING else math.inf  # a running job's rank moves
+
+    def steady_key(self, job: Job, now: float) -> float | None:
+        return self.band(job, now) + now  # when it would finish: every running band falls at one rate
 
 
 class Las(Policy):
@@ -109,12 +128,19 @@ class Las(Policy):
     summary = "least attained accelerator-time first, in bands, preemptive, with aging (default)"
     preemptive = True
 
-    def __init__(self, thresholds: Sequence[float] = (3_600.0, 36_000.0), starve_factor: float = 4.0,
-                 min_starve_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        thresholds: Sequence[float] = (3_600.0, 36_000.0),
+        starve_factor: float = 4.0,
+        min_starve_s: float = 600.0,
+    ) -> None:
         if list(thresholds) != sorted(thresholds) or any(t <= 0 for t in thresholds):
-            raise UsageError(f"las thresholds must be positive and increasing, got {list(thresholds)}",
-                             fix="e.g. thresholds=(3600, 36000) accelerator-seconds")
+            raise UsageError(
+                f"las thresholds must be positive and increasing, got {list(thresholds)}",
+                fix="e.g. thresholds=(3600, 36000) accelerator-seconds",
+            )
         self.thresholds = tuple(float(t) for t in thresholds)
+        self.worst_band = len(self.thresholds)
         self.starve_factor = starve_factor
         self.min_starve_s = min_starve_s
 
@@ -129,8 +155,10 @@ class Las(Policy):
         return max(self.min_starve_s, self.starve_factor * job.last_run)
 
     def rank(self, job: Job, now: float) -> tuple[float, ...]:
-        band = 0 if self._starving(job, now) else bisect.bisect_right(self.thresholds, self.service(job, now))
-        return (band, job.submit_time, job.seq)
+        return (self.band(job, now), job.submit_time, job.seq)
+
+    def band(self, job: Job, now: float) -> float:
+        return 0 if self._starving(job, now) else bisect.bisect_right(self.thresholds, self.service(job, now))
 
     def rank_until(self, job: Job, now: float) -> float:
         when = self.next_change(job, now)
@@ -163,6 +191,7 @@ def get_policy(name: str | Policy | None = None) -> Policy:
         return name
     key = DEFAULT_POLICY if name in (None, "default") else str(name)
     if key not in POLICIES:
-        raise UsageError(f"unknown scheduling policy {name!r}",
-                         fix="use one of " + ", ".join([*POLICIES, "default"]))
+        raise UsageError(
+            f"unknown scheduling policy {name!r}", fix="use one of " + ", ".join([*POLICIES, "default"])
+        )
     return POLICIES[key]()

@@ -34,29 +34,45 @@ class PreemptionPlan:
     borrowing: bool
 
 
-def victims_in_pool(ctx: SchedulingPass, pool: str) -> list[Job]:
-    """Running jobs of ``pool`` in victim order (computed once per pass)."""
+def victims_in_pool(ctx: SchedulingPass, pool: str) -> list[tuple[Job, float]]:
+    """Running jobs of ``pool`` with their bands, in victim order (computed once per pass)."""
     cached = ctx.victim_order.get(pool)
     if cached is None:
-        jobs = [j for j in ctx.state.running.values() if j.placement is not None and j.placement.pool == pool]
-        jobs.sort(key=lambda v: (v.priority, -ctx.band(v), ctx.state.lost_work(v), -(v.run_start or 0.0), -v.seq))
+        band, now, lost = ctx.policy.band, ctx.now, ctx.state.lost_work
+        jobs = [
+            (j, band(j, now))
+            for j in ctx.state.running.values()
+            if j.placement is not None and j.placement.pool == pool
+        ]
+        jobs.sort(key=lambda vb: (vb[0].priority, -vb[1], lost(vb[0]), -(vb[0].run_start or 0.0), -vb[0].seq))
         cached = ctx.victim_order[pool] = jobs
     return cached
 
 
-def cause(ctx: SchedulingPass, victim: Job, job: Job, job_band: float, head_past_bound: bool,
-          may_reclaim: bool) -> str | None:
-    """Why ``victim`` may give way to ``job`` (None: it may not)."""
+def cause(
+    ctx: SchedulingPass,
+    victim: Job,
+    job: Job,
+    job_band: float,
+    head_past_bound: bool,
+    may_reclaim: bool,
+    victim_band: float,
+) -> str | None:
+    """Why ``victim`` (in band ``victim_band``) may give way to ``job`` (None: it may not)."""
     queues = ctx.state.cluster.queue_by_name
     if victim.queue == job.queue or not (queues[victim.queue].quotas or queues[job.queue].quotas):
         if victim.priority < job.priority:
             return "priority"
         if victim.priority == job.priority:
-            victim_band = ctx.band(victim)
             if ctx.policy.preemptive and victim_band > job_band:
                 return "policy"
-            if (head_past_bound and victim.backfilled and victim.run_start is not None
-                    and victim.run_start >= job.queued_since and ctx.rank(victim) > ctx.rank(job)):
+            if (
+                head_past_bound
+                and victim.backfilled
+                and victim.run_start is not None
+                and victim.run_start >= job.queued_since
+                and ctx.rank(victim) > ctx.rank(job)
+            ):
                 return "backfill-bound"
         return None
     cohort = queues[job.queue].cohort
@@ -66,8 +82,9 @@ def cause(ctx: SchedulingPass, victim: Job, job: Job, job_band: float, head_past
     return None
 
 
-def plan_preemption(ctx: SchedulingPass, job: Job, options: tuple[PoolOption, ...],
-                    head_past_bound: bool) -> PreemptionPlan | None:
+def plan_preemption(
+    ctx: SchedulingPass, job: Job, options: tuple[PoolOption, ...], head_past_bound: bool
+) -> PreemptionPlan | None:
     """The cheapest set of victims in one pool that lets ``job`` start, or None."""
     limited = ctx.work.quota.limited
     if not limited and not head_past_bound and not ctx.may_have_victims(job):
@@ -77,13 +94,16 @@ def plan_preemption(ctx: SchedulingPass, job: Job, options: tuple[PoolOption, ..
         pool_name = option.pool.name
         # Borrowed room is reclaimed only for a queue that stays within its own nominal quota.
         may_reclaim = limited and ctx.work.quota.within_nominal(
-            job.queue, option.resource, job.request.amount(option.resource))
+            job.queue, option.resource, job.request.amount(option.resource)
+        )
         candidates = _candidates(ctx, job, job_band, pool_name, head_past_bound, limited, may_reclaim)
         if not candidates:
             continue
         pool = ctx.work.pools[pool_name]
         primary = option.pool.accelerator != "cpu"
-        need = job.request.workers * (job.request.accelerators_per_worker if primary else job.request.cpus_per_worker)
+        need = job.request.workers * (
+            job.request.accelerators_per_worker if primary else job.request.cpus_per_worker
+        )
         if pool.free_total + sum(_primary(v.placement) for v, _ in candidates) + 1e-9 < need:
             continue
         plan = _greedy(ctx, job, option, candidates)
@@ -98,26 +118,35 @@ def _primary(placement: Placement | None) -> float:
     return placement.primary_per_worker * sum(w for _, w in placement.shares)
 
 
-def _candidates(ctx: SchedulingPass, job: Job, job_band: float, pool: str, head_past_bound: bool,
-                limited: bool, may_reclaim: bool) -> list[tuple[Job, str]]:
+def _candidates(
+    ctx: SchedulingPass,
+    job: Job,
+    job_band: float,
+    pool: str,
+    head_past_bound: bool,
+    limited: bool,
+    may_reclaim: bool,
+) -> list[tuple[Job, str]]:
     found = []
     preemptive = ctx.policy.preemptive
-    for victim in victims_in_pool(ctx, pool):
+    for victim, band in victims_in_pool(ctx, pool):
         if not limited and not head_past_bound:
             # Sorted by (priority, -band): once neither rule can hold, none later can.
             if victim.priority > job.priority or (
-                    victim.priority == job.priority and not (preemptive and ctx.band(victim) > job_band)):
+                victim.priority == job.priority and not (preemptive and band > job_band)
+            ):
                 break
         if victim.id in ctx.taken:
             continue
-        why = cause(ctx, victim, job, job_band, head_past_bound, may_reclaim)
+        why = cause(ctx, victim, job, job_band, head_past_bound, may_reclaim, band)
         if why is not None:
             found.append((victim, why))
     return found
 
 
-def _greedy(ctx: SchedulingPass, job: Job, option: PoolOption,
-            candidates: list[tuple[Job, str]]) -> PreemptionPlan | None:
+def _greedy(
+    ctx: SchedulingPass, job: Job, option: PoolOption, candidates: list[tuple[Job, str]]
+) -> PreemptionPlan | None:
     pool = ctx.work.pools[option.pool.name].copy()
     quota = ctx.work.quota.copy() if ctx.work.quota.limited else ctx.work.quota
     resource, amount = option.resource, job.request.amount(option.resource)

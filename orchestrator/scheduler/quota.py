@@ -79,7 +79,9 @@ class QuotaBook:
         if spec.cohort is None:
             return QuotaVerdict(False, reason=head + " and has no cohort to borrow from")
         if quota.borrowing_limit is not None and wanted - quota.nominal > quota.borrowing_limit + EPS:
-            return QuotaVerdict(False, reason=head + f" and may borrow at most {fmt_amount(quota.borrowing_limit)}")
+            return QuotaVerdict(
+                False, reason=head + f" and may borrow at most {fmt_amount(quota.borrowing_limit)}"
+            )
         total, demand = 0.0, 0.0
         for member in self.cluster.cohort_members(spec.cohort):
             q = member.quota(resource)
@@ -92,4 +94,3 @@ class QuotaBook:
             free = max(0.0, total - (demand - amount))
             return QuotaVerdict(False, reason=head + f"; cohort {spec.cohort} has {fmt_amount(free)} to lend")
         return ADMIT_BORROWING
-

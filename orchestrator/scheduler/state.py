@@ -72,7 +72,7 @@ class Job:
         """Accelerator-seconds of service so far (the 2D attained service of LAS policies)."""
         if self.run_start is None:
             return self.attained
-        return self.attained + self.request.size * (now - self.run_start)
+        return self.attained + self.size * (now - self.run_start)
 
     def executed_at(self, now: float) -> float:
         return self.executed + (now - self.run_start if self.run_start is not None else 0.0)
@@ -80,8 +80,10 @@ class Job:
     def remaining_at(self, now: float) -> float:
         """Seconds still to run (oracle knowledge: needs ``duration``)."""
         if self.duration is None:
-            raise UsageError(f"job {self.id} has no known duration",
-                             fix="use a non-clairvoyant policy such as las; oracles are for traces")
+            raise UsageError(
+                f"job {self.id} has no known duration",
+                fix="use a non-clairvoyant policy such as las; oracles are for traces",
+            )
         left = self.duration - self.work_done + self.restore_debt
         return left - (now - self.run_start) if self.run_start is not None else left
 
@@ -89,8 +91,9 @@ class Job:
 class ClusterState:
     """Jobs (pending, running, finished) and the free capacity they leave."""
 
-    def __init__(self, cluster: ClusterSpec,
-                 checkpoint_cost: Callable[[float], float] = default_checkpoint_cost) -> None:
+    def __init__(
+        self, cluster: ClusterSpec, checkpoint_cost: Callable[[float], float] = default_checkpoint_cost
+    ) -> None:
         self.cluster = cluster
         self.capacity = Capacity(cluster)
         self.checkpoint_cost = checkpoint_cost
@@ -106,14 +109,29 @@ class ClusterState:
         self.enqueued_base = 0
         self._seq = itertools.count()
 
-    def submit(self, job_id: str, request: GangRequest, now: float, *, duration: float | None = None,
-               submit_time: float | None = None) -> Job:
+    def submit(
+        self,
+        job_id: str,
+        request: GangRequest,
+        now: float,
+        *,
+        duration: float | None = None,
+        submit_time: float | None = None,
+    ) -> Job:
         """Add a job to its queue."""
         if job_id in self.jobs:
             raise UsageError(f"job {job_id!r} is already known to the scheduler", fix="use a new job id")
-        job = Job(job_id, request, now if submit_time is None else submit_time,
-                  self.cluster.priority_value(request.priority, request.queue), next(self._seq),
-                  request.size, request.queue, duration=duration, queued_since=now)
+        job = Job(
+            job_id,
+            request,
+            now if submit_time is None else submit_time,
+            self.cluster.priority_value(request.priority, request.queue),
+            next(self._seq),
+            request.size,
+            request.queue,
+            duration=duration,
+            queued_since=now,
+        )
         self.jobs[job_id] = job
         self._enqueue(job)
         return job
@@ -150,7 +168,9 @@ class ClusterState:
 
     def start(self, job: Job, placement: Placement, now: float) -> None:
         if job.status is not JobStatus.PENDING:
-            raise UsageError(f"job {job.id} is {job.status.value}, cannot start it", fix="start pending jobs only")
+            raise UsageError(
+                f"job {job.id} is {job.status.value}, cannot start it", fix="start pending jobs only"
+            )
         self.capacity.take(placement, job.queue)
         self._dequeue(job)
         self.running[job.id] = job

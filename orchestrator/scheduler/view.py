@@ -51,8 +51,18 @@ def queue_rows(scheduler: Scheduler, state: ClusterState) -> list[QueueRow]:
             rows.append(QueueRow(job.id, job.queue, job.priority, "starting", gang, waited, detail))
             continue
         wait = result.waits[job_id]
-        rows.append(QueueRow(job.id, job.queue, job.priority, "unschedulable" if wait.permanent else "waiting",
-                             gang, waited, wait.message, tuple(r.text for r in wait.reasons)))
+        rows.append(
+            QueueRow(
+                job.id,
+                job.queue,
+                job.priority,
+                "unschedulable" if wait.permanent else "waiting",
+                gang,
+                waited,
+                wait.message,
+                tuple(r.text for r in wait.reasons),
+            )
+        )
     return rows
 
 
@@ -61,8 +71,15 @@ def _running(job: Job, now: float) -> QueueRow:
     detail = f"on {job.placement.describe()}"
     if job.preemptions:
         detail += f" (resumed after {job.preemptions} preemption{'s' * (job.preemptions != 1)})"
-    return QueueRow(job.id, job.queue, job.priority, "running", job.request.describe(job.placement.accelerator),
-                    now - job.run_start, detail)
+    return QueueRow(
+        job.id,
+        job.queue,
+        job.priority,
+        "running",
+        job.request.describe(job.placement.accelerator),
+        now - job.run_start,
+        detail,
+    )
 
 
 def explain_job(scheduler: Scheduler, state: ClusterState, job_id: str) -> QueueRow | None:

@@ -15,25 +15,42 @@ from orchestrator.simulate.report import PolicyReport, job_completion_times, rep
 from orchestrator.simulate.trace import Partition, TraceError, TraceJob, assign, read_trace
 
 
-def run_policy(partitions: Sequence[Partition], policy: str | Policy, *, backfill_bound_s: float | None = None,
-               until: float | None = None,
-               on_finished: Callable[[int], None] | None = None) -> tuple[list[Replay], float]:
+def run_policy(
+    partitions: Sequence[Partition],
+    policy: str | Policy,
+    *,
+    backfill_bound_s: float | None = None,
+    until: float | None = None,
+    on_finished: Callable[[int], None] | None = None,
+) -> tuple[list[Replay], float]:
     """Replay every partition with one policy; returns the replays and the wall seconds it took."""
     started = time.perf_counter()
-    replays = [replay(p, policy, until=until, backfill_bound_s=backfill_bound_s, on_finished=on_finished)
-               for p in partitions]
+    replays = [
+        replay(p, policy, until=until, backfill_bound_s=backfill_bound_s, on_finished=on_finished)
+        for p in partitions
+    ]
     return replays, time.perf_counter() - started
 
 
-def load(trace_path: str, cluster_path: str, *, contended: bool = False, limit: int | None = None,
-         only: Sequence[str] = ()) -> list[Partition]:
+def load(
+    trace_path: str,
+    cluster_path: str,
+    *,
+    contended: bool = False,
+    limit: int | None = None,
+    only: Sequence[str] = (),
+) -> list[Partition]:
     """Read a trace and split it over a cluster's partitions (``only``: keep these VCs)."""
-    partitions = assign(read_trace(trace_path, limit), cluster_path, contended=contended, trace_name=trace_path)
+    partitions = assign(
+        read_trace(trace_path, limit), cluster_path, contended=contended, trace_name=trace_path
+    )
     if only:
         unknown = sorted(set(only) - {p.name for p in partitions})
         if unknown:
-            raise TraceError(f"no jobs for partition {', '.join(unknown)}",
-                             fix="use one of " + ", ".join(p.name for p in partitions))
+            raise TraceError(
+                f"no jobs for partition {', '.join(unknown)}",
+                fix="use one of " + ", ".join(p.name for p in partitions),
+            )
         partitions = [p for p in partitions if p.name in only]
     return partitions
 

@@ -36,9 +36,14 @@ class Replay:
     passes: int
 
 
-def replay(partition: Partition, policy: str | Policy, *, until: float | None = None,
-           backfill_bound_s: float | None = None,
-           on_finished: Callable[[int], None] | None = None) -> Replay:
+def replay(
+    partition: Partition,
+    policy: str | Policy,
+    *,
+    until: float | None = None,
+    backfill_bound_s: float | None = None,
+    on_finished: Callable[[int], None] | None = None,
+) -> Replay:
     """Replay the partition's jobs until all finish (or until simulated time ``until``).
 
     ``on_finished(n)`` is called now and then with the number of jobs finished since its last call.
@@ -46,8 +51,12 @@ def replay(partition: Partition, policy: str | Policy, *, until: float | None = 
     jobs = partition.jobs
     clock = ManualClock(jobs[0].submit if jobs else 0.0)
     state = ClusterState(partition.cluster)
-    scheduler = Scheduler(partition.cluster, get_policy(policy) if isinstance(policy, str) else policy,
-                          clock, backfill_bound_s=backfill_bound_s)
+    scheduler = Scheduler(
+        partition.cluster,
+        get_policy(policy) if isinstance(policy, str) else policy,
+        clock,
+        backfill_bound_s=backfill_bound_s,
+    )
     completions: list[tuple[float, int, str, float]] = []  # (time, tie, job id, run start)
     tie = 0
     arrived = 0
@@ -56,17 +65,21 @@ def replay(partition: Partition, policy: str | Policy, *, until: float | None = 
     finished_unreported = 0
     last = -math.inf
     while True:
-        t = min(jobs[arrived].submit if arrived < len(jobs) else math.inf,
-                completions[0][0] if completions else math.inf,
-                wake if wake is not None else math.inf)
+        t = min(
+            jobs[arrived].submit if arrived < len(jobs) else math.inf,
+            completions[0][0] if completions else math.inf,
+            wake if wake is not None else math.inf,
+        )
         if t == math.inf or (until is not None and t > until):
             break
         clock.set(t)
         same_time = same_time + 1 if t == last else 0
         if same_time > MAX_PASSES_AT_ONE_TIME:
-            raise SimulationError(f"{scheduler.policy.name}: more than {MAX_PASSES_AT_ONE_TIME} passes at "
-                                  f"t={t:g} in partition {partition.name}",
-                                  fix="this is a scheduler bug; report the trace and the policy")
+            raise SimulationError(
+                f"{scheduler.policy.name}: more than {MAX_PASSES_AT_ONE_TIME} passes at "
+                f"t={t:g} in partition {partition.name}",
+                fix="this is a scheduler bug; report the trace and the policy",
+            )
         last = t
         while completions and completions[0][0] <= t:
             _, _, job_id, started = heapq.heappop(completions)

@@ -50,8 +50,12 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 
 def job_completion_times(replays: Sequence[Replay]) -> list[float]:
-    return sorted(j.finished_at - j.submit_time for r in replays for j in r.state.jobs.values()
-                  if j.finished_at is not None)
+    return sorted(
+        j.finished_at - j.submit_time
+        for r in replays
+        for j in r.state.jobs.values()
+        if j.finished_at is not None
+    )
 
 
 def summarize(policy: str, replays: Sequence[Replay], replay_s: float) -> PolicyReport:
@@ -96,8 +100,9 @@ def write_plot(path: str, jct_by_policy: dict[str, list[float]]) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise NotAvailableError("--plot needs matplotlib, which is not installed",
-                                fix="pip install matplotlib") from None
+        raise NotAvailableError(
+            "--plot needs matplotlib, which is not installed", fix="pip install matplotlib"
+        ) from None
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for name, values in jct_by_policy.items():
         if not values:

@@ -79,23 +79,28 @@ def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str
             raise TraceError(f"{path}:1: not a CSV file ({exc})", fix="save it as UTF-8 CSV") from None
         missing = [c for c in required if c not in header]
         if missing:
-            raise TraceError(f"{path}:1: missing column {', '.join(missing)} (header: {', '.join(header)})",
-                             fix="the header needs " + ", ".join(required))
+            raise TraceError(
+                f"{path}:1: missing column {', '.join(missing)} (header: {', '.join(header)})",
+                fix="the header needs " + ", ".join(required),
+            )
         try:
             for values in reader:
                 if not values or all(not v.strip() for v in values):
                     continue
                 line = reader.line_num
                 if len(values) != len(header):
-                    raise TraceError(f"{path}:{line}: {len(values)} fields, the header has {len(header)}",
-                                     fix="fix the row")
+                    raise TraceError(
+                        f"{path}:{line}: {len(values)} fields, the header has {len(header)}",
+                        fix="fix the row",
+                    )
                 yield line, dict(zip(header, values, strict=True))
         except (csv.Error, UnicodeDecodeError) as exc:
             raise TraceError(f"{path}:{reader.line_num}: unreadable row ({exc})", fix="fix the row") from None
 
 
-def _number(path: Path, line: int, row: dict[str, str], column: str, *, whole: bool = False,
-            minimum: float = 0.0) -> float:
+def _number(
+    path: Path, line: int, row: dict[str, str], column: str, *, whole: bool = False, minimum: float = 0.0
+) -> float:
     text = row[column].strip()
     try:
         value = float(text)
@@ -103,8 +108,10 @@ def _number(path: Path, line: int, row: dict[str, str], column: str, *, whole: b
         value = math.nan
     if not math.isfinite(value) or value < minimum or (whole and not value.is_integer()):
         kind = "a whole number" if whole else "a number"
-        raise TraceError(f"{path}:{line}: column {column}: {text!r} is not {kind} >= {minimum:g}",
-                         fix=f"fix row {line} or remove it")
+        raise TraceError(
+            f"{path}:{line}: column {column}: {text!r} is not {kind} >= {minimum:g}",
+            fix=f"fix row {line} or remove it",
+        )
     return value
 
 
@@ -124,7 +131,9 @@ def read_trace(path: str | Path, limit: int | None = None) -> list[TraceJob]:
             submit = _number(path, line, row, "submit_s")
             duration = _number(path, line, row, "duration")
             gpus = int(_number(path, line, row, "gpus", whole=True, minimum=1))
-        jobs.append(TraceJob(f"job-{line}", line, submit, duration, gpus, row["vc"].strip() if "vc" in row else None))
+        jobs.append(
+            TraceJob(f"job-{line}", line, submit, duration, gpus, row["vc"].strip() if "vc" in row else None)
+        )
     if not jobs:
         raise TraceError(f"{path} has no jobs", fix="add rows below the header")
     jobs.sort(key=lambda j: j.submit)
@@ -149,36 +158,56 @@ def vc_partitions(path: str | Path, contended: bool) -> dict[str, Partition]:
             raise TraceError(f"{path}:{line}: vc {vc!r} appears twice", fix="keep one row per VC")
         nodes = _number(path, line, row, "contended_nodes" if contended else "nodes", whole=True, minimum=1)
         per_node = _number(path, line, row, "gpus_per_node", whole=True, minimum=1)
-        cluster = cluster_from_data({"name": _pool_name(vc), "pools": [{
-            "name": _pool_name(vc), "accelerator": PHILLY_ACCELERATOR, "nodes": int(nodes),
-            "accelerators_per_node": int(per_node)}]}, source=f"{path}:{line}")
+        cluster = cluster_from_data(
+            {
+                "name": _pool_name(vc),
+                "pools": [
+                    {
+                        "name": _pool_name(vc),
+                        "accelerator": PHILLY_ACCELERATOR,
+                        "nodes": int(nodes),
+                        "accelerators_per_node": int(per_node),
+                    }
+                ],
+            },
+            source=f"{path}:{line}",
+        )
         partitions[vc] = Partition(vc, cluster)
     if not partitions:
         raise TraceError(f"{path} lists no VC", fix="add one row per virtual cluster")
     return partitions
 
 
-def assign(trace: list[TraceJob], cluster_path: str | Path, *, contended: bool = False,
-           trace_name: str = "trace") -> list[Partition]:
+def assign(
+    trace: list[TraceJob], cluster_path: str | Path, *, contended: bool = False, trace_name: str = "trace"
+) -> list[Partition]:
     """Split the trace's jobs over the partitions of a vc_config.csv or a cluster YAML."""
     if str(cluster_path).endswith(".csv"):
         partitions = vc_partitions(cluster_path, contended)
         for job in trace:
             part = partitions.get(job.vc or "")
             if part is None:
-                raise TraceError(f"{trace_name}:{job.line}: vc {job.vc!r} is not in {cluster_path}",
-                                 fix="add the VC to the cluster file or drop its rows")
+                raise TraceError(
+                    f"{trace_name}:{job.line}: vc {job.vc!r} is not in {cluster_path}",
+                    fix="add the VC to the cluster file or drop its rows",
+                )
             if job.gpus > part.gpus:
-                raise TraceError(f"{trace_name}:{job.line}: the job asks for {job.gpus} GPUs; vc {job.vc} "
-                                 f"has {part.gpus:g}", fix="use a larger cluster or drop the row")
+                raise TraceError(
+                    f"{trace_name}:{job.line}: the job asks for {job.gpus} GPUs; vc {job.vc} "
+                    f"has {part.gpus:g}",
+                    fix="use a larger cluster or drop the row",
+                )
             part.jobs.append(job)
         return [p for p in partitions.values() if p.jobs]
     if contended:
-        raise TraceError("--contended applies to a vc_config.csv cluster only",
-                         fix="drop --contended, or pass a vc_config.csv")
+        raise TraceError(
+            "--contended applies to a vc_config.csv cluster only",
+            fix="drop --contended, or pass a vc_config.csv",
+        )
     cluster = load_cluster(cluster_path)
-    gpu_types = tuple(dict.fromkeys(p.accelerator for p in cluster.pools if p.accelerator != "cpu"
-                                    and not p.is_tpu))
+    gpu_types = tuple(
+        dict.fromkeys(p.accelerator for p in cluster.pools if p.accelerator != "cpu" and not p.is_tpu)
+    )
     if not gpu_types:
         raise TraceError(f"{cluster_path}: no GPU pool to replay a GPU trace on", fix="add a GPU pool")
 
@@ -193,6 +222,8 @@ def assign(trace: list[TraceJob], cluster_path: str | Path, *, contended: bool =
         if request not in fits:
             fits[request] = bool(eligible_pools(cluster, request).options)
         if not fits[request]:
-            raise TraceError(f"{trace_name}:{job.line}: no pool of {cluster_path} can ever hold a gang of "
-                             f"{job.gpus} GPUs", fix="use a larger cluster or drop the row")
+            raise TraceError(
+                f"{trace_name}:{job.line}: no pool of {cluster_path} can ever hold a gang of {job.gpus} GPUs",
+                fix="use a larger cluster or drop the row",
+            )
     return [part]
