@@ -10,7 +10,7 @@ Rules, in order:
    the expected name (else the oldest), delete the others.
 2. ``spec.suspend``: delete the RayJob, free the placement, phase ``Suspended``. A finished job
    stays finished.
-3. A finished job (``Succeeded``/``Failed``) gets nothing more.
+3. A finished job (``Succeeded``/``Failed``) gets nothing more, not even a status write.
 4. A RayJob exists: mirror its state into the status; when it ends, free the placement.
 5. No RayJob, but the status names one that was running: it was deleted behind our back; the job
    fails with that message (re-running a job that may have finished is worse).
@@ -230,7 +230,7 @@ def reconcile(desired: Desired, observed: Observed, config: RuntimeConfig) -> li
     if desired.suspend and not finished:  # rule 2
         return _suspend(plan, current, observed.now)
     if finished:  # rule 3
-        return plan.finish()
+        return []
     if current is not None:  # rule 4
         return _mirror(plan, desired, current, observed)
     if _vanished(plan.old):  # rule 5
@@ -278,7 +278,7 @@ def _mirror(plan: _Plan, desired: Desired, rayjob: Mapping[str, Any], observed: 
                                               workers=desired.spec.resources.workers if desired.spec else 1))
     if plan.old.condition("Suspended") is not None:
         plan.condition("Suspended", False, "Resumed", "", observed.now)
-    if plan.old.startTime is None:
+    if plan.old.startTime is None and (phase == "Running" or phase in FINISHED_PHASES):
         plan.update(startTime=st.get("startTime") or observed.now or None)
     plan.condition("Running", phase == "Running", phase, words, observed.now)
     if phase in FINISHED_PHASES:

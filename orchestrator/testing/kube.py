@@ -26,12 +26,13 @@ scheduler: what a test wants to happen to pods or RayJobs, it writes itself.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime
 import itertools
 import json
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ DEFAULT_RESOURCES: tuple[tuple[str, str, bool, tuple[str, ...]], ...] = (
     ("ray.io/v1/rayjobs", "RayJob", True, ("status",)),
     ("ray.io/v1/rayclusters", "RayCluster", True, ("status",)),
 )
+#: The request this task answers (each HTTP request is served in a task of its own).
+_ANSWERING: contextvars.ContextVar[rendering.Request | None] = contextvars.ContextVar("answering", default=None)
 _VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
 
 
@@ -70,6 +73,7 @@ class ApiServer(kmock.KubernetesEmulator):
     _versions: Iterable[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
     _validators: dict[kmock.resource, Any] = attrs.field(factory=dict, init=False)
     _pod_logs: dict[tuple[str, str], str] = attrs.field(factory=dict, init=False)
+    _log: list[rendering.Request] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -82,10 +86,16 @@ class ApiServer(kmock.KubernetesEmulator):
         payload["serverAddressByClientCIDRs"] = [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]
         return payload
 
+    def __iter__(self) -> Iterator[rendering.Request]:
+        """The requests kmock's reactions are matched against: the one being answered (this task's)."""
+        request = _ANSWERING.get()
+        if request is not None:
+            yield request
+
     @property
     def request_log(self) -> list[rendering.Request]:
         """Every request served so far, oldest first (method, resource, params, headers...)."""
-        return list(self._requests)
+        return list(self._log)
 
     def declare(self, path: str, kind: str, namespaced: bool, subresources: Iterable[str] = ()) -> None:
         """Serve a resource (``group/version/plural``) in discovery, list and watch."""
@@ -110,6 +120,13 @@ class ApiServer(kmock.KubernetesEmulator):
         self._pod_logs[(namespace, pod)] = text
 
     async def _handle(self, request: rendering.Request) -> Any:
+        # kmock finds the reactions for a request by scanning every request it has ever served
+        # (``request in view``), so a long-lived emulator (one per test session) slows down
+        # quadratically. Our reactions use no slices or counts: the view of the request being
+        # answered needs only that request (see ``__iter__``); the history is ``request_log``.
+        self._log.append(request)
+        self._requests.clear()
+        _ANSWERING.set(request)
         if request.subresource == "log" and request.method == "GET" and request.name is not None:
             self._current(request)  # 404 for a pod that does not exist
             return aiohttp.web.Response(text=self._pod_logs.get((request.namespace or "", request.name), ""),

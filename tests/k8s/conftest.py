@@ -28,11 +28,14 @@ def wait_for(probe: Callable[[], T], what: str, timeout: float = WAIT_S) -> T:
     """Poll ``probe`` until it returns something truthy; fail with the last value after ``timeout``."""
     deadline = time.monotonic() + timeout
     last: Any = None
+    pause = 0.05
     while time.monotonic() < deadline:
         last = probe()
         if last:
             return last
-        time.sleep(0.2)
+        # back off: the operator and the emulator share this process (and its GIL) with the probe
+        time.sleep(pause)
+        pause = min(pause * 1.5, 1.0)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
 
 
@@ -64,7 +67,9 @@ def rayjob_crd() -> dict[str, Any]:
     path = KUBERAY_SCHEMAS / "ray.io_rayjobs.yaml"
     if not path.is_file():
         pytest.skip(f"KubeRay's RayJob CRD not found at {path} (the shared/ folder beside the repository)")
-    crd: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
+    # 1.4 MB of YAML: libyaml's loader when present (the pure-Python one takes a minute here)
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    crd: dict[str, Any] = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506 - a safe loader
     return crd
 
 
