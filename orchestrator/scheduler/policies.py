@@ -130,14 +130,14 @@ class Las(Policy):
 
     def __init__(
         self,
-        thresholds: Sequence[float] = (3_600.0, 36_000.0),
+        thresholds: Sequence[float] = (28_800.0, 288_000.0),
         starve_factor: float = 4.0,
         min_starve_s: float = 600.0,
     ) -> None:
         if list(thresholds) != sorted(thresholds) or any(t <= 0 for t in thresholds):
             raise UsageError(
                 f"las thresholds must be positive and increasing, got {list(thresholds)}",
-                fix="e.g. thresholds=(3600, 36000) accelerator-seconds",
+                fix="e.g. thresholds=(28800, 288000) accelerator-seconds",
             )
         self.thresholds = tuple(float(t) for t in thresholds)
         self.worst_band = len(self.thresholds)

@@ -10,6 +10,7 @@ from orchestrator.scheduler import (
     GangRequest,
     ManualClock,
     PassResult,
+    Policy,
     Scheduler,
     Toleration,
 )
@@ -20,24 +21,44 @@ def cluster(*pools: dict[str, Any], queues: list[dict[str, Any]] | None = None, 
     return cluster_from_data({"name": "test", "pools": list(pools), "queues": queues or [], **extra})
 
 
-def gpu_pool(name: str = "a100", nodes: int = 2, per_node: int = 8, accelerator: str = "nvidia-a100-40gb",
-             **extra: Any) -> dict[str, Any]:
-    return {"name": name, "accelerator": accelerator, "nodes": nodes, "accelerators_per_node": per_node, **extra}
+def gpu_pool(
+    name: str = "a100", nodes: int = 2, per_node: int = 8, accelerator: str = "nvidia-a100-40gb", **extra: Any
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "accelerator": accelerator,
+        "nodes": nodes,
+        "accelerators_per_node": per_node,
+        **extra,
+    }
 
 
-def gang(gpus: int, accelerator: str | tuple[str, ...] = "nvidia-a100-40gb", *, per_worker: float = 1.0,
-         queue: str = "default", priority: int | str | None = None, tolerations: tuple[str, ...] = (),
-         **extra: Any) -> GangRequest:
+def gang(
+    gpus: int,
+    accelerator: str | tuple[str, ...] = "nvidia-a100-40gb",
+    *,
+    per_worker: float = 1.0,
+    queue: str = "default",
+    priority: int | str | None = None,
+    tolerations: tuple[str, ...] = (),
+    **extra: Any,
+) -> GangRequest:
     kinds = (accelerator,) if isinstance(accelerator, str) else accelerator
-    return GangRequest(workers=int(gpus / per_worker), accelerators_per_worker=per_worker, accelerators=kinds,
-                       queue=queue, priority=priority,
-                       tolerations=tuple(Toleration.parse(t) for t in tolerations), **extra)
+    return GangRequest(
+        workers=int(gpus / per_worker),
+        accelerators_per_worker=per_worker,
+        accelerators=kinds,
+        queue=queue,
+        priority=priority,
+        tolerations=tuple(Toleration.parse(t) for t in tolerations),
+        **extra,
+    )
 
 
 class Harness:
     """A cluster state, a manual clock and a scheduler; ``step`` runs a pass and applies it."""
 
-    def __init__(self, spec: ClusterSpec, policy: str = "las", **kwargs: Any) -> None:
+    def __init__(self, spec: ClusterSpec, policy: str | Policy = "las", **kwargs: Any) -> None:
         self.clock = ManualClock(0.0)
         self.state = ClusterState(spec)
         self.scheduler = Scheduler(spec, policy, self.clock, **kwargs)

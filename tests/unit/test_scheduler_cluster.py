@@ -41,26 +41,43 @@ def test_the_gpu_and_tpu_examples_have_what_the_docs_promise() -> None:
     assert (v5p.chips_per_slice, v5p.hosts_per_slice, v5p.nodes // v5p.hosts_per_slice) == (64, 16, 2)
 
 
-@pytest.mark.parametrize(("text", "needles"), [
-    ("pools:\n  - name: a\n    accelerator: nvidia-t4\n    nodes: 2\n",
-     ["pools[0].accelerators_per_node", "needs accelerators_per_node", "c.yaml:2"]),
-    ("pools:\n  - name: a\n    nodes: 2\n", ["pools[0].cpus_per_node", "a cpu pool needs cpus_per_node"]),
-    ("pools:\n  - {name: v, accelerator: tpu-v5p-slice, topology: 4x4x4, accelerators_per_node: 4, nodes: 20}\n",
-     ["pools[0].nodes", "20 nodes is not a whole number of 4x4x4 slices (16 hosts each)"]),
-    ("pools:\n  - {name: a, nodes: 1, cpus_per_node: 4}\n  - {name: a, nodes: 1, cpus_per_node: 4}\n",
-     ["pools[1].name", "'a' is used twice"]),
-    ("pools:\n  - {name: a, nodes: 1, cpus_per_node: 4, taints: [{key: k, effect: Never}]}\n",
-     ["pools[0].taints[0].effect", "NoSchedule"]),
-    ("pools:\n  - {name: a, nodes: 1, cpus_per_node: 4, acelerator: cpu}\n",
-     ["pools[0].acelerator", "unknown field", "did you mean `accelerator`"]),
-    ("pools:\n  - {name: a, nodes: 1, cpus_per_node: 4}\nqueues:\n  - {name: q, priority: urgent}\n",
-     ["queues[0].priority", "unknown priority class 'urgent'"]),
-    ("pools:\n  - {name: a, nodes: 1, cpus_per_node: 4}\nqueues:\n  - {name: q, quotas: {cpu: {nominal: 2, lending_limit: 5}}}\n",
-     ["lending_limit 5.0 exceeds nominal 2.0"]),
-    ("pools: [\n", ["YAML syntax error"]),
-    ("", ["the file is empty"]),
-    ("- just\n- a list\n", ["the top level must be a mapping"]),
-])
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        (
+            "pools:\n  - name: a\n    accelerator: nvidia-t4\n    nodes: 2\n",
+            ["pools[0].accelerators_per_node", "needs accelerators_per_node", "c.yaml:2"],
+        ),
+        ("pools:\n  - name: a\n    nodes: 2\n", ["pools[0].cpus_per_node", "a cpu pool needs cpus_per_node"]),
+        (
+            "pools:\n  - {name: v, accelerator: tpu-v5p-slice, topology: 4x4x4, accelerators_per_node: 4, nodes: 20}\n",
+            ["pools[0].nodes", "20 nodes is not a whole number of 4x4x4 slices (16 hosts each)"],
+        ),
+        (
+            "pools:\n  - {name: a, nodes: 1, cpus_per_node: 4}\n  - {name: a, nodes: 1, cpus_per_node: 4}\n",
+            ["pools[1].name", "'a' is used twice"],
+        ),
+        (
+            "pools:\n  - {name: a, nodes: 1, cpus_per_node: 4, taints: [{key: k, effect: Never}]}\n",
+            ["pools[0].taints[0].effect", "NoSchedule"],
+        ),
+        (
+            "pools:\n  - {name: a, nodes: 1, cpus_per_node: 4, acelerator: cpu}\n",
+            ["pools[0].acelerator", "unknown field", "did you mean `accelerator`"],
+        ),
+        (
+            "pools:\n  - {name: a, nodes: 1, cpus_per_node: 4}\nqueues:\n  - {name: q, priority: urgent}\n",
+            ["queues[0].priority", "unknown priority class 'urgent'"],
+        ),
+        (
+            "pools:\n  - {name: a, nodes: 1, cpus_per_node: 4}\nqueues:\n  - {name: q, quotas: {cpu: {nominal: 2, lending_limit: 5}}}\n",
+            ["lending_limit 5.0 exceeds nominal 2.0"],
+        ),
+        ("pools: [\n", ["YAML syntax error"]),
+        ("", ["the file is empty"]),
+        ("- just\n- a list\n", ["the top level must be a mapping"]),
+    ],
+)
 def test_cluster_file_mistakes_are_named(tmp_path: Path, text: str, needles: list[str]) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(text)
@@ -82,13 +99,29 @@ def spec(**resources: object) -> JobSpec:
 
 
 def test_request_from_a_job_spec() -> None:
-    request = request_from_spec(spec(workers=16, gpus_per_worker=4, accelerator="tpu-v5p-slice",
-                                     topology="4x4x4", queue="research", priority="high",
-                                     tolerations=["google.com/tpu=present:NoSchedule"], memory="8Gi"))
+    request = request_from_spec(
+        spec(
+            workers=16,
+            gpus_per_worker=4,
+            accelerator="tpu-v5p-slice",
+            topology="4x4x4",
+            queue="research",
+            priority="high",
+            tolerations=["google.com/tpu=present:NoSchedule"],
+            memory="8Gi",
+        )
+    )
     assert request == GangRequest(
-        workers=16, accelerators_per_worker=4.0, cpus_per_worker=1.0, memory_per_worker=8 * 2**30,
-        accelerators=("tpu-v5p-slice",), topology="4x4x4", queue="research", priority="high",
-        tolerations=(Toleration("google.com/tpu", "present", "NoSchedule"),))
+        workers=16,
+        accelerators_per_worker=4.0,
+        cpus_per_worker=1.0,
+        memory_per_worker=8 * 2**30,
+        accelerators=("tpu-v5p-slice",),
+        topology="4x4x4",
+        queue="research",
+        priority="high",
+        tolerations=(Toleration("google.com/tpu", "present", "NoSchedule"),),
+    )
     either = request_from_spec(spec(gpus_per_worker=1, accelerators=["nvidia-h100-80gb", "nvidia-a100-40gb"]))
     assert either.accelerators == ("nvidia-h100-80gb", "nvidia-a100-40gb") and either.queue == "default"
     with pytest.raises(SpecError, match="resources.gpus_per_worker"):
@@ -114,7 +147,9 @@ def test_the_kept_order_equals_a_full_sort() -> None:
         h.clock.set(now)
         kind = rng.random()
         if kind < 0.4 or not h.state.jobs:
-            h.submit(f"j{step}", gang(rng.choice([1, 2, 4, 8]), priority=rng.choice(["low", "normal", "high"])))
+            h.submit(
+                f"j{step}", gang(rng.choice([1, 2, 4, 8]), priority=rng.choice(["low", "normal", "high"]))
+            )
         elif kind < 0.7:
             h.state.apply(h.scheduler.schedule(h.state).decisions, now)
         elif h.state.running and kind < 0.85:

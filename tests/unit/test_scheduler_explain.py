@@ -35,7 +35,8 @@ def test_the_issue_example_word_for_word() -> None:
     decision = h.scheduler.explain(h.state, "mine")
     assert isinstance(decision, Wait) and not decision.permanent
     assert decision.message == (
-        "needs 16 nvidia-a100-40gb as one gang; pool a100 has 12 free; 4 jobs of higher priority queued ahead")
+        "needs 16 nvidia-a100-40gb as one gang; pool a100 has 12 free; 4 jobs of higher priority queued ahead"
+    )
     assert [r.code for r in decision.reasons] == ["needs", "capacity", "higher-priority"]
     assert h.state.jobs["mine"].status.value == "pending"  # explaining changes nothing
 
@@ -54,8 +55,10 @@ def test_queue_view_rows() -> None:
     assert [r.state for r in rows.values()] == ["running"] * 2 + ["waiting"] * 5
     assert rows["prod-1"].detail == "on pool a100: a100-0 (8)" and rows["prod-1"].since_s == 125
     assert rows["prod-wide-1"].reasons == (
-        "needs 24 nvidia-a100-40gb as one gang", "pool a100 has 12 free",
-        "1 job queued ahead of it by policy las")
+        "needs 24 nvidia-a100-40gb as one gang",
+        "pool a100 has 12 free",
+        "1 job queued ahead of it by policy las",
+    )
 
 
 def test_held_back_by_a_head_past_the_backfill_bound() -> None:
@@ -70,19 +73,28 @@ def test_held_back_by_a_head_past_the_backfill_bound() -> None:
     assert result.decisions == []
     assert result.waits["later"].message == (
         "needs 2 nvidia-a100-40gb as one gang; held back for head, which has waited 11m at the head of "
-        "queue default, past the backfill bound of 10m; 1 job queued ahead of it by policy las")
+        "queue default, past the backfill bound of 10m; 1 job queued ahead of it by policy las"
+    )
 
 
 def record(home: Path, name: str, state: JobState, **resources: object) -> JobRecord:
     store = JobStore(Settings.from_env().db_path)
-    spec = JobSpec.model_validate({"name": name, "model": {"type": "cnn"}, "resources": resources,
-                                   "training": {"batch_size": 4096}})
+    spec = JobSpec.model_validate(
+        {"name": name, "model": {"type": "cnn"}, "resources": resources, "training": {"batch_size": 4096}}
+    )
     now = time.time()
-    rec = JobRecord(id=f"{name}-000001", name=name, backend="local", state=state,
-                    spec=spec.model_dump(mode="json"), job_dir=home / "jobs" / name, created_at=now,
-                    started_at=now if state is JobState.RUNNING else None,
-                    driver_pid=os.getpid() if state is JobState.RUNNING else None,
-                    driver_started=process_start_time(os.getpid()) if state is JobState.RUNNING else None)
+    rec = JobRecord(
+        id=f"{name}-000001",
+        name=name,
+        backend="local",
+        state=state,
+        spec=spec.model_dump(mode="json"),
+        job_dir=home / "jobs" / name,
+        created_at=now,
+        started_at=now if state is JobState.RUNNING else None,
+        driver_pid=os.getpid() if state is JobState.RUNNING else None,
+        driver_started=process_start_time(os.getpid()) if state is JobState.RUNNING else None,
+    )
     return store.create(rec)
 
 
@@ -96,11 +108,14 @@ def test_queue_and_explain_for_local_jobs(home: Path) -> None:
     rows = {r["job_id"]: r for r in json.loads(result.output.splitlines()[-1])["jobs"]}
     assert rows["train-000001"]["state"] == "running"
     assert rows["next-000001"]["state"] == "waiting"
-    assert rows["next-000001"]["reasons"][:2] == ["needs 1 worker x 1 cpus as one gang",
-                                                  "pool local has 0 cpus free"]
+    assert rows["next-000001"]["reasons"][:2] == [
+        "needs 1 worker x 1 cpus as one gang",
+        "pool local has 0 cpus free",
+    ]
     assert rows["huge-000001"]["state"] == "unschedulable"
     assert rows["huge-000001"]["reasons"] == [
-        f"needs 4096 workers x 1 cpus as one gang; pool local has {cpus} cpus in total"]
+        f"needs 4096 workers x 1 cpus as one gang; pool local has {cpus} cpus in total"
+    ]
 
     text = CliRunner().invoke(main, ["explain", "next"])
     assert text.exit_code == 0, text.output

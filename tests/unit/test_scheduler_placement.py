@@ -51,7 +51,8 @@ def test_a_fragmented_pool_makes_a_gang_wait_with_the_reason() -> None:
     result = h.step(explain=True)
     assert result.waits["d"].message == (
         "needs 4 nvidia-a100-40gb as one gang; pool a100 has 5 free, too scattered for the gang "
-        "(it needs 1 node, largest free block 3)")
+        "(it needs 1 node, largest free block 3)"
+    )
 
 
 def test_several_gpus_per_worker_stay_whole() -> None:
@@ -62,14 +63,26 @@ def test_several_gpus_per_worker_stay_whole() -> None:
     assert h.placed(h.step()) == {"b": ((1, 2),)}
 
 
-TPU = {"name": "v5p", "accelerator": "tpu-v5p-slice", "topology": "4x4x4", "accelerators_per_node": 4,
-       "nodes": 32, "cpus_per_node": 208}
+TPU = {
+    "name": "v5p",
+    "accelerator": "tpu-v5p-slice",
+    "topology": "4x4x4",
+    "accelerators_per_node": 4,
+    "nodes": 32,
+    "cpus_per_node": 208,
+}
 CPUS = {"name": "cpu", "nodes": 1, "cpus_per_node": 8}
 
 
 def slice_job(**extra: object) -> GangRequest:
-    return GangRequest(workers=16, accelerators_per_worker=4, cpus_per_worker=100,
-                       accelerators=("tpu-v5p-slice",), topology="4x4x4", **extra)  # type: ignore[arg-type]
+    return GangRequest(
+        workers=16,
+        accelerators_per_worker=4,
+        cpus_per_worker=100,
+        accelerators=("tpu-v5p-slice",),
+        topology="4x4x4",
+        **extra,
+    )  # type: ignore[arg-type]
 
 
 def test_a_multi_host_tpu_slice_is_placed_whole_on_one_slice() -> None:
@@ -82,12 +95,19 @@ def test_a_multi_host_tpu_slice_is_placed_whole_on_one_slice() -> None:
     assert placed["s1"] == tuple((n, 1) for n in range(16))
     assert placed["s2"] == tuple((n, 1) for n in range(16, 32))
     assert result.waits["s3"].message.startswith(
-        "needs 64 tpu-v5p-slice (4x4x4 slice) as one gang; pool v5p has 0 of 2 4x4x4 slices wholly free")
+        "needs 64 tpu-v5p-slice (4x4x4 slice) as one gang; pool v5p has 0 of 2 4x4x4 slices wholly free"
+    )
 
 
 def test_a_freed_slice_is_reused_whole_and_cpu_jobs_stay_off_tpu_hosts() -> None:
-    v5e = {"name": "v5e", "accelerator": "tpu-v5-lite-podslice", "topology": "4x4", "accelerators_per_node": 4,
-           "nodes": 8, "cpus_per_node": 112}
+    v5e = {
+        "name": "v5e",
+        "accelerator": "tpu-v5-lite-podslice",
+        "topology": "4x4",
+        "accelerators_per_node": 4,
+        "nodes": 8,
+        "cpus_per_node": 112,
+    }
     h = Harness(cluster(v5e, CPUS), "las")
     job = GangRequest(workers=4, accelerators_per_worker=4, accelerators=("tpu-v5-lite-podslice",))
     for name in ("a", "b", "c"):
@@ -121,7 +141,9 @@ SPOT_TAINT = {"key": "cloud.google.com/gke-spot", "value": "true", "effect": "No
 
 
 def test_taints_keep_jobs_off_pools_unless_tolerated() -> None:
-    spec = cluster(tainted("t4", GPU_TAINT, TEAM_TAINT), tainted("t4-spot", GPU_TAINT, TEAM_TAINT, SPOT_TAINT))
+    spec = cluster(
+        tainted("t4", GPU_TAINT, TEAM_TAINT), tainted("t4-spot", GPU_TAINT, TEAM_TAINT, SPOT_TAINT)
+    )
     h = Harness(spec, "las")
     h.submit("plain", gang(4, "nvidia-t4"))
     h.submit("team", gang(4, "nvidia-t4", tolerations=("dedicated",)))
@@ -140,7 +162,8 @@ def test_taints_keep_jobs_off_pools_unless_tolerated() -> None:
     # team-2 tolerates the team taint but not spot: it waits for t4 rather than use t4-spot.
     assert result.waits["team-2"].message.startswith("needs 4 nvidia-t4 as one gang; pool t4 has 0 free")
     assert result.waits["cpu-job"].reasons[0].text == (
-        "pool t4 is tainted nvidia.com/gpu=present:NoSchedule, not tolerated")
+        "pool t4 is tainted nvidia.com/gpu=present:NoSchedule, not tolerated"
+    )
 
 
 def test_prefer_no_schedule_pools_are_used_last() -> None:
@@ -161,20 +184,40 @@ def test_acceptable_accelerators_are_tried_in_order() -> None:
     h.submit("third", gang(8, either))
     result = h.step(explain=True)
     assert {d.job_id: d.placement.accelerator for d in result.placements} == {
-        "first": "nvidia-h100-80gb", "second": "nvidia-a100-40gb"}
+        "first": "nvidia-h100-80gb",
+        "second": "nvidia-a100-40gb",
+    }
     assert result.waits["third"].message == (
-        "needs 8 nvidia-h100-80gb or nvidia-a100-40gb as one gang; pool h100 has 0 free; pool a100 has 0 free")
+        "needs 8 nvidia-h100-80gb or nvidia-a100-40gb as one gang; pool h100 has 0 free; pool a100 has 0 free"
+    )
 
 
 def test_node_selector_and_cpu_memory_limits() -> None:
-    spec = cluster(gpu_pool("a", nodes=2, cpus_per_node=16, memory_per_node="64Gi", labels={"zone": "x"}),
-                   gpu_pool("b", nodes=2, cpus_per_node=16, memory_per_node="64Gi", labels={"zone": "y"}))
+    spec = cluster(
+        gpu_pool("a", nodes=2, cpus_per_node=16, memory_per_node="64Gi", labels={"zone": "x"}),
+        gpu_pool("b", nodes=2, cpus_per_node=16, memory_per_node="64Gi", labels={"zone": "y"}),
+    )
     h = Harness(spec, "fifo")
-    h.submit("y-only", GangRequest(workers=2, accelerators_per_worker=1, cpus_per_worker=4,
-                                   accelerators=("nvidia-a100-40gb",), node_selector=(("zone", "y"),)))
+    h.submit(
+        "y-only",
+        GangRequest(
+            workers=2,
+            accelerators_per_worker=1,
+            cpus_per_worker=4,
+            accelerators=("nvidia-a100-40gb",),
+            node_selector=(("zone", "y"),),
+        ),
+    )
     # 40Gi per worker: memory, not GPUs, limits a node to one worker, so the gang takes two nodes.
-    h.submit("fat", GangRequest(workers=2, accelerators_per_worker=1, memory_per_worker=40 * 2**30,
-                                accelerators=("nvidia-a100-40gb",)))
+    h.submit(
+        "fat",
+        GangRequest(
+            workers=2,
+            accelerators_per_worker=1,
+            memory_per_worker=40 * 2**30,
+            accelerators=("nvidia-a100-40gb",),
+        ),
+    )
     placed = {d.job_id: d.placement for d in h.step().placements}
     assert (placed["y-only"].pool, placed["y-only"].shares) == ("b", ((0, 2),))
     assert (placed["fat"].pool, placed["fat"].shares) == ("a", ((0, 1), (1, 1)))

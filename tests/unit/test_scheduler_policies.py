@@ -12,10 +12,19 @@ from orchestrator.scheduler.policies import Las
 from orchestrator.simulate import Partition, TraceJob, replay
 from tests.unit.sched_helpers import Harness, cluster, gang, gpu_pool
 
+# Thresholds of 1 and 10 GPU-hours (the default's are 8 and 80): the figures below use them.
+LAS_1H = Las(thresholds=(3600.0, 36000.0))
+
 
 def test_policies_by_name() -> None:
     assert [get_policy(n).name for n in ("fifo", "sjf", "srtf", "las", "default", None)] == [
-        "fifo", "sjf", "srtf", "las", "las", "las"]
+        "fifo",
+        "sjf",
+        "srtf",
+        "las",
+        "las",
+        "las",
+    ]
     with pytest.raises(UsageError, match="unknown scheduling policy 'lifo'"):
         get_policy("lifo")
 
@@ -29,11 +38,12 @@ def test_fifo_blocks_the_queue_behind_its_head() -> None:
     result = h.step(at=1, explain=True)
     assert result.decisions == []
     assert result.waits["small"].message == (
-        "blocked behind head at the head of queue default (fifo does not backfill)")
+        "blocked behind head at the head of queue default (fifo does not backfill)"
+    )
 
 
 def test_las_backfills_behind_a_blocked_head() -> None:
-    h = Harness(cluster(gpu_pool(nodes=1)), "las")
+    h = Harness(cluster(gpu_pool(nodes=1)), LAS_1H)
     h.submit("running", gang(4))
     h.step()
     h.submit("head", gang(8))
@@ -96,8 +106,12 @@ def stream(large_gpus: int, large_duration: float, horizon: float) -> list[Trace
 
 def run_stream(policy: str | Las, large_duration: float, horizon: float = 40_000, **kwargs: float):
     spec = cluster_from_data({"pools": [gpu_pool(nodes=1)]})
-    part = Partition("p", spec, stream(8, large_duration, horizon),
-                     request_for=lambda j: GangRequest(workers=j.gpus, accelerators_per_worker=1))
+    part = Partition(
+        "p",
+        spec,
+        stream(8, large_duration, horizon),
+        request_for=lambda j: GangRequest(workers=j.gpus, accelerators_per_worker=1),
+    )
     return replay(part, policy, **kwargs).state.jobs
 
 
@@ -114,7 +128,7 @@ def test_a_large_job_starves_under_sjf_but_not_under_las() -> None:
 def test_aging_promotes_a_demoted_long_job_so_it_finishes() -> None:
     # The large job leaves band 0 after 450 s (3600 GPU-s), then new small jobs preempt it; aging
     # brings it back with a fresh service count, so it progresses 450 s at a time and finishes.
-    jobs = run_stream("las", 2000, horizon=40_000, backfill_bound_s=600)
+    jobs = run_stream(LAS_1H, 2000, horizon=40_000, backfill_bound_s=600)
     large = jobs["large"]
     assert large.preemptions >= 2
     assert large.finished_at is not None and large.finished_at < 20_000

@@ -55,8 +55,9 @@ def test_no_preemption_for_equal_priority_under_fifo() -> None:
 def test_a_preempted_job_resumes_with_its_progress_and_pays_the_checkpoint() -> None:
     spec = cluster_from_data({"pools": [gpu_pool(nodes=1)]})
     jobs = [TraceJob("long", 2, 0.0, 1000.0, 8), TraceJob("urgent", 3, 400.0, 100.0, 8)]
-    part = Partition("p", spec, jobs, request_for=lambda j: gang(
-        j.gpus, priority="high" if j.id == "urgent" else "low"))
+    part = Partition(
+        "p", spec, jobs, request_for=lambda j: gang(j.gpus, priority="high" if j.id == "urgent" else "low")
+    )
     done = replay(part, "fifo")
     long, urgent = done.state.jobs["long"], done.state.jobs["urgent"]
     assert (urgent.first_start, urgent.finished_at) == (400.0, 500.0)

@@ -11,10 +11,13 @@ A100 = "nvidia-a100-40gb"
 
 
 def two_teams(a: dict[str, Any] | None = None, b: dict[str, Any] | None = None, cohort: str | None = "ml"):
-    return cluster(gpu_pool(nodes=2), queues=[
-        {"name": "alpha", "cohort": cohort, "quotas": {A100: {"nominal": 8, **(a or {})}}},
-        {"name": "beta", "cohort": cohort, "quotas": {A100: {"nominal": 8, **(b or {})}}},
-    ])
+    return cluster(
+        gpu_pool(nodes=2),
+        queues=[
+            {"name": "alpha", "cohort": cohort, "quotas": {A100: {"nominal": 8, **(a or {})}}},
+            {"name": "beta", "cohort": cohort, "quotas": {A100: {"nominal": 8, **(b or {})}}},
+        ],
+    )
 
 
 def test_within_nominal_then_borrowing_from_the_cohort() -> None:
@@ -44,7 +47,8 @@ def test_the_lender_reclaims_borrowed_quota_by_preemption() -> None:
     assert again.decisions == []
     assert again.waits["a2"].message == (
         "needs 8 nvidia-a100-40gb as one gang; queue alpha is at its nvidia-a100-40gb quota "
-        "(nominal 8, in use 8); cohort ml has 0 to lend")
+        "(nominal 8, in use 8); cohort ml has 0 to lend"
+    )
 
 
 def test_borrowing_limit() -> None:
@@ -55,7 +59,8 @@ def test_borrowing_limit() -> None:
     result = h.step(explain=True)
     assert [(d.job_id, d.borrowing) for d in result.placements] == [("a1", False), ("a3", True)]
     assert result.waits["a2"].reasons[1].text == (
-        "queue alpha is at its nvidia-a100-40gb quota (nominal 8, in use 8) and may borrow at most 4")
+        "queue alpha is at its nvidia-a100-40gb quota (nominal 8, in use 8) and may borrow at most 4"
+    )
 
 
 def test_lending_limit_keeps_part_of_the_quota_for_its_owner() -> None:
@@ -75,7 +80,8 @@ def test_a_queue_without_cohort_stops_at_its_quota() -> None:
     result = h.step(explain=True)
     assert [d.job_id for d in result.placements] == ["a1"]
     assert result.waits["a2"].reasons[1].text == (
-        "queue alpha is at its nvidia-a100-40gb quota (nominal 8, in use 8) and has no cohort to borrow from")
+        "queue alpha is at its nvidia-a100-40gb quota (nominal 8, in use 8) and has no cohort to borrow from"
+    )
 
 
 def test_unknown_queue_waits_for_good() -> None:

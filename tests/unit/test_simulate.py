@@ -42,8 +42,16 @@ def figures(files: tuple[str, str], policy: str | Las) -> dict[str, float]:
 def test_fifo_by_hand(files: tuple[str, str]) -> None:
     # 8 GPUs. job-2 runs 0-100; job-3 (4 GPUs) and job-4 (2) wait for it, then run 100-150, 100-110.
     assert figures(files, "fifo") == {
-        "jobs": 3, "avg_jct_s": 110.0, "p50_jct_s": 100.0, "p95_jct_s": 136.0, "p99_jct_s": 139.2,
-        "avg_queue_s": round(170 / 3, 3), "makespan_s": 150.0, "utilization": 0.85, "preemptions": 0}
+        "jobs": 3,
+        "avg_jct_s": 110.0,
+        "p50_jct_s": 100.0,
+        "p95_jct_s": 136.0,
+        "p99_jct_s": 139.2,
+        "avg_queue_s": round(170 / 3, 3),
+        "makespan_s": 150.0,
+        "utilization": 0.85,
+        "preemptions": 0,
+    }
 
 
 def test_srtf_by_hand(files: tuple[str, str]) -> None:
@@ -66,14 +74,19 @@ def run_cli(*args: str) -> tuple[int, str]:
 
 
 def test_simulate_json_shape(files: tuple[str, str]) -> None:
-    code, out = run_cli("--trace", files[0], "--cluster", files[1], "--contended", "--policy", "fifo,srtf",
-                        "-q", "-o", "json")
+    code, out = run_cli(
+        "--trace", files[0], "--cluster", files[1], "--contended", "--policy", "fifo,srtf", "-q", "-o", "json"
+    )
     assert code == 0, out
     data = json.loads(out.splitlines()[-1])
     assert list(data["policies"]) == ["fifo", "srtf"]
     fifo = data["policies"]["fifo"]
     assert {"avg_jct_s", "p99_jct_s", "avg_queue_s", "utilization", "preemptions"} <= set(fifo)
-    assert (fifo["avg_jct_s"], fifo["utilization"], data["policies"]["srtf"]["preemptions"]) == (110.0, 0.85, 1)
+    assert (fifo["avg_jct_s"], fifo["utilization"], data["policies"]["srtf"]["preemptions"]) == (
+        110.0,
+        0.85,
+        1,
+    )
 
 
 def test_simulate_text_table(files: tuple[str, str]) -> None:
@@ -83,54 +96,109 @@ def test_simulate_text_table(files: tuple[str, str]) -> None:
 
 
 def test_explain_at_shows_the_queue_at_that_time(files: tuple[str, str]) -> None:
-    code, out = run_cli("--trace", files[0], "--cluster", files[1], "--contended", "--policy", "fifo",
-                        "--explain-at", "30", "-o", "json")
+    at_30 = [
+        "--trace",
+        files[0],
+        "--cluster",
+        files[1],
+        "--contended",
+        "--policy",
+        "fifo",
+        "--explain-at",
+        "30",
+    ]
+    code, out = run_cli(*at_30, "-o", "json")
     assert code == 0, out
     rows = {r["job_id"]: r for r in json.loads(out.splitlines()[-1])["partitions"]["a"]}
     assert rows["job-2"]["state"] == "running" and rows["job-2"]["since_s"] == 30
     assert rows["job-3"]["detail"] == "needs 4 nvidia-gpu as one gang; pool a has 0 free"
-    assert rows["job-4"]["detail"] == "blocked behind job-3 at the head of queue default (fifo does not backfill)"
-    code, out = run_cli("--trace", files[0], "--cluster", files[1], "--contended", "--policy", "fifo",
-                        "--explain-at", "30", "--job", "job-3")
+    assert (
+        rows["job-4"]["detail"]
+        == "blocked behind job-3 at the head of queue default (fifo does not backfill)"
+    )
+    code, out = run_cli(*at_30, "--job", "job-3")
     assert code == 0 and "  - pool a has 0 free" in out
 
 
 def test_simulate_on_a_cluster_yaml(files: tuple[str, str]) -> None:
-    code, out = run_cli("--trace", files[0], "--cluster", str(REPO / "examples/clusters/gpu.yaml"),
-                        "--policy", "fifo", "-q", "-o", "json")
+    code, out = run_cli(
+        "--trace",
+        files[0],
+        "--cluster",
+        str(REPO / "examples/clusters/gpu.yaml"),
+        "--policy",
+        "fifo",
+        "-q",
+        "-o",
+        "json",
+    )
     assert code == 0, out
-    assert json.loads(out.splitlines()[-1])["policies"]["fifo"]["avg_jct_s"] == pytest.approx((100 + 50 + 10) / 3)
+    assert json.loads(out.splitlines()[-1])["policies"]["fifo"]["avg_jct_s"] == pytest.approx(
+        (100 + 50 + 10) / 3
+    )
 
 
 def test_plot_writes_a_png(files: tuple[str, str], tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="--plot needs matplotlib (pip install -e '.[test]')")
     png = tmp_path / "jct.png"
-    code, out = run_cli("--trace", files[0], "--cluster", files[1], "--policy", "fifo,las", "-q",
-                        "--plot", str(png))
+    code, out = run_cli(
+        "--trace", files[0], "--cluster", files[1], "--policy", "fifo,las", "-q", "--plot", str(png)
+    )
     assert code == 0, out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
-@pytest.mark.parametrize(("trace", "vcs", "args", "needles"), [
-    ("vc,submit_s,duration,gpus\na,0,10,x\n", VCS, [], ["t.csv:2: column gpus: 'x' is not a whole number"]),
-    ("vc,submit_s,duration,gpus\na,0,-5,1\n", VCS, [], ["t.csv:2: column duration: '-5' is not a number >= 0"]),
-    ("vc,submit_s,gpus\na,0,1\n", VCS, [], ["t.csv:1: missing column duration"]),
-    ("vc,submit_s,duration,gpus\nzz,0,10,1\n", VCS, [], ["t.csv:2: vc 'zz' is not in", "vc.csv"]),
-    ("vc,submit_s,duration,gpus\na,0,10,1\na,5,10,64\n", VCS, [], ["t.csv:3: the job asks for 64 GPUs; vc a has 16"]),
-    ("vc,submit_s,duration,gpus\na,0,10,1,9\n", VCS, [], ["t.csv:2: 5 fields, the header has 4"]),
-    (TRACE, "vc,nodes,gpus_per_node\na,2,8\na,3,8\n", [], ["vc.csv:3: vc 'a' appears twice"]),
-    (TRACE, "vc,nodes,gpus_per_node\na,two,8\n", [], ["vc.csv:2: column nodes: 'two' is not a whole number"]),
-    (TRACE, VCS, ["--contended"], []),
-    (TRACE, "vc,nodes,gpus_per_node\na,2,8\n", ["--contended"], ["vc.csv:1: missing column contended_nodes"]),
-    (TRACE, VCS, ["--policy", "lifo"], ["unknown scheduling policy 'lifo'"]),
-    (TRACE, VCS, ["--vc", "b"], ["no jobs for partition b"]),
-    (TRACE, VCS, ["--explain-at", "soon"], ["--explain-at 'soon' is not a time"]),
-])
-def test_bad_input_exits_2_and_names_the_row(tmp_path: Path, trace: str, vcs: str, args: list[str],
-                                             needles: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("trace", "vcs", "args", "needles"),
+    [
+        (
+            "vc,submit_s,duration,gpus\na,0,10,x\n",
+            VCS,
+            [],
+            ["t.csv:2: column gpus: 'x' is not a whole number"],
+        ),
+        (
+            "vc,submit_s,duration,gpus\na,0,-5,1\n",
+            VCS,
+            [],
+            ["t.csv:2: column duration: '-5' is not a number >= 0"],
+        ),
+        ("vc,submit_s,gpus\na,0,1\n", VCS, [], ["t.csv:1: missing column duration"]),
+        ("vc,submit_s,duration,gpus\nzz,0,10,1\n", VCS, [], ["t.csv:2: vc 'zz' is not in", "vc.csv"]),
+        (
+            "vc,submit_s,duration,gpus\na,0,10,1\na,5,10,64\n",
+            VCS,
+            [],
+            ["t.csv:3: the job asks for 64 GPUs; vc a has 16"],
+        ),
+        ("vc,submit_s,duration,gpus\na,0,10,1,9\n", VCS, [], ["t.csv:2: 5 fields, the header has 4"]),
+        (TRACE, "vc,nodes,gpus_per_node\na,2,8\na,3,8\n", [], ["vc.csv:3: vc 'a' appears twice"]),
+        (
+            TRACE,
+            "vc,nodes,gpus_per_node\na,two,8\n",
+            [],
+            ["vc.csv:2: column nodes: 'two' is not a whole number"],
+        ),
+        (TRACE, VCS, ["--contended"], []),
+        (
+            TRACE,
+            "vc,nodes,gpus_per_node\na,2,8\n",
+            ["--contended"],
+            ["vc.csv:1: missing column contended_nodes"],
+        ),
+        (TRACE, VCS, ["--policy", "lifo"], ["unknown scheduling policy 'lifo'"]),
+        (TRACE, VCS, ["--vc", "b"], ["no jobs for partition b"]),
+        (TRACE, VCS, ["--explain-at", "soon"], ["--explain-at 'soon' is not a time"]),
+    ],
+)
+def test_bad_input_exits_2_and_names_the_row(
+    tmp_path: Path, trace: str, vcs: str, args: list[str], needles: list[str]
+) -> None:
     (tmp_path / "t.csv").write_text(trace)
     (tmp_path / "vc.csv").write_text(vcs)
-    code, out = run_cli("--trace", str(tmp_path / "t.csv"), "--cluster", str(tmp_path / "vc.csv"), "-q", *args)
+    code, out = run_cli(
+        "--trace", str(tmp_path / "t.csv"), "--cluster", str(tmp_path / "vc.csv"), "-q", *args
+    )
     if not needles:
         assert code == 0, out
         return
@@ -142,7 +210,8 @@ def test_bad_input_exits_2_and_names_the_row(tmp_path: Path, trace: str, vcs: st
 
 def test_bad_cluster_yaml_names_the_field(tmp_path: Path, files: tuple[str, str]) -> None:
     bad = tmp_path / "c.yaml"
-    bad.write_text(textwrap.dedent("""\
+    bad.write_text(
+        textwrap.dedent("""\
         pools:
           - name: a100
             accelerator: nvidia-a100-40gb
@@ -152,7 +221,8 @@ def test_bad_cluster_yaml_names_the_field(tmp_path: Path, files: tuple[str, str]
           - name: team
             quotas:
               nvidia-h100-80gb: {nominal: 8}
-        """))
+        """)
+    )
     code, out = run_cli("--trace", files[0], "--cluster", str(bad))
     assert code == 2
     assert "invalid cluster file" in out and "queues[0].quotas.nvidia-h100-80gb" in out
