@@ -254,6 +254,12 @@ class Controller:
         self._nudge(self.book.waiting())
         return True
 
+    def retry_waiting(self) -> int:
+        """Nudge every job that waits for a pool (the periodic safety net); returns how many."""
+        waiting = self.book.waiting()
+        self._nudge(waiting)
+        return len(waiting)
+
     def _nudge(self, keys: list[str]) -> None:
         """Make kopf reconcile these waiting jobs again (an annotation change is an update)."""
         for key in dict.fromkeys(keys):

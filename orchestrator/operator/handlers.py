@@ -8,7 +8,9 @@ restart one mid-flight):
   blocked by a stopped operator; owner references let Kubernetes' garbage collector clean up then);
 * a RayJob we manage changes -> ``sync`` of its TrainingJob (status mirroring);
 * a pool ConfigMap (or, with ``--pools-from-nodes``, a Node) changes -> ``refresh_pools``;
-* a timer retries waiting (``Pending``) jobs every ``retry_interval_s``.
+* every ``retry_interval_s`` the waiting jobs are nudged again (a plain asyncio task beside kopf,
+  not a kopf timer: kopf's timers put a finalizer on every object they watch, and adding and
+  removing it raced the operator's own status writes).
 
 Project errors map to kopf's: transient -> ``TemporaryError`` (retried after ``retry_after``),
 others -> ``PermanentError``. kopf keeps its bookkeeping in annotations prefixed
@@ -119,12 +121,6 @@ def build_registry(controller: Controller, api: KubeApi) -> kopf.OperatorRegistr
             meta = body["metadata"]
             _kopf_errors(lambda: controller.forget(meta["namespace"], meta["name"]))
 
-    @kopf.timer(GROUP, VERSION, PLURAL, registry=registry, id="retry-waiting", interval=config.retry_interval_s,
-                initial_delay=config.retry_interval_s,
-                when=lambda status, **_: (status or {}).get("phase") in (None, "Pending"))
-    def retry_waiting(body: kopf.Body, **_: Any) -> None:
-        sync(body)
-
     @on.event(RAY_GROUP, RAY_VERSION, RAY_PLURAL, registry=registry, id="rayjob",
               labels={MANAGED_BY_LABEL: MANAGED_BY})
     def rayjob_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
@@ -149,11 +145,25 @@ async def run_operator(controller: Controller, api: KubeApi, *, stop_flag: Any =
     """Run the operator in the current event loop until ``stop_flag`` is set (or forever)."""
     config = controller.config
     namespaces: Collection[str] = config.namespaces
-    await kopf.operator(
-        registry=build_registry(controller, api), standalone=True, clusterwide=not namespaces,
-        namespaces=list(namespaces), liveness_endpoint=liveness_endpoint, stop_flag=stop_flag,
-        ready_flag=ready_flag,
-    )
+    retry = asyncio.create_task(_retry_waiting(controller))
+    try:
+        await kopf.operator(
+            registry=build_registry(controller, api), standalone=True, clusterwide=not namespaces,
+            namespaces=list(namespaces), liveness_endpoint=liveness_endpoint, stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+    finally:
+        retry.cancel()
+
+
+async def _retry_waiting(controller: Controller) -> None:
+    """The safety net behind the event-driven retries: nudge every waiting job now and then."""
+    while True:
+        await asyncio.sleep(controller.config.retry_interval_s)
+        try:
+            await asyncio.to_thread(controller.retry_waiting)
+        except OrchestratorError as exc:
+            log.warning("could not retry the waiting jobs: %s", exc.render())
 
 
 class OperatorThread:

@@ -22,7 +22,7 @@ def granted_rules(role: str = "orchestrator-operator") -> set[Rule]:
 
 
 def _verb(request: Any) -> str:
-    method = str(request.method).upper()
+    method = str(getattr(request.method, "value", request.method)).upper()  # kmock's method is an enum
     params = request.params or {}
     if method == "GET":
         if params.get("watch") == "true":
