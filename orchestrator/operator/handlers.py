@@ -145,6 +145,7 @@ async def run_operator(controller: Controller, api: KubeApi, *, stop_flag: Any =
     """Run the operator in the current event loop until ``stop_flag`` is set (or forever)."""
     config = controller.config
     namespaces: Collection[str] = config.namespaces
+    liveness_endpoint = liveness_endpoint or config.liveness_endpoint
     retry = asyncio.create_task(_retry_waiting(controller))
     try:
         await kopf.operator(

@@ -6,6 +6,8 @@ statuses themselves.
 
 from __future__ import annotations
 
+import json
+import socket
 import urllib.request
 from typing import Any
 
@@ -20,6 +22,13 @@ from orchestrator.testing import builders as b
 from tests.k8s.conftest import wait_for
 
 pytestmark = pytest.mark.k8s
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
 
 A100_TAINT = {"key": "dedicated", "value": "ml", "effect": "NoSchedule"}
 
@@ -62,7 +71,9 @@ def test_gpu_job_becomes_a_rayjob_on_the_gpu_pool(api: Any, namespace: str, star
                                                  rayjob_errors: Any) -> None:
     add_pools(api, namespace, b.gpu_pool("a100", nodes=2, per_node=8, taints=[A100_TAINT], cpus_per_node=64),
               b.gpu_pool("t4", accelerator="nvidia-t4", nodes=4, per_node=1))
-    operator = start_operator(namespace, metrics_port=0, metrics_host="127.0.0.1")
+    health_port = free_port()
+    operator = start_operator(namespace, metrics_port=0, metrics_host="127.0.0.1",
+                              liveness_endpoint=f"http://127.0.0.1:{health_port}/healthz")
     spec = b.spec_data("gpu-job", workers=4, gpus=1, cpus=2, accelerator="nvidia-a100-40gb", memory="8Gi",
                        tolerations=["dedicated=ml:NoSchedule"], failure={"max_failures": 2})
     job = api.create_training_job(b.training_job("gpu-job", namespace, spec))
@@ -104,6 +115,10 @@ def test_gpu_job_becomes_a_rayjob_on_the_gpu_pool(api: Any, namespace: str, star
     assert samples[("orchestrator_pool_accelerators_allocated", (("accelerator", "nvidia-a100-40gb"), ("pool", "a100")))] == 4
     assert samples[("orchestrator_pool_accelerators_total", (("accelerator", "nvidia-a100-40gb"), ("pool", "a100")))] == 16
     assert samples[("orchestrator_operator_node_pools", ())] == 2
+
+    # kopf's liveness endpoint (the Deployment's probes): 200 with the probes' JSON
+    with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=30) as health:
+        assert health.status == 200 and isinstance(json.loads(health.read()), dict)
 
 
 def test_multi_host_tpu_job_takes_one_whole_slice(api: Any, namespace: str, start_operator: Any,
