@@ -11,12 +11,13 @@ models, TensorBoard events), never the state itself.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -243,7 +244,7 @@ class JobStore:
     def _update(
         self, job_id: str, fields: dict[str, Any], expected: frozenset[JobState] | set[JobState] | None
     ) -> bool:
-        columns = {
+        columns: dict[str, Callable[[Any], Any]] = {
             "state": lambda v: JobState(v).value,
             "result": json.dumps,
             "progress": json.dumps,
@@ -251,7 +252,8 @@ class JobStore:
             "spec": json.dumps,
         }
         names = {"result": "result_json", "progress": "progress_json", "attempts": "attempts_json", "spec": "spec_json"}
-        sets, values = [], []
+        sets: builtins.list[str] = []
+        values: builtins.list[Any] = []
         for key, value in fields.items():
             conv = columns.get(key)
             sets.append(f"{names.get(key, key)} = ?")
@@ -265,9 +267,9 @@ class JobStore:
             cur = conn.execute(sql, values)
             return cur.rowcount == 1
 
-    def reconcile_dead_drivers(self) -> list[str]:
+    def reconcile_dead_drivers(self) -> builtins.list[str]:
         """Mark jobs whose local driver process died without saying so as ``interrupted``."""
-        changed = []
+        changed: builtins.list[str] = []
         for record in self.list(limit=10_000):
             if record.state not in ACTIVE_STATES or record.backend != "local":
                 continue

@@ -14,6 +14,7 @@ and skips any whose manifest is missing or whose checksums do not match, reporti
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -197,9 +198,9 @@ class CheckpointManager:
         for old in complete[self.keep :]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def cleanup_orphans(self, older_than_s: float = 0.0) -> list[Path]:
+    def cleanup_orphans(self, older_than_s: float = 0.0) -> builtins.list[Path]:
         """Remove temporary directories left by writers that died mid-write."""
-        removed = []
+        removed: builtins.list[Path] = []
         if not self.directory.is_dir():
             return removed
         now = time.time()
