@@ -139,7 +139,7 @@ class StoreCollector(Collector):
         yield from (f for f in families.values() if f.samples)
 
 
-def _family(metric: names.PromMetric) -> Metric:
+def _family(metric: names.PromMetric) -> CounterMetricFamily | GaugeMetricFamily:
     if metric.kind == "counter":
         return CounterMetricFamily(_strip_suffix(metric), metric.help, labels=metric.labels)
     return GaugeMetricFamily(metric.name, metric.help, labels=metric.labels)
