@@ -76,7 +76,7 @@ def operator(
                             liveness_endpoint=liveness, policy=policy, runtime=runtime)
     kopf.configure(verbose=verbose)
     api = KubeApi(load_api_client(kube_context))
-    asyncio.run(run_operator(Controller(api, config), api, liveness_endpoint=liveness))
+    asyncio.run(run_operator(Controller(api, config), api))
 
 
 @main.command()

@@ -251,7 +251,7 @@ class Controller:
         names = ", ".join(p.name for p in cluster.pools) if cluster else "none"
         log.info("node pools: %s", names)
         self.metrics.set_pools(self.book.usage())
-        self._nudge(self.book.waiting())
+        self.retry_waiting()
         return True
 
     def retry_waiting(self) -> int:

@@ -140,17 +140,15 @@ def build_registry(controller: Controller, api: KubeApi) -> kopf.OperatorRegistr
     return registry
 
 
-async def run_operator(controller: Controller, api: KubeApi, *, stop_flag: Any = None, ready_flag: Any = None,
-                       liveness_endpoint: str | None = None) -> None:
+async def run_operator(controller: Controller, api: KubeApi, *, stop_flag: Any = None, ready_flag: Any = None) -> None:
     """Run the operator in the current event loop until ``stop_flag`` is set (or forever)."""
     config = controller.config
     namespaces: Collection[str] = config.namespaces
-    liveness_endpoint = liveness_endpoint or config.liveness_endpoint
     retry = asyncio.create_task(_retry_waiting(controller))
     try:
         await kopf.operator(
             registry=build_registry(controller, api), standalone=True, clusterwide=not namespaces,
-            namespaces=list(namespaces), liveness_endpoint=liveness_endpoint, stop_flag=stop_flag,
+            namespaces=list(namespaces), liveness_endpoint=config.liveness_endpoint, stop_flag=stop_flag,
             ready_flag=ready_flag,
         )
     finally:
