@@ -160,7 +160,7 @@ def start_head() -> str:
     ray = str(Path(sys.executable).parent / "ray")
     subprocess.run([ray, "stop", "--force"], capture_output=True, check=False)
     for _ in range(3):
-        proc = subprocess.run([ray, "start", "--head", "--num-cpus=2", "--include-dashboard=true",
+        proc = subprocess.run([sys.executable, "-m", "orchestrator.backends.ray_startup", "start", "--head", "--num-cpus=2", "--include-dashboard=true",
                                "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
                                "--disable-usage-stats"], capture_output=True, text=True, check=False)
         if proc.returncode == 0:

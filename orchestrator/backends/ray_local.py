@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from orchestrator.backends.ray_startup import patient_start_up
 from orchestrator.errors import BackendError
 from orchestrator.spec.models import JobSpec
 from orchestrator.store import JobRecord
@@ -62,6 +63,7 @@ def start_embedded_ray(join_address: str | None = None, metadata: dict[str, str]
     }
     if join_address:
         return ray.init(address=join_address, **common)
+    patient_start_up()  # Ray's fixed start-up deadlines fail on a slow machine (see ray_startup)
     for attempt in range(1, RAY_START_ATTEMPTS + 1):
         # The dashboard head adds ten Python processes to Ray's start-up; on a starved machine
         # they push the raylet's agents past their fixed deadlines. After a failed start, try

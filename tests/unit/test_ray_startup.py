@@ -1,0 +1,78 @@
+"""The slow-machine Ray start-up patch, on stand-ins for Ray's own functions (no Ray started)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.backends import ray_startup
+
+
+def fake_start_raylet(
+    redis_address: str,
+    gcs_address: str,
+    node_id: str,
+    session_dir: str,
+    metrics_agent_port: int | None = None,
+    metrics_export_port: int | None = None,
+    dashboard_agent_listen_port: int | None = None,
+    runtime_env_agent_port: int | None = None,
+    **rest: Any,
+) -> dict[str, Any]:
+    """The parameters ray._private.services.start_raylet reads for the agents' ports."""
+    return {
+        "metrics_agent_port": metrics_agent_port,
+        "metrics_export_port": metrics_export_port,
+        "dashboard_agent_listen_port": dashboard_agent_listen_port,
+        "runtime_env_agent_port": runtime_env_agent_port,
+        "rest": rest,
+    }
+
+
+def test_ports_are_chosen_passed_and_published_where_the_raylet_waits(tmp_path: Path) -> None:
+    start = ray_startup._wrap_start_raylet(fake_start_raylet)
+    node = "ab" * 28
+    got = start(
+        "",
+        "127.0.0.1:6379",
+        node,
+        str(tmp_path),
+        dashboard_agent_listen_port=52365,
+        metrics_agent_port=0,
+        object_store_memory=10,
+    )
+    assert got["dashboard_agent_listen_port"] == 52365  # a given port is kept
+    assert got["rest"] == {"object_store_memory": 10}  # other arguments pass through
+    for param, file_name in ray_startup.AGENT_PORT_FILES.items():
+        port = got[param]
+        assert isinstance(port, int) and 0 < port < 65536, param
+        published = tmp_path / f"{file_name}_{node}"
+        assert published.read_text() == str(port)  # what the agent itself writes: the number only
+    assert not list(tmp_path.glob("*.orchestrator-tmp"))
+    chosen = [got[p] for p in ("metrics_agent_port", "metrics_export_port", "runtime_env_agent_port")]
+    assert len(set(chosen)) == 3
+
+
+def test_get_node_waits_past_rays_30_seconds_then_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def not_yet_then_found(gcs: str, node: str) -> dict[str, str]:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("node not found")
+        return {"node_id": node}
+
+    monkeypatch.setattr(ray_startup.time, "sleep", lambda s: None)
+    assert ray_startup._wrap_get_node(not_yet_then_found)("g", "n") == {"node_id": "n"}
+    assert len(calls) == 3
+
+    clock = iter(range(0, 10_000, 100))
+    monkeypatch.setattr(ray_startup.time, "monotonic", lambda: float(next(clock)))
+
+    def never(gcs: str, node: str) -> dict[str, str]:
+        raise RuntimeError("node not found")
+
+    with pytest.raises(RuntimeError, match="node not found"):
+        ray_startup._wrap_get_node(never)("g", "n")
