@@ -7,6 +7,8 @@ functions are the only place that knows Ray Train's API.
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from orchestrator.backends.ray_startup import patient_start_up
@@ -26,6 +28,29 @@ def dashboard_url(context: Any) -> str | None:
         return None
     base = url if url.startswith("http") else f"http://{url}"
     return f"{base}/#/jobs/{ray.get_runtime_context().get_job_id()}"
+
+
+def use_local_auth_token() -> bool:
+    """Turn on Ray's token auth for this process when a token is at hand; True if it did.
+
+    ``ray start`` enables token auth and keeps the token in ``~/.ray/auth_token``; ``ray.init``
+    uses it by itself only for a cluster it finds on its own, never for an explicit address such
+    as ``RAY_ADDRESS`` (worker.py: "an explicit address never does"). Joining the cluster this
+    machine started would then fail with "Authentication token is missing". An explicit
+    ``RAY_AUTH_MODE`` is left alone.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return False
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    if not (os.environ.get("RAY_AUTH_TOKEN") or Path(path).is_file()):
+        return False
+    try:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+    except ImportError:  # another Ray version: the environment variable alone
+        os.environ["RAY_AUTH_MODE"] = "token"
+    else:
+        _enable_token_auth()  # sets RAY_AUTH_MODE=token and re-reads Ray's config
+    return True
 
 
 #: How often ray.init is tried when Ray's start-up fails (see start_embedded_ray).
@@ -62,6 +87,7 @@ def start_embedded_ray(join_address: str | None = None, metadata: dict[str, str]
         "job_config": JobConfig(metadata=metadata or {}),
     }
     if join_address:
+        use_local_auth_token()
         return ray.init(address=join_address, **common)
     patient_start_up()  # Ray's fixed start-up deadlines fail on a slow machine (see ray_startup)
     for attempt in range(1, RAY_START_ATTEMPTS + 1):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +77,38 @@ def test_get_node_waits_past_rays_30_seconds_then_gives_up(monkeypatch: pytest.M
 
     with pytest.raises(RuntimeError, match="node not found"):
         ray_startup._wrap_get_node(never)("g", "n")
+
+
+def test_joining_by_address_uses_the_local_token_only_when_there_is_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+    import types
+
+    from orchestrator.backends.ray_local import use_local_auth_token
+
+    enabled: list[bool] = []
+    fake = types.ModuleType("authentication_token_setup")
+
+    def enable() -> None:  # what Ray's _enable_token_auth does, minus its C++ config reload
+        enabled.append(True)
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+
+    fake._enable_token_auth = enable  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ray._private.authentication.authentication_token_setup", fake)
+    monkeypatch.setattr(Path, "home", lambda: tmp_path)
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+
+    assert use_local_auth_token() is False  # no token anywhere: auth stays as Ray decides
+    assert enabled == []
+
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("t" * 64)
+    assert use_local_auth_token() is True
+    assert enabled == [True]
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the user's explicit choice wins
+    assert use_local_auth_token() is False
+    assert enabled == [True]
