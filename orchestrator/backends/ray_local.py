@@ -86,10 +86,10 @@ def start_embedded_ray(join_address: str | None = None, metadata: dict[str, str]
         "namespace": "orchestrator",
         "job_config": JobConfig(metadata=metadata or {}),
     }
+    patient_start_up()  # Ray's fixed start-up deadlines fail on a slow machine (see ray_startup)
     if join_address:
         use_local_auth_token()
         return ray.init(address=join_address, **common)
-    patient_start_up()  # Ray's fixed start-up deadlines fail on a slow machine (see ray_startup)
     for attempt in range(1, RAY_START_ATTEMPTS + 1):
         # The dashboard head adds ten Python processes to Ray's start-up; on a starved machine
         # they push the raylet's agents past their fixed deadlines. After a failed start, try

@@ -14,7 +14,11 @@ at all (``RAY_agent_register_timeout_ms`` is not consulted for this wait in 2.60
   on at once; the agents bind those ports when their imports finish, and Ray's clients retry
   until then;
 * the wait for the node to register with the GCS is ``ORCHESTRATOR_RAY_START_TIMEOUT_S``
-  (default 600 s) instead of 30 s.
+  (default 600 s) instead of 30 s;
+* the same patience for the worker processes, through Ray's own settings (unless already set):
+  a worker process has 600 s instead of 60 s to register with its raylet (past that the raylet
+  starts another, forever, on a machine where importing Ray takes a minute), and a Ray Train
+  worker group 600 s instead of 60 s to start.
 
 It patches two functions of ``ray._private.services`` in this process (idempotently), so it
 applies to ``ray.init()`` here and to ``python -m orchestrator.backends.ray_startup start ...``,
@@ -43,6 +47,12 @@ AGENT_PORT_FILES = {
 }
 
 _PATCHED = "_orchestrator_patient"
+
+#: Ray settings read from the environment by the raylet (started after this) and by Ray Train.
+PATIENT_ENVIRONMENT = {
+    "RAY_worker_register_timeout_seconds": str(int(START_TIMEOUT_S)),
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(int(START_TIMEOUT_S)),
+}
 
 
 def free_port() -> int:
@@ -95,8 +105,14 @@ def _wrap_get_node(original: Callable[..., Any]) -> Callable[..., Any]:
     return get_node
 
 
+def set_patient_environment() -> dict[str, str]:
+    """Ray's worker start-up timeouts for a slow machine, where not set already; returns them."""
+    return {name: os.environ.setdefault(name, value) for name, value in PATIENT_ENVIRONMENT.items()}
+
+
 def patient_start_up() -> None:
     """Patch this process's Ray start-up (see the module docstring). Safe to call repeatedly."""
+    set_patient_environment()
     from ray._private import services
 
     if not getattr(services.start_raylet, _PATCHED, False):

@@ -112,3 +112,11 @@ def test_joining_by_address_uses_the_local_token_only_when_there_is_one(
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the user's explicit choice wins
     assert use_local_auth_token() is False
     assert enabled == [True]
+
+
+def test_worker_timeouts_are_raised_unless_the_user_set_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_worker_register_timeout_seconds", raising=False)
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "90")
+    got = ray_startup.set_patient_environment()
+    assert os.environ["RAY_worker_register_timeout_seconds"] == "600"  # Ray's default is 60
+    assert got["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] == "90"  # the user's value is kept
