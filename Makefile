@@ -14,9 +14,10 @@ unexport PYTHONDONTWRITEBYTECODE
 
 # uv installs the same pinned set as pip in a fraction of the time: pip spent most of CI's 90
 # minutes byte-compiling all ~17,500 modules of the venv on the 2-CPU machine, where uv compiles
-# none and Python compiles only what the tests import, once (hence the unexport below). torch comes from the CPU
-# wheel this kind of machine keeps on disk when it is there, else through pip's own configuration
-# (uv would take PyPI's CUDA build). Without uv (no registry), plain pip does everything.
+# none and Python compiles only what the tests import, once (hence the unexport above). torch
+# comes from the CPU wheel this kind of machine keeps on disk when it is there, else through pip's
+# own configuration (uv would take PyPI's CUDA build). Without uv (no registry), plain pip does
+# everything.
 UV_VERSION  := 0.13.9
 TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-2.13.0+cpu-cp311-*.whl))
 

@@ -38,13 +38,13 @@ from typing import Any
 #: Seconds a starting node may take to register with the GCS (Ray's own limit is 30 s).
 START_TIMEOUT_S = float(os.environ.get("ORCHESTRATOR_RAY_START_TIMEOUT_S", "600"))
 
-#: start_raylet's port parameters, and the file name the raylet waits for, per parameter.
-AGENT_PORT_FILES = {
-    "metrics_agent_port": "metrics_agent_port",
-    "metrics_export_port": "metrics_export_port",
-    "dashboard_agent_listen_port": "dashboard_agent_listen_port",
-    "runtime_env_agent_port": "runtime_env_agent_port",
-}
+#: start_raylet's agent port parameters; each is also the name of the file the raylet waits for.
+AGENT_PORTS = (
+    "metrics_agent_port",
+    "metrics_export_port",
+    "dashboard_agent_listen_port",
+    "runtime_env_agent_port",
+)
 
 _PATCHED = "_orchestrator_patient"
 
@@ -78,12 +78,12 @@ def _wrap_start_raylet(original: Callable[..., Any]) -> Callable[..., Any]:
     def start_raylet(*args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(*args, **kwargs)
         session_dir, node_id = bound.arguments["session_dir"], str(bound.arguments["node_id"])
-        for param, file_name in AGENT_PORT_FILES.items():
-            port = bound.arguments.get(param)
+        for name in AGENT_PORTS:
+            port = bound.arguments.get(name)
             if not port:  # None or 0: Ray would let the agent pick one and wait to read it
                 port = free_port()
-                bound.arguments[param] = port
-            publish_port(session_dir, file_name, node_id, int(port))
+                bound.arguments[name] = port
+            publish_port(session_dir, name, node_id, int(port))
         return original(*bound.args, **bound.kwargs)
 
     setattr(start_raylet, _PATCHED, True)

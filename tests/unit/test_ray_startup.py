@@ -46,10 +46,10 @@ def test_ports_are_chosen_passed_and_published_where_the_raylet_waits(tmp_path: 
     )
     assert got["dashboard_agent_listen_port"] == 52365  # a given port is kept
     assert got["rest"] == {"object_store_memory": 10}  # other arguments pass through
-    for param, file_name in ray_startup.AGENT_PORT_FILES.items():
-        port = got[param]
-        assert isinstance(port, int) and 0 < port < 65536, param
-        published = tmp_path / f"{file_name}_{node}"
+    for name in ray_startup.AGENT_PORTS:
+        port = got[name]
+        assert isinstance(port, int) and 0 < port < 65536, name
+        published = tmp_path / f"{name}_{node}"
         assert published.read_text() == str(port)  # what the agent itself writes: the number only
     assert not list(tmp_path.glob("*.orchestrator-tmp"))
     chosen = [got[p] for p in ("metrics_agent_port", "metrics_export_port", "runtime_env_agent_port")]
