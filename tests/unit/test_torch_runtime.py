@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ from orchestrator.runtime.torch_loop import train_builtin
 from orchestrator.spec.models import JobSpec
 
 
+_open_sessions: list[TrainSession] = []
+
+
 def make_session(tmp_path: Path, spec: JobSpec) -> TrainSession:
     data = prepare_data(spec.data, spec.training.seed)
     paths = JobPaths(tmp_path, tmp_path / "checkpoints", tmp_path / "model")
@@ -24,7 +28,18 @@ def make_session(tmp_path: Path, spec: JobSpec) -> TrainSession:
         sink=None, collectives=LocalCollectives(torch.device("cpu")), keep_checkpoints=spec.checkpoint.keep,
     )
     session_mod.set_session(sess)
+    _open_sessions.append(sess)
     return sess
+
+
+@pytest.fixture(autouse=True)
+def _close_sessions() -> Iterator[None]:
+    """Close every session a test made, as the Ray worker does: an open session's hang watchdog
+    would SIGKILL this pytest process once it saw no progress for failure.hang_timeout_s."""
+    yield
+    while _open_sessions:
+        _open_sessions.pop().close()
+    session_mod.set_session(None)
 
 
 @pytest.fixture
@@ -118,3 +133,14 @@ def test_cnn_shapes_for_larger_images() -> None:
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
     tiny = build_cnn(CNNModel(conv_filters=[4, 8, 16, 32]), (1, 4, 4), 2)  # pools stop at 1x1
     assert tiny(torch.zeros(2, 1, 4, 4)).shape == (2, 2)
+
+
+def test_close_disarms_the_hang_watchdog(tmp_path: Path, spec: JobSpec) -> None:
+    spec = spec.model_copy(update={"failure": spec.failure.model_copy(update={"hang_timeout_s": 4.0})})
+    sess = make_session(tmp_path, spec)
+    sess.attempt_started()
+    watchdog = sess._watchdog
+    assert watchdog is not None and watchdog.is_alive()
+    sess.close()
+    watchdog.join(timeout=3.0)  # it checks once a second; alive after close, it would kill this process
+    assert not watchdog.is_alive()
