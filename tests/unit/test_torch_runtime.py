@@ -16,7 +16,6 @@ from orchestrator.runtime.session import JobPaths, LocalCollectives, TrainSessio
 from orchestrator.runtime.torch_loop import train_builtin
 from orchestrator.spec.models import JobSpec
 
-
 _open_sessions: list[TrainSession] = []
 
 
