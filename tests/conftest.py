@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+_exit_status = pytest.StashKey[int]()
 
 
 @pytest.fixture
@@ -16,3 +20,28 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "orchestrator-home"
     monkeypatch.setenv("ORCHESTRATOR_HOME", str(path))
     return path
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_exit_status] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave without the interpreter's teardown once pytest has written everything.
+
+    After the whole suite (torch, Ray, kopf, the trace replays' millions of objects), Python's
+    final garbage collection in ``Py_FinalizeEx`` ran for over 15 minutes on a 2-CPU VM after the
+    summary line was printed (seen with gdb: ``gc_collect_main`` from ``finalize_modules``). Every
+    fixture and plugin has finished by now, so only that teardown is skipped.
+    ``ORCHESTRATOR_TEST_FAST_EXIT=0`` turns this off; it applies only to the pytest command, never
+    to a ``pytest.main()`` call inside another program.
+    """
+    status = config.stash.get(_exit_status, None)
+    if status is None or os.environ.get("ORCHESTRATOR_TEST_FAST_EXIT", "1") == "0":
+        return
+    if Path(sys.argv[0]).name not in ("pytest", "py.test", "__main__.py") or "pytest" not in sys.argv[0]:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
