@@ -31,7 +31,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """Leave without the interpreter's teardown once pytest has written everything.
 
     After the whole suite (torch, Ray, kopf, the trace replays' millions of objects), Python's
-    final garbage collection in ``Py_FinalizeEx`` ran for over 15 minutes on a 2-CPU VM after the
+    final garbage collection in ``Py_FinalizeEx`` ran for more than 13 minutes on a 2-CPU VM after the
     summary line was printed (seen with gdb: ``gc_collect_main`` from ``finalize_modules``). Every
     fixture and plugin has finished by now, so only that teardown is skipped.
     ``ORCHESTRATOR_TEST_FAST_EXIT=0`` turns this off; it applies only to the pytest command, never
