@@ -337,7 +337,8 @@ class Driver:
             for line in event["lines"]:
                 log.info("[rank %s %s] %s", event.get("rank"), event.get("stream"), line)
         elif kind == "model":
-            log.info("model: %s parameters (checksum %s)", event["parameters"], event["param_checksum"])
+            log.info("model: %s parameters (checksum %s) on %s, gradients over %s", event["parameters"],
+                     event["param_checksum"], event.get("device", "?"), event.get("sync_backend", "?"))
 
     def _save_progress(self) -> None:
         epochs = self.tracker.epoch_metrics
@@ -373,6 +374,8 @@ class Driver:
             "time_to_first_step_s": (self.tracker.first_step_at - self.requested_at)
             if self.tracker.first_step_at else None,
             "model_checksum": self.tracker.model_checksum,
+            "device": self.tracker.device,
+            "sync_backend": self.tracker.sync_backend,
         })
         self.store.transition(
             self.record.id, state, ACTIVE_STATES, ended_at=now, message=message,

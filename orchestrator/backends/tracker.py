@@ -39,6 +39,8 @@ class RunTracker:
     first_step_at: float | None = None
     stopped: bool = False
     model_checksum: str | None = None
+    device: str | None = None
+    sync_backend: str | None = None
     shards: dict[int, dict[int, list[int]]] = field(default_factory=dict)
     new_recoveries: list[Recovery] = field(default_factory=list)
     _attempts_before: int = 0
@@ -73,6 +75,11 @@ class RunTracker:
         self.epoch_metrics[int(event["epoch"])] = dict(event["metrics"])
         self._seen_step(event.get("global_step"))
         return True
+
+    def _on_model(self, event: dict[str, Any]) -> bool:
+        self.device = event.get("device")
+        self.sync_backend = event.get("sync_backend")
+        return False
 
     def _on_final(self, event: dict[str, Any]) -> bool:
         self.final_metrics = dict(event["metrics"])

@@ -58,6 +58,13 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def sync_backend_in_use() -> str:
+    """The torch.distributed backend gradients travel over (``none`` for a single worker)."""
+    if dist.is_available() and dist.is_initialized():
+        return str(dist.get_backend())
+    return "none"
+
+
 def make_optimizer(spec: JobSpec, params: Any) -> torch.optim.Optimizer:
     t = spec.training
     if t.optimizer == "adam":

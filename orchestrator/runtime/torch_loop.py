@@ -28,6 +28,7 @@ from orchestrator.runtime.torch_ddp import (
     param_checksum,
     restore_checkpoint,
     save_checkpoint,
+    sync_backend_in_use,
     wrap_ddp,
 )
 from orchestrator.spec.models import JobSpec
@@ -59,7 +60,8 @@ def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[
     if rank == 0:
         sess.emit({"type": "model", "parameters": sum(p.numel() for p in model.parameters()),
                    "param_checksum": param_checksum(model),
-                   "optimizer_checksum": optimizer_checksum(optimizer)})
+                   "optimizer_checksum": optimizer_checksum(optimizer),
+                   "device": str(dev), "sync_backend": sync_backend_in_use()})
 
     net = wrap_ddp(model, spec, dev)
     bs = spec.per_worker_batch_size

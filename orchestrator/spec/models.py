@@ -246,6 +246,11 @@ class ResourcesSpec(_Model):
     def uses_gpu(self) -> bool:
         return self.gpus_per_worker > 0
 
+    @property
+    def shares_gpus(self) -> bool:
+        """Several workers, each with a fraction of a GPU: they share devices."""
+        return self.workers > 1 and 0 < self.gpus_per_worker < 1
+
 
 class TrainingSpec(_Model):
     """The optimisation loop."""
@@ -395,6 +400,15 @@ class JobSpec(_Model):
                 "nccl needs GPUs",
                 fix="set resources.gpus_per_worker >= 1, or sync.backend: gloo (or auto)",
             )
+        if self.sync.backend == "nccl" and self.resources.shares_gpus:
+            raise CrossFieldError(
+                "sync.backend",
+                f"nccl cannot run {self.resources.workers} workers on "
+                f"{self.resources.gpus_per_worker:g} GPU each: workers share a GPU, and NCCL refuses "
+                "two ranks on one device",
+                fix="give each worker a whole GPU (resources.gpus_per_worker: 1), or use sync.backend: "
+                "gloo (or auto, which picks gloo here)",
+            )
         return self
 
     @property
@@ -403,7 +417,11 @@ class JobSpec(_Model):
 
     @property
     def sync_backend(self) -> str:
-        """The collective backend actually used: nccl on GPUs, gloo on CPUs."""
+        """The collective backend actually used: nccl when each worker has its own GPU, else gloo.
+
+        Workers with a fraction of a GPU share one device, and NCCL refuses two ranks on the
+        same device, so they all-reduce over gloo (their tensors are copied through the CPU).
+        """
         if self.sync.backend != "auto":
             return self.sync.backend
-        return "nccl" if self.resources.uses_gpu else "gloo"
+        return "nccl" if self.resources.uses_gpu and not self.resources.shares_gpus else "gloo"

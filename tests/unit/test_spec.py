@@ -77,6 +77,9 @@ BAD_SPECS: list[tuple[str, str | bytes | None, list[str], list[str]]] = [
      ["training.optimizer", "did you mean `adam`"]),
     ("nccl-without-gpu", "name: j\nmodel: {type: cnn}\nsync: {backend: nccl}\n", [],
      ["sync.backend", "nccl needs GPUs"]),
+    ("nccl-on-shared-gpus",
+     "name: j\nmodel: {type: cnn}\nresources: {workers: 2, gpus_per_worker: 0.5}\nsync: {backend: nccl}\n", [],
+     ["sync.backend", "NCCL refuses two ranks on one device", "gpus_per_worker: 1"]),
     ("fractions", "name: j\nmodel: {type: cnn}\ndata: {validation_fraction: 0.45, test_fraction: 0.45}\n", [],
      ["data.test_fraction", "20%"]),
     ("model-and-entrypoint", "name: j\nmodel: {type: cnn}\nentrypoint: train.py:main\n", [],
@@ -153,6 +156,21 @@ def test_cnn_yaml_values() -> None:
     assert spec.data.source == "digits"
     assert spec.per_worker_batch_size == spec.training.batch_size // 2
     assert spec.sync_backend == "gloo"
+
+
+@pytest.mark.parametrize(("workers", "gpus", "backend"), [
+    (2, 0.0, "gloo"),   # CPU workers
+    (2, 1.0, "nccl"),   # a GPU each
+    (1, 0.5, "nccl"),   # one worker on part of a GPU: no device is shared
+    (2, 0.5, "gloo"),   # two workers on one GPU: NCCL refuses duplicate devices
+    (4, 2.0, "nccl"),
+])
+def test_auto_sync_backend(workers: int, gpus: float, backend: str) -> None:
+    spec = JobSpec.model_validate({
+        "name": "j", "model": {"type": "cnn"},
+        "resources": {"workers": workers, "gpus_per_worker": gpus},
+    })
+    assert spec.sync_backend == backend
 
 
 def test_overrides_are_validated_and_applied(tmp_path: Path) -> None:

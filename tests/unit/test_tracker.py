@@ -98,3 +98,11 @@ def test_epoch_metrics_and_resumed_shards_merge() -> None:
     assert tr.shards[0][2] == [1, 2, 3, 4]
     assert tr.epoch_metrics[1]["val_accuracy"] == 0.8
     assert tr.current is not None and tr.current["last_step"] == 20
+
+
+def test_model_event_records_device_and_sync_backend() -> None:
+    tr = RunTracker()
+    assert (tr.device, tr.sync_backend) == (None, None)
+    tr.apply(ev("model", 1.0, parameters=1234, param_checksum="abc", optimizer_checksum="def",
+                device="cuda:0", sync_backend="nccl"))
+    assert (tr.device, tr.sync_backend) == ("cuda:0", "nccl")
