@@ -327,7 +327,10 @@ class FaultInjectionSpec(_Model):
 class SyncSpec(_Model):
     """Gradient synchronisation (all-reduce) settings."""
 
-    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        default="auto",
+        description="Collective backend; auto: nccl when each worker has a whole GPU, else gloo.",
+    )
     bucket_mb: float = Field(default=25.0, gt=0, le=1024, description="DDP bucket size.")
     compression: Literal["none", "fp16"] = Field(
         default="none", description="Gradient compression through a DDP communication hook."
