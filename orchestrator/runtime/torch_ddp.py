@@ -289,13 +289,21 @@ def export_model(model: nn.Module) -> Path | None:
 
 
 def export_torch_model(model: nn.Module, data: PreparedData, spec: JobSpec, model_dir: Path) -> None:
-    """Save the state_dict, a TorchScript model that takes raw inputs, and metadata."""
+    """Save the state_dict, a TorchScript model that takes raw inputs, and metadata.
+
+    Exports a CPU copy: ``model`` itself stays on its device and in its mode (train or eval),
+    so a training loop may export mid-run and go on. A DDP-wrapped model is unwrapped first.
+    """
+    import copy
     import json
+
+    from torch.nn.parallel import DistributedDataParallel
 
     from orchestrator.models.torch_models import WithPreprocessing
 
     model_dir.mkdir(parents=True, exist_ok=True)
-    cpu_model = model.to("cpu").eval()
+    module = model.module if isinstance(model, DistributedDataParallel) else model
+    cpu_model = copy.deepcopy(module).to("cpu").eval()
     torch.save(cpu_model.state_dict(), model_dir / "model.pt")
     pre = data.preprocessor
 

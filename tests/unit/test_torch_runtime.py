@@ -143,3 +143,20 @@ def test_close_disarms_the_hang_watchdog(tmp_path: Path, spec: JobSpec) -> None:
     sess.close()
     watchdog.join(timeout=3.0)  # it checks once a second; alive after close, it would kill this process
     assert not watchdog.is_alive()
+
+
+def test_export_leaves_the_training_model_as_it_was(tmp_path: Path, spec: JobSpec) -> None:
+    """A loop may export mid-run (``export_model``) and go on training: same mode, same weights."""
+    sess = make_session(tmp_path, spec)
+    model = torch_ddp.build_model(spec, sess.data)  # type: ignore[arg-type]
+    model.train()
+    before = torch_ddp.param_checksum(model)
+    params = [id(p) for p in model.parameters()]
+    torch_ddp.export_torch_model(model, sess.data, spec, tmp_path / "export")  # type: ignore[arg-type]
+    assert model.training  # still in train mode: dropout and batch norm keep training
+    assert [id(p) for p in model.parameters()] == params  # the optimizer's parameters are untouched
+    assert torch_ddp.param_checksum(model) == before
+    exported = torch_ddp.build_model(spec, sess.data)  # type: ignore[arg-type]
+    exported.load_state_dict(torch.load(tmp_path / "export" / "model.pt"))
+    assert torch_ddp.param_checksum(exported) == before
+    assert (tmp_path / "export" / "model.torchscript.pt").stat().st_size > 0
