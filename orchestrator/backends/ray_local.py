@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -143,11 +144,29 @@ def check_fits_local_cluster(spec: JobSpec, resources: dict[str, float]) -> None
         )
 
 
+#: GKE's TPU accelerator names to the TPU version Ray labels a node with (``TPU-<VERSION>``).
+_TPU_VERSIONS = {
+    "tpu-v4-podslice": "V4",
+    "tpu-v5-lite-podslice": "V5LITEPOD",
+    "tpu-v5-lite-device": "V5LITEPOD",
+    "tpu-v5p-slice": "V5P",
+    "tpu-v6e-slice": "V6E",
+}
+
+
 def _ray_accelerator_name(accelerator: str) -> str:
-    """Our accelerator names to Ray's accelerator_type resource names (A100, H100, T4...)."""
+    """Our accelerator names to the ``accelerator_type`` Ray detects on a node.
+
+    Ray names an NVIDIA card by its model, without the memory size (``NVIDIA A100-SXM4-40GB``
+    is ``A100``, ``NVIDIA RTX PRO 6000 ...`` is ``RTX-PRO-6000``), and a TPU by its version
+    (``TPU-V5LITEPOD``, ``TPU-V5P``).
+    """
+    if accelerator in _TPU_VERSIONS:
+        return "TPU-" + _TPU_VERSIONS[accelerator]
     parts = accelerator.split("-")
     if parts[0] == "nvidia" and len(parts) > 1:
-        return parts[1].upper()
+        model = [p for p in parts[1:] if not re.fullmatch(r"\d+gb", p)]
+        return "-".join(model).upper()
     if parts[0] == "tpu" and len(parts) > 1:
         return "TPU-" + parts[1].upper()
     return accelerator

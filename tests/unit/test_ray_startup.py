@@ -120,3 +120,21 @@ def test_worker_timeouts_are_raised_unless_the_user_set_them(monkeypatch: pytest
     got = ray_startup.set_patient_environment()
     assert os.environ["RAY_worker_register_timeout_seconds"] == "600"  # Ray's default is 60
     assert got["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] == "90"  # the user's value is kept
+
+
+@pytest.mark.parametrize(("ours", "rays"), [
+    ("nvidia-h100-80gb", "H100"),            # Ray: "NVIDIA H100 80GB HBM3" -> H100
+    ("nvidia-a100-40gb", "A100"),            # "NVIDIA A100-SXM4-40GB" -> A100
+    ("nvidia-t4", "T4"),
+    ("nvidia-l4", "L4"),
+    ("nvidia-h200", "H200"),
+    ("nvidia-rtx-pro-6000", "RTX-PRO-6000"),  # "NVIDIA RTX PRO 6000 Blackwell ..." -> RTX-PRO-6000
+    ("tpu-v5-lite-podslice", "TPU-V5LITEPOD"),
+    ("tpu-v5p-slice", "TPU-V5P"),
+    ("tpu-v6e-slice", "TPU-V6E"),
+    ("tpu-v4-podslice", "TPU-V4"),
+])
+def test_accelerator_names_match_what_ray_detects(ours: str, rays: str) -> None:
+    from orchestrator.backends.ray_local import _ray_accelerator_name
+
+    assert _ray_accelerator_name(ours) == rays
