@@ -121,7 +121,7 @@ def main() -> int:
     checks: list[tuple[str, list[str], dict[str, object]]] = [
         ("nccl-1gpu", [epochs, "resources.workers=1", "resources.gpus_per_worker=1",
                        "resources.cpus_per_worker=2", "sync.backend=nccl"],
-         {"device": "cuda:0", "sync_backend": "none"}),
+         {"device": "cuda:0", "sync_backend": "nccl"}),  # Ray Train sets up the group for 1 too
         ("nccl-fp16", [epochs, "resources.workers=1", "resources.gpus_per_worker=1",
                        "resources.cpus_per_worker=2", "sync.backend=nccl", "sync.compression=fp16"],
          {"device": "cuda:0"}),

@@ -59,7 +59,7 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 def sync_backend_in_use() -> str:
-    """The torch.distributed backend gradients travel over (``none`` for a single worker)."""
+    """The torch.distributed backend of this worker's process group (``none`` without one)."""
     if dist.is_available() and dist.is_initialized():
         return str(dist.get_backend())
     return "none"
