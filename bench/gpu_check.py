@@ -5,9 +5,11 @@ JSON object per check, then a summary line. Each check asserts what it is about:
 
 * ``nccl-1gpu``: 1 worker x 1 GPU, ``sync.backend: nccl``: the job succeeds, trains on
   ``cuda:0`` with gradients over nccl, and reaches the spec's accuracy.
-* ``nccl-fp16``: the same with ``sync.compression: fp16`` (DDP's fp16 compression hook on nccl).
 * ``shared-gpu-auto``: 2 workers x 0.5 GPU, ``sync.backend: auto``: both ranks on one GPU, so
   auto must pick gloo (NCCL refuses two ranks on one device); the job succeeds on ``cuda:0``.
+* ``shared-gpu-fp16``: the same with ``sync.compression: fp16``: DDP's fp16 compression hook on
+  CUDA gradients (one worker trains without DDP, so compression needs two).
+* ``nccl-2gpu-fp16`` (with 2+ GPUs only): 2 workers x 1 GPU, auto (nccl), fp16 compression.
 * ``nccl-duplicate-gpu``: the premise of the rule above, checked with torch alone: two
   processes on one GPU try an nccl all-reduce (expected to fail; its error is recorded).
 * ``cpu-baseline``: the same spec on CPU (2 workers, gloo) for the samples/s comparison.
@@ -122,12 +124,16 @@ def main() -> int:
         ("nccl-1gpu", [epochs, "resources.workers=1", "resources.gpus_per_worker=1",
                        "resources.cpus_per_worker=2", "sync.backend=nccl"],
          {"device": "cuda:0", "sync_backend": "nccl"}),  # Ray Train sets up the group for 1 too
-        ("nccl-fp16", [epochs, "resources.workers=1", "resources.gpus_per_worker=1",
-                       "resources.cpus_per_worker=2", "sync.backend=nccl", "sync.compression=fp16"],
-         {"device": "cuda:0"}),
         ("shared-gpu-auto", [epochs, "resources.workers=2", "resources.gpus_per_worker=0.5",
                              "resources.cpus_per_worker=2"],
          {"device": "cuda:0", "sync_backend": "gloo"}),
+        # DDP (and so its fp16 compression hook) needs 2+ workers: on one GPU they share it, over gloo
+        ("shared-gpu-fp16", [epochs, "resources.workers=2", "resources.gpus_per_worker=0.5",
+                             "resources.cpus_per_worker=2", "sync.compression=fp16"],
+         {"device": "cuda:0", "sync_backend": "gloo"}),
+        *([("nccl-2gpu-fp16", [epochs, "resources.workers=2", "resources.gpus_per_worker=1",
+                               "resources.cpus_per_worker=2", "sync.compression=fp16"],
+            {"device": "cuda:0", "sync_backend": "nccl"})] if torch.cuda.device_count() >= 2 else []),
         ("cpu-baseline", [epochs, "resources.workers=2", "resources.cpus_per_worker=2"],
          {"device": "cpu", "sync_backend": "gloo"}),
     ]
