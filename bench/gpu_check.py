@@ -27,10 +27,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.submit import submit_json  # noqa: E402
+from orchestrator.backends.ray_startup import free_port  # noqa: E402
 
 DUPLICATE_GPU_PROBE = r"""
 import os, sys, torch, torch.distributed as dist
@@ -46,21 +49,13 @@ dist.destroy_process_group()
 
 
 def submit(spec: str, sets: list[str], home: Path, timeout: float) -> dict[str, object]:
-    env = {**os.environ, "ORCHESTRATOR_HOME": str(home)}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "orchestrator", "submit", spec, "--output", "json", "--quiet"]
-    for s in sets:
-        cmd += ["--set", s]
-    started = time.time()
+    args = [arg for s in sets for arg in ("--set", s)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
+        proc, out, wall = submit_json(spec, home, *args, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {timeout:.0f} s"}
-    wall = time.time() - started
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if not lines:
+    if out is None:
         return {"ok": False, "exit": proc.returncode, "error": (proc.stderr or proc.stdout)[-2500:]}
-    out = json.loads(lines[-1])
     metrics = out.get("metrics") or {}
     return {
         "exit": proc.returncode,
@@ -77,11 +72,7 @@ def submit(spec: str, sets: list[str], home: Path, timeout: float) -> dict[str, 
 
 
 def duplicate_gpu_probe(timeout: float) -> dict[str, object]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
+    port = str(free_port())
     env = {**os.environ, "NCCL_DEBUG": "WARN"}
     procs = [subprocess.Popen([sys.executable, "-c", DUPLICATE_GPU_PROBE, str(r), port], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]

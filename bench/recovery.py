@@ -31,6 +31,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.submit import submit_json  # noqa: E402
+
 EVERY, KILL_AT = 5, 31
 
 
@@ -50,15 +54,10 @@ def run_orchestrator(tmp: Path, address: str) -> dict[str, float]:
 
     spec = tmp / "bench-recovery.yaml"
     spec.write_text(yaml.safe_dump(spec_dict("bench-recovery")))
-    env = {**os.environ, "ORCHESTRATOR_HOME": str(tmp / "home"), "RAY_ADDRESS": address}
-    proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "submit", str(spec), "-o", "json", "-q",
-         "--inject-failure", f"kind=sigkill,rank=1,at_step={KILL_AT}"],
-        capture_output=True, text=True, env=env, cwd=REPO, check=False,
-    )
-    if proc.returncode != 0:
+    proc, result, _ = submit_json(spec, tmp / "home", "--inject-failure", f"kind=sigkill,rank=1,at_step={KILL_AT}",
+                                  ray_address=address)
+    if proc.returncode != 0 or result is None:
         raise SystemExit(f"orchestrator run failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
     second = result["attempts"][1]
     return {"recovery_s": second["recovery_seconds"], "lost_steps": second["lost_steps"],
             "restored_step": second["restored_step"], "val_accuracy": result["metrics"]["val_accuracy"]}

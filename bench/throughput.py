@@ -20,20 +20,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.submit import submit_json  # noqa: E402
 
 
 def run_orchestrator(spec: str, home: Path) -> dict[str, float]:
-    env = {**os.environ, "ORCHESTRATOR_HOME": str(home)}
-    env.pop("RAY_ADDRESS", None)
-    launched = time.time()
-    proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "submit", spec, "--output", "json", "--quiet"],
-        capture_output=True, text=True, env=env, cwd=REPO, check=False,
-    )
-    wall = time.time() - launched
-    if proc.returncode != 0:
+    proc, result, wall = submit_json(spec, home)
+    if proc.returncode != 0 or result is None:
         raise SystemExit(f"orchestrator run failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
     return {
         "samples_per_second": result["metrics"]["samples_per_second"],
         "val_accuracy": result["metrics"]["val_accuracy"],

@@ -1,0 +1,38 @@
+"""`orchestrator submit SPEC --output json --quiet` in a subprocess: what the benchmarks run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def submit_json(
+    spec: str | Path,
+    home: Path,
+    *args: str,
+    ray_address: str | None = None,
+    timeout: float | None = None,
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any] | None, float]:
+    """Run one submit with its own job store; returns (process, its JSON result or None, wall s).
+
+    Without ``ray_address`` the job starts its own embedded Ray (``RAY_ADDRESS`` is dropped).
+    ``subprocess.TimeoutExpired`` propagates when ``timeout`` passes.
+    """
+    env = {**os.environ, "ORCHESTRATOR_HOME": str(home)}
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
+    else:
+        env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "orchestrator", "submit", str(spec), "--output", "json", "--quiet", *args]
+    started = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False, timeout=timeout)
+    wall = time.time() - started
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc, (json.loads(lines[-1]) if lines else None), wall
