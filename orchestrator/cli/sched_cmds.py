@@ -106,6 +106,14 @@ def queue_table(rows: Sequence[QueueRow], title: str, limit: int | None = ROWS_S
 @click.option(
     "--plot", "plot_path", metavar="OUT.png", help="Write a PNG of the JCT distribution per policy."
 )
+@click.option(
+    "--processes",
+    "-j",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Replay partitions side by side in N worker processes (default: one per core for traces "
+    "of 5,000 jobs or more, else 1).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @OUTPUT_OPTION
 @handle_errors
@@ -120,6 +128,7 @@ def simulate(
     explain_at: str | None,
     job_id: str | None,
     plot_path: str | None,
+    processes: int | None,
     quiet: bool,
     output: str,
 ) -> None:
@@ -130,7 +139,14 @@ def simulate(
       orchestrator simulate --trace ../shared/traces/philly/dev.csv \\
           --cluster ../shared/traces/philly/vc_config.csv --contended --policy fifo,sjf,srtf,las
     """
-    from orchestrator.simulate import job_completion_times, load, reports_json, run_policy, summarize
+    from orchestrator.simulate import (
+        default_processes,
+        job_completion_times,
+        load,
+        reports_json,
+        run_policy,
+        summarize,
+    )
     from orchestrator.simulate.report import write_plot
 
     policies = _policies(policy_names)
@@ -143,6 +159,7 @@ def simulate(
         return
     console = Console(stderr=True)
     total = sum(len(p.jobs) for p in partitions)
+    workers = processes if processes is not None else default_processes(partitions)
     reports, jct = [], {}
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -162,6 +179,7 @@ def simulate(
                 name,
                 backfill_bound_s=backfill_bound,
                 on_finished=lambda n, task=task: progress.advance(task, n),
+                processes=workers,
             )
             progress.update(task, completed=total)
             reports.append(summarize(name, replays, seconds))

@@ -9,9 +9,11 @@ job's pending completion is dropped, and it resumes later where it stopped.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from orchestrator.errors import OrchestratorError
@@ -36,6 +38,22 @@ class Replay:
     passes: int
 
 
+@contextmanager
+def long_lived_frozen() -> Iterator[None]:
+    """Keep what exists now (the trace's rows, partitions, imported modules) out of garbage
+    collection while a replay runs, and give it back afterwards.
+
+    A replay allocates steadily (jobs, decisions, passes), so collections run thousands of times;
+    without this each older-generation collection walks the whole trace again. On the Philly slice
+    it cut a replay's CPU time by about a quarter.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def replay(
     partition: Partition,
     policy: str | Policy,
@@ -48,6 +66,17 @@ def replay(
 
     ``on_finished(n)`` is called now and then with the number of jobs finished since its last call.
     """
+    with long_lived_frozen():
+        return _replay(partition, policy, until, backfill_bound_s, on_finished)
+
+
+def _replay(
+    partition: Partition,
+    policy: str | Policy,
+    until: float | None,
+    backfill_bound_s: float | None,
+    on_finished: Callable[[int], None] | None,
+) -> Replay:
     jobs = partition.jobs
     clock = ManualClock(jobs[0].submit if jobs else 0.0)
     state = ClusterState(partition.cluster)

@@ -252,3 +252,69 @@ def test_no_heavy_framework_is_imported() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["110.0", "[]"]
+
+
+TWO_VCS_TRACE = """\
+vc,submit_time,submit_s,duration,gpus,gpu_time
+a,x,0,100,8,800
+b,x,5,40,4,160
+a,x,10,50,4,200
+b,x,12,400,8,3200
+a,x,20,10,2,20
+b,x,30,20,1,20
+"""
+TWO_VCS = "vc,nodes,gpus_per_node,contended_nodes\na,2,8,1\nb,1,8,1\n"
+
+
+@pytest.mark.parametrize("policy", ["fifo", "srtf", "las"])
+def test_partitions_replayed_in_worker_processes_match_one_process(tmp_path: Path, policy: str) -> None:
+    (tmp_path / "t.csv").write_text(TWO_VCS_TRACE)
+    (tmp_path / "vc.csv").write_text(TWO_VCS)
+    partitions = load(str(tmp_path / "t.csv"), str(tmp_path / "vc.csv"), contended=True)
+    assert [p.name for p in partitions] == ["a", "b"]
+    progress: list[int] = []
+    alone, _ = run_policy(partitions, policy)
+    side_by_side, _ = run_policy(partitions, policy, processes=2, on_finished=progress.append)
+    assert sum(progress) == 6  # every finished job reported back through the queue
+
+    def history(replays: list) -> dict[str, tuple]:
+        return {
+            j.id: (r.partition.name, j.first_start, j.finished_at, j.preemptions, j.queued_total, j.attained)
+            for r in replays
+            for j in r.state.jobs.values()
+        }
+
+    assert history(side_by_side) == history(alone)
+    assert [(r.partition.name, r.time, r.passes) for r in side_by_side] == [
+        (r.partition.name, r.time, r.passes) for r in alone
+    ]
+    one = summarize(policy, alone, 0.0).to_json()
+    two = summarize(policy, side_by_side, 0.0).to_json()
+    assert one == two and one["jobs"] == 6
+    for r in side_by_side:  # the rebuilt end state: nothing runs, all capacity is free again
+        assert not r.state.running and not r.state.pending
+        assert all(p.free_total == p.per_node * p.pool.nodes for p in r.state.capacity.pools.values())
+        assert r.scheduler.clock.now() == r.time
+
+
+def test_simulate_processes_option_gives_the_same_figures(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text(TWO_VCS_TRACE)
+    (tmp_path / "vc.csv").write_text(TWO_VCS)
+    outputs = []
+    for extra in ([], ["-j", "2"]):
+        result = CliRunner().invoke(
+            main,
+            ["simulate", "--trace", str(tmp_path / "t.csv"), "--cluster", str(tmp_path / "vc.csv"),
+             "--contended", "--policy", "fifo,sjf", "-q", "-o", "json", *extra],
+        )
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.output)
+        for figures in data["policies"].values():
+            figures.pop("replay_s")
+        outputs.append(data)
+    assert outputs[0] == outputs[1]
+    assert outputs[0]["partitions"] == 2 and outputs[0]["jobs"] == 6
+    bad = CliRunner().invoke(
+        main, ["simulate", "--trace", str(tmp_path / "t.csv"), "--cluster", str(tmp_path / "vc.csv"), "-j", "0"]
+    )
+    assert bad.exit_code == 2 and "--processes" in bad.output
