@@ -158,6 +158,11 @@ class Las(Policy):
         return (self.band(job, now), job.submit_time, job.seq)
 
     def band(self, job: Job, now: float) -> float:
+        start = job.run_start
+        if start is not None:  # running, so not starving: service inlined (asked of every running job)
+            return bisect.bisect_right(
+                self.thresholds, job.attained + job.size * (now - start) - job.service_forgiven
+            )
         return 0 if self._starving(job, now) else bisect.bisect_right(self.thresholds, self.service(job, now))
 
     def rank_until(self, job: Job, now: float) -> float:

@@ -17,6 +17,7 @@ Victims are added until the gang fits, then any victim the gang does not need is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from orchestrator.scheduler.decisions import Placement
@@ -39,13 +40,14 @@ def victims_in_pool(ctx: SchedulingPass, pool: str) -> list[tuple[Job, float]]:
     cached = ctx.victim_order.get(pool)
     if cached is None:
         band, now, lost = ctx.policy.band, ctx.now, ctx.state.lost_work
-        jobs = [
-            (j, band(j, now))
-            for j in ctx.state.running.values()
-            if j.placement is not None and j.placement.pool == pool
-        ]
-        jobs.sort(key=lambda vb: (vb[0].priority, -vb[1], lost(vb[0]), -(vb[0].run_start or 0.0), -vb[0].seq))
-        cached = ctx.victim_order[pool] = jobs
+        keyed = []
+        for j in ctx.state.running.values():
+            placement = j.placement
+            if placement is not None and placement.pool == pool:
+                b = band(j, now)
+                keyed.append(((j.priority, -b, lost(j), -(j.run_start or 0.0), -j.seq), j, b))
+        keyed.sort(key=itemgetter(0))  # the keys end with the unique seq: jobs are never compared
+        cached = ctx.victim_order[pool] = [(j, b) for _, j, b in keyed]
     return cached
 
 
