@@ -32,7 +32,7 @@ from typing import Any
 
 from orchestrator.scheduler import ClusterState, GangRequest, ManualClock, Scheduler
 from orchestrator.scheduler.cluster import cluster_from_data
-from orchestrator.simulate import default_processes, load, run_policy, summarize
+from orchestrator.simulate import load, run_policy, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 PHILLY = REPO.parent / "shared" / "traces" / "philly"
@@ -56,10 +56,10 @@ def cpu_seconds_so_far() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def replay_times(policies: list[str], runs: int, processes: int | None) -> dict[str, dict[str, Any]]:
+def replay_times(policies: list[str], runs: int, processes: int) -> dict[str, dict[str, Any]]:
     trace, vcs = PHILLY / "dev.csv", PHILLY / "vc_config.csv"
     partitions = load(str(trace), str(vcs), contended=True)
-    workers = default_processes(partitions) if processes is None else processes
+    workers = processes
     print(f"  replaying {len(partitions)} partitions in {workers} process(es)", file=sys.stderr)
     results: dict[str, dict[str, Any]] = {}
     for policy in policies:
@@ -159,7 +159,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1, help="replays per policy (median reported)")
     parser.add_argument("--passes", type=int, default=20, help="timed scheduling passes (median reported)")
     parser.add_argument(
-        "--processes", type=int, default=None, help="replay worker processes (default: as the CLI, one per core)"
+        "--processes", type=int, default=1, help="replay worker processes (as the CLI's --processes)"
     )
     parser.add_argument("--skip-replay", action="store_true", help="time the scheduling pass only")
     args = parser.parse_args()
@@ -170,7 +170,9 @@ def main() -> int:
         if not (PHILLY / "dev.csv").is_file() or not (PHILLY / "vc_config.csv").is_file():
             print(f"skipping the trace replay: {PHILLY} (dev.csv, vc_config.csv) is missing", file=sys.stderr)
         else:
-            results = replay_times([p.strip() for p in args.policy.split(",") if p.strip()], args.runs, args.processes)
+            results = replay_times(
+                [p.strip() for p in args.policy.split(",") if p.strip()], args.runs, args.processes
+            )
             out["replay"] = results
             print(markdown(results))
     out["cpu_check_s_after"] = round(cpu_check(), 2)

@@ -110,9 +110,11 @@ def queue_table(rows: Sequence[QueueRow], title: str, limit: int | None = ROWS_S
     "--processes",
     "-j",
     type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
     metavar="N",
-    help="Replay partitions side by side in N worker processes (default: one per core for traces "
-    "of 5,000 jobs or more, else 1).",
+    help="Replay partitions side by side in N worker processes (worth it where the cores are real; "
+    "same figures).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @OUTPUT_OPTION
@@ -128,7 +130,7 @@ def simulate(
     explain_at: str | None,
     job_id: str | None,
     plot_path: str | None,
-    processes: int | None,
+    processes: int,
     quiet: bool,
     output: str,
 ) -> None:
@@ -140,7 +142,6 @@ def simulate(
           --cluster ../shared/traces/philly/vc_config.csv --contended --policy fifo,sjf,srtf,las
     """
     from orchestrator.simulate import (
-        default_processes,
         job_completion_times,
         load,
         reports_json,
@@ -159,7 +160,6 @@ def simulate(
         return
     console = Console(stderr=True)
     total = sum(len(p.jobs) for p in partitions)
-    workers = processes if processes is not None else default_processes(partitions)
     reports, jct = [], {}
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -179,7 +179,7 @@ def simulate(
                 name,
                 backfill_bound_s=backfill_bound,
                 on_finished=lambda n, task=task: progress.advance(task, n),
-                processes=workers,
+                processes=processes,
             )
             progress.update(task, completed=total)
             reports.append(summarize(name, replays, seconds))

@@ -129,7 +129,7 @@ class SchedulingPass:
         self.closed: set[str] = set()  # queues where nothing more can start in this pass
         self.all_pools = frozenset(scheduler.cluster.pool_by_name)
         self.taken: set[str] = set()  # victims chosen in this pass
-        self.victim_order: dict[str, list[Job]] = {}
+        self.victim_order: dict[str, list[tuple[Job, float]]] = {}
         self.wakeups: list[float] = []
         # (pool, queue, priority, worker shape) -> fewest workers that failed: a larger gang of the
         # same shape fails too, until a preemption frees more than its preemptor takes.

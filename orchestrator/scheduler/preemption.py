@@ -40,12 +40,16 @@ def victims_in_pool(ctx: SchedulingPass, pool: str) -> list[tuple[Job, float]]:
     cached = ctx.victim_order.get(pool)
     if cached is None:
         band, now, lost = ctx.policy.band, ctx.now, ctx.state.lost_work
+        lost_by_size: dict[float, float] = {}  # lost work depends on the gang size only
         keyed = []
         for j in ctx.state.running.values():
             placement = j.placement
             if placement is not None and placement.pool == pool:
                 b = band(j, now)
-                keyed.append(((j.priority, -b, lost(j), -(j.run_start or 0.0), -j.seq), j, b))
+                cost = lost_by_size.get(j.size)
+                if cost is None:
+                    cost = lost_by_size[j.size] = lost(j)
+                keyed.append(((j.priority, -b, cost, -(j.run_start or 0.0), -j.seq), j, b))
         keyed.sort(key=itemgetter(0))  # the keys end with the unique seq: jobs are never compared
         cached = ctx.victim_order[pool] = [(j, b) for _, j, b in keyed]
     return cached
@@ -131,14 +135,20 @@ def _candidates(
 ) -> list[tuple[Job, str]]:
     found = []
     preemptive = ctx.policy.preemptive
+    plain = not limited and not head_past_bound
+    taken = ctx.taken
     for victim, band in victims_in_pool(ctx, pool):
-        if not limited and not head_past_bound:
+        if plain:
             # Sorted by (priority, -band): once neither rule can hold, none later can.
             if victim.priority > job.priority or (
                 victim.priority == job.priority and not (preemptive and band > job_band)
             ):
                 break
-        if victim.id in ctx.taken:
+            if victim.queue == job.queue:  # what cause() says for it, without the call
+                if victim.id not in taken:
+                    found.append((victim, "priority" if victim.priority < job.priority else "policy"))
+                continue
+        if victim.id in taken:
             continue
         why = cause(ctx, victim, job, job_band, head_past_bound, may_reclaim, band)
         if why is not None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from orchestrator.scheduler import Policy
 from orchestrator.simulate.engine import Replay, SimulationError, replay
-from orchestrator.simulate.parallel import can_fork, default_processes, replay_in_processes
+from orchestrator.simulate.parallel import can_fork, replay_in_processes
 from orchestrator.simulate.report import PolicyReport, job_completion_times, reports_json, summarize
 from orchestrator.simulate.trace import Partition, TraceError, TraceJob, assign, read_trace
 
@@ -78,7 +78,6 @@ __all__ = [
     "SimulationError",
     "TraceError",
     "TraceJob",
-    "default_processes",
     "job_completion_times",
     "load",
     "replay",

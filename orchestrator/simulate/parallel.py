@@ -1,7 +1,9 @@
 """Replaying independent partitions side by side, one worker process each at a time.
 
 Partitions (a trace's virtual clusters) share nothing, so a policy's replay of a trace takes as
-long as its largest partition when there are cores enough. Workers are forked, so they inherit
+long as its largest partition when there are cores enough. Opt-in (``--processes``): on the 2-vCPU
+development VM two processes were slower than one (the replay's CPU seconds doubled: its vCPUs
+do not give two cores' worth of time), so one process stays the default. Workers are forked, so they inherit
 the partitions instead of receiving them pickled; each sends back only its jobs (their full
 history) and the replay's end time. The parent rebuilds each :class:`Replay` from them: after a
 complete replay no job runs, so the cluster state is "every job's history, all capacity free",
@@ -11,7 +13,6 @@ exactly what the replay left. Progress reaches the caller's ``on_finished`` thro
 from __future__ import annotations
 
 import multiprocessing
-import os
 import queue as queue_module
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,21 +21,6 @@ from orchestrator.scheduler import ClusterState, JobStatus, ManualClock, Schedul
 from orchestrator.scheduler.state import Job
 from orchestrator.simulate.engine import Replay, replay
 from orchestrator.simulate.trace import Partition
-
-#: Below this many jobs in all, starting worker processes costs more than it saves.
-MIN_JOBS_FOR_PROCESSES = 5_000
-
-
-def default_processes(partitions: Sequence[Partition]) -> int:
-    """Worker processes worth starting: one per core the process may use, at most one per
-    partition, and none (1: replay in this process) for small traces."""
-    if sum(len(p.jobs) for p in partitions) < MIN_JOBS_FOR_PROCESSES:
-        return 1
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, len(partitions)))
 
 
 def can_fork() -> bool:

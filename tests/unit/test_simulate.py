@@ -304,8 +304,20 @@ def test_simulate_processes_option_gives_the_same_figures(tmp_path: Path) -> Non
     for extra in ([], ["-j", "2"]):
         result = CliRunner().invoke(
             main,
-            ["simulate", "--trace", str(tmp_path / "t.csv"), "--cluster", str(tmp_path / "vc.csv"),
-             "--contended", "--policy", "fifo,sjf", "-q", "-o", "json", *extra],
+            [
+                "simulate",
+                "--trace",
+                str(tmp_path / "t.csv"),
+                "--cluster",
+                str(tmp_path / "vc.csv"),
+                "--contended",
+                "--policy",
+                "fifo,sjf",
+                "-q",
+                "-o",
+                "json",
+                *extra,
+            ],
         )
         assert result.exit_code == 0, result.output
         data = json.loads(result.output)
@@ -315,6 +327,7 @@ def test_simulate_processes_option_gives_the_same_figures(tmp_path: Path) -> Non
     assert outputs[0] == outputs[1]
     assert outputs[0]["partitions"] == 2 and outputs[0]["jobs"] == 6
     bad = CliRunner().invoke(
-        main, ["simulate", "--trace", str(tmp_path / "t.csv"), "--cluster", str(tmp_path / "vc.csv"), "-j", "0"]
+        main,
+        ["simulate", "--trace", str(tmp_path / "t.csv"), "--cluster", str(tmp_path / "vc.csv"), "-j", "0"],
     )
     assert bad.exit_code == 2 and "--processes" in bad.output
