@@ -39,11 +39,9 @@ class LocalBackend(Backend):
     # -- plan ----------------------------------------------------------------------------
     def dry_run(self, spec: JobSpec, options: SubmitOptions) -> dict[str, Any]:
         r = spec.resources
-        per_worker: dict[str, Any] = {"CPU": r.cpus_per_worker}
-        if r.gpus_per_worker:
-            per_worker["GPU"] = r.gpus_per_worker
+        per_worker: dict[str, Any] = dict(r.ray_resources_per_worker())
         if r.memory_bytes:
-            per_worker["memory"] = r.memory_bytes
+            per_worker["memory"] = r.memory_bytes  # bytes as an integer in the plan
         return {
             "backend": self.name,
             "spec": spec.model_dump(mode="json"),

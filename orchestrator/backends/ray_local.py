@@ -122,10 +122,11 @@ def check_fits_local_cluster(spec: JobSpec, resources: dict[str, float]) -> None
     reasons = []
     if need_cpu > have_cpu + 1e-9:
         reasons.append(f"needs {r.workers} x {r.cpus_per_worker:g} = {need_cpu:g} CPUs; this machine has {have_cpu:g}")
-    need_gpu = r.workers * r.gpus_per_worker
-    have_gpu = resources.get("GPU", 0.0)
-    if need_gpu > have_gpu + 1e-9:
-        reasons.append(f"needs {need_gpu:g} GPUs; this machine has {have_gpu:g}")
+    kind = "TPU" if r.uses_tpu else "GPU"
+    need_acc = r.workers * r.gpus_per_worker
+    have_acc = resources.get(kind, 0.0)
+    if need_acc > have_acc + 1e-9:
+        reasons.append(f"needs {need_acc:g} {kind}s; this machine has {have_acc:g}")
     if r.memory_bytes and r.workers * r.memory_bytes > resources.get("memory", 0.0):
         reasons.append(
             f"needs {r.workers} x {r.memory_bytes / 2**30:.1f} GiB memory; Ray has "
@@ -172,6 +173,21 @@ def _ray_accelerator_name(accelerator: str) -> str:
     return accelerator
 
 
+def scaling_arguments(spec: JobSpec) -> dict[str, Any]:
+    """Ray Train's ScalingConfig for a spec: GPUs (``use_gpu``) or a TPU slice (``use_tpu`` with
+    its type and topology, which Ray needs to reserve a multi-host slice), or CPUs only."""
+    r = spec.resources
+    accelerated = bool(r.accelerator) and r.gpus_per_worker > 0
+    return {
+        "num_workers": r.workers,
+        "use_gpu": r.uses_gpu,
+        "use_tpu": r.uses_tpu,
+        "topology": r.topology if r.uses_tpu else None,
+        "resources_per_worker": r.ray_resources_per_worker(),
+        "accelerator_type": _ray_accelerator_name(r.accelerator) if accelerated and r.accelerator else None,
+    }
+
+
 def build_torch_trainer(spec: JobSpec, record: JobRecord, paths: dict[str, str], data_ref: Any, sink: Any) -> Any:
     """The Ray Train TorchTrainer for a spec (DDP over gloo on CPU, nccl on GPU)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -180,18 +196,14 @@ def build_torch_trainer(spec: JobSpec, record: JobRecord, paths: dict[str, str],
     from orchestrator.runtime.progress import failure_reporter
     from orchestrator.runtime.worker import torch_train_loop_per_worker
 
-    r = spec.resources
-    per_worker: dict[str, float] = {"CPU": r.cpus_per_worker}
-    if r.gpus_per_worker:
-        per_worker["GPU"] = r.gpus_per_worker
-    if r.memory_bytes:
-        per_worker["memory"] = float(r.memory_bytes)
-    scaling = ScalingConfig(
-        num_workers=r.workers,
-        use_gpu=r.uses_gpu,
-        resources_per_worker=per_worker,
-        accelerator_type=_ray_accelerator_name(r.accelerator) if r.accelerator and r.uses_gpu else None,
-    )
+    try:
+        scaling = ScalingConfig(**scaling_arguments(spec))
+    except ValueError as exc:  # Ray's own layout rules, e.g. TPU workers against the slice topology
+        raise BackendError(
+            f"Ray Train cannot lay out this job's workers: {exc}",
+            fix="match resources.workers and gpus_per_worker (TPU chips per worker) to the slice: "
+            "one worker per TPU host, e.g. 4 workers x 4 chips for a 2x2x4 v5p slice",
+        ) from None
     run = RunConfig(
         name=record.id,
         storage_path=str(record.job_dir / "ray"),

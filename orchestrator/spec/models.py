@@ -220,6 +220,27 @@ class ResourcesSpec(_Model):
                 "a slice topology needs a TPU accelerator",
                 fix="set resources.accelerator to a TPU type such as tpu-v5p-slice, or drop topology",
             )
+        kinds = {a.startswith("tpu-") for a in self.accelerator_choices}
+        if len(kinds) > 1:
+            raise CrossFieldError(
+                "accelerators",
+                "mixes GPU and TPU types: a job's workers reserve either GPUs or TPU chips",
+                fix="list only GPU types or only TPU types",
+            )
+        if kinds == {True} and self.gpus_per_worker and self.workers > 1:
+            # Ray Train reserves a multi-host TPU slice only given its type and topology.
+            if self.topology is None:
+                raise CrossFieldError(
+                    "topology",
+                    f"{self.workers} workers on TPUs need the slice topology",
+                    fix="set resources.topology, e.g. 2x2x1 or 4x4 (the slice the workers share)",
+                )
+            if self.accelerator is None:
+                raise CrossFieldError(
+                    "accelerators",
+                    f"{self.workers} workers on TPUs need one TPU type",
+                    fix="set resources.accelerator to one TPU type instead of a list",
+                )
         return self
 
     @property
@@ -243,8 +264,22 @@ class ResourcesSpec(_Model):
         return None if self.memory is None else parse_memory(self.memory)
 
     @property
+    def uses_tpu(self) -> bool:
+        """The accelerators per worker are TPU chips (``Ray's "TPU" resource), not GPUs."""
+        return self.gpus_per_worker > 0 and any(a.startswith("tpu-") for a in self.accelerator_choices)
+
+    @property
     def uses_gpu(self) -> bool:
-        return self.gpus_per_worker > 0
+        return self.gpus_per_worker > 0 and not self.uses_tpu
+
+    def ray_resources_per_worker(self) -> dict[str, float]:
+        """What each Ray Train worker reserves: CPUs, GPUs or TPU chips, and memory."""
+        per_worker: dict[str, float] = {"CPU": self.cpus_per_worker}
+        if self.gpus_per_worker:
+            per_worker["TPU" if self.uses_tpu else "GPU"] = self.gpus_per_worker
+        if self.memory_bytes:
+            per_worker["memory"] = float(self.memory_bytes)
+        return per_worker
 
     @property
     def shares_gpus(self) -> bool:
@@ -400,7 +435,7 @@ class JobSpec(_Model):
         if self.sync.backend == "nccl" and not self.resources.uses_gpu:
             raise CrossFieldError(
                 "sync.backend",
-                "nccl needs GPUs",
+                "nccl needs GPUs" + (" (TPU chips are not CUDA devices)" if self.resources.uses_tpu else ""),
                 fix="set resources.gpus_per_worker >= 1, or sync.backend: gloo (or auto)",
             )
         if self.sync.backend == "nccl" and self.resources.shares_gpus:

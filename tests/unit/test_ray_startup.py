@@ -138,3 +138,50 @@ def test_accelerator_names_match_what_ray_detects(ours: str, rays: str) -> None:
     from orchestrator.backends.ray_local import _ray_accelerator_name
 
     assert _ray_accelerator_name(ours) == rays
+
+
+@pytest.mark.parametrize(("resources", "expected"), [
+    # A TPU slice: TPU chips and use_tpu with the type and topology Ray needs; never GPUs.
+    ({"workers": 4, "gpus_per_worker": 4, "accelerator": "tpu-v5p-slice", "topology": "2x2x4"},
+     {"use_gpu": False, "use_tpu": True, "topology": "2x2x4", "accelerator_type": "TPU-V5P",
+      "resources_per_worker": {"CPU": 1.0, "TPU": 4.0}}),
+    ({"workers": 1, "gpus_per_worker": 8, "accelerator": "tpu-v5-lite-podslice"},
+     {"use_gpu": False, "use_tpu": True, "topology": None, "accelerator_type": "TPU-V5LITEPOD",
+      "resources_per_worker": {"CPU": 1.0, "TPU": 8.0}}),
+    ({"workers": 2, "gpus_per_worker": 1, "accelerator": "nvidia-a100-40gb", "memory": "2Gi"},
+     {"use_gpu": True, "use_tpu": False, "topology": None, "accelerator_type": "A100",
+      "resources_per_worker": {"CPU": 1.0, "GPU": 1.0, "memory": float(2 * 2**30)}}),
+    ({"workers": 2, "cpus_per_worker": 0.5},
+     {"use_gpu": False, "use_tpu": False, "topology": None, "accelerator_type": None,
+      "resources_per_worker": {"CPU": 0.5}}),
+])
+def test_ray_train_scaling_for_gpus_tpus_and_cpus(resources: dict[str, Any], expected: dict[str, Any]) -> None:
+    from ray.train import ScalingConfig
+
+    from orchestrator.backends.ray_local import scaling_arguments
+    from orchestrator.spec.models import JobSpec
+
+    spec = JobSpec.model_validate(
+        {"name": "j", "model": {"type": "cnn"}, "resources": {"cpus_per_worker": 1, **resources}}
+    )
+    got = scaling_arguments(spec)
+    assert {k: got[k] for k in expected} == expected
+    assert got["num_workers"] == resources["workers"]
+    config = ScalingConfig(**got)  # Ray's own checks (TPU: workers against the slice topology)
+    assert config.use_tpu is expected["use_tpu"] and config.use_gpu is expected["use_gpu"]
+    assert spec.sync_backend == ("nccl" if expected["use_gpu"] else "gloo")
+
+
+def test_tpu_workers_that_do_not_fill_the_slice_are_a_clear_error() -> None:
+    from orchestrator.backends.ray_local import build_torch_trainer
+    from orchestrator.errors import BackendError
+    from orchestrator.spec.models import JobSpec
+
+    spec = JobSpec.model_validate({
+        "name": "j", "model": {"type": "cnn"},
+        "resources": {"workers": 2, "gpus_per_worker": 4, "accelerator": "tpu-v5p-slice", "topology": "2x2x4"},
+    })
+    with pytest.raises(BackendError) as caught:
+        build_torch_trainer(spec, None, {}, None, None)  # type: ignore[arg-type]
+    assert "must be a multiple of 4" in caught.value.message
+    assert "one worker per TPU host" in (caught.value.fix or "")
