@@ -59,21 +59,20 @@ def cpu_seconds_so_far() -> float:
 def replay_times(policies: list[str], runs: int, processes: int) -> dict[str, dict[str, Any]]:
     trace, vcs = PHILLY / "dev.csv", PHILLY / "vc_config.csv"
     partitions = load(str(trace), str(vcs), contended=True)
-    workers = processes
-    print(f"  replaying {len(partitions)} partitions in {workers} process(es)", file=sys.stderr)
+    print(f"  replaying {len(partitions)} partitions in {processes} process(es)", file=sys.stderr)
     results: dict[str, dict[str, Any]] = {}
     for policy in policies:
         seconds, cpu_seconds = [], []
         for _ in range(runs):
             cpu_started = cpu_seconds_so_far()
-            replays, took = run_policy(partitions, policy, processes=workers)
+            replays, took = run_policy(partitions, policy, processes=processes)
             cpu_seconds.append(cpu_seconds_so_far() - cpu_started)
             seconds.append(took)
         figures = summarize(policy, replays, statistics.median(seconds)).to_json()
         results[policy] = {
             **figures,
             "replay_runs_s": [round(s, 1) for s in seconds],
-            "processes": workers,
+            "processes": processes,
             # CPU seconds the replay got (all its processes): on a shared VM wall time also counts
             # the time it waited for a core
             "replay_cpu_s": round(statistics.median(cpu_seconds), 1),

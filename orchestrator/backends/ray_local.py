@@ -177,14 +177,13 @@ def scaling_arguments(spec: JobSpec) -> dict[str, Any]:
     """Ray Train's ScalingConfig for a spec: GPUs (``use_gpu``) or a TPU slice (``use_tpu`` with
     its type and topology, which Ray needs to reserve a multi-host slice), or CPUs only."""
     r = spec.resources
-    accelerated = bool(r.accelerator) and r.gpus_per_worker > 0
     return {
         "num_workers": r.workers,
         "use_gpu": r.uses_gpu,
         "use_tpu": r.uses_tpu,
         "topology": r.topology if r.uses_tpu else None,
         "resources_per_worker": r.ray_resources_per_worker(),
-        "accelerator_type": _ray_accelerator_name(r.accelerator) if accelerated and r.accelerator else None,
+        "accelerator_type": _ray_accelerator_name(r.accelerator) if r.accelerator and r.gpus_per_worker else None,
     }
 
 

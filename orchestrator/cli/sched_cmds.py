@@ -141,13 +141,7 @@ def simulate(
       orchestrator simulate --trace ../shared/traces/philly/dev.csv \\
           --cluster ../shared/traces/philly/vc_config.csv --contended --policy fifo,sjf,srtf,las
     """
-    from orchestrator.simulate import (
-        job_completion_times,
-        load,
-        reports_json,
-        run_policy,
-        summarize,
-    )
+    from orchestrator.simulate import job_completion_times, load, reports_json, run_policy, summarize
     from orchestrator.simulate.report import write_plot
 
     policies = _policies(policy_names)

@@ -44,8 +44,8 @@ def long_lived_frozen() -> Iterator[None]:
     collection while a replay runs, and give it back afterwards.
 
     A replay allocates steadily (jobs, decisions, passes), so collections run thousands of times;
-    without this each older-generation collection walks the whole trace again. On the Philly slice
-    it cut a replay's CPU time by about a quarter.
+    without this each older-generation collection walks the whole trace again. On the Philly
+    slice's partition 11cb48, fifo's replay went from 15.0 s to 11.3 s of CPU.
     """
     gc.freeze()
     try:

@@ -1,11 +1,11 @@
 """Replaying independent partitions side by side, one worker process each at a time.
 
 Partitions (a trace's virtual clusters) share nothing, so a policy's replay of a trace takes as
-long as its largest partition when there are cores enough. Opt-in (``--processes``): on the 2-vCPU
-development VM two processes were slower than one (the replay's CPU seconds doubled: its vCPUs
-do not give two cores' worth of time), so one process stays the default. Workers are forked, so they inherit
-the partitions instead of receiving them pickled; each sends back only its jobs (their full
-history) and the replay's end time. The parent rebuilds each :class:`Replay` from them: after a
+long as its largest partition when there are cores enough. Opt-in (``--processes``): on the
+2-vCPU development VM two processes were slower than one (the replay's CPU seconds doubled: its
+vCPUs do not give two cores' worth of time), so one process stays the default. Workers are
+forked, so they inherit the partitions instead of receiving them pickled; each sends back only
+its jobs (their full history) and the replay's end time. The parent rebuilds each :class:`Replay` from them: after a
 complete replay no job runs, so the cluster state is "every job's history, all capacity free",
 exactly what the replay left. Progress reaches the caller's ``on_finished`` through a queue.
 """
@@ -16,6 +16,7 @@ import multiprocessing
 import queue as queue_module
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing.queues import SimpleQueue
 
 from orchestrator.scheduler import ClusterState, JobStatus, ManualClock, Scheduler, get_policy
 from orchestrator.scheduler.state import Job
@@ -35,8 +36,8 @@ class _Outcome:
     jobs: list[Job]
 
 
-# What forked workers inherit: (partitions, policy name, backfill bound, progress queue).
-_SHARED: tuple[Sequence[Partition], str, float | None, object] | None = None
+# What forked workers inherit: (partitions, policy name, backfill bound, progress queue or None).
+_SHARED: tuple[Sequence[Partition], str, float | None, SimpleQueue[int] | None] | None = None
 
 
 def _replay_one(index: int) -> _Outcome:
@@ -46,7 +47,7 @@ def _replay_one(index: int) -> _Outcome:
         partitions[index],
         policy,
         backfill_bound_s=bound,
-        on_finished=progress.put,  # type: ignore[attr-defined]
+        on_finished=progress.put if progress is not None else None,
     )
     jobs = list(done.state.jobs.values())
     for job in jobs:
@@ -59,8 +60,7 @@ def _rebuild(partition: Partition, policy: str, bound: float | None, outcome: _O
     for job in outcome.jobs:
         state.jobs[job.id] = job
         if job.status is JobStatus.PENDING:  # never placed (e.g. too large for its partition)
-            state.pending[job.id] = job
-            state.pending_queues[job.queue] += 1
+            state._enqueue(job)  # the state's own bookkeeping of waiting jobs
         elif job.status is JobStatus.RUNNING:  # a complete replay ends every run
             raise AssertionError(f"job {job.id} still runs at the end of a complete replay")
     scheduler = Scheduler(
@@ -80,7 +80,7 @@ def replay_in_processes(
     """Complete replays of ``partitions`` (in their order) by ``processes`` forked workers."""
     global _SHARED
     context = multiprocessing.get_context("fork")
-    progress = context.SimpleQueue() if on_finished is not None else _Discard()
+    progress = context.SimpleQueue() if on_finished is not None else None
     # Largest first: the longest replay starts at once, the small ones fill the other cores.
     order = sorted(range(len(partitions)), key=lambda i: -len(partitions[i].jobs))
     _SHARED = (partitions, policy, backfill_bound_s, progress)
@@ -105,19 +105,11 @@ def replay_in_processes(
     return [_rebuild(p, policy, backfill_bound_s, outcomes[i]) for i, p in enumerate(partitions)]
 
 
-class _Discard:
-    def put(self, _: object) -> None:
-        pass
-
-    def empty(self) -> bool:
-        return True
-
-
-def _drain(progress: object, on_finished: Callable[[int], None] | None) -> None:
-    if on_finished is None:
+def _drain(progress: SimpleQueue[int] | None, on_finished: Callable[[int], None] | None) -> None:
+    if progress is None or on_finished is None:
         return
     try:
-        while not progress.empty():  # type: ignore[attr-defined]
-            on_finished(progress.get())  # type: ignore[attr-defined]
+        while not progress.empty():
+            on_finished(progress.get())
     except (OSError, EOFError, queue_module.Empty):  # the queue closed with the pool
         return
