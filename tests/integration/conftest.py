@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -49,7 +50,7 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _ray_stop()
     assert last is not None and last.returncode == 0, last.stdout + last.stderr
     address = "127.0.0.1:6379"
-    for line in last.stdout.splitlines():
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", last.stdout).splitlines():  # colour codes where TERM is set
         if "--address=" in line:
             address = line.split("--address=")[1].split()[0].strip("'\"")
             break
