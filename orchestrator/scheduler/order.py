@@ -2,9 +2,9 @@
 
 Re-sorting every waiting job at every event would cost O(waiting) policy calls per pass; with
 thousands waiting and tens of thousands of events that dominates a trace replay. Instead the
-order is updated with what changed since the last pass: jobs that left the queue, jobs the state
-(re)queued (its ``enqueued`` log), and jobs whose rank the policy said would expire (aging).
-The result is exactly what a full sort would give.
+order is updated with what changed since the last pass: jobs that left the queue (the state's
+``dequeued`` log), jobs the state (re)queued (its ``enqueued`` log), and jobs whose rank the
+policy said would expire (aging). The result is exactly what a full sort would give.
 """
 
 from __future__ import annotations
@@ -30,21 +30,24 @@ class PendingOrder:
         self.entries: list[tuple[SortKey, Job]] = []
         self.expiries: list[tuple[float, int, str]] = []  # (when, seq, job id): ranks that age
         self.seen = 0  # how much of the state's enqueue log has been read
+        self.seen_left = 0  # and of its dequeue log
 
     def update(self, state: ClusterState, now: float) -> None:
         pending = state.pending
-        for job_id in self.keys.keys() - pending.keys():  # started or finished since the last pass
-            self._remove(job_id)
         start = self.seen - state.enqueued_base
-        if start < 0:  # fell behind a trimmed log: rank every waiting job afresh
+        left = self.seen_left - state.dequeued_base
+        if start < 0 or left < 0:  # fell behind a trimmed log: rank every waiting job afresh
             self.keys, self.entries, self.expiries = {}, [], []
             fresh: list[Job] = list(pending.values())
         else:
+            for job_id in state.dequeued[left:]:  # started or finished since the last pass
+                self._remove(job_id)
             fresh = [job for job in state.enqueued[start:] if pending.get(job.id) is job]
         for job in fresh:  # (re)queued since the last pass
             self._remove(job.id)
             self._insert(job, now)
         self.seen = state.enqueued_base + len(state.enqueued)
+        self.seen_left = state.dequeued_base + len(state.dequeued)
         while self.expiries and self.expiries[0][0] <= now:
             job_id = heapq.heappop(self.expiries)[2]
             if job_id in self.keys:

@@ -93,8 +93,14 @@ def plan_preemption(
 ) -> PreemptionPlan | None:
     """The cheapest set of victims in one pool that lets ``job`` start, or None."""
     limited = ctx.work.quota.limited
-    if not limited and not head_past_bound and not ctx.may_have_victims(job):
-        return None
+    if not limited and not ctx.may_have_victims(job):
+        # No running job has a lower priority or a worse band; only the backfill-bound rule is
+        # left, for a head past the bound, and it needs a run backfilled since the job queued.
+        since = job.queued_since
+        if not head_past_bound or not any(
+            v.run_start is not None and v.run_start >= since for v in ctx.state.running_backfilled.values()
+        ):
+            return None
     job_band = ctx.band(job)
     for option in options:
         pool_name = option.pool.name
@@ -135,18 +141,21 @@ def _candidates(
 ) -> list[tuple[Job, str]]:
     found = []
     preemptive = ctx.policy.preemptive
-    plain = not limited and not head_past_bound
     taken = ctx.taken
     for victim, band in victims_in_pool(ctx, pool):
-        if plain:
-            # Sorted by (priority, -band): once neither rule can hold, none later can.
-            if victim.priority > job.priority or (
-                victim.priority == job.priority and not (preemptive and band > job_band)
-            ):
+        if not limited:
+            # No queue has quotas, so cause() reads priorities and bands alone, and this list is in
+            # (priority, -band) order: its first two rules are decided here without the call, and
+            # past their reach only a backfilled run can still give way (to a head past the bound).
+            if victim.priority > job.priority:
                 break
-            if victim.queue == job.queue:  # what cause() says for it, without the call
+            if victim.priority < job.priority or (preemptive and band > job_band):
                 if victim.id not in taken:
                     found.append((victim, "priority" if victim.priority < job.priority else "policy"))
+                continue
+            if not head_past_bound:
+                break
+            if not victim.backfilled:
                 continue
         if victim.id in taken:
             continue

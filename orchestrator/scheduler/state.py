@@ -103,10 +103,15 @@ class ClusterState:
         # Kept up to date so that a pass need not scan every job for them:
         self.pending_queues: Counter[str] = Counter()  # queue -> pending jobs
         self.running_priorities: Counter[int] = Counter()  # priority -> running jobs
+        self.running_backfilled: dict[str, Job] = {}  # running jobs that were started by backfill
         # Every (re)queueing in order, so a scheduler can keep its order up to date; entries before
         # ``enqueued_base`` were trimmed (a reader that fell behind rebuilds its order).
         self.enqueued: list[Job] = []
         self.enqueued_base = 0
+        # Likewise every departure from the queue (started, or finished while waiting), by job id,
+        # so a reader need not compare its jobs with every pending one to find who left.
+        self.dequeued: list[str] = []
+        self.dequeued_base = 0
         self._seq = itertools.count()
 
     def submit(
@@ -147,6 +152,11 @@ class ClusterState:
 
     def _dequeue(self, job: Job) -> None:
         del self.pending[job.id]
+        self.dequeued.append(job.id)
+        if len(self.dequeued) > 4 * len(self.pending) + 4096:
+            drop = len(self.dequeued) // 2
+            del self.dequeued[:drop]
+            self.dequeued_base += drop
         self.pending_queues[job.queue] -= 1
         if not self.pending_queues[job.queue]:
             del self.pending_queues[job.queue]
@@ -157,8 +167,8 @@ class ClusterState:
         for decision in decisions:
             if isinstance(decision, Place):
                 job = self.jobs[decision.job_id]
-                self.start(job, decision.placement, now)
                 job.backfilled = decision.backfill
+                self.start(job, decision.placement, now)
                 if decision.promoted:
                     job.service_forgiven = job.attained
                 started.append(job)
@@ -175,6 +185,8 @@ class ClusterState:
         self._dequeue(job)
         self.running[job.id] = job
         self.running_priorities[job.priority] += 1
+        if job.backfilled:
+            self.running_backfilled[job.id] = job
         job.status, job.placement, job.run_start = JobStatus.RUNNING, placement, now
         job.queued_total += now - job.queued_since
         if job.first_start is None:
@@ -210,6 +222,7 @@ class ClusterState:
         job.last_run = ran
         self.capacity.give(job.placement, job.queue)
         del self.running[job.id]
+        self.running_backfilled.pop(job.id, None)
         self.running_priorities[job.priority] -= 1
         if not self.running_priorities[job.priority]:
             del self.running_priorities[job.priority]

@@ -154,11 +154,16 @@ def test_the_kept_order_equals_a_full_sort() -> None:
             h.state.apply(h.scheduler.schedule(h.state).decisions, now)
         elif h.state.running and kind < 0.85:
             h.state.preempt(rng.choice(list(h.state.running.values())), now)
-        elif h.state.running:
+        elif h.state.running and kind < 0.95:
             h.state.finish(rng.choice(list(h.state.running)), now)
+        elif h.state.pending:
+            h.state.finish(rng.choice(list(h.state.pending)), now)  # cancelled while waiting
         if step == 200:
             h.state.enqueued_base += len(h.state.enqueued)  # as if the log had been trimmed
             h.state.enqueued.clear()
+        if step == 300:
+            h.state.dequeued_base += len(h.state.dequeued)  # likewise the log of departures
+            h.state.dequeued.clear()
         order.update(h.state, now)
         expected = sorted(h.state.pending.values(), key=lambda j: (-j.priority, policy.rank(j, now)))
         assert [j.id for j in order] == [j.id for j in expected]
