@@ -77,12 +77,23 @@ class Scheduler:
         self._orders: weakref.WeakKeyDictionary[ClusterState, tuple[PendingOrder, RunningWatch]] = (
             weakref.WeakKeyDictionary()
         )
+        # The state of the last pass and its order: a caller usually schedules one state only.
+        self._last: tuple[weakref.ref[ClusterState], tuple[PendingOrder, RunningWatch]] | None = None
+        # What every pass of this scheduler would otherwise work out again:
+        self.all_pools = frozenset(cluster.pool_by_name)
+        self.steady = type(self.policy).steady_key is not Policy.steady_key
+        self.piecewise = type(self.policy).next_change is not Policy.next_change
 
     def tracking(self, state: ClusterState) -> tuple[PendingOrder, RunningWatch]:
         """The state's waiting jobs in this scheduler's order (updated to now), and its watch."""
-        found = self._orders.get(state)
-        if found is None:
-            found = self._orders[state] = (PendingOrder(self.policy), RunningWatch(self.policy))
+        last = self._last
+        if last is not None and last[0]() is state:
+            found = last[1]
+        else:
+            found = self._orders.get(state)  # type: ignore[assignment]
+            if found is None:
+                found = self._orders[state] = (PendingOrder(self.policy), RunningWatch(self.policy))
+            self._last = (weakref.ref(state), found)
         found[0].update(state, self.clock.now())
         return found
 
@@ -127,7 +138,7 @@ class SchedulingPass:
         self.blocked: dict[str, Job] = {}  # queue -> its head: the first job that could not start
         self.held: dict[str, frozenset[str]] = {}  # queue -> pools held for a head past the bound
         self.closed: set[str] = set()  # queues where nothing more can start in this pass
-        self.all_pools = frozenset(scheduler.cluster.pool_by_name)
+        self.all_pools = scheduler.all_pools
         self.taken: set[str] = set()  # victims chosen in this pass
         self.victim_order: dict[str, list[tuple[Job, float]]] = {}
         self.wakeups: list[float] = []
@@ -137,13 +148,14 @@ class SchedulingPass:
         # (queue, priority, worker shape, pools) -> [(band, workers)] for which preemption found no
         # plan: a gang as large or larger, in a band no better, finds fewer victims and needs more.
         self.no_victims: dict[tuple[object, ...], list[tuple[float, int]]] = {}
-        self.waiting_by_pools: Counter[tuple[int, frozenset[str]]] = Counter()
+        # (priority, pools) -> jobs found waiting so far: words for an explaining pass only
+        self.waiting_by_pools: Counter[tuple[int, frozenset[str]]] | None = Counter() if explain else None
         self._lowest_running: int | None = None  # lowest priority among running jobs
         self._worst_seen = -math.inf  # worst band among the running jobs scanned so far
         self._running_scan: Iterator[Job] | None = None
-        self._steady = type(self.policy).steady_key is not Policy.steady_key
+        self._steady = scheduler.steady
         # Running bands that change only at next_change: the watch counts running jobs per band.
-        self._piecewise = type(self.policy).next_change is not Policy.next_change
+        self._piecewise = scheduler.piecewise
         self._worst_running: float | None = None
         self._watch: RunningWatch | None = None
 
@@ -380,7 +392,7 @@ class SchedulingPass:
     def _wait(
         self, job: Job, reasons: list[Reason], options: tuple[PoolOption, ...], permanent: bool = False
     ) -> bool:
-        if not self.explain:
+        if self.waiting_by_pools is None:  # not explaining
             return False
         pools = frozenset(o.pool.name for o in options)
         higher = same = 0
@@ -403,7 +415,7 @@ class SchedulingPass:
         if not waiting:
             return None
         times = list(self.wakeups)
-        if type(self.policy).next_change is not Policy.next_change:
+        if self._piecewise:
             for when in (order.next_time(self.now), watch.next_time(self.state, self.now)):
                 if when is not None:
                     times.append(when)

@@ -45,7 +45,9 @@ class QuotaBook:
         self.limited = cluster.has_quotas
 
     def copy(self) -> QuotaBook:
-        return QuotaBook(self.cluster, dict(self.usage))
+        other = QuotaBook.__new__(QuotaBook)  # not __init__: ``limited`` is known already
+        other.cluster, other.usage, other.limited = self.cluster, dict(self.usage), self.limited
+        return other
 
     def used(self, queue: str, resource: str) -> float:
         return self.usage.get((queue, resource), 0.0)
