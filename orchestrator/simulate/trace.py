@@ -16,6 +16,7 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from orchestrator.errors import UsageError
@@ -60,7 +61,13 @@ class Partition:
 
 
 def _gpu_gang(job: TraceJob, queue: str = DEFAULT_QUEUE, accelerators: tuple[str, ...] = ()) -> GangRequest:
-    return GangRequest(workers=job.gpus, accelerators_per_worker=1.0, accelerators=accelerators, queue=queue)
+    return _gang_of(job.gpus, queue, accelerators)
+
+
+@lru_cache(maxsize=4096)
+def _gang_of(gpus: int, queue: str, accelerators: tuple[str, ...]) -> GangRequest:
+    """One (immutable) request per shape: tens of thousands of trace jobs share a few dozen."""
+    return GangRequest(workers=gpus, accelerators_per_worker=1.0, accelerators=accelerators, queue=queue)
 
 
 def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
