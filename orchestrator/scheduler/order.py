@@ -85,9 +85,10 @@ class PendingOrder:
 class RunningWatch:
     """When running jobs change rank by themselves (a policy threshold), soonest first.
 
-    New runs are found by a set difference of job ids (fast), so a pass does not ask the policy
-    about every running job every time. A run that stopped and restarted between two passes is
-    caught when its old entry comes due.
+    Runs that started or stopped are found in the state's ``run_changes`` log (or, for a reader
+    that fell behind its trimmed start, by a set difference of job ids), so a pass does not ask
+    the policy about every running job every time. A run that stopped and restarted between two
+    passes is caught when its old entry comes due.
     """
 
     def __init__(self, policy: Policy) -> None:
@@ -101,16 +102,38 @@ class RunningWatch:
         # O(log n) instead of a scan of every running job at every pass.
         self.worst_seen: dict[str, float | None] = {}
         self.worst_heap: list[tuple[float, int, str, float]] = []  # (-key, seq, job id, run start)
+        self.synced = 0  # how much of the state's run_changes log sync() and worst() have read
+        self.worst_synced = 0
+
+    @staticmethod
+    def _changed(state: ClusterState, seen: dict[str, float | None], read: int) -> tuple[list[str], list[str]]:
+        """(ids in ``seen`` that no longer run, running ids not in ``seen``): what a set difference
+        of ``seen`` and the running jobs gives, read from the state's log after entry ``read``."""
+        running = state.running
+        start = read - state.run_changes_base
+        if start < 0:  # the log was trimmed past what this reader had read
+            return list(seen.keys() - running.keys()), list(running.keys() - seen.keys())
+        gone, new = [], []
+        for job_id in dict.fromkeys(state.run_changes[start:]):
+            if job_id in running:
+                if job_id not in seen:
+                    new.append(job_id)
+            elif job_id in seen:
+                gone.append(job_id)
+        return gone, new
 
     def worst(self, state: ClusterState, now: float) -> Job | None:
         """The running job with the worst band (None: none runs, or the policy has no steady key)."""
         running = state.running
-        for job_id in self.worst_seen.keys() - running.keys():
+        gone, new = self._changed(state, self.worst_seen, self.worst_synced)
+        for job_id in gone:
             del self.worst_seen[job_id]
-        for job_id in running.keys() - self.worst_seen.keys():
+        self.worst_synced = state.run_changes_base + len(state.run_changes)
+        for job_id in new:
             job = running[job_id]
             key = self.policy.steady_key(job, now)
             if key is None or job.run_start is None:
+                self.worst_synced = -1  # next time by set difference: this job and the rest again
                 return None
             self.worst_seen[job_id] = job.run_start
             heapq.heappush(self.worst_heap, (-key, job.seq, job_id, job.run_start))
@@ -132,10 +155,12 @@ class RunningWatch:
     def sync(self, state: ClusterState, now: float) -> None:
         """Catch up with runs that started or stopped, and with changes due by ``now``."""
         running = state.running
-        for job_id in self.seen.keys() - running.keys():
+        gone, new = self._changed(state, self.seen, self.synced)
+        self.synced = state.run_changes_base + len(state.run_changes)
+        for job_id in gone:
             del self.seen[job_id]
             self._count(self.band_of.pop(job_id), -1)
-        for job_id in running.keys() - self.seen.keys():
+        for job_id in new:
             self._track(running[job_id], now)
         heap = self.heap
         while heap and (heap[0][0] <= now or self.seen.get(heap[0][1]) != heap[0][2]):

@@ -112,6 +112,9 @@ class ClusterState:
         # so a reader need not compare its jobs with every pending one to find who left.
         self.dequeued: list[str] = []
         self.dequeued_base = 0
+        # And every run that started or stopped, by job id (the running set's changes).
+        self.run_changes: list[str] = []
+        self.run_changes_base = 0
         self._seq = itertools.count()
 
     def submit(
@@ -176,6 +179,13 @@ class ClusterState:
                 self.preempt(self.jobs[decision.job_id], now)
         return started
 
+    def _run_changed(self, job: Job) -> None:
+        self.run_changes.append(job.id)
+        if len(self.run_changes) > 4 * len(self.running) + 4096:
+            drop = len(self.run_changes) // 2
+            del self.run_changes[:drop]
+            self.run_changes_base += drop
+
     def start(self, job: Job, placement: Placement, now: float) -> None:
         if job.status is not JobStatus.PENDING:
             raise UsageError(
@@ -187,6 +197,7 @@ class ClusterState:
         self.running_priorities[job.priority] += 1
         if job.backfilled:
             self.running_backfilled[job.id] = job
+        self._run_changed(job)
         job.status, job.placement, job.run_start = JobStatus.RUNNING, placement, now
         job.queued_total += now - job.queued_since
         if job.first_start is None:
@@ -223,6 +234,7 @@ class ClusterState:
         self.capacity.give(job.placement, job.queue)
         del self.running[job.id]
         self.running_backfilled.pop(job.id, None)
+        self._run_changed(job)
         self.running_priorities[job.priority] -= 1
         if not self.running_priorities[job.priority]:
             del self.running_priorities[job.priority]
