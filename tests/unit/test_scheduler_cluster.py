@@ -10,8 +10,8 @@ import pytest
 from orchestrator.errors import SpecError
 from orchestrator.scheduler import GangRequest, Toleration, load_cluster, request_from_spec
 from orchestrator.scheduler.cluster import ClusterFileError
-from orchestrator.scheduler.order import PendingOrder
-from orchestrator.scheduler.policies import Las
+from orchestrator.scheduler.order import PendingOrder, RunningWatch
+from orchestrator.scheduler.policies import Las, Policy, get_policy
 from orchestrator.spec.models import JobSpec
 from tests.conftest import REPO
 from tests.unit.sched_helpers import Harness, cluster, gang, gpu_pool
@@ -167,3 +167,46 @@ def test_the_kept_order_equals_a_full_sort() -> None:
         order.update(h.state, now)
         expected = sorted(h.state.pending.values(), key=lambda j: (-j.priority, policy.rank(j, now)))
         assert [j.id for j in order] == [j.id for j in expected]
+
+
+@pytest.mark.parametrize("policy_name", ["las", "srtf"])
+def test_the_running_watch_read_from_the_log_equals_one_built_afresh(policy_name: str) -> None:
+    """RunningWatch follows the state's run_changes log (trimmed twice); at every step it holds
+    what a watch built from scratch by set differences holds: the same runs, bands, next change
+    and worst running job."""
+    rng = random.Random(3)
+    policy: Policy = (
+        Las(thresholds=(50.0, 500.0), min_starve_s=30.0, starve_factor=1.0)
+        if policy_name == "las"
+        else get_policy(policy_name)
+    )
+    h = Harness(cluster(gpu_pool(nodes=2)), policy)
+    watch = RunningWatch(policy)
+    now = 0.0
+    for step in range(400):
+        now += rng.choice([0.0, 1.0, 7.0, 30.0])
+        h.clock.set(now)
+        kind = rng.random()
+        if kind < 0.4 or not h.state.jobs:
+            h.submit(f"j{step}", gang(rng.choice([1, 2, 4, 8])), duration=rng.choice([20.0, 90.0, 900.0]))
+        elif kind < 0.7:
+            h.state.apply(h.scheduler.schedule(h.state).decisions, now)
+        elif h.state.running and kind < 0.85:
+            h.state.preempt(rng.choice(list(h.state.running.values())), now)
+        elif h.state.running:
+            h.state.finish(rng.choice(list(h.state.running)), now)
+        if step in (150, 300):
+            h.state.run_changes_base += len(h.state.run_changes)  # as if the log had been trimmed
+            h.state.run_changes.clear()
+        fresh = RunningWatch(policy)
+        fresh.synced = fresh.worst_synced = -1  # by set difference
+        assert watch.next_time(h.state, now) == fresh.next_time(h.state, now)
+        assert watch.seen == fresh.seen == {j.id: j.run_start for j in h.state.running.values()}
+        if policy_name == "las":  # bands that change only at next_change: counted per band
+            assert +watch.band_count == +fresh.band_count
+            assert watch.worst_band(h.state, now) == fresh.worst_band(h.state, now)
+        else:  # a steady key (srtf: when it would finish): the worst running job
+            worst = watch.worst(h.state, now)
+            assert worst is fresh.worst(h.state, now)
+            assert worst is None or worst.id in h.state.running
+        assert len(watch.worst_seen if policy_name == "srtf" else watch.seen) == len(h.state.running)
