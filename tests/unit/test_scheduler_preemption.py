@@ -70,3 +70,31 @@ def test_a_preempted_job_resumes_with_its_progress_and_pays_the_checkpoint() -> 
 
 def test_checkpoint_cost_model() -> None:
     assert [default_checkpoint_cost(g) for g in (1, 2, 8, 9, 64)] == [7.0, 30.0, 30.0, 60.0, 60.0]
+
+
+def test_a_head_past_the_backfill_bound_preempts_the_run_backfilled_ahead_of_it() -> None:
+    """Backfill never delays a head past the bound: a run backfilled since the head queued gives
+    way (cause ``backfill-bound``), though it is in no worse band and of the same priority."""
+    h = Harness(cluster(gpu_pool(nodes=1)), "las", backfill_bound_s=600)
+    h.submit("running", gang(4))
+    h.step()
+    h.submit("head", gang(8))
+    h.submit("small", gang(2))
+    assert [(d.job_id, d.backfill) for d in h.step(at=10).placements] == [("small", True)]
+    h.state.finish("running", 700)
+    result = h.step(at=700)
+    assert [(d.job_id, d.by, d.cause) for d in result.preemptions] == [("small", "head", "backfill-bound")]
+    assert [d.job_id for d in result.placements] == ["head"]
+
+
+def test_a_run_started_before_the_head_queued_is_not_a_backfill_bound_victim() -> None:
+    h = Harness(cluster(gpu_pool(nodes=1)), "las", backfill_bound_s=600)
+    h.submit("running", gang(4))
+    h.submit("small", gang(2))
+    assert sorted(d.job_id for d in h.step().placements) == ["running", "small"]
+    h.submit("head", gang(8))
+    h.step(at=1)
+    h.state.finish("running", 700)
+    result = h.step(at=700)
+    assert result.decisions == []
+    assert h.state.jobs["head"].status is JobStatus.PENDING
