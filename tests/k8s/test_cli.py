@@ -103,7 +103,7 @@ def test_submit_status_list_cancel_and_logs(cli: Any, api: Any, kube: Any, tmp_p
     assert code == 0 and out.splitlines() == ["epoch 1/1 val_accuracy 0.91", "job succeeded"]
 
     code, out = cli("cancel", "cli-job")
-    assert code == 0 and out.strip() == "cli-job: cancelling"
+    assert code == 0 and out.strip() == "cli-job: cancelling", out  # failed once under load: say why
     assert api.get_training_job(namespace, "cli-job")["spec"]["suspend"] is True
 
     code, out = cli("status", "no-such-job")
