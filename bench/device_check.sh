@@ -10,9 +10,9 @@
 #               test_fault_recovery.py unless PYTEST_ARGS name others).
 #
 # Each part gets what is left of BUDGET_S (default 540), so the call ends inside the lease and
-# whatever finished is already in $OUT. Where the machine lacks the project's dependencies, a
-# wheelhouse in .wheelhouse-dir (default .whl, cp312 wheels: ray 2.60 and what the image lacks) is
-# installed into /tmp/site first. The machine's own torch is used.
+# whatever finished is already in $OUT. Where the machine lacks Ray, the wheelhouse in $WHEELS
+# (default .whl: cp312 wheels of ray 2.60 and what the machine's image lacks) is installed into
+# /tmp/site first. The machine's own torch is used.
 set -u -o pipefail
 BUDGET=${1:-540}
 shift || true

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from orchestrator.errors import UsageError
 from orchestrator.scheduler.capacity import Capacity
@@ -88,6 +89,17 @@ class Job:
         return left - (now - self.run_start) if self.run_start is not None else left
 
 
+def _log(log: list[Any], entry: Any, live: int) -> int:
+    """Append ``entry`` to one of the state's change logs; returns how many old entries were
+    dropped from its front (a long-lived state keeps a log to a few times its ``live`` jobs)."""
+    log.append(entry)
+    if len(log) <= 4 * live + 4096:
+        return 0
+    drop = len(log) // 2
+    del log[:drop]
+    return drop
+
+
 class ClusterState:
     """Jobs (pending, running, finished) and the free capacity they leave."""
 
@@ -146,20 +158,12 @@ class ClusterState:
 
     def _enqueue(self, job: Job) -> None:
         self.pending[job.id] = job
-        self.enqueued.append(job)
-        if len(self.enqueued) > 4 * len(self.pending) + 4096:  # a long-lived state: drop the old half
-            drop = len(self.enqueued) // 2
-            del self.enqueued[:drop]
-            self.enqueued_base += drop
+        self.enqueued_base += _log(self.enqueued, job, len(self.pending))
         self.pending_queues[job.queue] += 1
 
     def _dequeue(self, job: Job) -> None:
         del self.pending[job.id]
-        self.dequeued.append(job.id)
-        if len(self.dequeued) > 4 * len(self.pending) + 4096:
-            drop = len(self.dequeued) // 2
-            del self.dequeued[:drop]
-            self.dequeued_base += drop
+        self.dequeued_base += _log(self.dequeued, job.id, len(self.pending))
         self.pending_queues[job.queue] -= 1
         if not self.pending_queues[job.queue]:
             del self.pending_queues[job.queue]
@@ -179,13 +183,6 @@ class ClusterState:
                 self.preempt(self.jobs[decision.job_id], now)
         return started
 
-    def _run_changed(self, job: Job) -> None:
-        self.run_changes.append(job.id)
-        if len(self.run_changes) > 4 * len(self.running) + 4096:
-            drop = len(self.run_changes) // 2
-            del self.run_changes[:drop]
-            self.run_changes_base += drop
-
     def start(self, job: Job, placement: Placement, now: float) -> None:
         if job.status is not JobStatus.PENDING:
             raise UsageError(
@@ -197,7 +194,7 @@ class ClusterState:
         self.running_priorities[job.priority] += 1
         if job.backfilled:
             self.running_backfilled[job.id] = job
-        self._run_changed(job)
+        self.run_changes_base += _log(self.run_changes, job.id, len(self.running))
         job.status, job.placement, job.run_start = JobStatus.RUNNING, placement, now
         job.queued_total += now - job.queued_since
         if job.first_start is None:
@@ -234,7 +231,7 @@ class ClusterState:
         self.capacity.give(job.placement, job.queue)
         del self.running[job.id]
         self.running_backfilled.pop(job.id, None)
-        self._run_changed(job)
+        self.run_changes_base += _log(self.run_changes, job.id, len(self.running))
         self.running_priorities[job.priority] -= 1
         if not self.running_priorities[job.priority]:
             del self.running_priorities[job.priority]
