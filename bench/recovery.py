@@ -168,11 +168,22 @@ def start_head() -> str:
     raise SystemExit(f"ray start failed:\n{proc.stderr[-2000:]}")
 
 
+def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    """Medians over the runs so far, per side, and the runs themselves."""
+    summary: dict[str, Any] = {
+        name: {k: statistics.median(r[k] for r in rs) for k in ("recovery_s", "lost_steps", "restored_step")}
+        for name, rs in runs.items() if rs
+    }
+    summary["runs"] = runs
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "recovery.json")
     args = parser.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     address = start_head()
     runs: dict[str, list[dict[str, float]]] = {"orchestrator": [], "ray_train": []}
     try:
@@ -183,16 +194,12 @@ def main() -> None:
                     res = (run_orchestrator if name == "orchestrator" else run_plain_ray_train)(Path(tmp), address)
                 runs[name].append(res)
                 print(f"run {i + 1} {name}: {json.dumps(res)}", file=sys.stderr, flush=True)
+                # written after every run, so a run cut short by a lease still leaves its figures
+                args.out.write_text(json.dumps(summarise(runs), indent=1))
     finally:
         subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True,
                        check=False)
-    summary: dict[str, Any] = {
-        name: {k: statistics.median(r[k] for r in rs) for k in ("recovery_s", "lost_steps", "restored_step")}
-        for name, rs in runs.items()
-    }
-    summary["runs"] = runs
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=1))
+    summary = summarise(runs)
     print("| | recovery s (median) | lost steps (median) | restored step (median) |")
     print("|---|---|---|---|")
     for name in ("orchestrator", "ray_train"):
