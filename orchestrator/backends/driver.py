@@ -45,6 +45,8 @@ log = logging.getLogger("orchestrator.driver")
 POLL_INTERVAL_S = 0.25
 #: After a stop request, how long workers get to checkpoint before the driver stops Ray.
 GRACEFUL_STOP_TIMEOUT_S = 120.0
+#: How often a running job reports to its cluster's queue (which may ask it to give way).
+QUEUE_REPORT_S = 2.0
 
 
 def job_paths(record: JobRecord, spec: JobSpec) -> dict[str, str]:
@@ -104,6 +106,9 @@ class Driver:
         self._sink: Any = None
         self._tb: Any = None
         self._log_handler: logging.Handler | None = None
+        self._admission: Any = None  # the cluster queue's handle, when the driver joined a cluster
+        self._preempted_by: str | None = None
+        self.preemptions = 0
         # "submit to first step" counts from submission; for a resumed job, from the resume.
         self.requested_at = self.record.created_at if not self.record.attempts else time.time()
 
@@ -208,47 +213,38 @@ class Driver:
         check_fits_local_cluster(spec, ray.cluster_resources())
 
         self._tb = TensorBoardWriter(self.record.job_dir / "tensorboard")
-        self._sink = create_sink(attempts_before=len(self.record.attempts))
-        if self._stop_reason:
-            self._sink.request_stop.remote(self._stop_reason)
-        trainer = build_torch_trainer(spec, self.record, self.paths, ray.put(data), self._sink)
-
         tensorboard_dir = str(self.record.job_dir / "tensorboard")
         self._update_result(dashboard_url=url, tensorboard_dir=tensorboard_dir)
-        if self.events:
-            info = {
-                "dashboard_url": url,
-                "job_dir": str(self.record.job_dir),
-                "tensorboard_dir": tensorboard_dir,
-                "metrics_url": self.store.get(self.record.id).result.get("metrics_url"),
-                "data": summary,
-                "workers": spec.resources.workers,
-            }
-            self.events.on_start(self.store.get(self.record.id), info)
+        if self.settings.local_ray_address:  # a shared cluster: its queue decides when the gang starts
+            from orchestrator.backends.queue import Admission
+            from orchestrator.scheduler import request_from_spec
 
-        outcome: dict[str, Any] = {}
-
-        def fit() -> None:
-            try:
-                outcome["result"] = trainer.fit()
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=fit, name="train-fit", daemon=True)
-        thread.start()
-        last_store_check = 0.0
-        while thread.is_alive():
-            thread.join(POLL_INTERVAL_S)
-            self._drain()
-            now = time.time()
-            if now - last_store_check > 1.0:
-                last_store_check = now
-                if self.store.get(self.record.id).state == JobState.CANCELLING:
-                    self.request_stop("cancelled")
-            if self._stop_requested_at and now - self._stop_requested_at > GRACEFUL_STOP_TIMEOUT_S:
-                log.warning("workers did not stop within %.0fs; stopping Ray", GRACEFUL_STOP_TIMEOUT_S)
-                raise KeyboardInterrupt
-        self._drain()
+            self._admission = Admission(self.record.id, request_from_spec(spec), self.record.created_at)
+        announced = False
+        data_ref = ray.put(data)
+        while True:
+            if self._admission is not None and not self._admitted():
+                return self._finish(JobState.CANCELLED, "cancelled while queued")
+            self._sink = create_sink(attempts_before=len(self.tracker.attempts))
+            if self._stop_reason:
+                self._sink.request_stop.remote(self._stop_reason)
+            trainer = build_torch_trainer(spec, self.record, self.paths, data_ref, self._sink)
+            if self.events and not announced:
+                announced = True
+                info = {
+                    "dashboard_url": url,
+                    "job_dir": str(self.record.job_dir),
+                    "tensorboard_dir": tensorboard_dir,
+                    "metrics_url": self.store.get(self.record.id).result.get("metrics_url"),
+                    "data": summary,
+                    "workers": spec.resources.workers,
+                }
+                self.events.on_start(self.store.get(self.record.id), info)
+            outcome = self._fit(trainer)
+            if self._preempted_by and ("error" in outcome or self.tracker.stopped):
+                self._requeue()
+                continue
+            break
         self._write_shards()
 
         if "error" in outcome:
@@ -267,6 +263,72 @@ class Driver:
         if not self.tracker.final_metrics and not spec.entrypoint:
             raise TrainingError("training ended without final metrics (see the job log)")
         return self._finish(JobState.SUCCEEDED, None)
+
+    def _fit(self, trainer: Any) -> dict[str, Any]:
+        """Run ``trainer.fit()`` while draining events, watching for cancel and preemption."""
+        outcome: dict[str, Any] = {}
+
+        def fit() -> None:
+            try:
+                outcome["result"] = trainer.fit()
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=fit, name="train-fit", daemon=True)
+        thread.start()
+        last_store_check = last_report = 0.0
+        while thread.is_alive():
+            thread.join(POLL_INTERVAL_S)
+            self._drain()
+            now = time.time()
+            if now - last_store_check > 1.0:
+                last_store_check = now
+                if self.store.get(self.record.id).state == JobState.CANCELLING:
+                    self.request_stop("cancelled")
+            if self._admission is not None and not self._stop_reason and now - last_report > QUEUE_REPORT_S:
+                last_report = now
+                answer = self._admission.report()
+                if answer["action"] == "preempt":
+                    self._preempted_by = answer.get("by") or "a job of higher priority"
+                    self.request_stop(f"preempted by {self._preempted_by}")
+            if self._stop_requested_at and now - self._stop_requested_at > GRACEFUL_STOP_TIMEOUT_S:
+                log.warning("workers did not stop within %.0fs; stopping Ray", GRACEFUL_STOP_TIMEOUT_S)
+                raise KeyboardInterrupt
+        self._drain()
+        return outcome
+
+    def _admitted(self) -> bool:
+        """Wait in the cluster's queue until the scheduler places the whole gang; False if cancelled."""
+        assert self._admission is not None
+
+        def waiting(reason: str) -> None:
+            log.info("queued: %s", reason)
+            self.store.transition(self.record.id, JobState.PENDING, {JobState.RUNNING, JobState.PENDING},
+                                  message=f"queued: {reason}")
+            if self.events:
+                self.events.on_event({"type": "queued", "reason": reason})
+
+        def should_stop() -> bool:
+            return bool(self._stop_reason) or self.store.get(self.record.id).state == JobState.CANCELLING
+
+        admitted = self._admission.wait(should_stop, waiting)
+        if admitted:
+            self.store.transition(self.record.id, JobState.RUNNING, {JobState.RUNNING, JobState.PENDING},
+                                  message=None)
+            log.info("admitted by the cluster's queue")
+        return admitted
+
+    def _requeue(self) -> None:
+        """After a preemption: the workers checkpointed and stopped; join the queue again."""
+        log.info("preempted by %s: checkpointed at %s; back in the queue", self._preempted_by,
+                 self.tracker.last_checkpoint)
+        self.store.update(self.record.id, message=f"preempted by {self._preempted_by}; requeued")
+        self.preemptions += 1
+        self._update_result(preemptions=self.preemptions)
+        self._preempted_by = None
+        self._stop_reason = None
+        self._stop_requested_at = None
+        self.tracker.stopped = False
 
     def _cancel_message(self) -> str:
         ckpt = self.tracker.last_checkpoint
@@ -360,6 +422,9 @@ class Driver:
 
     # -- end ------------------------------------------------------------------------------
     def _finish(self, state: JobState, message: str | None) -> JobRecord:
+        if self._admission is not None:
+            self._admission.leave()  # its resources are free for the next job in the queue
+            self._admission = None
         now = time.time()
         self.tracker.close(now, message if state != JobState.SUCCEEDED else None)
         model_dir = Path(self.paths["model_dir"])

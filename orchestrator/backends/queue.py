@@ -1,0 +1,333 @@
+"""The job queue of one Ray cluster: the scheduler decides which job starts, not a race for CPUs.
+
+Without it, two jobs submitted to one cluster each grab what Ray gives them, and two gangs that
+each hold half the workers deadlock. With it, every job's driver joins the cluster, offers its
+gang to the queue and starts training only when the scheduler places the whole gang there; a
+running job reports in every few seconds and is told when a higher-priority job preempts it (it
+then checkpoints, stops, and offers itself again; see ``Driver``).
+
+The queue lives in a detached, named Ray actor (``orchestrator-queue`` in namespace
+``orchestrator``), so it outlives every CLI and driver. It keeps no state that matters: each
+driver repeats its whole request (gang, queue, priority, when it was queued, when it started) on
+every call, so a restarted queue actor rebuilds the queue from the drivers' next calls, in the
+same order, without losing a job. A driver that stops calling (killed) is dropped after
+``STALE_S``.
+
+:class:`QueueBook` is the pure part (no Ray import): a scheduler pass over the cluster's nodes and
+the jobs' requests, rebuilt at every call from those facts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from orchestrator.scheduler import ClusterState, ManualClock, Place, Preempt, Scheduler
+from orchestrator.scheduler.cluster import ClusterSpec, cluster_from_data
+from orchestrator.scheduler.jobs import GangRequest
+from orchestrator.scheduler.placement import find_placement
+from orchestrator.scheduler.view import QueueRow, queue_rows
+
+log = logging.getLogger(__name__)
+
+QUEUE_ACTOR = "orchestrator-queue"
+NAMESPACE = "orchestrator"
+#: A job whose driver has not called for this long is gone (killed, or its machine lost).
+STALE_S = 60.0
+#: How often a waiting driver asks again, and a running one reports in.
+POLL_S = 2.0
+#: A new (or restarted) queue admits nothing this long, so running jobs can report in first.
+REJOIN_S = 3 * POLL_S
+
+
+@dataclasses.dataclass
+class Entry:
+    """What a driver tells the queue about its job, on every call."""
+
+    job_id: str
+    request: GangRequest
+    queued_at: float
+    state: str = "waiting"  # waiting | running | preempting
+    started_at: float | None = None
+    last_seen: float = 0.0
+    preempted_by: str | None = None
+
+
+def request_to_json(request: GangRequest) -> dict[str, Any]:
+    data = dataclasses.asdict(request)
+    data["tolerations"] = [dataclasses.asdict(t) for t in request.tolerations]
+    return data
+
+
+def request_from_json(data: dict[str, Any]) -> GangRequest:
+    from orchestrator.scheduler.jobs import Toleration
+
+    fields = dict(data)
+    fields["accelerators"] = tuple(fields.get("accelerators") or ())
+    fields["tolerations"] = tuple(Toleration(**t) for t in fields.get("tolerations") or ())
+    fields["node_selector"] = tuple(tuple(p) for p in fields.get("node_selector") or ())
+    return GangRequest(**fields)
+
+
+def cluster_from_nodes(nodes: Sequence[dict[str, Any]], queues: Sequence[str] = ()) -> ClusterSpec:
+    """The scheduler's model of a Ray cluster: one pool per node shape (alive nodes of ``ray.nodes()``).
+
+    A node's CPUs, memory and GPUs come from its Ray resources; its GPU type from an
+    ``accelerator_type:...`` resource where Ray found one. Nodes with the same shape form one
+    pool, so a gang may span them; every queue the jobs name exists, without quota.
+    """
+    shapes: dict[tuple[Any, ...], int] = {}
+    for node in nodes:
+        if not node.get("Alive", node.get("alive", True)):
+            continue
+        res = node.get("Resources") or node.get("resources") or {}
+        kind = next((k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")), None)
+        shape = (float(res.get("CPU", 0)), int(res.get("memory", 0)), float(res.get("GPU", 0)),
+                 kind, float(res.get("TPU", 0)))
+        shapes[shape] = shapes.get(shape, 0) + 1
+    pools = []
+    for i, ((cpus, memory, gpus, kind, tpus), count) in enumerate(sorted(shapes.items(), key=str)):
+        pool: dict[str, Any] = {"name": f"ray-{i}", "nodes": count, "cpus_per_node": cpus,
+                                "memory_per_node": memory}
+        if gpus:
+            pool.update({"accelerator": _gpu_name(kind), "accelerators_per_node": gpus})
+        elif tpus:
+            pool.update({"accelerator": "tpu-" + (kind or "slice").lower(), "accelerators_per_node": tpus})
+        else:
+            pool["accelerator"] = "cpu"
+        pools.append(pool)
+    if not pools:  # no node alive: a cluster nothing fits, so every job waits and says why
+        pools.append({"name": "ray-0", "nodes": 0, "cpus_per_node": 1, "accelerator": "cpu"})
+    names = sorted(set(queues) | {"default"})
+    return cluster_from_data({"name": "ray", "pools": pools, "queues": [{"name": q} for q in names]})
+
+
+def _gpu_name(kind: str | None) -> str:
+    return f"nvidia-{kind.lower()}" if kind else "nvidia-gpu"
+
+
+class QueueBook:
+    """The queue's logic: requests in, a decision per job out. Rebuilt from the entries each call."""
+
+    def __init__(self, policy: str = "default", clock: Callable[[], float] = time.time) -> None:
+        self.policy = policy
+        self.clock = clock
+        self.entries: dict[str, Entry] = {}
+        self.nodes: list[dict[str, Any]] = []
+        self.created_at = clock()
+
+    # -- what drivers call ------------------------------------------------------------------
+    def offer(self, job_id: str, request: GangRequest, queued_at: float, *, running: bool = False,
+              started_at: float | None = None) -> dict[str, Any]:
+        """A waiting job asks to start (``running`` False) or a running one reports in.
+
+        Returns ``{"action": "run"}`` (start now), ``{"action": "wait", "reason": ...}``,
+        ``{"action": "continue"}`` (keep running) or ``{"action": "preempt", "by": ...}``.
+        """
+        now = self.clock()
+        entry = self.entries.get(job_id)
+        if entry is None:
+            entry = Entry(job_id, request, queued_at)
+            self.entries[job_id] = entry
+            if running:  # a queue restarted under a running job: take it back as it is
+                entry.state, entry.started_at = "running", started_at or now
+        entry.request, entry.queued_at, entry.last_seen = request, queued_at, now
+        if running and entry.state == "waiting":
+            entry.state, entry.started_at = "running", started_at or now
+        if not running and entry.state in ("running", "preempting"):
+            entry.state, entry.started_at, entry.preempted_by = "waiting", None, None  # it stopped
+        self._drop_stale(now)
+        if running:
+            if entry.state == "preempting":
+                return {"action": "preempt", "by": entry.preempted_by}
+            return {"action": "continue"}
+        if now - self.created_at < REJOIN_S:  # after a restart, running jobs report in first
+            return {"action": "wait", "reason": "the queue (re)started; waiting for running jobs to report in",
+                    "permanent": False}
+        scheduler, state, result = self._pass(now)
+        if entry.state == "running":
+            return {"action": "run"}
+        wait = result.waits.get(job_id) if result is not None else None
+        reason = wait.message if wait is not None else scheduler.explain(state, job_id).message  # type: ignore[union-attr]
+        return {"action": "wait", "reason": reason or "waiting for the scheduler", "permanent": bool(
+            wait is not None and wait.permanent)}
+
+    def done(self, job_id: str) -> None:
+        """The job ended (or its driver is leaving): its resources are free."""
+        self.entries.pop(job_id, None)
+
+    def rows(self) -> list[QueueRow]:
+        """The queue as people read it (``orchestrator queue``)."""
+        now = self.clock()
+        self._drop_stale(now)
+        scheduler, state, _ = self._build(now)
+        rows = queue_rows(scheduler, state)
+        rows += [
+            QueueRow(e.job_id, e.request.queue, state.jobs[e.job_id].priority, "running", e.request.describe(),
+                     now - (e.started_at or now), "running; not counted: it does not fit beside the others")
+            for e in self.entries.values() if e.job_id in state.jobs and e.job_id not in state.running
+            and e.state != "waiting"
+        ]
+        preempting = {e.job_id: e.preempted_by for e in self.entries.values() if e.state == "preempting"}
+        return [
+            dataclasses.replace(r, detail=f"{r.detail}; being preempted by {preempting[r.job_id]}")
+            if r.job_id in preempting else r
+            for r in rows
+        ]
+
+    # -- the pass -----------------------------------------------------------------------------
+    def _drop_stale(self, now: float) -> None:
+        for job_id in [j for j, e in self.entries.items() if now - e.last_seen > STALE_S]:
+            log.warning("queue: job %s stopped reporting; dropped", job_id)
+            del self.entries[job_id]
+
+    def _build(self, now: float) -> tuple[Scheduler, ClusterState, ClusterSpec]:
+        cluster = cluster_from_nodes(self.nodes, [e.request.queue for e in self.entries.values()])
+        scheduler = Scheduler(cluster, self.policy, ManualClock(now))
+        state = ClusterState(cluster)
+        entries = sorted(self.entries.values(), key=lambda e: (e.queued_at, e.job_id))
+        for entry in entries:
+            job = state.submit(entry.job_id, entry.request, entry.queued_at, submit_time=entry.queued_at)
+            job.queued_since = entry.queued_at
+        # jobs being preempted are leaving: the jobs that preempt them get their room first
+        for entry in sorted(entries, key=lambda e: (e.state == "preempting", e.started_at or 0.0)):
+            if entry.state == "waiting":
+                continue
+            job = state.jobs[entry.job_id]
+            options = scheduler.eligibility(entry.request).options
+            placement = next(
+                (p for o in options
+                 if (p := find_placement(state.capacity.pools[o.pool.name], entry.request, o.resource)) is not None),
+                None,
+            )
+            if placement is not None:
+                state.start(job, placement, entry.started_at or now)
+            else:  # it runs beyond what the model holds (rare, see REJOIN_S): not counted, not queued
+                state.finish(entry.job_id, now)
+        return scheduler, state, cluster
+
+    def _pass(self, now: float) -> tuple[Scheduler, ClusterState, Any]:
+        """One scheduling pass; its placements and preemptions are committed to the entries."""
+        scheduler, state, _ = self._build(now)
+        result = scheduler.schedule(state, explain=True)
+        for decision in result.decisions:
+            if isinstance(decision, Preempt):
+                victim = self.entries.get(decision.job_id)
+                if victim is not None and victim.state == "running":
+                    victim.state, victim.preempted_by = "preempting", decision.by
+                    log.info("queue: preempting %s for %s (%s)", decision.job_id, decision.by, decision.cause)
+            elif isinstance(decision, Place):
+                entry = self.entries[decision.job_id]
+                entry.state, entry.started_at = "running", now
+                log.info("queue: starting %s on %s", decision.job_id, decision.placement.describe())
+        return scheduler, state, result
+
+
+class QueueActor:
+    """The Ray actor around a :class:`QueueBook`; it reads the cluster's nodes at every call."""
+
+    def __init__(self, policy: str = "default") -> None:
+        self.book = QueueBook(policy)
+
+    def _refresh(self) -> None:
+        import ray
+
+        self.book.nodes = [n for n in ray.nodes() if n.get("Alive")]
+
+    def offer(self, job_id: str, request: dict[str, Any], queued_at: float, running: bool = False,
+              started_at: float | None = None) -> dict[str, Any]:
+        self._refresh()
+        return self.book.offer(job_id, request_from_json(request), queued_at, running=running,
+                               started_at=started_at)
+
+    def done(self, job_id: str) -> None:
+        self.book.done(job_id)
+
+    def rows(self) -> list[dict[str, Any]]:
+        self._refresh()
+        return [r.to_json() for r in self.book.rows()]
+
+
+def queue_actor() -> Any:
+    """The cluster's queue actor, created on first use (the caller is connected to Ray)."""
+    import ray
+
+    cls = ray.remote(num_cpus=0, max_restarts=-1)(QueueActor)
+    return cls.options(name=QUEUE_ACTOR, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote()
+
+
+class Admission:
+    """A driver's side of the queue: wait for a place, report in while running, leave when done."""
+
+    def __init__(self, job_id: str, request: GangRequest, queued_at: float) -> None:
+        self.job_id = job_id
+        self.request = request
+        self.queued_at = queued_at
+        self.started_at: float | None = None
+        self._actor: Any = None
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        import ray
+
+        for attempt in range(3):
+            if self._actor is None:
+                self._actor = queue_actor()
+            try:
+                return ray.get(getattr(self._actor, method).remote(*args, **kwargs), timeout=60)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                if attempt == 2:
+                    raise
+                self._actor = None  # killed or restarting: get (or create) it again
+                time.sleep(1.0)
+        raise AssertionError("unreachable")
+
+    def wait(self, should_stop: Callable[[], bool], on_wait: Callable[[str], None]) -> bool:
+        """Block until the scheduler places the job (True) or ``should_stop()`` (False)."""
+        last = None
+        while not should_stop():
+            answer = self._call("offer", self.job_id, request_to_json(self.request), self.queued_at)
+            if answer["action"] == "run":
+                self.started_at = time.time()
+                return True
+            if answer["reason"] != last:
+                last = answer["reason"]
+                on_wait(last)
+            time.sleep(POLL_S)
+        return False
+
+    def report(self) -> dict[str, Any]:
+        """A running job reports in; the answer says to go on or to give way (``preempt``)."""
+        return self._call("offer", self.job_id, request_to_json(self.request), self.queued_at, True,
+                          self.started_at)
+
+    def leave(self) -> None:
+        try:
+            self._call("done", self.job_id)
+        except Exception:  # noqa: BLE001 - the queue drops a silent job after STALE_S anyway
+            log.warning("could not tell the queue that %s ended", self.job_id)
+
+
+def queue_rows_of_cluster() -> list[dict[str, Any]]:
+    """The rows of the queue of the cluster this process is connected to."""
+    import ray
+
+    return list(ray.get(queue_actor().rows.remote(), timeout=60))
+
+
+def describe_wait(reason: str) -> str:
+    return f"queued: {reason}"
+
+
+__all__ = [
+    "Admission",
+    "Entry",
+    "QueueActor",
+    "QueueBook",
+    "cluster_from_nodes",
+    "queue_actor",
+    "request_from_json",
+    "request_to_json",
+]

@@ -1,0 +1,151 @@
+"""The cluster queue's logic (QueueBook) without Ray: admission, waiting reasons, preemption, restarts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from orchestrator.backends.queue import (
+    REJOIN_S,
+    STALE_S,
+    QueueBook,
+    cluster_from_nodes,
+    request_from_json,
+    request_to_json,
+)
+from orchestrator.scheduler import GangRequest, Toleration
+
+
+def node(cpus: float, gpus: float = 0, memory: int = 8 * 2**30, kind: str | None = None) -> dict[str, Any]:
+    resources: dict[str, Any] = {"CPU": cpus, "memory": memory, "node:10.0.0.1": 1.0}
+    if gpus:
+        resources["GPU"] = gpus
+    if kind:
+        resources[f"accelerator_type:{kind}"] = 1.0
+    return {"Alive": True, "Resources": resources}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0 - REJOIN_S  # the queue was created REJOIN_S ago
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def book(*nodes: dict[str, Any]) -> tuple[QueueBook, Clock]:
+    clock = Clock()
+    b = QueueBook("default", clock)
+    clock.now += REJOIN_S
+    b.nodes = list(nodes)
+    return b, clock
+
+
+def gang(workers: int = 2, cpus: float = 1, priority: str | None = None) -> GangRequest:
+    return GangRequest(workers=workers, cpus_per_worker=cpus, priority=priority)
+
+
+def test_second_gang_waits_for_the_first_and_starts_when_it_ends() -> None:
+    b, clock = book(node(2))
+    assert b.offer("a", gang(), 1.0) == {"action": "run"}
+    answer = b.offer("b", gang(), 2.0)
+    assert answer["action"] == "wait" and not answer["permanent"]
+    assert "2 workers x 1 cpus" in answer["reason"] and "cpu" in answer["reason"]
+    assert b.offer("a", gang(), 1.0, running=True, started_at=clock.now) == {"action": "continue"}
+    b.done("a")
+    assert b.offer("b", gang(), 2.0) == {"action": "run"}
+    rows = {r.job_id: r for r in b.rows()}
+    assert set(rows) == {"b"} and rows["b"].state == "running"
+
+
+def test_a_gang_never_starts_half_placed() -> None:
+    b, _ = book(node(2), node(2))
+    assert b.offer("a", gang(workers=3), 1.0)["action"] == "run"  # 3 x 1 CPU spans two 2-CPU nodes
+    answer = b.offer("b", gang(workers=2), 2.0)  # 1 CPU is free: not enough for the gang of 2
+    assert answer["action"] == "wait"
+
+
+def test_a_gang_larger_than_the_cluster_is_unschedulable() -> None:
+    b, _ = book(node(2))
+    answer = b.offer("big", gang(workers=4), 1.0)
+    assert answer["action"] == "wait" and answer["permanent"]
+
+
+def test_high_priority_preempts_low_which_requeues_and_resumes_later() -> None:
+    b, clock = book(node(2))
+    assert b.offer("low", gang(priority="low"), 1.0)["action"] == "run"
+    clock.now += 30
+    assert b.offer("high", gang(priority="high"), clock.now)["action"] == "run"
+    assert b.offer("low", gang(priority="low"), 1.0, running=True) == {"action": "preempt", "by": "high"}
+    rows = {r.job_id: r for r in b.rows()}
+    assert "being preempted by high" in rows["low"].detail
+    # low checkpointed and stopped: it offers itself again and waits behind high
+    answer = b.offer("low", gang(priority="low"), 1.0)
+    assert answer["action"] == "wait"
+    b.done("high")
+    assert b.offer("low", gang(priority="low"), 1.0)["action"] == "run"
+
+
+def test_a_restarted_queue_rebuilds_itself_from_the_drivers_calls() -> None:
+    b, clock = book(node(2))
+    assert b.offer("a", gang(), 1.0)["action"] == "run"
+    started = clock.now
+    # the actor was restarted: it knows nothing, and admits nothing until running jobs reported in
+    fresh_clock = Clock()
+    fresh_clock.now = clock.now + 5
+    fresh = QueueBook("default", fresh_clock)
+    fresh.nodes = [node(2)]
+    answer = fresh.offer("b", gang(), 2.0)
+    assert answer["action"] == "wait" and "report in" in answer["reason"]
+    assert fresh.offer("a", gang(), 1.0, running=True, started_at=started) == {"action": "continue"}
+    fresh_clock.now += REJOIN_S
+    assert fresh.offer("c", gang(), 3.0)["action"] == "wait"
+    assert fresh.offer("b", gang(), 2.0)["action"] == "wait"
+    assert {r.job_id: r.state for r in fresh.rows()} == {"a": "running", "b": "waiting", "c": "waiting"}
+    fresh.done("a")
+    assert fresh.offer("c", gang(), 3.0)["action"] == "wait"  # b was queued first: its own time, not its call
+    assert fresh.offer("b", gang(), 2.0)["action"] == "run"
+
+
+def test_jobs_running_beyond_the_model_are_shown_not_counted() -> None:
+    b, clock = book(node(2))
+    b.offer("a", gang(), 1.0, running=True, started_at=clock.now)
+    b.offer("b", gang(), 2.0, running=True, started_at=clock.now + 1)
+    rows = {r.job_id: r for r in b.rows()}
+    assert rows["a"].state == rows["b"].state == "running"
+    assert "not counted" in rows["b"].detail
+
+
+def test_a_silent_driver_is_dropped_after_the_stale_limit() -> None:
+    b, clock = book(node(2))
+    b.offer("a", gang(), 1.0)
+    assert b.offer("b", gang(), 2.0)["action"] == "wait"
+    clock.now += STALE_S / 2
+    assert b.offer("b", gang(), 2.0)["action"] == "wait"
+    clock.now += STALE_S / 2 + 1  # "a" has not reported for longer than STALE_S
+    assert b.offer("b", gang(), 2.0)["action"] == "run"
+
+
+def test_cluster_model_groups_nodes_by_shape() -> None:
+    cluster = cluster_from_nodes(
+        [node(8, gpus=4, kind="A100"), node(8, gpus=4, kind="A100"), node(4), {"Alive": False, "Resources": {"CPU": 64}}],
+        ["research"],
+    )
+    pools = sorted(cluster.pools, key=lambda p: p.name)
+    shapes = sorted((p.nodes, p.accelerator, p.cpus_per_node) for p in pools)
+    assert shapes == [(1, "cpu", 4.0), (2, "nvidia-a100", 8.0)]
+    assert {q.name for q in cluster.queues} == {"default", "research"}
+
+
+def test_requests_survive_the_trip_through_json() -> None:
+    request = GangRequest(workers=4, accelerators_per_worker=1, cpus_per_worker=2, memory_per_worker=2**30,
+                          accelerators=("nvidia-a100-40gb", "nvidia-t4"), queue="research", priority="high",
+                          tolerations=(Toleration.parse("spot=true:NoSchedule"),))
+    assert request_from_json(request_to_json(request)) == request
+
+
+@pytest.mark.parametrize("nodes", [[], [{"Alive": False, "Resources": {"CPU": 2}}]])
+def test_no_live_node_means_every_job_waits(nodes: list[dict[str, Any]]) -> None:
+    b, _ = book(*nodes)
+    assert b.offer("a", gang(), 1.0)["action"] == "wait"
