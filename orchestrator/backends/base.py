@@ -76,6 +76,7 @@ class Backend(ABC):
 
 _REGISTRY: dict[str, str] = {
     "local": "orchestrator.backends.local:LocalBackend",
+    "ray": "orchestrator.backends.ray_cluster:RayClusterBackend",
     "kubernetes": "orchestrator.backends.kubernetes:KubernetesBackend",
 }
 

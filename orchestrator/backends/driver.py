@@ -210,6 +210,11 @@ class Driver:
         )
         url = dashboard_url(context)
         log.info("Ray ready in %.1fs; dashboard: %s", time.time() - init_start, url or "off")
+        if self.install_signal_handlers and threading.current_thread() is threading.main_thread():
+            # ray.init installs its own SIGTERM handler (it logs "SIGTERM received" and exits):
+            # take it back, so `orchestrator cancel` (SIGTERM) stops with a final checkpoint.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._on_signal)
         check_fits_local_cluster(spec, ray.cluster_resources())
 
         self._tb = TensorBoardWriter(self.record.job_dir / "tensorboard")
@@ -322,7 +327,9 @@ class Driver:
         """After a preemption: the workers checkpointed and stopped; join the queue again."""
         log.info("preempted by %s: checkpointed at %s; back in the queue", self._preempted_by,
                  self.tracker.last_checkpoint)
-        self.store.update(self.record.id, message=f"preempted by {self._preempted_by}; requeued")
+        self.tracker.close(time.time(), f"preempted by {self._preempted_by}")
+        self.store.update(self.record.id, message=f"preempted by {self._preempted_by}; requeued",
+                          attempts=self.tracker.public_attempts())
         self.preemptions += 1
         self._update_result(preemptions=self.preemptions)
         self._preempted_by = None

@@ -62,9 +62,11 @@ class LocalBackend(Backend):
         }
 
     # -- submit --------------------------------------------------------------------------
-    def create_record(self, spec: JobSpec, options: SubmitOptions) -> JobRecord:
+    def create_record(self, spec: JobSpec, options: SubmitOptions, job_id: str | None = None,
+                      backend: str | None = None) -> JobRecord:
+        """A pending job in the store (``job_id`` and ``backend`` given by the ray backend's driver)."""
         check_framework_available(spec)
-        job_id = self.store.new_job_id(spec.name)
+        job_id = job_id or self.store.new_job_id(spec.name)
         job_dir = self.settings.job_dir(job_id)
         job_dir.mkdir(parents=True, exist_ok=True)
         spec_json = spec.model_dump(mode="json")
@@ -72,7 +74,7 @@ class LocalBackend(Backend):
         record = JobRecord(
             id=job_id,
             name=spec.name,
-            backend=self.name,
+            backend=backend or self.name,
             state=JobState.PENDING,
             spec=spec_json,
             job_dir=job_dir,

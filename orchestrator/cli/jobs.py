@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Any
@@ -250,3 +251,63 @@ def driver_command(ctx: click.Context, job_id: str, metrics_port: int, metrics_h
     record = Driver(settings_of(ctx), job_id, metrics_port=None if no_metrics else metrics_port,
                     metrics_host=metrics_host).run()
     sys.exit(exit_code_for_state(record.state.value))
+
+
+class _WireEvents:
+    """The driver's events as log lines of the Ray job, for the submitting CLI to read back."""
+
+    def on_start(self, record: JobRecord, info: dict[str, Any]) -> None:
+        pass
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        from orchestrator.backends.ray_cluster import EVENT_MARK
+
+        if event.get("type") != "step":  # one line per epoch, attempt, queue change; not per step
+            print(EVENT_MARK + json.dumps(event, default=str), flush=True)
+
+    def on_finish(self, record: JobRecord) -> None:
+        pass
+
+
+@main.command(name="_ray_job", hidden=True)
+@click.pass_context
+@handle_errors
+def ray_job_command(ctx: click.Context) -> None:
+    """Run a ray-backend job's driver on the cluster (the Ray job's entrypoint)."""
+    import logging
+    import os
+
+    from orchestrator.backends.driver import Driver
+    from orchestrator.backends.local import LocalBackend
+    from orchestrator.backends.ray_cluster import RESULT_MARK, record_to_wire
+    from orchestrator.spec.models import JobSpec
+
+    spec = JobSpec.model_validate(json.loads(os.environ["ORCHESTRATOR_SPEC_JSON"]))
+    # Ray's job supervisor sets RAY_ADDRESS to the cluster: the driver joins it and its queue.
+    settings = settings_of(ctx).with_overrides(local_ray_address=os.environ.get("RAY_ADDRESS") or "auto")
+    record = LocalBackend(settings).create_record(spec, SubmitOptions(), job_id=os.environ["ORCHESTRATOR_JOB_ID"],
+                                                  backend="ray")
+    handler = logging.StreamHandler(sys.stdout)  # the driver's log is the Ray job's log
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("orchestrator").addHandler(handler)
+    logging.getLogger("orchestrator").setLevel(logging.INFO)
+    logging.getLogger("orchestrator").info("driver of %s on %s, Python %s", record.id, os.uname().nodename,
+                                           sys.executable)
+    record = Driver(settings, record.id, _WireEvents(), metrics_port=None).run()
+    print(RESULT_MARK + json.dumps(record_to_wire(record), default=str), flush=True)
+    sys.exit(exit_code_for_state(record.state.value))
+
+
+@main.command(name="_ray_queue_view", hidden=True)
+@handle_errors
+def ray_queue_view_command() -> None:
+    """Print the cluster queue's rows (run on the cluster by `orchestrator queue --backend ray`)."""
+    import ray
+
+    from orchestrator.backends.queue import queue_rows_of_cluster
+    from orchestrator.backends.ray_cluster import RESULT_MARK
+    from orchestrator.backends.ray_local import use_local_auth_token
+
+    use_local_auth_token()
+    ray.init(address="auto", namespace="orchestrator", log_to_driver=False)
+    print(RESULT_MARK + json.dumps(queue_rows_of_cluster()), flush=True)

@@ -28,9 +28,11 @@ def local_queue_snapshot(records: list[JobRecord], cpus: float | None = None) ->
     counts: Counter[tuple[str, str]] = Counter()
     oldest: dict[str, float] = {}
     allocated = 0.0
+    preemptions: Counter[str] = Counter()
     now = time.time()
     for r in records:
         queue = str((r.spec.get("resources") or {}).get("queue") or "default")
+        preemptions[queue] += int(r.result.get("preemptions") or 0)  # counted by the job's driver
         if r.state == JobState.PENDING:
             counts[(queue, "queued")] += 1
             oldest[queue] = max(oldest.get(queue, 0.0), now - r.created_at)
@@ -44,7 +46,7 @@ def local_queue_snapshot(records: list[JobRecord], cpus: float | None = None) ->
         oldest.setdefault(queue, 0.0)
     total = float(cpus if cpus is not None else (os.cpu_count() or 1))
     return {"queue_jobs": dict(counts), "oldest_wait": oldest,
-            "pools": {("local", "cpu"): (total, allocated)}, "preemptions": {}}
+            "pools": {("local", "cpu"): (total, allocated)}, "preemptions": dict(preemptions)}
 
 
 @metrics.command("serve")

@@ -392,14 +392,37 @@ def _local_view(ctx: click.Context, policy: str) -> tuple[list[QueueRow], dict[s
     return queue_rows(scheduler, state) + overcommitted, unreadable, machine
 
 
+def _ray_view(ctx: click.Context, address: str | None) -> tuple[list[QueueRow], dict[str, str], str]:
+    """The queue of a Ray cluster (its queue actor's rows, read through a short Ray job)."""
+    from orchestrator.backends.ray_cluster import RayClusterBackend
+
+    backend = RayClusterBackend(settings_of(ctx).with_overrides(ray_address=address))
+    rows = [QueueRow(**{**r, "reasons": tuple(r.get("reasons") or ())}) for r in backend.queue_rows()]
+    return rows, {}, f"Ray cluster {backend.address}"
+
+
+def _view(ctx: click.Context, backend: str, address: str | None, policy: str) -> tuple[list[QueueRow], dict[str, str], str]:
+    if backend == "ray":
+        return _ray_view(ctx, address)
+    return _local_view(ctx, _policies([policy])[0])
+
+
+QUEUE_BACKEND = click.option("--backend", "-b", type=click.Choice(["local", "ray"]), default="local",
+                             show_default=True, help="Whose queue: this machine's jobs, or a Ray cluster's.")
+QUEUE_ADDRESS = click.option("--address", "ray_address", default=None, metavar="URL",
+                             help="Ray cluster, e.g. http://head:8265 (backend ray; default: ORCHESTRATOR_RAY_ADDRESS).")
+
+
 @main.command(name="queue")
 @click.option("--policy", default="default", show_default=True, help="Scheduling policy to explain with.")
+@QUEUE_BACKEND
+@QUEUE_ADDRESS
 @OUTPUT_OPTION
 @click.pass_context
 @handle_errors
-def queue_command(ctx: click.Context, policy: str, output: str) -> None:
-    """Show queued and running jobs of this machine, with their state and why they wait."""
-    rows, unreadable, machine = _local_view(ctx, _policies([policy])[0])
+def queue_command(ctx: click.Context, policy: str, backend: str, ray_address: str | None, output: str) -> None:
+    """Show queued and running jobs (this machine's, or a Ray cluster's) with their state and why they wait."""
+    rows, unreadable, machine = _view(ctx, backend, ray_address, policy)
     if output == "json":
         emit_json(
             {
@@ -421,15 +444,18 @@ def queue_command(ctx: click.Context, policy: str, output: str) -> None:
 @main.command()
 @click.argument("job_id", metavar="JOB")
 @click.option("--policy", default="default", show_default=True, help="Scheduling policy to explain with.")
+@QUEUE_BACKEND
+@QUEUE_ADDRESS
 @OUTPUT_OPTION
 @click.pass_context
 @handle_errors
-def explain(ctx: click.Context, job_id: str, policy: str, output: str) -> None:
+def explain(ctx: click.Context, job_id: str, policy: str, backend: str, ray_address: str | None,
+            output: str) -> None:
     """Say where JOB runs, or why it waits, in words."""
-    from orchestrator.store import JobStore
+    from orchestrator.backends.base import get_backend
 
-    record = JobStore(settings_of(ctx).db_path).get(job_id)
-    rows, unreadable, machine = _local_view(ctx, _policies([policy])[0])
+    record = get_backend(backend, settings_of(ctx).with_overrides(ray_address=ray_address)).status(job_id)
+    rows, unreadable, machine = _view(ctx, backend, ray_address, policy)
     row = next((r for r in rows if r.job_id == record.id), None)
     if row is None:
         why = unreadable.get(record.id)

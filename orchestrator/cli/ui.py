@@ -54,11 +54,13 @@ class LiveProgress:
         c = self.console
         c.print(f"[bold]job {record.id}[/] ({record.spec['framework']}, {info['workers']} workers, "
                 f"backend {record.backend})")
-        c.print(f"  data: {data.get('source')}: {data.get('train')} train / {data.get('validation')} "
-                f"validation / {data.get('test')} test samples, shape {tuple(data.get('sample_shape', ()))}")
+        if data:
+            c.print(f"  data: {data.get('source')}: {data.get('train')} train / {data.get('validation')} "
+                    f"validation / {data.get('test')} test samples, shape {tuple(data.get('sample_shape', ()))}")
         if info.get("dashboard_url"):
             c.print(f"  Ray dashboard: {info['dashboard_url']}")
-        c.print(f"  TensorBoard:   tensorboard --logdir {info['tensorboard_dir']}")
+        if info.get("tensorboard_dir"):
+            c.print(f"  TensorBoard:   tensorboard --logdir {info['tensorboard_dir']}")
         if info.get("metrics_url"):
             c.print(f"  Prometheus:    {info['metrics_url']}")
         c.print(f"  logs:          orchestrator logs {record.id} --follow")
@@ -94,6 +96,8 @@ class LiveProgress:
                 f"val loss {fmt(m.get(names.VAL_LOSS))} acc {fmt(m.get(names.VAL_ACCURACY))} | "
                 f"{fmt(m.get(names.SAMPLES_PER_SECOND))} samples/s | {fmt(m.get(names.EPOCH_SECONDS), 2)}s"
             )
+        elif kind == "queued":
+            self.progress.console.print(f"[yellow]queued: {event['reason']}[/]")
         elif kind == "attempt_start" and event.get("restored_epoch") is not None:
             self.progress.console.print(
                 f"[cyan]restored checkpoint of epoch {event['restored_epoch']} "

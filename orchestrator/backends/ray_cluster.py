@@ -1,0 +1,305 @@
+"""The ``ray`` backend: jobs run on an existing Ray cluster, through Ray's job submission API.
+
+``submit`` sends one Ray job per orchestrator job (submission id = our job id, so the Ray
+dashboard and ``ray job`` show it under a name people recognise). Its entrypoint runs our driver
+on the head node with the cluster's own Python (see :data:`CLUSTER_PYTHON`); the runtime
+environment carries the validated spec and, for a user entrypoint, the folder of its file. The
+driver joins the cluster, waits in the cluster's queue (:mod:`orchestrator.backends.queue`) until
+the scheduler places its whole gang, and trains with Ray Train as on the local backend.
+
+The driver writes one line per event (``ORCHESTRATOR_EVENT {json}``) and, at the end, the job's
+record (``ORCHESTRATOR_RESULT {json}``) to the Ray job's log, so ``status``, ``list``, ``logs`` and
+``cancel`` need only the dashboard's HTTP API: ``status`` reads Ray's job info and the newest of
+those lines; ``cancel`` is Ray's stop (SIGTERM), which our driver turns into a checkpoint and a
+clean stop. Ray's token auth (on by default) uses ``~/.ray/auth_token`` or ``RAY_AUTH_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from orchestrator.backends.base import Backend, EventHandler, SubmitOptions
+from orchestrator.errors import BackendError, UsageError
+from orchestrator.spec.models import JobSpec
+from orchestrator.store import JobRecord, JobState
+
+EVENT_MARK = "ORCHESTRATOR_EVENT "
+RESULT_MARK = "ORCHESTRATOR_RESULT "
+
+#: The entrypoint finds the Python that runs Ray on the head node (``sys.executable`` semantics,
+#: not whatever ``python`` is first on a PATH): the job runs as a child of Ray's job supervisor,
+#: a worker of the raylet, whose command line names the workers' interpreter
+#: (``--python_worker_command=/path/to/python ...``). It walks up from the supervisor to that
+#: raylet. ``ORCHESTRATOR_RAY_PYTHON`` on the submitting side names an interpreter instead.
+CLUSTER_PYTHON = (
+    'p=$PPID; py=""; while [ -z "$py" ] && [ -r "/proc/$p/cmdline" ]; do '
+    "py=$(tr '\\0' '\\n' < /proc/$p/cmdline | sed -n 's/^--python_worker_command=\\([^ ]*\\).*/\\1/p' | head -n 1); "
+    "p=$(sed -n 's/^PPid:[[:space:]]*//p' /proc/$p/status); "
+    '[ "${p:-0}" -gt 1 ] || break; done; '
+)
+
+#: Ray job states, in ours.
+_STATES = {
+    "PENDING": JobState.PENDING,
+    "RUNNING": JobState.RUNNING,
+    "SUCCEEDED": JobState.SUCCEEDED,
+    "FAILED": JobState.FAILED,
+    "STOPPED": JobState.CANCELLED,
+}
+
+
+def record_to_wire(record: JobRecord) -> dict[str, Any]:
+    """A job record as the driver on the cluster prints it (``RESULT_MARK``)."""
+    return {
+        "id": record.id, "name": record.name, "state": record.state.value, "spec": record.spec,
+        "job_dir": str(record.job_dir), "created_at": record.created_at, "started_at": record.started_at,
+        "ended_at": record.ended_at, "message": record.message, "result": record.result,
+        "progress": record.progress, "attempts": record.attempts,
+    }
+
+
+def record_from_wire(data: dict[str, Any], backend: str = "ray") -> JobRecord:
+    return JobRecord(
+        id=data["id"], name=data["name"], backend=backend, state=JobState(data["state"]), spec=data["spec"],
+        job_dir=Path(data["job_dir"]), created_at=data["created_at"], started_at=data["started_at"],
+        ended_at=data["ended_at"], message=data["message"], result=dict(data["result"]),
+        progress=dict(data["progress"]), attempts=list(data["attempts"]), external_id=data["id"],
+    )
+
+
+def entrypoint_command(python: str | None = None) -> str:
+    """The shell command Ray runs on the head node for each job."""
+    if python:
+        return f"exec {_quote(python)} -m orchestrator _ray_job"
+    return CLUSTER_PYTHON + 'exec "${py:-python3}" -m orchestrator _ray_job'
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+class RayClusterBackend(Backend):
+    """Jobs on a running Ray cluster, addressed by its dashboard URL (``http://head:8265``)."""
+
+    name = "ray"
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__(settings)
+        self._client_cache: Any = None
+
+    # -- connection ---------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        address = self.settings.ray_address
+        if not address:
+            raise UsageError(
+                "the ray backend needs the address of a Ray cluster",
+                fix="pass --address http://HEAD:8265 or set ORCHESTRATOR_RAY_ADDRESS",
+            )
+        if address.startswith("ray://"):
+            raise UsageError(
+                f"--address {address}: the ray backend uses the dashboard's HTTP address, not Ray Client",
+                fix="use http://HEAD:8265 (the dashboard port)",
+            )
+        return address if "://" in address else f"http://{address}"
+
+    def _client(self) -> Any:
+        if self._client_cache is None:
+            from orchestrator.backends.ray_local import use_local_auth_token
+
+            use_local_auth_token()
+            from ray.job_submission import JobSubmissionClient
+
+            try:
+                self._client_cache = JobSubmissionClient(self.address)
+            except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
+                raise BackendError(
+                    f"cannot reach the Ray cluster at {self.address}: {str(exc).splitlines()[0] if str(exc) else exc}",
+                    fix="check the address (the dashboard port, 8265 by default), that the cluster is up, "
+                        "and its auth token (~/.ray/auth_token or RAY_AUTH_TOKEN)",
+                ) from None
+        return self._client_cache
+
+    def dashboard_url(self, job_id: str) -> str:
+        return f"{self.address.rstrip('/')}/#/jobs/{job_id}"
+
+    # -- plan -----------------------------------------------------------------------------------
+    def submission(self, spec: JobSpec, job_id: str) -> dict[str, Any]:
+        """The exact arguments of ``JobSubmissionClient.submit_job`` for this job."""
+        spec_json = spec.model_dump(mode="json")
+        runtime_env: dict[str, Any] = {"env_vars": {"ORCHESTRATOR_JOB_ID": job_id}}
+        if spec.entrypoint:  # ship the folder of the user's file; the job's working directory is it
+            file_part, func = spec.entrypoint.rsplit(":", 1)
+            path = Path(file_part)
+            runtime_env["working_dir"] = str(path.parent)
+            spec_json["entrypoint"] = f"{path.name}:{func}"
+        runtime_env["env_vars"]["ORCHESTRATOR_SPEC_JSON"] = json.dumps(spec_json, sort_keys=True)
+        return {
+            "entrypoint": entrypoint_command(os.environ.get("ORCHESTRATOR_RAY_PYTHON")),
+            "submission_id": job_id,
+            "runtime_env": runtime_env,
+            "metadata": {"orchestrator_job_id": job_id, "orchestrator_job_name": spec.name,
+                         "orchestrator_framework": spec.framework},
+            "entrypoint_num_cpus": 0,  # the driver only waits and relays; the gang has the CPUs
+        }
+
+    def dry_run(self, spec: JobSpec, options: SubmitOptions) -> dict[str, Any]:
+        job_id = f"{spec.name}-<id>"
+        return {"backend": self.name, "address": self.address, "dashboard_url": self.dashboard_url(job_id),
+                "submit_job": self.submission(spec, job_id)}
+
+    # -- submit ---------------------------------------------------------------------------------
+    def submit(self, spec: JobSpec, options: SubmitOptions, events: EventHandler | None = None) -> JobRecord:
+        from orchestrator.backends.driver import check_framework_available
+
+        check_framework_available(spec)
+        job_id = f"{spec.name}-{secrets.token_hex(3)}"
+        client = self._client()
+        try:
+            client.submit_job(**self.submission(spec, job_id))
+        except Exception as exc:  # noqa: BLE001 - the SDK raises RuntimeError with the HTTP body
+            raise BackendError(f"the Ray cluster at {self.address} refused the job: {exc}",
+                               fix="see the message; `ray job list` on the cluster shows its jobs") from None
+        record = self.status(job_id)
+        if events is not None:
+            events.on_start(record, {"dashboard_url": self.dashboard_url(job_id), "job_dir": record.job_dir,
+                                     "workers": spec.resources.workers})
+        if options.detach:
+            return record
+        try:
+            for _ in self._follow(job_id, events):
+                pass
+        except KeyboardInterrupt:  # Ctrl-C: ask for a checkpoint and a clean stop, then see it end
+            self.cancel(job_id)
+            for _ in self._follow(job_id, events):
+                pass
+        final = self.status(job_id)
+        if events is not None:
+            events.on_finish(final)
+        return final
+
+    def _follow(self, job_id: str, events: EventHandler | None) -> Iterator[str]:
+        for line in self._lines(job_id, follow=True):
+            if line.startswith(EVENT_MARK):
+                if events is not None:
+                    events.on_event(json.loads(line[len(EVENT_MARK):]))
+                continue
+            yield line
+
+    # -- queries --------------------------------------------------------------------------------
+    def _info(self, job_id: str) -> Any:
+        try:
+            return self._client().get_job_info(job_id)
+        except RuntimeError as exc:
+            if "does not exist" in str(exc) or "404" in str(exc):
+                raise UsageError(f"no job {job_id!r} on the Ray cluster at {self.address}",
+                                 fix="`orchestrator list --backend ray` shows its jobs") from None
+            raise BackendError(f"the Ray cluster at {self.address} did not answer: {exc}",
+                               fix="try again; check the cluster") from None
+
+    def status(self, job_id: str) -> JobRecord:
+        info = self._info(job_id)
+        logs = self._client().get_job_logs(job_id)
+        return self._record(info, logs)
+
+    def _record(self, info: Any, logs: str | None) -> JobRecord:
+        job_id = info.submission_id or info.job_id
+        meta = info.metadata or {}
+        state = _STATES.get(str(getattr(info.status, "value", info.status)), JobState.PENDING)
+        saved: dict[str, Any] | None = None
+        progress: dict[str, Any] = {}
+        message = info.message
+        newest: dict[str, Any] | None = None
+        for line in reversed((logs or "").splitlines()):
+            if line.startswith(RESULT_MARK):
+                saved = json.loads(line[len(RESULT_MARK):])
+                break
+            if line.startswith(EVENT_MARK):
+                event = json.loads(line[len(EVENT_MARK):])
+                newest = newest or event
+                if event.get("type") == "epoch":
+                    progress = {"epoch": event["epoch"], **event.get("metrics", {})}
+                    break
+        if newest is not None and newest.get("type") == "queued" and state is JobState.RUNNING:
+            state, message = JobState.PENDING, f"queued: {newest['reason']}"
+        started = info.start_time / 1000 if info.start_time else None
+        ended = info.end_time / 1000 if info.end_time else None
+        if saved is not None:
+            record = record_from_wire(saved, self.name)
+            if state is JobState.CANCELLED and record.state.value not in ("cancelled", "failed"):
+                record.state = state  # stopped by Ray before our driver could say so
+            record.result = {**record.result, "dashboard_url": self.dashboard_url(job_id)}
+            return record
+        spec = json.loads((info.runtime_env or {}).get("env_vars", {}).get("ORCHESTRATOR_SPEC_JSON", "{}"))
+        return JobRecord(
+            id=job_id, name=meta.get("orchestrator_job_name", job_id), backend=self.name, state=state,
+            spec=spec, job_dir=Path("."), created_at=started or time.time(), started_at=started, ended_at=ended,
+            message=message, result={"dashboard_url": self.dashboard_url(job_id)}, progress=progress,
+            external_id=job_id,
+        )
+
+    def list(self, limit: int = 100) -> list[JobRecord]:
+        try:
+            jobs = self._client().list_jobs()
+        except Exception as exc:  # noqa: BLE001
+            raise BackendError(f"the Ray cluster at {self.address} did not list its jobs: {exc}",
+                               fix="try again; check the cluster") from None
+        ours = [j for j in jobs if (j.metadata or {}).get("orchestrator_job_id")]
+        ours.sort(key=lambda j: j.start_time or 0, reverse=True)
+        return [self._record(j, None) for j in ours[:limit]]
+
+    def logs(self, job_id: str, follow: bool = False) -> Iterator[str]:
+        for line in self._lines(job_id, follow):
+            if not line.startswith((EVENT_MARK, RESULT_MARK)):
+                yield line
+
+    def _lines(self, job_id: str, follow: bool) -> Iterator[str]:
+        """The Ray job's log lines; with ``follow``, new ones until the job ends."""
+        seen = 0
+        self._info(job_id)  # a clear error for an unknown job
+        while True:
+            ended = self._info(job_id).status.is_terminal() if follow else True
+            text = self._client().get_job_logs(job_id) or ""
+            lines = text.splitlines()
+            complete = len(lines) if ended or text.endswith("\n") else len(lines) - 1
+            yield from lines[seen:complete]
+            seen = max(seen, complete)
+            if ended:
+                return
+            time.sleep(1.0)
+
+    def cancel(self, job_id: str) -> JobRecord:
+        info = self._info(job_id)
+        if not info.status.is_terminal():
+            self._client().stop_job(job_id)
+        return self.status(job_id)
+
+    def queue_rows(self) -> builtins.list[dict[str, Any]]:
+        """The cluster queue's rows, read by a short Ray job (the HTTP API is all we have)."""
+        client = self._client()
+        job_id = f"orchestrator-queue-view-{secrets.token_hex(3)}"
+        client.submit_job(entrypoint=entrypoint_command(os.environ.get("ORCHESTRATOR_RAY_PYTHON")).replace(
+            "_ray_job", "_ray_queue_view"), submission_id=job_id, entrypoint_num_cpus=0,
+            metadata={"orchestrator_queue_view": "1"})
+        deadline = time.time() + 300
+        while not client.get_job_status(job_id).is_terminal():
+            if time.time() > deadline:
+                client.stop_job(job_id)
+                raise BackendError("reading the cluster's queue took over 5 minutes", fix="try again")
+            time.sleep(0.5)
+        text = client.get_job_logs(job_id) or ""
+        rows = [json.loads(line[len(RESULT_MARK):]) for line in text.splitlines() if line.startswith(RESULT_MARK)]
+        if not rows:
+            raise BackendError(f"could not read the cluster's queue: {text[-500:]}",
+                               fix="check that orchestrator is installed on the cluster")
+        result: builtins.list[dict[str, Any]] = rows[-1]
+        return result
