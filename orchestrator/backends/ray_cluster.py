@@ -234,9 +234,7 @@ class RayClusterBackend(Backend):
         started = info.start_time / 1000 if info.start_time else None
         ended = info.end_time / 1000 if info.end_time else None
         if saved is not None:
-            record = record_from_wire(saved, self.name)
-            if state is JobState.CANCELLED and record.state.value not in ("cancelled", "failed"):
-                record.state = state  # stopped by Ray before our driver could say so
+            record = record_from_wire(saved, self.name)  # the driver's own last word
             record.result = {**record.result, "dashboard_url": self.dashboard_url(job_id)}
             return record
         spec = json.loads((info.runtime_env or {}).get("env_vars", {}).get("ORCHESTRATOR_SPEC_JSON", "{}"))

@@ -1,0 +1,136 @@
+"""The ray backend's pieces that need no cluster: the entrypoint's interpreter lookup, the plan,
+reading a job's state back from Ray's job info and log lines, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from orchestrator.backends.ray_cluster import (
+    CLUSTER_PYTHON,
+    EVENT_MARK,
+    RESULT_MARK,
+    RayClusterBackend,
+    entrypoint_command,
+    record_from_wire,
+    record_to_wire,
+)
+from orchestrator.errors import UsageError
+from orchestrator.settings import Settings
+from orchestrator.spec.models import JobSpec
+from orchestrator.store import JobRecord, JobState
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+
+
+def found_python(parent_args: list[str]) -> str:
+    """What the entrypoint's lookup finds when its shell runs under a process with these arguments."""
+    script = CLUSTER_PYTHON + 'echo "${py:-python3}"'
+    code = "import subprocess, sys; sys.stdout.write(subprocess.run(['sh', '-c', sys.argv[1]], " \
+           "capture_output=True, text=True).stdout)"
+    return subprocess.run([sys.executable, "-c", code, script, *parent_args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_the_entrypoint_finds_the_interpreter_the_raylet_starts_workers_with() -> None:
+    # like the raylet: the worker command is one argument, the interpreter its first word
+    worker = "--python_worker_command=/opt/cluster/venv/bin/python -u /opt/ray/default_worker.py --x=1"
+    assert found_python(["--raylet-name=r", worker]) == "/opt/cluster/venv/bin/python"
+
+
+def test_without_a_raylet_above_it_the_entrypoint_falls_back_to_python3() -> None:
+    assert found_python(["--unrelated"]) == "python3"
+
+
+def test_an_explicit_interpreter_is_used_as_given() -> None:
+    assert entrypoint_command("/opt/py 3/bin/python") == "exec '/opt/py 3/bin/python' -m orchestrator _ray_job"
+    assert entrypoint_command(None).endswith('exec "${py:-python3}" -m orchestrator _ray_job')
+
+
+def backend(address: str | None = "http://head:8265") -> RayClusterBackend:
+    return RayClusterBackend(Settings.from_env({"ORCHESTRATOR_HOME": "/tmp/x"}).with_overrides(ray_address=address))
+
+
+def spec(**extra: Any) -> JobSpec:
+    return JobSpec.model_validate({"name": "demo", "model": {"type": "cnn"}, **extra})
+
+
+def test_the_plan_carries_the_spec_and_user_code(tmp_path: Path) -> None:
+    plan = backend().dry_run(spec(), None)  # type: ignore[arg-type]
+    submit = plan["submit_job"]
+    assert plan["address"] == "http://head:8265"
+    assert submit["submission_id"] == "demo-<id>" and submit["entrypoint_num_cpus"] == 0
+    assert json.loads(submit["runtime_env"]["env_vars"]["ORCHESTRATOR_SPEC_JSON"])["name"] == "demo"
+    assert submit["metadata"]["orchestrator_job_name"] == "demo"
+    train = tmp_path / "code" / "train.py"
+    train.parent.mkdir()
+    train.write_text("def main(config):\n    pass\n")
+    user = JobSpec.model_validate({"name": "mine", "entrypoint": f"{train}:main"})
+    env = backend().submission(user, "mine-1")["runtime_env"]
+    assert env["working_dir"] == str(train.parent)
+    assert json.loads(env["env_vars"]["ORCHESTRATOR_SPEC_JSON"])["entrypoint"] == "train.py:main"
+
+
+def test_an_address_is_required_and_must_be_the_dashboard() -> None:
+    with pytest.raises(UsageError, match="needs the address"):
+        _ = backend(None).address
+    with pytest.raises(UsageError, match="not Ray Client"):
+        _ = backend("ray://head:10001").address
+    assert backend("head:8265").address == "http://head:8265"
+
+
+class Status(str):
+    @property
+    def value(self) -> str:
+        return str(self)
+
+    def is_terminal(self) -> bool:
+        return self in ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def info(status: str, **extra: Any) -> Any:
+    fields = {"submission_id": "demo-1", "job_id": None, "status": Status(status), "message": None,
+              "metadata": {"orchestrator_job_name": "demo"}, "start_time": 1_000_000, "end_time": None,
+              "runtime_env": {"env_vars": {"ORCHESTRATOR_SPEC_JSON": json.dumps(spec().model_dump(mode="json"))}}}
+    return SimpleNamespace(**{**fields, **extra})
+
+
+def event(kind: str, **fields: Any) -> str:
+    return EVENT_MARK + json.dumps({"type": kind, **fields})
+
+
+def test_a_queued_job_reads_as_pending_with_its_reason() -> None:
+    logs = "\n".join(["driver of demo-1", event("queued", reason="needs 2 workers x 1 cpus as one gang")])
+    record = backend()._record(info("RUNNING"), logs)
+    assert record.state is JobState.PENDING
+    assert record.message == "queued: needs 2 workers x 1 cpus as one gang"
+    assert record.spec["name"] == "demo" and record.started_at == 1000.0
+
+
+def test_a_running_job_shows_its_latest_epoch_and_admission_clears_the_queued_state() -> None:
+    logs = "\n".join([event("queued", reason="r"), event("attempt_start", attempt=1),
+                      event("epoch", epoch=3, metrics={"val_accuracy": 0.9}), "plain line"])
+    record = backend()._record(info("RUNNING"), logs)
+    assert record.state is JobState.RUNNING
+    assert record.progress == {"epoch": 3, "val_accuracy": 0.9}
+
+
+def test_the_drivers_final_record_wins_and_survives_the_wire() -> None:
+    final = JobRecord(id="demo-1", name="demo", backend="ray", state=JobState.SUCCEEDED, spec={"name": "demo"},
+                      job_dir=Path("/home/ray/.orchestrator/jobs/demo-1"), created_at=5.0, started_at=6.0,
+                      ended_at=9.0, result={"metrics": {"val_accuracy": 0.97}}, attempts=[{"attempt": 1}])
+    logs = "\n".join([event("epoch", epoch=1, metrics={}), RESULT_MARK + json.dumps(record_to_wire(final))])
+    record = backend()._record(info("SUCCEEDED"), logs)
+    assert record.state is JobState.SUCCEEDED and record.result["metrics"] == {"val_accuracy": 0.97}
+    assert record.result["dashboard_url"] == "http://head:8265/#/jobs/demo-1"
+    assert record_from_wire(record_to_wire(final)).attempts == final.attempts
+    stopped = backend()._record(info("STOPPED"), logs)  # Ray stopped it after our driver said succeeded
+    assert stopped.state is JobState.SUCCEEDED
+    killed = backend()._record(info("STOPPED"), event("epoch", epoch=1, metrics={}))
+    assert killed.state is JobState.CANCELLED
