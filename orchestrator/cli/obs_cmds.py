@@ -40,7 +40,8 @@ def local_queue_snapshot(records: list[JobRecord], cpus: float | None = None) ->
             counts[(queue, "running")] += 1
             res = r.spec.get("resources") or {}
             allocated += float(res.get("workers", 1)) * float(res.get("cpus_per_worker", 1))
-    for queue in {q for q, _ in counts}:
+    known = {str((r.spec.get("resources") or {}).get("queue") or "default") for r in records} | {"default"}
+    for queue in known | {q for q, _ in counts}:  # a queue with no jobs now reads 0, not "no data"
         counts.setdefault((queue, "queued"), 0)
         counts.setdefault((queue, "running"), 0)
         oldest.setdefault(queue, 0.0)

@@ -136,8 +136,11 @@ def observed_run(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> 
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES)],
         "scrape_configs": [
-            {"job_name": "orchestrator-job", "static_configs": [{"targets": [f"127.0.0.1:{job_port}"]}]},
-            {"job_name": "orchestrator-store", "static_configs": [{"targets": [f"127.0.0.1:{store_port}"]}]},
+            # honor_labels: our `job` label (the job id) must not become `exported_job`
+            {"job_name": "orchestrator-job", "honor_labels": True,
+             "static_configs": [{"targets": [f"127.0.0.1:{job_port}"]}]},
+            {"job_name": "orchestrator-store", "honor_labels": True,
+             "static_configs": [{"targets": [f"127.0.0.1:{store_port}"]}]},
         ],
     }))
     prom = subprocess.Popen(
@@ -164,7 +167,7 @@ def observed_run(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> 
         result = last_json(out)
         time.sleep(3)  # a few more evaluations of the recording rules
         yield {"base": base, "result": result, "started": started, "ended": time.time(), "env": env,
-               "ray_jobs": ray_jobs}
+               "ray_jobs": ray_jobs, "job_target": f"127.0.0.1:{job_port}"}
     finally:
         for proc in (serve, prom):
             proc.terminate()
@@ -207,7 +210,9 @@ def test_loss_decreased_and_accuracy_gauge_reached_the_final_value(observed_run:
     base, result = observed_run["base"], observed_run["result"]
     job = result["job_id"]
     params = urllib.parse.urlencode({
-        "query": f'orchestrator_train_loss{{job="{job}"}}', "start": observed_run["started"],
+        # the job's own endpoint, scraped while it trained (the store's endpoint has the same series)
+        "query": f'orchestrator_train_loss{{job="{job}",instance="{observed_run["job_target"]}"}}',
+        "start": observed_run["started"],
         "end": observed_run["ended"], "step": "1",
     })
     series = json.loads(urllib.request.urlopen(f"{base}/api/v1/query_range?{params}", timeout=30).read())
@@ -215,8 +220,10 @@ def test_loss_decreased_and_accuracy_gauge_reached_the_final_value(observed_run:
     losses = [float(v) for _, v in values]
     assert losses[-1] < losses[0], losses
     acc = prom_query(base, f'orchestrator_validation_accuracy{{job="{job}"}}', at=observed_run["ended"] - 4)
-    [sample] = acc["data"]["result"]
-    assert float(sample["value"][1]) == pytest.approx(result["metrics"]["val_accuracy"], abs=1e-9)
+    samples = {s["metric"]["instance"]: float(s["value"][1]) for s in acc["data"]["result"]}
+    assert observed_run["job_target"] in samples, samples  # the job's own endpoint, and the store's
+    for value in samples.values():
+        assert value == pytest.approx(result["metrics"]["val_accuracy"], abs=1e-9)
 
 
 @pytest.mark.heavy
