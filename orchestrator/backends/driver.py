@@ -108,6 +108,7 @@ class Driver:
         self._log_handler: logging.Handler | None = None
         self._admission: Any = None  # the cluster queue's handle, when the driver joined a cluster
         self._preempted_by: str | None = None
+        self._admitted_once = False
         self.preemptions = 0
         # "submit to first step" counts from submission; for a resumed job, from the resume.
         self.requested_at = self.record.created_at if not self.record.attempts else time.time()
@@ -203,6 +204,18 @@ class Driver:
         summary = data.summary()
         log.info("data: %s", json.dumps(summary))
 
+        if not self.settings.local_ray_address:
+            # Ray of its own: the machine's queue (the job store) decides when the gang starts,
+            # before Ray starts, so a waiting job holds nothing
+            from orchestrator.backends.queue import MachineAdmission, machine_node
+            from orchestrator.scheduler import request_from_spec
+
+            self._admission = MachineAdmission(self.store, self.record.id, request_from_spec(spec),
+                                               self.record.created_at, machine_node())
+            if not self._admitted():
+                return self._finish(JobState.CANCELLED, "cancelled while queued")
+            self._admitted_once = True
+
         init_start = time.time()
         context = start_embedded_ray(
             self.settings.local_ray_address,
@@ -228,7 +241,9 @@ class Driver:
         announced = False
         data_ref = ray.put(data)
         while True:
-            if self._admission is not None and not self._admitted():
+            if self._admitted_once:
+                self._admitted_once = False  # admitted before Ray started
+            elif self._admission is not None and not self._admitted():
                 return self._finish(JobState.CANCELLED, "cancelled while queued")
             self._sink = create_sink(attempts_before=len(self.tracker.attempts))
             if self._stop_reason:
@@ -332,6 +347,8 @@ class Driver:
                           attempts=self.tracker.public_attempts())
         self.preemptions += 1
         self._update_result(preemptions=self.preemptions)
+        if self._admission is not None:
+            self._admission.requeued()
         self._preempted_by = None
         self._stop_reason = None
         self._stop_requested_at = None

@@ -19,10 +19,12 @@ the jobs' requests, rebuilt at every call from those facts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from orchestrator.scheduler import ClusterState, ManualClock, Place, Preempt, Scheduler
@@ -303,11 +305,145 @@ class Admission:
         return self._call("offer", self.job_id, request_to_json(self.request), self.queued_at, True,
                           self.started_at)
 
+    def requeued(self) -> None:
+        """After a preemption: nothing to clear (the actor moved the job back to waiting)."""
+
     def leave(self) -> None:
         try:
             self._call("done", self.job_id)
         except Exception:  # noqa: BLE001 - the queue drops a silent job after STALE_S anyway
             log.warning("could not tell the queue that %s ended", self.job_id)
+
+
+class MachineAdmission:
+    """The local backend's queue when each job embeds its own Ray: the job store is the queue.
+
+    The cluster is this machine (its CPUs, memory and GPUs, as Ray sees them when it starts
+    embedded). Every active job in the store is an entry; a file lock makes one driver decide at a
+    time. A preemption is written into the victim's record (``result.preempt_by``), which its
+    driver reads when it reports in. Nothing runs besides the drivers, so nothing can be lost.
+    """
+
+    def __init__(self, store: Any, job_id: str, request: GangRequest, queued_at: float,
+                 node: dict[str, Any], policy: str = "default") -> None:
+        self.store = store
+        self.job_id = job_id
+        self.request = request
+        self.queued_at = queued_at
+        self.node = node
+        self.policy = policy
+        self.started_at: float | None = None
+        self.lock_path = Path(store.db_path).with_suffix(".queue.lock")
+
+    def _book(self) -> QueueBook:
+        from orchestrator.scheduler import request_from_spec
+        from orchestrator.spec.models import JobSpec
+        from orchestrator.store import JobState, process_alive
+
+        book = QueueBook(self.policy)
+        book.created_at -= REJOIN_S  # every running job is in the store: no need to wait for reports
+        book.nodes = [self.node]
+        now = book.clock()
+        for record in self.store.list(10_000):
+            if record.backend != "local" or record.id == self.job_id:
+                continue
+            if record.state not in (JobState.PENDING, JobState.RUNNING, JobState.CANCELLING):
+                continue
+            if record.driver_pid is None or not process_alive(record.driver_pid, record.driver_started):
+                continue
+            try:
+                request = request_from_spec(JobSpec.model_validate(record.spec))
+            except Exception:  # noqa: BLE001 - an unreadable spec cannot be queued; it runs as it is
+                continue
+            request = dataclasses.replace(request, accelerators=())  # the machine's GPUs, whatever type
+            entry = Entry(record.id, request, record.created_at, last_seen=now)
+            if record.state is not JobState.PENDING:
+                entry.state = "preempting" if record.result.get("preempt_by") else "running"
+                entry.started_at = record.started_at or now
+                entry.preempted_by = record.result.get("preempt_by")
+            book.entries[record.id] = entry
+        return book
+
+    @contextlib.contextmanager
+    def _locked(self) -> Any:
+        import fcntl
+
+        with open(self.lock_path, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def wait(self, should_stop: Callable[[], bool], on_wait: Callable[[str], None]) -> bool:
+        from orchestrator.store import JobState
+
+        last = None
+        request = dataclasses.replace(self.request, accelerators=())
+        while not should_stop():
+            with self._locked():
+                book = self._book()
+                answer = book.offer(self.job_id, request, self.queued_at)
+                if answer["action"] == "run" or answer.get("permanent"):
+                    # a gang that can never fit this machine goes on, to be refused with the reason
+                    for entry in book.entries.values():
+                        if entry.state == "preempting" and entry.job_id != self.job_id:
+                            record = self.store.get(entry.job_id)
+                            if not record.result.get("preempt_by"):
+                                self.store.update(entry.job_id,
+                                                  result={**record.result, "preempt_by": entry.preempted_by})
+                    self.started_at = time.time()
+                    # marked running before the lock is released, so no other driver counts it waiting
+                    self.store.transition(self.job_id, JobState.RUNNING, {JobState.RUNNING, JobState.PENDING},
+                                          message=None)
+                    return True
+                # marked waiting before the lock is released, so no other driver counts it running
+                self.store.transition(self.job_id, JobState.PENDING, {JobState.RUNNING, JobState.PENDING},
+                                      message=f"queued: {answer['reason']}")
+            if answer["reason"] != last:
+                last = answer["reason"]
+                on_wait(last)
+            time.sleep(POLL_S)
+        return False
+
+    def report(self) -> dict[str, Any]:
+        by = self.store.get(self.job_id).result.get("preempt_by")
+        return {"action": "preempt", "by": by} if by else {"action": "continue"}
+
+    def requeued(self) -> None:
+        record = self.store.get(self.job_id)
+        self.store.update(self.job_id, result={k: v for k, v in record.result.items() if k != "preempt_by"})
+
+    def leave(self) -> None:
+        self.requeued()
+
+
+def gpu_count() -> int:
+    """GPUs on this machine by ``nvidia-smi -L`` (no CUDA library import), 0 without it."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return 0
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def machine_node() -> dict[str, Any]:
+    """This machine as a Ray node would describe it (what an embedded Ray instance gets)."""
+    import os
+
+    import psutil
+
+    resources: dict[str, Any] = {"CPU": float(os.cpu_count() or 1), "memory": int(psutil.virtual_memory().total)}
+    gpus = gpu_count()
+    if gpus:
+        resources["GPU"] = float(gpus)
+    return {"Alive": True, "Resources": resources}
 
 
 def queue_rows_of_cluster() -> list[dict[str, Any]]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
-import subprocess
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -293,18 +291,6 @@ def _print_row(row: QueueRow, where: str) -> None:
 # -- queue and explain (the local backend's jobs) ---------------------------------------------
 
 
-def _gpu_count() -> int:
-    """GPUs on this machine by ``nvidia-smi -L`` (no CUDA library import), 0 without it."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return 0
-    try:
-        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10, check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
-
-
 def _local_view(ctx: click.Context, policy: str) -> tuple[list[QueueRow], dict[str, str], str]:
     """The scheduler's view of this machine's active jobs: rows, unreadable jobs, machine words.
 
@@ -316,6 +302,7 @@ def _local_view(ctx: click.Context, policy: str) -> tuple[list[QueueRow], dict[s
     import psutil
 
     from orchestrator.backends.base import get_backend
+    from orchestrator.backends.queue import gpu_count
     from orchestrator.errors import OrchestratorError
     from orchestrator.scheduler import ClusterState, ManualClock, Scheduler, request_from_spec
     from orchestrator.scheduler.cluster import cluster_from_data
@@ -330,7 +317,7 @@ def _local_view(ctx: click.Context, policy: str) -> tuple[list[QueueRow], dict[s
         for r in get_backend("local", settings_of(ctx)).list(10_000)
         if r.state in (JobState.PENDING, JobState.RUNNING, JobState.CANCELLING)
     ]
-    cpus, memory, gpus = os.cpu_count() or 1, psutil.virtual_memory().total, _gpu_count()
+    cpus, memory, gpus = os.cpu_count() or 1, psutil.virtual_memory().total, gpu_count()
     unreadable: dict[str, str] = {}
     requests = {}
     for record in sorted(records, key=lambda r: r.created_at):

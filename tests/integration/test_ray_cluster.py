@@ -99,9 +99,9 @@ def test_two_gangs_that_each_need_the_cluster_queue_instead_of_deadlocking(
     wait_for(lambda: status(job_a, env)["state"] == "running", 300, what="gang-a to start")
     b = ray_cli(["submit", str(job_spec(tmp_path, "gang-b", epochs=2, cpus=0.75)), "--detach", "-q"], env)
     job_b = b.stdout.strip().splitlines()[-1]
-    waiting = wait_for(lambda: (s := status(job_b, env))["state"] == "pending" and s.get("message") and s, 300,
-                       what="gang-b to be queued")
-    assert "queued:" in waiting["message"] and "cpus" in waiting["message"], waiting
+    waiting = wait_for(lambda: (s := status(job_b, env))["state"] == "pending"
+                       and (s.get("message") or "").startswith("queued:") and s, 300, what="gang-b to be queued")
+    assert "cpus" in waiting["message"], waiting
     explained = last_json(run_cli(["explain", job_b, "--backend", "ray", "-o", "json"], env, check=True).stdout)
     assert explained["state"] == "waiting" and "2 workers x 0.75 cpus" in explained["gang"], explained
     queue = last_json(run_cli(["queue", "--backend", "ray", "-o", "json"], env, check=True).stdout)
@@ -144,7 +144,7 @@ def test_cancel_removes_a_queued_job_and_stops_a_running_one(env: dict[str, str]
     wait_for(lambda: (status(running, env)["progress"].get("epoch") or 0) >= 1, 600, what="keep-busy to train")
     queued = ray_cli(["submit", str(job_spec(tmp_path, "never-runs", epochs=2, cpus=0.75)), "--detach", "-q"],
                      env).stdout.strip().splitlines()[-1]
-    wait_for(lambda: status(queued, env)["state"] == "pending" and status(queued, env).get("message"), 300,
+    wait_for(lambda: (status(queued, env).get("message") or "").startswith("queued:"), 300,
              what="never-runs to be queued")
     ray_cli(["cancel", queued], env)
     gone = wait_for(lambda: (s := status(queued, env))["state"] == "cancelled" and s, 300, what="queued cancel")

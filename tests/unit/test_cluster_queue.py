@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,12 +12,15 @@ import pytest
 from orchestrator.backends.queue import (
     REJOIN_S,
     STALE_S,
+    MachineAdmission,
     QueueBook,
     cluster_from_nodes,
     request_from_json,
     request_to_json,
 )
 from orchestrator.scheduler import GangRequest, Toleration
+from orchestrator.spec.models import JobSpec
+from orchestrator.store import JobRecord, JobState, JobStore, process_start_time
 
 
 def node(cpus: float, gpus: float = 0, memory: int = 8 * 2**30, kind: str | None = None) -> dict[str, Any]:
@@ -149,3 +155,61 @@ def test_requests_survive_the_trip_through_json() -> None:
 def test_no_live_node_means_every_job_waits(nodes: list[dict[str, Any]]) -> None:
     b, _ = book(*nodes)
     assert b.offer("a", gang(), 1.0)["action"] == "wait"
+
+
+# -- the local backend's queue: the job store, this machine ---------------------------------------
+
+def store_with(tmp_path: Path, *jobs: tuple[str, str, str | None]) -> JobStore:
+    """A job store with (id, state, priority) jobs of 2 workers x 1 CPU, driven by this live process."""
+    store = JobStore(tmp_path / "jobs.db")
+    now = time.time()  # a minute of attained service: far below las's first band
+    for i, (job_id, state, priority) in enumerate(jobs):
+        spec = JobSpec.model_validate({"name": "q", "model": {"type": "cnn"},
+                                       "resources": {"workers": 2, "cpus_per_worker": 1, "priority": priority}})
+        store.create(JobRecord(id=job_id, name="q", backend="local", state=JobState(state),
+                               spec=spec.model_dump(mode="json"), job_dir=tmp_path / job_id, created_at=now - 60 + i,
+                               started_at=now - 60 + i, driver_pid=os.getpid(),
+                               driver_started=process_start_time(os.getpid())))
+    return store
+
+
+def admission(store: JobStore, job_id: str) -> MachineAdmission:
+    from orchestrator.scheduler import request_from_spec
+
+    record = store.get(job_id)
+    return MachineAdmission(store, job_id, request_from_spec(JobSpec.model_validate(record.spec)),
+                            record.created_at, node(2))
+
+
+def once(adm: MachineAdmission) -> tuple[bool, list[str]]:
+    said: list[str] = []
+    calls = iter([False, True])
+    return adm.wait(lambda: next(calls), said.append), said
+
+
+def test_local_jobs_wait_in_the_store_until_the_machine_is_free(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr("orchestrator.backends.queue.POLL_S", 0.0)
+    store = store_with(tmp_path, ("a", "running", None), ("b", "running", None))
+    admitted, said = once(admission(store, "b"))
+    assert not admitted and "2 workers x 1 cpus" in said[0]
+    record = store.get("b")
+    assert record.state is JobState.PENDING and record.message.startswith("queued: ")
+    store.transition("a", JobState.SUCCEEDED, {JobState.RUNNING})
+    admitted, _ = once(admission(store, "b"))
+    assert admitted and store.get("b").state is JobState.RUNNING and store.get("b").message is None
+
+
+def test_a_local_high_priority_job_preempts_through_the_victims_record(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr("orchestrator.backends.queue.POLL_S", 0.0)
+    store = store_with(tmp_path, ("low", "running", "low"), ("high", "pending", "high"))
+    assert admission(store, "low").report() == {"action": "continue"}
+    admitted, _ = once(admission(store, "high"))
+    assert admitted
+    assert admission(store, "low").report() == {"action": "preempt", "by": "high"}
+    low = admission(store, "low")
+    low.requeued()  # it checkpointed and stopped; it waits behind high now
+    store.transition("low", JobState.PENDING, {JobState.RUNNING})
+    admitted, said = once(low)
+    assert not admitted and said and "preempt_by" not in store.get("low").result
+    store.transition("high", JobState.SUCCEEDED, {JobState.RUNNING})
+    assert once(admission(store, "low"))[0]
