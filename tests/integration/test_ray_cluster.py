@@ -99,9 +99,10 @@ def test_two_gangs_that_each_need_the_cluster_queue_instead_of_deadlocking(
     wait_for(lambda: status(job_a, env)["state"] == "running", 300, what="gang-a to start")
     b = ray_cli(["submit", str(job_spec(tmp_path, "gang-b", epochs=2, cpus=0.75)), "--detach", "-q"], env)
     job_b = b.stdout.strip().splitlines()[-1]
+    # (its first reason can be the queue's start-up wait: wait for the gang's own reason)
     waiting = wait_for(lambda: (s := status(job_b, env))["state"] == "pending"
-                       and (s.get("message") or "").startswith("queued:") and s, 300, what="gang-b to be queued")
-    assert "cpus" in waiting["message"], waiting
+                       and "cpus" in (s.get("message") or "") and s, 300, what="gang-b to be queued")
+    assert waiting["message"].startswith("queued: needs 2 workers x 0.75 cpus as one gang"), waiting
     explained = last_json(run_cli(["explain", job_b, "--backend", "ray", "-o", "json"], env, check=True).stdout)
     assert explained["state"] == "waiting" and "2 workers x 0.75 cpus" in explained["gang"], explained
     queue = last_json(run_cli(["queue", "--backend", "ray", "-o", "json"], env, check=True).stdout)
