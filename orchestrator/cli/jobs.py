@@ -124,7 +124,10 @@ def submit(
         else:
             click.echo(record.id)
             if not quiet:
-                click.echo(f"  follow it: orchestrator logs {record.id} --follow", err=True)
+                where = "" if backend == "local" else f" --backend {backend}"
+                click.echo(f"  follow it: orchestrator logs {record.id}{where} --follow", err=True)
+                if record.result.get("dashboard_url"):
+                    click.echo(f"  Ray dashboard: {record.result['dashboard_url']}", err=True)
         return
     _finish(record, output, quiet)
 

@@ -4,6 +4,7 @@ the cluster queue (gangs wait, no deadlock), priority preemption, cancel of queu
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -90,8 +91,16 @@ def test_logs_come_from_the_cluster_and_the_entrypoint_used_the_clusters_python(
     assert "ORCHESTRATOR_EVENT" not in text  # the machine-readable lines stay out of people's logs
 
 
+def kill_queue_actor(ray_address: str) -> None:
+    """ray.kill the cluster's queue actor for good (no restart), from a separate driver."""
+    code = ("import ray; from orchestrator.backends.ray_local import use_local_auth_token; use_local_auth_token(); "
+            f"ray.init(address={ray_address!r}, namespace='orchestrator', log_to_driver=False); "
+            "ray.kill(ray.get_actor('orchestrator-queue'), no_restart=True)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300, capture_output=True)
+
+
 def test_two_gangs_that_each_need_the_cluster_queue_instead_of_deadlocking(
-    env: dict[str, str], tmp_path: Path
+    env: dict[str, str], tmp_path: Path, ray_address: str
 ) -> None:
     # 2 workers x 0.75 CPUs = 1.5 of the head's 2 CPUs: the two gangs cannot run side by side
     a = ray_cli(["submit", str(job_spec(tmp_path, "gang-a", epochs=8, cpus=0.75)), "--detach", "-q"], env)
@@ -105,6 +114,12 @@ def test_two_gangs_that_each_need_the_cluster_queue_instead_of_deadlocking(
     assert waiting["message"].startswith("queued: needs 2 workers x 0.75 cpus as one gang"), waiting
     explained = last_json(run_cli(["explain", job_b, "--backend", "ray", "-o", "json"], env, check=True).stdout)
     assert explained["state"] == "waiting" and "2 workers x 0.75 cpus" in explained["gang"], explained
+    queue = last_json(run_cli(["queue", "--backend", "ray", "-o", "json"], env, check=True).stdout)
+    states = {row["job_id"]: row["state"] for row in queue["jobs"]}
+    assert states.get(job_a) == "running" and states.get(job_b) == "waiting", queue
+    # the queue actor dies: the drivers' next calls create a new one and rebuild the queue
+    kill_queue_actor(ray_address)
+    time.sleep(8)
     queue = last_json(run_cli(["queue", "--backend", "ray", "-o", "json"], env, check=True).stdout)
     states = {row["job_id"]: row["state"] for row in queue["jobs"]}
     assert states.get(job_a) == "running" and states.get(job_b) == "waiting", queue
@@ -165,4 +180,3 @@ def test_missing_address_and_unknown_job_are_clear_errors(env: dict[str, str], t
     assert proc.returncode == 2 and "--address" in proc.stderr and "Traceback" not in proc.stderr
     proc = ray_cli(["status", "no-such-job"], env, check=False)
     assert proc.returncode != 0 and "no job 'no-such-job'" in proc.stderr and "Traceback" not in proc.stderr
-    time.sleep(0)
