@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -272,3 +273,25 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path: Path) -> None:
     assert plan["plan"]["collective_backend"] == "gloo"
     assert plan["spec"]["training"]["epochs"] == 10
     assert not (tmp_path / "home" / "jobs").exists()
+
+
+@pytest.mark.heavy
+def test_two_local_jobs_that_each_need_most_of_the_machine_take_turns(tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "home", None)  # each embeds its own Ray: the job store is the queue
+    per_worker = round((os.cpu_count() or 2) * 0.75 / 2, 2)  # a gang of 2 takes 75% of the CPUs
+    first = small_job(tmp_path, 8, name="turn-a", resources={"workers": 2, "cpus_per_worker": per_worker})
+    second = small_job(tmp_path, 2, name="turn-b", resources={"workers": 2, "cpus_per_worker": per_worker})
+    job_a = run_cli(["submit", str(first), "--detach"], env, check=True).stdout.strip().splitlines()[-1]
+    store = JobStore(tmp_path / "home" / "jobs.db")
+    wait_for(lambda: store.get(job_a).state == JobState.RUNNING and store.get(job_a).progress, 600,
+             what="turn-a to train")
+    job_b = run_cli(["submit", str(second), "--detach"], env, check=True).stdout.strip().splitlines()[-1]
+    waiting = wait_for(lambda: (r := store.get(job_b)).message and r.message.startswith("queued:") and r, 120,
+                       what="turn-b to be queued")
+    assert waiting.state == JobState.PENDING and f"x {per_worker:g} cpus" in waiting.message, waiting.message
+    explained = last_json(run_cli(["explain", job_b, "-o", "json"], env, check=True).stdout)
+    assert explained["state"] == "waiting", explained
+    wait_for(lambda: store.get(job_a).state.terminal and store.get(job_b).state.terminal, 900, what="both to end")
+    a, b = store.get(job_a), store.get(job_b)
+    assert a.state == b.state == JobState.SUCCEEDED, (a.message, b.message)
+    assert b.attempts[0]["started_at"] >= a.ended_at - 1.0  # never side by side
