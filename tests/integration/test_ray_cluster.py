@@ -102,8 +102,9 @@ def kill_queue_actor(ray_address: str) -> None:
 def test_two_gangs_that_each_need_the_cluster_queue_instead_of_deadlocking(
     env: dict[str, str], tmp_path: Path, ray_address: str
 ) -> None:
-    # 2 workers x 0.75 CPUs = 1.5 of the head's 2 CPUs: the two gangs cannot run side by side
-    a = ray_cli(["submit", str(job_spec(tmp_path, "gang-a", epochs=8, cpus=0.75)), "--detach", "-q"], env)
+    # 2 workers x 0.75 CPUs = 1.5 of the head's 2 CPUs: the two gangs cannot run side by side.
+    # gang-a trains long enough (600 short epochs) for the checks below to see it running
+    a = ray_cli(["submit", str(job_spec(tmp_path, "gang-a", epochs=600, cpus=0.75)), "--detach", "-q"], env)
     job_a = a.stdout.strip().splitlines()[-1]
     wait_for(lambda: status(job_a, env)["state"] == "running", 300, what="gang-a to start")
     b = ray_cli(["submit", str(job_spec(tmp_path, "gang-b", epochs=2, cpus=0.75)), "--detach", "-q"], env)
@@ -135,7 +136,7 @@ def test_two_gangs_that_each_need_the_cluster_queue_instead_of_deadlocking(
 def test_high_priority_preempts_a_low_one_that_later_completes_from_its_checkpoint(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    low = ray_cli(["submit", str(job_spec(tmp_path, "low", epochs=40, cpus=0.75, priority="low")), "--detach",
+    low = ray_cli(["submit", str(job_spec(tmp_path, "low", epochs=400, cpus=0.75, priority="low")), "--detach",
                    "-q"], env).stdout.strip().splitlines()[-1]
     wait_for(lambda: (status(low, env)["progress"].get("epoch") or 0) >= 2, 600, what="low to train 2 epochs")
     high = ray_cli(["submit", str(job_spec(tmp_path, "high", epochs=2, cpus=0.75, priority="high")), "--detach",
@@ -151,11 +152,11 @@ def test_high_priority_preempts_a_low_one_that_later_completes_from_its_checkpoi
     assert second["restored_epoch"] and second["restored_epoch"] >= 2  # resumed from its checkpoint
     # the high job ran while low was stopped
     assert first["ended_at"] <= done_high["attempts"][0]["started_at"] + 1.0
-    assert done_low["metrics"]["epochs"] == 40
+    assert done_low["metrics"]["epochs"] == 400
 
 
 def test_cancel_removes_a_queued_job_and_stops_a_running_one(env: dict[str, str], tmp_path: Path) -> None:
-    running = ray_cli(["submit", str(job_spec(tmp_path, "keep-busy", epochs=200, cpus=0.75)), "--detach", "-q"],
+    running = ray_cli(["submit", str(job_spec(tmp_path, "keep-busy", epochs=5000, cpus=0.75)), "--detach", "-q"],
                       env).stdout.strip().splitlines()[-1]
     wait_for(lambda: (status(running, env)["progress"].get("epoch") or 0) >= 1, 600, what="keep-busy to train")
     queued = ray_cli(["submit", str(job_spec(tmp_path, "never-runs", epochs=2, cpus=0.75)), "--detach", "-q"],
