@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import REPO
 from tests.integration.conftest import cli_env, last_json, run_cli, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.heavy]
@@ -89,6 +90,24 @@ def test_logs_come_from_the_cluster_and_the_entrypoint_used_the_clusters_python(
     # the cluster runs Ray with this venv's Python; `python3` on the PATH is another interpreter
     assert f"Python {sys.executable}" in text
     assert "ORCHESTRATOR_EVENT" not in text  # the machine-readable lines stay out of people's logs
+    assert ray_cli(["logs", first_run["job_id"], "--follow"], env).stdout == text  # ended: same lines
+
+
+def test_a_user_entrypoint_travels_to_the_cluster_in_the_runtime_env(env: dict[str, str], tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "my_train.py").write_text((REPO / "examples" / "custom_train.py").read_text())
+    spec = yaml.safe_load((REPO / "jobs" / "custom-entrypoint.yaml").read_text())
+    spec.update(name="shipped", entrypoint=f"{code / 'my_train.py'}:train")
+    spec["training"]["epochs"] = 3
+    path = tmp_path / "shipped.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    plan = last_json(ray_cli(["submit", str(path), "--dry-run", "-o", "json"], env).stdout)["submit_job"]
+    assert plan["runtime_env"]["working_dir"] == str(code)
+    result = last_json(ray_cli(["submit", str(path), "-o", "json", "-q"], env).stdout)
+    assert result["state"] == "succeeded", result
+    assert result["metrics"]["val_accuracy"] > 0.9 and result["metrics"]["epochs"] == 3
+    assert "done after" in ray_cli(["logs", result["job_id"]], env).stdout  # the function's print()
 
 
 def kill_queue_actor(ray_address: str) -> None:
