@@ -24,6 +24,13 @@ def load_user_function(entrypoint: str) -> Callable[[dict[str, Any]], Any]:
     """Import ``path/to/file.py:function`` by path (no package or sys.path needed)."""
     file_part, func_name = entrypoint.rsplit(":", 1)
     module_name = "orchestrator_user_" + Path(file_part).stem
+    if not Path(file_part).is_absolute() and not Path(file_part).exists():
+        # shipped in Ray's runtime environment (the ray backend's working_dir): Ray puts that folder
+        # on every worker's sys.path, while Ray Train moves the worker's cwd to its run folder
+        import sys
+
+        found = next((Path(p) / file_part for p in sys.path if p and (Path(p) / file_part).is_file()), None)
+        file_part = str(found) if found is not None else file_part
     spec = importlib.util.spec_from_file_location(module_name, file_part)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {file_part}")
