@@ -132,6 +132,8 @@ from ray.train.torch import TorchTrainer
 from bench.recovery import plain_ray_train_loop, spec_dict
 from orchestrator.runtime.data import prepare_data
 from orchestrator.spec.models import JobSpec
+from orchestrator.backends.ray_local import use_local_auth_token
+use_local_auth_token()  # `ray start` turned on token auth; an explicit address needs the token
 ray.init(address={address!r}, log_to_driver=False)
 spec = JobSpec.model_validate(spec_dict("plain"))
 trainer = TorchTrainer(
