@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from orchestrator.spec.models import CNNModel
+from orchestrator.spec.layers import Layer, parse_layers
+from orchestrator.spec.models import CNNModel, RNNModel, SequentialModel
 
 
 def build_cnn(spec: CNNModel, sample_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
@@ -36,6 +37,232 @@ def build_cnn(spec: CNNModel, sample_shape: tuple[int, ...], num_classes: int) -
         features = units
     layers += [nn.Dropout(spec.dropout), nn.Linear(features, num_classes)]
     return nn.Sequential(*layers)
+
+
+class RowsAsSequence(nn.Module):
+    """(batch, channels, height, width) images as sequences of rows: (batch, height, channels x width)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            return x.permute(0, 2, 1, 3).flatten(2)
+        if x.dim() == 2:  # flat vectors: one feature per step
+            return x.unsqueeze(-1)
+        return x
+
+
+class RecurrentClassifier(nn.Module):
+    """A recurrent stack over the rows of each sample, then a dense head on the last step."""
+
+    def __init__(self, spec: RNNModel, features: int, num_classes: int) -> None:
+        super().__init__()
+        cell = {"simple": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[spec.cell]
+        self.rows = RowsAsSequence()
+        self.rnn = cell(features, spec.hidden, num_layers=spec.layers, batch_first=True,
+                        bidirectional=spec.bidirectional, dropout=spec.dropout if spec.layers > 1 else 0.0)
+        width = spec.hidden * (2 if spec.bidirectional else 1)
+        head: list[nn.Module] = []
+        for units in spec.dense_units:
+            head += [nn.Dropout(spec.dropout), nn.Linear(width, units), nn.ReLU()]
+            width = units
+        head += [nn.Dropout(spec.dropout), nn.Linear(width, num_classes)]
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.rows(x))
+        return self.head(out[:, -1])  # type: ignore[no-any-return]
+
+
+def build_rnn(spec: RNNModel, sample_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """An RNN (simple, LSTM or GRU) reading each sample row by row: 8x8 digits are 8 steps of 8."""
+    if len(sample_shape) == 3:
+        features = sample_shape[0] * sample_shape[2]
+    elif len(sample_shape) == 2:
+        features = sample_shape[1]
+    elif len(sample_shape) == 1:
+        features = 1
+    else:
+        raise ValueError(f"the rnn model needs images, sequences or vectors, got samples shaped {sample_shape}")
+    return RecurrentClassifier(spec, features, num_classes)
+
+
+def _activation(name: str | None) -> nn.Module | None:
+    table: dict[str, type[nn.Module]] = {
+        "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU, "gelu": nn.GELU,
+        "selu": nn.SELU, "softplus": nn.Softplus, "leaky_relu": nn.LeakyReLU,
+    }
+    if name in (None, "linear"):
+        return None
+    if name == "softmax":
+        return nn.Softmax(dim=-1)
+    return table[name]()
+
+
+class _Reshape(nn.Module):
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape: list[int] = list(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape([x.shape[0]] + self.shape)
+
+
+class _ChannelsFirst(nn.Module):
+    """Runs a (channels-first) torch image layer on channels-last tensors, as Keras lays them out."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # type: ignore[no-any-return]
+
+
+class _Recurrent(nn.Module):
+    def __init__(self, layer: nn.Module, return_sequences: bool) -> None:
+        super().__init__()
+        self.layer = layer
+        self.return_sequences = return_sequences
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.layer(x)
+        return out if self.return_sequences else out[:, -1]  # type: ignore[no-any-return]
+
+
+def _same_padding(kernel: tuple[int, int]) -> tuple[int, int, int, int]:
+    (kh, kw) = kernel
+    return ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2)  # left, right, top, bottom (as Keras/TF)
+
+
+def _keras_shape(sample_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Our data's per-sample shape (images channels first) in Keras' layout (channels last)."""
+    if len(sample_shape) == 3:
+        c, h, w = sample_shape
+        return (h, w, c)
+    return tuple(sample_shape)
+
+
+def _out_side(size: int, kernel: int, stride: int, padding: str) -> int:
+    return -(-size // stride) if padding == "same" else (size - kernel) // stride + 1
+
+
+def build_sequential(spec: SequentialModel, sample_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A Keras-style layer list as a torch model; shapes per sample, channels last, as in Keras.
+
+    The input is reshaped to the first layer's ``input_shape`` when it gives one (the 8x8 digits
+    become 64 inputs for ``Dense(..., input_shape=(64,))``). A softmax on the last layer is left
+    out of the model: the loss (cross-entropy on logits) includes it, as Keras' ``from_logits``
+    would, and predictions (the arg max) are the same.
+    """
+    layers = parse_layers(spec.layers)
+    shape = _keras_shape(sample_shape)
+    modules: list[nn.Module] = []
+    if len(sample_shape) == 3:
+        modules.append(_Reshape(shape) if sample_shape[0] == 1 else _PermuteToChannelsLast())
+    first = layers[0].args.get("input_shape")
+    if first is not None:
+        if _numel(first) != _numel(shape):
+            raise ValueError(f"layer 0: input_shape {first} does not match the data's samples {shape} "
+                             f"({_numel(shape)} values)")
+        shape = tuple(first)
+        modules.append(_Reshape(shape))
+    for i, layer in enumerate(layers):
+        last = i == len(layers) - 1
+        module, shape = _torch_layer(layer, shape, i)
+        modules.append(module)
+        act = _activation(layer.args.get("activation"))
+        if act is not None and not (last and layer.args.get("activation") == "softmax"):
+            modules.append(act)
+    if len(shape) != 1:
+        raise ValueError(f"the last layer gives samples shaped {shape}; end with Flatten and Dense({num_classes})")
+    if shape[0] != num_classes:
+        raise ValueError(f"the last layer gives {shape[0]} outputs but the data has {num_classes} classes; "
+                         f"end with Dense({num_classes}, activation='softmax')")
+    return nn.Sequential(*modules)
+
+
+class _PermuteToChannelsLast(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for v in shape:
+        n *= v
+    return n
+
+
+def _torch_layer(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[nn.Module, tuple[int, ...]]:
+    kind, a = layer.kind, layer.args
+
+    def need(rank: int, what: str) -> None:
+        if len(shape) != rank:
+            raise ValueError(f"layer {index} ({kind}) needs {what}, got samples shaped {shape}")
+
+    if kind == "Dense":
+        if len(shape) == 1:
+            return nn.Linear(shape[0], a["units"], bias=a["use_bias"]), (a["units"],)
+        return nn.Linear(shape[-1], a["units"], bias=a["use_bias"]), (*shape[:-1], a["units"])
+    if kind == "Flatten":
+        return nn.Flatten(), (_numel(shape),)
+    if kind == "Dropout":
+        return nn.Dropout(a["rate"]), shape
+    if kind == "Reshape":
+        target = a["target_shape"]
+        if _numel(target) != _numel(shape):
+            raise ValueError(f"layer {index} (Reshape): {shape} has {_numel(shape)} values, {target} needs "
+                             f"{_numel(target)}")
+        return _Reshape(target), target
+    if kind == "BatchNormalization":
+        momentum = 1.0 - float(a["momentum"])  # Keras keeps `momentum` of the old value; torch the new
+        if len(shape) == 1:
+            return nn.BatchNorm1d(shape[0], eps=a["epsilon"], momentum=momentum), shape
+        if len(shape) == 3:
+            return _ChannelsFirst(nn.BatchNorm2d(shape[2], eps=a["epsilon"], momentum=momentum)), shape
+        raise ValueError(f"layer {index} (BatchNormalization): samples shaped {shape} are not supported")
+    if kind == "Conv2D":
+        need(3, "images (height, width, channels)")
+        h, w, c = shape
+        (kh, kw), (sh, sw) = a["kernel_size"], a["strides"] or (1, 1)
+        conv = nn.Conv2d(c, a["filters"], (kh, kw), stride=(sh, sw), bias=a["use_bias"])
+        inner: nn.Module = conv
+        if a["padding"] == "same":
+            inner = nn.Sequential(nn.ZeroPad2d(_same_padding((kh, kw))), conv) if (sh, sw) == (1, 1) else \
+                nn.Sequential(nn.ZeroPad2d(_same_padding_strided((h, w), (kh, kw), (sh, sw))), conv)
+        out = (_out_side(h, kh, sh, a["padding"]), _out_side(w, kw, sw, a["padding"]), a["filters"])
+        if min(out[:2]) < 1:
+            raise ValueError(f"layer {index} (Conv2D): a {kh}x{kw} kernel does not fit {h}x{w}; use padding='same'")
+        return _ChannelsFirst(inner), out
+    if kind == "MaxPooling2D":
+        need(3, "images (height, width, channels)")
+        h, w, c = shape
+        (ph, pw) = a["pool_size"]
+        (sh, sw) = a["strides"] or (ph, pw)
+        pool: nn.Module = nn.MaxPool2d((ph, pw), stride=(sh, sw), ceil_mode=a["padding"] == "same")
+        out = (_out_side(h, ph, sh, a["padding"]), _out_side(w, pw, sw, a["padding"]), c)
+        if min(out[:2]) < 1:
+            raise ValueError(f"layer {index} (MaxPooling2D): a {ph}x{pw} pool does not fit {h}x{w}")
+        return _ChannelsFirst(pool), out
+    if kind in ("SimpleRNN", "LSTM", "GRU"):
+        need(2, "sequences (steps, features)")
+        steps, features = shape
+        if kind == "SimpleRNN":
+            rnn: nn.Module = nn.RNN(features, a["units"], batch_first=True,
+                                    nonlinearity="relu" if a["activation"] == "relu" else "tanh")
+        else:
+            rnn = (nn.LSTM if kind == "LSTM" else nn.GRU)(features, a["units"], batch_first=True)
+        out_shape = (steps, a["units"]) if a["return_sequences"] else (a["units"],)
+        return _Recurrent(rnn, a["return_sequences"]), out_shape
+    raise ValueError(f"layer {index}: {kind} has no torch builder")
+
+
+def _same_padding_strided(size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int, int, int]:
+    pads = []
+    for n, k, st in zip(size, kernel, stride, strict=True):
+        out = -(-n // st)
+        pads.append(max((out - 1) * st + k - n, 0))
+    ph, pw = pads
+    return (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
 
 
 class WithPreprocessing(nn.Module):

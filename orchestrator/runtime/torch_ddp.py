@@ -77,11 +77,15 @@ def make_optimizer(spec: JobSpec, params: Any) -> torch.optim.Optimizer:
 
 
 def build_model(spec: JobSpec, data: PreparedData) -> nn.Module:
-    from orchestrator.models.torch_models import build_cnn
+    from orchestrator.models.torch_models import build_cnn, build_rnn, build_sequential
 
     assert spec.model is not None
     if spec.model.type == "cnn":
         return build_cnn(spec.model, data.sample_shape, data.num_classes)
+    if spec.model.type == "rnn":
+        return build_rnn(spec.model, data.sample_shape, data.num_classes)
+    if spec.model.type == "sequential":
+        return build_sequential(spec.model, data.sample_shape, data.num_classes)
     raise ValueError(f"model type {spec.model.type!r} has no torch builder")
 
 

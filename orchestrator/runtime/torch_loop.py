@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from orchestrator.metrics import names
+from orchestrator.runtime.augment import augment_batch, batch_generator
 from orchestrator.runtime.session import TrainSession
 from orchestrator.runtime.torch_ddp import (
     _all_reduce_sum,
@@ -64,6 +65,7 @@ def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[
                    "device": str(dev), "sync_backend": sync_backend_in_use()})
 
     net = wrap_ddp(model, spec, dev)
+    augment = spec.data.augment
     bs = spec.per_worker_batch_size
     epochs = spec.training.epochs
     every_steps = spec.checkpoint.every_steps
@@ -84,6 +86,8 @@ def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[
             sel = idx[step * bs : (step + 1) * bs]
             xb = torch.from_numpy(data.x_train[sel]).to(dev, non_blocking=True)
             yb = torch.from_numpy(data.y_train[sel]).to(dev, non_blocking=True)
+            if augment.active:  # training split only; the same draws after a resume
+                xb = augment_batch(xb, augment, batch_generator(spec.training.seed, epoch, rank, step))
             optimizer.zero_grad(set_to_none=True)
             out = net(xb)
             loss = nn.functional.cross_entropy(out, yb)

@@ -103,7 +103,42 @@ class CNNModel(_Model):
     )
 
 
-ModelSpec = Annotated[CNNModel, Field(discriminator="type")]
+class RNNModel(_Model):
+    """A recurrent classifier: a sample's rows are the time steps (8x8 digits: 8 steps of 8 features)."""
+
+    type: Literal["rnn"] = "rnn"
+    cell: Literal["simple", "lstm", "gru"] = Field(default="lstm", description="Recurrent cell.")
+    layers: int = Field(default=1, ge=1, le=8, description="Stacked recurrent layers.")
+    hidden: int = Field(default=64, ge=1, le=8192, description="Hidden units per layer and direction.")
+    bidirectional: bool = Field(default=False, description="Read the sequence both ways.")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout between layers and before the head.")
+    dense_units: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default=[], max_length=8, description="Hidden dense layers before the output layer."
+    )
+
+
+class SequentialModel(_Model):
+    """A Keras-style list of layers, built in either framework (see orchestrator/spec/layers.py)."""
+
+    type: Literal["sequential"] = "sequential"
+    layers: list[Any] = Field(
+        min_length=1,
+        description="Layers in order: Keras calls as text, e.g. \"Dense(128, activation='relu', "
+        "input_shape=(64,))\", or one-key mappings such as {Dropout: {rate: 0.5}}.",
+    )
+
+    @model_validator(mode="after")
+    def _layers_parse(self) -> SequentialModel:
+        from orchestrator.spec.layers import LayerError, parse_layers
+
+        try:
+            parse_layers(self.layers)
+        except LayerError as exc:
+            raise CrossFieldError(f"layers.{exc.index}", exc.message, fix=exc.fix) from None
+        return self
+
+
+ModelSpec = Annotated[CNNModel | RNNModel | SequentialModel, Field(discriminator="type")]
 
 
 class CleaningSpec(_Model):
@@ -118,6 +153,37 @@ class CleaningSpec(_Model):
     )
 
 
+class FlipSpec(_Model):
+    horizontal: float = Field(default=0.0, ge=0.0, le=1.0, description="Probability of a left-right flip.")
+    vertical: float = Field(default=0.0, ge=0.0, le=1.0, description="Probability of an up-down flip.")
+
+
+class AugmentSpec(_Model):
+    """Random changes to training images (never validation or test), seeded per epoch, rank and step."""
+
+    flip: FlipSpec = FlipSpec()
+    rotate: float = Field(default=0.0, ge=0.0, le=180.0, description="Rotate by up to this many degrees.")
+    translate: float = Field(default=0.0, ge=0.0, lt=1.0, description="Shift by up to this fraction of a side.")
+    scale: list[float] | None = Field(
+        default=None, min_length=2, max_length=2,
+        description="Zoom by a factor drawn from [low, high], e.g. [0.9, 1.1].",
+    )
+    crop: int = Field(default=0, ge=0, le=64, description="Pad by this many pixels, then crop back at random.")
+    noise: float = Field(default=0.0, ge=0.0, description="Standard deviation of added gaussian noise.")
+
+    @model_validator(mode="after")
+    def _scale_range(self) -> AugmentSpec:
+        if self.scale is not None and not 0 < self.scale[0] <= self.scale[1]:
+            raise CrossFieldError("scale", "scale must be [low, high] with 0 < low <= high",
+                                  fix="e.g. scale: [0.9, 1.1]")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return bool(self.flip.horizontal or self.flip.vertical or self.rotate or self.translate or self.crop
+                    or self.noise or (self.scale is not None and self.scale != [1.0, 1.0]))
+
+
 class DataSpec(_Model):
     """Where the data comes from and how it is split and preprocessed."""
 
@@ -129,6 +195,7 @@ class DataSpec(_Model):
     test_fraction: float = Field(default=0.15, ge=0.0, lt=0.5)
     preprocessing: Literal["standardize", "normalize", "none"] = "standardize"
     cleaning: CleaningSpec = CleaningSpec()
+    augment: AugmentSpec = AugmentSpec()
 
     @field_validator("source")
     @classmethod

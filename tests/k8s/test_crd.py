@@ -60,7 +60,9 @@ def test_types_nullables_and_free_form_fields_follow_the_models() -> None:
     assert spec["params"] == {"x-kubernetes-preserve-unknown-fields": True, "type": "object",
                               "description": "Free-form values passed to a user entrypoint."}
     assert spec["model"]["type"] == "object" and spec["model"]["nullable"] is True
-    assert spec["model"]["properties"]["type"]["enum"] == ["cnn"]
+    assert spec["model"]["properties"]["type"]["enum"] == ["cnn", "rnn", "sequential"]
+    # rnn's `layers` (a count) and sequential's (a list): kept as given, checked by the spec models
+    assert spec["model"]["properties"]["layers"]["x-kubernetes-preserve-unknown-fields"] is True
     assert spec["data"]["properties"]["validation_fraction"]["exclusiveMinimum"] is True
     assert spec["suspend"]["type"] == "boolean"
     assert spec_schema()["required"] == ["name"]
@@ -107,3 +109,11 @@ def test_crd_check_passes_on_the_committed_file_and_fails_on_a_stale_one(tmp_pat
     assert bad.exit_code == 2 and "out of date" in bad.output
     written = runner.invoke(main, ["crd", "--write", "--path", str(stale)])
     assert written.exit_code == 0 and stale.read_text(encoding="utf-8") == render_crd_yaml()
+
+
+def test_one_field_name_with_two_kinds_of_value_is_kept_as_given() -> None:
+    a = {"type": "object", "properties": {"type": {"const": "a"}, "n": {"type": "integer", "description": "count"}}}
+    b = {"type": "object", "properties": {"type": {"const": "b"}, "n": {"type": "array", "items": {"type": "string"},
+                                                                         "description": "list"}}}
+    merged = structural({"oneOf": [{"$ref": "#/$defs/A"}, {"$ref": "#/$defs/B"}]}, {"A": a, "B": b})
+    assert merged["properties"]["n"] == {"x-kubernetes-preserve-unknown-fields": True, "description": "count Or: list"}

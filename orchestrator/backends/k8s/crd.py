@@ -94,6 +94,12 @@ def _merge_objects(options: list[Mapping[str, Any]], defs: Mapping[str, Any]) ->
         for name, prop in converted.get("properties", {}).items():
             if name in properties and "enum" in prop and "enum" in properties[name]:
                 properties[name]["enum"] = sorted(set(properties[name]["enum"]) | set(prop["enum"]))
+            elif name in properties and properties[name].get("type") != prop.get("type"):
+                # one name, two kinds of value (rnn's `layers: 3`, sequential's `layers: [...]`):
+                # the API server keeps it as given; the job spec's models check it
+                described = {p.get("description", "") for p in (properties[name], prop)} - {""}
+                properties[name] = {"x-kubernetes-preserve-unknown-fields": True,
+                                    "description": " Or: ".join(sorted(described))}
             else:
                 properties.setdefault(name, prop)
         required &= set(option.get("required", []))

@@ -1,0 +1,168 @@
+"""Keras-style layer lists: parsed once, built by each framework's builder.
+
+A ``sequential`` model's ``layers`` is a YAML list whose items are either a Keras call written as
+text, exactly as in Keras code::
+
+    - Dense(128, activation='relu', input_shape=(784,))
+    - BatchNormalization()
+    - Dropout(0.5)
+    - Dense(10, activation='softmax')
+
+or a one-key mapping ``{Dense: {units: 128, activation: relu}}`` (arguments by name) or
+``{Dense: [128, relu]}`` (by position, in Keras' order). Only literal arguments are accepted (the
+text is parsed with :mod:`ast`, never evaluated). Shapes follow Keras: per sample, channels last.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Each layer's arguments in Keras' positional order, with defaults (None: required).
+LAYER_ARGS: dict[str, tuple[tuple[str, Any], ...]] = {
+    "Dense": (("units", None), ("activation", None), ("use_bias", True), ("input_shape", None)),
+    "Conv2D": (("filters", None), ("kernel_size", None), ("strides", 1), ("padding", "valid"),
+               ("activation", None), ("use_bias", True), ("input_shape", None)),
+    "MaxPooling2D": (("pool_size", 2), ("strides", None), ("padding", "valid"), ("input_shape", None)),
+    "Flatten": (("input_shape", None),),
+    "Dropout": (("rate", None), ("input_shape", None)),
+    "BatchNormalization": (("momentum", 0.99), ("epsilon", 0.001), ("input_shape", None)),
+    "SimpleRNN": (("units", None), ("activation", "tanh"), ("return_sequences", False), ("input_shape", None)),
+    "LSTM": (("units", None), ("return_sequences", False), ("input_shape", None)),
+    "GRU": (("units", None), ("return_sequences", False), ("input_shape", None)),
+    "Reshape": (("target_shape", None), ("input_shape", None)),
+}
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "softmax", "linear", "elu", "gelu", "selu", "softplus", "leaky_relu")
+
+
+class LayerError(ValueError):
+    """A layer entry that cannot be used; ``index`` is its position in the list."""
+
+    def __init__(self, index: int, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.index = index
+        self.message = message
+        self.fix = fix
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One parsed layer: its Keras class name and every argument, defaults filled in."""
+
+    kind: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.args[name]
+
+
+def parse_layer(item: Any, index: int) -> Layer:
+    """One YAML item (text or one-key mapping) as a :class:`Layer`."""
+    if isinstance(item, str):
+        kind, positional, named = _parse_call(item, index)
+    elif isinstance(item, dict) and len(item) == 1:
+        [(kind, given)] = item.items()
+        if given is None:
+            positional, named = [], {}
+        elif isinstance(given, dict):
+            positional, named = [], dict(given)
+        elif isinstance(given, list):
+            positional, named = list(given), {}
+        else:
+            positional, named = [given], {}
+    else:
+        raise LayerError(index, f"cannot read the layer {item!r}",
+                         "write a Keras call such as \"Dense(64, activation='relu')\" or {Dense: {units: 64}}")
+    kind = str(kind)
+    if kind not in LAYER_ARGS:
+        import difflib
+
+        close = [k for k in LAYER_ARGS if k.lower() == kind.lower()] or difflib.get_close_matches(
+            kind, list(LAYER_ARGS), n=1, cutoff=0.6)
+        raise LayerError(index, f"unknown layer {kind!r}",
+                         f"did you mean {close[0]}?" if close else f"use one of {', '.join(LAYER_ARGS)}")
+    spec = LAYER_ARGS[kind]
+    names = [n for n, _ in spec]
+    if len(positional) > len(names):
+        raise LayerError(index, f"{kind} takes at most {len(names)} positional arguments, got {len(positional)}",
+                         f"its arguments are {', '.join(names)}")
+    args = dict(zip(names, positional, strict=False))
+    for name, value in named.items():
+        if name not in names:
+            raise LayerError(index, f"{kind} has no argument {name!r}", f"its arguments are {', '.join(names)}")
+        if name in args:
+            raise LayerError(index, f"{kind} got {name!r} twice", "give it by position or by name, not both")
+        args[name] = value
+    for name, default in spec:
+        if name not in args:
+            if default is None and name not in ("input_shape", "activation", "strides"):
+                raise LayerError(index, f"{kind} needs {name!r}", f"e.g. {kind}({name}=...)")
+            args[name] = default
+    _check(kind, args, index)
+    return Layer(kind, args)
+
+
+def parse_layers(items: list[Any]) -> list[Layer]:
+    layers = [parse_layer(item, i) for i, item in enumerate(items)]
+    for i, layer in enumerate(layers[1:], start=1):
+        if layer.args.get("input_shape") is not None:
+            raise LayerError(i, "only the first layer may set input_shape", "remove input_shape here")
+    return layers
+
+
+def _parse_call(text: str, index: int) -> tuple[str, list[Any], dict[str, Any]]:
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError as exc:
+        raise LayerError(index, f"cannot parse {text!r}: {exc.msg}", "write it as in Keras: Dense(64)") from None
+    if isinstance(node, ast.Name):  # "Flatten" without parentheses
+        return node.id, [], {}
+    if not isinstance(node, ast.Call) or not isinstance(node.func, (ast.Name, ast.Attribute)):
+        raise LayerError(index, f"{text!r} is not a layer call", "write it as in Keras: Dense(64)")
+    kind = node.func.id if isinstance(node.func, ast.Name) else node.func.attr  # layers.Dense(...) too
+    try:
+        positional = [ast.literal_eval(a) for a in node.args]
+        named = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg}
+    except ValueError:
+        raise LayerError(index, f"{text!r}: arguments must be literals (numbers, strings, tuples, lists)",
+                         "write values, not expressions or variable names") from None
+    return kind, positional, named
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check(kind: str, args: dict[str, Any], index: int) -> None:
+    act = args.get("activation")
+    if act is not None and act not in ACTIVATIONS:
+        raise LayerError(index, f"{kind}: unknown activation {act!r}", f"use one of {', '.join(ACTIVATIONS)}")
+    for name in ("units", "filters"):
+        if name in args and not _positive_int(args[name]):
+            raise LayerError(index, f"{kind}: {name} must be a positive integer, got {args[name]!r}",
+                             f"e.g. {kind}({name}=64)")
+    if kind == "Dropout" and not (isinstance(args["rate"], (int, float)) and 0 <= args["rate"] < 1):
+        raise LayerError(index, f"Dropout: rate must be in [0, 1), got {args['rate']!r}", "e.g. Dropout(0.5)")
+    for name in ("kernel_size", "pool_size", "strides"):
+        if name in args and args[name] is not None:
+            args[name] = _pair(kind, name, args[name], index)
+    if "padding" in args and args["padding"] not in ("valid", "same"):
+        raise LayerError(index, f"{kind}: padding must be 'valid' or 'same'", "use padding='same' or 'valid'")
+    for name in ("input_shape", "target_shape"):
+        value = args.get(name)
+        if value is not None:
+            if not (isinstance(value, (list, tuple)) and value and all(_positive_int(v) for v in value)):
+                raise LayerError(index, f"{kind}: {name} must be a tuple of positive integers, got {value!r}",
+                                 f"e.g. {name}=(784,)")
+            args[name] = tuple(value)
+
+
+def _pair(kind: str, name: str, value: Any, index: int) -> tuple[int, int]:
+    if _positive_int(value):
+        return (value, value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(_positive_int(v) for v in value):
+        return (value[0], value[1])
+    raise LayerError(index, f"{kind}: {name} must be a positive integer or a pair, got {value!r}",
+                     f"e.g. {name}=3 or {name}=(3, 3)")
