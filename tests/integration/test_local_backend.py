@@ -295,3 +295,13 @@ def test_two_local_jobs_that_each_need_most_of_the_machine_take_turns(tmp_path: 
     a, b = store.get(job_a), store.get(job_b)
     assert a.state == b.state == JobState.SUCCEEDED, (a.message, b.message)
     assert b.attempts[0]["started_at"] >= a.ended_at - 1.0  # never side by side
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize(("job", "floor"), [("rnn-lstm.yaml", 0.90), ("sequential-keras.yaml", 0.93)])
+def test_model_zoo_specs_train_with_ddp(ray_address: str, tmp_path: Path, job: str, floor: float) -> None:
+    env = cli_env(tmp_path / "home", ray_address)
+    result = last_json(run_cli(["submit", str(REPO / "jobs" / job), "-o", "json", "-q"], env, check=True).stdout)
+    assert result["state"] == "succeeded"
+    assert result["metrics"]["val_accuracy"] >= floor, result["metrics"]
+    assert Path(result["torchscript_path"]).is_file()
