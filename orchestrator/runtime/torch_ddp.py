@@ -80,12 +80,13 @@ def build_model(spec: JobSpec, data: PreparedData) -> nn.Module:
     from orchestrator.models.torch_models import build_cnn, build_rnn, build_sequential
 
     assert spec.model is not None
+    outputs = data.num_classes if data.task == "classification" else 1  # regression: one value
     if spec.model.type == "cnn":
-        return build_cnn(spec.model, data.sample_shape, data.num_classes)
+        return build_cnn(spec.model, data.sample_shape, outputs)
     if spec.model.type == "rnn":
-        return build_rnn(spec.model, data.sample_shape, data.num_classes)
+        return build_rnn(spec.model, data.sample_shape, outputs)
     if spec.model.type == "sequential":
-        return build_sequential(spec.model, data.sample_shape, data.num_classes)
+        return build_sequential(spec.model, data.sample_shape, outputs)
     raise ValueError(f"model type {spec.model.type!r} has no torch builder")
 
 
@@ -122,10 +123,18 @@ def evaluate(
             xb = torch.from_numpy(x[sel]).to(dev)
             yb = torch.from_numpy(y[sel]).to(dev)
             out = model(xb)
-            loss_sum += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
-            correct += float((out.argmax(1) == yb).sum())
+            loss_sum += float(task_loss(out, yb, reduction="sum"))
+            if yb.dtype != torch.float32:  # classification
+                correct += float((out.argmax(1) == yb).sum())
     total_loss, total_correct, count = _all_reduce_sum([loss_sum, correct, float(len(idx))], dev)
     return total_loss / max(count, 1), total_correct / max(count, 1)
+
+
+def task_loss(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy for class labels (integers), mean squared error for values (floats)."""
+    if y.dtype == torch.float32:
+        return nn.functional.mse_loss(out.reshape(y.shape), y, reduction=reduction)
+    return nn.functional.cross_entropy(out, y, reduction=reduction)
 
 
 def _rng_state() -> dict[str, Any]:

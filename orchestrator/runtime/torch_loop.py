@@ -1,4 +1,4 @@
-"""The built-in supervised training loop for torch models (classification).
+"""The built-in supervised training loop for torch models (classification and regression).
 
 Each epoch: this rank's shard in a (seed, epoch)-determined order, DDP steps, a cross-rank
 evaluation on the validation split, an epoch report, and a checkpoint every
@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from orchestrator.metrics import names
 from orchestrator.runtime.augment import augment_batch, batch_generator
+from orchestrator.runtime.data import last_value_mse
 from orchestrator.runtime.session import TrainSession
 from orchestrator.runtime.torch_ddp import (
     _all_reduce_sum,
@@ -30,6 +30,7 @@ from orchestrator.runtime.torch_ddp import (
     restore_checkpoint,
     save_checkpoint,
     sync_backend_in_use,
+    task_loss,
     wrap_ddp,
 )
 from orchestrator.spec.models import JobSpec
@@ -66,6 +67,7 @@ def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[
 
     net = wrap_ddp(model, spec, dev)
     augment = spec.data.augment
+    classify = data.task == "classification"
     bs = spec.per_worker_batch_size
     epochs = spec.training.epochs
     every_steps = spec.checkpoint.every_steps
@@ -90,13 +92,14 @@ def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[
                 xb = augment_batch(xb, augment, batch_generator(spec.training.seed, epoch, rank, step))
             optimizer.zero_grad(set_to_none=True)
             out = net(xb)
-            loss = nn.functional.cross_entropy(out, yb)
+            loss = task_loss(out, yb)
             loss.backward()
             optimizer.step()
             global_step += 1
             batch_loss = float(loss.detach())
             sums.loss += batch_loss * len(sel)
-            sums.correct += float((out.detach().argmax(1) == yb).sum())
+            if classify:
+                sums.correct += float((out.detach().argmax(1) == yb).sum())
             sums.seen += len(sel)
             sess.progress(epoch=epoch, step=step + 1, steps=steps, loss=batch_loss, global_step=global_step)
             last_step = step + 1 == steps
@@ -119,20 +122,19 @@ def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[
         stop_now = sess.should_stop()
         if epoch % spec.checkpoint.every_epochs == 0 or epoch == epochs or stop_now:
             checkpoint_seconds = save_checkpoint(model, optimizer, epoch=epoch, step=global_step)
-        sess.report(
-            epoch=epoch,
-            global_step=global_step,
-            **{
-                names.TRAIN_LOSS: t_loss / max(t_seen, 1),
-                names.TRAIN_ACCURACY: t_correct / max(t_seen, 1),
-                names.VAL_LOSS: val_loss,
-                names.VAL_ACCURACY: val_acc,
-                names.LEARNING_RATE: optimizer.param_groups[0].get("lr", spec.training.learning_rate),
-                names.SAMPLES_PER_SECOND: t_seen / max(sums.seconds, 1e-9),
-                names.EPOCH_SECONDS: sums.seconds,
-                names.CHECKPOINT_SECONDS: checkpoint_seconds,
-            },
-        )
+        metrics = {
+            names.TRAIN_LOSS: t_loss / max(t_seen, 1),
+            names.TRAIN_ACCURACY: t_correct / max(t_seen, 1),
+            names.VAL_LOSS: val_loss,
+            names.VAL_ACCURACY: val_acc,
+            names.LEARNING_RATE: optimizer.param_groups[0].get("lr", spec.training.learning_rate),
+            names.SAMPLES_PER_SECOND: t_seen / max(sums.seconds, 1e-9),
+            names.EPOCH_SECONDS: sums.seconds,
+            names.CHECKPOINT_SECONDS: checkpoint_seconds,
+        }
+        if not classify:  # regression: the losses are mean squared errors; there is no accuracy
+            del metrics[names.TRAIN_ACCURACY], metrics[names.VAL_ACCURACY]
+        sess.report(epoch=epoch, global_step=global_step, **metrics)
         if stop_now:
             stopped = True
             break
@@ -142,6 +144,12 @@ def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[
         return {}
     test_loss, test_acc = evaluate(net, data.x_test, data.y_test, rank, world, 512, dev)
     final = {names.TEST_LOSS: test_loss, names.TEST_ACCURACY: test_acc}
+    if not classify:
+        del final[names.TEST_ACCURACY]
+        for split in ("val", "test"):  # the naive forecast to beat (sequence regression)
+            baseline = last_value_mse(data, split)
+            if baseline is not None:
+                final[f"{split}_baseline_mse"] = baseline
     if rank == 0:
         export_torch_model(model, data, spec, sess.paths.model_dir)
         sess.emit({"type": "final", "metrics": final, "model_dir": str(sess.paths.model_dir),

@@ -28,7 +28,7 @@ KNOWN_ACCELERATORS: tuple[str, ...] = (
 )
 ACCELERATOR_PATTERN = re.compile(r"^(nvidia|amd|intel|tpu)-[a-z0-9][a-z0-9-]*$")
 
-BUILTIN_DATASETS: tuple[str, ...] = ("digits",)
+BUILTIN_DATASETS: tuple[str, ...] = ("digits", "sine")
 
 _MEMORY_UNITS = {
     "": 1,
@@ -189,7 +189,8 @@ class DataSpec(_Model):
 
     source: str = Field(
         default="digits",
-        description="'digits' (scikit-learn's 8x8 digits) or a path to a .npz file with x and y.",
+        description="'digits' (scikit-learn's 8x8 digits), 'sine' (noisy sine windows: forecast the next "
+        "value) or a path to a .npz file with x and y.",
     )
     validation_fraction: float = Field(default=0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(default=0.15, ge=0.0, lt=0.5)

@@ -305,3 +305,14 @@ def test_model_zoo_specs_train_with_ddp(ray_address: str, tmp_path: Path, job: s
     assert result["state"] == "succeeded"
     assert result["metrics"]["val_accuracy"] >= floor, result["metrics"]
     assert Path(result["torchscript_path"]).is_file()
+
+
+@pytest.mark.heavy
+def test_sine_forecasting_beats_the_last_value_by_2x(ray_address: str, tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "home", ray_address)
+    result = last_json(run_cli(["submit", str(REPO / "jobs" / "sine-rnn.yaml"), "-o", "json", "-q"], env,
+                               check=True).stdout)
+    metrics = result["metrics"]
+    assert result["state"] == "succeeded" and "val_accuracy" not in metrics  # regression: MSE only
+    assert metrics["val_loss"] * 2 <= metrics["val_baseline_mse"], metrics
+    assert metrics["test_loss"] * 2 <= metrics["test_baseline_mse"], metrics
