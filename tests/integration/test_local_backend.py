@@ -279,7 +279,8 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path: Path) -> None:
 def test_two_local_jobs_that_each_need_most_of_the_machine_take_turns(tmp_path: Path) -> None:
     env = cli_env(tmp_path / "home", None)  # each embeds its own Ray: the job store is the queue
     per_worker = round((os.cpu_count() or 2) * 0.75 / 2, 2)  # a gang of 2 takes 75% of the CPUs
-    first = small_job(tmp_path, 8, name="turn-a", resources={"workers": 2, "cpus_per_worker": per_worker})
+    # turn-a trains long enough (300 short epochs) for turn-b to be seen waiting
+    first = small_job(tmp_path, 300, name="turn-a", resources={"workers": 2, "cpus_per_worker": per_worker})
     second = small_job(tmp_path, 2, name="turn-b", resources={"workers": 2, "cpus_per_worker": per_worker})
     job_a = run_cli(["submit", str(first), "--detach"], env, check=True).stdout.strip().splitlines()[-1]
     store = JobStore(tmp_path / "home" / "jobs.db")
