@@ -305,10 +305,15 @@ class Driver:
                 last_store_check = now
                 if self.store.get(self.record.id).state == JobState.CANCELLING:
                     self.request_stop("cancelled")
-            if self._admission is not None and not self._stop_reason and now - last_report > QUEUE_REPORT_S:
+            if self._admission is not None and now - last_report > QUEUE_REPORT_S:
+                # keep reporting while stopping too, or the queue forgets a job whose workers still run
                 last_report = now
-                answer = self._admission.report()
-                if answer["action"] == "preempt":
+                try:
+                    answer = self._admission.report()
+                except Exception as exc:  # noqa: BLE001 - a queue hiccup must not fail a healthy job
+                    log.warning("could not report to the queue (%s); training goes on", exc)
+                    answer = {"action": "continue"}
+                if answer["action"] == "preempt" and not self._stop_reason:
                     self._preempted_by = answer.get("by") or "a job of higher priority"
                     self.request_stop(f"preempted by {self._preempted_by}")
             if self._stop_requested_at and now - self._stop_requested_at > GRACEFUL_STOP_TIMEOUT_S:

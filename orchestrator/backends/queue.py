@@ -56,6 +56,7 @@ class Entry:
     started_at: float | None = None
     last_seen: float = 0.0
     preempted_by: str | None = None
+    waiting_for: tuple[str, ...] = ()  # jobs it preempted, still stopping
 
 
 def request_to_json(request: GangRequest) -> dict[str, Any]:
@@ -92,12 +93,15 @@ def cluster_from_nodes(nodes: Sequence[dict[str, Any]], queues: Sequence[str] = 
         shapes[shape] = shapes.get(shape, 0) + 1
     pools = []
     for i, ((cpus, memory, gpus, kind, tpus), count) in enumerate(sorted(shapes.items(), key=str)):
-        pool: dict[str, Any] = {"name": f"ray-{i}", "nodes": count, "cpus_per_node": cpus,
-                                "memory_per_node": memory}
+        pool: dict[str, Any] = {"name": f"ray-{i}", "nodes": count, "cpus_per_node": cpus}
+        if memory > 0:  # a node that reports no memory resource: memory is not a constraint there
+            pool["memory_per_node"] = memory
+        # pools are named after Ray's own accelerator_type (A100 -> nvidia-a100); requests are
+        # translated the same way (ray_request) rather than guessing a card's memory size here
         if gpus:
-            pool.update({"accelerator": _gpu_name(kind), "accelerators_per_node": gpus})
+            pool.update({"accelerator": queue_accelerator(kind or "GPU"), "accelerators_per_node": gpus})
         elif tpus:
-            pool.update({"accelerator": "tpu-" + (kind or "slice").lower(), "accelerators_per_node": tpus})
+            pool.update({"accelerator": queue_accelerator(kind or "TPU-SLICE"), "accelerators_per_node": tpus})
         else:
             pool["accelerator"] = "cpu"
         pools.append(pool)
@@ -107,8 +111,22 @@ def cluster_from_nodes(nodes: Sequence[dict[str, Any]], queues: Sequence[str] = 
     return cluster_from_data({"name": "ray", "pools": pools, "queues": [{"name": q} for q in names]})
 
 
-def _gpu_name(kind: str | None) -> str:
-    return f"nvidia-{kind.lower()}" if kind else "nvidia-gpu"
+def queue_accelerator(ray_kind: str) -> str:
+    """Ray's accelerator_type (``A100``, ``TPU-V5LITEPOD``) as a scheduler type (``nvidia-a100``, ``tpu-v5litepod``)."""
+    if ray_kind.upper().startswith("TPU-"):
+        return "tpu-" + ray_kind[4:].lower()
+    return "nvidia-" + ray_kind.lower()
+
+
+def ray_request(request: GangRequest) -> GangRequest:
+    """A job's gang in the names a Ray cluster's nodes use (``nvidia-a100-40gb`` is ``A100``).
+
+    A TPU slice's layout is left to Ray (it reserves whole slices itself), so no topology here.
+    """
+    from orchestrator.backends.ray_local import _ray_accelerator_name
+
+    return dataclasses.replace(request, accelerators=tuple(dict.fromkeys(
+        queue_accelerator(_ray_accelerator_name(a)) for a in request.accelerators)), topology=None)
 
 
 class QueueBook:
@@ -152,6 +170,9 @@ class QueueBook:
         scheduler, state, result = self._pass(now)
         if entry.state == "running":
             return {"action": "run"}
+        if entry.waiting_for:
+            return {"action": "wait", "permanent": False,
+                    "reason": f"preempting {', '.join(entry.waiting_for)}: waiting for them to checkpoint and stop"}
         wait = result.waits.get(job_id) if result is not None else None
         reason = wait.message if wait is not None else scheduler.explain(state, job_id).message  # type: ignore[union-attr]
         return {"action": "wait", "reason": reason or "waiting for the scheduler", "permanent": bool(
@@ -223,7 +244,11 @@ class QueueBook:
                     log.info("queue: preempting %s for %s (%s)", decision.job_id, decision.by, decision.cause)
             elif isinstance(decision, Place):
                 entry = self.entries[decision.job_id]
-                entry.state, entry.started_at = "running", now
+                leaving = [j for j in decision.preempts if j in self.entries and self.entries[j].state != "waiting"]
+                if leaving:  # its room is still held: it starts once they have checkpointed and stopped
+                    entry.waiting_for = tuple(leaving)
+                    continue
+                entry.state, entry.started_at, entry.waiting_for = "running", now, ()
                 log.info("queue: starting %s on %s", decision.job_id, decision.placement.describe())
         return scheduler, state, result
 
@@ -266,7 +291,7 @@ class Admission:
 
     def __init__(self, job_id: str, request: GangRequest, queued_at: float) -> None:
         self.job_id = job_id
-        self.request = request
+        self.request = ray_request(request)
         self.queued_at = queued_at
         self.started_at: float | None = None
         self._actor: Any = None
@@ -294,6 +319,11 @@ class Admission:
             if answer["action"] == "run":
                 self.started_at = time.time()
                 return True
+            if answer.get("permanent"):
+                from orchestrator.errors import BackendError
+
+                raise BackendError(f"the job can never start on this cluster: {answer['reason']}",
+                                   fix="ask for resources the cluster's nodes have (see `orchestrator queue`)")
             if answer["reason"] != last:
                 last = answer["reason"]
                 on_wait(last)
@@ -384,14 +414,14 @@ class MachineAdmission:
             with self._locked():
                 book = self._book()
                 answer = book.offer(self.job_id, request, self.queued_at)
+                for entry in book.entries.values():  # tell the jobs it preempts, through their records
+                    if entry.state == "preempting" and entry.job_id != self.job_id:
+                        record = self.store.get(entry.job_id)
+                        if not record.result.get("preempt_by"):
+                            self.store.update(entry.job_id, result={**record.result, "preempt_by": entry.preempted_by})
                 if answer["action"] == "run" or answer.get("permanent"):
                     # a gang that can never fit this machine goes on, to be refused with the reason
-                    for entry in book.entries.values():
-                        if entry.state == "preempting" and entry.job_id != self.job_id:
-                            record = self.store.get(entry.job_id)
-                            if not record.result.get("preempt_by"):
-                                self.store.update(entry.job_id,
-                                                  result={**record.result, "preempt_by": entry.preempted_by})
+                    self.requeued()  # a preemption it was told of while it waited no longer applies
                     self.started_at = time.time()
                     # marked running before the lock is released, so no other driver counts it waiting
                     self.store.transition(self.job_id, JobState.RUNNING, {JobState.RUNNING, JobState.PENDING},

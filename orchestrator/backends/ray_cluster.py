@@ -55,6 +55,14 @@ _STATES = {
 }
 
 
+def _parse(text: str) -> Any:
+    """One of our JSON log lines, or None where another process's output cut into it."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
 def record_to_wire(record: JobRecord) -> dict[str, Any]:
     """A job record as the driver on the cluster prints it (``RESULT_MARK``)."""
     return {
@@ -136,7 +144,12 @@ class RayClusterBackend(Backend):
     def submission(self, spec: JobSpec, job_id: str) -> dict[str, Any]:
         """The exact arguments of ``JobSubmissionClient.submit_job`` for this job."""
         spec_json = spec.model_dump(mode="json")
-        runtime_env: dict[str, Any] = {"env_vars": {"ORCHESTRATOR_JOB_ID": job_id}}
+        from orchestrator.backends.driver import GRACEFUL_STOP_TIMEOUT_S
+
+        # Ray's job stop is SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (3 s by default):
+        # give the driver the time it allows its workers to checkpoint and stop, and some more
+        runtime_env: dict[str, Any] = {"env_vars": {
+            "ORCHESTRATOR_JOB_ID": job_id, "RAY_JOB_STOP_WAIT_TIME_S": str(int(GRACEFUL_STOP_TIMEOUT_S) + 30)}}
         if spec.entrypoint:  # ship the folder of the user's file; the job's working directory is it
             file_part, func = spec.entrypoint.rsplit(":", 1)
             path = Path(file_part)
@@ -190,8 +203,9 @@ class RayClusterBackend(Backend):
     def _follow(self, job_id: str, events: EventHandler | None) -> Iterator[str]:
         for line in self._lines(job_id, follow=True):
             if line.startswith(EVENT_MARK):
-                if events is not None:
-                    events.on_event(json.loads(line[len(EVENT_MARK):]))
+                event = _parse(line[len(EVENT_MARK):])
+                if events is not None and event is not None:
+                    events.on_event(event)
                 continue
             yield line
 
@@ -208,8 +222,14 @@ class RayClusterBackend(Backend):
 
     def status(self, job_id: str) -> JobRecord:
         info = self._info(job_id)
-        logs = self._client().get_job_logs(job_id)
-        return self._record(info, logs)
+        return self._record(info, self._logs_text(job_id))
+
+    def _logs_text(self, job_id: str) -> str:
+        try:
+            return str(self._client().get_job_logs(job_id) or "")
+        except Exception as exc:  # noqa: BLE001
+            raise BackendError(f"the Ray cluster at {self.address} did not send the log of {job_id}: {exc}",
+                               fix="try again") from None
 
     def _record(self, info: Any, logs: str | None) -> JobRecord:
         job_id = info.submission_id or info.job_id
@@ -221,10 +241,13 @@ class RayClusterBackend(Backend):
         newest: dict[str, Any] | None = None
         for line in reversed((logs or "").splitlines()):
             if line.startswith(RESULT_MARK):
-                saved = json.loads(line[len(RESULT_MARK):])
-                break
+                saved = _parse(line[len(RESULT_MARK):])
+                if saved is not None:
+                    break
             if line.startswith(EVENT_MARK):
-                event = json.loads(line[len(EVENT_MARK):])
+                event = _parse(line[len(EVENT_MARK):])
+                if event is None:
+                    continue
                 newest = newest or event
                 if event.get("type") == "epoch":
                     progress = {"epoch": event["epoch"], **event.get("metrics", {})}
@@ -266,7 +289,7 @@ class RayClusterBackend(Backend):
         self._info(job_id)  # a clear error for an unknown job
         while True:
             ended = self._info(job_id).status.is_terminal() if follow else True
-            text = self._client().get_job_logs(job_id) or ""
+            text = self._logs_text(job_id)
             lines = text.splitlines()
             complete = len(lines) if ended or text.endswith("\n") else len(lines) - 1
             yield from lines[seen:complete]
@@ -278,23 +301,34 @@ class RayClusterBackend(Backend):
     def cancel(self, job_id: str) -> JobRecord:
         info = self._info(job_id)
         if not info.status.is_terminal():
-            self._client().stop_job(job_id)
+            try:
+                self._client().stop_job(job_id)
+            except Exception as exc:  # noqa: BLE001
+                raise BackendError(f"the Ray cluster at {self.address} did not stop {job_id}: {exc}",
+                                   fix="try again; `ray job stop` on the cluster does the same") from None
         return self.status(job_id)
 
     def queue_rows(self) -> builtins.list[dict[str, Any]]:
         """The cluster queue's rows, read by a short Ray job (the HTTP API is all we have)."""
         client = self._client()
         job_id = f"orchestrator-queue-view-{secrets.token_hex(3)}"
-        client.submit_job(entrypoint=entrypoint_command(os.environ.get("ORCHESTRATOR_RAY_PYTHON")).replace(
-            "_ray_job", "_ray_queue_view"), submission_id=job_id, entrypoint_num_cpus=0,
-            metadata={"orchestrator_queue_view": "1"})
-        deadline = time.time() + 300
-        while not client.get_job_status(job_id).is_terminal():
-            if time.time() > deadline:
-                client.stop_job(job_id)
-                raise BackendError("reading the cluster's queue took over 5 minutes", fix="try again")
-            time.sleep(0.5)
-        text = client.get_job_logs(job_id) or ""
+        try:
+            client.submit_job(entrypoint=entrypoint_command(os.environ.get("ORCHESTRATOR_RAY_PYTHON")).replace(
+                "_ray_job", "_ray_queue_view"), submission_id=job_id, entrypoint_num_cpus=0,
+                metadata={"orchestrator_queue_view": "1"})
+            deadline = time.time() + 300
+            while not client.get_job_status(job_id).is_terminal():
+                if time.time() > deadline:
+                    client.stop_job(job_id)
+                    raise BackendError("reading the cluster's queue took over 5 minutes", fix="try again")
+                time.sleep(0.5)
+            text = client.get_job_logs(job_id) or ""
+            client.delete_job(job_id)  # a view, not a job: leave nothing behind in `ray job list`
+        except BackendError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the SDK raises RuntimeError/ConnectionError
+            raise BackendError(f"could not read the queue of the Ray cluster at {self.address}: {exc}",
+                               fix="check the cluster; `orchestrator list --backend ray` shows its jobs") from None
         rows = [json.loads(line[len(RESULT_MARK):]) for line in text.splitlines() if line.startswith(RESULT_MARK)]
         if not rows:
             raise BackendError(f"could not read the cluster's queue: {text[-500:]}",

@@ -110,6 +110,7 @@ def exit_code_for_state(state: str) -> int:
 
 from orchestrator.cli import jobs as _jobs  # noqa: E402,F401  (registers the job verbs)
 from orchestrator.cli import k8s_cmds as _k8s_cmds  # noqa: E402,F401
+from orchestrator.cli import model_cmds as _model_cmds  # noqa: E402,F401
 from orchestrator.cli import obs_cmds as _obs_cmds  # noqa: E402,F401
 from orchestrator.cli import sched_cmds as _sched_cmds  # noqa: E402,F401
 from orchestrator.cli import spec_cmds as _spec_cmds  # noqa: E402,F401

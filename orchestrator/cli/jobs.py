@@ -266,7 +266,8 @@ class _WireEvents:
         from orchestrator.backends.ray_cluster import EVENT_MARK
 
         if event.get("type") != "step":  # one line per epoch, attempt, queue change; not per step
-            print(EVENT_MARK + json.dumps(event, default=str), flush=True)
+            sys.stdout.write(EVENT_MARK + json.dumps(event, default=str) + "\n")  # one write: no interleaving
+            sys.stdout.flush()
 
     def on_finish(self, record: JobRecord) -> None:
         pass
@@ -297,7 +298,8 @@ def ray_job_command(ctx: click.Context) -> None:
     logging.getLogger("orchestrator").info("driver of %s on %s, Python %s", record.id, os.uname().nodename,
                                            sys.executable)
     record = Driver(settings, record.id, _WireEvents(), metrics_port=None).run()
-    print(RESULT_MARK + json.dumps(record_to_wire(record), default=str), flush=True)
+    sys.stdout.write(RESULT_MARK + json.dumps(record_to_wire(record), default=str) + "\n")
+    sys.stdout.flush()
     sys.exit(exit_code_for_state(record.state.value))
 
 

@@ -63,7 +63,8 @@ class LiveProgress:
             c.print(f"  TensorBoard:   tensorboard --logdir {info['tensorboard_dir']}")
         if info.get("metrics_url"):
             c.print(f"  Prometheus:    {info['metrics_url']}")
-        c.print(f"  logs:          orchestrator logs {record.id} --follow")
+        where = "" if record.backend == "local" else f" --backend {record.backend}"
+        c.print(f"  logs:          orchestrator logs {record.id}{where} --follow")
         self.progress = Progress(
             TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
             BarColumn(),

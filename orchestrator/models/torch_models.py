@@ -128,11 +128,6 @@ class _Recurrent(nn.Module):
         return out if self.return_sequences else out[:, -1]  # type: ignore[no-any-return]
 
 
-def _same_padding(kernel: tuple[int, int]) -> tuple[int, int, int, int]:
-    (kh, kw) = kernel
-    return ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2)  # left, right, top, bottom (as Keras/TF)
-
-
 def _keras_shape(sample_shape: tuple[int, ...]) -> tuple[int, ...]:
     """Our data's per-sample shape (images channels first) in Keras' layout (channels last)."""
     if len(sample_shape) == 3:
@@ -227,8 +222,7 @@ def _torch_layer(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[nn.M
         conv = nn.Conv2d(c, a["filters"], (kh, kw), stride=(sh, sw), bias=a["use_bias"])
         inner: nn.Module = conv
         if a["padding"] == "same":
-            inner = nn.Sequential(nn.ZeroPad2d(_same_padding((kh, kw))), conv) if (sh, sw) == (1, 1) else \
-                nn.Sequential(nn.ZeroPad2d(_same_padding_strided((h, w), (kh, kw), (sh, sw))), conv)
+            inner = nn.Sequential(nn.ZeroPad2d(_same_padding_strided((h, w), (kh, kw), (sh, sw))), conv)
         out = (_out_side(h, kh, sh, a["padding"]), _out_side(w, kw, sw, a["padding"]), a["filters"])
         if min(out[:2]) < 1:
             raise ValueError(f"layer {index} (Conv2D): a {kh}x{kw} kernel does not fit {h}x{w}; use padding='same'")
@@ -238,7 +232,10 @@ def _torch_layer(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[nn.M
         h, w, c = shape
         (ph, pw) = a["pool_size"]
         (sh, sw) = a["strides"] or (ph, pw)
-        pool: nn.Module = nn.MaxPool2d((ph, pw), stride=(sh, sw), ceil_mode=a["padding"] == "same")
+        pool: nn.Module = nn.MaxPool2d((ph, pw), stride=(sh, sw))
+        if a["padding"] == "same":  # as Keras: pad (with -inf, so padding never wins) to ceil(size / stride)
+            pool = nn.Sequential(nn.ConstantPad2d(_same_padding_strided((h, w), (ph, pw), (sh, sw)), float("-inf")),
+                                 pool)
         out = (_out_side(h, ph, sh, a["padding"]), _out_side(w, pw, sw, a["padding"]), c)
         if min(out[:2]) < 1:
             raise ValueError(f"layer {index} (MaxPooling2D): a {ph}x{pw} pool does not fit {h}x{w}")
@@ -257,6 +254,7 @@ def _torch_layer(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[nn.M
 
 
 def _same_padding_strided(size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Left, right, top, bottom padding of TensorFlow's 'same': output ceil(size / stride), extra on the far side."""
     pads = []
     for n, k, st in zip(size, kernel, stride, strict=True):
         out = -(-n // st)

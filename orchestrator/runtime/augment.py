@@ -20,7 +20,9 @@ from orchestrator.spec.models import AugmentSpec
 
 def batch_generator(seed: int, epoch: int, rank: int, step: int) -> torch.Generator:
     """The generator for one training step (deterministic, different for every step and rank)."""
-    mixed = (seed * 1_000_003 + epoch * 10_007 + rank * 101 + step) % (2**63 - 1)
+    import numpy as np
+
+    mixed = int(np.random.SeedSequence([seed, epoch, rank, step]).generate_state(2, np.uint64)[0] >> np.uint64(1))
     return torch.Generator().manual_seed(mixed)
 
 

@@ -136,6 +136,20 @@ def _positive_int(value: Any) -> bool:
 
 
 def _check(kind: str, args: dict[str, Any], index: int) -> None:
+    for name in ("use_bias", "return_sequences"):
+        if name in args and not isinstance(args[name], bool):
+            raise LayerError(index, f"{kind}: {name} must be true or false, got {args[name]!r}",
+                             f"give it by name, e.g. {kind}(..., {name}=True)")
+    if kind == "BatchNormalization":
+        if not (isinstance(args["momentum"], (int, float)) and 0 <= args["momentum"] < 1):
+            raise LayerError(index, f"BatchNormalization: momentum must be in [0, 1), got {args['momentum']!r}",
+                             "e.g. BatchNormalization(momentum=0.99)")
+        if not (isinstance(args["epsilon"], (int, float)) and args["epsilon"] > 0):
+            raise LayerError(index, f"BatchNormalization: epsilon must be positive, got {args['epsilon']!r}",
+                             "e.g. BatchNormalization(epsilon=0.001)")
+    if kind == "SimpleRNN" and args["activation"] not in ("tanh", "relu"):
+        raise LayerError(index, f"SimpleRNN: activation {args['activation']!r} is not supported",
+                         "use activation='tanh' or 'relu'")
     act = args.get("activation")
     if act is not None and act not in ACTIVATIONS:
         raise LayerError(index, f"{kind}: unknown activation {act!r}", f"use one of {', '.join(ACTIVATIONS)}")

@@ -82,13 +82,18 @@ def test_high_priority_preempts_low_which_requeues_and_resumes_later() -> None:
     b, clock = book(node(2))
     assert b.offer("low", gang(priority="low"), 1.0)["action"] == "run"
     clock.now += 30
-    assert b.offer("high", gang(priority="high"), clock.now)["action"] == "run"
+    high = clock.now
+    answer = b.offer("high", gang(priority="high"), high)
+    # high does not start while low still holds the room: low is told to checkpoint and stop first
+    assert answer["action"] == "wait" and "preempting low: waiting for them to checkpoint" in answer["reason"]
     assert b.offer("low", gang(priority="low"), 1.0, running=True) == {"action": "preempt", "by": "high"}
     rows = {r.job_id: r for r in b.rows()}
     assert "being preempted by high" in rows["low"].detail
-    # low checkpointed and stopped: it offers itself again and waits behind high
-    answer = b.offer("low", gang(priority="low"), 1.0)
-    assert answer["action"] == "wait"
+    assert b.offer("high", gang(priority="high"), high)["action"] == "wait"  # low has not stopped yet
+    # low checkpointed and stopped: it offers itself again and waits; high starts now
+    assert b.offer("low", gang(priority="low"), 1.0)["action"] == "wait"
+    assert b.offer("high", gang(priority="high"), high)["action"] == "run"
+    assert b.offer("low", gang(priority="low"), 1.0)["action"] == "wait"
     b.done("high")
     assert b.offer("low", gang(priority="low"), 1.0)["action"] == "run"
 
@@ -140,7 +145,7 @@ def test_cluster_model_groups_nodes_by_shape() -> None:
     )
     pools = sorted(cluster.pools, key=lambda p: p.name)
     shapes = sorted((p.nodes, p.accelerator, p.cpus_per_node) for p in pools)
-    assert shapes == [(1, "cpu", 4.0), (2, "nvidia-a100", 8.0)]
+    assert shapes == [(1, "cpu", 4.0), (2, "nvidia-a100", 8.0)]  # from Ray's accelerator_type A100
     assert {q.name for q in cluster.queues} == {"default", "research"}
 
 
@@ -203,13 +208,30 @@ def test_a_local_high_priority_job_preempts_through_the_victims_record(tmp_path:
     monkeypatch.setattr("orchestrator.backends.queue.POLL_S", 0.0)
     store = store_with(tmp_path, ("low", "running", "low"), ("high", "pending", "high"))
     assert admission(store, "low").report() == {"action": "continue"}
-    admitted, _ = once(admission(store, "high"))
-    assert admitted
+    admitted, said = once(admission(store, "high"))
+    assert not admitted and "preempting low" in said[0]  # not before low has stopped
     assert admission(store, "low").report() == {"action": "preempt", "by": "high"}
     low = admission(store, "low")
     low.requeued()  # it checkpointed and stopped; it waits behind high now
     store.transition("low", JobState.PENDING, {JobState.RUNNING})
+    assert once(admission(store, "high"))[0]
     admitted, said = once(low)
     assert not admitted and said and "preempt_by" not in store.get("low").result
     store.transition("high", JobState.SUCCEEDED, {JobState.RUNNING})
     assert once(admission(store, "low"))[0]
+
+
+def test_gpu_gangs_are_matched_in_rays_accelerator_names() -> None:
+    from orchestrator.backends.queue import ray_request
+
+    b, _ = book(node(8, gpus=4, kind="A100"))
+    ours = GangRequest(workers=2, accelerators_per_worker=2, cpus_per_worker=1, accelerators=("nvidia-a100-40gb",))
+    assert ray_request(ours).accelerators == ("nvidia-a100",)
+    assert b.offer("gpu", ray_request(ours), 1.0)["action"] == "run"
+    t4 = GangRequest(workers=1, accelerators_per_worker=1, accelerators=("nvidia-t4",))
+    answer = b.offer("t4", ray_request(t4), 2.0)
+    assert answer["action"] == "wait" and answer["permanent"] and "nvidia-t4" in answer["reason"]
+    tpu = cluster_from_nodes([{"Alive": True, "Resources": {"CPU": 8, "TPU": 4, "accelerator_type:TPU-V5LITEPOD": 1}}])
+    assert [p.accelerator for p in tpu.pools] == ["tpu-v5litepod"]
+    v5e = GangRequest(workers=1, accelerators_per_worker=4, accelerators=("tpu-v5-lite-podslice",), topology="2x2")
+    assert ray_request(v5e).accelerators == ("tpu-v5litepod",) and ray_request(v5e).topology is None

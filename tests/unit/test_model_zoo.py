@@ -51,6 +51,9 @@ def test_keras_calls_and_mappings_parse_to_the_same_layer() -> None:
     ("Dropout(1.5)", "rate must be in [0, 1)"),
     ("Conv2D(8, 0)", "kernel_size must be a positive integer or a pair"),
     ("Dense(64", "cannot parse"),
+    ("LSTM(16, 'tanh')", "return_sequences must be true or false"),
+    ("BatchNormalization(-1)", "momentum must be in [0, 1)"),
+    ("SimpleRNN(8, activation='sigmoid')", "not supported"),
 ])
 def test_bad_layers_say_what_and_how_to_fix(item: str, words: str) -> None:
     with pytest.raises(LayerError) as err:
@@ -84,6 +87,8 @@ def test_the_repository_specs_of_the_model_zoo_validate() -> None:
      "BatchNormalization()", "Flatten()", {"Dense": [10]}],
     ["Reshape((8, 8))", "LSTM(32, return_sequences=True)", "GRU(16)", "Dense(10, activation='softmax')"],
     ["Reshape((8, 8))", "SimpleRNN(24, activation='relu')", "Dropout(0.1)", "Dense(10)"],
+    ["MaxPooling2D(3, strides=1, padding='same')", "Conv2D(4, 3, strides=2, padding='same')",
+     "MaxPooling2D((2, 3), padding='same')", "Flatten()", "Dense(10)"],
 ])
 def test_sequential_models_build_run_and_script(layers: list[Any]) -> None:
     model = build_sequential(spec_of({"type": "sequential", "layers": layers}).model, (1, 8, 8), 10)  # type: ignore[arg-type]
@@ -212,6 +217,9 @@ def test_the_same_step_gives_the_same_batch_and_another_step_another() -> None:
     assert torch.equal(first, augment_batch(x, spec, batch_generator(7, 3, 1, 5)))  # a resume redoes it exactly
     assert not torch.equal(first, augment_batch(x, spec, batch_generator(7, 3, 1, 6)))
     assert not torch.equal(first, augment_batch(x, spec, batch_generator(7, 3, 0, 5)))  # other rank
+    # no two (rank, step) pairs of an epoch share their draws
+    seeds = {batch_generator(7, 3, r, st).initial_seed() for r in range(4) for st in range(300)}
+    assert len(seeds) == 4 * 300
 
 
 def test_crop_shifts_each_image_by_whole_pixels_within_the_padding() -> None:
@@ -290,3 +298,21 @@ def test_a_gru_forecasts_the_sine_at_least_twice_as_well_as_the_last_value() -> 
         val_mse = float(task_loss(model(torch.from_numpy(data.x_val)), torch.from_numpy(data.y_val)))
     baseline = last_value_mse(data, "val")
     assert baseline is not None and val_mse * 2 <= baseline, (val_mse, baseline)
+
+
+def test_same_padding_gives_keras_output_sizes() -> None:
+    # Keras: 'same' gives ceil(size / stride) per side, for convolutions and pools alike
+    layers = ["Conv2D(4, 3, strides=2, padding='same')", "MaxPooling2D(3, strides=1, padding='same')",
+              "MaxPooling2D((2, 2), padding='same')", "Flatten()", "Dense(10)"]
+    model = build_sequential(spec_of({"type": "sequential", "layers": layers}).model, (1, 7, 7), 10)  # type: ignore[arg-type]
+    x = torch.randn(2, 1, 7, 7)
+    shapes = []
+    for module in model:
+        x = module(x)
+        shapes.append(tuple(x.shape[1:]))
+    assert (4, 4, 4) in shapes and (2, 2, 4) in shapes  # 7 -> ceil(7/2)=4 -> 4 (stride 1) -> ceil(4/2)=2
+    pooled = build_sequential(spec_of({"type": "sequential", "layers": ["MaxPooling2D(3, strides=1, padding='same')",
+                                                                          "Flatten()", "Dense(10)"]}).model,  # type: ignore[arg-type]
+                              (1, 8, 8), 10)[1]
+    img = torch.full((1, 8, 8, 1), -5.0)
+    assert float(pooled(img).max()) == -5.0  # padding never wins a max

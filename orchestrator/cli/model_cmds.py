@@ -1,0 +1,46 @@
+"""``orchestrator predict``: a finished job's saved model on new samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from orchestrator.cli import OUTPUT_OPTION, emit_json, handle_errors, main, settings_of
+from orchestrator.errors import UsageError
+
+SHOWN = 20
+
+
+@main.command()
+@click.argument("job_id", metavar="JOB")
+@click.option("--input", "input_path", required=True, metavar="FILE.npz",
+              help="Samples to predict: an .npz file with an array x shaped like the training data's x.")
+@OUTPUT_OPTION
+@click.pass_context
+@handle_errors
+def predict(ctx: click.Context, job_id: str, input_path: str, output: str) -> None:
+    """Load JOB's saved model (TorchScript, preprocessing included) and predict INPUT's samples."""
+    import json
+
+    from orchestrator.backends.local import LocalBackend
+    from orchestrator.models.predict import predict as run_predict
+    from orchestrator.models.predict import read_inputs
+
+    record = LocalBackend(settings_of(ctx)).status(job_id)
+    path = record.result.get("torchscript_path")
+    if not path or not Path(path).is_file():
+        raise UsageError(f"job {record.id} has no saved model ({record.state.value})",
+                         fix="predict with a job that succeeded, or `orchestrator resume` this one first")
+    model_dir = Path(path).parent
+    meta = json.loads((model_dir / "model.json").read_text())
+    x = read_inputs(input_path, tuple(meta["sample_shape"]))
+    result = {"job_id": record.id, "model": path, "samples": len(x), **run_predict(model_dir, x)}
+    if output == "json":
+        emit_json(result)
+        return
+    for i, pred in enumerate(result["predictions"][:SHOWN]):
+        extra = f"  p={result['probability'][i]:.3f}" if result["task"] == "classification" else ""
+        click.echo(f"{i:>5}  {pred}{extra}")
+    if len(x) > SHOWN:
+        click.echo(f"... {len(x) - SHOWN} more (--output json lists all)")
