@@ -406,6 +406,13 @@ class Driver:
                 self._tb.scalars(tags, step=max(self.tracker.epoch_metrics))
                 self._tb.flush()
             log.info("final %s", " ".join(f"{k}={v:.4g}" for k, v in event["metrics"].items()))
+        elif kind == "image":
+            if self._tb is not None:
+                import base64
+
+                self._tb.image_png(event["tag"], base64.b64decode(event["png"]), int(event["height"]),
+                                   int(event["width"]), step=int(event["epoch"]))
+                self._tb.flush()
         elif kind == "checkpoint":
             log.info("checkpoint epoch %s step %s -> %s (%.2fs)", event["epoch"], event["global_step"],
                      event["path"], event["seconds"])
@@ -464,6 +471,9 @@ class Driver:
             "model_path": str(model_dir / "model.pt") if (model_dir / "model.pt").exists() else None,
             "torchscript_path": str(model_dir / "model.torchscript.pt")
             if (model_dir / "model.torchscript.pt").exists() else None,
+            **({"generator_path": str(model_dir / "generator.torchscript.pt"),
+                "samples_dir": str(self.record.job_dir / "samples")}
+               if (model_dir / "generator.torchscript.pt").exists() else {}),
             "tensorboard_dir": str(self.record.job_dir / "tensorboard"),
             "time_to_first_step_s": (self.tracker.first_step_at - self.requested_at)
             if self.tracker.first_step_at else None,

@@ -19,6 +19,14 @@ LEARNING_RATE = "learning_rate"
 SAMPLES_PER_SECOND = "samples_per_second"
 EPOCH_SECONDS = "epoch_seconds"
 CHECKPOINT_SECONDS = "checkpoint_seconds"
+GENERATOR_LOSS = "generator_loss"  # gan
+DISCRIMINATOR_LOSS = "discriminator_loss"  # gan
+#: gan: share of generated samples a classifier trained on the real data gives one class at >= 0.8
+CONFIDENT_SAMPLES = "confident_samples"
+#: gan: the same share for the real validation samples (what a perfect generator would reach)
+CONFIDENT_REAL = "confident_real"
+#: TensorBoard image tag of a gan's grid of samples (one per epoch)
+SAMPLES_IMAGE_TAG = "samples/grid"
 
 #: Epoch report key -> TensorBoard scalar tag (the same in torch and tensorflow jobs).
 TENSORBOARD_TAGS: dict[str, str] = {
@@ -30,11 +38,15 @@ TENSORBOARD_TAGS: dict[str, str] = {
     SAMPLES_PER_SECOND: "throughput/samples_per_second",
     EPOCH_SECONDS: "time/epoch_seconds",
     CHECKPOINT_SECONDS: "time/checkpoint_seconds",
+    GENERATOR_LOSS: "loss/generator",
+    DISCRIMINATOR_LOSS: "loss/discriminator",
 }
 #: Written once at the end of a job, at the last epoch's step.
 FINAL_TENSORBOARD_TAGS: dict[str, str] = {
     TEST_LOSS: "loss/test",
     TEST_ACCURACY: "accuracy/test",
+    CONFIDENT_SAMPLES: "quality/confident_samples",
+    CONFIDENT_REAL: "quality/confident_real",
 }
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from orchestrator.spec.layers import Layer, parse_layers
-from orchestrator.spec.models import CNNModel, RNNModel, SequentialModel
+from orchestrator.spec.models import CNNModel, GANModel, RNNModel, SequentialModel
 
 
 def build_cnn(spec: CNNModel, sample_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
@@ -261,6 +261,37 @@ def _same_padding_strided(size: tuple[int, int], kernel: tuple[int, int], stride
         pads.append(max((out - 1) * st + k - n, 0))
     ph, pw = pads
     return (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+
+
+def build_gan(spec: GANModel, sample_shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
+    """Generator (latent -> sample, sigmoid: data normalised to [0, 1]) and discriminator (sample -> logit)."""
+    size = _numel(tuple(sample_shape))
+    gen: list[nn.Module] = []
+    width = spec.latent
+    for units in spec.generator_units:
+        gen += [nn.Linear(width, units), nn.BatchNorm1d(units), nn.LeakyReLU(0.2)]
+        width = units
+    gen += [nn.Linear(width, size), nn.Sigmoid(), _Reshape(tuple(sample_shape))]
+    disc: list[nn.Module] = [nn.Flatten()]
+    width = size
+    for units in spec.discriminator_units:
+        disc += [nn.Linear(width, units), nn.LeakyReLU(0.2), nn.Dropout(spec.dropout)]
+        width = units
+    disc += [nn.Linear(width, 1)]
+    return nn.Sequential(*gen), nn.Sequential(*disc)
+
+
+class GeneratorToRaw(nn.Module):
+    """The exported generator: latent vectors in, samples in the data's raw units out."""
+
+    def __init__(self, generator: nn.Module, shift: torch.Tensor, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.generator = generator
+        self.register_buffer("shift", shift)
+        self.register_buffer("scale", scale)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.generator(z) * self.scale + self.shift
 
 
 class WithPreprocessing(nn.Module):

@@ -52,6 +52,10 @@ class _EpochSums:
 
 def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[str, float]:
     """Train the spec's built-in model; returns the test metrics (empty if stopped early)."""
+    if spec.model is not None and spec.model.type == "gan":  # an adversarial pair: its own loop
+        from orchestrator.runtime.gan_loop import train_gan
+
+        return train_gan(sess, spec, dev)
     data = sess.data
     assert data is not None
     rank, world = sess.rank, sess.world_size

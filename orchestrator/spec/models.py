@@ -138,7 +138,27 @@ class SequentialModel(_Model):
         return self
 
 
-ModelSpec = Annotated[CNNModel | RNNModel | SequentialModel, Field(discriminator="type")]
+class GANModel(_Model):
+    """A generative adversarial pair of dense networks that learns to draw samples like the data."""
+
+    type: Literal["gan"] = "gan"
+    latent: int = Field(default=32, ge=1, le=4096, description="Size of the generator's random input.")
+    generator_units: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default=[128, 256], min_length=1, max_length=8, description="Hidden dense layers of the generator."
+    )
+    discriminator_units: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default=[256, 128], min_length=1, max_length=8, description="Hidden dense layers of the discriminator."
+    )
+    generator_learning_rate: float = Field(default=0.0005, gt=0, le=1.0, description="The generator's Adam rate.")
+    discriminator_learning_rate: float = Field(
+        default=0.0005, gt=0, le=1.0, description="The discriminator's Adam rate (its own optimizer)."
+    )
+    beta1: float = Field(default=0.5, ge=0.0, lt=1.0, description="Adam's beta1 for both optimizers.")
+    label_smoothing: float = Field(default=0.1, ge=0.0, lt=0.5, description="Real labels are 1 minus this.")
+    dropout: float = Field(default=0.3, ge=0.0, lt=1.0, description="Dropout in the discriminator.")
+
+
+ModelSpec = Annotated[CNNModel | RNNModel | SequentialModel | GANModel, Field(discriminator="type")]
 
 
 class CleaningSpec(_Model):
@@ -474,6 +494,12 @@ class JobSpec(_Model):
                 "model",
                 "give exactly one of 'model' (a built-in model) or 'entrypoint'",
                 fix="add 'model: {type: cnn}' or 'entrypoint: path/to/file.py:function'",
+            )
+        if self.model is not None and self.model.type == "gan" and self.data.preprocessing != "normalize":
+            raise CrossFieldError(
+                "data.preprocessing",
+                "a gan's generator draws values in [0, 1] (a sigmoid): the data must be min-max normalised",
+                fix="set data.preprocessing: normalize",
             )
         if self.training.batch_size < self.resources.workers:
             raise CrossFieldError(

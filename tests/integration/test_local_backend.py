@@ -317,3 +317,29 @@ def test_sine_forecasting_beats_the_last_value_by_2x(ray_address: str, tmp_path:
     assert result["state"] == "succeeded" and "val_accuracy" not in metrics  # regression: MSE only
     assert metrics["val_loss"] * 2 <= metrics["val_baseline_mse"], metrics
     assert metrics["test_loss"] * 2 <= metrics["test_baseline_mse"], metrics
+
+
+@pytest.mark.heavy
+def test_the_gan_trains_with_ddp_draws_digits_and_logs_its_grid(ray_address: str, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    env = cli_env(tmp_path / "home", ray_address)
+    result = last_json(run_cli(["submit", str(REPO / "jobs" / "gan.yaml"), "-o", "json", "-q"], env,
+                               check=True).stdout)
+    metrics = result["metrics"]
+    assert result["state"] == "succeeded" and metrics["epochs"] == 150
+    assert metrics["confident_samples"] >= 0.60, metrics  # the quality proxy (256 samples)
+    assert np.isfinite([metrics["generator_loss"], metrics["discriminator_loss"]]).all()
+    pngs = sorted(Path(result["samples_dir"]).glob("epoch-*.png"))
+    assert len(pngs) == 150 and pngs[-1].read_bytes()[:4] == b"\x89PNG"
+    acc = EventAccumulator(result["tensorboard_dir"], size_guidance={"images": 0})
+    acc.Reload()
+    assert "samples/grid" in acc.Tags()["images"]
+    assert [e.step for e in acc.Images("samples/grid")] == list(range(1, 151))
+    assert {"loss/generator", "loss/discriminator"} <= set(acc.Tags()["scalars"])
+    # the exported generator draws samples in the data's raw units (0-16 for the digits)
+    import torch
+
+    generator = torch.jit.load(result["generator_path"])
+    drawn = generator(torch.randn(8, 32)).detach().numpy()
+    assert drawn.shape == (8, 1, 8, 8) and drawn.min() >= -1e-4 and drawn.max() <= 16 + 1e-4

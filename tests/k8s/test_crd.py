@@ -60,7 +60,7 @@ def test_types_nullables_and_free_form_fields_follow_the_models() -> None:
     assert spec["params"] == {"x-kubernetes-preserve-unknown-fields": True, "type": "object",
                               "description": "Free-form values passed to a user entrypoint."}
     assert spec["model"]["type"] == "object" and spec["model"]["nullable"] is True
-    assert spec["model"]["properties"]["type"]["enum"] == ["cnn", "rnn", "sequential"]
+    assert spec["model"]["properties"]["type"]["enum"] == ["cnn", "gan", "rnn", "sequential"]
     # rnn's `layers` (a count) and sequential's (a list): kept as given, checked by the spec models
     assert spec["model"]["properties"]["layers"]["x-kubernetes-preserve-unknown-fields"] is True
     assert spec["data"]["properties"]["validation_fraction"]["exclusiveMinimum"] is True
