@@ -279,15 +279,18 @@ def optimizer_checksum(optimizer: torch.optim.Optimizer) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    state = optimizer.state_dict()
-    for key in sorted(state["state"]):
-        for name, value in sorted(state["state"][key].items()):
-            digest.update(f"{key}.{name}".encode())
-            if isinstance(value, torch.Tensor):
-                digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-            else:
-                digest.update(repr(value).encode())
-    digest.update(repr(state["param_groups"]).encode())
+    whole = optimizer.state_dict()
+    # one optimizer, or several saved as one (a gan's {"generator": ..., "discriminator": ...})
+    parts = [whole] if "state" in whole else [whole[name] for name in sorted(whole)]
+    for state in parts:
+        for key in sorted(state["state"]):
+            for name, value in sorted(state["state"][key].items()):
+                digest.update(f"{key}.{name}".encode())
+                if isinstance(value, torch.Tensor):
+                    digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+                else:
+                    digest.update(repr(value).encode())
+        digest.update(repr(state["param_groups"]).encode())
     return digest.hexdigest()[:16]
 
 

@@ -385,3 +385,20 @@ def test_sample_grids_are_valid_pngs() -> None:
 
     decoded = np.asarray(Image.open(io.BytesIO(png)))
     assert np.array_equal(decoded, rows[:, 1:])
+
+
+def test_the_gans_two_optimizers_checkpoint_as_one() -> None:
+    from orchestrator.models.torch_models import build_gan
+    from orchestrator.runtime.gan_loop import PairOptimizer, gan_step
+    from orchestrator.runtime.torch_ddp import optimizer_checksum
+
+    spec = spec_of(GAN, data=GAN_DATA)
+    generator, discriminator = build_gan(spec.model, (1, 8, 8))  # type: ignore[arg-type]
+    pair = PairOptimizer(torch.optim.Adam(generator.parameters()), torch.optim.Adam(discriminator.parameters()))
+    before = optimizer_checksum(pair)  # type: ignore[arg-type]
+    gan_step(generator, discriminator, pair.generator, pair.discriminator, torch.rand(16, 1, 8, 8), 32, 0.9)
+    state = pair.state_dict()
+    assert optimizer_checksum(pair) != before  # type: ignore[arg-type]
+    again = PairOptimizer(torch.optim.Adam(generator.parameters()), torch.optim.Adam(discriminator.parameters()))
+    again.load_state_dict(state)
+    assert optimizer_checksum(again) == optimizer_checksum(pair)  # type: ignore[arg-type]
