@@ -411,7 +411,8 @@ class Driver:
                 import base64
 
                 self._tb.image_png(event["tag"], base64.b64decode(event["png"]), int(event["height"]),
-                                   int(event["width"]), step=int(event["epoch"]))
+                                   int(event["width"]), step=int(event["epoch"]),
+                                   colorspace=int(event.get("colorspace", 3)))
                 self._tb.flush()
         elif kind == "checkpoint":
             log.info("checkpoint epoch %s step %s -> %s (%.2fs)", event["epoch"], event["global_step"],

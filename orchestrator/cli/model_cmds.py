@@ -29,6 +29,10 @@ def predict(ctx: click.Context, job_id: str, input_path: str, output: str) -> No
 
     record = LocalBackend(settings_of(ctx)).status(job_id)
     path = record.result.get("torchscript_path")
+    if record.result.get("generator_path"):
+        raise UsageError(f"job {record.id} trained a gan: it generates samples rather than predicting",
+                         fix=f"load {record.result['generator_path']} with torch.jit.load and give it latent "
+                             "vectors (torch.randn(n, latent))")
     if not path or not Path(path).is_file():
         raise UsageError(f"job {record.id} has no saved model ({record.state.value})",
                          fix="predict with a job that succeeded, or `orchestrator resume` this one first")

@@ -29,8 +29,9 @@ class TensorBoardWriter:
         )
         self._writer.add_event(Event(wall_time=time.time(), step=step, summary=summary))
 
-    def image_png(self, tag: str, png: bytes, height: int, width: int, step: int) -> None:
-        image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
+    def image_png(self, tag: str, png: bytes, height: int, width: int, step: int, colorspace: int = 3) -> None:
+        """One PNG image; ``colorspace`` 1 is grey, 3 RGB, 4 RGBA (TensorBoard's codes)."""
+        image = Summary.Image(height=height, width=width, colorspace=colorspace, encoded_image_string=png)
         summary = Summary(value=[Summary.Value(tag=tag, image=image)])
         self._writer.add_event(Event(wall_time=time.time(), step=step, summary=summary))
 

@@ -18,7 +18,11 @@ from orchestrator.errors import UsageError
 def read_inputs(path: str, sample_shape: tuple[int, ...]) -> np.ndarray:
     """The ``x`` array of an .npz file, shaped like the model's samples (an 8x8 image may drop its channel)."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise UsageError(f"{path} is a single array, not an .npz file",
+                             fix="save it with numpy.savez(path, x=samples)")
+        with loaded as npz:
             if "x" not in npz.files:
                 raise UsageError(f"{path} has no array named x (it has {', '.join(npz.files) or 'none'})",
                                  fix="save it with numpy.savez(path, x=samples)")
@@ -26,6 +30,8 @@ def read_inputs(path: str, sample_shape: tuple[int, ...]) -> np.ndarray:
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot read {path}: {exc}", fix="give an .npz file saved with numpy.savez(path, x=...)") \
             from None
+    if x.size == 0 or x.ndim == 0:
+        raise UsageError(f"{path}: x holds no samples", fix="give at least one sample")
     if not np.issubdtype(x.dtype, np.number):
         raise UsageError(f"{path}: x must be numeric, got {x.dtype}", fix="convert it to a float array")
     if tuple(x.shape[1:]) != sample_shape and len(sample_shape) == 3 and sample_shape[0] == 1 \

@@ -170,8 +170,9 @@ def build_sequential(spec: SequentialModel, sample_shape: tuple[int, ...], num_c
     if len(shape) != 1:
         raise ValueError(f"the last layer gives samples shaped {shape}; end with Flatten and Dense({num_classes})")
     if shape[0] != num_classes:
-        raise ValueError(f"the last layer gives {shape[0]} outputs but the data has {num_classes} classes; "
-                         f"end with Dense({num_classes}, activation='softmax')")
+        want = f"{num_classes} classes; end with Dense({num_classes}, activation='softmax')" if num_classes > 1 \
+            else "one target (regression); end with Dense(1)"
+        raise ValueError(f"the last layer gives {shape[0]} outputs but the data has {want}")
     return nn.Sequential(*modules)
 
 

@@ -186,6 +186,8 @@ def last_value_mse(data: PreparedData, split: str) -> float | None:
     if data.task != "regression" or x.ndim != 3 or x.shape[-1] != 1 or len(x) == 0:
         return None
     pre = data.preprocessor
+    if pre.clip_low is not None:  # clipped inputs cannot be turned back into raw values
+        return None
     last = x[:, -1, 0] * pre.scale[-1, 0] + pre.shift[-1, 0]  # back to raw values
     return float(np.mean((last - y) ** 2))
 
@@ -227,7 +229,12 @@ def _labels(y: np.ndarray) -> tuple[np.ndarray, int, str]:
                            fix="map labels to non-negative integers")]
             )
         return labels, int(labels.max()) + 1, "classification"
-    return y.astype(np.float32), 0, "regression"
+    if flat.shape[1] != 1:
+        raise SpecError(
+            [SpecIssue("data.source", f"y has {flat.shape[1]} values per row; one label or one target is supported",
+                       fix="give class labels (0, 1, 2, ...) rather than one-hot rows, or one regression target")]
+        )
+    return flat[:, 0].astype(np.float32), 0, "regression"
 
 
 def stratified_split(

@@ -131,7 +131,7 @@ def train_gan(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[str,
     point = restore_checkpoint(pair, optimizer)  # type: ignore[arg-type]
     if rank == 0:
         sess.emit({"type": "model", "parameters": sum(p.numel() for p in pair.parameters()),
-                   "param_checksum": param_checksum(pair), "optimizer_checksum": optimizer_checksum(g_opt),
+                   "param_checksum": param_checksum(pair), "optimizer_checksum": optimizer_checksum(optimizer),  # type: ignore[arg-type]
                    "device": str(dev), "sync_backend": sync_backend_in_use()})
     g_net, d_net = wrap_ddp(generator, spec, dev), wrap_ddp(discriminator, spec, dev)
     fixed_z = torch.randn(GRID * GRID, gan.latent, generator=torch.Generator().manual_seed(spec.training.seed))
@@ -140,7 +140,8 @@ def train_gan(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[str,
     global_step, stopped, epoch, checkpoint_seconds = point.global_step, False, point.start_epoch, 0.0
     for epoch in range(point.start_epoch, spec.training.epochs + 1):
         idx = sess.shard(epoch)
-        steps = max(1, math.ceil(len(idx) / bs))
+        # a last batch of one sample is dropped: the generator's batch norm needs two or more
+        steps = max(1, len(idx) // bs + (1 if len(idx) % bs >= 2 else 0))
         sess.epoch_started(epoch, global_step)
         g_net.train()
         d_net.train()
@@ -156,13 +157,10 @@ def train_gan(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[str,
             sums["d"] += float(d_loss) * n
             sums["seen"] += n
             sess.progress(epoch=epoch, step=step + 1, steps=steps, loss=float(g_loss), global_step=global_step)
-            if (step + 1) % 10 == 0 and step + 1 < steps and sess.should_stop():
-                stopped = True
-                break
+        # no mid-epoch stop: an epoch is a few dozen steps, and a stop asked for during it is taken
+        # at its end, with a checkpoint (below), so cancel and preemption lose nothing
         seconds = time.perf_counter() - t0
-        sess.record_shard(epoch, idx[: min(step + 1, steps) * bs])
-        if stopped:  # an epoch of a gan is short: it restarts from the last epoch's checkpoint
-            break
+        sess.record_shard(epoch, idx[: steps * bs])
         g_sum, d_sum, seen = _all_reduce_sum([sums["g"], sums["d"], sums["seen"]], dev)
         if not (math.isfinite(g_sum) and math.isfinite(d_sum)):
             raise FloatingPointError(f"the gan's losses diverged at epoch {epoch} (generator {g_sum}, "
@@ -217,7 +215,7 @@ def _emit_grid(sess: TrainSession, generator: nn.Module, z: torch.Tensor, epoch:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"epoch-{epoch:04d}.png").write_bytes(png)
     sess.emit({"type": "image", "tag": names.SAMPLES_IMAGE_TAG, "epoch": epoch, "height": grid.shape[0],
-               "width": grid.shape[1], "png": base64.b64encode(png).decode("ascii")})
+               "width": grid.shape[1], "colorspace": 1, "png": base64.b64encode(png).decode("ascii")})
 
 
 def export_gan(generator: nn.Module, data: Any, spec: JobSpec, model_dir: Path) -> None:

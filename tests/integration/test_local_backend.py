@@ -343,3 +343,4 @@ def test_the_gan_trains_with_ddp_draws_digits_and_logs_its_grid(ray_address: str
     generator = torch.jit.load(result["generator_path"])
     drawn = generator(torch.randn(8, 32)).detach().numpy()
     assert drawn.shape == (8, 1, 8, 8) and drawn.min() >= -1e-4 and drawn.max() <= 16 + 1e-4
+    assert drawn.max() > 4  # raw units: a [0, 1] output alone (no un-normalising) would fail here

@@ -402,3 +402,11 @@ def test_the_gans_two_optimizers_checkpoint_as_one() -> None:
     again = PairOptimizer(torch.optim.Adam(generator.parameters()), torch.optim.Adam(discriminator.parameters()))
     again.load_state_dict(state)
     assert optimizer_checksum(again) == optimizer_checksum(pair)  # type: ignore[arg-type]
+
+
+def test_one_hot_labels_are_a_spec_error_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "onehot.npz"
+    np.savez(path, x=np.random.default_rng(0).random((300, 8)).astype(np.float32),
+             y=np.eye(3)[np.arange(300) % 3])
+    with pytest.raises(SpecError, match="one label or one target"):
+        prepare_data(spec_of({"type": "cnn"}, data={"source": str(path)}).data, 0)

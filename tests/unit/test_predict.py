@@ -99,3 +99,23 @@ def test_a_job_without_a_saved_model_says_so(tmp_path: Path) -> None:
     np.savez(tmp_path / "x.npz", x=np.zeros((1, 8, 8)))
     proc = predict_cli(tmp_path, "failed-1", "--input", str(tmp_path / "x.npz"))
     assert proc.returncode == 2 and "has no saved model (failed)" in proc.stderr
+
+
+def test_a_plain_npy_array_and_an_empty_x_are_clear_errors(tmp_path: Path) -> None:
+    job, _, _ = saved_job(tmp_path, {"type": "cnn", "conv_filters": [4], "dense_units": []})
+    np.save(tmp_path / "x.npy", np.zeros((2, 8, 8)))
+    proc = predict_cli(tmp_path, job, "--input", str(tmp_path / "x.npy"))
+    assert proc.returncode == 2 and "single array, not an .npz" in proc.stderr, proc.stderr
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 8, 8)))
+    proc = predict_cli(tmp_path, job, "--input", str(tmp_path / "empty.npz"))
+    assert proc.returncode == 2 and "holds no samples" in proc.stderr, proc.stderr
+
+
+def test_a_gan_job_points_to_its_generator(tmp_path: Path) -> None:
+    JobStore(tmp_path / "jobs.db").create(JobRecord(
+        id="gan-1", name="gan", backend="local", state=JobState.SUCCEEDED, spec={"name": "gan"},
+        job_dir=tmp_path / "jobs" / "gan-1", created_at=time.time(),
+        result={"generator_path": "/x/generator.torchscript.pt"}))
+    np.savez(tmp_path / "x.npz", x=np.zeros((1, 8, 8)))
+    proc = predict_cli(tmp_path, "gan-1", "--input", str(tmp_path / "x.npz"))
+    assert proc.returncode == 2 and "trained a gan" in proc.stderr and "torch.jit.load" in proc.stderr
