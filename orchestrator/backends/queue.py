@@ -286,6 +286,27 @@ def queue_actor() -> Any:
     return cls.options(name=QUEUE_ACTOR, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote()
 
 
+def wait_for_place(ask: Callable[[], dict[str, Any]], should_stop: Callable[[], bool],
+                   on_wait: Callable[[str], None]) -> bool:
+    """The waiting loop of both queues: ``ask()`` every ``POLL_S`` until it answers ``run`` (True) or
+    ``should_stop()`` (False), telling ``on_wait`` each new reason to wait."""
+    last = None
+    while not should_stop():
+        answer = ask()
+        if answer["action"] == "run":
+            return True
+        if answer["reason"] != last:
+            last = answer["reason"]
+            on_wait(last)
+        time.sleep(POLL_S)
+    return False
+
+
+def machine_request(request: GangRequest) -> GangRequest:
+    """A gang on this machine: its GPUs are whatever type they are, so no type preference."""
+    return dataclasses.replace(request, accelerators=())
+
+
 class Admission:
     """A driver's side of the queue: wait for a place, report in while running, leave when done."""
 
@@ -313,22 +334,20 @@ class Admission:
 
     def wait(self, should_stop: Callable[[], bool], on_wait: Callable[[str], None]) -> bool:
         """Block until the scheduler places the job (True) or ``should_stop()`` (False)."""
-        last = None
-        while not should_stop():
-            answer = self._call("offer", self.job_id, request_to_json(self.request), self.queued_at)
-            if answer["action"] == "run":
-                self.started_at = time.time()
-                return True
+
+        def ask() -> dict[str, Any]:
+            answer: dict[str, Any] = self._call("offer", self.job_id, request_to_json(self.request), self.queued_at)
             if answer.get("permanent"):
                 from orchestrator.errors import BackendError
 
                 raise BackendError(f"the job can never start on this cluster: {answer['reason']}",
                                    fix="ask for resources the cluster's nodes have (see `orchestrator queue`)")
-            if answer["reason"] != last:
-                last = answer["reason"]
-                on_wait(last)
-            time.sleep(POLL_S)
-        return False
+            return answer
+
+        admitted = wait_for_place(ask, should_stop, on_wait)
+        if admitted:
+            self.started_at = time.time()
+        return admitted
 
     def report(self) -> dict[str, Any]:
         """A running job reports in; the answer says to go on or to give way (``preempt``)."""
@@ -358,7 +377,7 @@ class MachineAdmission:
                  node: dict[str, Any], policy: str = "default") -> None:
         self.store = store
         self.job_id = job_id
-        self.request = request
+        self.request = machine_request(request)
         self.queued_at = queued_at
         self.node = node
         self.policy = policy
@@ -385,8 +404,7 @@ class MachineAdmission:
                 request = request_from_spec(JobSpec.model_validate(record.spec))
             except Exception:  # noqa: BLE001 - an unreadable spec cannot be queued; it runs as it is
                 continue
-            request = dataclasses.replace(request, accelerators=())  # the machine's GPUs, whatever type
-            entry = Entry(record.id, request, record.created_at, last_seen=now)
+            entry = Entry(record.id, machine_request(request), record.created_at, last_seen=now)
             if record.state is not JobState.PENDING:
                 entry.state = "preempting" if record.result.get("preempt_by") else "running"
                 entry.started_at = record.started_at or now
@@ -408,12 +426,10 @@ class MachineAdmission:
     def wait(self, should_stop: Callable[[], bool], on_wait: Callable[[str], None]) -> bool:
         from orchestrator.store import JobState
 
-        last = None
-        request = dataclasses.replace(self.request, accelerators=())
-        while not should_stop():
+        def ask() -> dict[str, Any]:
             with self._locked():
                 book = self._book()
-                answer = book.offer(self.job_id, request, self.queued_at)
+                answer = book.offer(self.job_id, self.request, self.queued_at)
                 for entry in book.entries.values():  # tell the jobs it preempts, through their records
                     if entry.state == "preempting" and entry.job_id != self.job_id:
                         record = self.store.get(entry.job_id)
@@ -422,19 +438,19 @@ class MachineAdmission:
                 if answer["action"] == "run" or answer.get("permanent"):
                     # a gang that can never fit this machine goes on, to be refused with the reason
                     self.requeued()  # a preemption it was told of while it waited no longer applies
-                    self.started_at = time.time()
                     # marked running before the lock is released, so no other driver counts it waiting
                     self.store.transition(self.job_id, JobState.RUNNING, {JobState.RUNNING, JobState.PENDING},
                                           message=None)
-                    return True
+                    return {"action": "run"}
                 # marked waiting before the lock is released, so no other driver counts it running
                 self.store.transition(self.job_id, JobState.PENDING, {JobState.RUNNING, JobState.PENDING},
                                       message=f"queued: {answer['reason']}")
-            if answer["reason"] != last:
-                last = answer["reason"]
-                on_wait(last)
-            time.sleep(POLL_S)
-        return False
+                return answer
+
+        admitted = wait_for_place(ask, should_stop, on_wait)
+        if admitted:
+            self.started_at = time.time()
+        return admitted
 
     def report(self) -> dict[str, Any]:
         by = self.store.get(self.job_id).result.get("preempt_by")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import time
 from collections.abc import Sequence
@@ -302,7 +301,7 @@ def _local_view(ctx: click.Context, policy: str) -> tuple[list[QueueRow], dict[s
     import psutil
 
     from orchestrator.backends.base import get_backend
-    from orchestrator.backends.queue import gpu_count
+    from orchestrator.backends.queue import gpu_count, machine_request
     from orchestrator.errors import OrchestratorError
     from orchestrator.scheduler import ClusterState, ManualClock, Scheduler, request_from_spec
     from orchestrator.scheduler.cluster import cluster_from_data
@@ -327,7 +326,7 @@ def _local_view(ctx: click.Context, policy: str) -> tuple[list[QueueRow], dict[s
             unreadable[record.id] = str(exc).splitlines()[0]
             continue
         # The local backend runs on whatever GPUs this machine has: drop the type preference.
-        requests[record.id] = (record, dataclasses.replace(request, accelerators=()))
+        requests[record.id] = (record, machine_request(request))
     pool: dict[str, Any] = {
         "name": "local",
         "nodes": 1,
