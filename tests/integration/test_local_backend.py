@@ -298,11 +298,16 @@ def test_two_local_jobs_that_each_need_most_of_the_machine_take_turns(tmp_path: 
     assert b.attempts[0]["started_at"] >= a.ended_at - 1.0  # never side by side
 
 
+def submit_repo_job(job: str, ray_address: str, tmp_path: Path) -> dict[str, Any]:
+    """`orchestrator submit jobs/JOB -o json -q` on the shared head: its final JSON."""
+    env = cli_env(tmp_path / "home", ray_address)
+    return last_json(run_cli(["submit", str(REPO / "jobs" / job), "-o", "json", "-q"], env, check=True).stdout)
+
+
 @pytest.mark.heavy
 @pytest.mark.parametrize(("job", "floor"), [("rnn-lstm.yaml", 0.90), ("sequential-keras.yaml", 0.93)])
 def test_model_zoo_specs_train_with_ddp(ray_address: str, tmp_path: Path, job: str, floor: float) -> None:
-    env = cli_env(tmp_path / "home", ray_address)
-    result = last_json(run_cli(["submit", str(REPO / "jobs" / job), "-o", "json", "-q"], env, check=True).stdout)
+    result = submit_repo_job(job, ray_address, tmp_path)
     assert result["state"] == "succeeded"
     assert result["metrics"]["val_accuracy"] >= floor, result["metrics"]
     assert Path(result["torchscript_path"]).is_file()
@@ -310,9 +315,7 @@ def test_model_zoo_specs_train_with_ddp(ray_address: str, tmp_path: Path, job: s
 
 @pytest.mark.heavy
 def test_sine_forecasting_beats_the_last_value_by_2x(ray_address: str, tmp_path: Path) -> None:
-    env = cli_env(tmp_path / "home", ray_address)
-    result = last_json(run_cli(["submit", str(REPO / "jobs" / "sine-rnn.yaml"), "-o", "json", "-q"], env,
-                               check=True).stdout)
+    result = submit_repo_job("sine-rnn.yaml", ray_address, tmp_path)
     metrics = result["metrics"]
     assert result["state"] == "succeeded" and "val_accuracy" not in metrics  # regression: MSE only
     assert metrics["val_loss"] * 2 <= metrics["val_baseline_mse"], metrics
@@ -323,9 +326,7 @@ def test_sine_forecasting_beats_the_last_value_by_2x(ray_address: str, tmp_path:
 def test_the_gan_trains_with_ddp_draws_digits_and_logs_its_grid(ray_address: str, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    env = cli_env(tmp_path / "home", ray_address)
-    result = last_json(run_cli(["submit", str(REPO / "jobs" / "gan.yaml"), "-o", "json", "-q"], env,
-                               check=True).stdout)
+    result = submit_repo_job("gan.yaml", ray_address, tmp_path)
     metrics = result["metrics"]
     assert result["state"] == "succeeded" and metrics["epochs"] == 150
     assert metrics["confident_samples"] >= 0.60, metrics  # the issue's quality proxy (256 samples)

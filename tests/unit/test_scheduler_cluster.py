@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -135,29 +136,40 @@ def test_an_unknown_priority_class_is_a_spec_error() -> None:
     assert err.value.field_path == "resources.priority"
 
 
+def random_walk(
+    h: Harness, rng: random.Random, submit: Callable[[int], None], *, cancel_pending: bool, steps: int = 400
+) -> Iterator[tuple[int, float]]:
+    """A random life of the cluster: at each step time moves on, then a job is submitted, a pass is
+    applied, a run is preempted or finished, or (``cancel_pending``) a waiting job is cancelled."""
+    now = 0.0
+    for step in range(steps):
+        now += rng.choice([0.0, 1.0, 7.0, 30.0])
+        h.clock.set(now)
+        kind = rng.random()
+        if kind < 0.4 or not h.state.jobs:
+            submit(step)
+        elif kind < 0.7:
+            h.state.apply(h.scheduler.schedule(h.state).decisions, now)
+        elif h.state.running and kind < 0.85:
+            h.state.preempt(rng.choice(list(h.state.running.values())), now)
+        elif h.state.running and (kind < 0.95 or not cancel_pending):
+            h.state.finish(rng.choice(list(h.state.running)), now)
+        elif cancel_pending and h.state.pending:
+            h.state.finish(rng.choice(list(h.state.pending)), now)  # cancelled while waiting
+        yield step, now
+
+
 def test_the_kept_order_equals_a_full_sort() -> None:
     """PendingOrder (updated incrementally, log trimmed) gives exactly the order of a full sort."""
     rng = random.Random(7)
     policy = Las(thresholds=(50.0, 500.0), min_starve_s=30.0, starve_factor=1.0)
     h = Harness(cluster(gpu_pool(nodes=2)), policy)  # type: ignore[arg-type]
     order = PendingOrder(policy)
-    now = 0.0
-    for step in range(400):
-        now += rng.choice([0.0, 1.0, 7.0, 30.0])
-        h.clock.set(now)
-        kind = rng.random()
-        if kind < 0.4 or not h.state.jobs:
-            h.submit(
-                f"j{step}", gang(rng.choice([1, 2, 4, 8]), priority=rng.choice(["low", "normal", "high"]))
-            )
-        elif kind < 0.7:
-            h.state.apply(h.scheduler.schedule(h.state).decisions, now)
-        elif h.state.running and kind < 0.85:
-            h.state.preempt(rng.choice(list(h.state.running.values())), now)
-        elif h.state.running and kind < 0.95:
-            h.state.finish(rng.choice(list(h.state.running)), now)
-        elif h.state.pending:
-            h.state.finish(rng.choice(list(h.state.pending)), now)  # cancelled while waiting
+
+    def submit(step: int) -> None:
+        h.submit(f"j{step}", gang(rng.choice([1, 2, 4, 8]), priority=rng.choice(["low", "normal", "high"])))
+
+    for step, now in random_walk(h, rng, submit, cancel_pending=True):
         if step == 200:
             h.state.enqueued_base += len(h.state.enqueued)  # as if the log had been trimmed
             h.state.enqueued.clear()
@@ -182,19 +194,11 @@ def test_the_running_watch_read_from_the_log_equals_one_built_afresh(policy_name
     )
     h = Harness(cluster(gpu_pool(nodes=2)), policy)
     watch = RunningWatch(policy)
-    now = 0.0
-    for step in range(400):
-        now += rng.choice([0.0, 1.0, 7.0, 30.0])
-        h.clock.set(now)
-        kind = rng.random()
-        if kind < 0.4 or not h.state.jobs:
-            h.submit(f"j{step}", gang(rng.choice([1, 2, 4, 8])), duration=rng.choice([20.0, 90.0, 900.0]))
-        elif kind < 0.7:
-            h.state.apply(h.scheduler.schedule(h.state).decisions, now)
-        elif h.state.running and kind < 0.85:
-            h.state.preempt(rng.choice(list(h.state.running.values())), now)
-        elif h.state.running:
-            h.state.finish(rng.choice(list(h.state.running)), now)
+
+    def submit(step: int) -> None:
+        h.submit(f"j{step}", gang(rng.choice([1, 2, 4, 8])), duration=rng.choice([20.0, 90.0, 900.0]))
+
+    for step, now in random_walk(h, rng, submit, cancel_pending=False):
         if step in (150, 300):
             h.state.run_changes_base += len(h.state.run_changes)  # as if the log had been trimmed
             h.state.run_changes.clear()
