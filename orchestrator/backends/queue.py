@@ -381,7 +381,6 @@ class MachineAdmission:
         self.queued_at = queued_at
         self.node = node
         self.policy = policy
-        self.started_at: float | None = None
         self.lock_path = Path(store.db_path).with_suffix(".queue.lock")
 
     def _book(self) -> QueueBook:
@@ -447,10 +446,7 @@ class MachineAdmission:
                                       message=f"queued: {answer['reason']}")
                 return answer
 
-        admitted = wait_for_place(ask, should_stop, on_wait)
-        if admitted:
-            self.started_at = time.time()
-        return admitted
+        return wait_for_place(ask, should_stop, on_wait)
 
     def report(self) -> dict[str, Any]:
         by = self.store.get(self.job_id).result.get("preempt_by")
