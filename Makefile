@@ -29,9 +29,9 @@ $(STAMP): pyproject.toml constraints.txt
 	  else \
 	    $(BIN)/python -m pip install --quiet -c constraints.txt torch; \
 	  fi && \
-	  $(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt -e '.[torch,test,dev]'; \
+	  $(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt -e '.[torch,tensorflow,test,dev]'; \
 	else \
-	  $(BIN)/python -m pip install --quiet -c constraints.txt -e '.[torch,test,dev]'; \
+	  $(BIN)/python -m pip install --quiet -c constraints.txt -e '.[torch,tensorflow,test,dev]'; \
 	fi
 	@touch $(STAMP)
 
