@@ -34,7 +34,16 @@ def _ray_stop() -> None:
 
 @pytest.fixture(scope="session")
 def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Address of a Ray head (2 CPUs, dashboard on 127.0.0.1) running for the whole session."""
+    """Address of a Ray head (2 CPUs, dashboard on 127.0.0.1) running for the whole session.
+
+    ``ORCHESTRATOR_TEST_RAY_ADDRESS`` names a head that is already running instead (e.g. one
+    started with ``ray start --head --port 6391 --temp-dir ...`` next to another one): the tests
+    use it and leave it running (``ray stop`` would stop every Ray on the machine).
+    """
+    given = os.environ.get("ORCHESTRATOR_TEST_RAY_ADDRESS")
+    if given:
+        yield given
+        return
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "600"}
     env.pop("RAY_ADDRESS", None)
     cmd = [
