@@ -27,7 +27,7 @@ from typing import Any
 
 from orchestrator.backends.base import EventHandler
 from orchestrator.backends.ray_local import (
-    build_torch_trainer,
+    build_trainer,
     check_fits_local_cluster,
     dashboard_url,
     describe_training_error,
@@ -248,7 +248,7 @@ class Driver:
             self._sink = create_sink(attempts_before=len(self.tracker.attempts))
             if self._stop_reason:
                 self._sink.request_stop.remote(self._stop_reason)
-            trainer = build_torch_trainer(spec, self.record, self.paths, data_ref, self._sink)
+            trainer = build_trainer(spec, self.record, self.paths, data_ref, self._sink)
             if self.events and not announced:
                 announced = True
                 info = {

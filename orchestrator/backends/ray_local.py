@@ -187,8 +187,9 @@ def scaling_arguments(spec: JobSpec) -> dict[str, Any]:
     }
 
 
-def build_torch_trainer(spec: JobSpec, record: JobRecord, paths: dict[str, str], data_ref: Any, sink: Any) -> Any:
-    """The Ray Train TorchTrainer for a spec (DDP over gloo on CPU, nccl on GPU)."""
+def build_trainer(spec: JobSpec, record: JobRecord, paths: dict[str, str], data_ref: Any, sink: Any) -> Any:
+    """The Ray Train trainer for a spec: TorchTrainer (DDP over gloo on CPU, nccl on GPU) or
+    TensorflowTrainer (MultiWorkerMirroredStrategy), by ``spec.framework``."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 

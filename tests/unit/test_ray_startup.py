@@ -173,7 +173,7 @@ def test_ray_train_scaling_for_gpus_tpus_and_cpus(resources: dict[str, Any], exp
 
 
 def test_tpu_workers_that_do_not_fill_the_slice_are_a_clear_error() -> None:
-    from orchestrator.backends.ray_local import build_torch_trainer
+    from orchestrator.backends.ray_local import build_trainer
     from orchestrator.errors import BackendError
     from orchestrator.spec.models import JobSpec
 
@@ -182,6 +182,6 @@ def test_tpu_workers_that_do_not_fill_the_slice_are_a_clear_error() -> None:
         "resources": {"workers": 2, "gpus_per_worker": 4, "accelerator": "tpu-v5p-slice", "topology": "2x2x4"},
     })
     with pytest.raises(BackendError) as caught:
-        build_torch_trainer(spec, None, {}, None, None)  # type: ignore[arg-type]
+        build_trainer(spec, None, {}, None, None)  # type: ignore[arg-type]
     assert "must be a multiple of 4" in caught.value.message
     assert "one worker per TPU host" in (caught.value.fix or "")
