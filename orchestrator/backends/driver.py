@@ -64,10 +64,14 @@ def check_framework_available(spec: JobSpec) -> None:
     import importlib.util
 
     if spec.framework == "tensorflow":
-        raise NotAvailableError(
-            "framework 'tensorflow' is not available yet in this version of orchestrator",
-            fix="use `framework: torch` for now",
-        )
+        missing = [m for m in ("tensorflow", "tf_keras") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise NotAvailableError(
+                f"framework 'tensorflow' needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                "not installed",
+                fix="install them: pip install 'orchestrator[tensorflow]' (tensorflow and tf-keras)",
+            )
+        return
     if importlib.util.find_spec("torch") is None:
         raise NotAvailableError(
             "framework 'torch' is not installed",
@@ -472,9 +476,13 @@ class Driver:
             "model_path": str(model_dir / "model.pt") if (model_dir / "model.pt").exists() else None,
             "torchscript_path": str(model_dir / "model.torchscript.pt")
             if (model_dir / "model.torchscript.pt").exists() else None,
-            **({"generator_path": str(model_dir / "generator.torchscript.pt"),
-                "samples_dir": str(self.record.job_dir / "samples")}
-               if (model_dir / "generator.torchscript.pt").exists() else {}),
+            # tensorflow: the Keras file and a SavedModel that takes raw inputs
+            "keras_path": str(model_dir / "model.keras") if (model_dir / "model.keras").exists() else None,
+            "saved_model_path": str(model_dir / "saved_model") if (model_dir / "saved_model").is_dir() else None,
+            "model_dir": str(model_dir) if (model_dir / "model.json").exists() else None,
+            **({"generator_path": str(generator), "samples_dir": str(self.record.job_dir / "samples")}
+               if (generator := next((model_dir / name for name in ("generator.torchscript.pt", "generator_saved_model")
+                                      if (model_dir / name).exists()), None)) else {}),
             "tensorboard_dir": str(self.record.job_dir / "tensorboard"),
             "time_to_first_step_s": (self.tracker.first_step_at - self.requested_at)
             if self.tracker.first_step_at else None,

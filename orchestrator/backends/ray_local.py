@@ -191,10 +191,8 @@ def build_trainer(spec: JobSpec, record: JobRecord, paths: dict[str, str], data_
     """The Ray Train trainer for a spec: TorchTrainer (DDP over gloo on CPU, nccl on GPU) or
     TensorflowTrainer (MultiWorkerMirroredStrategy), by ``spec.framework``."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     from orchestrator.runtime.progress import failure_reporter
-    from orchestrator.runtime.worker import torch_train_loop_per_worker
 
     try:
         scaling = ScalingConfig(**scaling_arguments(spec))
@@ -204,23 +202,36 @@ def build_trainer(spec: JobSpec, record: JobRecord, paths: dict[str, str], data_
             fix="match resources.workers and gpus_per_worker (TPU chips per worker) to the slice: "
             "one worker per TPU host, e.g. 4 workers x 4 chips for a 2x2x4 v5p slice",
         ) from None
-    run = RunConfig(
-        name=record.id,
-        storage_path=str(record.job_dir / "ray"),
-        failure_config=FailureConfig(max_failures=spec.failure.max_failures),
-        callbacks=[failure_reporter(sink)],
-    )
+    run_args: dict[str, Any] = {
+        "name": record.id,
+        "storage_path": str(record.job_dir / "ray"),
+        "failure_config": FailureConfig(max_failures=spec.failure.max_failures),
+        "callbacks": [failure_reporter(sink)],
+    }
+    config = {"spec": spec.model_dump(mode="json"), "paths": paths, "data": data_ref, "sink": sink}
+    if spec.framework == "tensorflow":
+        from ray.train.tensorflow import TensorflowTrainer
+
+        from orchestrator.runtime.worker import tf_train_loop_per_worker
+
+        # Keras 2 for tf.keras in the workers (MWMS fails in Keras 3's fit: keras-team/keras#20585)
+        env = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        return TensorflowTrainer(
+            tf_train_loop_per_worker,
+            train_loop_config=config,
+            scaling_config=scaling,
+            run_config=RunConfig(**run_args, worker_runtime_env={"env_vars": env}),
+        )
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from orchestrator.runtime.worker import torch_train_loop_per_worker
+
     return TorchTrainer(
         torch_train_loop_per_worker,
-        train_loop_config={
-            "spec": spec.model_dump(mode="json"),
-            "paths": paths,
-            "data": data_ref,
-            "sink": sink,
-        },
+        train_loop_config=config,
         torch_config=TorchConfig(backend=spec.sync_backend),
         scaling_config=scaling,
-        run_config=run,
+        run_config=RunConfig(**run_args),
     )
 
 

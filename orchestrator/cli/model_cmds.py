@@ -20,7 +20,7 @@ SHOWN = 20
 @click.pass_context
 @handle_errors
 def predict(ctx: click.Context, job_id: str, input_path: str, output: str) -> None:
-    """Load JOB's saved model (TorchScript, preprocessing included) and predict INPUT's samples."""
+    """Load JOB's saved model (TorchScript or SavedModel, preprocessing included) and predict INPUT's samples."""
     import json
 
     from orchestrator.backends.local import LocalBackend
@@ -28,16 +28,18 @@ def predict(ctx: click.Context, job_id: str, input_path: str, output: str) -> No
     from orchestrator.models.predict import read_inputs
 
     record = LocalBackend(settings_of(ctx)).status(job_id)
-    path = record.result.get("torchscript_path")
-    if record.result.get("generator_path"):
+    generator = record.result.get("generator_path")
+    if generator:
+        how = f"tf.saved_model.load({generator!r}).generate(z)" if not generator.endswith(".pt") \
+            else f"torch.jit.load({generator!r})(z)"
         raise UsageError(f"job {record.id} trained a gan: it generates samples rather than predicting",
-                         fix=f"load {record.result['generator_path']} with torch.jit.load and give it latent "
-                             "vectors (torch.randn(n, latent))")
-    if not path or not Path(path).is_file():
+                         fix=f"load its generator and give it latent vectors z (normal noise shaped (n, latent)): {how}")
+    model_dir = Path(record.result.get("model_dir") or Path(record.result.get("torchscript_path") or ".").parent)
+    if not (model_dir / "model.json").is_file():
         raise UsageError(f"job {record.id} has no saved model ({record.state.value})",
                          fix="predict with a job that succeeded, or `orchestrator resume` this one first")
-    model_dir = Path(path).parent
     meta = json.loads((model_dir / "model.json").read_text())
+    path = str(model_dir / next(iter(meta["files"].values())))
     x = read_inputs(input_path, tuple(meta["sample_shape"]))
     result = {"job_id": record.id, "model": path, "samples": len(x), **run_predict(model_dir, x)}
     if output == "json":

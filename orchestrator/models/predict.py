@@ -46,17 +46,35 @@ def read_inputs(path: str, sample_shape: tuple[int, ...]) -> np.ndarray:
 
 
 def predict(model_dir: Path, x: np.ndarray) -> dict[str, Any]:
-    """Class (and its probability, and all probabilities) per sample, or the value for regression."""
-    import torch
+    """Class (and its probability, and all probabilities) per sample, or the value for regression.
 
+    A torch job's TorchScript file or a tensorflow job's SavedModel, as ``model.json`` says; both
+    take raw inputs and give logits (or the value).
+    """
     meta = json.loads((model_dir / "model.json").read_text())
-    model = torch.jit.load(str(model_dir / meta["files"]["torchscript"]), map_location="cpu").eval()
-    with torch.no_grad():
-        out = model(torch.from_numpy(x))
+    if meta.get("framework") == "tensorflow":
+        out = _tensorflow_outputs(model_dir / meta["files"]["saved_model"], x)
+    else:
+        import torch
+
+        model = torch.jit.load(str(model_dir / meta["files"]["torchscript"]), map_location="cpu").eval()
+        with torch.no_grad():
+            out = model(torch.from_numpy(x)).numpy()
     if meta.get("task") == "classification":
-        probs = torch.softmax(out, dim=1)
-        best = probs.max(dim=1)
-        return {"task": "classification", "predictions": best.indices.tolist(),
-                "probability": [round(float(p), 6) for p in best.values],
+        shifted = np.exp(out - out.max(axis=1, keepdims=True))
+        probs = shifted / shifted.sum(axis=1, keepdims=True)
+        best = probs.argmax(axis=1)
+        return {"task": "classification", "predictions": [int(v) for v in best],
+                "probability": [round(float(probs[i, b]), 6) for i, b in enumerate(best)],
                 "probabilities": [[round(float(v), 6) for v in row] for row in probs]}
     return {"task": "regression", "predictions": [float(v) for v in out.reshape(len(x), -1)[:, 0]]}
+
+
+def _tensorflow_outputs(saved_model: Path, x: np.ndarray) -> np.ndarray:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(saved_model))
+    return np.asarray(loaded.serve(tf.constant(x, tf.float32)).numpy(), dtype=np.float64)

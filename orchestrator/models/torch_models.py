@@ -164,7 +164,8 @@ def build_sequential(spec: SequentialModel, sample_shape: tuple[int, ...], num_c
         last = i == len(layers) - 1
         module, shape = _torch_layer(layer, shape, i)
         modules.append(module)
-        act = _activation(layer.args.get("activation"))
+        # SimpleRNN's activation is its cell's own (inside nn.RNN), not another layer after it
+        act = None if layer.kind == "SimpleRNN" else _activation(layer.args.get("activation"))
         if act is not None and not (last and layer.args.get("activation") == "softmax"):
             modules.append(act)
     if len(shape) != 1:

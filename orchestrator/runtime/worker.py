@@ -59,6 +59,28 @@ def torch_train_loop_per_worker(config: dict[str, Any]) -> None:
     _run(sess, spec, config, lambda: train_builtin(sess, spec, dev))
 
 
+def tf_train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function for tensorflow jobs (MultiWorkerMirroredStrategy).
+
+    The strategy is built first (TensorFlow needs it before any other op), from the TF_CONFIG
+    Ray Train wrote; user entrypoints get it from :func:`orchestrator.runtime.tf_multiworker.strategy`.
+    """
+    import os
+
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import ray.train
+
+    from orchestrator.runtime.tf_loop import train_builtin_tf
+    from orchestrator.runtime.tf_multiworker import TFCollectives, make_strategy
+
+    spec = JobSpec.model_validate(config["spec"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    strategy = make_strategy(spec, world)
+    sess = _make_session(config, spec, rank, world, TFCollectives(strategy, rank, world))
+    _run(sess, spec, config, lambda: train_builtin_tf(sess, spec, strategy))
+
+
 def _make_session(
     config: dict[str, Any], spec: JobSpec, rank: int, world: int, collectives: Collectives
 ) -> TrainSession:

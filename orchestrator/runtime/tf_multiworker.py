@@ -1,0 +1,300 @@
+"""TensorFlow MultiWorkerMirroredStrategy helpers for training functions inside Ray Train workers.
+
+Ray Train's ``TensorflowTrainer`` writes each worker's ``TF_CONFIG``; :func:`make_strategy` then
+builds the strategy with the spec's sync settings (ring or NCCL all-reduce, pack size). Keras 2
+comes from ``tf_keras`` (MultiWorkerMirroredStrategy fails in Keras 3, keras-team/keras#20585).
+
+Our own loop drives the strategy (``strategy.run`` on this worker's shard, gradients all-reduced
+by the optimizer), so a tensorflow job has the torch path's semantics: per-rank shards, mid-epoch
+checkpoints and resume, stop requests, progress and failure injection per step. Checkpoints
+hold the model's and optimizer's variables as arrays (``state.npz``) and are read back on every
+rank; the torch and tensorflow checkpoints share the manager, its validation and retention.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tf.keras is Keras 2 (tf_keras) for user code too
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import hashlib
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from orchestrator.runtime import session as session_mod
+from orchestrator.runtime.data import PreparedData, eval_indices
+from orchestrator.spec.models import JobSpec
+
+STATE_FILE = "state.npz"
+META_FILE = "state.json"
+
+
+def make_strategy(spec: JobSpec, world_size: int) -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy over the workers Ray Train started (the default strategy alone)."""
+    if world_size <= 1 and "TF_CONFIG" not in os.environ:
+        return tf.distribute.get_strategy()
+    impl = tf.distribute.experimental.CommunicationImplementation
+    choice = {"nccl": impl.NCCL, "gloo": impl.RING, "auto": impl.AUTO}[spec.sync.backend]
+    options = tf.distribute.experimental.CommunicationOptions(
+        bytes_per_pack=int(spec.sync.bucket_mb * 2**20), implementation=choice)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def sync_backend_name(strategy: tf.distribute.Strategy) -> str:
+    """What carries the all-reduce: ``ring``/``nccl`` collectives across workers, or ``none``."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        options = strategy.extended._communication_options  # noqa: SLF001 - no public getter
+        return "mwms-" + str(options.implementation.name).lower()
+    return "none"
+
+
+def strategy() -> tf.distribute.Strategy:
+    """This worker's MultiWorkerMirroredStrategy (for user entrypoints of tensorflow jobs).
+
+    TensorFlow allows one per process and the worker built it before the entrypoint ran: build
+    the model and optimizer under ``strategy().scope()``.
+    """
+    collectives = session_mod.get_session().collectives
+    if not isinstance(collectives, TFCollectives):
+        raise RuntimeError("not a tensorflow job: its spec says framework: torch")
+    return collectives.strategy
+
+
+class TFCollectives:
+    """Object and flag collectives over the strategy's all-reduce (sum of float tensors).
+
+    TensorFlow has no object collectives: an object is pickled, its bytes placed in this rank's
+    row of a (world, length) zero matrix, and the matrices summed across ranks.
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy, rank: int, world: int) -> None:
+        self.strategy = strategy
+        self.rank = rank
+        self.world = world
+        self.device = "cpu"
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        """Element-wise sum over the ranks (every rank gets it)."""
+        if self.world <= 1:
+            return np.asarray(values, dtype=np.float64)
+        t = tf.constant(np.asarray(values, dtype=np.float32))
+        per = self.strategy.run(lambda: tf.identity(t))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per, axis=None).numpy().astype(np.float64)
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if self.world <= 1:
+            return [obj]
+        raw = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
+        lengths = np.zeros(self.world)
+        lengths[self.rank] = len(raw)
+        lengths = self.sum(lengths).astype(np.int64)
+        rows = np.zeros((self.world, int(lengths.max())), dtype=np.float32)
+        rows[self.rank, : len(raw)] = raw
+        gathered = self.sum(rows).round().astype(np.uint8)
+        return [pickle.loads(gathered[r, : lengths[r]].tobytes()) for r in range(self.world)]  # noqa: S301
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        return self.all_gather_object(obj if self.rank == src else None)[src]
+
+    def any_rank(self, flag: bool) -> bool:
+        return bool(self.sum(np.array([1.0 if flag else 0.0]))[0] > 0)
+
+    def barrier(self) -> None:
+        self.sum(np.zeros(1))
+
+
+def make_optimizer(spec: JobSpec, learning_rate: float | None = None, beta1: float | None = None) -> Any:
+    """The spec's optimizer in Keras 2 (weight decay is decoupled in Keras' optimizers)."""
+    t = spec.training
+    lr = t.learning_rate if learning_rate is None else learning_rate
+    decay = t.weight_decay or None
+    opt = keras.optimizers
+    if beta1 is not None:
+        return opt.Adam(lr, beta_1=beta1)
+    if t.optimizer == "adam":
+        return opt.Adam(lr, weight_decay=decay)
+    if t.optimizer == "adamw":
+        return opt.AdamW(lr, weight_decay=t.weight_decay)
+    if t.optimizer == "sgd":
+        return opt.SGD(lr, momentum=t.momentum, weight_decay=decay)
+    return opt.RMSprop(lr, momentum=t.momentum, weight_decay=decay)
+
+
+def build_model(spec: JobSpec, data: PreparedData) -> keras.Model:
+    from orchestrator.models.keras_models import build_cnn, build_rnn, build_sequential
+
+    assert spec.model is not None
+    outputs = data.num_classes if data.task == "classification" else 1
+    builders = {"cnn": build_cnn, "rnn": build_rnn, "sequential": build_sequential}
+    if spec.model.type not in builders:
+        raise ValueError(f"model type {spec.model.type!r} has no Keras builder")
+    return builders[spec.model.type](spec.model, data.sample_shape, outputs)  # type: ignore[arg-type]
+
+
+def per_example_loss(y: tf.Tensor, out: tf.Tensor) -> tf.Tensor:
+    """Cross-entropy on logits for class labels (integers), squared error for values (floats)."""
+    if y.dtype.is_floating:
+        return tf.square(tf.reshape(out, tf.shape(y)) - y)
+    return keras.losses.sparse_categorical_crossentropy(y, out, from_logits=True)
+
+
+def optimizer_variables(optimizer: Any, variables: list[tf.Variable]) -> list[tf.Variable]:
+    """The optimizer's own variables (iterations, moments), created now if it has not stepped yet."""
+    if not optimizer.variables:
+        optimizer.build(variables)
+    return list(optimizer.variables)
+
+
+def read_arrays(variables: list[Any]) -> list[np.ndarray]:
+    """Variables' values as arrays (a collective for on-read synchronised ones: call on every rank)."""
+    return [np.asarray(v.numpy() if hasattr(v, "numpy") else v) for v in variables]
+
+
+def checksum(variables: list[Any]) -> str:
+    """A short hash of variables' values, to compare weights across processes and runs."""
+    digest = hashlib.sha256()
+    for i, a in enumerate(read_arrays(variables)):
+        digest.update(f"{i}:{a.dtype}:{a.shape}".encode())
+        digest.update(np.ascontiguousarray(a).tobytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RestorePoint:
+    """Where training continues (as :class:`orchestrator.runtime.torch_ddp.RestorePoint`)."""
+
+    start_epoch: int = 1
+    global_step: int = 0
+    step_in_epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def restore_checkpoint(model_vars: list[Any], opt_vars: list[Any]) -> RestorePoint:
+    """Start an attempt: wait the restart backoff, then load the newest valid checkpoint on every rank."""
+    sess = session_mod.get_session()
+    sess.begin_attempt()
+    restored = sess.find_restore_point()
+    point = RestorePoint()
+    if restored is not None:
+        meta = json.loads((restored.path / META_FILE).read_text())
+        with np.load(restored.path / STATE_FILE) as npz:
+            for prefix, variables in (("m", model_vars), ("o", opt_vars)):
+                for i, var in enumerate(variables):
+                    var.assign(npz[f"{prefix}{i}"])
+        in_epoch = int(meta.get("step_in_epoch", 0))
+        epoch = int(meta["epoch"])
+        point = RestorePoint(start_epoch=epoch if in_epoch else epoch + 1, global_step=int(meta["global_step"]),
+                             step_in_epoch=in_epoch, extra=dict(meta.get("extra") or {}))
+    seed = int(sess.config["training"]["seed"])
+    tf.random.set_seed(seed * 1000 + sess.rank + 7919 * (point.start_epoch - 1))  # dropout draws per rank
+    sess.attempt_started()
+    return point
+
+
+def save_checkpoint(model_vars: list[Any], opt_vars: list[Any], *, epoch: int, step: int,
+                    step_in_epoch: int = 0, extra: dict[str, Any] | None = None) -> float:
+    """Every rank reads the variables, rank 0 writes them with the epoch and step; returns its seconds.
+
+    Call it on every rank: reading a batch norm's moving statistics (on-read synchronised
+    variables) is an all-reduce under MultiWorkerMirroredStrategy.
+    """
+    sess = session_mod.get_session()
+    model_arrays, opt_arrays = read_arrays(model_vars), read_arrays(opt_vars)
+    if sess.rank != 0:
+        sess.touch()
+        return 0.0
+    meta = {"epoch": epoch, "global_step": step, "step_in_epoch": step_in_epoch, "extra": extra or {},
+            "world_size": sess.world_size, "framework": "tensorflow"}
+
+    def write(directory: Path) -> None:
+        arrays = {f"m{i}": a for i, a in enumerate(model_arrays)} | {f"o{i}": a for i, a in enumerate(opt_arrays)}
+        with open(directory / STATE_FILE, "wb") as fh:
+            np.savez(fh, **arrays)
+        (directory / META_FILE).write_text(json.dumps(meta))
+
+    return sess.save_checkpoint(write, epoch=epoch, step=step, meta={
+        "framework": "tensorflow", "step_in_epoch": step_in_epoch, "param_checksum": checksum(model_arrays),
+        "optimizer_checksum": checksum(opt_arrays)})
+
+
+def local_predict(strategy: tf.distribute.Strategy, model: Any, sample_shape: tuple[int, ...]) -> Any:
+    """Inference on this worker's replica only (no collective: ranks may run different batch counts)."""
+
+    def replica(x: tf.Tensor) -> tf.Tensor:
+        return model(x, training=False)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *sample_shape], tf.float32)])
+    def predict(x: tf.Tensor) -> tf.Tensor:
+        return strategy.experimental_local_results(strategy.run(replica, args=(x,)))[0]
+
+    return predict
+
+
+def evaluate(predict: Any, x: np.ndarray, y: np.ndarray, collectives: TFCollectives, batch: int = 512) -> tuple[float, float]:
+    """Loss and accuracy over a whole split: each rank takes a slice, the sums are all-reduced."""
+    idx = eval_indices(len(x), collectives.rank, collectives.world)
+    loss_sum = correct = 0.0
+    for start in range(0, len(idx), batch):
+        session_mod.touch_if_active()
+        sel = idx[start : start + batch]
+        yb = tf.constant(y[sel])
+        out = predict(tf.constant(x[sel], tf.float32))
+        loss_sum += float(tf.reduce_sum(per_example_loss(yb, out)))
+        if not yb.dtype.is_floating:
+            correct += float(np.sum(np.argmax(out.numpy(), axis=1) == y[sel]))
+    total_loss, total_correct, count = collectives.sum(np.array([loss_sum, correct, float(len(idx))]))
+    return total_loss / max(count, 1), total_correct / max(count, 1)
+
+
+class _WithPreprocessing(tf.Module):
+    """The exported SavedModel: raw inputs in (as the data file's ``x``), the model's outputs out."""
+
+    def __init__(self, model: keras.Model, pre: Any, sample_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.shift = tf.constant(np.asarray(pre.shift, dtype=np.float32))
+        self.scale = tf.constant(np.asarray(pre.scale, dtype=np.float32))
+        self.clip = pre.clip_low is not None and pre.clip_high is not None
+        self.low = tf.constant(np.asarray(pre.clip_low if self.clip else pre.shift, dtype=np.float32))
+        self.high = tf.constant(np.asarray(pre.clip_high if self.clip else pre.shift, dtype=np.float32))
+        self.serve = tf.function(self._serve, input_signature=[tf.TensorSpec([None, *sample_shape], tf.float32)])
+
+    def _serve(self, x: tf.Tensor) -> tf.Tensor:
+        if self.clip:
+            x = tf.clip_by_value(x, self.low, self.high)
+        return self.model((x - self.shift) / self.scale, training=False)
+
+
+def plain_copy(build: Any, weights: list[np.ndarray]) -> keras.Model:
+    """A model outside any distribution strategy, with ``weights``: what is saved and exported."""
+    with tf.distribute.get_strategy().scope():
+        model = build()
+    model.set_weights(weights)
+    return model
+
+
+def export_keras_model(model: keras.Model, data: PreparedData, spec: JobSpec, model_dir: Path) -> None:
+    """Save ``model`` (a plain one: see :func:`plain_copy`) as ``model.keras`` and as a SavedModel
+    that takes raw inputs (the training preprocessing inside), plus ``model.json``."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    model.save(model_dir / "model.keras")
+    tf.saved_model.save(_WithPreprocessing(model, data.preprocessor, tuple(data.sample_shape)),
+                        str(model_dir / "saved_model"))
+    meta = {
+        "framework": "tensorflow",
+        "model": spec.model.model_dump(mode="json") if spec.model else {"entrypoint": spec.entrypoint},
+        "sample_shape": list(data.sample_shape),
+        "num_classes": data.num_classes,
+        "task": data.task,
+        "preprocessing": data.preprocessor.to_json(),
+        "files": {"keras": "model.keras", "saved_model": "saved_model"},
+    }
+    (model_dir / "model.json").write_text(json.dumps(meta, indent=1))

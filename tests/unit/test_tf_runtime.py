@@ -1,0 +1,206 @@
+"""The tensorflow runtime in one process (no Ray, world size 1): Keras 2 models of every built-in
+type, the training loop, checkpoints and restore, the exported Keras file and SavedModel, predict."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tf_keras", reason="the tensorflow extra is not installed (pip install 'orchestrator[tensorflow]')")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import tensorflow as tf  # noqa: E402
+
+from orchestrator.runtime import session as session_mod  # noqa: E402
+from orchestrator.runtime import tf_multiworker as tfm  # noqa: E402
+from orchestrator.runtime.data import prepare_data  # noqa: E402
+from orchestrator.runtime.session import JobPaths, TrainSession  # noqa: E402
+from orchestrator.runtime.tf_loop import train_builtin_tf  # noqa: E402
+from orchestrator.spec.models import JobSpec  # noqa: E402
+
+KERAS_EXAMPLE = [
+    "Dense(128, activation='relu', input_shape=(64,))",
+    "BatchNormalization()",
+    "Dropout(0.5)",
+    "Dense(10, activation='softmax')",
+]
+
+
+class RecordingSession(TrainSession):
+    """A session without a driver: keeps every event it would send."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(sink=None, **kwargs)
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, event: dict[str, Any], *, wait: bool = False) -> None:
+        self.events.append(event)
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind]
+
+
+_open: list[TrainSession] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_sessions() -> Iterator[None]:
+    yield
+    while _open:
+        _open.pop().close()
+    session_mod.set_session(None)
+
+
+def run(tmp_path: Path, spec: JobSpec) -> tuple[dict[str, float], RecordingSession, RecordingSession]:
+    """Train ``spec`` in this process as a one-worker tensorflow job; (final metrics, session, session)."""
+    strategy = tf.distribute.get_strategy()
+    sess = RecordingSession(
+        config=spec.model_dump(mode="json"), rank=0, world_size=1,
+        paths=JobPaths(tmp_path, tmp_path / "checkpoints", tmp_path / "model"),
+        data=prepare_data(spec.data, spec.training.seed),
+        collectives=tfm.TFCollectives(strategy, 0, 1), keep_checkpoints=spec.checkpoint.keep,
+    )
+    _open.append(sess)
+    session_mod.set_session(sess)
+    return train_builtin_tf(sess, spec, strategy), sess, sess
+
+
+def spec_of(model: dict[str, Any], **extra: Any) -> JobSpec:
+    base: dict[str, Any] = {"name": "tf", "framework": "tensorflow", "model": model, "resources": {"workers": 1}}
+    for key, value in extra.items():
+        base[key] = value
+    return JobSpec.model_validate(base)
+
+
+def test_a_keras_cnn_trains_checkpoints_and_exports_keras_and_savedmodel(tmp_path: Path) -> None:
+    spec = spec_of({"type": "cnn", "conv_filters": [16], "dense_units": [32]},
+                   training={"epochs": 4, "batch_size": 64, "learning_rate": 0.005, "seed": 1})
+    final, sink, sess = run(tmp_path, spec)
+    epochs = sink.of("epoch")
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
+    # the same metric names as the torch loop
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate",
+            "samples_per_second", "epoch_seconds", "checkpoint_seconds"} <= set(epochs[-1]["metrics"])
+    assert epochs[-1]["metrics"]["val_accuracy"] >= 0.9 and final["test_accuracy"] >= 0.9
+    assert epochs[-1]["metrics"]["train_loss"] < epochs[0]["metrics"]["train_loss"]
+    assert [c.epoch for c in sess.checkpoints.list()] == [4, 3, 2]
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert meta["framework"] == "tensorflow" and meta["sample_shape"] == [1, 8, 8] and meta["num_classes"] == 10
+    # the Keras file reloads to the same predictions; the SavedModel takes raw inputs
+    import tf_keras as keras
+    from sklearn.datasets import load_digits
+
+    raw = load_digits().images[:32, None].astype("float32")
+    pre = sess.data.preprocessor  # type: ignore[union-attr]
+    reloaded = keras.models.load_model(tmp_path / "model" / "model.keras")
+    expected = reloaded(pre.apply(raw), training=False).numpy()
+    loaded = tf.saved_model.load(str(tmp_path / "model" / "saved_model"))  # keep it: its function uses its variables
+    served = loaded.serve(tf.constant(raw)).numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-4)
+    assert sink.of("final")[0]["param_checksum"] == tfm.checksum(reloaded.weights)
+
+
+def test_predict_on_the_savedmodel_equals_the_in_process_model(tmp_path: Path) -> None:
+    from orchestrator.models.predict import predict
+
+    spec = spec_of({"type": "cnn", "conv_filters": [8], "dense_units": [16]},
+                   training={"epochs": 2, "batch_size": 64, "learning_rate": 0.01, "seed": 2})
+    run(tmp_path, spec)
+    import tf_keras as keras
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    raw = digits.images[:50, None].astype("float32")
+    data = prepare_data(spec.data, spec.training.seed)
+    logits = keras.models.load_model(tmp_path / "model" / "model.keras")(data.preprocessor.apply(raw)).numpy()
+    out = predict(tmp_path / "model", raw)
+    assert out["predictions"] == [int(v) for v in logits.argmax(1)]
+    assert out["task"] == "classification" and len(out["probabilities"][0]) == 10
+
+
+def test_restore_loads_weights_and_optimizer_and_continues_at_the_next_epoch(tmp_path: Path) -> None:
+    spec = spec_of({"type": "cnn", "conv_filters": [8], "dense_units": [16]},
+                   training={"epochs": 3, "batch_size": 64, "seed": 3})
+    _, sink, sess = run(tmp_path, spec)
+    saved = json.loads((sess.checkpoints.list()[0].path / "meta.json").read_text()) \
+        if (sess.checkpoints.list()[0].path / "meta.json").exists() else None
+    data = sess.data
+    assert data is not None
+    with tf.distribute.get_strategy().scope():
+        model = tfm.build_model(spec, data)
+        opt = tfm.make_optimizer(spec)
+        opt_vars = tfm.optimizer_variables(opt, model.trainable_variables)
+    before = tfm.checksum(model.weights)
+    point = tfm.restore_checkpoint(model.weights, opt_vars)
+    assert (point.start_epoch, point.global_step) == (4, sink.of("epoch")[-1]["global_step"])
+    assert tfm.checksum(model.weights) != before
+    assert tfm.checksum(model.weights) == sink.of("final")[0]["param_checksum"]
+    assert int(opt.iterations.numpy()) == point.global_step  # the optimizer's own step count came back
+    assert saved is None or saved.get("framework") == "tensorflow"
+
+
+def test_a_mid_epoch_checkpoint_resumes_inside_its_epoch(tmp_path: Path) -> None:
+    spec = spec_of({"type": "cnn", "conv_filters": [8], "dense_units": [16]},
+                   training={"epochs": 1, "batch_size": 64, "seed": 4}, checkpoint={"every_steps": 7})
+    _, sink, sess = run(tmp_path, spec)
+    steps = sink.of("epoch")[0]["global_step"]
+    mids = [c for c in sess.checkpoints.list() if c.step % 7 == 0 and c.step < steps]
+    assert mids, "no mid-epoch checkpoint was written"
+    # continue from the newest mid-epoch one: the run finishes epoch 1 with the same step count
+    for c in sess.checkpoints.list():
+        if c.step > mids[0].step:
+            import shutil
+
+            shutil.rmtree(c.path)
+    final, sink2, _ = run(tmp_path, spec)
+    starts = sink2.of("attempt_start")
+    assert starts[0]["restored_step"] == mids[0].step
+    assert sink2.of("epoch")[0]["global_step"] == steps and "test_accuracy" in final
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "simple"])
+def test_keras_rnns_read_digit_rows(tmp_path: Path, cell: str) -> None:
+    spec = spec_of({"type": "rnn", "cell": cell, "hidden": 48},
+                   training={"epochs": 8 if cell != "simple" else 3, "batch_size": 32, "learning_rate": 0.005})
+    final, sink, _ = run(tmp_path, spec)
+    first, last = sink.of("epoch")[0]["metrics"], sink.of("epoch")[-1]["metrics"]
+    assert last["train_loss"] < first["train_loss"]
+    if cell != "simple":
+        assert last["val_accuracy"] >= 0.90, last
+
+
+def test_the_keras_example_trains_from_its_spec_in_tensorflow(tmp_path: Path) -> None:
+    spec = spec_of({"type": "sequential", "layers": KERAS_EXAMPLE},
+                   training={"epochs": 10, "batch_size": 32, "learning_rate": 0.002})
+    final, sink, _ = run(tmp_path, spec)
+    assert sink.of("model")[0]["parameters"] == 64 * 128 + 128 + 4 * 128 + 128 * 10 + 10  # Keras' count
+    assert sink.of("epoch")[-1]["metrics"]["val_accuracy"] >= 0.93
+
+
+def test_sine_forecasting_in_tensorflow_beats_the_last_value(tmp_path: Path) -> None:
+    spec = spec_of({"type": "rnn", "cell": "gru", "hidden": 32},
+                   data={"source": "sine"}, training={"epochs": 15, "batch_size": 32, "learning_rate": 0.005})
+    final, sink, _ = run(tmp_path, spec)
+    assert "val_accuracy" not in sink.of("epoch")[-1]["metrics"]
+    assert final["val_baseline_mse"] >= 2 * sink.of("epoch")[-1]["metrics"]["val_loss"], final
+
+
+def test_a_keras_cnn_still_learns_with_every_augmentation_on(tmp_path: Path) -> None:
+    spec = spec_of({"type": "cnn", "conv_filters": [16, 32], "dense_units": [64]},
+                   data={"augment": {"rotate": 10, "translate": 0.1, "scale": [0.9, 1.1], "crop": 1, "noise": 0.05}},
+                   training={"epochs": 15, "batch_size": 64, "learning_rate": 0.003})
+    final, _, _ = run(tmp_path, spec)
+    assert final["test_accuracy"] >= 0.90
+
+
+def test_object_collectives_of_one_rank_are_the_identity() -> None:
+    c = tfm.TFCollectives(tf.distribute.get_strategy(), 0, 1)
+    assert c.all_gather_object({"a": 1}) == [{"a": 1}] and c.broadcast_object([1, 2]) == [1, 2]
+    assert c.any_rank(True) and not c.any_rank(False)
+    np.testing.assert_array_equal(c.sum(np.array([1.0, 2.0])), [1.0, 2.0])
