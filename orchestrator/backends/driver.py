@@ -489,6 +489,7 @@ class Driver:
             "model_checksum": self.tracker.model_checksum,
             "device": self.tracker.device,
             "sync_backend": self.tracker.sync_backend,
+            "peak_worker_rss_bytes": self.tracker.peak_worker_rss_bytes,
         })
         self.store.transition(
             self.record.id, state, ACTIVE_STATES, ended_at=now, message=message,

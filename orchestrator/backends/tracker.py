@@ -41,6 +41,7 @@ class RunTracker:
     model_checksum: str | None = None
     device: str | None = None
     sync_backend: str | None = None
+    peak_worker_rss_bytes: int | None = None
     shards: dict[int, dict[int, list[int]]] = field(default_factory=dict)
     new_recoveries: list[Recovery] = field(default_factory=list)
     _attempts_before: int = 0
@@ -79,6 +80,11 @@ class RunTracker:
     def _on_model(self, event: dict[str, Any]) -> bool:
         self.device = event.get("device")
         self.sync_backend = event.get("sync_backend")
+        return False
+
+    def _on_memory(self, event: dict[str, Any]) -> bool:
+        peak = int(event["peak_rss_bytes"])
+        self.peak_worker_rss_bytes = max(peak, self.peak_worker_rss_bytes or 0)
         return False
 
     def _on_final(self, event: dict[str, Any]) -> bool:

@@ -1,8 +1,9 @@
-"""``orchestrator predict``: a finished job's saved model on new samples."""
+"""``orchestrator predict`` (a finished job's saved model on new samples) and ``orchestrator compare``."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -50,3 +51,103 @@ def predict(ctx: click.Context, job_id: str, input_path: str, output: str) -> No
         click.echo(f"{i:>5}  {pred}{extra}")
     if len(x) > SHOWN:
         click.echo(f"... {len(x) - SHOWN} more (--output json lists all)")
+
+
+COMPARED = (
+    # (label, where the value is, format)
+    ("state", "state", "{}"),
+    ("val_accuracy", "metrics.val_accuracy", "{:.4f}"),
+    ("test_accuracy", "metrics.test_accuracy", "{:.4f}"),
+    ("val_loss", "metrics.val_loss", "{:.4g}"),
+    ("confident_samples", "metrics.confident_samples", "{:.3f}"),
+    ("samples/s", "metrics.samples_per_second", "{:,.0f}"),
+    ("peak worker memory", "peak_worker_rss_bytes", "mib"),
+    ("time to first step", "time_to_first_step_s", "{:.1f}s"),
+    ("wall time", "wall_s", "{:.1f}s"),
+)
+
+
+def _compare_row(record: Any) -> dict[str, Any]:
+    result = record.result
+    return {
+        "framework": record.spec["framework"], "job_id": record.id, "state": record.state.value,
+        "message": record.message, "metrics": result.get("metrics", {}),
+        "peak_worker_rss_bytes": result.get("peak_worker_rss_bytes"),
+        "time_to_first_step_s": result.get("time_to_first_step_s"),
+        "wall_s": (record.ended_at - record.started_at) if record.ended_at and record.started_at else None,
+        "sync_backend": result.get("sync_backend"),
+    }
+
+
+def _cell(row: dict[str, Any], where: str, fmt: str) -> str:
+    value: Any = row
+    for part in where.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if value is None:
+        return "-"
+    if fmt == "mib":
+        return f"{value / 2**20:,.0f} MiB"
+    return fmt.format(value)
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--frameworks", default="torch,tensorflow", show_default=True, metavar="A,B",
+              help="Frameworks to run SPEC in, one after the other.")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
+              help="Override a spec field in every run, e.g. --set training.epochs=3 (repeatable).")
+@click.option("--quiet", "-q", is_flag=True, help="No live progress.")
+@OUTPUT_OPTION
+@click.pass_context
+@handle_errors
+def compare(ctx: click.Context, spec_path: str, frameworks: str, overrides: tuple[str, ...], quiet: bool,
+            output: str) -> None:
+    """Run SPEC in each framework on this machine and print a side-by-side table.
+
+    The same model, data, shards, seed and resources in each run: validation and test accuracy,
+    samples per second, the workers' peak memory, time to the first step and wall time. Each run
+    is an ordinary job (`orchestrator status JOB` shows it later).
+    """
+    import sys
+
+    from rich.table import Table
+
+    from orchestrator.backends.base import SubmitOptions
+    from orchestrator.backends.driver import check_framework_available
+    from orchestrator.backends.local import LocalBackend
+    from orchestrator.cli.ui import LiveProgress, stdout_console
+    from orchestrator.spec import load_spec
+
+    chosen = [f.strip() for f in frameworks.split(",") if f.strip()]
+    bad = [f for f in chosen if f not in ("torch", "tensorflow")]
+    if bad or not chosen:
+        raise UsageError(f"--frameworks {frameworks!r}: unknown framework {', '.join(bad) or '(none)'}",
+                         fix="give torch, tensorflow or both: --frameworks torch,tensorflow")
+    specs = [load_spec(spec_path, [*overrides, f"framework={f}"]) for f in chosen]  # every spec valid first
+    for spec in specs:
+        check_framework_available(spec)
+    backend = LocalBackend(settings_of(ctx))
+    rows = []
+    for spec in specs:
+        ui = None if output == "json" and quiet else LiveProgress(quiet=quiet)
+        try:
+            record = backend.submit(spec, SubmitOptions(spec_path=spec_path, metrics_port=None), ui)
+        finally:
+            if ui is not None:
+                ui.stop()
+        rows.append(_compare_row(record))
+    if output == "json":
+        emit_json({"spec": spec_path, "runs": rows})
+    else:
+        table = Table(title=f"{specs[0].name}: {' vs '.join(chosen)}")
+        table.add_column("")
+        for row in rows:
+            table.add_column(row["framework"], justify="right")
+        for label, where, fmt in COMPARED:
+            cells = [_cell(row, where, fmt) for row in rows]
+            if any(c != "-" for c in cells):
+                table.add_row(label, *cells)
+        table.add_row("job", *[row["job_id"] for row in rows])
+        stdout_console().print(table)
+    if any(row["state"] != "succeeded" for row in rows):
+        sys.exit(1)

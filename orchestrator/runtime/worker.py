@@ -114,5 +114,15 @@ def _run(sess: TrainSession, spec: JobSpec, config: dict[str, Any], builtin: Cal
                    "traceback": traceback.format_exc()}, wait=True)
         raise
     finally:
+        _report_peak_memory(sess)
         sess.close()
         session_mod.set_session(None)
+
+
+def _report_peak_memory(sess: TrainSession) -> None:
+    """This worker process's peak resident memory, for the job's result (``orchestrator compare``)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    sess.emit({"type": "memory", "peak_rss_bytes": peak if sys.platform == "darwin" else peak * 1024}, wait=True)

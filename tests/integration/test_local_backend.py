@@ -257,14 +257,6 @@ def test_job_that_cannot_fit_this_machine_says_why(ray_address: str, tmp_path: P
     assert "does not fit" in result["message"]
 
 
-def test_tensorflow_is_not_available_yet(tmp_path: Path) -> None:
-    spec = small_job(tmp_path, 1, name="tf", framework="tensorflow")
-    proc = run_cli(["submit", str(spec)], cli_env(tmp_path / "home", None))
-    assert proc.returncode == 2
-    assert "tensorflow" in proc.stderr and "not available" in proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
 def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path: Path) -> None:
     env = cli_env(tmp_path / "home", None)
     plan = last_json(run_cli(["submit", CNN, "--dry-run", "-o", "json"], env, check=True).stdout)
