@@ -127,3 +127,5 @@ def test_the_dockerfile_runs_the_cli_as_a_user_with_the_pinned_torch() -> None:
     assert 'ENTRYPOINT ["orchestrator"]' in text and 'CMD ["operator"]' in text
     assert re.search(r"^USER 1000", text, re.M)
     assert "wget" in text  # KubeRay's probes call it in Ray pods
+    extras = re.search(r"^ARG EXTRAS=(\S+)$", text, re.M)
+    assert extras and set(extras.group(1).split(",")) == {"kubernetes", "tensorflow"}  # both frameworks run
