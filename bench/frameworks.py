@@ -2,11 +2,11 @@
 
 Each run is one `orchestrator compare SPEC -o json -q` (both frameworks, one after the other, the
 same data, shards, seed, model and 2 workers); the order alternates between runs so neither
-framework always runs on a warmer machine. Every job starts its own embedded Ray, as
-`orchestrator submit` does by default (RAY_ADDRESS dropped), so time to first step includes Ray's
-start-up and the framework's import.
+framework always runs on a warmer machine. With ``--address`` every job joins that Ray cluster
+(time to first step: the framework's import, the trainer's start and the first step); without it
+every job starts its own embedded Ray, as `orchestrator submit` does by default.
 
-    .venv/bin/python bench/frameworks.py --runs 5 [--spec jobs/cnn.yaml]
+    .venv/bin/python bench/frameworks.py --runs 5 [--spec jobs/cnn.yaml] [--address 127.0.0.1:6379]
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ FIELDS = (
 )
 
 
-def compare_once(spec: str, order: str, home: Path) -> list[dict[str, Any]]:
+def compare_once(spec: str, order: str, home: Path, address: str | None) -> list[dict[str, Any]]:
     env = {**os.environ, "ORCHESTRATOR_HOME": str(home)}
     env.pop("RAY_ADDRESS", None)
+    if address:
+        env["RAY_ADDRESS"] = address
     cmd = [sys.executable, "-m", "orchestrator", "compare", spec, "--frameworks", order, "-o", "json", "-q"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -47,12 +49,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--spec", default="jobs/cnn.yaml")
+    parser.add_argument("--address", default=None, help="a running Ray cluster to join (default: embedded Ray)")
     args = parser.parse_args()
     per: dict[str, list[dict[str, Any]]] = {"torch": [], "tensorflow": []}
     with tempfile.TemporaryDirectory(prefix="bench-frameworks-") as tmp:
         for i in range(args.runs):
             order = "torch,tensorflow" if i % 2 == 0 else "tensorflow,torch"
-            for run in compare_once(args.spec, order, Path(tmp) / f"home-{i}"):
+            for run in compare_once(args.spec, order, Path(tmp) / f"home-{i}", args.address):
                 per[run["framework"]].append(run)
                 print(f"run {i + 1} {run['framework']:<10} " + "  ".join(
                     f"{name}={fmt.format(get(run))}" for name, get, fmt in FIELDS if get(run) is not None), flush=True)

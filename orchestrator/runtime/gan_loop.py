@@ -13,7 +13,6 @@ probability >= 0.8 is reported as ``confident_samples`` (a quality proxy).
 
 from __future__ import annotations
 
-import base64
 import math
 import time
 from pathlib import Path
@@ -25,7 +24,8 @@ from torch import nn
 
 from orchestrator.metrics import names
 from orchestrator.models.torch_models import GeneratorToRaw, build_gan
-from orchestrator.runtime.images import GRID, QUALITY_SAMPLES, confident_share, png_bytes, sample_grid
+from orchestrator.runtime.images import GRID, QUALITY_SAMPLES, confident_share, emit_grid
+from orchestrator.runtime.loop_common import checkpoint_due, gan_epoch_metrics
 from orchestrator.runtime.session import TrainSession
 from orchestrator.runtime.torch_ddp import (
     _all_reduce_sum,
@@ -123,24 +123,18 @@ def train_gan(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[str,
             raise FloatingPointError(f"the gan's losses diverged at epoch {epoch} (generator {g_sum}, "
                                      f"discriminator {d_sum}); lower the learning rates")
         stop_now = sess.should_stop()
-        if epoch % spec.checkpoint.every_epochs == 0 or epoch == spec.training.epochs or stop_now:
+        if checkpoint_due(spec, epoch, stop_now):
             checkpoint_seconds = save_checkpoint(pair, optimizer, epoch=epoch, step=global_step)  # type: ignore[arg-type]
         if rank == 0:
             _emit_grid(sess, generator, fixed_z, epoch, dev)
-        sess.report(epoch=epoch, global_step=global_step, **{
-            names.TRAIN_LOSS: g_sum / max(seen, 1),
-            names.GENERATOR_LOSS: g_sum / max(seen, 1),
-            names.DISCRIMINATOR_LOSS: d_sum / max(seen, 1),
-            names.LEARNING_RATE: gan.generator_learning_rate,
-            names.SAMPLES_PER_SECOND: seen / max(seconds, 1e-9),
-            names.EPOCH_SECONDS: seconds,
-            names.CHECKPOINT_SECONDS: checkpoint_seconds,
-        })
+        sess.report(epoch=epoch, global_step=global_step, **gan_epoch_metrics(
+            g_sum=g_sum, d_sum=d_sum, seen=seen, seconds=seconds, learning_rate=gan.generator_learning_rate,
+            checkpoint_seconds=checkpoint_seconds))
         if stop_now:
             stopped = True
             break
     if stopped:
-        sess.emit({"type": "stopped", "epoch": epoch, "global_step": global_step})
+        sess.stopped(epoch, global_step)
         return {}
     final: dict[str, float] = {}
     if rank == 0:
@@ -164,15 +158,7 @@ def _emit_grid(sess: TrainSession, generator: nn.Module, z: torch.Tensor, epoch:
     with torch.no_grad():
         samples = generator(z.to(dev)).cpu().numpy()
     generator.train(was_training)
-    if samples.ndim != 4 or samples.shape[1] != 1:
-        return  # only single-channel images make a grid
-    grid = sample_grid(samples)
-    png = png_bytes(grid)
-    folder = sess.paths.job_dir / "samples"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"epoch-{epoch:04d}.png").write_bytes(png)
-    sess.emit({"type": "image", "tag": names.SAMPLES_IMAGE_TAG, "epoch": epoch, "height": grid.shape[0],
-               "width": grid.shape[1], "colorspace": 1, "png": base64.b64encode(png).decode("ascii")})
+    emit_grid(sess, samples, epoch)
 
 
 def export_gan(generator: nn.Module, data: Any, spec: JobSpec, model_dir: Path) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import math
 import struct
 import zlib
 
 import numpy as np
+
+from orchestrator.metrics import names
+from orchestrator.runtime.session import TrainSession
 
 GRID = 8  # an 8 x 8 grid of samples per epoch
 QUALITY_SAMPLES = 256
@@ -49,3 +53,16 @@ def confident_share(x_train: np.ndarray, y_train: np.ndarray, samples: list[np.n
     classifier = LogisticRegression(C=10.0, max_iter=3000).fit(x_train.reshape(len(x_train), -1), y_train)
     return [float((classifier.predict_proba(s.reshape(len(s), -1)).max(axis=1) >= threshold).mean())
             for s in samples]
+
+
+def emit_grid(sess: TrainSession, samples: np.ndarray, epoch: int) -> None:
+    """Rank 0: a grid of ``samples`` (N, 1, h, w) in [0, 1] as ``samples/epoch-NNNN.png`` and a TensorBoard image."""
+    if samples.ndim != 4 or samples.shape[1] != 1:
+        return  # only single-channel images make a grid
+    grid = sample_grid(samples)
+    png = png_bytes(grid)
+    folder = sess.paths.job_dir / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"epoch-{epoch:04d}.png").write_bytes(png)
+    sess.emit({"type": "image", "tag": names.SAMPLES_IMAGE_TAG, "epoch": epoch, "height": grid.shape[0],
+               "width": grid.shape[1], "colorspace": 1, "png": base64.b64encode(png).decode("ascii")})

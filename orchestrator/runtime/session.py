@@ -223,6 +223,10 @@ class TrainSession:
             clean = {k: float(v) for k, v in metrics.items() if v is not None}
             self.emit({"type": "epoch", "epoch": epoch, "global_step": global_step, "metrics": clean})
 
+    def stopped(self, epoch: int, global_step: int) -> None:
+        """Tell the driver the loop stopped on request (cancel, preemption) after a checkpoint."""
+        self.emit({"type": "stopped", "epoch": epoch, "global_step": global_step})
+
     def epoch_started(self, epoch: int, global_step: int) -> None:
         """Mark the start of an epoch (failure injection at_epoch; liveness)."""
         self.touch()

@@ -11,7 +11,6 @@ the end it reports ``confident_samples`` and ``confident_real`` and exports the 
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import time
@@ -22,7 +21,8 @@ import numpy as np
 import tensorflow as tf
 
 from orchestrator.metrics import names
-from orchestrator.runtime.images import GRID, QUALITY_SAMPLES, confident_share, png_bytes, sample_grid
+from orchestrator.runtime.images import GRID, QUALITY_SAMPLES, confident_share, emit_grid
+from orchestrator.runtime.loop_common import checkpoint_due, gan_epoch_metrics
 from orchestrator.runtime.session import TrainSession
 from orchestrator.runtime.tf_multiworker import (
     TFCollectives,
@@ -125,24 +125,18 @@ def train_gan_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.Stra
             raise FloatingPointError(f"the gan's losses diverged at epoch {epoch} (generator {g_sum}, "
                                      f"discriminator {d_sum}); lower the learning rates")
         stop_now = sess.should_stop()
-        if epoch % spec.checkpoint.every_epochs == 0 or epoch == spec.training.epochs or stop_now:
+        if checkpoint_due(spec, epoch, stop_now):
             checkpoint_seconds = save_checkpoint(model_vars, opt_vars, epoch=epoch, step=global_step)
         if rank == 0:
-            _emit_grid(sess, sample(fixed_z), epoch)
-        sess.report(epoch=epoch, global_step=global_step, **{
-            names.TRAIN_LOSS: g_sum / max(seen, 1),
-            names.GENERATOR_LOSS: g_sum / max(seen, 1),
-            names.DISCRIMINATOR_LOSS: d_sum / max(seen, 1),
-            names.LEARNING_RATE: gan.generator_learning_rate,
-            names.SAMPLES_PER_SECOND: seen / max(seconds, 1e-9),
-            names.EPOCH_SECONDS: seconds,
-            names.CHECKPOINT_SECONDS: checkpoint_seconds,
-        })
+            emit_grid(sess, sample(fixed_z), epoch)
+        sess.report(epoch=epoch, global_step=global_step, **gan_epoch_metrics(
+            g_sum=g_sum, d_sum=d_sum, seen=seen, seconds=seconds, learning_rate=gan.generator_learning_rate,
+            checkpoint_seconds=checkpoint_seconds))
         if stop_now:
             stopped = True
             break
     if stopped:
-        sess.emit({"type": "stopped", "epoch": epoch, "global_step": global_step})
+        sess.stopped(epoch, global_step)
         return {}
     weights = read_arrays(generator.weights)  # every rank (collective reads)
     all_weights = weights + read_arrays(discriminator.weights)
@@ -168,18 +162,6 @@ def _local_generate(strategy: tf.distribute.Strategy, generator: Any, latent: in
         return strategy.experimental_local_results(strategy.run(lambda z: generator(z, training=False), args=(z,)))[0]
 
     return lambda z: run(tf.constant(z)).numpy()
-
-
-def _emit_grid(sess: TrainSession, samples: np.ndarray, epoch: int) -> None:
-    if samples.ndim != 4 or samples.shape[1] != 1:
-        return  # only single-channel images make a grid
-    grid = sample_grid(samples)
-    png = png_bytes(grid)
-    folder = sess.paths.job_dir / "samples"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"epoch-{epoch:04d}.png").write_bytes(png)
-    sess.emit({"type": "image", "tag": names.SAMPLES_IMAGE_TAG, "epoch": epoch, "height": grid.shape[0],
-               "width": grid.shape[1], "colorspace": 1, "png": base64.b64encode(png).decode("ascii")})
 
 
 class _GeneratorToRaw(tf.Module):

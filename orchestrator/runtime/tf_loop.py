@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from orchestrator.metrics import names
 from orchestrator.runtime.augment_numpy import augment_batch, batch_rng
-from orchestrator.runtime.data import last_value_mse
+from orchestrator.runtime.loop_common import checkpoint_due, epoch_metrics, test_metrics
 from orchestrator.runtime.session import TrainSession
 from orchestrator.runtime.tf_multiworker import (
     TFCollectives,
@@ -157,36 +156,20 @@ def train_builtin_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.
         t_loss, t_correct, t_seen = collectives.sum(np.array([sums["loss"], sums["correct"], sums["seen"]]))
         val_loss, val_acc = evaluate(predict, data.x_val, data.y_val, collectives)
         stop_now = sess.should_stop()
-        if epoch % spec.checkpoint.every_epochs == 0 or epoch == epochs or stop_now:
+        if checkpoint_due(spec, epoch, stop_now):
             checkpoint_seconds = save_checkpoint(model.weights, opt_vars, epoch=epoch, step=global_step)
-        metrics = {
-            names.TRAIN_LOSS: t_loss / max(t_seen, 1),
-            names.TRAIN_ACCURACY: t_correct / max(t_seen, 1),
-            names.VAL_LOSS: val_loss,
-            names.VAL_ACCURACY: val_acc,
-            names.LEARNING_RATE: float(keras.backend.get_value(optimizer.learning_rate)),
-            names.SAMPLES_PER_SECOND: t_seen / max(sums["seconds"], 1e-9),
-            names.EPOCH_SECONDS: sums["seconds"],
-            names.CHECKPOINT_SECONDS: checkpoint_seconds,
-        }
-        if not classify:
-            del metrics[names.TRAIN_ACCURACY], metrics[names.VAL_ACCURACY]
-        sess.report(epoch=epoch, global_step=global_step, **metrics)
+        sess.report(epoch=epoch, global_step=global_step, **epoch_metrics(
+            classify=classify, loss=t_loss, correct=t_correct, seen=t_seen, seconds=sums["seconds"],
+            val_loss=val_loss, val_accuracy=val_acc, checkpoint_seconds=checkpoint_seconds,
+            learning_rate=float(keras.backend.get_value(optimizer.learning_rate))))
         if stop_now:
             stopped = True
             break
 
     if stopped:
-        sess.emit({"type": "stopped", "epoch": epoch, "global_step": global_step})
+        sess.stopped(epoch, global_step)
         return {}
-    test_loss, test_acc = evaluate(predict, data.x_test, data.y_test, collectives)
-    final = {names.TEST_LOSS: test_loss, names.TEST_ACCURACY: test_acc}
-    if not classify:
-        del final[names.TEST_ACCURACY]
-        for split in ("val", "test"):
-            baseline = last_value_mse(data, split)
-            if baseline is not None:
-                final[f"{split}_baseline_mse"] = baseline
+    final = test_metrics(data, *evaluate(predict, data.x_test, data.y_test, collectives))
     weights = read_arrays(model.weights)  # every rank (collective reads)
     if rank == 0:
         export_keras_model(plain_copy(lambda: build_model(spec, data), weights), data, spec, sess.paths.model_dir)

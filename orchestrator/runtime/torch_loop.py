@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from orchestrator.metrics import names
 from orchestrator.runtime.augment import augment_batch, batch_generator
-from orchestrator.runtime.data import last_value_mse
+from orchestrator.runtime.loop_common import checkpoint_due, epoch_metrics, test_metrics
 from orchestrator.runtime.session import TrainSession
 from orchestrator.runtime.torch_ddp import (
     _all_reduce_sum,
@@ -124,36 +123,20 @@ def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[
         t_loss, t_correct, t_seen = _all_reduce_sum([sums.loss, sums.correct, sums.seen], dev)
         val_loss, val_acc = evaluate(net, data.x_val, data.y_val, rank, world, 512, dev)
         stop_now = sess.should_stop()
-        if epoch % spec.checkpoint.every_epochs == 0 or epoch == epochs or stop_now:
+        if checkpoint_due(spec, epoch, stop_now):
             checkpoint_seconds = save_checkpoint(model, optimizer, epoch=epoch, step=global_step)
-        metrics = {
-            names.TRAIN_LOSS: t_loss / max(t_seen, 1),
-            names.TRAIN_ACCURACY: t_correct / max(t_seen, 1),
-            names.VAL_LOSS: val_loss,
-            names.VAL_ACCURACY: val_acc,
-            names.LEARNING_RATE: optimizer.param_groups[0].get("lr", spec.training.learning_rate),
-            names.SAMPLES_PER_SECOND: t_seen / max(sums.seconds, 1e-9),
-            names.EPOCH_SECONDS: sums.seconds,
-            names.CHECKPOINT_SECONDS: checkpoint_seconds,
-        }
-        if not classify:  # regression: the losses are mean squared errors; there is no accuracy
-            del metrics[names.TRAIN_ACCURACY], metrics[names.VAL_ACCURACY]
-        sess.report(epoch=epoch, global_step=global_step, **metrics)
+        sess.report(epoch=epoch, global_step=global_step, **epoch_metrics(
+            classify=classify, loss=t_loss, correct=t_correct, seen=t_seen, seconds=sums.seconds,
+            val_loss=val_loss, val_accuracy=val_acc, checkpoint_seconds=checkpoint_seconds,
+            learning_rate=optimizer.param_groups[0].get("lr", spec.training.learning_rate)))
         if stop_now:
             stopped = True
             break
 
     if stopped:
-        sess.emit({"type": "stopped", "epoch": epoch, "global_step": global_step})
+        sess.stopped(epoch, global_step)
         return {}
-    test_loss, test_acc = evaluate(net, data.x_test, data.y_test, rank, world, 512, dev)
-    final = {names.TEST_LOSS: test_loss, names.TEST_ACCURACY: test_acc}
-    if not classify:
-        del final[names.TEST_ACCURACY]
-        for split in ("val", "test"):  # the naive forecast to beat (sequence regression)
-            baseline = last_value_mse(data, split)
-            if baseline is not None:
-                final[f"{split}_baseline_mse"] = baseline
+    final = test_metrics(data, *evaluate(net, data.x_test, data.y_test, rank, world, 512, dev))
     if rank == 0:
         export_torch_model(model, data, spec, sess.paths.model_dir)
         sess.emit({"type": "final", "metrics": final, "model_dir": str(sess.paths.model_dir),

@@ -334,7 +334,8 @@ def test_a_gan_needs_normalised_data() -> None:
 def test_the_gan_learns_digits_a_classifier_recognises() -> None:
     """The loop's own step (gan_step), in one process: 60 epochs on the real training digits."""
     from orchestrator.models.torch_models import build_gan
-    from orchestrator.runtime.gan_loop import confident_share, gan_step
+    from orchestrator.runtime.gan_loop import gan_step
+    from orchestrator.runtime.images import confident_share
 
     spec = spec_of(GAN, data=GAN_DATA)
     gan = spec.model
@@ -363,7 +364,7 @@ def test_sample_grids_are_valid_pngs() -> None:
     import struct
     import zlib
 
-    from orchestrator.runtime.gan_loop import png_bytes, sample_grid
+    from orchestrator.runtime.images import png_bytes, sample_grid
 
     samples = np.random.default_rng(0).random((64, 1, 8, 8)).astype(np.float32)
     grid = sample_grid(samples, scale=2)

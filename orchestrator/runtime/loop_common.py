@@ -1,0 +1,60 @@
+"""What the torch and tensorflow training loops share: when to checkpoint, and the metrics they report.
+
+Both frameworks report the same names (TensorBoard tags, Prometheus series and the job result
+follow from them), so the dictionaries are built here once.
+"""
+
+from __future__ import annotations
+
+from orchestrator.metrics import names
+from orchestrator.runtime.data import PreparedData, last_value_mse
+from orchestrator.spec.models import JobSpec
+
+
+def checkpoint_due(spec: JobSpec, epoch: int, stop_now: bool) -> bool:
+    """A checkpoint at the end of ``epoch``: every ``checkpoint.every_epochs``, the last epoch, or a stop."""
+    return epoch % spec.checkpoint.every_epochs == 0 or epoch == spec.training.epochs or stop_now
+
+
+def epoch_metrics(*, classify: bool, loss: float, correct: float, seen: float, seconds: float, val_loss: float,
+                  val_accuracy: float, learning_rate: float, checkpoint_seconds: float) -> dict[str, float]:
+    """A supervised epoch's report from the sums over all ranks (regression: losses are MSEs, no accuracy)."""
+    metrics = {
+        names.TRAIN_LOSS: loss / max(seen, 1),
+        names.TRAIN_ACCURACY: correct / max(seen, 1),
+        names.VAL_LOSS: val_loss,
+        names.VAL_ACCURACY: val_accuracy,
+        names.LEARNING_RATE: learning_rate,
+        names.SAMPLES_PER_SECOND: seen / max(seconds, 1e-9),
+        names.EPOCH_SECONDS: seconds,
+        names.CHECKPOINT_SECONDS: checkpoint_seconds,
+    }
+    if not classify:
+        del metrics[names.TRAIN_ACCURACY], metrics[names.VAL_ACCURACY]
+    return metrics
+
+
+def test_metrics(data: PreparedData, test_loss: float, test_accuracy: float) -> dict[str, float]:
+    """The final report: test loss and accuracy, or for regression the loss and the naive baselines."""
+    if data.task == "classification":
+        return {names.TEST_LOSS: test_loss, names.TEST_ACCURACY: test_accuracy}
+    final = {names.TEST_LOSS: test_loss}
+    for split in ("val", "test"):  # the naive forecast to beat (sequence regression)
+        baseline = last_value_mse(data, split)
+        if baseline is not None:
+            final[f"{split}_baseline_mse"] = baseline
+    return final
+
+
+def gan_epoch_metrics(*, g_sum: float, d_sum: float, seen: float, seconds: float, learning_rate: float,
+                      checkpoint_seconds: float) -> dict[str, float]:
+    """A gan epoch's report (``train_loss`` is the generator's, for the terminal and the dashboards)."""
+    return {
+        names.TRAIN_LOSS: g_sum / max(seen, 1),
+        names.GENERATOR_LOSS: g_sum / max(seen, 1),
+        names.DISCRIMINATOR_LOSS: d_sum / max(seen, 1),
+        names.LEARNING_RATE: learning_rate,
+        names.SAMPLES_PER_SECOND: seen / max(seconds, 1e-9),
+        names.EPOCH_SECONDS: seconds,
+        names.CHECKPOINT_SECONDS: checkpoint_seconds,
+    }
