@@ -102,3 +102,21 @@ def wait_for(predicate: Any, timeout: float, interval: float = 1.0, what: str = 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def assert_epoch_scalars(tensorboard_dir: str, epochs: int, val_accuracy: float) -> None:
+    """The job's event files, read with TensorBoard's own reader: every epoch tag, one point per
+    epoch, the last validation accuracy equal to the job's, the training loss decreased."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(tensorboard_dir)
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in ("loss/train", "loss/validation", "accuracy/train", "accuracy/validation",
+                "optimizer/learning_rate", "throughput/samples_per_second"):
+        assert tag in tags, tags
+    val = acc.Scalars("accuracy/validation")
+    assert [e.step for e in val] == list(range(1, epochs + 1))
+    assert abs(val[-1].value - val_accuracy) <= 1e-6
+    losses = [e.value for e in acc.Scalars("loss/train")]
+    assert losses[-1] < losses[0]

@@ -15,7 +15,7 @@ import pytest
 
 from orchestrator.store import JobState, JobStore
 from tests.conftest import REPO
-from tests.integration.conftest import cli_env, last_json, run_cli, wait_for
+from tests.integration.conftest import assert_epoch_scalars, cli_env, last_json, run_cli, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -74,19 +74,7 @@ def test_each_worker_trained_on_a_disjoint_shard(cnn_run: dict[str, Any]) -> Non
 
 @pytest.mark.heavy
 def test_tensorboard_events_have_the_epoch_scalars(cnn_run: dict[str, Any]) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(cnn_run["result"]["tensorboard_dir"])
-    acc.Reload()
-    tags = set(acc.Tags()["scalars"])
-    for tag in ("loss/train", "loss/validation", "accuracy/train", "accuracy/validation",
-                "optimizer/learning_rate", "throughput/samples_per_second"):
-        assert tag in tags, tags
-    val = acc.Scalars("accuracy/validation")
-    assert [e.step for e in val] == list(range(1, 11))
-    assert val[-1].value == pytest.approx(cnn_run["result"]["metrics"]["val_accuracy"], abs=1e-6)
-    losses = [e.value for e in acc.Scalars("loss/train")]
-    assert losses[-1] < losses[0]
+    assert_epoch_scalars(cnn_run["result"]["tensorboard_dir"], 10, cnn_run["result"]["metrics"]["val_accuracy"])
 
 
 @pytest.mark.heavy

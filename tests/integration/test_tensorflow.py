@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.integration.conftest import cli_env, last_json, run_cli
+from tests.integration.conftest import assert_epoch_scalars, cli_env, last_json, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.heavy]
 pytest.importorskip("tf_keras", reason="the tensorflow extra is not installed (pip install 'orchestrator[tensorflow]')")
@@ -49,17 +49,7 @@ def test_each_tensorflow_worker_trained_on_its_own_shard(cnn_tf: dict[str, Any])
 
 
 def test_tensorflow_tensorboard_events_have_the_torch_tags(cnn_tf: dict[str, Any]) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(cnn_tf["result"]["tensorboard_dir"])
-    acc.Reload()
-    tags = set(acc.Tags()["scalars"])
-    for tag in ("loss/train", "loss/validation", "accuracy/train", "accuracy/validation",
-                "optimizer/learning_rate", "throughput/samples_per_second"):
-        assert tag in tags, tags
-    val = acc.Scalars("accuracy/validation")
-    assert [e.step for e in val] == list(range(1, 11))
-    assert val[-1].value == pytest.approx(cnn_tf["result"]["metrics"]["val_accuracy"], abs=1e-6)
+    assert_epoch_scalars(cnn_tf["result"]["tensorboard_dir"], 10, cnn_tf["result"]["metrics"]["val_accuracy"])
 
 
 def test_predict_on_the_savedmodel_equals_the_keras_model(cnn_tf: dict[str, Any], tmp_path: Path) -> None:
