@@ -210,6 +210,7 @@ def build_trainer(spec: JobSpec, record: JobRecord, paths: dict[str, str], data_
     }
     config = {"spec": spec.model_dump(mode="json"), "paths": paths, "data": data_ref, "sink": sink}
     if spec.framework == "tensorflow":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Ray's module imports tensorflow: no C++ info lines
         from ray.train.tensorflow import TensorflowTrainer
 
         from orchestrator.runtime.worker import tf_train_loop_per_worker

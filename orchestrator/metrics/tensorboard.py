@@ -6,13 +6,21 @@ same tag names.
 
 from __future__ import annotations
 
+import sys
 import time
+import types
 from collections.abc import Mapping
 from pathlib import Path
 
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+# TensorBoard's file I/O uses TensorFlow's gfile when tensorflow is importable, importing all of
+# it (seconds, hundreds of MB, C++ log lines) into a driver that only writes event files. Its own
+# marker module `tensorboard.compat.notf` makes it use the bundled stub instead (local files work
+# the same). Set before tensorboard first resolves `tensorboard.compat.tf`; later it changes nothing.
+sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
 
 
 class TensorBoardWriter:

@@ -298,3 +298,26 @@ def export_keras_model(model: keras.Model, data: PreparedData, spec: JobSpec, mo
         "files": {"keras": "model.keras", "saved_model": "saved_model"},
     }
     (model_dir / "model.json").write_text(json.dumps(meta, indent=1))
+
+
+# -- helpers for a tensorflow job's own training function (``entrypoint``) -----------------------
+
+def evaluate_split(model: keras.Model, x: np.ndarray, y: np.ndarray, batch: int = 512) -> tuple[float, float]:
+    """Loss and accuracy of ``model`` on a whole split, across all ranks (call it on every rank)."""
+    collectives = session_mod.get_session().collectives
+    if not isinstance(collectives, TFCollectives):
+        raise RuntimeError("not a tensorflow job: its spec says framework: torch")
+    predict = local_predict(collectives.strategy, model, tuple(x.shape[1:]))
+    return evaluate(predict, x, y, collectives, batch)
+
+
+def export_model(model: keras.Model) -> Path | None:
+    """Save a user model as ``model.keras`` and a raw-input SavedModel (call it on every rank)."""
+    sess = session_mod.get_session()
+    weights = read_arrays(model.weights)  # a collective for batch norm statistics: every rank
+    if sess.rank != 0 or sess.data is None:
+        return None
+    spec = JobSpec.model_validate(sess.config)
+    export_keras_model(plain_copy(lambda: keras.models.clone_model(model), weights), sess.data, spec,
+                       sess.paths.model_dir)
+    return sess.paths.model_dir / "model.keras"

@@ -149,3 +149,15 @@ def test_compare_runs_one_spec_in_both_frameworks(ray_address: str, tmp_path: Pa
     assert runs[0]["sync_backend"] == "gloo" and runs[1]["sync_backend"].startswith("mwms-")
     text = run_cli(["status", runs[1]["job_id"]], env, check=True).stdout
     assert "succeeded" in text
+
+
+def test_a_tensorflow_entrypoint_runs_with_our_helpers(ray_address: str, tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "home", ray_address)
+    spec = str(REPO / "jobs" / "custom-entrypoint-tf.yaml")
+    result = last_json(run_cli(["submit", spec, "--set", "training.epochs=3", "-o", "json", "-q"], env,
+                               check=True).stdout)
+    assert result["state"] == "succeeded" and result["metrics"]["epochs"] == 3
+    assert result["metrics"]["val_accuracy"] > 0.9
+    assert Path(result["keras_path"]).is_file() and Path(result["saved_model_path"]).is_dir()
+    assert Path(result["checkpoint"]).name == "ckpt-0000000060"  # 3 epochs x 20 steps
+    assert "done after 60 steps" in run_cli(["logs", result["job_id"]], env, check=True).stdout

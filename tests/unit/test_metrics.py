@@ -95,3 +95,16 @@ def test_store_collector_reads_the_store_at_scrape_time() -> None:
     assert got[("orchestrator_queue_jobs", (("queue", "research"), ("state", "running")))] == 1
     assert got[("orchestrator_pool_accelerators_total", (("accelerator", "cpu"), ("pool", "local")))] == 2
     assert got[("orchestrator_pool_accelerators_allocated", (("accelerator", "cpu"), ("pool", "local")))] == 1.0
+
+
+def test_writing_tensorboard_events_does_not_import_tensorflow(tmp_path: Path) -> None:
+    """TensorBoard's file I/O would import all of tensorflow (when installed) into the driver."""
+    import subprocess
+    import sys
+
+    code = ("import sys, orchestrator.metrics.tensorboard as t\n"
+            f"w = t.TensorBoardWriter({str(tmp_path)!r}); w.scalars({{'loss/train': 1.0}}, 1); w.close()\n"
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+    assert list(tmp_path.glob("events.out.tfevents.*"))
