@@ -210,13 +210,12 @@ def build_trainer(spec: JobSpec, record: JobRecord, paths: dict[str, str], data_
     }
     config = {"spec": spec.model_dump(mode="json"), "paths": paths, "data": data_ref, "sink": sink}
     if spec.framework == "tensorflow":
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Ray's module imports tensorflow: no C++ info lines
         from ray.train.tensorflow import TensorflowTrainer
 
         from orchestrator.runtime.worker import tf_train_loop_per_worker
 
         # Keras 2 for tf.keras in the workers (MWMS fails in Keras 3's fit: keras-team/keras#20585)
-        env = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env = {"TF_USE_LEGACY_KERAS": "1"}
         return TensorflowTrainer(
             tf_train_loop_per_worker,
             train_loop_config=config,

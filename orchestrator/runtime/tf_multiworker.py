@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tf.keras is Keras 2 (tf_keras) for user code too
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import hashlib
 import json
@@ -32,6 +31,10 @@ import tf_keras as keras
 from orchestrator.runtime import session as session_mod
 from orchestrator.runtime.data import PreparedData, eval_indices
 from orchestrator.spec.models import JobSpec
+
+# MWMS logs every all-reduce it sets up at INFO ("Collective all_reduce tensors: ..."): hundreds of
+# lines in the job log that no user acts on
+tf.get_logger().setLevel("WARNING")
 
 STATE_FILE = "state.npz"
 META_FILE = "state.json"
@@ -81,13 +84,22 @@ class TFCollectives:
         self.world = world
         self.device = "cpu"
 
+        # one traced all-reduce for every call: flat float vectors of any length (eager
+        # strategy.run under MWMS is slow and warns on every call)
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def all_reduce_sum(flat: tf.Tensor) -> tf.Tensor:
+            per = strategy.run(tf.identity, args=(flat,))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, per, axis=None)
+
+        self._all_reduce_sum = all_reduce_sum
+
     def sum(self, values: np.ndarray) -> np.ndarray:
         """Element-wise sum over the ranks (every rank gets it)."""
+        values = np.asarray(values)
         if self.world <= 1:
-            return np.asarray(values, dtype=np.float64)
-        t = tf.constant(np.asarray(values, dtype=np.float32))
-        per = self.strategy.run(lambda: tf.identity(t))
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per, axis=None).numpy().astype(np.float64)
+            return values.astype(np.float64)
+        flat = tf.constant(values.astype(np.float32).reshape(-1))
+        return self._all_reduce_sum(flat).numpy().astype(np.float64).reshape(values.shape)
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         if self.world <= 1:
