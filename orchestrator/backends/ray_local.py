@@ -220,7 +220,7 @@ def build_trainer(spec: JobSpec, record: JobRecord, paths: dict[str, str], data_
             tf_train_loop_per_worker,
             train_loop_config=config,
             scaling_config=scaling,
-            run_config=RunConfig(**run_args, worker_runtime_env={"env_vars": env}),
+            run_config=RunConfig(**run_args, worker_runtime_env={"env_vars": env}),  # type: ignore[call-arg]  # Train V2 RunConfig
         )
     from ray.train.torch import TorchConfig, TorchTrainer
 

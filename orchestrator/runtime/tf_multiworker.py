@@ -148,7 +148,7 @@ def build_model(spec: JobSpec, data: PreparedData) -> keras.Model:
     builders = {"cnn": build_cnn, "rnn": build_rnn, "sequential": build_sequential}
     if spec.model.type not in builders:
         raise ValueError(f"model type {spec.model.type!r} has no Keras builder")
-    return builders[spec.model.type](spec.model, data.sample_shape, outputs)  # type: ignore[arg-type]
+    return builders[spec.model.type](spec.model, data.sample_shape, outputs)  # type: ignore[arg-type,operator]
 
 
 def per_example_loss(y: tf.Tensor, out: tf.Tensor) -> tf.Tensor:
@@ -229,7 +229,7 @@ def save_checkpoint(model_vars: list[Any], opt_vars: list[Any], *, epoch: int, s
     def write(directory: Path) -> None:
         arrays = {f"m{i}": a for i, a in enumerate(model_arrays)} | {f"o{i}": a for i, a in enumerate(opt_arrays)}
         with open(directory / STATE_FILE, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy stubs type the first keyword
         (directory / META_FILE).write_text(json.dumps(meta))
 
     return sess.save_checkpoint(write, epoch=epoch, step=step, meta={
