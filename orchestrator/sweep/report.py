@@ -68,7 +68,8 @@ def best_trial(rows: list[TrialRow], mode: str) -> TrialRow | None:
     """The winner: the best trial that trained all its epochs, else the best one at all."""
     ranked = [r for r in leaderboard(rows, mode) if r.metric is not None]
     finished = [r for r in ranked if r.state == "succeeded"]
-    return (finished or ranked or [None])[0]
+    pool = finished or ranked
+    return pool[0] if pool else None
 
 
 def budget(rows: list[TrialRow], total_trials: int, epochs: int) -> dict[str, Any]:

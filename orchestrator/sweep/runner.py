@@ -129,12 +129,18 @@ def build_scheduler(sweep: SweepSpec, sweep_id: str) -> Any:
         return PopulationBasedTraining(time_attr="epoch", perturbation_interval=sched.perturbation_interval,
                                        quantile_fraction=sched.quantile_fraction,
                                        resample_probability=sched.resample_probability,
-                                       hyperparam_mutations=mutations, seed=sweep.tune.seed)
+                                       hyperparam_mutations=mutations)
     return FIFOScheduler()
 
 
-def build_search(sweep: SweepSpec) -> tuple[dict[str, Any], Any]:
-    """(param_space, search algorithm or None) for ``tune.search``."""
+def build_search(sweep: SweepSpec, max_concurrent: int) -> tuple[dict[str, Any], Any]:
+    """(param_space, search algorithm) for ``tune.search``, limited to ``max_concurrent`` trials at once.
+
+    Tune's ``max_concurrent_trials`` applies only to a ``Searcher``; the random/grid generator takes
+    its own ``max_concurrent`` (Tune logs that it ignores the other and runs every trial at once).
+    """
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
     from orchestrator.sweep.space import to_ray
 
     grid_all = sweep.tune.search == "grid"
@@ -142,12 +148,8 @@ def build_search(sweep: SweepSpec) -> tuple[dict[str, Any], Any]:
     if sweep.tune.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        return space, OptunaSearch(seed=sweep.tune.seed)
-    if sweep.tune.seed is not None:
-        from ray.tune.search import BasicVariantGenerator
-
-        return space, BasicVariantGenerator(random_state=sweep.tune.seed)
-    return space, None
+        return space, ConcurrencyLimiter(OptunaSearch(seed=sweep.tune.seed), max_concurrent=max_concurrent)
+    return space, BasicVariantGenerator(random_state=sweep.tune.seed, max_concurrent=max_concurrent)
 
 
 def quiet_tune() -> None:
@@ -269,13 +271,13 @@ class SweepDriver:
             tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False,
                                        restart_errored=False)
         else:
-            space, search = build_search(sweep)
+            space, search = build_search(sweep, concurrent)
             tuner = tune.Tuner(
                 trainable,
                 param_space=space,
                 tune_config=tune.TuneConfig(
                     metric=sweep.tune.metric, mode=sweep.tune.mode, num_samples=sweep.tune.num_samples,
-                    max_concurrent_trials=concurrent, scheduler=build_scheduler(sweep, record.id), search_alg=search,
+                    scheduler=build_scheduler(sweep, record.id), search_alg=search,
                     reuse_actors=False,
                 ),
                 run_config=tune.RunConfig(name=record.id, storage_path=str(record.job_dir / EXPERIMENT_DIR),

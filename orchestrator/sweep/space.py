@@ -65,7 +65,10 @@ class Dimension:
         low, high = self.args[0], self.args[1]
         if self.kind in ("randint", "lograndint"):
             return [int(low), int(high) - 1]
-        return [float(low), float(high)]
+        ends = [float(low), float(high)]
+        if self.kind in ("uniform", "loguniform"):  # draws have fractions: an int field must refuse them
+            ends.append(float(low) + (float(high) - float(low)) * 0.37)
+        return ends
 
 
 def _is_number(value: Any) -> bool:

@@ -128,30 +128,27 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
         self._drain()
         self._write_trial_file(state=self._state())
 
-    def save_checkpoint(self, checkpoint_dir: str) -> dict[str, Any] | None:
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
         """For PBT: a copy of this trial's newest valid checkpoint (the workers write them)."""
         from orchestrator.runtime.checkpoints import CheckpointManager
 
         found = CheckpointManager(self.paths["checkpoint_dir"]).latest_valid().checkpoint
-        if found is None:
-            return {"epoch": 0}
-        shutil.copytree(found.path, Path(checkpoint_dir) / found.path.name, dirs_exist_ok=True)
-        return {"epoch": found.epoch, "name": found.path.name}
+        if found is not None:
+            shutil.copytree(found.path, Path(checkpoint_dir) / found.path.name, dirs_exist_ok=True)
 
-    def load_checkpoint(self, checkpoint: dict[str, Any] | str | None) -> None:
-        """For PBT: start from another trial's checkpoint (copied into this trial's checkpoint dir)."""
-        if not isinstance(checkpoint, dict) or not checkpoint.get("name"):
+    def load_checkpoint(self, checkpoint: str | dict[str, Any] | None) -> None:
+        """For PBT: continue from another trial's checkpoint, copied into this trial's checkpoint dir
+        before the workers start (they restore the newest one there, then train with this trial's
+        own parameters)."""
+        if not isinstance(checkpoint, str):
             return
-        source = Path(self._checkpoint_dir_of(checkpoint)) / checkpoint["name"]
-        if source.is_dir():
-            target = Path(self.paths["checkpoint_dir"])
-            shutil.rmtree(target, ignore_errors=True)
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(source, target / checkpoint["name"])
-
-    def _checkpoint_dir_of(self, checkpoint: dict[str, Any]) -> str:
-        # Tune hands a dict checkpoint back with the folder it was saved in under this key
-        return str(checkpoint.get("_checkpoint_dir") or checkpoint.get("checkpoint_dir") or "")
+        copies = sorted(p for p in Path(checkpoint).iterdir() if p.is_dir() and p.name.startswith("ckpt-"))
+        if not copies:
+            return
+        target = Path(self.paths["checkpoint_dir"])
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(copies[-1], target / copies[-1].name)
 
     # -- the nested Train run ------------------------------------------------------------------
     def _start_fit(self) -> None:
@@ -237,6 +234,9 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
             "checkpoint": str(found[0].path) if found else None,
             "model_dir": str(model_dir) if model_dir.exists() and any(model_dir.iterdir()) else None,
             "spec": self.spec.model_dump(mode="json"),
+            "workers": self.spec.resources.workers,
+            "sync_backend": self.tracker.sync_backend or previous.get("sync_backend"),
+            "device": self.tracker.device or previous.get("device"),
         }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, default=str))
