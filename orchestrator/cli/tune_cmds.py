@@ -80,7 +80,7 @@ def tune(ctx: click.Context, spec_path: str, overrides: tuple[str, ...], backend
     from orchestrator.cli.sweep_ui import LiveSweep
     from orchestrator.sweep.runner import SweepDriver, create_sweep_record
 
-    record = create_sweep_record(settings, sweep, backend=backend if backend == "local" else "local")
+    record = create_sweep_record(settings, sweep)  # the driver is this process, whichever cluster it joins
     ui = LiveSweep(quiet=quiet or output == "json")
     try:
         record = SweepDriver(settings, record.id, ui).run()

@@ -161,6 +161,9 @@ def quiet_tune() -> None:
     """
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # a trial that fails before its first epoch ends with a result without the metric; the sweep
+    # reports that trial as failed instead of Tune aborting every other trial
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 
 def result_loggers() -> list[Any]:
@@ -293,6 +296,12 @@ class SweepDriver:
         self._tuning = True
         try:
             grid = tuner.fit()
+        except Exception as exc:  # noqa: BLE001 - Tune's own failure (not a trial's): one line, log has the rest
+            from orchestrator.backends.ray_local import describe_training_error
+
+            log.error("Ray Tune failed:\n%s", traceback.format_exc())
+            raise TrainingError("the sweep failed in Ray Tune: " + describe_training_error(exc).removeprefix(
+                "training failed: ").replace("orchestrator logs JOB", f"orchestrator logs {record.id}")) from None
         finally:
             self._tuning = False
             self._watch_stop.set()

@@ -95,6 +95,7 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
         self._thread: threading.Thread | None = None
         self._stopped_by_tune = False
         self._saved = False
+        self._restore_recorded = False
         self._write_trial_file(state="running")
 
     # -- Tune's interface ----------------------------------------------------------------------
@@ -185,7 +186,9 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
         if "error" in self._outcome:
             reason = self.tracker.last_failure() or describe_training_error(self._outcome["error"])
             raise TrainingError(f"trial {self.trial_id} failed: {reason}")
-        epochs = self.tracker.epoch_metrics
+        # a trial restarted after its last epoch (the sweep was interrupted while it exported its
+        # model) trains no epoch again: its metrics are those it recorded before
+        epochs = {**self._previous_epochs(), **self.tracker.epoch_metrics}
         last = max(epochs, default=0)
         result: dict[str, Any] = {EPOCH_KEY: last, **(epochs.get(last) or {}), **self.tracker.final_metrics}
         result["done"] = True
@@ -201,22 +204,32 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
             return "succeeded"
         return "running"
 
-    def _previous_starts(self) -> int:
-        path = self.trial_path / TRIAL_FILE
+    def _previous(self) -> dict[str, Any]:
+        """This trial's ``trial.json`` from an earlier start (empty for a new trial)."""
         try:
-            return int(json.loads(path.read_text()).get("starts", 0))
+            data = json.loads((self.trial_path / TRIAL_FILE).read_text())
         except (OSError, ValueError):
-            return 0
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _restored_steps(self, previous: dict[str, Any]) -> list[int | None]:
+        """Per start of this trial, the global step its workers restored (None: from scratch)."""
+        steps = list(previous.get("restored_steps") or [])
+        if self.tracker.attempts and not self._restore_recorded:
+            self._restore_recorded = True
+            steps.append(self.tracker.attempts[0].get("restored_step"))
+        return steps
+
+    def _previous_starts(self) -> int:
+        return int(self._previous().get("starts", 0))
+
+    def _previous_epochs(self) -> dict[int, dict[str, float]]:
+        return {int(k): v for k, v in (self._previous().get("epochs") or {}).items()}
 
     def _write_trial_file(self, state: str) -> None:
         """``trial.json``: what this trial did, for the leaderboard (read by the sweep driver)."""
         path = self.trial_path / TRIAL_FILE
-        previous: dict[str, Any] = {}
-        if path.exists():
-            try:
-                previous = json.loads(path.read_text())
-            except ValueError:
-                previous = {}
+        previous = self._previous()
         starts = int(previous.get("starts", 0)) + (0 if self._saved else 1)
         self._saved = True
         epochs = {**{int(k): v for k, v in (previous.get("epochs") or {}).items()}, **self.tracker.epoch_metrics}
@@ -234,6 +247,7 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
             "checkpoint": str(found[0].path) if found else None,
             "model_dir": str(model_dir) if model_dir.exists() and any(model_dir.iterdir()) else None,
             "spec": self.spec.model_dump(mode="json"),
+            "restored_steps": self._restored_steps(previous),
             "workers": self.spec.resources.workers,
             "sync_backend": self.tracker.sync_backend or previous.get("sync_backend"),
             "device": self.tracker.device or previous.get("device"),

@@ -205,3 +205,9 @@ def test_validating_and_planning_a_sweep_imports_neither_ray_nor_torch() -> None
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def test_backend_ray_needs_the_clusters_gcs_address() -> None:
+    result = CliRunner().invoke(main, ["tune", str(SWEEP_FILE), "--backend", "ray", "--address", "http://head:8265"])
+    assert result.exit_code == 2
+    assert "GCS address" in result.output and "--address HEAD_IP:6379" in result.output
