@@ -13,7 +13,7 @@ from orchestrator.cli.ui import STATE_STYLE, fmt
 from orchestrator.store import JobRecord
 from orchestrator.sweep.report import TrialRow
 
-TRIAL_STYLE = {"succeeded": "green", "stopped": "yellow", "failed": "red", "running": "cyan"}
+TRIAL_STYLE = {"succeeded": "green", "stopped": "yellow", "interrupted": "yellow", "failed": "red", "running": "cyan"}
 
 
 def _params(params: dict[str, Any]) -> str:
@@ -98,7 +98,7 @@ class LiveSweep:
     def on_trials(self, rows: list[TrialRow], total: int) -> None:
         if self.live is None:
             return
-        done = sum(1 for r in rows if r.state in ("succeeded", "stopped", "failed"))
+        done = sum(1 for r in rows if r.state in ("succeeded", "stopped", "failed"))  # interrupted: resumable
         self.live.update(trials_table(rows, self.metric, self.epochs,
                                       title=f"trials: {done} of {total} done, {len(rows) - done} running"))
 

@@ -17,7 +17,7 @@ class TrialRow:
 
     trial_id: str
     params: dict[str, Any]
-    state: str  # pending, running, succeeded, stopped (early, by the scheduler), failed
+    state: str  # running, succeeded, stopped (early, by the scheduler), interrupted (the sweep stopped), failed
     epochs_trained: int
     metric: float | None  # the sweep's metric at the trial's last epoch
     best_metric: float | None  # its best value over the trial's epochs

@@ -94,6 +94,7 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
         self._outcome: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
         self._stopped_by_tune = False
+        self._interrupted = False
         self._saved = False
         self._restore_recorded = False
         self._write_trial_file(state="running")
@@ -120,8 +121,15 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
         if thread is not None and thread.is_alive():
             last = max(self.tracker.epoch_metrics, default=0)
             if last < self.spec.training.epochs:  # past the last epoch the workers only export the model
+                # the scheduler (PromptASHAScheduler) has already told the workers why; no reason yet
+                # means the sweep itself is stopping (interrupted, or PBT replacing this trial)
+                try:
+                    reason = ray.get(self.sink.stop_reason.remote(), timeout=10)
+                except Exception:  # noqa: BLE001 - a lost sink: count it as the sweep stopping
+                    reason = None
                 self._stopped_by_tune = True
-                self.sink.request_stop.remote("stopped by the sweep's scheduler")
+                self._interrupted = reason is None
+                self.sink.request_stop.remote("the sweep stopped this trial")
             deadline = time.time() + GRACEFUL_STOP_S
             while thread.is_alive() and time.time() < deadline:
                 thread.join(POLL_S)
@@ -133,9 +141,15 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
         """For PBT: a copy of this trial's newest valid checkpoint (the workers write them)."""
         from orchestrator.runtime.checkpoints import CheckpointManager
 
-        found = CheckpointManager(self.paths["checkpoint_dir"]).latest_valid().checkpoint
-        if found is not None:
-            shutil.copytree(found.path, Path(checkpoint_dir) / found.path.name, dirs_exist_ok=True)
+        for _ in range(3):  # the workers may replace the newest one while it is copied (checkpoint.keep)
+            found = CheckpointManager(self.paths["checkpoint_dir"]).latest_valid().checkpoint
+            if found is None:
+                return
+            try:
+                shutil.copytree(found.path, Path(checkpoint_dir) / found.path.name, dirs_exist_ok=True)
+                return
+            except (FileNotFoundError, shutil.Error):
+                shutil.rmtree(Path(checkpoint_dir) / found.path.name, ignore_errors=True)
 
     def load_checkpoint(self, checkpoint: str | dict[str, Any] | None) -> None:
         """For PBT: continue from another trial's checkpoint, copied into this trial's checkpoint dir
@@ -198,6 +212,8 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
     def _state(self) -> str:
         if "error" in self._outcome:
             return "failed"
+        if self._interrupted and not self.tracker.final_metrics:
+            return "interrupted"
         if self._stopped_by_tune or self.tracker.stopped:
             return "stopped"
         if self.tracker.final_metrics:

@@ -169,6 +169,9 @@ def test_an_interrupted_sweep_of_ddp_trials_resumes_without_rerunning_finished_t
     halfway = [tid for tid, t in before.items() if t["state"] == "running"]
     assert finished_before and len(halfway) == 1
     assert interrupted["budget"]["trial_epochs_used"] < 10
+    # the interrupted trial is not counted as stopped early (no scheduler stopped it)
+    assert {t["trial_id"]: t["state"] for t in interrupted["leaderboard"]}[halfway[0]] == "interrupted"
+    assert interrupted["budget"]["trials_stopped_early"] == 0
 
     resumed = last_json(run_cli(["resume", record.id, "-q", "-o", "json"], env, timeout=1200, check=True).stdout)
     assert resumed["state"] == "succeeded"

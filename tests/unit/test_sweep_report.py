@@ -114,3 +114,40 @@ def test_hparams_read_back_with_tensorboards_own_reader(tmp_path: Path) -> None:
         assert end.status == api_pb2.STATUS_SUCCESS
         values = [(e.step, round(e.value, 6)) for e in acc.Scalars("val_accuracy")]
         assert values == [(int(k), round(v["val_accuracy"], 6)) for k, v in t["epochs"].items()]
+
+
+def test_the_tune_section_maps_onto_ray_tunes_scheduler_and_search(tmp_path: Path) -> None:
+    """No Ray instance: only the objects Tuner gets (ASHA in epochs, PBT mutations, concurrency)."""
+    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.search.sample import Float
+
+    from orchestrator.sweep.models import SweepSpec
+    from orchestrator.sweep.runner import build_scheduler, build_search, check_fits
+    from orchestrator.sweep.schedulers import PromptASHAScheduler
+
+    sweep = load_sweep_spec(REPO / "jobs" / "cnn-sweep.yaml")
+    asha = build_scheduler(sweep, "sweep-1")
+    assert isinstance(asha, PromptASHAScheduler) and asha.sweep_id == "sweep-1"
+    assert (asha._time_attr, asha._max_t) == ("epoch", 4)
+    space, search = build_search(sweep, max_concurrent=2)
+    assert isinstance(space["training.learning_rate"], Float)
+    assert space["training.learning_rate"].lower == 1e-4 and space["training.learning_rate"].upper == 1e-1
+    assert isinstance(search, BasicVariantGenerator) and search.max_concurrent == 2
+
+    data = sweep.to_record_spec()
+    data["tune"] = {**data["tune"], "scheduler": {"type": "pbt", "perturbation_interval": 1},  # type: ignore[dict-item]
+                    "search_space": {"training.learning_rate": "choice([0.001, 0.01])",
+                                     "model.dropout": "uniform(0.1, 0.5)"}}
+    pbt = build_scheduler(SweepSpec.from_record_spec(data), "sweep-1")
+    assert pbt._perturbation_interval == 1 and pbt._time_attr == "epoch"
+    assert pbt._hyperparam_mutations["training.learning_rate"] == [0.001, 0.01]
+    assert isinstance(pbt._hyperparam_mutations["model.dropout"], Float)
+
+    # a trial needs workers x cpus_per_worker + trial_cpus = 0.6 CPUs: 3 fit in 2 CPUs, max_concurrent says 2
+    assert check_fits(sweep, {"CPU": 2.0}) == 2
+    assert check_fits(sweep, {"CPU": 1.0}) == 1
+    from orchestrator.errors import BackendError
+
+    with pytest.raises(BackendError) as info:
+        check_fits(sweep, {"CPU": 0.5})
+    assert "1 x 0.5 CPUs for its workers + 0.1 for itself = 0.6" in info.value.reasons[0]
