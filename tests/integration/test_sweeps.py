@@ -194,6 +194,38 @@ def test_an_interrupted_sweep_of_ddp_trials_resumes_without_rerunning_finished_t
     assert resumed["budget"]["trial_epochs_used"] == 10 and resumed["budget"]["trials_stopped_early"] == 0
 
 
+PBT_SWEEP = """\
+name: pbt-sweep
+# epochs of a few seconds, so the two trials' epochs overlap and PBT can compare them
+model: {type: cnn, conv_filters: [64, 128], dense_units: [256]}
+resources: {workers: 1, cpus_per_worker: 0.5}
+training: {epochs: 5, batch_size: 32}
+tune:
+  search_space:
+    training.learning_rate: choice([0.0001, 0.003])
+  num_samples: 2
+  max_concurrent: 2
+  scheduler: {type: pbt, perturbation_interval: 1, quantile_fraction: 0.5}
+  seed: 3
+"""
+
+
+@pytest.mark.heavy
+def test_pbt_replaces_the_poor_trial_with_a_copy_of_the_good_one(ray_address: str, tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "home", ray_address)
+    spec = tmp_path / "pbt-sweep.yaml"
+    spec.write_text(PBT_SWEEP)
+    out = last_json(run_cli(["tune", str(spec), "-q", "-o", "json"], env, timeout=1500, check=True).stdout)
+    assert out["state"] == "succeeded"
+    files = [json.loads(p.read_text()) for p in sorted((Path(out["job_dir"]) / "trials").glob("*/trial.json"))]
+    assert len(files) == 2
+    # the trial PBT exploited started again from the other trial's checkpoint (copied into its own)
+    exploited = [f for f in files if f["starts"] >= 2 and (f["restored_steps"][-1] or 0) > 0]
+    assert exploited, [(f["trial_id"], f["starts"], f["restored_steps"], f["params"]) for f in files]
+    # continuing a good model, both trials end well, whatever rate the poor one was given
+    assert all(t["metric"] >= 0.9 for t in out["leaderboard"])
+
+
 TF_SWEEP = """\
 name: tf-sweep
 framework: tensorflow
