@@ -268,6 +268,8 @@ class SweepDriver:
                                  data=data),
             {"cpu": sweep.tune.trial_cpus},
         )
+        # the trial actors' class name in the Ray dashboard (else "with_resources.<locals>.ResourceTrainable")
+        trainable.__name__ = trainable.__qualname__ = SweepTrial.__name__
         path = experiment_path(record)
         if resume and tune.Tuner.can_restore(str(path)):
             log.info("restoring the sweep from %s (finished trials are kept, not rerun)", path)

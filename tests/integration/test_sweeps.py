@@ -16,6 +16,8 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,18 @@ def read_hparams(logdir: Path) -> tuple[list[str], dict[str, dict[str, Any]]]:
             "metrics": [m.name.tag for m in experiment.metric_infos],
         }
     return [h.name for h in experiment.hparam_infos], sessions
+
+
+def _dashboard_actors(base: str, class_name: str) -> list[dict[str, Any]]:
+    """Actors of one class from the Ray dashboard's state API (with Ray's token auth)."""
+    token_file = Path.home() / ".ray" / "auth_token"
+    headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"} if token_file.exists() else {}
+    query = urllib.parse.urlencode({"filter_keys": "class_name", "filter_predicates": "=",
+                                    "filter_values": class_name, "limit": 10000})
+    request = urllib.request.Request(f"{base}/api/v0/actors?{query}", headers=headers)
+    data = json.loads(urllib.request.urlopen(request, timeout=60).read())
+    actors: list[dict[str, Any]] = data["data"]["result"]["result"]
+    return actors
 
 
 def test_the_example_asha_sweep_finds_a_good_learning_rate_and_stops_poor_trials_early(
@@ -97,6 +111,11 @@ def test_the_example_asha_sweep_finds_a_good_learning_rate_and_stops_poor_trials
         assert len(session["val_accuracy"]) == trial["epochs_trained"]
         assert session["val_accuracy"][-1][1] == pytest.approx(trial["metric"], abs=1e-6)
         assert "val_accuracy" in session["metrics"]
+
+    # the trials were Ray actors of the sweep's Ray job, listed by the Ray dashboard's state API
+    base, ray_job = out["dashboard_url"].split("/#/jobs/")
+    actors = _dashboard_actors(base, "SweepTrial")
+    assert len([a for a in actors if a["job_id"] == ray_job]) == 6, actors
 
     # later: `orchestrator status SWEEP` shows the same leaderboard
     status = last_json(run_cli(["status", out["job_id"], "-o", "json"], env, check=True).stdout)

@@ -211,3 +211,9 @@ def test_backend_ray_needs_the_clusters_gcs_address() -> None:
     result = CliRunner().invoke(main, ["tune", str(SWEEP_FILE), "--backend", "ray", "--address", "http://head:8265"])
     assert result.exit_code == 2
     assert "GCS address" in result.output and "--address HEAD_IP:6379" in result.output
+
+
+def test_submitting_a_sweep_spec_points_at_orchestrator_tune() -> None:
+    result = CliRunner().invoke(main, ["submit", str(SWEEP_FILE), "--dry-run"])
+    assert result.exit_code == 2
+    assert "tune: unknown field" in result.output and "run it with `orchestrator tune SPEC`" in result.output
