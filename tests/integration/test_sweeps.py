@@ -130,6 +130,39 @@ def test_the_example_asha_sweep_finds_a_good_learning_rate_and_stops_poor_trials
     assert job["metrics"]["val_accuracy"] >= 0.9
 
 
+TINY_SWEEP = """\
+name: tiny-sweep
+model: {type: cnn, conv_filters: [8], dense_units: [16]}
+resources: {workers: 1, cpus_per_worker: 0.5}
+training: {epochs: 2, batch_size: 64}
+tune:
+  search_space:
+    training.learning_rate: grid([0.003, 0.01])
+  num_samples: 1
+  scheduler: {type: fifo}
+"""
+
+
+def test_backend_ray_runs_the_sweep_on_a_running_cluster(ray_address: str, tmp_path: Path) -> None:
+    env = cli_env(tmp_path / "home", None)  # no RAY_ADDRESS: the cluster comes from --address
+    spec = tmp_path / "tiny-sweep.yaml"
+    spec.write_text(TINY_SWEEP)
+    out = last_json(run_cli(["tune", str(spec), "--backend", "ray", "--address", ray_address, "-q", "-o", "json"],
+                            env, timeout=900, check=True).stdout)
+    assert out["state"] == "succeeded"
+    assert sorted(t["params"]["training.learning_rate"] for t in out["leaderboard"]) == [0.003, 0.01]
+    assert all(t["epochs_trained"] == 2 for t in out["leaderboard"])
+    # it ran on that cluster: the Ray job of the sweep is in the cluster's dashboard, tagged as a sweep
+    base, ray_job = out["dashboard_url"].split("/#/jobs/")
+    token_file = Path.home() / ".ray" / "auth_token"
+    headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"} if token_file.exists() else {}
+    jobs = json.loads(urllib.request.urlopen(urllib.request.Request(f"{base}/api/jobs/", headers=headers),
+                                             timeout=60).read())
+    [mine] = [j for j in jobs if j.get("job_id") == ray_job]
+    assert mine["metadata"] == {"orchestrator_job_id": out["job_id"], "orchestrator_job_name": "tiny-sweep",
+                                "orchestrator_kind": "sweep"}
+
+
 RESUME_SWEEP = """\
 name: ddp-sweep
 # epochs long enough (a few seconds here) to interrupt a trial between its first and last epoch

@@ -122,7 +122,7 @@ def test_the_tune_section_maps_onto_ray_tunes_scheduler_and_search(tmp_path: Pat
     from ray.tune.search.sample import Float
 
     from orchestrator.sweep.models import SweepSpec
-    from orchestrator.sweep.runner import build_scheduler, build_search, check_fits
+    from orchestrator.sweep.tuning import build_scheduler, build_search, check_fits
     from orchestrator.sweep.schedulers import PromptASHAScheduler
 
     sweep = load_sweep_spec(REPO / "jobs" / "cnn-sweep.yaml")
