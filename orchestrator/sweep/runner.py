@@ -323,6 +323,9 @@ class SweepDriver:
             result["best_spec_path"] = str(spec_path)
             result["checkpoint"] = str(checkpoint) if checkpoint else None
             result["model_path"] = str(model / "model.pt") if model and (model / "model.pt").exists() else None
+            # `orchestrator predict SWEEP` predicts with the best trial's model
+            script = model / "model.torchscript.pt" if model else None
+            result["torchscript_path"] = str(script) if script and script.exists() else None
         self._update_result(**result)
         log.info("budget: %s", json.dumps(result["budget"]))
 

@@ -123,6 +123,16 @@ def test_the_example_asha_sweep_finds_a_good_learning_rate_and_stops_poor_trials
     text = run_cli(["status", out["job_id"]], env, check=True).stdout
     assert "leaderboard" in text and "stopped early" in text and "trial-epochs" in text
 
+    # `orchestrator predict SWEEP` uses the best trial's model
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    np.savez(tmp_path / "some.npz", x=digits.images[:20].astype("float32"))
+    predicted = last_json(run_cli(["predict", out["job_id"], "--input", str(tmp_path / "some.npz"), "-o", "json"],
+                                  env, check=True).stdout)
+    assert np.mean(np.array(predicted["predictions"]) == digits.target[:20]) >= 0.8
+
     # the best spec, submitted, trains
     job = last_json(run_cli(["submit", best["spec_path"], "--output", "json", "--quiet"], env, timeout=900,
                             check=True).stdout)

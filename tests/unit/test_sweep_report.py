@@ -122,8 +122,8 @@ def test_the_tune_section_maps_onto_ray_tunes_scheduler_and_search(tmp_path: Pat
     from ray.tune.search.sample import Float
 
     from orchestrator.sweep.models import SweepSpec
-    from orchestrator.sweep.tuning import build_scheduler, build_search, check_fits
     from orchestrator.sweep.schedulers import PromptASHAScheduler
+    from orchestrator.sweep.tuning import build_scheduler, build_search, check_fits
 
     sweep = load_sweep_spec(REPO / "jobs" / "cnn-sweep.yaml")
     asha = build_scheduler(sweep, "sweep-1")
