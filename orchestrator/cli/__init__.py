@@ -87,6 +87,7 @@ def main(ctx: click.Context) -> None:
     \b
     Quick start:
       orchestrator submit jobs/cnn.yaml          train on this machine (embedded Ray)
+      orchestrator tune jobs/cnn-sweep.yaml      a hyperparameter sweep (Ray Tune, ASHA)
       orchestrator list                          jobs and their states
       orchestrator logs JOB --follow             the job's log
     """
@@ -114,5 +115,6 @@ from orchestrator.cli import model_cmds as _model_cmds  # noqa: E402,F401
 from orchestrator.cli import obs_cmds as _obs_cmds  # noqa: E402,F401
 from orchestrator.cli import sched_cmds as _sched_cmds  # noqa: E402,F401
 from orchestrator.cli import spec_cmds as _spec_cmds  # noqa: E402,F401
+from orchestrator.cli import tune_cmds as _tune_cmds  # noqa: E402,F401
 
 __all__ = ["EXIT_USER_ERROR", "main"]

@@ -147,10 +147,17 @@ def resume(
     ctx: click.Context, job_id: str, epochs: int | None, detach: bool, quiet: bool,
     metrics_port: int, metrics_host: str, metrics_linger: float, output: str,
 ) -> None:
-    """Continue JOB from its latest checkpoint (after a cancel, a crash, or to train longer)."""
+    """Continue JOB from its latest checkpoint (after a cancel, a crash, or to train longer).
+
+    For a sweep (`orchestrator tune`): continue its unfinished trials; finished ones are kept.
+    """
     from orchestrator.backends.local import LocalBackend
+    from orchestrator.cli.tune_cmds import is_sweep, resume_sweep
 
     be = LocalBackend(settings_of(ctx))
+    if is_sweep(be.store.get(job_id)):
+        resume_sweep(ctx, job_id, quiet, output)
+        return
     ui = None if output == "json" and quiet else LiveProgress(quiet=quiet)
     options = SubmitOptions(detach=detach, metrics_port=metrics_port, metrics_host=metrics_host,
                             metrics_linger_s=metrics_linger)
@@ -193,6 +200,11 @@ def status(ctx: click.Context, job_id: str, backend: str, ray_address: str | Non
            kube_namespace: str | None, kube_context: str | None, output: str) -> None:
     """Show a job's state, progress, metrics and attempts."""
     record = backend_for(ctx, backend, ray_address, kube_namespace, kube_context).status(job_id)
+    from orchestrator.cli.tune_cmds import is_sweep, sweep_status
+
+    if is_sweep(record):  # a sweep: its trials and leaderboard
+        sweep_status(record, output)
+        return
     if output == "json":
         emit_json(record.to_json())
         return

@@ -62,6 +62,13 @@ def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[
     model = build_model(spec, data).to(dev)
     optimizer = make_optimizer(spec, model.parameters())
     point = restore_checkpoint(model, optimizer)
+    # The spec's optimizer settings win over the restored ones: equal when a job resumes, and a PBT
+    # sweep trial that continues another trial's checkpoint trains with its own (perturbed) rate.
+    for group in optimizer.param_groups:
+        group["lr"] = spec.training.learning_rate
+        group["weight_decay"] = spec.training.weight_decay
+        if "momentum" in group:
+            group["momentum"] = spec.training.momentum
     if rank == 0:
         sess.emit({"type": "model", "parameters": sum(p.numel() for p in model.parameters()),
                    "param_checksum": param_checksum(model),

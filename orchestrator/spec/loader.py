@@ -308,6 +308,8 @@ def issues_from_validation(
             fix = f"did you mean `{close[0]}`?" if close else None
             if allowed:
                 fix = (fix + " " if fix else "") + "Allowed here: " + ", ".join(allowed)
+            if loc == ("tune",):
+                fix = "a spec with a `tune:` section is a sweep: run it with `orchestrator tune SPEC`"
             value = None
             issues.append(_issue(path, message, fix, loaded, loc))
             continue

@@ -1,0 +1,127 @@
+"""The `tune` verb: hyperparameter sweeps on Ray Tune (``orchestrator tune jobs/cnn-sweep.yaml``).
+
+`status` and `resume` of a sweep go through :func:`sweep_status` and :func:`resume_sweep`, which
+the job verbs call when the id names a sweep.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import yaml
+
+from orchestrator.cli import OUTPUT_OPTION, emit_json, exit_code_for_state, handle_errors, main, settings_of
+from orchestrator.cli.ui import stdout_console
+from orchestrator.errors import UsageError
+from orchestrator.store import ACTIVE_STATES, JobRecord, JobState, JobStore
+from orchestrator.sweep.loader import load_sweep_spec
+
+
+def _finish(record: JobRecord, output: str) -> None:
+    from orchestrator.cli.sweep_ui import sweep_summary
+
+    if output == "json":
+        emit_json(record.to_json())
+    else:
+        stdout_console().print(sweep_summary(record))
+    sys.exit(exit_code_for_state(record.state.value))
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
+              help="Override a field of the job part, e.g. --set training.epochs=3 (repeatable).")
+@click.option("--backend", "-b", default="local", show_default=True, type=click.Choice(["local", "ray", "kubernetes"]),
+              help="local: this machine; ray: join a running Ray cluster (--address host:port); "
+                   "kubernetes: one RayJob (--dry-run prints it).")
+@click.option("--address", "ray_address", default=None, metavar="HOST:PORT",
+              help="The Ray cluster's GCS address (backend ray; default: ORCHESTRATOR_RAY_ADDRESS).")
+@click.option("--namespace", "-n", "kube_namespace", default=None, metavar="NS", help="Namespace (backend kubernetes).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (trials, scheduler, resources) and start nothing.")
+@click.option("--quiet", "-q", is_flag=True, help="No live table.")
+@OUTPUT_OPTION
+@click.pass_context
+@handle_errors
+def tune(ctx: click.Context, spec_path: str, overrides: tuple[str, ...], backend: str, ray_address: str | None,
+         kube_namespace: str | None, dry_run: bool, quiet: bool, output: str) -> None:
+    """Run a hyperparameter sweep: SPEC is a job spec with a `tune:` section.
+
+    \b
+    Every trial is the job with the trial's parameters set (a multi-worker trial is a DDP or
+    MultiWorkerMirroredStrategy run); ASHA stops poor trials early. At the end: a leaderboard,
+    the budget early stopping saved, and the best trial's job spec, checkpoint and model.
+    `orchestrator status SWEEP` shows it later; `orchestrator resume SWEEP` continues it.
+    """
+    from orchestrator.sweep.plan import sweep_plan
+
+    sweep = load_sweep_spec(spec_path, overrides)
+    settings = settings_of(ctx).with_overrides(kube_namespace=kube_namespace)
+    if backend == "ray":
+        address = ray_address or settings.ray_address
+        if not address or address.startswith(("http://", "https://", "ray://")):
+            raise UsageError(
+                f"backend ray runs the sweep's driver here, joined to the cluster: it needs the cluster's "
+                f"GCS address (host:port), got {address!r}",
+                fix="pass --address HEAD_IP:6379 (or set ORCHESTRATOR_RAY_ADDRESS); on the head node itself, "
+                    "--backend local joins RAY_ADDRESS",
+            )
+        settings = settings.with_overrides(local_ray_address=address)
+    if dry_run or backend == "kubernetes":
+        if backend == "kubernetes" and not dry_run:
+            raise UsageError("backend kubernetes supports --dry-run only for sweeps in this version",
+                             fix="add --dry-run and apply the printed RayJob with kubectl apply -f -")
+        plan = sweep_plan(sweep, backend, settings, spec_path)
+        if output == "json":
+            emit_json(plan)
+        else:
+            click.echo(yaml.safe_dump(plan, sort_keys=False).rstrip())
+        return
+    from orchestrator.cli.sweep_ui import LiveSweep
+    from orchestrator.sweep.runner import SweepDriver, create_sweep_record
+
+    record = create_sweep_record(settings, sweep)  # the driver is this process, whichever cluster it joins
+    ui = LiveSweep(quiet=quiet or output == "json")
+    try:
+        record = SweepDriver(settings, record.id, ui).run()
+    finally:
+        ui.stop()
+    _finish(record, output)
+
+
+def is_sweep(record: JobRecord) -> bool:
+    from orchestrator.sweep.models import is_sweep_spec
+
+    return is_sweep_spec(record.spec)
+
+
+def sweep_status(record: JobRecord, output: str) -> None:
+    """`orchestrator status SWEEP`: the trials (live while it runs) and, at the end, the leaderboard."""
+    from orchestrator.cli.sweep_ui import sweep_summary
+
+    if output == "json":
+        emit_json(record.to_json())
+        return
+    stdout_console().print(sweep_summary(record))
+
+
+def resume_sweep(ctx: click.Context, sweep_id: str, quiet: bool, output: str) -> None:
+    """`orchestrator resume SWEEP`: Tuner.restore; finished trials are kept, the others continue."""
+    from orchestrator.cli.sweep_ui import LiveSweep
+    from orchestrator.sweep.runner import SweepDriver
+
+    settings = settings_of(ctx)
+    store = JobStore(settings.db_path)
+    store.reconcile_dead_drivers()
+    record = store.get(sweep_id)
+    if record.state in ACTIVE_STATES:
+        raise UsageError(f"sweep {record.id} is {record.state.value}; only a sweep that ended can be resumed",
+                         fix=f"wait for it, or `orchestrator cancel {record.id}` first")
+    store.transition(record.id, JobState.PENDING, {record.state}, ended_at=None, message=None, driver_pid=None,
+                     driver_started=None)
+    ui = LiveSweep(quiet=quiet or output == "json")
+    try:
+        record = SweepDriver(settings, record.id, ui).run(resume=True)
+    finally:
+        ui.stop()
+    _finish(record, output)

@@ -1,0 +1,104 @@
+"""A sweep's dry run: what would run, and on Kubernetes the one RayJob the sweep becomes.
+
+On Kubernetes a sweep is one KubeRay RayJob: its entrypoint runs ``orchestrator tune`` on the
+sweep spec (mounted from a ConfigMap, like a job's spec) with ``--backend local``, which joins the
+RayJob's Ray cluster; its worker group has room for ``max_concurrent`` trials at once (the job's
+workers times ``max_concurrent``). The manifests come from the same functions the operator uses
+for jobs (:mod:`orchestrator.backends.k8s.manifests`), so they validate against KubeRay's CRD.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from orchestrator.settings import Settings
+from orchestrator.sweep.models import AshaScheduler, PbtScheduler, SweepSpec
+
+
+def _scheduler(sweep: SweepSpec) -> dict[str, Any]:
+    sched = sweep.tune.scheduler
+    out: dict[str, Any] = sched.model_dump(mode="json")
+    if isinstance(sched, AshaScheduler):
+        out["max_t"] = sweep.max_epochs()
+        out["time_attr"] = "epoch"
+    elif isinstance(sched, PbtScheduler):
+        out["time_attr"] = "epoch"
+    return out
+
+
+def sweep_plan(sweep: SweepSpec, backend: str, settings: Settings, spec_path: str | None = None) -> dict[str, Any]:
+    """The resolved plan of a sweep for ``--dry-run`` (Kubernetes: the RayJob and its ConfigMap)."""
+    r = sweep.job.resources
+    per_worker = r.ray_resources_per_worker()
+    plan: dict[str, Any] = {
+        "backend": backend,
+        "sweep": sweep.name,
+        "framework": sweep.job.framework,
+        "trials": sweep.tune.total_trials,
+        "max_concurrent": sweep.tune.max_concurrent,
+        "metric": sweep.tune.metric,
+        "mode": sweep.tune.mode,
+        "search": sweep.tune.search,
+        "search_space": dict(sweep.tune.search_space),
+        "scheduler": _scheduler(sweep),
+        "trial": {
+            "trainer": "ray.train.torch.TorchTrainer" if sweep.job.framework == "torch"
+            else "ray.train.tensorflow.TensorflowTrainer",
+            "workers": r.workers,
+            "resources_per_worker": per_worker,
+            "trial_process_cpus": sweep.tune.trial_cpus,
+            "epochs": sweep.job.training.epochs,
+        },
+        "full_budget_trial_epochs": sweep.tune.total_trials * sweep.max_epochs(),
+    }
+    if backend == "kubernetes":
+        plan.update(kubernetes_manifests(sweep, settings.kube_namespace, spec_path))
+    else:
+        plan["job_home"] = str(settings.jobs_dir)
+    return plan
+
+
+def kubernetes_manifests(sweep: SweepSpec, namespace: str, spec_path: str | None = None) -> dict[str, Any]:
+    """``{"configMap": ..., "rayJob": ...}``: the sweep's spec and the one RayJob that runs it."""
+    from orchestrator.backends.k8s import SPEC_FILE, SPEC_MOUNT_DIR
+    from orchestrator.backends.k8s.manifests import (
+        RuntimeConfig,
+        _labels,
+        cluster_paths,
+        rayjob_manifest,
+        rayjob_name,
+        spec_configmap_name,
+    )
+    from orchestrator.backends.k8s.pools import assumed_pool
+    from orchestrator.backends.kubernetes import portable_paths
+
+    config = RuntimeConfig()
+    job = portable_paths(sweep.job, spec_path)
+    # room for max_concurrent trials at once: the job's workers times max_concurrent worker pods
+    concurrent = sweep.tune.max_concurrent
+    capacity = job.model_copy(update={"resources": job.resources.model_copy(
+        update={"workers": job.resources.workers * concurrent})})
+    pool = assumed_pool(capacity)
+    owner = {"metadata": {"name": sweep.name, "namespace": namespace, "uid": ""}}
+    rayjob = rayjob_manifest(owner, capacity, pool, config)
+    rayjob["metadata"].pop("ownerReferences", None)  # no TrainingJob owns a sweep's RayJob
+    rayjob["metadata"]["labels"]["orchestrator.dev/kind"] = "sweep"
+    rayjob["spec"]["entrypoint"] = (
+        f"python -m orchestrator tune {SPEC_MOUNT_DIR}/{SPEC_FILE} --backend local --quiet --output json"
+    )
+    rayjob["spec"]["backoffLimit"] = 0  # a failed sweep is resumed with `orchestrator resume`, not rerun whole
+    data = {**cluster_paths(job.model_dump(mode="json"), config.workdir), "tune": sweep.tune.model_dump(mode="json")}
+    configmap = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": spec_configmap_name(rayjob_name(sweep.name, "")), "namespace": namespace,
+                     "labels": _labels(owner)},
+        "data": {SPEC_FILE: yaml.safe_dump(data, sort_keys=False)},
+    }
+    return {
+        "placement": {"pool": pool.name, "from": f"assumed pool {pool.name} with room for {concurrent} trials",
+                      "worker_pods": capacity.resources.workers},
+        "configMap": configmap,
+        "rayJob": rayjob,
+    }

@@ -1,0 +1,153 @@
+"""A sweep's results without Ray: trial rows, leaderboard, budget saved, the best spec, hparams."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.spec import load_spec
+from orchestrator.sweep.hparams import write_sweep_hparams
+from orchestrator.sweep.loader import load_sweep_spec
+from orchestrator.sweep.report import (
+    best_spec_data,
+    best_spec_yaml,
+    best_trial,
+    budget,
+    leaderboard,
+    trial_row,
+)
+from tests.conftest import REPO
+
+
+def trial(tid: str, lr: float, accs: list[float], state: str = "succeeded", final: bool = True) -> dict[str, Any]:
+    return {
+        "trial_id": tid, "params": {"training.learning_rate": lr}, "state": state, "starts": 1,
+        "epochs": {str(i + 1): {"val_accuracy": a, "val_loss": 1 - a} for i, a in enumerate(accs)},
+        "final": {"test_accuracy": accs[-1] - 0.01} if final else {},
+    }
+
+
+TRIALS = [
+    trial("t0", 0.01, [0.8, 0.9, 0.95, 0.97]),
+    trial("t1", 0.1, [0.5], state="stopped", final=False),
+    trial("t2", 0.0001, [0.6, 0.7], state="stopped", final=False),
+    trial("t3", 0.003, [0.85, 0.92, 0.94, 0.96]),
+    # asked to stop after its last epoch: it trained everything, so it counts as finished
+    trial("t4", 0.002, [0.8, 0.9, 0.93, 0.95], state="stopped"),
+]
+
+
+def rows() -> list[Any]:
+    return [trial_row(t, "val_accuracy", "max", max_epochs=4) for t in TRIALS]
+
+
+def test_rows_take_the_metric_at_the_last_epoch_and_mark_early_stops_by_epochs_trained() -> None:
+    by_id = {r.trial_id: r for r in rows()}
+    assert by_id["t0"].metric == 0.97 and by_id["t0"].epochs_trained == 4 and not by_id["t0"].stopped_early
+    assert by_id["t1"].stopped_early and by_id["t1"].epochs_trained == 1
+    assert by_id["t2"].best_metric == 0.7
+    assert by_id["t4"].state == "succeeded"
+    loss = trial_row(TRIALS[0], "val_loss", "min", max_epochs=4)
+    assert loss.metric == pytest.approx(0.03) and loss.best_metric == pytest.approx(0.03)
+
+
+def test_leaderboard_orders_by_metric_and_mode() -> None:
+    assert [r.trial_id for r in leaderboard(rows(), "max")] == ["t0", "t3", "t4", "t2", "t1"]
+    assert [r.trial_id for r in leaderboard(rows(), "min")] == ["t1", "t2", "t4", "t3", "t0"]
+
+
+def test_the_best_trial_is_the_best_finished_one() -> None:
+    best = best_trial(rows(), "max")
+    assert best is not None and best.trial_id == "t0"
+    # minimising val_accuracy would pick t1, which was stopped early: the best finished trial wins
+    worst = best_trial(rows(), "min")
+    assert worst is not None and worst.trial_id == "t4"
+    assert best_trial([], "max") is None
+
+
+def test_budget_counts_trial_epochs_against_the_full_sweep() -> None:
+    assert budget(rows(), total_trials=6, epochs=4) == {
+        "trial_epochs_used": 4 + 1 + 2 + 4 + 4, "trial_epochs_full": 24, "trial_epochs_saved": 9,
+        "saved_fraction": 0.375, "trials_stopped_early": 2,
+    }
+
+
+def test_the_best_spec_is_a_job_spec_that_validates(tmp_path: Path) -> None:
+    sweep = load_sweep_spec(REPO / "jobs" / "cnn-sweep.yaml")
+    best = rows()[0]
+    spec = sweep.job.model_copy(update={"training": sweep.job.training.model_copy(update={"learning_rate": 0.01})})
+    path = tmp_path / "best.yaml"
+    path.write_text(best_spec_yaml(best_spec_data(spec.model_dump(mode="json"), sweep.name), best, "sweep-1",
+                                   "val_accuracy"))
+    text = path.read_text()
+    assert text.startswith("# The best trial of sweep sweep-1: trial t0, val_accuracy = 0.97")
+    job = load_spec(path)
+    assert job.name == "cnn-sweep-best" and job.training.learning_rate == 0.01
+    assert job.model_dump(exclude={"name"}) == spec.model_dump(exclude={"name"})
+    long = best_spec_data(spec.model_dump(mode="json"), "x" * 53)
+    assert len(long["name"]) <= 53 and long["name"].endswith("-best")
+
+
+def test_hparams_read_back_with_tensorboards_own_reader(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import api_pb2, metadata
+
+    trials = [{**t, "params": {**t["params"], "training.optimizer": "adam"}} for t in TRIALS[:2]]
+    write_sweep_hparams(tmp_path, trials, ["val_accuracy", "val_loss"], description="test sweep")
+    root = EventAccumulator(str(tmp_path))
+    root.Reload()
+    experiment = metadata.parse_experiment_plugin_data(root.PluginTagToContent("hparams")[metadata.EXPERIMENT_TAG])
+    assert [(h.name, h.type) for h in experiment.hparam_infos] == [
+        ("training.learning_rate", api_pb2.DATA_TYPE_FLOAT64), ("training.optimizer", api_pb2.DATA_TYPE_STRING)]
+    assert [m.name.tag for m in experiment.metric_infos] == ["val_accuracy", "val_loss"]
+    assert experiment.description == "test sweep"
+    for t in trials:
+        acc = EventAccumulator(str(tmp_path / t["trial_id"]))
+        acc.Reload()
+        content = acc.PluginTagToContent("hparams")
+        start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+        assert start.hparams["training.learning_rate"].number_value == t["params"]["training.learning_rate"]
+        assert start.hparams["training.optimizer"].string_value == "adam"
+        end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
+        assert end.status == api_pb2.STATUS_SUCCESS
+        values = [(e.step, round(e.value, 6)) for e in acc.Scalars("val_accuracy")]
+        assert values == [(int(k), round(v["val_accuracy"], 6)) for k, v in t["epochs"].items()]
+
+
+def test_the_tune_section_maps_onto_ray_tunes_scheduler_and_search(tmp_path: Path) -> None:
+    """No Ray instance: only the objects Tuner gets (ASHA in epochs, PBT mutations, concurrency)."""
+    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.search.sample import Float
+
+    from orchestrator.sweep.models import SweepSpec
+    from orchestrator.sweep.schedulers import PromptASHAScheduler
+    from orchestrator.sweep.tuning import build_scheduler, build_search, check_fits
+
+    sweep = load_sweep_spec(REPO / "jobs" / "cnn-sweep.yaml")
+    asha = build_scheduler(sweep, "sweep-1")
+    assert isinstance(asha, PromptASHAScheduler) and asha.sweep_id == "sweep-1"
+    assert (asha._time_attr, asha._max_t) == ("epoch", 4)
+    space, search = build_search(sweep, max_concurrent=2)
+    assert isinstance(space["training.learning_rate"], Float)
+    assert space["training.learning_rate"].lower == 1e-4 and space["training.learning_rate"].upper == 1e-1
+    assert isinstance(search, BasicVariantGenerator) and search.max_concurrent == 2
+
+    data = sweep.to_record_spec()
+    data["tune"] = {**data["tune"], "scheduler": {"type": "pbt", "perturbation_interval": 1},  # type: ignore[dict-item]
+                    "search_space": {"training.learning_rate": "choice([0.001, 0.01])",
+                                     "model.dropout": "uniform(0.1, 0.5)"}}
+    pbt = build_scheduler(SweepSpec.from_record_spec(data), "sweep-1")
+    assert pbt._perturbation_interval == 1 and pbt._time_attr == "epoch"
+    assert pbt._hyperparam_mutations["training.learning_rate"] == [0.001, 0.01]
+    assert isinstance(pbt._hyperparam_mutations["model.dropout"], Float)
+
+    # a trial needs workers x cpus_per_worker + trial_cpus = 0.6 CPUs: 3 fit in 2 CPUs, max_concurrent says 2
+    assert check_fits(sweep, {"CPU": 2.0}) == 2
+    assert check_fits(sweep, {"CPU": 1.0}) == 1
+    from orchestrator.errors import BackendError
+
+    with pytest.raises(BackendError) as info:
+        check_fits(sweep, {"CPU": 0.5})
+    assert "1 x 0.5 CPUs for its workers + 0.1 for itself = 0.6" in info.value.reasons[0]

@@ -1,0 +1,219 @@
+"""Sweep specs without Ray: the search-space parser, the `tune:` section, field paths against the
+job spec, `orchestrator tune` errors (exit 2, field path and line), and the dry-run plans."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import main
+from orchestrator.errors import NotAvailableError, SpecError
+from orchestrator.sweep.loader import apply_params, load_sweep_spec
+from orchestrator.sweep.models import AshaScheduler, SweepSpec
+from orchestrator.sweep.space import ExpressionError, grid_size, parse_expression
+from tests.conftest import REPO
+
+SWEEP_FILE = REPO / "jobs" / "cnn-sweep.yaml"
+
+BASE = """\
+name: sweep-test
+model: {type: cnn, conv_filters: [8], dense_units: [16]}
+resources: {workers: 1, cpus_per_worker: 0.5}
+training: {epochs: 3, batch_size: 32}
+"""
+
+
+def write(tmp_path: Path, tune: str, base: str = BASE) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(base + "tune:\n" + textwrap.indent(textwrap.dedent(tune), "  "))
+    return path
+
+
+# -- expressions -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("text", "kind", "args"), [
+    ("loguniform(1e-4, 1e-1)", "loguniform", (1e-4, 1e-1)),
+    ("uniform(0.1, 0.5)", "uniform", (0.1, 0.5)),
+    ("quniform(0, 1, 0.25)", "quniform", (0, 1, 0.25)),
+    ("randint(1, 4)", "randint", (1, 4)),
+    ("choice([32, 64, 128])", "choice", ([32, 64, 128],)),
+    ("grid(['adam', 'sgd'])", "grid", (["adam", "sgd"],)),
+    ("  choice([[16], [16, 32]])  ", "choice", ([[16], [16, 32]],)),
+])
+def test_expressions_parse_to_their_literal_arguments(text: str, kind: str, args: tuple[object, ...]) -> None:
+    dim = parse_expression(text)
+    assert (dim.kind, dim.args) == (kind, args)
+
+
+@pytest.mark.parametrize(("text", "message", "fix"), [
+    ("loguniformm(1e-4, 1e-1)", "unknown sampler 'loguniformm'", "did you mean `loguniform`?"),
+    ("__import__('os').system('touch /tmp/pwned')", "is not a sampler call", "loguniform(1e-4, 1e-1)"),
+    ("uniform(low, high)", "must be literal", "uniform(low, high)"),
+    ("uniform(0.5, 0.1)", "low (0.5) must be below high (0.1)", "uniform(low, high)"),
+    ("loguniform(0, 0.1)", "a log scale needs low > 0", "loguniform(1e-4, 0.1)"),
+    ("randint(1.5, 4)", "takes whole numbers", "randint(low, high)"),
+    ("choice([])", "one non-empty list", "choice([a, b, c])"),
+    ("uniform(0.1, 0.5, 3)", "takes 2 numbers", "uniform(low, high)"),
+    ("choice(values=[1, 2])", "positional arguments only", "choice([a, b, c])"),
+    ("uniform(0.1,", "cannot read", "loguniform"),
+])
+def test_bad_expressions_say_what_is_wrong_and_how_to_write_them(text: str, message: str, fix: str) -> None:
+    with pytest.raises(ExpressionError) as info:
+        parse_expression(text)
+    assert message in info.value.message
+    assert fix in info.value.fix
+
+
+def test_grid_size_multiplies_grid_dimensions_and_choice_only_under_search_grid() -> None:
+    dims = {"a": parse_expression("grid([1, 2, 3])"), "b": parse_expression("choice([1, 2])"),
+            "c": parse_expression("uniform(0, 1)")}
+    assert grid_size(dims) == 3
+    assert grid_size(dims, grid_all=True) == 6
+
+
+# -- the example sweep ------------------------------------------------------------------------------------
+def test_the_example_sweep_loads_with_its_asha_settings() -> None:
+    sweep = load_sweep_spec(SWEEP_FILE)
+    assert isinstance(sweep, SweepSpec)
+    assert sweep.job.name == "cnn-sweep" and sweep.job.training.epochs == 4
+    assert sweep.tune.search_space == {"training.learning_rate": "loguniform(1e-4, 1e-1)"}
+    assert sweep.tune.total_trials == 6 and sweep.tune.max_concurrent == 2
+    assert sweep.tune.scheduler == AshaScheduler(grace_period=1, reduction_factor=2.0)
+    assert sweep.max_epochs() == 4
+    # the stored form round-trips
+    assert SweepSpec.from_record_spec(sweep.to_record_spec()) == sweep
+
+
+def test_a_trials_params_set_the_job_fields_they_name() -> None:
+    sweep = load_sweep_spec(SWEEP_FILE)
+    trial = apply_params(sweep.job, {"training.learning_rate": 0.0123, "model.dropout": 0.3})
+    assert trial.training.learning_rate == 0.0123
+    assert trial.model is not None and trial.model.dropout == 0.3
+    assert trial.training.epochs == sweep.job.training.epochs  # the rest is the base job
+
+
+def test_grid_search_counts_every_combination(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        search_space:
+          training.learning_rate: grid([0.001, 0.01])
+          training.batch_size: choice([16, 32, 64])
+        search: grid
+        num_samples: 2
+        scheduler: {type: fifo}
+    """)
+    assert load_sweep_spec(path).tune.total_trials == 2 * 2 * 3
+
+
+# -- errors: exit 2, the field path, the line --------------------------------------------------------------
+def run_tune(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["tune", *args])
+    return result.exit_code, result.output + (result.stderr if result.stderr_bytes is not None else "")
+
+
+@pytest.mark.parametrize(("tune", "path", "line", "words"), [
+    ("search_space:\n  training.learning_rate: loguniform(0, 0.1)\n",
+     "tune.search_space.training.learning_rate", 7, ["log scale needs low > 0"]),
+    ("search_space:\n  training.learnin_rate: loguniform(1e-4, 0.1)\n",
+     "tune.search_space.training.learnin_rate", 7, ["training has no field 'learnin_rate'",
+                                                    "did you mean `training.learning_rate`?"]),
+    ("search_space:\n  training.batch_size: uniform(8, 64)\n",
+     "tune.search_space.training.batch_size", 7, ["can draw 28.72", "randint(low, high) or choice"]),
+    ("search_space:\n  model.dropout: uniform(0.1, 1.5)\n",
+     "tune.search_space.model.dropout", 7, ["can draw 1.5", "model.dropout refuses"]),
+    ("search_space:\n  training: choice([1, 2])\n",
+     "tune.search_space.training", 7, ["is a whole section"]),
+    ("search_space:\n  training.epochs: randint(2, 5)\nnum_sample: 3\n",
+     "tune.num_sample", 8, ["unknown field", "did you mean `num_samples`?"]),
+    ("search_space:\n  training.epochs: randint(2, 5)\nscheduler: {type: hyperband}\n",
+     "tune.scheduler", 8, ["unknown scheduler type", "asha, pbt or fifo"]),
+    ("search_space:\n  training.learning_rate: uniform(0.001, 0.1)\nsearch: grid\n",
+     "tune.search_space.training.learning_rate", 7, ["search: grid needs listed values"]),
+    ("search_space:\n  training.epochs: randint(2, 5)\nmetric: accuracy\n",
+     "tune.metric", 8, ["unknown metric", "val_accuracy"]),
+])
+def test_bad_sweep_specs_exit_2_with_the_field_path_and_line(tmp_path: Path, tune: str, path: str, line: int,
+                                                               words: list[str]) -> None:
+    spec = write(tmp_path, tune)
+    code, text = run_tune(str(spec), "--dry-run")
+    assert code == 2, text
+    assert f"{spec}:{line}: {path}:" in text, text
+    for word in words:
+        assert word in text, text
+    assert "Traceback" not in text
+
+
+def test_bad_sweep_spec_in_json_names_the_field_path(tmp_path: Path) -> None:
+    spec = write(tmp_path, "search_space:\n  training.learning_rate: normal(0, 1)\n")
+    result = CliRunner().invoke(main, ["tune", str(spec), "--output", "json"])
+    assert result.exit_code == 2
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    issue = report["error"]["issues"][0]
+    assert issue["field_path"] == "tune.search_space.training.learning_rate" and issue["line"] == 7
+    assert "unknown sampler 'normal'" in issue["message"]
+
+
+def test_a_job_spec_without_tune_is_refused_with_a_pointer_to_submit(tmp_path: Path) -> None:
+    code, text = run_tune(str(REPO / "jobs" / "cnn.yaml"))
+    assert code == 2
+    assert "tune: a sweep spec needs a `tune:` section" in text and "orchestrator submit" in text
+
+
+def test_optuna_search_without_optuna_is_exit_2_with_the_install_command(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else real(name, *a))
+    spec = write(tmp_path, "search_space:\n  training.learning_rate: loguniform(1e-4, 0.1)\nsearch: optuna\n")
+    with pytest.raises(NotAvailableError) as info:
+        load_sweep_spec(spec)
+    assert info.value.exit_code == 2 and "pip install optuna" in (info.value.fix or "")
+
+
+def test_job_field_errors_keep_the_job_loaders_messages(tmp_path: Path) -> None:
+    spec = write(tmp_path, "search_space:\n  training.learning_rate: loguniform(1e-4, 0.1)\n",
+                 base=BASE.replace("epochs: 3", "epochs: 0"))
+    with pytest.raises(SpecError) as info:
+        load_sweep_spec(spec)
+    assert info.value.issues[0].field_path == "training.epochs" and info.value.issues[0].line == 4
+
+
+# -- dry runs ------------------------------------------------------------------------------------------------
+def test_dry_run_plan_counts_trials_and_the_full_budget() -> None:
+    result = CliRunner().invoke(main, ["tune", str(SWEEP_FILE), "--dry-run", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout.strip().splitlines()[-1])
+    assert plan["trials"] == 6 and plan["full_budget_trial_epochs"] == 24
+    assert plan["scheduler"] == {"type": "asha", "grace_period": 1, "reduction_factor": 2.0, "brackets": 1,
+                                 "max_t": 4, "time_attr": "epoch"}
+    assert plan["trial"]["resources_per_worker"] == {"CPU": 0.5} and plan["trial"]["trial_process_cpus"] == 0.1
+
+
+def test_validating_and_planning_a_sweep_imports_neither_ray_nor_torch() -> None:
+    code = (
+        "import sys\n"
+        "from orchestrator.cli import main\n"
+        f"try:\n    main(['tune', {str(SWEEP_FILE)!r}, '--dry-run', '-o', 'json'])\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "heavy = sorted(m for m in ('ray', 'torch', 'tensorflow') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def test_backend_ray_needs_the_clusters_gcs_address() -> None:
+    result = CliRunner().invoke(main, ["tune", str(SWEEP_FILE), "--backend", "ray", "--address", "http://head:8265"])
+    assert result.exit_code == 2
+    assert "GCS address" in result.output and "--address HEAD_IP:6379" in result.output
+
+
+def test_submitting_a_sweep_spec_points_at_orchestrator_tune() -> None:
+    result = CliRunner().invoke(main, ["submit", str(SWEEP_FILE), "--dry-run"])
+    assert result.exit_code == 2
+    assert "tune: unknown field" in result.output and "run it with `orchestrator tune SPEC`" in result.output
