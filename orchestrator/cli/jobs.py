@@ -20,6 +20,7 @@ from orchestrator.cli import (
     settings_of,
 )
 from orchestrator.cli.ui import LiveProgress, jobs_table, stdout_console, summary_table
+from orchestrator.errors import UsageError
 from orchestrator.spec import load_spec
 from orchestrator.store import JobRecord
 
@@ -156,6 +157,10 @@ def resume(
 
     be = LocalBackend(settings_of(ctx))
     if is_sweep(be.store.get(job_id)):
+        if detach or epochs is not None:
+            raise UsageError(f"{'--detach' if detach else '--epochs'} does not apply to a sweep",
+                             fix=f"orchestrator resume {job_id} (a sweep's epochs come from its spec; it runs "
+                                 "in the foreground)")
         resume_sweep(ctx, job_id, quiet, output)
         return
     ui = None if output == "json" and quiet else LiveProgress(quiet=quiet)

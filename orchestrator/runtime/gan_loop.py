@@ -86,6 +86,10 @@ def train_gan(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[str,
     d_opt = torch.optim.Adam(discriminator.parameters(), lr=gan.discriminator_learning_rate, betas=(gan.beta1, 0.999))
     optimizer = PairOptimizer(g_opt, d_opt)
     point = restore_checkpoint(pair, optimizer)  # type: ignore[arg-type]
+    # the spec's rates win over the checkpoint's (a PBT trial restored from another trial's checkpoint)
+    for opt, rate in ((g_opt, gan.generator_learning_rate), (d_opt, gan.discriminator_learning_rate)):
+        for group in opt.param_groups:
+            group["lr"] = rate
     if rank == 0:
         sess.emit({"type": "model", "parameters": sum(p.numel() for p in pair.parameters()),
                    "param_checksum": param_checksum(pair), "optimizer_checksum": optimizer_checksum(optimizer),  # type: ignore[arg-type]

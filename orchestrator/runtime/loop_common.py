@@ -16,6 +16,22 @@ def checkpoint_due(spec: JobSpec, epoch: int, stop_now: bool) -> bool:
     return epoch % spec.checkpoint.every_epochs == 0 or epoch == spec.training.epochs or stop_now
 
 
+def epoch_sums_to_save(totals: list[float], seconds: float) -> dict[str, float]:
+    """What a mid-epoch checkpoint keeps of the epoch so far: loss, correct and seen summed over
+    every rank (all-reduced just before, on every rank), and this rank's seconds."""
+    loss, correct, seen = totals
+    return {"loss": loss, "correct": correct, "seen": seen, "seconds": seconds}
+
+
+def restored_epoch_sums(extra: dict[str, float], rank: int) -> dict[str, float]:
+    """The running sums a rank continues a mid-epoch resume with: rank 0 carries the saved totals,
+    the others start from zero, so the epoch's final all-reduce counts every sample once."""
+    sums = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": float(extra.get("seconds", 0.0))}
+    if rank == 0:
+        sums.update({key: float(extra.get(key, 0.0)) for key in ("loss", "correct", "seen")})
+    return sums
+
+
 def epoch_metrics(*, classify: bool, loss: float, correct: float, seen: float, seconds: float, val_loss: float,
                   val_accuracy: float, learning_rate: float, checkpoint_seconds: float) -> dict[str, float]:
     """A supervised epoch's report from the sums over all ranks (regression: losses are MSEs, no accuracy)."""

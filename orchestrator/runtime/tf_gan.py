@@ -34,6 +34,8 @@ from orchestrator.runtime.tf_multiworker import (
     restore_checkpoint,
     save_checkpoint,
     sync_backend_name,
+    sync_moving_statistics,
+    worker_device,
 )
 from orchestrator.spec.models import GANModel, JobSpec
 
@@ -98,7 +100,7 @@ def train_gan_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.Stra
     sums_of = checksum(model_vars), checksum(opt_vars)
     if rank == 0:
         sess.emit({"type": "model", "parameters": int(generator.count_params() + discriminator.count_params()),
-                   "param_checksum": sums_of[0], "optimizer_checksum": sums_of[1], "device": "cpu",
+                   "param_checksum": sums_of[0], "optimizer_checksum": sums_of[1], "device": worker_device(),
                    "sync_backend": sync_backend_name(strategy)})
     step = make_gan_step(strategy, generator, discriminator, g_opt, d_opt, gan, shape, world)
     sample = _local_generate(strategy, generator, gan.latent)
@@ -127,6 +129,7 @@ def train_gan_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.Stra
         stop_now = sess.should_stop()
         if checkpoint_due(spec, epoch, stop_now):
             checkpoint_seconds = save_checkpoint(model_vars, opt_vars, epoch=epoch, step=global_step)
+        sync_moving_statistics(generator)  # the grid and the export use the ranks' mean statistics
         if rank == 0:
             emit_grid(sess, sample(fixed_z), epoch)
         sess.report(epoch=epoch, global_step=global_step, **gan_epoch_metrics(

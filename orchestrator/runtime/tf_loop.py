@@ -17,7 +17,13 @@ import numpy as np
 import tensorflow as tf
 
 from orchestrator.runtime.augment_numpy import augment_batch, batch_rng
-from orchestrator.runtime.loop_common import checkpoint_due, epoch_metrics, test_metrics
+from orchestrator.runtime.loop_common import (
+    checkpoint_due,
+    epoch_metrics,
+    epoch_sums_to_save,
+    restored_epoch_sums,
+    test_metrics,
+)
 from orchestrator.runtime.session import TrainSession
 from orchestrator.runtime.tf_multiworker import (
     TFCollectives,
@@ -34,6 +40,8 @@ from orchestrator.runtime.tf_multiworker import (
     restore_checkpoint,
     save_checkpoint,
     sync_backend_name,
+    sync_moving_statistics,
+    worker_device,
 )
 from orchestrator.spec.models import JobSpec
 
@@ -105,7 +113,7 @@ def train_builtin_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.
     sums_of = checksum(model.weights), checksum(opt_vars)  # reads are collectives: every rank
     if rank == 0:
         sess.emit({"type": "model", "parameters": int(model.count_params()), "param_checksum": sums_of[0],
-                   "optimizer_checksum": sums_of[1], "device": "cpu", "sync_backend": sync_backend_name(strategy)})
+                   "optimizer_checksum": sums_of[1], "device": worker_device(), "sync_backend": sync_backend_name(strategy)})
     classify = data.task == "classification"
     y_dtype = tf.as_dtype(data.y_train.dtype)
     train_step = make_train_step(strategy, model, optimizer, spec, tuple(data.sample_shape), y_dtype, world)
@@ -123,7 +131,8 @@ def train_builtin_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.
         idx = sess.shard(epoch)
         steps = max(1, math.ceil(len(idx) / bs))
         first = point.step_in_epoch if epoch == point.start_epoch else 0
-        sums = dict(point.extra) if first else {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0}
+        sums = restored_epoch_sums(point.extra, rank) if first else {"loss": 0.0, "correct": 0.0, "seen": 0.0,
+                                                                      "seconds": 0.0}
         sess.epoch_started(epoch, global_step)
         t0 = time.perf_counter()
         step = first
@@ -134,7 +143,7 @@ def train_builtin_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.
                 xb = augment_batch(xb, augment, batch_rng(spec.training.seed, epoch, rank, step))
             loss_sum, correct = train_step(tf.constant(xb, tf.float32), tf.constant(data.y_train[sel]))
             global_step += 1
-            batch_loss = float(loss_sum) / len(sel)
+            batch_loss = float(loss_sum) / max(len(sel), 1)
             sums["loss"] += float(loss_sum)
             sums["correct"] += float(correct)
             sums["seen"] += len(sel)
@@ -144,7 +153,9 @@ def train_builtin_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.
             if stop or (every_steps and global_step % every_steps == 0 and not last_step):
                 sums["seconds"] += time.perf_counter() - t0
                 save_checkpoint(model.weights, opt_vars, epoch=epoch, step=global_step, step_in_epoch=step + 1,
-                                extra=sums)
+                                extra=epoch_sums_to_save(
+                                    list(collectives.sum(np.array([sums["loss"], sums["correct"], sums["seen"]]))),
+                                    sums["seconds"]))
                 t0 = time.perf_counter()
             if stop:
                 stopped = True
@@ -154,6 +165,7 @@ def train_builtin_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.
         if stopped:
             break
         t_loss, t_correct, t_seen = collectives.sum(np.array([sums["loss"], sums["correct"], sums["seen"]]))
+        sync_moving_statistics(model)  # every rank scores the model that is saved (all-reduce)
         val_loss, val_acc = evaluate(predict, data.x_val, data.y_val, collectives)
         stop_now = sess.should_stop()
         if checkpoint_due(spec, epoch, stop_now):
@@ -169,6 +181,7 @@ def train_builtin_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.
     if stopped:
         sess.stopped(epoch, global_step)
         return {}
+    sync_moving_statistics(model)
     final = test_metrics(data, *evaluate(predict, data.x_test, data.y_test, collectives))
     weights = read_arrays(model.weights)  # every rank (collective reads)
     if rank == 0:

@@ -51,6 +51,11 @@ def make_strategy(spec: JobSpec, world_size: int) -> tf.distribute.Strategy:
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
+def worker_device() -> str:
+    """Where this worker computes: its GPU when TensorFlow sees one, else the CPU."""
+    return "gpu:0" if tf.config.list_logical_devices("GPU") else "cpu"
+
+
 def sync_backend_name(strategy: tf.distribute.Strategy) -> str:
     """What carries the all-reduce: ``ring``/``nccl`` collectives across workers, or ``none``."""
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -124,20 +129,21 @@ class TFCollectives:
 
 
 def make_optimizer(spec: JobSpec, learning_rate: float | None = None, beta1: float | None = None) -> Any:
-    """The spec's optimizer in Keras 2 (weight decay is decoupled in Keras' optimizers)."""
+    """The spec's optimizer in Keras 2, with torch's defaults where Keras' differ (epsilon 1e-8,
+    RMSprop's rho 0.99), so the two frameworks optimise alike. Keras decouples weight decay."""
     t = spec.training
     lr = t.learning_rate if learning_rate is None else learning_rate
     decay = t.weight_decay or None
     opt = keras.optimizers
     if beta1 is not None:
-        return opt.Adam(lr, beta_1=beta1)
+        return opt.Adam(lr, beta_1=beta1, epsilon=1e-8)
     if t.optimizer == "adam":
-        return opt.Adam(lr, weight_decay=decay)
+        return opt.Adam(lr, epsilon=1e-8, weight_decay=decay)
     if t.optimizer == "adamw":
-        return opt.AdamW(lr, weight_decay=t.weight_decay)
+        return opt.AdamW(lr, epsilon=1e-8, weight_decay=t.weight_decay)
     if t.optimizer == "sgd":
         return opt.SGD(lr, momentum=t.momentum, weight_decay=decay)
-    return opt.RMSprop(lr, momentum=t.momentum, weight_decay=decay)
+    return opt.RMSprop(lr, rho=0.99, momentum=t.momentum, epsilon=1e-8, weight_decay=decay)
 
 
 def build_model(spec: JobSpec, data: PreparedData) -> keras.Model:
@@ -159,10 +165,27 @@ def per_example_loss(y: tf.Tensor, out: tf.Tensor) -> tf.Tensor:
 
 
 def optimizer_variables(optimizer: Any, variables: list[tf.Variable]) -> list[tf.Variable]:
-    """The optimizer's own variables (iterations, moments), created now if it has not stepped yet."""
-    if not optimizer.variables:
-        optimizer.build(variables)
+    """The optimizer's own variables (step count, moments, momentum), created now if need be.
+
+    A Keras 2 optimizer makes its step counter at once but its slots (Adam's m and v, momentum)
+    only on the first step; ``build`` makes them now (it does nothing once built), so checkpoints
+    hold them and a restore can load them before training starts.
+    """
+    optimizer.build(variables)
     return list(optimizer.variables)
+
+
+def sync_moving_statistics(model: Any) -> None:
+    """Give every rank the mean of the ranks' batch-norm moving statistics (call on every rank).
+
+    Keras keeps them per worker (on-read synchronised: each worker updates its own copy with its
+    own batches; a cross-replica read averages). Evaluating with each worker's own copy would not
+    score the model that is checkpointed and exported (the mean); torch's DDP broadcasts rank 0's
+    buffers instead. Reading is an all-reduce, so every rank calls this at the same point.
+    """
+    for var in model.non_trainable_weights:
+        if isinstance(var, tf.distribute.DistributedValues):
+            var.assign(var.read_value())
 
 
 def read_arrays(variables: list[Any]) -> list[np.ndarray]:

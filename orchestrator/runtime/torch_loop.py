@@ -16,7 +16,13 @@ from dataclasses import dataclass
 import torch
 
 from orchestrator.runtime.augment import augment_batch, batch_generator
-from orchestrator.runtime.loop_common import checkpoint_due, epoch_metrics, test_metrics
+from orchestrator.runtime.loop_common import (
+    checkpoint_due,
+    epoch_metrics,
+    epoch_sums_to_save,
+    restored_epoch_sums,
+    test_metrics,
+)
 from orchestrator.runtime.session import TrainSession
 from orchestrator.runtime.torch_ddp import (
     _all_reduce_sum,
@@ -90,7 +96,7 @@ def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[
         idx = sess.shard(epoch)
         steps = max(1, math.ceil(len(idx) / bs))
         first = point.step_in_epoch if epoch == point.start_epoch else 0
-        sums = _EpochSums(**point.extra) if first else _EpochSums()
+        sums = _EpochSums(**restored_epoch_sums(point.extra, rank)) if first else _EpochSums()
         sess.epoch_started(epoch, global_step)
         net.train()
         t0 = time.perf_counter()
@@ -118,7 +124,8 @@ def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[
                 elapsed = time.perf_counter() - t0
                 sums.seconds += elapsed
                 save_checkpoint(model, optimizer, epoch=epoch, step=global_step, step_in_epoch=step + 1,
-                                extra=sums.as_extra())
+                                extra=epoch_sums_to_save(
+                                    _all_reduce_sum([sums.loss, sums.correct, sums.seen], dev), sums.seconds))
                 t0 = time.perf_counter()
             if stop:
                 stopped = True

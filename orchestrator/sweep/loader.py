@@ -51,7 +51,7 @@ def load_sweep_spec(path: str | os.PathLike[str], overrides: Iterable[str] = ())
     job = validate_spec_data(job_data, source=source, loaded=loaded)
     job = resolve_paths(job, Path(path).resolve().parent, source=source, loaded=loaded)
     tune = validate_tune_data(data["tune"], source=source, loaded=loaded)
-    issues = search_space_issues(job, tune, loaded)
+    issues = search_space_issues(job, tune, loaded) + metric_issues(job, tune, loaded)
     if issues:
         raise SpecError(issues, source=source)
     check_search_available(tune)
@@ -192,6 +192,22 @@ def search_space_issues(job: JobSpec, tune: TuneSpec, loaded: LoadedYAML | None 
                                         line=_line(loaded, loc)))
                 break
     return issues
+
+
+def metric_issues(job: JobSpec, tune: TuneSpec, loaded: LoadedYAML | None = None) -> list[SpecIssue]:
+    """An accuracy metric for a job that reports none (a gan, a regression on the generated sine):
+    ASHA would never stop a trial and the sweep would fail only at its end."""
+    if not tune.metric.endswith("accuracy"):
+        return []
+    model_type = job.model.type if job.model is not None else None
+    why = ("a gan reports generator_loss and discriminator_loss, no accuracy" if model_type == "gan" else
+           "data.source: sine is a regression task: it reports mean squared errors, no accuracy"
+           if job.data.source == "sine" else None)
+    if why is None:
+        return []
+    loc = ("tune", "metric")
+    fix = "use metric: generator_loss with mode: min" if model_type == "gan" else "use metric: val_loss with mode: min"
+    return [SpecIssue(_dotted(loc), f"{tune.metric!r} is never reported: {why}", fix=fix, line=_line(loaded, loc))]
 
 
 def check_search_available(tune: TuneSpec) -> None:

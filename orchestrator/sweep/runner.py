@@ -50,6 +50,14 @@ WATCH_INTERVAL_S = 1.0
 EXPERIMENT_DIR = "ray"
 
 
+
+def trial_job(sweep: SweepSpec) -> dict[str, Any]:
+    """The job every trial starts from: the sweep's job, trained for at most ``max_epochs()`` epochs
+    (an ASHA ``max_t`` below ``training.epochs`` ends trials there as finished, with their model)."""
+    job = sweep.job.model_dump(mode="json")
+    job["training"]["epochs"] = sweep.max_epochs()
+    return job
+
 class SweepEvents(Protocol):
     """What the terminal UI receives while a sweep runs."""
 
@@ -183,7 +191,7 @@ class SweepDriver:
         self._update_result(dashboard_url=url, tensorboard_dir=str(tb_dir), max_concurrent=concurrent,
                             experiment_path=str(experiment_path(record)))
         trainable = tune.with_resources(
-            tune.with_parameters(SweepTrial, sweep={"job": sweep.job.model_dump(mode="json"),
+            tune.with_parameters(SweepTrial, sweep={"job": trial_job(sweep),
                                                     "sweep_dir": str(record.job_dir), "sweep_id": record.id},
                                  data=data),
             {"cpu": sweep.tune.trial_cpus},
@@ -326,6 +334,7 @@ class SweepDriver:
             # `orchestrator predict SWEEP` predicts with the best trial's model
             script = model / "model.torchscript.pt" if model else None
             result["torchscript_path"] = str(script) if script and script.exists() else None
+            result["model_dir"] = str(model) if model and (model / "model.json").exists() else None  # tensorflow too
         self._update_result(**result)
         log.info("budget: %s", json.dumps(result["budget"]))
 

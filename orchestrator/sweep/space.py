@@ -58,6 +58,15 @@ class Dimension:
     def is_finite(self) -> bool:
         return self.kind in LIST_KINDS
 
+    def clip(self, value: Any) -> Any:
+        """``value`` brought back into a range's bounds (PBT multiplies values by 0.8 or 1.2 unclipped)."""
+        if self.kind in LIST_KINDS or not _is_number(value):
+            return value
+        low, high = self.args[0], self.args[1]
+        if self.kind in ("randint", "lograndint"):
+            return int(min(max(int(round(value)), int(low)), int(high) - 1))
+        return min(max(float(value), float(low)), float(high))
+
     def samples_for_validation(self) -> list[Any]:
         """Values to check against the job spec field: every listed value, or both ends of a range."""
         if self.kind in LIST_KINDS:

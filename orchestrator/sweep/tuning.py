@@ -46,10 +46,17 @@ def build_scheduler(sweep: SweepSpec, sweep_id: str) -> Any:
     if isinstance(sched, PbtScheduler):
         mutations = {path: (dim.values if dim.is_finite else to_ray(dim))
                      for path, dim in sweep.tune.dimensions.items()}
+        dims = dict(sweep.tune.dimensions)
+
+        def within_bounds(config: dict[str, Any]) -> dict[str, Any]:
+            # PBT perturbs by x0.8 / x1.2 without bounds: a momentum of 0.95 would become 1.14, which
+            # the job spec refuses (the trial would fail); keep every value inside its range
+            return {key: dims[key].clip(value) if key in dims else value for key, value in config.items()}
+
         return PopulationBasedTraining(time_attr="epoch", perturbation_interval=sched.perturbation_interval,
                                        quantile_fraction=sched.quantile_fraction,
                                        resample_probability=sched.resample_probability,
-                                       hyperparam_mutations=mutations)
+                                       hyperparam_mutations=mutations, custom_explore_fn=within_bounds)
     return FIFOScheduler()
 
 

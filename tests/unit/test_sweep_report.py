@@ -142,6 +142,10 @@ def test_the_tune_section_maps_onto_ray_tunes_scheduler_and_search(tmp_path: Pat
     assert pbt._perturbation_interval == 1 and pbt._time_attr == "epoch"
     assert pbt._hyperparam_mutations["training.learning_rate"] == [0.001, 0.01]
     assert isinstance(pbt._hyperparam_mutations["model.dropout"], Float)
+    # PBT's x1.2 / x0.8 perturbations are clipped back into each range (a dropout of 0.6 is refused)
+    assert pbt._custom_explore_fn({"model.dropout": 0.6, "training.learning_rate": 0.01}) == {
+        "model.dropout": 0.5, "training.learning_rate": 0.01}
+    assert pbt._custom_explore_fn({"model.dropout": 0.05})["model.dropout"] == 0.1
 
     # a trial needs workers x cpus_per_worker + trial_cpus = 0.6 CPUs: 3 fit in 2 CPUs, max_concurrent says 2
     assert check_fits(sweep, {"CPU": 2.0}) == 2

@@ -217,3 +217,48 @@ def test_submitting_a_sweep_spec_points_at_orchestrator_tune() -> None:
     result = CliRunner().invoke(main, ["submit", str(SWEEP_FILE), "--dry-run"])
     assert result.exit_code == 2
     assert "tune: unknown field" in result.output and "run it with `orchestrator tune SPEC`" in result.output
+
+
+def test_pbt_values_are_clipped_into_their_range() -> None:
+    assert parse_expression("uniform(0.85, 0.95)").clip(1.14) == 0.95
+    assert parse_expression("loguniform(1e-4, 1e-1)").clip(5e-5) == 1e-4
+    assert parse_expression("randint(1, 4)").clip(4.8) == 3 and parse_expression("randint(1, 4)").clip(0.2) == 1
+    assert parse_expression("choice([1, 2])").clip(7) == 7  # listed values are never perturbed out of range
+
+
+def test_trials_train_at_most_asha_max_t_epochs(tmp_path: Path) -> None:
+    from orchestrator.sweep.runner import trial_job
+
+    sweep = load_sweep_spec(write(tmp_path, """\
+        search_space:
+          training.learning_rate: loguniform(1e-4, 1e-1)
+        scheduler: {type: asha, max_t: 2}
+        """))
+    assert sweep.job.training.epochs == 3 and sweep.max_epochs() == 2
+    assert trial_job(sweep)["training"]["epochs"] == 2  # a trial at max_t is finished, not interrupted
+
+
+@pytest.mark.parametrize(("base", "fix"), [
+    (BASE.replace("model: {type: cnn, conv_filters: [8], dense_units: [16]}",
+                  "model: {type: gan}\ndata: {preprocessing: normalize}"), "metric: generator_loss"),
+    (BASE.replace("model: {type: cnn, conv_filters: [8], dense_units: [16]}",
+                  "model: {type: rnn}\ndata: {source: sine}"), "metric: val_loss"),
+])
+def test_an_accuracy_metric_for_a_job_without_accuracy_is_refused(tmp_path: Path, base: str, fix: str) -> None:
+    spec = write(tmp_path, "search_space:\n  training.learning_rate: loguniform(1e-4, 1e-1)\n", base=base)
+    code, text = run_tune(str(spec), "--dry-run")
+    assert code == 2 and "tune.metric" in text and "never reported" in text and fix in text, text
+
+
+def test_resume_of_a_sweep_refuses_detach_and_epochs(tmp_path: Path) -> None:
+    import time
+
+    from orchestrator.store import JobRecord, JobState, JobStore
+
+    sweep = load_sweep_spec(SWEEP_FILE)
+    store = JobStore(tmp_path / "jobs.db")
+    store.create(JobRecord(id="sweep-1", name="cnn-sweep", spec=sweep.to_record_spec(), backend="local",
+                           state=JobState.CANCELLED, job_dir=tmp_path / "jobs" / "sweep-1", created_at=time.time()))
+    for flag in (["--detach"], ["--epochs", "9"]):
+        result = CliRunner().invoke(main, ["resume", "sweep-1", *flag], env={"ORCHESTRATOR_HOME": str(tmp_path)})
+        assert result.exit_code == 2 and "does not apply to a sweep" in result.output, result.output

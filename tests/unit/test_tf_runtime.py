@@ -143,6 +143,11 @@ def test_restore_loads_weights_and_optimizer_and_continues_at_the_next_epoch(tmp
     assert tfm.checksum(model.weights) != before
     assert tfm.checksum(model.weights) == sink.of("final")[0]["param_checksum"]
     assert int(opt.iterations.numpy()) == point.global_step  # the optimizer's own step count came back
+    # ...and its moments: Adam's m and v for every weight, the values the checkpoint holds
+    assert len(opt_vars) == 1 + 2 * len(model.trainable_variables)
+    newest = sess.checkpoints.list()[0]
+    assert tfm.checksum(opt_vars) == newest.meta["optimizer_checksum"]
+    assert any(float(np.abs(v.numpy()).sum()) > 0 for v in opt_vars[1:])
     assert saved is None or saved.get("framework") == "tensorflow"
 
 
