@@ -79,6 +79,33 @@ def check_framework_available(spec: JobSpec) -> None:
         )
 
 
+def attach_job_log(path: Path) -> logging.Handler:
+    """Send the ``orchestrator`` loggers' records (INFO and up) to a job's ``driver.log``."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("orchestrator")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    return handler
+
+
+def detach_job_log(handler: logging.Handler | None) -> None:
+    if handler is not None:
+        logging.getLogger("orchestrator").removeHandler(handler)
+        handler.close()
+
+
+def shutdown_ray() -> None:
+    """``ray.shutdown()`` at a driver's exit, best effort (a failure is logged, never raised)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception:  # noqa: BLE001 - best effort at exit
+        log.warning("ray.shutdown failed:\n%s", traceback.format_exc())
+
+
 class Driver:
     """Runs one job to a terminal state. Construct, then call :meth:`run`."""
 
@@ -137,7 +164,7 @@ class Driver:
     def run(self) -> JobRecord:
         job_dir = self.record.job_dir
         job_dir.mkdir(parents=True, exist_ok=True)
-        self._setup_logging(job_dir / "driver.log")
+        self._log_handler = attach_job_log(job_dir / "driver.log")
         started = self.store.transition(
             self.record.id,
             JobState.RUNNING,
@@ -169,14 +196,6 @@ class Driver:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._shutdown()
-
-    def _setup_logging(self, path: Path) -> None:
-        handler = logging.FileHandler(path, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger = logging.getLogger("orchestrator")
-        logger.setLevel(logging.INFO)
-        logger.addHandler(handler)
-        self._log_handler = handler
 
     def _start_metrics(self) -> None:
         """Serve this job's Prometheus metrics while it runs (port 0 picks a free one)."""
@@ -526,19 +545,11 @@ class Driver:
         return out
 
     def _shutdown(self) -> None:
-        try:
-            import ray
-
-            if ray.is_initialized():
-                ray.shutdown()
-        except Exception:  # noqa: BLE001 - best effort at exit
-            log.warning("ray.shutdown failed:\n%s", traceback.format_exc())
+        shutdown_ray()
         if self._tb is not None:
             self._tb.close()
         if self._metrics is not None:
             if self.metrics_linger_s > 0:
                 time.sleep(self.metrics_linger_s)  # let a scraper see the final values
             self._metrics.close()
-        if self._log_handler is not None:
-            logging.getLogger("orchestrator").removeHandler(self._log_handler)
-            self._log_handler.close()
+        detach_job_log(self._log_handler)

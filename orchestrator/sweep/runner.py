@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from orchestrator.backends.driver import attach_job_log, detach_job_log, shutdown_ray
 from orchestrator.errors import OrchestratorError, TrainingError
 from orchestrator.settings import Settings
 from orchestrator.store import ACTIVE_STATES, JobRecord, JobState, JobStore, process_start_time
@@ -132,7 +133,7 @@ class SweepDriver:
     def run(self, *, resume: bool = False) -> JobRecord:
         sweep_dir = self.record.job_dir
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        self._setup_logging(sweep_dir / "driver.log")
+        self._log_handler = attach_job_log(sweep_dir / "driver.log")
         started = self.store.transition(
             self.record.id, JobState.RUNNING, {JobState.PENDING}, started_at=time.time(), driver_pid=os.getpid(),
             driver_started=process_start_time(os.getpid()), message=None,
@@ -157,14 +158,6 @@ class SweepDriver:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._shutdown()
-
-    def _setup_logging(self, path: Path) -> None:
-        handler = logging.FileHandler(path, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger = logging.getLogger("orchestrator")
-        logger.setLevel(logging.INFO)
-        logger.addHandler(handler)
-        self._log_handler = handler
 
     def _run(self, resume: bool) -> JobRecord:
         quiet_tune()
@@ -354,16 +347,8 @@ class SweepDriver:
         return final
 
     def _shutdown(self) -> None:
-        try:
-            import ray
-
-            if ray.is_initialized():
-                ray.shutdown()
-        except Exception:  # noqa: BLE001 - best effort at exit
-            log.warning("ray.shutdown failed:\n%s", traceback.format_exc())
-        if self._log_handler is not None:
-            logging.getLogger("orchestrator").removeHandler(self._log_handler)
-            self._log_handler.close()
+        shutdown_ray()
+        detach_job_log(self._log_handler)
 
 
 def _trial_statuses(grid: Any) -> list[str]:
