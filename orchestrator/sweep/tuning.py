@@ -11,20 +11,35 @@ from orchestrator.errors import BackendError
 from orchestrator.sweep.models import AshaScheduler, PbtScheduler, SweepSpec
 
 
+def _largest(sweep: SweepSpec, field: str, base: float) -> float:
+    """The largest value a trial can have for ``resources.<field>`` (searched or not)."""
+    dim = sweep.tune.dimensions.get(f"resources.{field}")
+    if dim is None:
+        return base
+    return max(float(v) for v in dim.samples_for_validation() if isinstance(v, (int, float)))
+
+
 def check_fits(sweep: SweepSpec, resources: dict[str, float]) -> int:
-    """Refuse a trial the cluster can never place; return how many trials fit at once."""
+    """Refuse a sweep with a trial the cluster can never place (it would wait forever); return how
+    many trials fit at once. Searched ``resources.*`` fields count at their largest values."""
     r = sweep.job.resources
-    per_trial = r.workers * r.cpus_per_worker + sweep.tune.trial_cpus
+    workers = _largest(sweep, "workers", r.workers)
+    cpus = _largest(sweep, "cpus_per_worker", r.cpus_per_worker)
+    gpus = _largest(sweep, "gpus_per_worker", r.gpus_per_worker)
+    searched = [p for p in sweep.tune.dimensions if p.startswith("resources.")]
+    where = f" (at the largest values of {', '.join(searched)})" if searched else ""
+    per_trial = workers * cpus + sweep.tune.trial_cpus
     have = resources.get("CPU", 0.0)
     if per_trial > have + 1e-9:
         raise BackendError(
             "one trial does not fit this Ray cluster",
-            reasons=[f"a trial needs {r.workers} x {r.cpus_per_worker:g} CPUs for its workers + "
-                     f"{sweep.tune.trial_cpus:g} for itself = {per_trial:g}; the cluster has {have:g}"],
-            fix="lower resources.workers / cpus_per_worker (fractions such as 0.5 are fine) or tune.trial_cpus",
+            reasons=[f"a trial needs {workers:g} x {cpus:g} CPUs for its workers + "
+                     f"{sweep.tune.trial_cpus:g} for itself = {per_trial:g}{where}; the cluster has {have:g}"],
+            fix="lower resources.workers / cpus_per_worker (fractions such as 0.5 are fine) or tune.trial_cpus"
+                + (", or narrow the search over " + ", ".join(searched) if searched else ""),
         )
-    need_gpu = r.workers * r.gpus_per_worker
-    if need_gpu > resources.get("GPU", 0.0) + 1e-9 and r.uses_gpu:
+    need_gpu = workers * gpus
+    if need_gpu > resources.get("GPU", 0.0) + 1e-9 and (r.uses_gpu or gpus > 0):
         raise BackendError("one trial does not fit this Ray cluster",
                            reasons=[f"a trial needs {need_gpu:g} GPUs; the cluster has {resources.get('GPU', 0):g}"],
                            fix="lower resources.gpus_per_worker or run on a cluster with GPUs")

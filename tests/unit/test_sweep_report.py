@@ -155,3 +155,12 @@ def test_the_tune_section_maps_onto_ray_tunes_scheduler_and_search(tmp_path: Pat
     with pytest.raises(BackendError) as info:
         check_fits(sweep, {"CPU": 0.5})
     assert "1 x 0.5 CPUs for its workers + 0.1 for itself = 0.6" in info.value.reasons[0]
+
+    # a searched worker count counts at its largest value: 8 x 0.5 + 0.1 never fits 2 CPUs
+    data = sweep.to_record_spec()
+    data["tune"] = {**data["tune"], "search_space": {"resources.workers": "choice([1, 8])"}}  # type: ignore[dict-item]
+    with pytest.raises(BackendError) as info:
+        check_fits(SweepSpec.from_record_spec(data), {"CPU": 2.0})
+    assert "8 x 0.5 CPUs for its workers + 0.1 for itself = 4.1 (at the largest values of resources.workers)" \
+        in info.value.reasons[0], info.value.reasons
+    assert "narrow the search over resources.workers" in info.value.fix
