@@ -80,7 +80,8 @@ def tune(ctx: click.Context, spec_path: str, overrides: tuple[str, ...], backend
     from orchestrator.cli.sweep_ui import LiveSweep
     from orchestrator.sweep.runner import SweepDriver, create_sweep_record
 
-    record = create_sweep_record(settings, sweep)  # the driver is this process, whichever cluster it joins
+    # the driver is this process, whichever cluster it joins
+    record = create_sweep_record(settings, sweep, ray_address=settings.local_ray_address if backend == "ray" else None)
     ui = LiveSweep(quiet=quiet or output == "json")
     try:
         record = SweepDriver(settings, record.id, ui).run()
@@ -117,6 +118,8 @@ def resume_sweep(ctx: click.Context, sweep_id: str, quiet: bool, output: str) ->
     if record.state in ACTIVE_STATES:
         raise UsageError(f"sweep {record.id} is {record.state.value}; only a sweep that ended can be resumed",
                          fix=f"wait for it, or `orchestrator cancel {record.id}` first")
+    if record.result.get("ray_address"):  # a --backend ray sweep continues on its cluster
+        settings = settings.with_overrides(local_ray_address=record.result["ray_address"])
     store.transition(record.id, JobState.PENDING, {record.state}, ended_at=None, message=None, driver_pid=None,
                      driver_started=None)
     ui = LiveSweep(quiet=quiet or output == "json")

@@ -69,8 +69,10 @@ class SweepEvents(Protocol):
     def on_finish(self, record: JobRecord) -> None: ...
 
 
-def create_sweep_record(settings: Settings, sweep: SweepSpec, backend: str = "local") -> JobRecord:
-    """A pending sweep in the job store (its spec: the job's fields plus ``tune``)."""
+def create_sweep_record(settings: Settings, sweep: SweepSpec, backend: str = "local",
+                        ray_address: str | None = None) -> JobRecord:
+    """A pending sweep in the job store (its spec: the job's fields plus ``tune``); ``ray_address``,
+    the cluster a ``--backend ray`` sweep joined, is kept so that a resume joins it again."""
     from orchestrator.backends.driver import check_framework_available
 
     check_framework_available(sweep.job)
@@ -82,7 +84,8 @@ def create_sweep_record(settings: Settings, sweep: SweepSpec, backend: str = "lo
     (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     record = JobRecord(id=sweep_id, name=sweep.name, backend=backend, state=JobState.PENDING, spec=data,
                        job_dir=sweep_dir, created_at=time.time(),
-                       result={"kind": "sweep", "total_trials": sweep.tune.total_trials})
+                       result={"kind": "sweep", "total_trials": sweep.tune.total_trials,
+                               **({"ray_address": ray_address} if ray_address else {})})
     return store.create(record)
 
 

@@ -162,6 +162,7 @@ def test_backend_ray_runs_the_sweep_on_a_running_cluster(ray_address: str, tmp_p
     assert out["state"] == "succeeded"
     assert sorted(t["params"]["training.learning_rate"] for t in out["leaderboard"]) == [0.003, 0.01]
     assert all(t["epochs_trained"] == 2 for t in out["leaderboard"])
+    assert out["ray_address"] == ray_address  # kept: `orchestrator resume` joins the same cluster
     # it ran on that cluster: the Ray job of the sweep is in the cluster's dashboard, tagged as a sweep
     base, ray_job = out["dashboard_url"].split("/#/jobs/")
     token_file = Path.home() / ".ray" / "auth_token"

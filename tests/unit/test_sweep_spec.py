@@ -262,3 +262,29 @@ def test_resume_of_a_sweep_refuses_detach_and_epochs(tmp_path: Path) -> None:
     for flag in (["--detach"], ["--epochs", "9"]):
         result = CliRunner().invoke(main, ["resume", "sweep-1", *flag], env={"ORCHESTRATOR_HOME": str(tmp_path)})
         assert result.exit_code == 2 and "does not apply to a sweep" in result.output, result.output
+
+
+def test_resume_of_a_ray_backend_sweep_joins_its_cluster_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import orchestrator.sweep.runner as runner
+    from orchestrator.store import JobRecord, JobState, JobStore
+
+    sweep = load_sweep_spec(SWEEP_FILE)
+    store = JobStore(tmp_path / "jobs.db")
+    store.create(JobRecord(id="sweep-2", name="cnn-sweep", spec=sweep.to_record_spec(), backend="local",
+                           state=JobState.CANCELLED, job_dir=tmp_path / "jobs" / "sweep-2", created_at=time.time(),
+                           result={"kind": "sweep", "ray_address": "10.0.0.5:6379"}))
+    seen = {}
+
+    class FakeDriver:
+        def __init__(self, settings: object, sweep_id: str, ui: object) -> None:
+            seen["address"] = settings.local_ray_address  # type: ignore[attr-defined]
+
+        def run(self, resume: bool = False) -> JobRecord:
+            seen["resume"] = resume
+            return store.get("sweep-2")
+
+    monkeypatch.setattr(runner, "SweepDriver", FakeDriver)
+    CliRunner().invoke(main, ["resume", "sweep-2", "-q"], env={"ORCHESTRATOR_HOME": str(tmp_path), "RAY_ADDRESS": ""})
+    assert seen == {"address": "10.0.0.5:6379", "resume": True}
