@@ -13,7 +13,7 @@ from typing import Any
 import tf_keras as keras
 from tf_keras import layers as kl
 
-from orchestrator.spec.layers import Layer, parse_layers
+from orchestrator.spec.layers import Layer, check_output_shape, parse_layers
 from orchestrator.spec.models import CNNModel, GANModel, RNNModel, SequentialModel
 
 #: torch's BatchNorm defaults, so a spec means the same in both frameworks (Keras keeps
@@ -140,13 +140,7 @@ def build_sequential(spec: SequentialModel, sample_shape: tuple[int, ...], outpu
             activation = _activation(act)
             if activation is not None:
                 x = activation(x)
-    shape = tuple(int(v) for v in x.shape[1:])
-    if len(shape) != 1:
-        raise ValueError(f"the last layer gives samples shaped {shape}; end with Flatten and Dense({outputs})")
-    if shape[0] != outputs:
-        want = f"{outputs} classes; end with Dense({outputs}, activation='softmax')" if outputs > 1 \
-            else "one target (regression); end with Dense(1)"
-        raise ValueError(f"the last layer gives {shape[0]} outputs but the data has {want}")
+    check_output_shape(tuple(int(v) for v in x.shape[1:]), outputs)
     return keras.Model(inp, x, name="sequential")
 
 

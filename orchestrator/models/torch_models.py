@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from orchestrator.spec.layers import Layer, parse_layers
+from orchestrator.spec.layers import Layer, check_output_shape, parse_layers
 from orchestrator.spec.models import CNNModel, GANModel, RNNModel, SequentialModel
 
 
@@ -168,12 +168,7 @@ def build_sequential(spec: SequentialModel, sample_shape: tuple[int, ...], num_c
         act = None if layer.kind == "SimpleRNN" else _activation(layer.args.get("activation"))
         if act is not None and not (last and layer.args.get("activation") == "softmax"):
             modules.append(act)
-    if len(shape) != 1:
-        raise ValueError(f"the last layer gives samples shaped {shape}; end with Flatten and Dense({num_classes})")
-    if shape[0] != num_classes:
-        want = f"{num_classes} classes; end with Dense({num_classes}, activation='softmax')" if num_classes > 1 \
-            else "one target (regression); end with Dense(1)"
-        raise ValueError(f"the last layer gives {shape[0]} outputs but the data has {want}")
+    check_output_shape(shape, num_classes)
     return nn.Sequential(*modules)
 
 

@@ -13,7 +13,6 @@ probability >= 0.8 is reported as ``confident_samples`` (a quality proxy).
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from torch import nn
 from orchestrator.metrics import names
 from orchestrator.models.torch_models import GeneratorToRaw, build_gan
 from orchestrator.runtime.images import GRID, QUALITY_SAMPLES, confident_share, emit_grid
-from orchestrator.runtime.loop_common import checkpoint_due, gan_epoch_metrics
+from orchestrator.runtime.loop_common import check_gan_losses_finite, checkpoint_due, gan_epoch_metrics
 from orchestrator.runtime.session import TrainSession
 from orchestrator.runtime.torch_ddp import (
     _all_reduce_sum,
@@ -123,9 +122,7 @@ def train_gan(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[str,
         seconds = time.perf_counter() - t0
         sess.record_shard(epoch, idx[: steps * bs])
         g_sum, d_sum, seen = _all_reduce_sum([sums["g"], sums["d"], sums["seen"]], dev)
-        if not (math.isfinite(g_sum) and math.isfinite(d_sum)):
-            raise FloatingPointError(f"the gan's losses diverged at epoch {epoch} (generator {g_sum}, "
-                                     f"discriminator {d_sum}); lower the learning rates")
+        check_gan_losses_finite(epoch, g_sum, d_sum)
         stop_now = sess.should_stop()
         if checkpoint_due(spec, epoch, stop_now):
             checkpoint_seconds = save_checkpoint(pair, optimizer, epoch=epoch, step=global_step)  # type: ignore[arg-type]
@@ -151,8 +148,7 @@ def train_gan(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[str,
             final[names.CONFIDENT_SAMPLES] = share
             final[names.CONFIDENT_REAL] = real_share
         export_gan(generator, data, spec, sess.paths.model_dir)
-        sess.emit({"type": "final", "metrics": final, "model_dir": str(sess.paths.model_dir),
-                   "param_checksum": param_checksum(pair)})
+        sess.finished(final, param_checksum(pair))
     return final
 
 

@@ -6,9 +6,17 @@ follow from them), so the dictionaries are built here once.
 
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
 from orchestrator.metrics import names
 from orchestrator.runtime.data import PreparedData, last_value_mse
 from orchestrator.spec.models import JobSpec
+
+#: How often (in steps) ranks agree on whether the driver asked them to stop.
+STOP_CHECK_EVERY = 10
 
 
 def checkpoint_due(spec: JobSpec, epoch: int, stop_now: bool) -> bool:
@@ -16,20 +24,53 @@ def checkpoint_due(spec: JobSpec, epoch: int, stop_now: bool) -> bool:
     return epoch % spec.checkpoint.every_epochs == 0 or epoch == spec.training.epochs or stop_now
 
 
-def epoch_sums_to_save(totals: list[float], seconds: float) -> dict[str, float]:
-    """What a mid-epoch checkpoint keeps of the epoch so far: loss, correct and seen summed over
-    every rank (all-reduced just before, on every rank), and this rank's seconds."""
-    loss, correct, seen = totals
-    return {"loss": loss, "correct": correct, "seen": seen, "seconds": seconds}
+def step_checkpoint_due(spec: JobSpec, global_step: int, last_step: bool) -> bool:
+    """A mid-epoch checkpoint after this step (``checkpoint.every_steps``; the epoch's end has its own)."""
+    every = spec.checkpoint.every_steps
+    return every is not None and global_step % every == 0 and not last_step
 
 
-def restored_epoch_sums(extra: dict[str, float], rank: int) -> dict[str, float]:
-    """The running sums a rank continues a mid-epoch resume with: rank 0 carries the saved totals,
-    the others start from zero, so the epoch's final all-reduce counts every sample once."""
-    sums = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": float(extra.get("seconds", 0.0))}
-    if rank == 0:
-        sums.update({key: float(extra.get(key, 0.0)) for key in ("loss", "correct", "seen")})
-    return sums
+@dataclass
+class EpochSums:
+    """One rank's running sums over the current epoch (loss, correct predictions, samples, seconds)."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    seen: float = 0.0
+    seconds: float = 0.0
+
+    def add(self, loss_sum: float, correct: float, seen: int) -> None:
+        self.loss += loss_sum
+        self.correct += correct
+        self.seen += seen
+
+    def counts(self) -> list[float]:
+        """What the ranks all-reduce: loss, correct, seen (seconds stay each rank's own)."""
+        return [self.loss, self.correct, self.seen]
+
+    @staticmethod
+    def to_save(totals: list[float], seconds: float) -> dict[str, float]:
+        """What a mid-epoch checkpoint keeps of the epoch so far: loss, correct and seen summed over
+        every rank (all-reduced just before, on every rank), and this rank's seconds."""
+        loss, correct, seen = totals
+        return {"loss": loss, "correct": correct, "seen": seen, "seconds": seconds}
+
+    @classmethod
+    def restored(cls, extra: dict[str, float], rank: int) -> EpochSums:
+        """The sums a rank continues a mid-epoch resume with: rank 0 carries the saved totals, the
+        others start from zero, so the epoch's final all-reduce counts every sample once."""
+        seconds = float(extra.get("seconds", 0.0))
+        if rank != 0:
+            return cls(seconds=seconds)
+        return cls(loss=float(extra.get("loss", 0.0)), correct=float(extra.get("correct", 0.0)),
+                   seen=float(extra.get("seen", 0.0)), seconds=seconds)
+
+
+def check_gan_losses_finite(epoch: int, g_sum: float, d_sum: float) -> None:
+    """Fail the job, with the fix, once a gan's summed losses are no longer numbers."""
+    if not (math.isfinite(g_sum) and math.isfinite(d_sum)):
+        raise FloatingPointError(f"the gan's losses diverged at epoch {epoch} (generator {g_sum}, "
+                                 f"discriminator {d_sum}); lower the learning rates")
 
 
 def epoch_metrics(*, classify: bool, loss: float, correct: float, seen: float, seconds: float, val_loss: float,
@@ -74,3 +115,17 @@ def gan_epoch_metrics(*, g_sum: float, d_sum: float, seen: float, seconds: float
         names.EPOCH_SECONDS: seconds,
         names.CHECKPOINT_SECONDS: checkpoint_seconds,
     }
+
+
+def write_model_json(model_dir: Path, framework: str, spec: JobSpec, data: PreparedData, files: dict[str, str]) -> None:
+    """``model.json`` beside an exported classifier or regressor: what predict and users need to load it."""
+    meta = {
+        "framework": framework,
+        "model": spec.model.model_dump(mode="json") if spec.model else {"entrypoint": spec.entrypoint},
+        "sample_shape": list(data.sample_shape),
+        "num_classes": data.num_classes,
+        "task": data.task,
+        "preprocessing": data.preprocessor.to_json(),
+        "files": files,
+    }
+    (model_dir / "model.json").write_text(json.dumps(meta, indent=1))

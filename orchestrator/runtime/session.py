@@ -223,6 +223,11 @@ class TrainSession:
             clean = {k: float(v) for k, v in metrics.items() if v is not None}
             self.emit({"type": "epoch", "epoch": epoch, "global_step": global_step, "metrics": clean})
 
+    def finished(self, metrics: dict[str, float], param_checksum: str) -> None:
+        """Rank 0: the final metrics, where the model was saved, and the final weights' checksum."""
+        self.emit({"type": "final", "metrics": metrics, "model_dir": str(self.paths.model_dir),
+                   "param_checksum": param_checksum})
+
     def stopped(self, epoch: int, global_step: int) -> None:
         """Tell the driver the loop stopped on request (cancel, preemption) after a checkpoint."""
         self.emit({"type": "stopped", "epoch": epoch, "global_step": global_step})

@@ -12,7 +12,6 @@ the end it reports ``confident_samples`` and ``confident_real`` and exports the 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import tensorflow as tf
 
 from orchestrator.metrics import names
 from orchestrator.runtime.images import GRID, QUALITY_SAMPLES, confident_share, emit_grid
-from orchestrator.runtime.loop_common import checkpoint_due, gan_epoch_metrics
+from orchestrator.runtime.loop_common import check_gan_losses_finite, checkpoint_due, gan_epoch_metrics
 from orchestrator.runtime.session import TrainSession
 from orchestrator.runtime.tf_multiworker import (
     TFCollectives,
@@ -123,9 +122,7 @@ def train_gan_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.Stra
         seconds = time.perf_counter() - t0
         sess.record_shard(epoch, idx[: steps * bs])
         g_sum, d_sum, seen = collectives.sum(sums)
-        if not (math.isfinite(g_sum) and math.isfinite(d_sum)):
-            raise FloatingPointError(f"the gan's losses diverged at epoch {epoch} (generator {g_sum}, "
-                                     f"discriminator {d_sum}); lower the learning rates")
+        check_gan_losses_finite(epoch, g_sum, d_sum)
         stop_now = sess.should_stop()
         if checkpoint_due(spec, epoch, stop_now):
             checkpoint_seconds = save_checkpoint(model_vars, opt_vars, epoch=epoch, step=global_step)
@@ -152,8 +149,7 @@ def train_gan_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.Stra
             final[names.CONFIDENT_SAMPLES] = share
             final[names.CONFIDENT_REAL] = real_share
         export_gan_tf(plain_copy(lambda: build_gan(gan, shape)[0], weights), data, spec, sess.paths.model_dir)
-        sess.emit({"type": "final", "metrics": final, "model_dir": str(sess.paths.model_dir),
-                   "param_checksum": checksum(all_weights)})
+        sess.finished(final, checksum(all_weights))
     return final
 
 

@@ -18,10 +18,11 @@ import tensorflow as tf
 
 from orchestrator.runtime.augment_numpy import augment_batch, batch_rng
 from orchestrator.runtime.loop_common import (
+    STOP_CHECK_EVERY,
+    EpochSums,
     checkpoint_due,
     epoch_metrics,
-    epoch_sums_to_save,
-    restored_epoch_sums,
+    step_checkpoint_due,
     test_metrics,
 )
 from orchestrator.runtime.session import TrainSession
@@ -44,9 +45,6 @@ from orchestrator.runtime.tf_multiworker import (
     worker_device,
 )
 from orchestrator.spec.models import JobSpec
-
-#: How often (in steps) ranks agree on whether the driver asked them to stop.
-STOP_CHECK_EVERY = 10
 
 
 def make_train_step(strategy: tf.distribute.Strategy, model: Any, optimizer: Any, spec: JobSpec,
@@ -121,7 +119,6 @@ def train_builtin_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.
     augment = spec.data.augment
     bs = spec.per_worker_batch_size
     epochs = spec.training.epochs
-    every_steps = spec.checkpoint.every_steps
     global_step = point.global_step
     checkpoint_seconds = 0.0
     stopped = False
@@ -131,8 +128,7 @@ def train_builtin_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.
         idx = sess.shard(epoch)
         steps = max(1, math.ceil(len(idx) / bs))
         first = point.step_in_epoch if epoch == point.start_epoch else 0
-        sums = restored_epoch_sums(point.extra, rank) if first else {"loss": 0.0, "correct": 0.0, "seen": 0.0,
-                                                                      "seconds": 0.0}
+        sums = EpochSums.restored(point.extra, rank) if first else EpochSums()
         sess.epoch_started(epoch, global_step)
         t0 = time.perf_counter()
         step = first
@@ -144,34 +140,30 @@ def train_builtin_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.
             loss_sum, correct = train_step(tf.constant(xb, tf.float32), tf.constant(data.y_train[sel]))
             global_step += 1
             batch_loss = float(loss_sum) / max(len(sel), 1)
-            sums["loss"] += float(loss_sum)
-            sums["correct"] += float(correct)
-            sums["seen"] += len(sel)
+            sums.add(float(loss_sum), float(correct), len(sel))
             sess.progress(epoch=epoch, step=step + 1, steps=steps, loss=batch_loss, global_step=global_step)
             last_step = step + 1 == steps
             stop = (step + 1) % STOP_CHECK_EVERY == 0 and not last_step and sess.should_stop()
-            if stop or (every_steps and global_step % every_steps == 0 and not last_step):
-                sums["seconds"] += time.perf_counter() - t0
+            if stop or step_checkpoint_due(spec, global_step, last_step):
+                sums.seconds += time.perf_counter() - t0
                 save_checkpoint(model.weights, opt_vars, epoch=epoch, step=global_step, step_in_epoch=step + 1,
-                                extra=epoch_sums_to_save(
-                                    list(collectives.sum(np.array([sums["loss"], sums["correct"], sums["seen"]]))),
-                                    sums["seconds"]))
+                                extra=EpochSums.to_save(list(collectives.sum(np.array(sums.counts()))), sums.seconds))
                 t0 = time.perf_counter()
             if stop:
                 stopped = True
                 break
-        sums["seconds"] += time.perf_counter() - t0
+        sums.seconds += time.perf_counter() - t0
         sess.record_shard(epoch, idx[first * bs : min(step + 1, steps) * bs])
         if stopped:
             break
-        t_loss, t_correct, t_seen = collectives.sum(np.array([sums["loss"], sums["correct"], sums["seen"]]))
+        t_loss, t_correct, t_seen = collectives.sum(np.array(sums.counts()))
         sync_moving_statistics(model)  # every rank scores the model that is saved (all-reduce)
         val_loss, val_acc = evaluate(predict, data.x_val, data.y_val, collectives)
         stop_now = sess.should_stop()
         if checkpoint_due(spec, epoch, stop_now):
             checkpoint_seconds = save_checkpoint(model.weights, opt_vars, epoch=epoch, step=global_step)
         sess.report(epoch=epoch, global_step=global_step, **epoch_metrics(
-            classify=classify, loss=t_loss, correct=t_correct, seen=t_seen, seconds=sums["seconds"],
+            classify=classify, loss=t_loss, correct=t_correct, seen=t_seen, seconds=sums.seconds,
             val_loss=val_loss, val_accuracy=val_acc, checkpoint_seconds=checkpoint_seconds,
             learning_rate=float(keras.backend.get_value(optimizer.learning_rate))))
         if stop_now:
@@ -186,6 +178,5 @@ def train_builtin_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.
     weights = read_arrays(model.weights)  # every rank (collective reads)
     if rank == 0:
         export_keras_model(plain_copy(lambda: build_model(spec, data), weights), data, spec, sess.paths.model_dir)
-        sess.emit({"type": "final", "metrics": final, "model_dir": str(sess.paths.model_dir),
-                   "param_checksum": checksum(weights)})
+        sess.finished(final, checksum(weights))
     return final

@@ -30,6 +30,7 @@ import tf_keras as keras
 
 from orchestrator.runtime import session as session_mod
 from orchestrator.runtime.data import PreparedData, eval_indices
+from orchestrator.runtime.loop_common import write_model_json
 from orchestrator.spec.models import JobSpec
 
 # MWMS logs every all-reduce it sets up at INFO ("Collective all_reduce tensors: ..."): hundreds of
@@ -323,16 +324,7 @@ def export_keras_model(model: keras.Model, data: PreparedData, spec: JobSpec, mo
     model.save(model_dir / "model.keras")
     tf.saved_model.save(_WithPreprocessing(model, data.preprocessor, tuple(data.sample_shape)),
                         str(model_dir / "saved_model"))
-    meta = {
-        "framework": "tensorflow",
-        "model": spec.model.model_dump(mode="json") if spec.model else {"entrypoint": spec.entrypoint},
-        "sample_shape": list(data.sample_shape),
-        "num_classes": data.num_classes,
-        "task": data.task,
-        "preprocessing": data.preprocessor.to_json(),
-        "files": {"keras": "model.keras", "saved_model": "saved_model"},
-    }
-    (model_dir / "model.json").write_text(json.dumps(meta, indent=1))
+    write_model_json(model_dir, "tensorflow", spec, data, {"keras": "model.keras", "saved_model": "saved_model"})
 
 
 # -- helpers for a tensorflow job's own training function (``entrypoint``) -----------------------

@@ -20,6 +20,7 @@ from torch import nn
 
 from orchestrator.runtime import session as session_mod
 from orchestrator.runtime.data import PreparedData, eval_indices
+from orchestrator.runtime.loop_common import write_model_json
 from orchestrator.runtime.session import TrainSession
 from orchestrator.spec.models import JobSpec
 
@@ -311,7 +312,6 @@ def export_torch_model(model: nn.Module, data: PreparedData, spec: JobSpec, mode
     so a training loop may export mid-run and go on. A DDP-wrapped model is unwrapped first.
     """
     import copy
-    import json
 
     from torch.nn.parallel import DistributedDataParallel
 
@@ -333,13 +333,4 @@ def export_torch_model(model: nn.Module, data: PreparedData, spec: JobSpec, mode
         warnings.simplefilter("ignore", DeprecationWarning)
         scripted = torch.jit.script(wrapped)
         scripted.save(str(model_dir / "model.torchscript.pt"))
-    meta = {
-        "framework": "torch",
-        "model": spec.model.model_dump(mode="json") if spec.model else {"entrypoint": spec.entrypoint},
-        "sample_shape": list(data.sample_shape),
-        "num_classes": data.num_classes,
-        "task": data.task,
-        "preprocessing": pre.to_json(),
-        "files": {"state_dict": "model.pt", "torchscript": "model.torchscript.pt"},
-    }
-    (model_dir / "model.json").write_text(json.dumps(meta, indent=1))
+    write_model_json(model_dir, "torch", spec, data, {"state_dict": "model.pt", "torchscript": "model.torchscript.pt"})

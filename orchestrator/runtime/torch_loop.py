@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import torch
 
 from orchestrator.runtime.augment import augment_batch, batch_generator
 from orchestrator.runtime.loop_common import (
+    STOP_CHECK_EVERY,
+    EpochSums,
     checkpoint_due,
     epoch_metrics,
-    epoch_sums_to_save,
-    restored_epoch_sums,
+    step_checkpoint_due,
     test_metrics,
 )
 from orchestrator.runtime.session import TrainSession
@@ -39,20 +39,6 @@ from orchestrator.runtime.torch_ddp import (
     wrap_ddp,
 )
 from orchestrator.spec.models import JobSpec
-
-#: How often (in steps) ranks agree on whether the driver asked them to stop.
-STOP_CHECK_EVERY = 10
-
-
-@dataclass
-class _EpochSums:
-    loss: float = 0.0
-    correct: float = 0.0
-    seen: float = 0.0
-    seconds: float = 0.0
-
-    def as_extra(self) -> dict[str, float]:
-        return {"loss": self.loss, "correct": self.correct, "seen": self.seen, "seconds": self.seconds}
 
 
 def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[str, float]:
@@ -86,7 +72,6 @@ def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[
     classify = data.task == "classification"
     bs = spec.per_worker_batch_size
     epochs = spec.training.epochs
-    every_steps = spec.checkpoint.every_steps
     global_step = point.global_step
     checkpoint_seconds = 0.0
     stopped = False
@@ -96,7 +81,7 @@ def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[
         idx = sess.shard(epoch)
         steps = max(1, math.ceil(len(idx) / bs))
         first = point.step_in_epoch if epoch == point.start_epoch else 0
-        sums = _EpochSums(**restored_epoch_sums(point.extra, rank)) if first else _EpochSums()
+        sums = EpochSums.restored(point.extra, rank) if first else EpochSums()
         sess.epoch_started(epoch, global_step)
         net.train()
         t0 = time.perf_counter()
@@ -113,19 +98,14 @@ def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[
             optimizer.step()
             global_step += 1
             batch_loss = float(loss.detach())
-            sums.loss += batch_loss * len(sel)
-            if classify:
-                sums.correct += float((out.detach().argmax(1) == yb).sum())
-            sums.seen += len(sel)
+            sums.add(batch_loss * len(sel), float((out.detach().argmax(1) == yb).sum()) if classify else 0.0, len(sel))
             sess.progress(epoch=epoch, step=step + 1, steps=steps, loss=batch_loss, global_step=global_step)
             last_step = step + 1 == steps
             stop = (step + 1) % STOP_CHECK_EVERY == 0 and not last_step and sess.should_stop()
-            if stop or (every_steps and global_step % every_steps == 0 and not last_step):
-                elapsed = time.perf_counter() - t0
-                sums.seconds += elapsed
+            if stop or step_checkpoint_due(spec, global_step, last_step):
+                sums.seconds += time.perf_counter() - t0
                 save_checkpoint(model, optimizer, epoch=epoch, step=global_step, step_in_epoch=step + 1,
-                                extra=epoch_sums_to_save(
-                                    _all_reduce_sum([sums.loss, sums.correct, sums.seen], dev), sums.seconds))
+                                extra=EpochSums.to_save(_all_reduce_sum(sums.counts(), dev), sums.seconds))
                 t0 = time.perf_counter()
             if stop:
                 stopped = True
@@ -134,7 +114,7 @@ def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[
         sess.record_shard(epoch, idx[first * bs : min(step + 1, steps) * bs])  # what this attempt trained
         if stopped:
             break
-        t_loss, t_correct, t_seen = _all_reduce_sum([sums.loss, sums.correct, sums.seen], dev)
+        t_loss, t_correct, t_seen = _all_reduce_sum(sums.counts(), dev)
         val_loss, val_acc = evaluate(net, data.x_val, data.y_val, rank, world, 512, dev)
         stop_now = sess.should_stop()
         if checkpoint_due(spec, epoch, stop_now):
@@ -153,6 +133,5 @@ def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[
     final = test_metrics(data, *evaluate(net, data.x_test, data.y_test, rank, world, 512, dev))
     if rank == 0:
         export_torch_model(model, data, spec, sess.paths.model_dir)
-        sess.emit({"type": "final", "metrics": final, "model_dir": str(sess.paths.model_dir),
-                   "param_checksum": param_checksum(model)})
+        sess.finished(final, param_checksum(model))
     return final

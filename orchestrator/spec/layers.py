@@ -112,6 +112,16 @@ def parse_layers(items: list[Any]) -> list[Layer]:
     return layers
 
 
+def check_output_shape(shape: tuple[int, ...], outputs: int) -> None:
+    """Raise ValueError unless a built layer list ends in ``outputs`` values per sample (both builders)."""
+    if len(shape) != 1:
+        raise ValueError(f"the last layer gives samples shaped {shape}; end with Flatten and Dense({outputs})")
+    if shape[0] != outputs:
+        want = f"{outputs} classes; end with Dense({outputs}, activation='softmax')" if outputs > 1 \
+            else "one target (regression); end with Dense(1)"
+        raise ValueError(f"the last layer gives {shape[0]} outputs but the data has {want}")
+
+
 def _parse_call(text: str, index: int) -> tuple[str, list[Any], dict[str, Any]]:
     try:
         node = ast.parse(text.strip(), mode="eval").body

@@ -104,17 +104,17 @@ def test_resaving_a_step_replaces_it(tmp_path: Path) -> None:
 
 
 def test_mid_epoch_sums_are_saved_as_totals_and_counted_once_after_a_resume() -> None:
-    from orchestrator.runtime.loop_common import epoch_sums_to_save, restored_epoch_sums
+    from orchestrator.runtime.loop_common import EpochSums
 
     # two ranks, 3 steps each before the checkpoint: local (loss, correct, seen) sums
     local = [(3.0, 50.0, 96.0), (5.0, 40.0, 96.0)]
     totals = [sum(v) for v in zip(*local, strict=True)]  # what the all-reduce gives every rank
-    extra = epoch_sums_to_save(totals, seconds=1.5)
-    after = [restored_epoch_sums(extra, rank) for rank in (0, 1)]
-    assert after[0] == {"loss": 8.0, "correct": 90.0, "seen": 192.0, "seconds": 1.5}
-    assert after[1] == {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 1.5}
+    extra = EpochSums.to_save(totals, seconds=1.5)
+    after = [EpochSums.restored(extra, rank) for rank in (0, 1)]
+    assert after[0] == EpochSums(loss=8.0, correct=90.0, seen=192.0, seconds=1.5)
+    assert after[1] == EpochSums(loss=0.0, correct=0.0, seen=0.0, seconds=1.5)
     # the rest of the epoch adds on; the final all-reduce equals the uninterrupted epoch's sums
     rest = [(1.0, 20.0, 32.0), (2.0, 25.0, 32.0)]
-    final = [sum(a[k] for a in after) + sum(r[i] for r in rest) for i, k in enumerate(("loss", "correct", "seen"))]
+    final = [sum(a.counts()[i] for a in after) + sum(r[i] for r in rest) for i in range(3)]
     uninterrupted = [sum(v) for v in zip(*(local + rest), strict=True)]
     assert final == uninterrupted
