@@ -8,12 +8,38 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from orchestrator.metrics import names
 from orchestrator.runtime.data import PreparedData, last_value_mse
 from orchestrator.spec.models import JobSpec
+
+
+@dataclass(frozen=True)
+class RestorePoint:
+    """Where training continues after a framework's ``restore_checkpoint``.
+
+    ``start_epoch`` is the epoch to run next; a mid-epoch checkpoint sets ``step_in_epoch`` to
+    the steps of that epoch already done (skip them) and ``extra`` to what the loop saved with
+    it (e.g. running loss sums).
+    """
+
+    start_epoch: int = 1
+    global_step: int = 0
+    step_in_epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, Any]) -> RestorePoint:
+        """From a checkpoint's epoch, global_step, step_in_epoch and extra (either framework's)."""
+        in_epoch = int(saved.get("step_in_epoch", 0))
+        epoch = int(saved["epoch"])
+        return cls(start_epoch=epoch if in_epoch else epoch + 1, global_step=int(saved["global_step"]),
+                   step_in_epoch=in_epoch, extra=dict(saved.get("extra") or {}))
+
 
 #: How often (in steps) ranks agree on whether the driver asked them to stop.
 STOP_CHECK_EVERY = 10

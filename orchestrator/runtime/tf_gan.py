@@ -26,6 +26,7 @@ from orchestrator.runtime.session import TrainSession
 from orchestrator.runtime.tf_multiworker import (
     TFCollectives,
     checksum,
+    local_predict,
     make_optimizer,
     optimizer_variables,
     plain_copy,
@@ -102,7 +103,11 @@ def train_gan_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.Stra
                    "param_checksum": sums_of[0], "optimizer_checksum": sums_of[1], "device": worker_device(),
                    "sync_backend": sync_backend_name(strategy)})
     step = make_gan_step(strategy, generator, discriminator, g_opt, d_opt, gan, shape, world)
-    sample = _local_generate(strategy, generator, gan.latent)
+    generate = local_predict(strategy, generator, (gan.latent,))  # this worker's replica, inference mode
+
+    def sample(z: np.ndarray) -> np.ndarray:
+        return generate(tf.constant(z)).numpy()  # type: ignore[no-any-return]
+
     fixed_z = np.random.default_rng(spec.training.seed).standard_normal((GRID * GRID, gan.latent)).astype(np.float32)
     bs = spec.per_worker_batch_size
     global_step, stopped, epoch, checkpoint_seconds = point.global_step, False, point.start_epoch, 0.0
@@ -151,16 +156,6 @@ def train_gan_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.Stra
         export_gan_tf(plain_copy(lambda: build_gan(gan, shape)[0], weights), data, spec, sess.paths.model_dir)
         sess.finished(final, checksum(all_weights))
     return final
-
-
-def _local_generate(strategy: tf.distribute.Strategy, generator: Any, latent: int) -> Any:
-    """Samples from this worker's replica of the generator (inference mode; no collective)."""
-
-    @tf.function(input_signature=[tf.TensorSpec([None, latent], tf.float32)])
-    def run(z: tf.Tensor) -> tf.Tensor:
-        return strategy.experimental_local_results(strategy.run(lambda z: generator(z, training=False), args=(z,)))[0]
-
-    return lambda z: run(tf.constant(z)).numpy()
 
 
 class _GeneratorToRaw(tf.Module):

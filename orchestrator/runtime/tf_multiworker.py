@@ -20,7 +20,6 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tf.keras is Keras 2 (tf_ker
 import hashlib
 import json
 import pickle
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import tf_keras as keras
 
 from orchestrator.runtime import session as session_mod
 from orchestrator.runtime.data import PreparedData, eval_indices
-from orchestrator.runtime.loop_common import write_model_json
+from orchestrator.runtime.loop_common import RestorePoint, write_model_json
 from orchestrator.spec.models import JobSpec
 
 # MWMS logs every all-reduce it sets up at INFO ("Collective all_reduce tensors: ..."): hundreds of
@@ -203,16 +202,6 @@ def checksum(variables: list[Any]) -> str:
     return digest.hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class RestorePoint:
-    """Where training continues (as :class:`orchestrator.runtime.torch_ddp.RestorePoint`)."""
-
-    start_epoch: int = 1
-    global_step: int = 0
-    step_in_epoch: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 def restore_checkpoint(model_vars: list[Any], opt_vars: list[Any]) -> RestorePoint:
     """Start an attempt: wait the restart backoff, then load the newest valid checkpoint on every rank."""
     sess = session_mod.get_session()
@@ -225,10 +214,7 @@ def restore_checkpoint(model_vars: list[Any], opt_vars: list[Any]) -> RestorePoi
             for prefix, variables in (("m", model_vars), ("o", opt_vars)):
                 for i, var in enumerate(variables):
                     var.assign(npz[f"{prefix}{i}"])
-        in_epoch = int(meta.get("step_in_epoch", 0))
-        epoch = int(meta["epoch"])
-        point = RestorePoint(start_epoch=epoch if in_epoch else epoch + 1, global_step=int(meta["global_step"]),
-                             step_in_epoch=in_epoch, extra=dict(meta.get("extra") or {}))
+        point = RestorePoint.from_saved(meta)
     seed = int(sess.config["training"]["seed"])
     tf.random.set_seed(seed * 1000 + sess.rank + 7919 * (point.start_epoch - 1))  # dropout draws per rank
     sess.attempt_started()

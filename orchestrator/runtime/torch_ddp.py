@@ -9,7 +9,6 @@ model export (state_dict and TorchScript).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from torch import nn
 
 from orchestrator.runtime import session as session_mod
 from orchestrator.runtime.data import PreparedData, eval_indices
-from orchestrator.runtime.loop_common import write_model_json
+from orchestrator.runtime.loop_common import RestorePoint, write_model_json
 from orchestrator.runtime.session import TrainSession
 from orchestrator.spec.models import JobSpec
 
@@ -174,21 +173,6 @@ def _session_device(sess: TrainSession) -> torch.device:
     return getattr(sess.collectives, "device", torch.device("cpu"))
 
 
-@dataclass(frozen=True)
-class RestorePoint:
-    """Where training continues after :func:`restore_checkpoint`.
-
-    ``start_epoch`` is the epoch to run next; a mid-epoch checkpoint sets ``step_in_epoch`` to
-    the steps of that epoch already done (skip them) and ``extra`` to what the loop saved with
-    it (e.g. running loss sums).
-    """
-
-    start_epoch: int = 1
-    global_step: int = 0
-    step_in_epoch: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 def restore_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer) -> RestorePoint:
     """Start an attempt: wait the restart backoff, then load the newest valid checkpoint.
 
@@ -205,14 +189,7 @@ def restore_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer) -> Re
         state = torch.load(restored.path / STATE_FILE, map_location=dev, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        in_epoch = int(state.get("step_in_epoch", 0))
-        epoch = int(state["epoch"])
-        point = RestorePoint(
-            start_epoch=epoch if in_epoch else epoch + 1,
-            global_step=int(state["global_step"]),
-            step_in_epoch=in_epoch,
-            extra=dict(state.get("extra") or {}),
-        )
+        point = RestorePoint.from_saved(state)
         rng = state.get("rng") or []
         if len(rng) == sess.world_size:
             _set_rng_state(rng[sess.rank])
