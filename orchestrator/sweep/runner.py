@@ -10,7 +10,9 @@ saved, the best trial's job spec, checkpoint and model, and the sweep's TensorBo
 
 ``orchestrator cancel`` (SIGTERM) and Ctrl-C interrupt the sweep the way Tune expects (its own
 SIGINT/SIGUSR1 handler): Tune stops the trials, whose workers checkpoint, and saves the
-experiment's state; ``orchestrator resume SWEEP`` continues it.
+experiment's state; ``orchestrator resume SWEEP`` continues it. On ``cancel`` the running trials'
+workers are told to stop at once (:class:`orchestrator.sweep.trial.InterruptTrials`) rather than
+after their current epoch.
 """
 
 from __future__ import annotations
@@ -128,6 +130,9 @@ class SweepDriver:
         self._stop_reason = reason
         log.info("stop requested (%s): trials checkpoint and stop; the sweep can be resumed", reason)
         if self._tuning and hasattr(signal, "SIGUSR1"):
+            from orchestrator.sweep.trial import mark_interrupting
+
+            mark_interrupting(self.record.id)  # the running trials stop now (InterruptTrials), not after an epoch
             os.kill(os.getpid(), signal.SIGUSR1)  # Tune's own graceful stop (it saves the experiment)
         elif not self._tuning:
             raise KeyboardInterrupt
@@ -169,7 +174,7 @@ class SweepDriver:
 
         from orchestrator.backends.ray_local import dashboard_url, start_embedded_ray
         from orchestrator.runtime.data import prepare_data
-        from orchestrator.sweep.trial import SweepTrial
+        from orchestrator.sweep.trial import InterruptTrials, SweepTrial
 
         sweep, record = self.sweep, self.record
         log.info("sweep %s%s: %s", record.id, " (resumed)" if resume else "", json.dumps(record.spec))
@@ -210,7 +215,7 @@ class SweepDriver:
                     reuse_actors=False,
                 ),
                 run_config=tune.RunConfig(name=record.id, storage_path=str(record.job_dir / EXPERIMENT_DIR),
-                                          verbose=0, log_to_file=True, callbacks=result_loggers()),
+                                          verbose=0, log_to_file=True, callbacks=[*result_loggers(), InterruptTrials(record.id)]),
             )
         if self.events:
             self.events.on_start(self.store.get(record.id), {

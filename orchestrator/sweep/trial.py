@@ -33,6 +33,10 @@ POLL_S = 0.25
 TRIAL_FILE = "trial.json"
 #: Keys of a step result that are not metrics.
 EPOCH_KEY = names.EPOCH
+#: The stop reason of a trial whose sweep was interrupted (cancel, Ctrl-C): it resumes later.
+SWEEP_INTERRUPTED = "the sweep was interrupted"
+#: Sweeps (by id) this process is interrupting; set from the driver's signal handler.
+_INTERRUPTING: set[str] = set()
 
 
 def trial_dir_of(sweep_dir: str | Path, trial_id: str) -> Path:
@@ -65,6 +69,40 @@ def request_trial_stop(sweep_id: str, trial_id: str, reason: str) -> bool:
     return True
 
 
+def mark_interrupting(sweep_id: str) -> None:
+    """Called from the sweep driver's signal handler (so it only records the fact): the next
+    :class:`InterruptTrials` callback asks the running trials' workers to checkpoint and stop."""
+    _INTERRUPTING.add(sweep_id)
+
+
+class InterruptTrials(tune.Callback):  # type: ignore[misc]
+    """Stops an interrupted sweep's running trials at once instead of after their current epoch.
+
+    Tune's own graceful stop (SIGUSR1) ends its loop and only then stops each trial actor, whose
+    ``stop`` waits behind the ``step`` in flight, i.e. until the trial's next epoch, and its
+    workers' stop comes after that. This callback runs at the end of the loop's last step (the
+    driver's SIGTERM handler records the interrupt and raises Tune's SIGUSR1 in the same breath, so
+    Tune leaves its loop right after this step, having saved the trials as running), and asks each
+    running trial's workers through its sink to checkpoint and stop now. Only the sweep id is kept:
+    Tune pickles the callback with the experiment and restores it on resume.
+    """
+
+    def __init__(self, sweep_id: str) -> None:
+        self.sweep_id = sweep_id
+        self._sent = False
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if self._sent or self.sweep_id not in _INTERRUPTING:
+            return
+        self._sent = True
+        for trial in trials:
+            if trial.status == "RUNNING":
+                request_trial_stop(self.sweep_id, trial.trial_id, SWEEP_INTERRUPTED)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"sweep_id": self.sweep_id, "_sent": False}
+
+
 class SweepTrial(tune.Trainable):  # type: ignore[misc]
     """Runs one trial's job; see the module docstring."""
 
@@ -95,6 +133,7 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
         self._thread: threading.Thread | None = None
         self._stopped_by_tune = False
         self._interrupted = False
+        self._stop_reason_seen: str | None = None
         self._saved = False
         self._restore_recorded = False
         self._write_trial_file(state="running")
@@ -109,6 +148,7 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
             assert self._thread is not None
             if not self._thread.is_alive():
                 self._drain()
+                self._note_interrupt()
                 if self._pending:
                     continue
                 return self._final_result()
@@ -123,18 +163,18 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
             if last < self.spec.training.epochs:  # past the last epoch the workers only export the model
                 # the scheduler (PromptASHAScheduler) has already told the workers why; no reason yet
                 # means the sweep itself is stopping (interrupted, or PBT replacing this trial)
-                try:
-                    reason = ray.get(self.sink.stop_reason.remote(), timeout=10)
-                except Exception:  # noqa: BLE001 - a lost sink: count it as the sweep stopping
-                    reason = None
+                reason = self._stop_reason()
                 self._stopped_by_tune = True
-                self._interrupted = reason is None
-                self.sink.request_stop.remote("the sweep stopped this trial")
+                self._interrupted = reason in (None, SWEEP_INTERRUPTED)
+                if reason is None:
+                    self._stop_reason_seen = "the sweep stopped this trial"
+                    self.sink.request_stop.remote(self._stop_reason_seen)
             deadline = time.time() + GRACEFUL_STOP_S
             while thread.is_alive() and time.time() < deadline:
                 thread.join(POLL_S)
                 self._drain()
         self._drain()
+        self._note_interrupt()
         self._write_trial_file(state=self._state())
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
@@ -208,6 +248,23 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
         result["done"] = True
         return result
 
+    def _stop_reason(self) -> str | None:
+        """Why the workers were asked to stop (the first request wins); None: not asked."""
+        try:
+            reason = ray.get(self.sink.stop_reason.remote(), timeout=10)
+        except Exception:  # noqa: BLE001 - a lost sink: count it as the sweep stopping
+            return None
+        self._stop_reason_seen = reason or self._stop_reason_seen
+        return reason
+
+    def _note_interrupt(self) -> None:
+        """The workers stopped because the sweep is being interrupted (:class:`InterruptTrials`):
+        the trial is interrupted (it resumes), not stopped."""
+        if self.tracker.stopped and self._stop_reason_seen is None:
+            self._stop_reason()
+        if self._stop_reason_seen == SWEEP_INTERRUPTED:
+            self._interrupted = True
+
     # -- the trial's record ---------------------------------------------------------------------
     def _state(self) -> str:
         if "error" in self._outcome:
@@ -264,6 +321,7 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
             "model_dir": str(model_dir) if model_dir.exists() and any(model_dir.iterdir()) else None,
             "spec": self.spec.model_dump(mode="json"),
             "restored_steps": self._restored_steps(previous),
+            "stop_reason": self._stop_reason_seen if self.tracker.stopped else None,
             "workers": self.spec.resources.workers,
             "sync_backend": self.tracker.sync_backend or previous.get("sync_backend"),
             "device": self.tracker.device or previous.get("device"),

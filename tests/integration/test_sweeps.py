@@ -176,10 +176,11 @@ def test_backend_ray_runs_the_sweep_on_a_running_cluster(ray_address: str, tmp_p
 
 RESUME_SWEEP = """\
 name: ddp-sweep
-# epochs long enough (a few seconds here) to interrupt a trial between its first and last epoch
+# epochs long enough (a second or two: small batches, many all-reduces) to interrupt a trial
+# between its first and last epoch (at batch 32 its five epochs take about as long as one poll)
 model: {type: cnn, conv_filters: [64, 128], dense_units: [256]}
 resources: {workers: 2, cpus_per_worker: 0.5}
-training: {epochs: 5, batch_size: 32, seed: 1}
+training: {epochs: 5, batch_size: 4, seed: 1}
 checkpoint: {keep: 1}
 tune:
   search_space:
@@ -214,7 +215,7 @@ def test_an_interrupted_sweep_of_ddp_trials_resumes_without_rerunning_finished_t
             record = _sweep_record(home)
             trials = (record.progress or {}).get("trials", []) if record else []
             done = [t for t in trials if t["state"] == "succeeded"]
-            halfway = [t for t in trials if t["state"] == "running" and 1 <= t["epochs_trained"] <= 3]
+            halfway = [t for t in trials if t["state"] == "running" and 1 <= t["epochs_trained"] <= 2]
             return record if done and halfway else None
 
         record = wait_for(one_done_one_halfway, timeout=900, interval=0.2, what="one finished trial, one halfway")
@@ -235,6 +236,10 @@ def test_an_interrupted_sweep_of_ddp_trials_resumes_without_rerunning_finished_t
     # the interrupted trial is not counted as stopped early (no scheduler stopped it)
     assert {t["trial_id"]: t["state"] for t in interrupted["leaderboard"]}[halfway[0]] == "interrupted"
     assert interrupted["budget"]["trials_stopped_early"] == 0
+    # its workers were told at once by the sweep (InterruptTrials), not by Tune stopping the trial
+    # actor after its epoch in flight ("the sweep stopped this trial")
+    stopped = json.loads((Path(interrupted["job_dir"]) / "trials" / halfway[0] / "trial.json").read_text())
+    assert stopped["state"] == "interrupted" and stopped["stop_reason"] == "the sweep was interrupted"
 
     resumed = last_json(run_cli(["resume", record.id, "-q", "-o", "json"], env, timeout=1200, check=True).stdout)
     assert resumed["state"] == "succeeded"

@@ -164,3 +164,33 @@ def test_the_tune_section_maps_onto_ray_tunes_scheduler_and_search(tmp_path: Pat
     assert "8 x 0.5 CPUs for its workers + 0.1 for itself = 4.1 (at the largest values of resources.workers)" \
         in info.value.reasons[0], info.value.reasons
     assert "narrow the search over resources.workers" in info.value.fix
+
+
+def test_an_interrupt_stops_only_the_running_trials_of_its_own_sweep_once_and_survives_pickling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pickle
+    from types import SimpleNamespace
+
+    from orchestrator.sweep import trial as trial_mod
+
+    sent: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(trial_mod, "request_trial_stop", lambda *a: sent.append(a) or True)
+    monkeypatch.setattr(trial_mod, "_INTERRUPTING", set())
+    trials = [SimpleNamespace(trial_id="t0", status="TERMINATED"), SimpleNamespace(trial_id="t1", status="RUNNING"),
+              SimpleNamespace(trial_id="t2", status="PENDING"), SimpleNamespace(trial_id="t3", status="RUNNING")]
+    callback = trial_mod.InterruptTrials("sweep-a")
+    callback.on_step_end(iteration=1, trials=trials)
+    assert sent == []  # no interrupt yet
+    trial_mod.mark_interrupting("sweep-b")
+    callback.on_step_end(iteration=2, trials=trials)
+    assert sent == []  # another sweep's interrupt
+    trial_mod.mark_interrupting("sweep-a")
+    callback.on_step_end(iteration=3, trials=trials)
+    callback.on_step_end(iteration=4, trials=trials)
+    assert sent == [("sweep-a", "t1", trial_mod.SWEEP_INTERRUPTED), ("sweep-a", "t3", trial_mod.SWEEP_INTERRUPTED)]
+    # Tune pickles the callback with the experiment: a resumed sweep gets one that can interrupt again
+    restored = pickle.loads(pickle.dumps(callback))
+    assert restored.sweep_id == "sweep-a"
+    restored.on_step_end(iteration=1, trials=trials[1:2])
+    assert sent[-1] == ("sweep-a", "t1", trial_mod.SWEEP_INTERRUPTED) and len(sent) == 3
