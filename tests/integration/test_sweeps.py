@@ -69,7 +69,11 @@ def test_the_example_asha_sweep_finds_a_good_learning_rate_and_stops_poor_trials
 ) -> None:
     env = cli_env(tmp_path / "home", ray_address)
     started = time.time()
-    proc = run_cli(["tune", "jobs/cnn-sweep.yaml", "--output", "json"], env, timeout=1500, check=True)
+    # batch 8: epochs of about a second here, so an ASHA stop (decided on a trial's epoch result while
+    # its workers train on) lands before the trial's last epoch even on a faster machine; at the
+    # example's batch 32 a trial's four epochs take about as long as that round trip
+    proc = run_cli(["tune", "jobs/cnn-sweep.yaml", "--set", "training.batch_size=8", "--output", "json"], env,
+                   timeout=1500, check=True)
     wall = time.time() - started
     out = last_json(proc.stdout)
     print(f"sweep wall time {wall:.1f}s; budget {out['budget']}; best {out['best']['metric']:.4f}")
@@ -97,7 +101,7 @@ def test_the_example_asha_sweep_finds_a_good_learning_rate_and_stops_poor_trials
     spec = load_spec(best["spec_path"])
     assert spec.name == "cnn-sweep-best"
     assert spec.training.learning_rate == best["params"]["training.learning_rate"]
-    assert spec.training.epochs == 4 and spec.resources.workers == 1
+    assert spec.training.epochs == 4 and spec.resources.workers == 1 and spec.training.batch_size == 8
     assert (Path(best["checkpoint"]) / "manifest.json").exists() or any(Path(best["checkpoint"]).iterdir())
     assert (Path(best["model_dir"]) / "model.pt").is_file()
 
