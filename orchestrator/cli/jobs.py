@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -20,9 +21,10 @@ from orchestrator.cli import (
     settings_of,
 )
 from orchestrator.cli.ui import LiveProgress, jobs_table, stdout_console, summary_table
-from orchestrator.errors import UsageError
+from orchestrator.errors import NotAvailableError, UsageError
 from orchestrator.spec import load_spec
-from orchestrator.store import JobRecord
+from orchestrator.spec.models import JobSpec
+from orchestrator.store import JobRecord, JobState
 
 METRICS_OPTIONS = (
     click.option("--metrics-port", type=click.IntRange(0, 65535), default=0, show_default=True,
@@ -290,6 +292,18 @@ class _WireEvents:
         pass
 
 
+def cluster_lacks_framework(spec: JobSpec, job_id: str, exc: NotAvailableError) -> JobRecord:
+    """The failed record of a ray-backend job whose framework the cluster's Python lacks."""
+    import os
+
+    now = time.time()
+    message = (f"{exc.message} on the Ray cluster (node {os.uname().nodename}, Python {sys.executable}); "
+               f"fix: {exc.fix} in the cluster's image, or point ORCHESTRATOR_RAY_PYTHON at a Python that has it")
+    return JobRecord(id=job_id, name=spec.name, backend="ray", state=JobState.FAILED,
+                     spec=spec.model_dump(mode="json"), job_dir=Path("."), created_at=now, ended_at=now,
+                     message=message)
+
+
 @main.command(name="_ray_job", hidden=True)
 @click.pass_context
 @handle_errors
@@ -301,13 +315,18 @@ def ray_job_command(ctx: click.Context) -> None:
     from orchestrator.backends.driver import Driver
     from orchestrator.backends.local import LocalBackend
     from orchestrator.backends.ray_cluster import RESULT_MARK, record_to_wire
-    from orchestrator.spec.models import JobSpec
 
     spec = JobSpec.model_validate(json.loads(os.environ["ORCHESTRATOR_SPEC_JSON"]))
     # Ray's job supervisor sets RAY_ADDRESS to the cluster: the driver joins it and its queue.
     settings = settings_of(ctx).with_overrides(local_ray_address=os.environ.get("RAY_ADDRESS") or "auto")
-    record = LocalBackend(settings).create_record(spec, SubmitOptions(), job_id=os.environ["ORCHESTRATOR_JOB_ID"],
-                                                  backend="ray")
+    try:
+        record = LocalBackend(settings).create_record(spec, SubmitOptions(), job_id=os.environ["ORCHESTRATOR_JOB_ID"],
+                                                      backend="ray")
+    except NotAvailableError as exc:  # the framework is checked here, where the job runs, not on the client
+        failed = cluster_lacks_framework(spec, os.environ["ORCHESTRATOR_JOB_ID"], exc)
+        sys.stdout.write(RESULT_MARK + json.dumps(record_to_wire(failed), default=str) + "\n")
+        sys.stdout.flush()
+        sys.exit(exit_code_for_state(failed.state.value))
     handler = logging.StreamHandler(sys.stdout)  # the driver's log is the Ray job's log
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger("orchestrator").addHandler(handler)

@@ -134,3 +134,49 @@ def test_the_drivers_final_record_wins_and_survives_the_wire() -> None:
     assert stopped.state is JobState.SUCCEEDED
     killed = backend()._record(info("STOPPED"), event("epoch", epoch=1, metrics={}))
     assert killed.state is JobState.CANCELLED
+
+
+def test_the_framework_is_checked_on_the_cluster_not_on_the_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tensorflow job submitted from a machine without tensorflow reaches the cluster; a cluster
+    whose Python lacks it fails the job there with a clear record (what, where, the fix)."""
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("tensorflow", "tf_keras") else real_find_spec(name, *a))
+    tf_spec = spec(framework="tensorflow")
+    # the client submits without looking for tensorflow locally
+    submitted: list[dict[str, Any]] = []
+
+    class Client:
+        def submit_job(self, **kwargs: Any) -> str:
+            submitted.append(kwargs)
+            return str(kwargs["submission_id"])
+
+    client_side = backend()
+    monkeypatch.setattr(client_side, "_client", lambda: Client())
+    monkeypatch.setattr(client_side, "status", lambda job_id: JobRecord(
+        id=job_id, name="demo", backend="ray", state=JobState.PENDING, spec={}, job_dir=Path("."), created_at=0.0))
+    from orchestrator.backends.base import SubmitOptions
+
+    record = client_side.submit(tf_spec, SubmitOptions(detach=True))
+    assert record.state is JobState.PENDING and submitted[0]["metadata"]["orchestrator_framework"] == "tensorflow"
+
+    # the driver on the cluster: a failed record on the wire, a non-zero exit, no job left pending
+    env = {"ORCHESTRATOR_SPEC_JSON": json.dumps(tf_spec.model_dump(mode="json")), "ORCHESTRATOR_JOB_ID": "demo-1",
+           "ORCHESTRATOR_HOME": str(tmp_path / "home")}
+    result = CliRunner().invoke(main, ["_ray_job"], env=env)
+    assert result.exit_code != 0
+    [wire] = [line for line in result.output.splitlines() if line.startswith(RESULT_MARK)]
+    failed = record_from_wire(json.loads(wire[len(RESULT_MARK):]))
+    assert failed.state is JobState.FAILED and failed.id == "demo-1"
+    assert "framework 'tensorflow' needs tensorflow and tf_keras" in (failed.message or "")
+    assert "on the Ray cluster" in failed.message and "pip install 'orchestrator[tensorflow]'" in failed.message
+    # read back by the client as the driver's own last word
+    assert backend()._record(info("FAILED"), wire).state is JobState.FAILED
