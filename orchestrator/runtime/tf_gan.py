@@ -32,23 +32,28 @@ from orchestrator.runtime.tf_multiworker import (
     plain_copy,
     read_arrays,
     restore_checkpoint,
+    rng_variables,
     save_checkpoint,
     sync_backend_name,
     sync_moving_statistics,
+    use_variable_rng,
     worker_device,
 )
 from orchestrator.spec.models import GANModel, JobSpec
 
 
 def make_gan_step(strategy: tf.distribute.Strategy, generator: Any, discriminator: Any, g_opt: Any, d_opt: Any,
-                  gan: GANModel, sample_shape: tuple[int, ...], world: int) -> Any:
-    """One adversarial step on this worker's batch; returns its (generator, discriminator) mean losses."""
+                  gan: GANModel, sample_shape: tuple[int, ...], world: int, noise: tf.random.Generator) -> Any:
+    """One adversarial step on this worker's batch; returns its (generator, discriminator) mean losses.
+
+    ``noise`` (created in the strategy's scope) draws the latent vectors: each replica its own stream,
+    and its state is checkpointed, so a resumed run draws what the straight run would have."""
     bce = tf.nn.sigmoid_cross_entropy_with_logits
     real_label = 1.0 - gan.label_smoothing
 
     def step_fn(real: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         n = tf.shape(real)[0]
-        z = tf.random.normal([n, gan.latent])
+        z = noise.normal([n, gan.latent])
         with tf.GradientTape() as g_tape:
             fake = generator(z, training=True)
         with tf.GradientTape() as d_tape:
@@ -88,6 +93,7 @@ def train_gan_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.Stra
     assert isinstance(collectives, TFCollectives)
     gan, rank, world = spec.model, sess.rank, sess.world_size
     keras.utils.set_random_seed(spec.training.seed)
+    use_variable_rng()
     shape = tuple(data.sample_shape)
     with strategy.scope():
         generator, discriminator = build_gan(gan, shape)
@@ -95,14 +101,16 @@ def train_gan_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.Stra
         d_opt = make_optimizer(spec, gan.discriminator_learning_rate, beta1=gan.beta1)
         opt_vars = optimizer_variables(g_opt, generator.trainable_variables) + \
             optimizer_variables(d_opt, discriminator.trainable_variables)
+        noise = tf.random.Generator.from_seed(spec.training.seed)
+        rng_vars = [noise.state, *rng_variables(generator, discriminator)]
     model_vars = generator.weights + discriminator.weights
-    point = restore_checkpoint(model_vars, opt_vars)
+    point = restore_checkpoint(model_vars, opt_vars, rng_vars)
     sums_of = checksum(model_vars), checksum(opt_vars)
     if rank == 0:
         sess.emit({"type": "model", "parameters": int(generator.count_params() + discriminator.count_params()),
                    "param_checksum": sums_of[0], "optimizer_checksum": sums_of[1], "device": worker_device(),
                    "sync_backend": sync_backend_name(strategy)})
-    step = make_gan_step(strategy, generator, discriminator, g_opt, d_opt, gan, shape, world)
+    step = make_gan_step(strategy, generator, discriminator, g_opt, d_opt, gan, shape, world, noise)
     generate = local_predict(strategy, generator, (gan.latent,))  # this worker's replica, inference mode
 
     def sample(z: np.ndarray) -> np.ndarray:
@@ -130,7 +138,8 @@ def train_gan_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.Stra
         check_gan_losses_finite(epoch, g_sum, d_sum)
         stop_now = sess.should_stop()
         if checkpoint_due(spec, epoch, stop_now):
-            checkpoint_seconds = save_checkpoint(model_vars, opt_vars, epoch=epoch, step=global_step)
+            checkpoint_seconds = save_checkpoint(model_vars, opt_vars, epoch=epoch, step=global_step,
+                                                 rng_vars=rng_vars)
         sync_moving_statistics(generator)  # the grid and the export use the ranks' mean statistics
         if rank == 0:
             emit_grid(sess, sample(fixed_z), epoch)

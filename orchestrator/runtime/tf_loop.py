@@ -39,9 +39,11 @@ from orchestrator.runtime.tf_multiworker import (
     plain_copy,
     read_arrays,
     restore_checkpoint,
+    rng_variables,
     save_checkpoint,
     sync_backend_name,
     sync_moving_statistics,
+    use_variable_rng,
     worker_device,
 )
 from orchestrator.spec.models import JobSpec
@@ -103,11 +105,13 @@ def train_builtin_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.
     assert isinstance(collectives, TFCollectives)
     rank, world = sess.rank, sess.world_size
     keras.utils.set_random_seed(spec.training.seed)  # the same initial weights on every rank
+    use_variable_rng()  # dropout's draws are checkpointed and restored
     with strategy.scope():
         model = build_model(spec, data)
         optimizer = make_optimizer(spec)
         opt_vars = optimizer_variables(optimizer, model.trainable_variables)
-    point = restore_checkpoint(model.weights, opt_vars)
+        rng_vars = rng_variables(model)
+    point = restore_checkpoint(model.weights, opt_vars, rng_vars)
     sums_of = checksum(model.weights), checksum(opt_vars)  # reads are collectives: every rank
     if rank == 0:
         sess.emit({"type": "model", "parameters": int(model.count_params()), "param_checksum": sums_of[0],
@@ -147,7 +151,8 @@ def train_builtin_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.
             if stop or step_checkpoint_due(spec, global_step, last_step):
                 sums.seconds += time.perf_counter() - t0
                 save_checkpoint(model.weights, opt_vars, epoch=epoch, step=global_step, step_in_epoch=step + 1,
-                                extra=EpochSums.to_save(list(collectives.sum(np.array(sums.counts()))), sums.seconds))
+                                extra=EpochSums.to_save(list(collectives.sum(np.array(sums.counts()))), sums.seconds),
+                                rng_vars=rng_vars)
                 t0 = time.perf_counter()
             if stop:
                 stopped = True
@@ -161,7 +166,8 @@ def train_builtin_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.
         val_loss, val_acc = evaluate(predict, data.x_val, data.y_val, collectives)
         stop_now = sess.should_stop()
         if checkpoint_due(spec, epoch, stop_now):
-            checkpoint_seconds = save_checkpoint(model.weights, opt_vars, epoch=epoch, step=global_step)
+            checkpoint_seconds = save_checkpoint(model.weights, opt_vars, epoch=epoch, step=global_step,
+                                                 rng_vars=rng_vars)
         sess.report(epoch=epoch, global_step=global_step, **epoch_metrics(
             classify=classify, loss=t_loss, correct=t_correct, seen=t_seen, seconds=sums.seconds,
             val_loss=val_loss, val_accuracy=val_acc, checkpoint_seconds=checkpoint_seconds,

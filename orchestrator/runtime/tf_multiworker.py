@@ -202,27 +202,60 @@ def checksum(variables: list[Any]) -> str:
     return digest.hexdigest()[:16]
 
 
-def restore_checkpoint(model_vars: list[Any], opt_vars: list[Any]) -> RestorePoint:
-    """Start an attempt: wait the restart backoff, then load the newest valid checkpoint on every rank."""
+def use_variable_rng() -> None:
+    """Random layers built after this (dropout) draw from a ``tf.random.Generator`` whose state is a
+    variable (:func:`rng_variables`): checkpoints save it and a resume restores it, so a resumed run
+    draws exactly what the uninterrupted run would have. Under MultiWorkerMirroredStrategy the state
+    is mirrored and each replica's stream is it hashed with the replica's id (TensorFlow's rule), so
+    the ranks still draw differently."""
+    keras.backend.experimental.enable_tf_random_generator()
+
+
+def rng_variables(*models: Any) -> list[tf.Variable]:
+    """The generator states of the models' random layers (built after :func:`use_variable_rng`;
+    call it in the strategy's scope), in a fixed order."""
+    out: list[tf.Variable] = []
+    for model in models:
+        for module in model.submodules:
+            rng = getattr(module, "_random_generator", None)
+            if rng is None or getattr(rng, "_rng_type", None) != "stateful":
+                continue
+            rng._maybe_init()  # tf_keras creates the generator on first use
+            if rng._generator is not None:
+                out.append(rng._generator.state)
+    return out
+
+
+def restore_checkpoint(model_vars: list[Any], opt_vars: list[Any], rng_vars: list[Any] | None = None) -> RestorePoint:
+    """Start an attempt: wait the restart backoff, then load the newest valid checkpoint on every rank
+    (with ``rng_vars``, :func:`rng_variables`, the random generators' states too)."""
     sess = session_mod.get_session()
     sess.begin_attempt()
     restored = sess.find_restore_point()
     point = RestorePoint()
+    rng_restored = False
     if restored is not None:
         meta = json.loads((restored.path / META_FILE).read_text())
         with np.load(restored.path / STATE_FILE) as npz:
             for prefix, variables in (("m", model_vars), ("o", opt_vars)):
                 for i, var in enumerate(variables):
                     var.assign(npz[f"{prefix}{i}"])
+            saved_rng = sorted(k for k in npz.files if k.startswith("r"))
+            if rng_vars and len(saved_rng) == len(rng_vars):
+                for i, var in enumerate(rng_vars):
+                    var.assign(npz[f"r{i}"])
+                rng_restored = True
         point = RestorePoint.from_saved(meta)
-    seed = int(sess.config["training"]["seed"])
-    tf.random.set_seed(seed * 1000 + sess.rank + 7919 * (point.start_epoch - 1))  # dropout draws per rank
+    if not rng_restored:  # ops without a generator (and checkpoints without its state): reseed per rank
+        seed = int(sess.config["training"]["seed"])
+        tf.random.set_seed(seed * 1000 + sess.rank + 7919 * (point.start_epoch - 1))
     sess.attempt_started()
     return point
 
 
 def save_checkpoint(model_vars: list[Any], opt_vars: list[Any], *, epoch: int, step: int,
-                    step_in_epoch: int = 0, extra: dict[str, Any] | None = None) -> float:
+                    step_in_epoch: int = 0, extra: dict[str, Any] | None = None,
+                    rng_vars: list[Any] | None = None) -> float:
     """Every rank reads the variables, rank 0 writes them with the epoch and step; returns its seconds.
 
     Call it on every rank: reading a batch norm's moving statistics (on-read synchronised
@@ -230,6 +263,7 @@ def save_checkpoint(model_vars: list[Any], opt_vars: list[Any], *, epoch: int, s
     """
     sess = session_mod.get_session()
     model_arrays, opt_arrays = read_arrays(model_vars), read_arrays(opt_vars)
+    rng_arrays = read_arrays(rng_vars or [])
     if sess.rank != 0:
         sess.touch()
         return 0.0
@@ -238,6 +272,7 @@ def save_checkpoint(model_vars: list[Any], opt_vars: list[Any], *, epoch: int, s
 
     def write(directory: Path) -> None:
         arrays = {f"m{i}": a for i, a in enumerate(model_arrays)} | {f"o{i}": a for i, a in enumerate(opt_arrays)}
+        arrays |= {f"r{i}": a for i, a in enumerate(rng_arrays)}
         with open(directory / STATE_FILE, "wb") as fh:
             np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy stubs type the first keyword
         (directory / META_FILE).write_text(json.dumps(meta))

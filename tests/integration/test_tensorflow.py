@@ -123,6 +123,12 @@ def test_a_tensorflow_job_resumes_at_the_next_epoch(ray_address: str, tmp_path: 
     assert [a["restored_epoch"] for a in resumed["attempts"]] == [None, 2]
     assert resumed["metrics"]["epochs"] == 4
     assert Path(resumed["checkpoint"]).name == "ckpt-0000000080"  # 4 epochs x 20 steps: steps went on from 40
+    # two MWMS workers, each with its own dropout stream (its replica's): the generator state is
+    # checkpointed, so 2 epochs + resume + 2 epochs end with exactly the weights of 4 straight epochs
+    straight = last_json(run_cli(["submit", str(small_tf_job(tmp_path, 4, name="straight-tf")), "-o", "json", "-q"],
+                                 env, check=True).stdout)
+    assert straight["model_checksum"] == resumed["model_checksum"]
+    assert straight["metrics"]["val_accuracy"] == resumed["metrics"]["val_accuracy"]
 
 
 def test_a_tensorflow_worker_failure_is_recovered_from_the_last_checkpoint(ray_address: str, tmp_path: Path) -> None:

@@ -58,10 +58,29 @@ def _close_sessions() -> Iterator[None]:
     session_mod.set_session(None)
 
 
-def run(tmp_path: Path, spec: JobSpec) -> tuple[dict[str, float], RecordingSession, RecordingSession]:
+class StoppingSession(RecordingSession):
+    """Asked to stop (as by `orchestrator cancel`) once the loop has run ``stop_after`` steps."""
+
+    def __init__(self, stop_after: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stop_after = stop_after
+        self.global_step = 0
+
+    def progress(self, *, epoch: int, step: int, steps: int, loss: float, global_step: int) -> None:
+        self.global_step = global_step
+        super().progress(epoch=epoch, step=step, steps=steps, loss=loss, global_step=global_step)
+
+    def should_stop(self) -> bool:
+        return self.global_step >= self.stop_after
+
+
+def run(tmp_path: Path, spec: JobSpec, stop_after: int | None = None,
+        ) -> tuple[dict[str, float], RecordingSession, RecordingSession]:
     """Train ``spec`` in this process as a one-worker tensorflow job; (final metrics, session, session)."""
     strategy = tf.distribute.get_strategy()
-    sess = RecordingSession(
+    session_cls: Any = RecordingSession if stop_after is None else \
+        (lambda **kw: StoppingSession(stop_after, **kw))
+    sess = session_cls(
         config=spec.model_dump(mode="json"), rank=0, world_size=1,
         paths=JobPaths(tmp_path, tmp_path / "checkpoints", tmp_path / "model"),
         data=prepare_data(spec.data, spec.training.seed),
@@ -200,8 +219,9 @@ def test_sine_forecasting_in_tensorflow_beats_the_last_value(tmp_path: Path) -> 
 def test_a_keras_cnn_still_learns_with_every_augmentation_on(tmp_path: Path) -> None:
     spec = spec_of({"type": "cnn", "conv_filters": [16, 32], "dense_units": [64]},
                    data={"augment": {"rotate": 10, "translate": 0.1, "scale": [0.9, 1.1], "crop": 1, "noise": 0.05}},
-                   training={"epochs": 15, "batch_size": 64, "learning_rate": 0.003})
+                   training={"epochs": 25, "batch_size": 64, "learning_rate": 0.003})
     final, _, _ = run(tmp_path, spec)
+    # 25 epochs: at 15 the test accuracy over seeds 0-4 spans 0.89-0.95, too close to the bar
     assert final["test_accuracy"] >= 0.90
 
 
@@ -233,3 +253,26 @@ def test_the_keras_gan_trains_draws_its_grid_and_exports_a_raw_unit_generator(tm
     assert drawn.max() > 8.0  # ink, not a blank page
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
     assert meta["framework"] == "tensorflow" and meta["task"] == "generation"
+
+
+def test_a_resumed_run_ends_with_the_weights_of_the_straight_run_dropout_draws_included(tmp_path: Path) -> None:
+    """Dropout's generator state is checkpointed: 2 epochs + resume + 1 epoch, and a stop in the
+    middle of epoch 2 + resume, both end with exactly the weights of 3 straight epochs."""
+    spec = spec_of({"type": "cnn", "conv_filters": [8], "dense_units": [32], "dropout": 0.5},
+                   training={"epochs": 3, "batch_size": 64, "learning_rate": 0.005, "seed": 3})
+    _, straight, _ = run(tmp_path / "straight", spec)
+    [done] = straight.of("final")
+
+    two = spec.model_copy(update={"training": spec.training.model_copy(update={"epochs": 2})})
+    run(tmp_path / "resumed", two)
+    _, resumed, _ = run(tmp_path / "resumed", spec)
+    assert [a["restored_epoch"] for a in resumed.of("attempt_start")] == [2]
+    assert resumed.of("final")[0]["param_checksum"] == done["param_checksum"]
+
+    _, stopped, _ = run(tmp_path / "stopped", spec, stop_after=25)  # 20 steps an epoch: mid-epoch 2
+    assert stopped.of("stopped") and not stopped.of("final")
+    ckpt = max((tmp_path / "stopped" / "checkpoints").glob("ckpt-*"))
+    with np.load(ckpt / tfm.STATE_FILE) as npz:
+        assert any(k.startswith("r") for k in npz.files)  # the dropout generator's state
+    _, continued, _ = run(tmp_path / "stopped", spec)
+    assert continued.of("final")[0]["param_checksum"] == done["param_checksum"]
