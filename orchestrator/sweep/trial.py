@@ -35,6 +35,8 @@ TRIAL_FILE = "trial.json"
 EPOCH_KEY = names.EPOCH
 #: The stop reason of a trial whose sweep was interrupted (cancel, Ctrl-C): it resumes later.
 SWEEP_INTERRUPTED = "the sweep was interrupted"
+#: In a PBT save (a Tune checkpoint): which trial it is a copy of, and its global step.
+SOURCE_FILE = "source.json"
 #: Sweeps (by id) this process is interrupting; set from the driver's signal handler.
 _INTERRUPTING: set[str] = set()
 
@@ -67,6 +69,26 @@ def request_trial_stop(sweep_id: str, trial_id: str, reason: str) -> bool:
         return False
     sink.request_stop.remote(reason)
     return True
+
+
+def replace_with_copy(copy_dir: Path, own_dir: Path, trial_id: str) -> bool:
+    """Whether a trial restored from the Tune checkpoint ``copy_dir`` (a :meth:`SweepTrial.save_checkpoint`
+    copy) should replace its own checkpoints with it: yes for another trial's copy (PBT's exploit)
+    and for its own copy when it has nothing newer; no when it is its own copy and the trial has
+    since written a newer valid checkpoint (a resumed sweep: continue from that one)."""
+    from orchestrator.runtime.checkpoints import CheckpointManager
+
+    copies = sorted(p for p in copy_dir.iterdir() if p.is_dir() and p.name.startswith("ckpt-"))
+    if not copies:
+        return False
+    try:
+        source = json.loads((copy_dir / SOURCE_FILE).read_text())
+    except (OSError, ValueError):
+        return True  # an unmarked copy: as before, take it
+    if source.get("trial_id") != trial_id:
+        return True
+    own = CheckpointManager(own_dir).latest_valid().checkpoint if own_dir.exists() else None
+    return own is None or own.step < int(source.get("step", 0))
 
 
 def mark_interrupting(sweep_id: str) -> None:
@@ -178,7 +200,8 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
         self._write_trial_file(state=self._state())
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
-        """For PBT: a copy of this trial's newest valid checkpoint (the workers write them)."""
+        """For PBT: a copy of this trial's newest valid checkpoint (the workers write them), marked
+        with the trial it came from."""
         from orchestrator.runtime.checkpoints import CheckpointManager
 
         for _ in range(3):  # the workers may replace the newest one while it is copied (checkpoint.keep)
@@ -187,6 +210,8 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
                 return
             try:
                 shutil.copytree(found.path, Path(checkpoint_dir) / found.path.name, dirs_exist_ok=True)
+                (Path(checkpoint_dir) / SOURCE_FILE).write_text(json.dumps({"trial_id": self.trial_id,
+                                                                            "step": found.step}))
                 return
             except (FileNotFoundError, shutil.Error):
                 shutil.rmtree(Path(checkpoint_dir) / found.path.name, ignore_errors=True)
@@ -194,12 +219,13 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
     def load_checkpoint(self, checkpoint: str | dict[str, Any] | None) -> None:
         """For PBT: continue from another trial's checkpoint, copied into this trial's checkpoint dir
         before the workers start (they restore the newest one there, then train with this trial's
-        own parameters)."""
+        own parameters). Tune also restores a trial from its own last save when an interrupted
+        sweep resumes: the trial's own newer checkpoints are then kept (no roll-back)."""
         if not isinstance(checkpoint, str):
             return
-        copies = sorted(p for p in Path(checkpoint).iterdir() if p.is_dir() and p.name.startswith("ckpt-"))
-        if not copies:
+        if not replace_with_copy(Path(checkpoint), Path(self.paths["checkpoint_dir"]), self.trial_id):
             return
+        copies = sorted(p for p in Path(checkpoint).iterdir() if p.is_dir() and p.name.startswith("ckpt-"))
         target = Path(self.paths["checkpoint_dir"])
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True, exist_ok=True)

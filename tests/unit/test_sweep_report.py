@@ -194,3 +194,32 @@ def test_an_interrupt_stops_only_the_running_trials_of_its_own_sweep_once_and_su
     assert restored.sweep_id == "sweep-a"
     restored.on_step_end(iteration=1, trials=trials[1:2])
     assert sent[-1] == ("sweep-a", "t1", trial_mod.SWEEP_INTERRUPTED) and len(sent) == 3
+
+
+def test_a_resumed_pbt_trial_keeps_its_own_newer_checkpoint_and_an_exploit_takes_the_copy(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from orchestrator.runtime.checkpoints import CheckpointManager
+    from orchestrator.sweep.trial import SOURCE_FILE, replace_with_copy
+
+    def write(step: int, directory: Path) -> Path:
+        return CheckpointManager(directory).save(lambda d: (d / "state.bin").write_bytes(b"w" * step),
+                                                 step=step, epoch=step // 10).path
+
+    own = tmp_path / "own"
+    save = tmp_path / "tune-save"
+    save.mkdir()
+    shutil.copytree(write(20, tmp_path / "then"), save / "ckpt-0000000020")
+    (save / SOURCE_FILE).write_text(json.dumps({"trial_id": "t1", "step": 20}))
+    assert replace_with_copy(save, own, "t1")  # nothing of its own yet: take the save
+    write(20, own)
+    assert not replace_with_copy(save, own, "t1")  # the same step: keep its own
+    write(40, own)
+    assert not replace_with_copy(save, own, "t1")  # a resumed sweep: continue from step 40, not 20
+    assert replace_with_copy(save, own, "t2")  # PBT's exploit: another trial's weights replace its own
+    (save / SOURCE_FILE).unlink()
+    assert replace_with_copy(save, own, "t1")  # an unmarked (older) save: taken, as before
+    empty = tmp_path / "empty-save"
+    empty.mkdir()
+    assert not replace_with_copy(empty, own, "t1")  # no checkpoint in it: nothing to take
