@@ -8,11 +8,11 @@ reruns no finished trial. While it runs, a watcher thread reads each trial's ``t
 the live table and the store. At the end it writes the leaderboard, the budget early stopping
 saved, the best trial's job spec, checkpoint and model, and the sweep's TensorBoard hparams.
 
-``orchestrator cancel`` (SIGTERM) and Ctrl-C interrupt the sweep the way Tune expects (its own
-SIGINT/SIGUSR1 handler): Tune stops the trials, whose workers checkpoint, and saves the
-experiment's state; ``orchestrator resume SWEEP`` continues it. On ``cancel`` the running trials'
-workers are told to stop at once (:class:`orchestrator.sweep.trial.InterruptTrials`) rather than
-after their current epoch.
+``orchestrator cancel`` (SIGTERM) and Ctrl-C (SIGINT; a second one ends the sweep at once)
+interrupt the sweep the way Tune expects (its own SIGUSR1 graceful stop): Tune stops the trials,
+whose workers checkpoint, and saves the experiment's state; ``orchestrator resume SWEEP``
+continues it. The running trials' workers are told to stop at once
+(:class:`orchestrator.sweep.trial.InterruptTrials`) rather than after their current epoch.
 """
 
 from __future__ import annotations
@@ -124,8 +124,8 @@ class SweepDriver:
 
     # -- signals ----------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        reason = "interrupt" if signum == signal.SIGINT else "cancelled"
-        if self._stop_reason is not None and reason == "interrupt":
+        reason = "interrupted" if signum == signal.SIGINT else "cancelled"
+        if self._stop_reason is not None and reason == "interrupted":  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         self._stop_reason = reason
         log.info("stop requested (%s): trials checkpoint and stop; the sweep can be resumed", reason)
@@ -150,7 +150,10 @@ class SweepDriver:
             return self.store.get(self.record.id)
         previous: dict[int, Any] = {}
         if self.install_signal_handlers and threading.current_thread() is threading.main_thread():
-            previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_signal)
+            # Ctrl-C is ours too: it stops the trials at once, then raises Tune's SIGUSR1 stop
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, self._on_signal)
         try:
             return self._run(resume)
         except KeyboardInterrupt:
@@ -187,6 +190,7 @@ class SweepDriver:
             log.warning("the Ray dashboard is off: a Train run inside a Tune trial may leak its placement group")
         if self.install_signal_handlers and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)  # ray.init installs its own SIGTERM handler
+            signal.signal(signal.SIGINT, self._on_signal)
         concurrent = check_fits(sweep, ray.cluster_resources())
         tb_dir = record.job_dir / "tensorboard"
         self._update_result(dashboard_url=url, tensorboard_dir=str(tb_dir), max_concurrent=concurrent,

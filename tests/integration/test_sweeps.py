@@ -5,7 +5,8 @@
   trains), checkpoint and model, the TensorBoard hparams read back with tensorboard's own reader,
   and `orchestrator status SWEEP`;
 * an interrupted sweep of 2-worker DDP trials (`orchestrator cancel`) resumes
-  (`orchestrator resume`) and finishes without rerunning its finished trials;
+  (`orchestrator resume`) and finishes without rerunning its finished trials; Ctrl-C interrupts a
+  sweep and its running trial at once, too;
 * a 2-trial TensorFlow sweep (skipped while `framework: tensorflow` is not available).
 """
 
@@ -264,6 +265,38 @@ def test_an_interrupted_sweep_of_ddp_trials_resumes_without_rerunning_finished_t
     # each trial was a 2-worker DDP run (gradients all-reduced over gloo)
     assert all(f["workers"] == 2 and f["sync_backend"] == "gloo" for f in files.values())
     assert resumed["budget"]["trial_epochs_used"] == 10 and resumed["budget"]["trials_stopped_early"] == 0
+
+
+def test_ctrl_c_interrupts_a_sweep_and_its_running_trial_at_once(ray_address: str, tmp_path: Path) -> None:
+    import signal
+
+    home = tmp_path / "home"
+    spec = tmp_path / "one-trial.yaml"
+    spec.write_text(RESUME_SWEEP.replace("grid([0.002, 0.008])", "grid([0.004])"))
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "tune", str(spec), "-q", "-o", "json"],
+                            env=cli_env(home, ray_address), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        def halfway() -> Any:
+            record = _sweep_record(home)
+            trials = (record.progress or {}).get("trials", []) if record else []
+            return record if any(t["state"] == "running" and 1 <= t["epochs_trained"] <= 2 for t in trials) else None
+
+        record = wait_for(halfway, timeout=900, interval=0.2, what="the trial halfway")
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]  # EXIT_INTERRUPTED
+    out = last_json(stdout)
+    assert out["state"] == "cancelled" and out["message"].startswith("interrupted; `orchestrator resume ")
+    [trial] = out["leaderboard"]
+    assert trial["state"] == "interrupted" and trial["epochs_trained"] < 5
+    saved = json.loads((Path(out["job_dir"]) / "trials" / trial["trial_id"] / "trial.json").read_text())
+    assert saved["stop_reason"] == "the sweep was interrupted"  # told at once, as `orchestrator cancel` does
+    assert saved["checkpoint"] and "Traceback" not in stderr
+    assert record.id == out["job_id"]
 
 
 PBT_SWEEP = """\
