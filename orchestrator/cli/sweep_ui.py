@@ -57,9 +57,12 @@ def sweep_summary(record: JobRecord) -> Group:
                 info.add_row(label, str(best[key]))
     b = result.get("budget")
     if b:
+        untrained = b.get("trial_epochs_not_trained") or 0
         info.add_row("budget", f"{b['trial_epochs_used']} of {b['trial_epochs_full']} trial-epochs trained "
-                               f"({b['saved_fraction']:.0%} saved by early stopping; "
-                               f"{b['trials_stopped_early']} trials stopped early)")
+                               f"({b['saved_fraction']:.0%} saved by early stopping: "
+                               f"{b['trials_stopped_early']} trials stopped early"
+                               + (f"; {untrained} not trained: trials interrupted, failed or not started)"
+                                  if untrained else ")"))
     if record.started_at and record.ended_at:
         info.add_row("wall time", f"{record.ended_at - record.started_at:.1f}s")
     for key in ("tensorboard_dir", "dashboard_url"):

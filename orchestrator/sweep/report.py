@@ -73,15 +73,21 @@ def best_trial(rows: list[TrialRow], mode: str) -> TrialRow | None:
 
 
 def budget(rows: list[TrialRow], total_trials: int, epochs: int) -> dict[str, Any]:
-    """Trial-epochs trained against the full sweep's (every trial training every epoch)."""
+    """Trial-epochs trained against the full sweep's (every trial training every epoch).
+
+    Saved: the epochs that trials stopped early by the scheduler did not train. The rest of what
+    was not trained (trials interrupted with the sweep, failed, or not started) is
+    ``trial_epochs_not_trained``: an interrupted sweep saved nothing by stopping early.
+    """
     used = sum(r.epochs_trained for r in rows)
     full = total_trials * epochs
-    saved = max(full - used, 0)
+    saved = sum(max(epochs - r.epochs_trained, 0) for r in rows if r.stopped_early)
     return {
         "trial_epochs_used": used,
         "trial_epochs_full": full,
         "trial_epochs_saved": saved,
         "saved_fraction": round(saved / full, 4) if full else 0.0,
+        "trial_epochs_not_trained": max(full - used - saved, 0),
         "trials_stopped_early": sum(1 for r in rows if r.stopped_early),
     }
 

@@ -95,6 +95,7 @@ def test_the_example_asha_sweep_finds_a_good_learning_rate_and_stops_poor_trials
     assert budget["trial_epochs_used"] == sum(t["epochs_trained"] for t in board) < 24
     assert budget["trials_stopped_early"] == len(stopped)
     assert budget["saved_fraction"] == pytest.approx(1 - budget["trial_epochs_used"] / 24, abs=1e-3)
+    assert budget["trial_epochs_not_trained"] == 0  # every trial finished or was stopped early
 
     # the best trial's spec: a job spec our loader validates, with the winning learning rate
     from orchestrator.spec import load_spec
@@ -241,6 +242,9 @@ def test_an_interrupted_sweep_of_ddp_trials_resumes_without_rerunning_finished_t
     # the interrupted trial is not counted as stopped early (no scheduler stopped it)
     assert {t["trial_id"]: t["state"] for t in interrupted["leaderboard"]}[halfway[0]] == "interrupted"
     assert interrupted["budget"]["trials_stopped_early"] == 0
+    # nothing was saved by early stopping: the epochs left are the interrupted trial's, still to train
+    assert interrupted["budget"]["trial_epochs_saved"] == 0
+    assert interrupted["budget"]["trial_epochs_not_trained"] == 10 - interrupted["budget"]["trial_epochs_used"]
     # its workers were told at once by the sweep (InterruptTrials), not by Tune stopping the trial
     # actor after its epoch in flight ("the sweep stopped this trial")
     stopped = json.loads((Path(interrupted["job_dir"]) / "trials" / halfway[0] / "trial.json").read_text())

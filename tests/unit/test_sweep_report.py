@@ -68,9 +68,17 @@ def test_the_best_trial_is_the_best_finished_one() -> None:
 
 
 def test_budget_counts_trial_epochs_against_the_full_sweep() -> None:
+    # t1 and t2 were stopped early (3 + 2 epochs saved); the sixth trial never started
     assert budget(rows(), total_trials=6, epochs=4) == {
-        "trial_epochs_used": 4 + 1 + 2 + 4 + 4, "trial_epochs_full": 24, "trial_epochs_saved": 9,
-        "saved_fraction": 0.375, "trials_stopped_early": 2,
+        "trial_epochs_used": 4 + 1 + 2 + 4 + 4, "trial_epochs_full": 24, "trial_epochs_saved": 5,
+        "saved_fraction": 0.2083, "trial_epochs_not_trained": 4, "trials_stopped_early": 2,
+    }
+    # an interrupted trial's missing epochs were not saved by early stopping
+    interrupted = trial_row(trial("t5", 0.004, [0.7, 0.8], state="interrupted", final=False), "val_accuracy",
+                            "max", max_epochs=4)
+    assert budget([*rows(), interrupted], total_trials=6, epochs=4) == {
+        "trial_epochs_used": 17, "trial_epochs_full": 24, "trial_epochs_saved": 5,
+        "saved_fraction": 0.2083, "trial_epochs_not_trained": 2, "trials_stopped_early": 2,
     }
 
 
