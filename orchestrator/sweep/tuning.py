@@ -4,6 +4,7 @@ Tune's own output and loggers turned down. Ray is imported inside the functions 
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -106,6 +107,18 @@ def quiet_tune() -> None:
     # a trial that fails before its first epoch ends with a result without the metric; the sweep
     # reports that trial as failed instead of Tune aborting every other trial
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # on an interrupt Tune tells the user to resume with its own API; ours says `orchestrator resume`
+    tune_log = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _TuneResumeAdvice) for f in tune_log.filters):
+        tune_log.addFilter(_TuneResumeAdvice())
+
+
+class _TuneResumeAdvice(logging.Filter):
+    """Drops Tune's "Stop signal received ..." and "... Tuner.restore(...)" lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return "Tuner.restore" not in text and "Stop signal received" not in text
 
 
 def result_loggers() -> list[Any]:
