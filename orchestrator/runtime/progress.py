@@ -20,6 +20,7 @@ class ProgressSink:
         self._stop_reason: str | None = None
         self._attempt = attempts_before  # attempts of earlier runs of this job (resume)
         self._first_attempt = attempts_before + 1
+        self._returned = False  # rank 0's training function returned or raised (see returned())
 
     def next_attempt(self) -> tuple[int, int]:
         """Called by rank 0 when a worker group starts: (attempt number, restarts in this run)."""
@@ -28,6 +29,13 @@ class ProgressSink:
 
     def push(self, events: list[dict[str, Any]]) -> None:
         self._events.extend(events)
+        self._returned = self._returned or any(
+            e.get("type") in ("memory", "worker_error") and e.get("rank") == 0 for e in events)
+
+    def returned(self) -> bool:
+        """True once rank 0's training function has returned or raised, in any attempt (its last
+        events, the peak memory or the error, are sent after its checkpoints are written)."""
+        return self._returned
 
     def drain(self) -> list[dict[str, Any]]:
         events, self._events = self._events, []

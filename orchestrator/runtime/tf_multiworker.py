@@ -233,7 +233,6 @@ def restore_checkpoint(model_vars: list[Any], opt_vars: list[Any], rng_vars: lis
     sess.begin_attempt()
     restored = sess.find_restore_point()
     point = RestorePoint()
-    rng_restored = False
     if restored is not None:
         meta = json.loads((restored.path / META_FILE).read_text())
         with np.load(restored.path / STATE_FILE) as npz:
@@ -244,11 +243,10 @@ def restore_checkpoint(model_vars: list[Any], opt_vars: list[Any], rng_vars: lis
             if rng_vars and len(saved_rng) == len(rng_vars):
                 for i, var in enumerate(rng_vars):
                     var.assign(npz[f"r{i}"])
-                rng_restored = True
         point = RestorePoint.from_saved(meta)
-    if not rng_restored:  # ops without a generator (and checkpoints without its state): reseed per rank
-        seed = int(sess.config["training"]["seed"])
-        tf.random.set_seed(seed * 1000 + sess.rank + 7919 * (point.start_epoch - 1))
+    # ops that draw without a generator (and dropout, when the checkpoint has no generator state)
+    seed = int(sess.config["training"]["seed"])
+    tf.random.set_seed(seed * 1000 + sess.rank + 7919 * (point.start_epoch - 1))
     sess.attempt_started()
     return point
 

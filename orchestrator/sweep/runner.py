@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -132,8 +133,9 @@ class SweepDriver:
         if self._tuning and hasattr(signal, "SIGUSR1"):
             from orchestrator.sweep.trial import mark_interrupting
 
-            mark_interrupting(self.record.id)  # the running trials stop now (InterruptTrials), not after an epoch
-            os.kill(os.getpid(), signal.SIGUSR1)  # Tune's own graceful stop (it saves the experiment)
+            # InterruptTrials, at the end of Tune's next step, stops the running trials at once
+            # and then Tune itself with its SIGUSR1 graceful stop (the experiment's state saved)
+            mark_interrupting(self.record.id)
         elif not self._tuning:
             raise KeyboardInterrupt
 
@@ -149,8 +151,9 @@ class SweepDriver:
         if not started:
             return self.store.get(self.record.id)
         previous: dict[int, Any] = {}
+        tune_sigint = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
         if self.install_signal_handlers and threading.current_thread() is threading.main_thread():
-            # Ctrl-C is ours too: it stops the trials at once, then raises Tune's SIGUSR1 stop
+            # Ctrl-C is ours too: like cancel, it stops the trials at once, then Tune (SIGUSR1)
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, self._on_signal)
@@ -168,6 +171,13 @@ class SweepDriver:
             self._watch_stop.set()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if previous:
+                if tune_sigint is None:
+                    os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+                else:
+                    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_sigint
+            if "orchestrator.sweep.trial" in sys.modules:
+                sys.modules["orchestrator.sweep.trial"].clear_interrupting(self.record.id)
             self._shutdown()
 
     def _run(self, resume: bool) -> JobRecord:
@@ -177,9 +187,10 @@ class SweepDriver:
 
         from orchestrator.backends.ray_local import dashboard_url, start_embedded_ray
         from orchestrator.runtime.data import prepare_data
-        from orchestrator.sweep.trial import InterruptTrials, SweepTrial
+        from orchestrator.sweep.trial import InterruptTrials, SweepTrial, clear_interrupting
 
         sweep, record = self.sweep, self.record
+        clear_interrupting(record.id)  # an interrupt of an earlier run in this process is over
         log.info("sweep %s%s: %s", record.id, " (resumed)" if resume else "", json.dumps(record.spec))
         data = prepare_data(sweep.job.data, sweep.job.training.seed)
         context = start_embedded_ray(self.settings.local_ray_address,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -37,6 +38,8 @@ EPOCH_KEY = names.EPOCH
 SWEEP_INTERRUPTED = "the sweep was interrupted"
 #: In a PBT save (a Tune checkpoint): which trial it is a copy of, and its global step.
 SOURCE_FILE = "source.json"
+#: In a trial's checkpoint dir after PBT replaced it with a save: that save's SOURCE_FILE.
+TAKEN_FILE = "taken-from.json"
 #: Sweeps (by id) this process is interrupting; set from the driver's signal handler.
 _INTERRUPTING: set[str] = set()
 
@@ -61,11 +64,18 @@ def _named_sink(name: str, attempts_before: int) -> Any:
         return create_sink(attempts_before)
 
 
+def trial_sink(sweep_id: str, trial_id: str) -> Any:
+    """A running trial's sink actor, or None (not started yet, or gone)."""
+    try:
+        return ray.get_actor(sink_name(sweep_id, trial_id))
+    except ValueError:
+        return None
+
+
 def request_trial_stop(sweep_id: str, trial_id: str, reason: str) -> bool:
     """Ask a running trial's workers to checkpoint and stop now; False when the trial has no sink."""
-    try:
-        sink = ray.get_actor(sink_name(sweep_id, trial_id))
-    except ValueError:
+    sink = trial_sink(sweep_id, trial_id)
+    if sink is None:
         return False
     sink.request_stop.remote(reason)
     return True
@@ -86,27 +96,46 @@ def replace_with_copy(copy_dir: Path, own_dir: Path, trial_id: str) -> bool:
     except (OSError, ValueError):
         return True  # an unmarked copy: as before, take it
     if source.get("trial_id") != trial_id:
-        return True
+        # PBT's exploit: take the other trial's weights, unless this trial took this very copy
+        # before and trained on since (Tune restores a resumed trial from its last checkpoint,
+        # which after an exploit is the other trial's save)
+        try:
+            taken = json.loads((own_dir / TAKEN_FILE).read_text())
+        except (OSError, ValueError):
+            return True
+        if taken != {"trial_id": source.get("trial_id"), "step": source.get("step")}:
+            return True
     own = CheckpointManager(own_dir).latest_valid().checkpoint if own_dir.exists() else None
     return own is None or own.step < int(source.get("step", 0))
 
 
 def mark_interrupting(sweep_id: str) -> None:
     """Called from the sweep driver's signal handler (so it only records the fact): the next
-    :class:`InterruptTrials` callback asks the running trials' workers to checkpoint and stop."""
+    :class:`InterruptTrials` callback stops the running trials, then Tune."""
     _INTERRUPTING.add(sweep_id)
 
 
-class InterruptTrials(tune.Callback):  # type: ignore[misc]
-    """Stops an interrupted sweep's running trials at once instead of after their current epoch.
+def clear_interrupting(sweep_id: str) -> None:
+    """Forget an interrupt (a sweep run or resumed again in this process starts afresh)."""
+    _INTERRUPTING.discard(sweep_id)
 
-    Tune's own graceful stop (SIGUSR1) ends its loop and only then stops each trial actor, whose
-    ``stop`` waits behind the ``step`` in flight, i.e. until the trial's next epoch, and its
-    workers' stop comes after that. This callback runs at the end of the loop's last step (the
-    driver's SIGTERM handler records the interrupt and raises Tune's SIGUSR1 in the same breath, so
-    Tune leaves its loop right after this step, having saved the trials as running), and asks each
-    running trial's workers through its sink to checkpoint and stop now. Only the sweep id is kept:
-    Tune pickles the callback with the experiment and restores it on resume.
+
+class InterruptTrials(tune.Callback):  # type: ignore[misc]
+    """Interrupts a sweep: its running trials stop at once, then Tune stops with its state saved.
+
+    The driver's signal handler (cancel, Ctrl-C) only records the interrupt
+    (:func:`mark_interrupting`). At the end of the next step of Tune's loop, this callback asks each
+    running trial's workers through the trial's sink to checkpoint and stop now, waits (at most
+    ``GRACEFUL_STOP_S``) until each has (rank 0's training function has returned: the sink has its
+    last event), and then raises SIGUSR1, Tune's own
+    graceful stop, whose handler sets Tune's interrupt flag before the loop looks at it again.
+    So Tune leaves its loop right after this step: the trials stay RUNNING in the experiment state
+    it saved (a resume reruns them from their checkpoints), the results their stop produced are
+    never processed, and when Tune then stops the trial actors (killing any still busy after about
+    10 s) their workers have long written their checkpoints. Without this, Tune stops a trial only
+    after its ``step`` in flight returns (the trial's next epoch), and the workers' stop comes after
+    that. Only the sweep id is kept: Tune pickles the callback with the experiment and restores it
+    on resume.
     """
 
     def __init__(self, sweep_id: str) -> None:
@@ -117,9 +146,26 @@ class InterruptTrials(tune.Callback):  # type: ignore[misc]
         if self._sent or self.sweep_id not in _INTERRUPTING:
             return
         self._sent = True
+        sinks = {}
         for trial in trials:
             if trial.status == "RUNNING":
-                request_trial_stop(self.sweep_id, trial.trial_id, SWEEP_INTERRUPTED)
+                sink = trial_sink(self.sweep_id, trial.trial_id)
+                if sink is not None:
+                    sink.request_stop.remote(SWEEP_INTERRUPTED)
+                    sinks[trial.trial_id] = sink
+        deadline = time.time() + GRACEFUL_STOP_S
+        while sinks and time.time() < deadline:
+            for trial_id, sink in list(sinks.items()):
+                try:
+                    ended = ray.get(sink.returned.remote(), timeout=10)
+                except Exception:  # noqa: BLE001 - a lost sink: nothing to wait for
+                    ended = True
+                if ended:
+                    del sinks[trial_id]
+            if sinks:
+                time.sleep(POLL_S)
+        if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+            signal.raise_signal(signal.SIGUSR1)  # Tune's handler: it leaves its loop after this step
 
     def __getstate__(self) -> dict[str, Any]:
         return {"sweep_id": self.sweep_id, "_sent": False}
@@ -230,6 +276,8 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True, exist_ok=True)
         shutil.copytree(copies[-1], target / copies[-1].name)
+        if (Path(checkpoint) / SOURCE_FILE).is_file():
+            shutil.copyfile(Path(checkpoint) / SOURCE_FILE, target / TAKEN_FILE)
 
     # -- the nested Train run ------------------------------------------------------------------
     def _start_fit(self) -> None:

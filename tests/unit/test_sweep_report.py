@@ -174,34 +174,66 @@ def test_the_tune_section_maps_onto_ray_tunes_scheduler_and_search(tmp_path: Pat
     assert "narrow the search over resources.workers" in info.value.fix
 
 
-def test_an_interrupt_stops_only_the_running_trials_of_its_own_sweep_once_and_survives_pickling(
+def test_an_interrupt_stops_the_running_trials_waits_for_them_then_stops_tune_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import pickle
+    import signal
     from types import SimpleNamespace
 
     from orchestrator.sweep import trial as trial_mod
 
-    sent: list[tuple[str, str, str]] = []
-    monkeypatch.setattr(trial_mod, "request_trial_stop", lambda *a: sent.append(a) or True)
+    log: list[tuple[str, ...]] = []
+
+    class Call:
+        def __init__(self, name: str, fn: Any) -> None:
+            self.name, self.fn = name, fn
+
+        def remote(self, *args: Any) -> Any:
+            log.append((self.name, *args))
+            return self.fn(*args)
+
+    class Sink:
+        def __init__(self, trial_id: str, returns_after: int) -> None:
+            self.polls = 0
+            self.request_stop = Call(f"stop {trial_id}", lambda reason: None)
+
+            def returned() -> bool:
+                self.polls += 1
+                return self.polls > returns_after
+            self.returned = Call(f"returned? {trial_id}", returned)
+
+    sinks = {"t1": Sink("t1", returns_after=2), "t3": Sink("t3", returns_after=0)}
+    monkeypatch.setattr(trial_mod, "trial_sink", lambda sweep_id, trial_id: sinks.get(trial_id))
+    monkeypatch.setattr(trial_mod.ray, "get", lambda value, timeout=None: value)
+    monkeypatch.setattr(trial_mod, "POLL_S", 0.01)
     monkeypatch.setattr(trial_mod, "_INTERRUPTING", set())
-    trials = [SimpleNamespace(trial_id="t0", status="TERMINATED"), SimpleNamespace(trial_id="t1", status="RUNNING"),
-              SimpleNamespace(trial_id="t2", status="PENDING"), SimpleNamespace(trial_id="t3", status="RUNNING")]
-    callback = trial_mod.InterruptTrials("sweep-a")
-    callback.on_step_end(iteration=1, trials=trials)
-    assert sent == []  # no interrupt yet
-    trial_mod.mark_interrupting("sweep-b")
-    callback.on_step_end(iteration=2, trials=trials)
-    assert sent == []  # another sweep's interrupt
-    trial_mod.mark_interrupting("sweep-a")
-    callback.on_step_end(iteration=3, trials=trials)
-    callback.on_step_end(iteration=4, trials=trials)
-    assert sent == [("sweep-a", "t1", trial_mod.SWEEP_INTERRUPTED), ("sweep-a", "t3", trial_mod.SWEEP_INTERRUPTED)]
-    # Tune pickles the callback with the experiment: a resumed sweep gets one that can interrupt again
-    restored = pickle.loads(pickle.dumps(callback))
-    assert restored.sweep_id == "sweep-a"
-    restored.on_step_end(iteration=1, trials=trials[1:2])
-    assert sent[-1] == ("sweep-a", "t1", trial_mod.SWEEP_INTERRUPTED) and len(sent) == 3
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: log.append(("SIGUSR1",)))
+    try:
+        trials = [SimpleNamespace(trial_id="t0", status="TERMINATED"), SimpleNamespace(trial_id="t1", status="RUNNING"),
+                  SimpleNamespace(trial_id="t2", status="PENDING"), SimpleNamespace(trial_id="t3", status="RUNNING"),
+                  SimpleNamespace(trial_id="t4", status="RUNNING")]  # t4: no sink yet (its actor is starting)
+        callback = trial_mod.InterruptTrials("sweep-a")
+        callback.on_step_end(iteration=1, trials=trials)
+        trial_mod.mark_interrupting("sweep-b")
+        callback.on_step_end(iteration=2, trials=trials)
+        assert log == []  # no interrupt of this sweep yet
+        trial_mod.mark_interrupting("sweep-a")
+        callback.on_step_end(iteration=3, trials=trials)
+        callback.on_step_end(iteration=4, trials=trials)  # once only
+        stops = [e for e in log if e[0].startswith("stop")]
+        assert stops == [("stop t1", trial_mod.SWEEP_INTERRUPTED), ("stop t3", trial_mod.SWEEP_INTERRUPTED)]
+        # Tune is stopped (SIGUSR1) only after every asked trial's training function returned
+        assert log[-1] == ("SIGUSR1",) and log.count(("SIGUSR1",)) == 1
+        assert sinks["t1"].polls == 3 and sinks["t3"].polls == 1
+        # Tune pickles the callback with the experiment: a resumed sweep gets one that can interrupt again
+        restored = pickle.loads(pickle.dumps(callback))
+        assert restored.sweep_id == "sweep-a"
+        trial_mod.clear_interrupting("sweep-a")  # what the driver does when it runs (or resumes) the sweep
+        restored.on_step_end(iteration=1, trials=trials)
+        assert log.count(("SIGUSR1",)) == 1
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def test_a_resumed_pbt_trial_keeps_its_own_newer_checkpoint_and_an_exploit_takes_the_copy(tmp_path: Path) -> None:
@@ -209,7 +241,7 @@ def test_a_resumed_pbt_trial_keeps_its_own_newer_checkpoint_and_an_exploit_takes
     import shutil
 
     from orchestrator.runtime.checkpoints import CheckpointManager
-    from orchestrator.sweep.trial import SOURCE_FILE, replace_with_copy
+    from orchestrator.sweep.trial import SOURCE_FILE, TAKEN_FILE, replace_with_copy
 
     def write(step: int, directory: Path) -> Path:
         return CheckpointManager(directory).save(lambda d: (d / "state.bin").write_bytes(b"w" * step),
@@ -226,6 +258,14 @@ def test_a_resumed_pbt_trial_keeps_its_own_newer_checkpoint_and_an_exploit_takes
     write(40, own)
     assert not replace_with_copy(save, own, "t1")  # a resumed sweep: continue from step 40, not 20
     assert replace_with_copy(save, own, "t2")  # PBT's exploit: another trial's weights replace its own
+    # t2 took that copy (load_checkpoint notes it in its checkpoint dir) and trained on to step 60;
+    # a resumed sweep restores t2 from the same copy again: t2 keeps its own step 60
+    other = tmp_path / "other"
+    write(60, other)
+    (other / TAKEN_FILE).write_text((save / SOURCE_FILE).read_text())
+    assert not replace_with_copy(save, other, "t2")
+    (other / TAKEN_FILE).write_text(json.dumps({"trial_id": "t1", "step": 10}))  # took an older copy before
+    assert replace_with_copy(save, other, "t2")
     (save / SOURCE_FILE).unlink()
     assert replace_with_copy(save, own, "t1")  # an unmarked (older) save: taken, as before
     empty = tmp_path / "empty-save"
