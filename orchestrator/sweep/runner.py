@@ -155,12 +155,12 @@ class SweepDriver:
         if self.install_signal_handlers and threading.current_thread() is threading.main_thread():
             # Ctrl-C is ours too: like cancel, it stops the trials at once, then Tune (SIGUSR1)
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, self._on_signal)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous[signum] = signal.signal(signum, self._on_signal)
         try:
             return self._run(resume)
         except KeyboardInterrupt:
-            return self._finish(JobState.CANCELLED, self._resume_message("cancelled"))
+            return self._finish(JobState.CANCELLED, self._resume_message(self._stop_reason or "cancelled"))
         except OrchestratorError as exc:
             log.error("%s", exc.render())
             return self._finish(JobState.FAILED, exc.message)
