@@ -239,8 +239,7 @@ def restore_checkpoint(model_vars: list[Any], opt_vars: list[Any], rng_vars: lis
             for prefix, variables in (("m", model_vars), ("o", opt_vars)):
                 for i, var in enumerate(variables):
                     var.assign(npz[f"{prefix}{i}"])
-            saved_rng = sorted(k for k in npz.files if k.startswith("r"))
-            if rng_vars and len(saved_rng) == len(rng_vars):
+            if rng_vars and sum(k.startswith("r") for k in npz.files) == len(rng_vars):
                 for i, var in enumerate(rng_vars):
                     var.assign(npz[f"r{i}"])
         point = RestorePoint.from_saved(meta)

@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -176,8 +175,6 @@ class SweepDriver:
                     os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
                 else:
                     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_sigint
-            if "orchestrator.sweep.trial" in sys.modules:
-                sys.modules["orchestrator.sweep.trial"].clear_interrupting(self.record.id)
             self._shutdown()
 
     def _run(self, resume: bool) -> JobRecord:

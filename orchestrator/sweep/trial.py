@@ -81,20 +81,20 @@ def request_trial_stop(sweep_id: str, trial_id: str, reason: str) -> bool:
     return True
 
 
-def replace_with_copy(copy_dir: Path, own_dir: Path, trial_id: str) -> bool:
-    """Whether a trial restored from the Tune checkpoint ``copy_dir`` (a :meth:`SweepTrial.save_checkpoint`
-    copy) should replace its own checkpoints with it: yes for another trial's copy (PBT's exploit)
-    and for its own copy when it has nothing newer; no when it is its own copy and the trial has
-    since written a newer valid checkpoint (a resumed sweep: continue from that one)."""
-    from orchestrator.runtime.checkpoints import CheckpointManager
+def replace_with_copy(copy_dir: Path, own_dir: Path, trial_id: str) -> Path | None:
+    """The checkpoint in the Tune checkpoint ``copy_dir`` (a :meth:`SweepTrial.save_checkpoint`
+    copy) that a trial restored from it should replace its own checkpoints with, or None: another
+    trial's copy (PBT's exploit) and its own copy when it has nothing newer are taken; not when the
+    trial has since written a newer valid checkpoint (a resumed sweep: continue from that one)."""
+    from orchestrator.runtime.checkpoints import PREFIX, CheckpointManager
 
-    copies = sorted(p for p in copy_dir.iterdir() if p.is_dir() and p.name.startswith("ckpt-"))
+    copies = sorted(p for p in copy_dir.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
     if not copies:
-        return False
+        return None
     try:
         source = json.loads((copy_dir / SOURCE_FILE).read_text())
     except (OSError, ValueError):
-        return True  # an unmarked copy: as before, take it
+        return copies[-1]  # an unmarked copy: as before, take it
     if source.get("trial_id") != trial_id:
         # PBT's exploit: take the other trial's weights, unless this trial took this very copy
         # before and trained on since (Tune restores a resumed trial from its last checkpoint,
@@ -102,11 +102,11 @@ def replace_with_copy(copy_dir: Path, own_dir: Path, trial_id: str) -> bool:
         try:
             taken = json.loads((own_dir / TAKEN_FILE).read_text())
         except (OSError, ValueError):
-            return True
+            return copies[-1]
         if taken != {"trial_id": source.get("trial_id"), "step": source.get("step")}:
-            return True
+            return copies[-1]
     own = CheckpointManager(own_dir).latest_valid().checkpoint if own_dir.exists() else None
-    return own is None or own.step < int(source.get("step", 0))
+    return copies[-1] if own is None or own.step < int(source.get("step", 0)) else None
 
 
 def mark_interrupting(sweep_id: str) -> None:
@@ -265,17 +265,18 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
     def load_checkpoint(self, checkpoint: str | dict[str, Any] | None) -> None:
         """For PBT: continue from another trial's checkpoint, copied into this trial's checkpoint dir
         before the workers start (they restore the newest one there, then train with this trial's
-        own parameters). Tune also restores a trial from its own last save when an interrupted
-        sweep resumes: the trial's own newer checkpoints are then kept (no roll-back)."""
+        own parameters). Tune also restores a trial from its last Tune checkpoint when an
+        interrupted sweep resumes: the trial's own newer checkpoints are then kept (no roll-back,
+        :func:`replace_with_copy`)."""
         if not isinstance(checkpoint, str):
             return
-        if not replace_with_copy(Path(checkpoint), Path(self.paths["checkpoint_dir"]), self.trial_id):
-            return
-        copies = sorted(p for p in Path(checkpoint).iterdir() if p.is_dir() and p.name.startswith("ckpt-"))
         target = Path(self.paths["checkpoint_dir"])
+        taken = replace_with_copy(Path(checkpoint), target, self.trial_id)
+        if taken is None:
+            return
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(copies[-1], target / copies[-1].name)
+        shutil.copytree(taken, target / taken.name)
         if (Path(checkpoint) / SOURCE_FILE).is_file():
             shutil.copyfile(Path(checkpoint) / SOURCE_FILE, target / TAKEN_FILE)
 

@@ -120,3 +120,19 @@ def assert_epoch_scalars(tensorboard_dir: str, epochs: int, val_accuracy: float)
     assert abs(val[-1].value - val_accuracy) <= 1e-6
     losses = [e.value for e in acc.Scalars("loss/train")]
     assert losses[-1] < losses[0]
+
+
+def small_job(tmp_path: Path, epochs: int, **extra: Any) -> Path:
+    """A small 2-worker cnn job spec file (``extra``: top-level fields, e.g. ``framework``)."""
+    import yaml
+
+    spec = {
+        "name": extra.pop("name", "small"),
+        "model": {"type": "cnn", "conv_filters": [16, 32], "dense_units": [64]},
+        "resources": {"workers": 2, "cpus_per_worker": 0.5},
+        "training": {"epochs": epochs, "batch_size": 64, "learning_rate": 0.002, "seed": 7},
+        **extra,
+    }
+    path = tmp_path / f"{spec['name']}-{epochs}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path

@@ -15,7 +15,7 @@ import pytest
 
 from orchestrator.store import JobState, JobStore
 from tests.conftest import REPO
-from tests.integration.conftest import assert_epoch_scalars, cli_env, last_json, run_cli, wait_for
+from tests.integration.conftest import assert_epoch_scalars, cli_env, last_json, run_cli, small_job, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -119,21 +119,6 @@ def test_unknown_job_is_a_clear_error(cnn_run: dict[str, Any]) -> None:
 
 
 # -- jobs that share one Ray instance ---------------------------------------------------------
-
-
-def small_job(tmp_path: Path, epochs: int, **extra: Any) -> Path:
-    import yaml
-
-    spec = {
-        "name": extra.pop("name", "small"),
-        "model": {"type": "cnn", "conv_filters": [16, 32], "dense_units": [64]},
-        "resources": {"workers": 2, "cpus_per_worker": 0.5},
-        "training": {"epochs": epochs, "batch_size": 64, "learning_rate": 0.002, "seed": 7},
-        **extra,
-    }
-    path = tmp_path / f"{spec['name']}-{epochs}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 @pytest.mark.heavy

@@ -204,6 +204,32 @@ def _sweep_record(home: Path) -> Any:
     return records[0] if records else None
 
 
+def _halfway(trial: dict[str, Any]) -> bool:
+    """A trial between its first and last epochs (5), with epochs left to interrupt."""
+    return bool(trial["state"] == "running" and 1 <= trial["epochs_trained"] <= 2)
+
+
+def _interrupt_sweep(spec: Path, env: dict[str, str], ready: Any, interrupt: Any,
+                     what: str) -> tuple[Any, subprocess.Popen[str], str, str]:
+    """`orchestrator tune SPEC` in a subprocess; once ``ready(trials)`` holds for the sweep's live
+    trials, ``interrupt(proc, record)``; then wait for it to end: (record then, proc, stdout, stderr)."""
+    home = Path(env["ORCHESTRATOR_HOME"])
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "tune", str(spec), "-q", "-o", "json"],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def when_ready() -> Any:
+            record = _sweep_record(home)
+            return record if record and ready((record.progress or {}).get("trials", [])) else None
+
+        record = wait_for(when_ready, timeout=900, interval=0.2, what=what)
+        interrupt(proc, record)
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return record, proc, stdout, stderr
+
+
 def test_an_interrupted_sweep_of_ddp_trials_resumes_without_rerunning_finished_trials(
     ray_address: str, tmp_path: Path
 ) -> None:
@@ -214,24 +240,17 @@ def test_an_interrupted_sweep_of_ddp_trials_resumes_without_rerunning_finished_t
     env = cli_env(home, ray_address)
     spec = tmp_path / "ddp-sweep.yaml"
     spec.write_text(RESUME_SWEEP)
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "tune", str(spec), "-q", "-o", "json"],
-                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        def one_done_one_halfway() -> Any:
-            record = _sweep_record(home)
-            trials = (record.progress or {}).get("trials", []) if record else []
-            done = [t for t in trials if t["state"] == "succeeded"]
-            halfway = [t for t in trials if t["state"] == "running" and 1 <= t["epochs_trained"] <= 2]
-            return record if done and halfway else None
 
-        record = wait_for(one_done_one_halfway, timeout=900, interval=0.2, what="one finished trial, one halfway")
-        before = {t["trial_id"]: t for t in record.progress["trials"]}
+    def one_done_one_halfway(trials: list[dict[str, Any]]) -> bool:
+        return any(t["state"] == "succeeded" for t in trials) and any(_halfway(t) for t in trials)
+
+    def cancel(proc: subprocess.Popen[str], record: Any) -> None:
         # what `orchestrator cancel SWEEP` does (in-process: the CLI's start-up would let the trial finish)
         assert LocalBackend(Settings(home=home)).cancel(record.id).state.value == "cancelling"
-        stdout, stderr = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    record, _, stdout, stderr = _interrupt_sweep(spec, env, one_done_one_halfway, cancel,
+                                                 "one finished trial, one halfway")
+    before = {t["trial_id"]: t for t in record.progress["trials"]}
     interrupted = last_json(stdout)
     assert interrupted["state"] == "cancelled", stderr[-3000:]
     assert "orchestrator resume" in interrupted["message"]
@@ -274,24 +293,11 @@ def test_an_interrupted_sweep_of_ddp_trials_resumes_without_rerunning_finished_t
 def test_ctrl_c_interrupts_a_sweep_and_its_running_trial_at_once(ray_address: str, tmp_path: Path) -> None:
     import signal
 
-    home = tmp_path / "home"
     spec = tmp_path / "one-trial.yaml"
     spec.write_text(RESUME_SWEEP.replace("grid([0.002, 0.008])", "grid([0.004])"))
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "tune", str(spec), "-q", "-o", "json"],
-                            env=cli_env(home, ray_address), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        def halfway() -> Any:
-            record = _sweep_record(home)
-            trials = (record.progress or {}).get("trials", []) if record else []
-            return record if any(t["state"] == "running" and 1 <= t["epochs_trained"] <= 2 for t in trials) else None
-
-        record = wait_for(halfway, timeout=900, interval=0.2, what="the trial halfway")
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    record, proc, stdout, stderr = _interrupt_sweep(
+        spec, cli_env(tmp_path / "home", ray_address), lambda trials: any(_halfway(t) for t in trials),
+        lambda proc, record: proc.send_signal(signal.SIGINT), "the trial halfway")
     assert proc.returncode == 130, stderr[-3000:]  # EXIT_INTERRUPTED
     out = last_json(stdout)
     assert out["state"] == "cancelled" and out["message"].startswith("interrupted; `orchestrator resume ")

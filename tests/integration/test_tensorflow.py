@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 
 from tests.conftest import REPO
-from tests.integration.conftest import assert_epoch_scalars, cli_env, last_json, run_cli
+from tests.integration.conftest import assert_epoch_scalars, cli_env, last_json, run_cli, small_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.heavy]
 pytest.importorskip("tf_keras", reason="the tensorflow extra is not installed (pip install 'orchestrator[tensorflow]')")
@@ -101,16 +100,7 @@ def test_the_tensorflow_gan_trains_end_to_end(ray_address: str, tmp_path: Path) 
 
 
 def small_tf_job(tmp_path: Path, epochs: int, **extra: Any) -> Path:
-    spec = {
-        "name": extra.pop("name", "small-tf"), "framework": "tensorflow",
-        "model": {"type": "cnn", "conv_filters": [16, 32], "dense_units": [64]},
-        "resources": {"workers": 2, "cpus_per_worker": 0.5},
-        "training": {"epochs": epochs, "batch_size": 64, "learning_rate": 0.002, "seed": 7},
-        **extra,
-    }
-    path = tmp_path / f"{spec['name']}-{epochs}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    return small_job(tmp_path, epochs, name=extra.pop("name", "small-tf"), framework="tensorflow", **extra)
 
 
 def test_a_tensorflow_job_resumes_at_the_next_epoch(ray_address: str, tmp_path: Path) -> None:
