@@ -38,6 +38,7 @@ class LocalBackend(Backend):
 
     # -- plan ----------------------------------------------------------------------------
     def dry_run(self, spec: JobSpec, options: SubmitOptions) -> dict[str, Any]:
+        self.refuse_owned_checkpoint_dir(spec)
         r = spec.resources
         per_worker: dict[str, Any] = dict(r.ray_resources_per_worker())
         if r.memory_bytes:
@@ -62,6 +63,13 @@ class LocalBackend(Backend):
         }
 
     # -- submit --------------------------------------------------------------------------
+    def refuse_owned_checkpoint_dir(self, spec: JobSpec) -> None:
+        """A new job may not use a ``checkpoint.dir`` another job owns (refused before a record exists)."""
+        if spec.checkpoint.dir:
+            from orchestrator.runtime.checkpoints import check_owner
+
+            check_owner(spec.checkpoint.dir, self.settings.checkpoint_owner or "<a new job>")
+
     def create_record(self, spec: JobSpec, options: SubmitOptions, job_id: str | None = None,
                       backend: str | None = None) -> JobRecord:
         """A pending job in the store (``job_id`` and ``backend`` given by the ray backend's driver)."""
@@ -85,6 +93,7 @@ class LocalBackend(Backend):
     def submit(
         self, spec: JobSpec, options: SubmitOptions, events: EventHandler | None = None
     ) -> JobRecord:
+        self.refuse_owned_checkpoint_dir(spec)
         record = self.create_record(spec, options)
         return self.start(record, options, events)
 
