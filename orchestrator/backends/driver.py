@@ -85,7 +85,9 @@ def check_framework_available(spec: JobSpec) -> None:
 
 def attach_job_log(path: Path) -> logging.Handler:
     """Send the ``orchestrator`` loggers' records (INFO and up) to a job's ``driver.log``."""
-    handler = logging.FileHandler(path, encoding="utf-8")
+    from orchestrator.private import private_file
+
+    handler = logging.FileHandler(private_file(path), encoding="utf-8")  # the log repeats the spec
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger = logging.getLogger("orchestrator")
     logger.setLevel(logging.INFO)
@@ -166,8 +168,9 @@ class Driver:
 
     # -- main -----------------------------------------------------------------------------
     def run(self) -> JobRecord:
-        job_dir = self.record.job_dir
-        job_dir.mkdir(parents=True, exist_ok=True)
+        from orchestrator.private import private_dir
+
+        job_dir = private_dir(self.record.job_dir)
         self._log_handler = attach_job_log(job_dir / "driver.log")
         started = self.store.transition(
             self.record.id,

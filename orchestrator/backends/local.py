@@ -21,6 +21,7 @@ import yaml
 from orchestrator.backends.base import Backend, EventHandler, SubmitOptions
 from orchestrator.backends.driver import Driver, check_framework_available, job_paths
 from orchestrator.errors import UsageError
+from orchestrator.private import private_dir, private_file, write_private_text
 from orchestrator.spec.models import JobSpec
 from orchestrator.store import ACTIVE_STATES, JobRecord, JobState, JobStore, process_alive
 
@@ -76,9 +77,9 @@ class LocalBackend(Backend):
         check_framework_available(spec)
         job_id = job_id or self.store.new_job_id(spec.name)
         job_dir = self.settings.job_dir(job_id)
-        job_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(job_dir)
         spec_json = spec.model_dump(mode="json")
-        (job_dir / "spec.yaml").write_text(yaml.safe_dump(spec_json, sort_keys=False))
+        write_private_text(job_dir / "spec.yaml", yaml.safe_dump(spec_json, sort_keys=False))
         record = JobRecord(
             id=job_id,
             name=spec.name,
@@ -110,7 +111,7 @@ class LocalBackend(Backend):
         ).run()
 
     def _spawn_driver(self, record: JobRecord, options: SubmitOptions) -> None:
-        log = (record.job_dir / LOG_FILE).open("ab")
+        log = private_file(record.job_dir / LOG_FILE).open("ab")
         env = dict(os.environ)
         env["ORCHESTRATOR_HOME"] = str(self.settings.home)
         metrics = ["--metrics-host", options.metrics_host]

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import CheckpointError, UsageError
+from orchestrator.private import private_dir
 
 MANIFEST = "manifest.json"
 PREFIX = "ckpt-"
@@ -119,17 +120,18 @@ class CheckpointManager:
         meta: dict[str, Any] | None = None,
     ) -> CheckpointInfo:
         """Write a checkpoint atomically. ``write(tmpdir)`` puts the framework files there."""
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.directory)
         self.claim()
         final = self.directory / f"{PREFIX}{step:010d}"
         tag = f"{self.owner}-" if self.owner else ""
         tmp = self.directory / f"{TMP_PREFIX}{tag}{final.name}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        tmp.mkdir(mode=0o700)
         try:
             write(tmp)
             files = {}
             for item in sorted(tmp.rglob("*")):
                 if item.is_file():
+                    os.chmod(item, 0o600)  # weights are the user's: owner-only, whatever the writer's umask
                     with item.open("rb+") as fh:
                         os.fsync(fh.fileno())
                     files[str(item.relative_to(tmp))] = {
@@ -146,6 +148,7 @@ class CheckpointManager:
             }
             manifest_path = tmp / MANIFEST
             manifest_path.write_text(json.dumps(manifest, indent=1))
+            os.chmod(manifest_path, 0o600)
             with manifest_path.open("rb+") as fh:
                 os.fsync(fh.fileno())
             _fsync_dir(tmp)
@@ -257,7 +260,7 @@ def check_owner(directory: Path | str, job_id: str, *, create: bool = False) -> 
     directory = Path(directory)
     marker = directory / OWNER_FILE
     if create:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(directory)
         try:
             fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
