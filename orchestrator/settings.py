@@ -24,6 +24,9 @@ class Settings:
     #: Kubernetes namespace and kubeconfig context for the `kubernetes` backend.
     kube_namespace: str = "default"
     kube_context: str | None = None
+    #: Who owns the checkpoint directory when a job's identity outlives its record, such as a
+    #: TrainingJob run again in a new pod (ORCHESTRATOR_CHECKPOINT_OWNER); else the job id.
+    checkpoint_owner: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -35,6 +38,7 @@ class Settings:
             local_ray_address=env.get("RAY_ADDRESS") or None,
             kube_namespace=env.get("ORCHESTRATOR_NAMESPACE") or "default",
             kube_context=env.get("ORCHESTRATOR_KUBE_CONTEXT") or None,
+            checkpoint_owner=env.get("ORCHESTRATOR_CHECKPOINT_OWNER") or None,
         )
 
     def with_overrides(self, **values: Any) -> Settings:

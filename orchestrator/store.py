@@ -123,7 +123,9 @@ class JobStore:
 
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
-        db_path.parent.mkdir(parents=True, exist_ok=True)
+        from orchestrator.private import private_dir, private_file
+
+        private_file(private_dir(db_path.parent) / db_path.name)  # the store holds every spec: owner-only
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
 

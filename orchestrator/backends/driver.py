@@ -49,13 +49,17 @@ GRACEFUL_STOP_TIMEOUT_S = 120.0
 QUEUE_REPORT_S = 2.0
 
 
-def job_paths(record: JobRecord, spec: JobSpec) -> dict[str, str]:
+def job_paths(record: JobRecord, spec: JobSpec, owner: str | None = None) -> dict[str, str]:
+    """Where a job writes (:class:`orchestrator.runtime.session.JobPaths`); ``job_id`` owns the
+    checkpoint directory (``owner`` where the job's identity outlives its record, e.g. a
+    TrainingJob whose RayJob runs again)."""
     job_dir = record.job_dir
     checkpoint_dir = Path(spec.checkpoint.dir) if spec.checkpoint.dir else job_dir / "checkpoints"
     return {
         "job_dir": str(job_dir),
         "checkpoint_dir": str(checkpoint_dir),
         "model_dir": str(job_dir / "model"),
+        "job_id": owner or record.id,
     }
 
 
@@ -81,7 +85,9 @@ def check_framework_available(spec: JobSpec) -> None:
 
 def attach_job_log(path: Path) -> logging.Handler:
     """Send the ``orchestrator`` loggers' records (INFO and up) to a job's ``driver.log``."""
-    handler = logging.FileHandler(path, encoding="utf-8")
+    from orchestrator.private import private_file
+
+    handler = logging.FileHandler(private_file(path), encoding="utf-8")  # the log repeats the spec
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger = logging.getLogger("orchestrator")
     logger.setLevel(logging.INFO)
@@ -126,7 +132,7 @@ class Driver:
         self.spec = JobSpec.model_validate(self.record.spec)
         self.events = events
         self.install_signal_handlers = install_signal_handlers
-        self.paths = job_paths(self.record, self.spec)
+        self.paths = job_paths(self.record, self.spec, owner=settings.checkpoint_owner)
         self.tracker = RunTracker(attempts=[dict(a) for a in self.record.attempts])
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
@@ -162,8 +168,9 @@ class Driver:
 
     # -- main -----------------------------------------------------------------------------
     def run(self) -> JobRecord:
-        job_dir = self.record.job_dir
-        job_dir.mkdir(parents=True, exist_ok=True)
+        from orchestrator.private import private_dir
+
+        job_dir = private_dir(self.record.job_dir)
         self._log_handler = attach_job_log(job_dir / "driver.log")
         started = self.store.transition(
             self.record.id,
@@ -218,11 +225,13 @@ class Driver:
         import ray
 
         from orchestrator.metrics.tensorboard import TensorBoardWriter
+        from orchestrator.runtime.checkpoints import check_owner
         from orchestrator.runtime.data import prepare_data
         from orchestrator.runtime.progress import create_sink
 
         spec = self.spec
         log.info("job %s (%s): %s", self.record.id, spec.framework, json.dumps(self.record.spec))
+        check_owner(self.paths["checkpoint_dir"], self.paths["job_id"], create=True)  # before Ray starts
         data = prepare_data(spec.data, spec.training.seed)
         summary = data.summary()
         log.info("data: %s", json.dumps(summary))

@@ -21,6 +21,7 @@ import yaml
 from orchestrator.backends.base import Backend, EventHandler, SubmitOptions
 from orchestrator.backends.driver import Driver, check_framework_available, job_paths
 from orchestrator.errors import UsageError
+from orchestrator.private import private_dir, private_file, write_private_text
 from orchestrator.spec.models import JobSpec
 from orchestrator.store import ACTIVE_STATES, JobRecord, JobState, JobStore, process_alive
 
@@ -38,6 +39,7 @@ class LocalBackend(Backend):
 
     # -- plan ----------------------------------------------------------------------------
     def dry_run(self, spec: JobSpec, options: SubmitOptions) -> dict[str, Any]:
+        self.refuse_owned_checkpoint_dir(spec)
         r = spec.resources
         per_worker: dict[str, Any] = dict(r.ray_resources_per_worker())
         if r.memory_bytes:
@@ -62,15 +64,22 @@ class LocalBackend(Backend):
         }
 
     # -- submit --------------------------------------------------------------------------
+    def refuse_owned_checkpoint_dir(self, spec: JobSpec) -> None:
+        """A new job may not use a ``checkpoint.dir`` another job owns (refused before a record exists)."""
+        if spec.checkpoint.dir:
+            from orchestrator.runtime.checkpoints import check_owner
+
+            check_owner(spec.checkpoint.dir, self.settings.checkpoint_owner or "<a new job>")
+
     def create_record(self, spec: JobSpec, options: SubmitOptions, job_id: str | None = None,
                       backend: str | None = None) -> JobRecord:
         """A pending job in the store (``job_id`` and ``backend`` given by the ray backend's driver)."""
         check_framework_available(spec)
         job_id = job_id or self.store.new_job_id(spec.name)
         job_dir = self.settings.job_dir(job_id)
-        job_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(job_dir)
         spec_json = spec.model_dump(mode="json")
-        (job_dir / "spec.yaml").write_text(yaml.safe_dump(spec_json, sort_keys=False))
+        write_private_text(job_dir / "spec.yaml", yaml.safe_dump(spec_json, sort_keys=False))
         record = JobRecord(
             id=job_id,
             name=spec.name,
@@ -85,6 +94,7 @@ class LocalBackend(Backend):
     def submit(
         self, spec: JobSpec, options: SubmitOptions, events: EventHandler | None = None
     ) -> JobRecord:
+        self.refuse_owned_checkpoint_dir(spec)
         record = self.create_record(spec, options)
         return self.start(record, options, events)
 
@@ -101,7 +111,7 @@ class LocalBackend(Backend):
         ).run()
 
     def _spawn_driver(self, record: JobRecord, options: SubmitOptions) -> None:
-        log = (record.job_dir / LOG_FILE).open("ab")
+        log = private_file(record.job_dir / LOG_FILE).open("ab")
         env = dict(os.environ)
         env["ORCHESTRATOR_HOME"] = str(self.settings.home)
         metrics = ["--metrics-host", options.metrics_host]

@@ -22,6 +22,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,95 @@ def _quote(text: str) -> str:
     return shlex.quote(text)
 
 
+#: Never uploaded with a user's code (``.gitignore`` syntax): version control, environments, caches
+#: and the usual places of secrets.
+ALWAYS_EXCLUDED = (
+    ".git", ".hg", ".svn", ".ssh", ".gnupg", ".aws", ".kube", ".docker", ".venv", "venv", "__pycache__",
+    "*.pyc", ".env", ".env.*", "*.pem", "*.key", "id_rsa*", "id_ed25519*", ".netrc", ".orchestrator",
+)
+#: Our own exclude file in the upload folder (``.gitignore`` syntax).
+ORCHESTRATOR_IGNORE = ".orchestratorignore"
+#: Files Ray reads itself in the uploaded folder; shown in the plan.
+IGNORE_FILES = (ORCHESTRATOR_IGNORE, ".gitignore", ".rayignore")
+
+
+@dataclass(frozen=True)
+class UploadPlan:
+    """What the ray backend ships with a user entrypoint: the folder, what it leaves out, and the
+    entrypoint relative to that folder (Ray puts the folder on the workers' ``sys.path``)."""
+
+    directory: Path
+    entrypoint: str
+    excludes: tuple[str, ...]
+
+
+def package_root(entry: Path) -> Path:
+    """The folder holding the top-level package ``entry`` belongs to (its own folder if none)."""
+    root = entry.parent
+    while (root / "__init__.py").is_file() and root.parent != root:
+        root = root.parent
+    return root
+
+
+def upload_plan(spec: JobSpec, home: Path | None = None) -> UploadPlan:
+    """The folder to upload for ``spec``'s entrypoint: ``code.dir``, else the entrypoint's package root.
+
+    Refuses the home directory, ``/`` and any folder that holds the home directory (an
+    entrypoint in ``~`` would ship ``~/.ssh``), and a folder that does not hold the entrypoint.
+    """
+    assert spec.entrypoint is not None
+    file_part, func = spec.entrypoint.rsplit(":", 1)
+    entry = Path(file_part).expanduser().resolve()
+    if spec.code.dir:
+        given = Path(spec.code.dir).expanduser()
+        directory = (given if given.is_absolute() else entry.parent / given).resolve()
+        if not directory.is_dir():
+            raise UsageError(f"code.dir {spec.code.dir}: no such folder (resolved to {directory})",
+                             fix="name the project folder that holds the entrypoint (absolute, or relative "
+                                 "to the entrypoint file's folder)")
+        if not entry.is_relative_to(directory):
+            raise UsageError(f"code.dir {directory} does not hold the entrypoint {entry}",
+                             fix="set code.dir to a folder the entrypoint file is inside of")
+        chosen = "code.dir"
+    else:
+        directory = package_root(entry)
+        chosen = "the entrypoint's folder" if directory == entry.parent else "the entrypoint's package root"
+    home = (home or Path.home()).resolve()
+    if home.is_relative_to(directory):
+        what = "your home directory" if directory == home else "a folder that holds your home directory"
+        raise UsageError(
+            f"the ray backend would upload {directory} ({chosen}), which is {what}: every file in it, "
+            "~/.ssh and other secrets included, would be sent to the cluster",
+            fix=f"move {entry.name} into a project folder of its own (and point entrypoint at it), or set "
+                "code.dir to the project folder that holds it",
+        )
+    excludes = list(ALWAYS_EXCLUDED) + read_ignore_file(directory / ORCHESTRATOR_IGNORE) + list(spec.code.exclude)
+    relative = entry.relative_to(directory).as_posix()
+    if excluded(relative, excludes):
+        raise UsageError(f"the entrypoint {relative} is excluded from the upload of {directory}",
+                         fix=f"remove the pattern that matches it from code.exclude or {ORCHESTRATOR_IGNORE}")
+    return UploadPlan(directory, f"{relative}:{func}", tuple(dict.fromkeys(excludes)))
+
+
+def read_ignore_file(path: Path) -> list[str]:
+    """The patterns of a ``.gitignore``-style file (blank lines and comments dropped); none if absent."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def excluded(relative: str, patterns: list[str]) -> bool:
+    """Whether a file at ``relative`` (POSIX, inside the upload) matches the ``.gitignore`` patterns,
+    as Ray's own upload matches them (its copy of ``pathspec``), a parent folder's match included."""
+    from ray._private.thirdparty.pathspec import PathSpec
+
+    spec = PathSpec.from_lines("gitwildmatch", patterns)
+    parts = relative.split("/")
+    return any(spec.match_file("/".join(parts[:i])) for i in range(1, len(parts) + 1))
+
+
 class RayClusterBackend(Backend):
     """Jobs on a running Ray cluster, addressed by its dashboard URL (``http://head:8265``)."""
 
@@ -150,11 +240,11 @@ class RayClusterBackend(Backend):
         # give the driver the time it allows its workers to checkpoint and stop, and some more
         runtime_env: dict[str, Any] = {"env_vars": {
             "ORCHESTRATOR_JOB_ID": job_id, "RAY_JOB_STOP_WAIT_TIME_S": str(int(GRACEFUL_STOP_TIMEOUT_S) + 30)}}
-        if spec.entrypoint:  # ship the folder of the user's file; the job's working directory is it
-            file_part, func = spec.entrypoint.rsplit(":", 1)
-            path = Path(file_part)
-            runtime_env["working_dir"] = str(path.parent)
-            spec_json["entrypoint"] = f"{path.name}:{func}"
+        if spec.entrypoint:  # ship the user's project; the job's working directory is it
+            upload = upload_plan(spec)
+            runtime_env["working_dir"] = str(upload.directory)
+            runtime_env["excludes"] = list(upload.excludes)
+            spec_json["entrypoint"] = upload.entrypoint
         runtime_env["env_vars"]["ORCHESTRATOR_SPEC_JSON"] = json.dumps(spec_json, sort_keys=True)
         return {
             "entrypoint": entrypoint_command(os.environ.get("ORCHESTRATOR_RAY_PYTHON")),
@@ -167,8 +257,13 @@ class RayClusterBackend(Backend):
 
     def dry_run(self, spec: JobSpec, options: SubmitOptions) -> dict[str, Any]:
         job_id = f"{spec.name}-<id>"
-        return {"backend": self.name, "address": self.address, "dashboard_url": self.dashboard_url(job_id),
+        plan = {"backend": self.name, "address": self.address, "dashboard_url": self.dashboard_url(job_id),
                 "submit_job": self.submission(spec, job_id)}
+        if spec.entrypoint:
+            upload = upload_plan(spec)
+            plan["upload"] = {"dir": str(upload.directory), "entrypoint": upload.entrypoint,
+                              "excludes": list(upload.excludes), "also_honoured": list(IGNORE_FILES)}
+        return plan
 
     # -- submit ---------------------------------------------------------------------------------
     def submit(self, spec: JobSpec, options: SubmitOptions, events: EventHandler | None = None) -> JobRecord:

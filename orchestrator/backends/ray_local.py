@@ -31,6 +31,33 @@ def dashboard_url(context: Any) -> str | None:
     return f"{base}/#/jobs/{ray.get_runtime_context().get_job_id()}"
 
 
+#: Token files already warned about in this process (the warning is said once).
+_WARNED_TOKENS: set[str] = set()
+
+
+def warn_if_token_readable(path: Path) -> bool:
+    """Warn once, on stderr, when Ray's auth token file can be read by other users; True if it did.
+
+    Whoever reads the token can submit jobs, that is run code, on the cluster. ``ray start``
+    writes it with the process umask (often 0644).
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    if not mode & 0o044 or str(path) in _WARNED_TOKENS:
+        return False
+    _WARNED_TOKENS.add(str(path))
+    import stat
+    import sys
+
+    sys.stderr.write(
+        f"warning: the Ray auth token {path} can be read by other users (mode {stat.S_IMODE(mode):04o}); "
+        f"whoever reads it can run code on your Ray cluster\n  fix: chmod 600 {path}\n"
+    )
+    return True
+
+
 def use_local_auth_token() -> bool:
     """Turn on Ray's token auth for this process when a token is at hand; True if it did.
 
@@ -40,9 +67,10 @@ def use_local_auth_token() -> bool:
     machine started would then fail with "Authentication token is missing". An explicit
     ``RAY_AUTH_MODE`` is left alone.
     """
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    warn_if_token_readable(Path(path))
     if "RAY_AUTH_MODE" in os.environ:
         return False
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
     if not (os.environ.get("RAY_AUTH_TOKEN") or Path(path).is_file()):
         return False
     try:

@@ -5,11 +5,17 @@ Layout of a checkpoint directory::
     <dir>/ckpt-0000000120/          one complete checkpoint (global step 120)
         state.pt                    framework files, written by the caller
         manifest.json               step, epoch, sha256 and size of every file (written last)
-    <dir>/.tmp-ckpt-...             a checkpoint being written (renamed when complete)
+    <dir>/.tmp-<job id>-ckpt-...    a checkpoint being written by that job (renamed when complete)
+    <dir>/.orchestrator-job         the id of the job that owns the directory
 
 A checkpoint only becomes visible through an atomic ``rename`` after all its files and the
 manifest are fsynced, so a reader never sees half of one. Restore walks checkpoints newest first
 and skips any whose manifest is missing or whose checksums do not match, reporting why.
+
+``checkpoint.dir`` may be any directory, shared storage included. A manager that knows its job
+(``owner``) claims the directory on first use (:data:`OWNER_FILE`) and refuses one that another
+job owns, since two jobs in one directory would restore and prune each other's checkpoints; its
+clean-up removes only the temporaries named with its own job id, never anything else there.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import builtins
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -26,12 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import CheckpointError
+from orchestrator.errors import CheckpointError, UsageError
+from orchestrator.private import private_dir
 
 MANIFEST = "manifest.json"
 PREFIX = "ckpt-"
 TMP_PREFIX = ".tmp-"
+#: In a checkpoint directory: the id of the job that writes its checkpoints.
+OWNER_FILE = ".orchestrator-job"
 FORMAT_VERSION = 1
+#: A temporary checkpoint directory: ``.tmp-<job id>-ckpt-<step>-<random>``.
+_TMP_NAME = re.compile(r"^\.tmp-(?P<owner>.+)-ckpt-\d{10}-[0-9a-f]{8}$")
 
 
 @dataclass(frozen=True)
@@ -80,9 +92,24 @@ def _fsync_dir(path: Path) -> None:
 class CheckpointManager:
     """Writes, lists, validates and prunes checkpoints in one directory."""
 
-    def __init__(self, directory: Path | str, keep: int = 3) -> None:
+    def __init__(self, directory: Path | str, keep: int = 3, owner: str | None = None) -> None:
         self.directory = Path(directory)
         self.keep = keep
+        #: The id of the job writing here; None for a reader (listing, copying checkpoints).
+        self.owner = owner
+        self._claimed = False
+
+    def claim(self) -> None:
+        """Make this manager's job the owner of the directory, or refuse one another job owns.
+
+        The first use writes :data:`OWNER_FILE` (created exclusively, so two jobs starting at
+        once cannot both win); later uses by the same job (a restart, ``orchestrator resume``)
+        find their own id there.
+        """
+        if self.owner is None or self._claimed:
+            return
+        check_owner(self.directory, self.owner, create=True)
+        self._claimed = True
 
     def save(
         self,
@@ -93,15 +120,18 @@ class CheckpointManager:
         meta: dict[str, Any] | None = None,
     ) -> CheckpointInfo:
         """Write a checkpoint atomically. ``write(tmpdir)`` puts the framework files there."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
+        self.claim()
         final = self.directory / f"{PREFIX}{step:010d}"
-        tmp = self.directory / f"{TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        tag = f"{self.owner}-" if self.owner else ""
+        tmp = self.directory / f"{TMP_PREFIX}{tag}{final.name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(mode=0o700)
         try:
             write(tmp)
             files = {}
             for item in sorted(tmp.rglob("*")):
                 if item.is_file():
+                    os.chmod(item, 0o600)  # weights are the user's: owner-only, whatever the writer's umask
                     with item.open("rb+") as fh:
                         os.fsync(fh.fileno())
                     files[str(item.relative_to(tmp))] = {
@@ -118,6 +148,7 @@ class CheckpointManager:
             }
             manifest_path = tmp / MANIFEST
             manifest_path.write_text(json.dumps(manifest, indent=1))
+            os.chmod(manifest_path, 0o600)
             with manifest_path.open("rb+") as fh:
                 os.fsync(fh.fileno())
             _fsync_dir(tmp)
@@ -199,13 +230,64 @@ class CheckpointManager:
             shutil.rmtree(old, ignore_errors=True)
 
     def cleanup_orphans(self, older_than_s: float = 0.0) -> builtins.list[Path]:
-        """Remove temporary directories left by writers that died mid-write."""
+        """Remove temporary checkpoint directories this job left when a writer died mid-write.
+
+        Only ``.tmp-<this job's id>-ckpt-<step>-<random>`` directories go: another job's
+        temporaries and anything else a user keeps in the directory stay. A manager without an
+        owner removes nothing.
+        """
         removed: builtins.list[Path] = []
-        if not self.directory.is_dir():
+        if self.owner is None or not self.directory.is_dir():
             return removed
+        self.claim()
         now = time.time()
         for entry in self.directory.iterdir():
-            if entry.name.startswith(TMP_PREFIX) and now - entry.stat().st_mtime >= older_than_s:
+            found = _TMP_NAME.match(entry.name)
+            if found is None or found["owner"] != self.owner:
+                continue
+            if entry.is_dir() and not entry.is_symlink() and now - entry.stat().st_mtime >= older_than_s:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry)
         return removed
+
+
+def check_owner(directory: Path | str, job_id: str, *, create: bool = False) -> None:
+    """Refuse a checkpoint directory that another job owns; with ``create``, claim it for ``job_id``.
+
+    Raises :class:`UsageError` naming the directory, the owning job and the fix. A directory
+    without an owner file (new, or written before owners were recorded) is free.
+    """
+    directory = Path(directory)
+    marker = directory / OWNER_FILE
+    if create:
+        private_dir(directory)
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(job_id + "\n")
+            return
+    try:
+        owner = marker.read_text(encoding="utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise CheckpointError(
+            f"checkpoint.dir {directory}: cannot read its owner file {marker} ({exc.strerror or exc})",
+            fix=f"make {marker} readable, or set checkpoint.dir to a directory of this job's own",
+        ) from None
+    if owner == job_id:
+        return
+    if not owner and create:  # a claim cut short between creating the file and writing it
+        marker.write_text(job_id + "\n", encoding="utf-8")
+        return
+    shown = owner[:80] or "(empty)"
+    raise UsageError(
+        f"checkpoint.dir {directory} belongs to job {shown} ({marker}); two jobs in one checkpoint "
+        "directory would restore and delete each other's checkpoints",
+        fix=f"set checkpoint.dir to a directory of this job's own (or leave it out: the job's directory); "
+        f"to continue job {shown}, `orchestrator resume {shown}`; if that job is gone and its checkpoints "
+        f"should be taken over, delete {marker}",
+    )

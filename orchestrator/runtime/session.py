@@ -73,22 +73,32 @@ class LocalCollectives:
 
 @dataclass(frozen=True)
 class JobPaths:
-    """Where a job's artefacts go (the job directory is shared by workers on one machine)."""
+    """Where a job's artefacts go (the job directory is shared by workers on one machine).
+
+    ``job_id`` owns the checkpoint directory: its temporaries are named with it, and another
+    job's directory is refused (:func:`orchestrator.runtime.checkpoints.check_owner`).
+    """
 
     job_dir: Path
     checkpoint_dir: Path
     model_dir: Path
+    job_id: str | None = None
 
     @classmethod
     def from_config(cls, cfg: dict[str, str]) -> JobPaths:
-        return cls(Path(cfg["job_dir"]), Path(cfg["checkpoint_dir"]), Path(cfg["model_dir"]))
+        return cls(
+            Path(cfg["job_dir"]), Path(cfg["checkpoint_dir"]), Path(cfg["model_dir"]), cfg.get("job_id")
+        )
 
     def to_config(self) -> dict[str, str]:
-        return {
+        out = {
             "job_dir": str(self.job_dir),
             "checkpoint_dir": str(self.checkpoint_dir),
             "model_dir": str(self.model_dir),
         }
+        if self.job_id:
+            out["job_id"] = self.job_id
+        return out
 
 
 class TrainSession:
@@ -116,7 +126,7 @@ class TrainSession:
         self.data = data
         self.sink = sink
         self.collectives = collectives
-        self.checkpoints = CheckpointManager(paths.checkpoint_dir, keep=keep_checkpoints)
+        self.checkpoints = CheckpointManager(paths.checkpoint_dir, keep=keep_checkpoints, owner=paths.job_id)
         self._last_progress = 0.0
         self._stop_ref: Any = None
         self._stop_seen: str | None = None

@@ -226,6 +226,38 @@ def rng_variables(*models: Any) -> list[tf.Variable]:
     return out
 
 
+def load_state(checkpoint: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A tensorflow checkpoint's metadata (JSON) and arrays (``.npz``), loaded without pickle.
+
+    ``np.load(allow_pickle=False)`` refuses object arrays, the only way an ``.npz`` can hold code;
+    such a file (or an unreadable one) raises a :class:`CheckpointError` that says which and why.
+    """
+    import zipfile
+
+    from orchestrator.errors import CheckpointError
+
+    path = checkpoint / STATE_FILE
+    aside = f"move {checkpoint} aside to resume from an older checkpoint (or start afresh)"
+    try:
+        meta = json.loads((checkpoint / META_FILE).read_text())
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise CheckpointError(
+                f"{path}: refused to load this checkpoint: it holds Python object arrays, which loading "
+                "would unpickle (and could run as code)",
+                fix=f"orchestrator did not write this file (or it was altered): check who can write "
+                f"{checkpoint.parent}; {aside}",
+            ) from None
+        raise CheckpointError(f"{path}: unreadable checkpoint ({exc})", fix=aside) from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})", fix=aside) from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{checkpoint / META_FILE}: not an orchestrator checkpoint (no JSON object)", fix=aside)
+    return meta, arrays
+
+
 def restore_checkpoint(model_vars: list[Any], opt_vars: list[Any], rng_vars: list[Any] | None = None) -> RestorePoint:
     """Start an attempt: wait the restart backoff, then load the newest valid checkpoint on every rank
     (with ``rng_vars``, :func:`rng_variables`, the random generators' states too)."""
@@ -234,14 +266,13 @@ def restore_checkpoint(model_vars: list[Any], opt_vars: list[Any], rng_vars: lis
     restored = sess.find_restore_point()
     point = RestorePoint()
     if restored is not None:
-        meta = json.loads((restored.path / META_FILE).read_text())
-        with np.load(restored.path / STATE_FILE) as npz:
-            for prefix, variables in (("m", model_vars), ("o", opt_vars)):
-                for i, var in enumerate(variables):
-                    var.assign(npz[f"{prefix}{i}"])
-            if rng_vars and sum(k.startswith("r") for k in npz.files) == len(rng_vars):
-                for i, var in enumerate(rng_vars):
-                    var.assign(npz[f"r{i}"])
+        meta, arrays = load_state(restored.path)
+        for prefix, variables in (("m", model_vars), ("o", opt_vars)):
+            for i, var in enumerate(variables):
+                var.assign(arrays[f"{prefix}{i}"])
+        if rng_vars and sum(k.startswith("r") for k in arrays) == len(rng_vars):
+            for i, var in enumerate(rng_vars):
+                var.assign(arrays[f"r{i}"])
         point = RestorePoint.from_saved(meta)
     # ops that draw without a generator (and dropout, when the checkpoint has no generator state)
     seed = int(sess.config["training"]["seed"])

@@ -8,6 +8,7 @@ model export (state_dict and TorchScript).
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from orchestrator.errors import CheckpointError
 from orchestrator.runtime import session as session_mod
 from orchestrator.runtime.data import PreparedData, eval_indices
 from orchestrator.runtime.loop_common import RestorePoint, write_model_json
@@ -173,6 +175,43 @@ def _session_device(sess: TrainSession) -> torch.device:
     return getattr(sess.collectives, "device", torch.device("cpu"))
 
 
+def load_state(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A torch checkpoint file's contents, loaded without running any code it may hold.
+
+    ``torch.load(weights_only=True)``: only tensors and plain values (numbers, strings, lists,
+    tuples, dicts) are rebuilt, which is all :func:`save_checkpoint` writes. Anyone who can
+    write the checkpoint directory could otherwise run code in the workers through a pickled
+    object; a file that needs one is refused with a :class:`CheckpointError`, the object never
+    built.
+    """
+    import pickle
+
+    try:
+        with warnings.catch_warnings():  # a non-torch pickle warns about its protocol before it is refused
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"(Unsupported (?:global|operand)[^\n]*)", str(exc), re.IGNORECASE)
+        why = found.group(1).strip().rstrip(".") if found else str(exc).splitlines()[0][:200]
+        raise CheckpointError(
+            f"{path}: refused to load this checkpoint: it is not made only of tensors, numbers, strings, "
+            f"lists and dicts; anything else would be unpickled, which can run code ({why})",
+            fix=f"orchestrator did not write this file (or it was altered): check who can write {path.parent.parent}; "
+            f"move {path.parent} aside to resume from an older checkpoint (or start afresh)",
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: unreadable checkpoint ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})",
+            fix=f"move {path.parent} aside to resume from an older checkpoint (or start afresh)",
+        ) from None
+    if not isinstance(state, dict) or not {"model", "optimizer"} <= state.keys():
+        raise CheckpointError(
+            f"{path}: not an orchestrator torch checkpoint (expected a dict with 'model' and 'optimizer')",
+            fix=f"move {path.parent} aside to resume from an older checkpoint (or start afresh)",
+        )
+    return state
+
+
 def restore_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer) -> RestorePoint:
     """Start an attempt: wait the restart backoff, then load the newest valid checkpoint.
 
@@ -186,7 +225,7 @@ def restore_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer) -> Re
     point = RestorePoint()
     if restored is not None:
         dev = next(iter(model.parameters())).device
-        state = torch.load(restored.path / STATE_FILE, map_location=dev, weights_only=False)
+        state = load_state(restored.path / STATE_FILE, dev)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         point = RestorePoint.from_saved(state)

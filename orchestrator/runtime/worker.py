@@ -25,7 +25,8 @@ def load_user_function(entrypoint: str) -> Callable[[dict[str, Any]], Any]:
     file_part, func_name = entrypoint.rsplit(":", 1)
     module_name = "orchestrator_user_" + Path(file_part).stem
     if not Path(file_part).is_absolute() and not Path(file_part).exists():
-        # shipped in Ray's runtime environment (the ray backend's working_dir): Ray puts that folder
+        # shipped in Ray's runtime environment (the ray backend's working_dir, the project folder or
+        # package root; the path is relative to it, e.g. mypkg/train.py): Ray puts that folder
         # on every worker's sys.path, while Ray Train moves the worker's cwd to its run folder
         import sys
 

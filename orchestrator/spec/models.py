@@ -441,6 +441,23 @@ class InjectedFailure(_Model):
         return self
 
 
+class CodeSpec(_Model):
+    """The folder the ray backend uploads with a user entrypoint, and what it leaves out."""
+
+    dir: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="The project folder to upload; absolute, or relative to the entrypoint file's folder "
+        "(default: the root of the entrypoint's package, or its own folder). Never the home directory.",
+    )
+    exclude: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="More .gitignore-style patterns left out of the upload (with .orchestratorignore, "
+        ".gitignore and .rayignore in the folder, and .git, .ssh, .venv, secrets).",
+    )
+
+
 class FaultInjectionSpec(_Model):
     """Test-only settings: failure injection."""
 
@@ -483,6 +500,7 @@ class JobSpec(_Model):
     resources: ResourcesSpec = ResourcesSpec()
     training: TrainingSpec = TrainingSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
+    code: CodeSpec = CodeSpec()
     failure: FailureSpec = FailureSpec()
     sync: SyncSpec = SyncSpec()
     testing: FaultInjectionSpec = FaultInjectionSpec()

@@ -193,6 +193,8 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
             created_at=time.time(),
         )
         self.paths = job_paths(self.record, self.spec)
+        if self.spec.checkpoint.dir:  # one directory per trial below it: a directory has one owner
+            self.paths["checkpoint_dir"] = str(Path(self.spec.checkpoint.dir) / self.record.id)
         self.tracker = RunTracker()
         self.data_ref = ray.put(data)
         self.sink = _named_sink(sink_name(sweep["sweep_id"], self.trial_id), self._previous_starts())

@@ -153,3 +153,15 @@ def test_training_job_manifest_writes_every_field_and_suspend() -> None:
 
 def test_tolerations_of_a_cpu_pool_have_no_device_key() -> None:
     assert tolerations(NodePool(name="c", nodes=1, cpus_per_node=2)) == []
+
+
+def test_the_driver_pod_names_the_trainingjob_as_owner_of_its_checkpoint_dir() -> None:
+    """Each run of a TrainingJob (a retried or unsuspended RayJob) is a new local job in a new pod:
+    the TrainingJob, the same across runs, owns checkpoint.dir so a later run resumes from it."""
+    pool = NodePool(name="t4", accelerator="nvidia-t4", nodes=1, accelerators_per_node=4)
+    rj = rayjob_manifest(JOB, spec(), pool, RuntimeConfig())
+    [head] = rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in head["env"]}
+    assert env["ORCHESTRATOR_CHECKPOINT_OWNER"] == "ml-train-u-1"
+    [worker] = workers_of(rj)["template"]["spec"]["containers"]
+    assert "ORCHESTRATOR_CHECKPOINT_OWNER" not in {e["name"] for e in worker["env"]}

@@ -87,8 +87,8 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
 
 
 def test_orphaned_temporary_directories_are_cleaned(tmp_path: Path) -> None:
-    mgr = CheckpointManager(tmp_path, keep=5)
-    orphan = tmp_path / ".tmp-ckpt-0000000007-deadbeef"
+    mgr = CheckpointManager(tmp_path, keep=5, owner="job-a1b2c3")
+    orphan = tmp_path / ".tmp-job-a1b2c3-ckpt-0000000007-deadbeef"
     orphan.mkdir()
     (orphan / "state.bin").write_bytes(b"x")
     assert mgr.cleanup_orphans() == [orphan]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from orchestrator.backends.ray_cluster import (
+    ALWAYS_EXCLUDED,
     CLUSTER_PYTHON,
     EVENT_MARK,
     RESULT_MARK,
@@ -20,6 +21,7 @@ from orchestrator.backends.ray_cluster import (
     entrypoint_command,
     record_from_wire,
     record_to_wire,
+    upload_plan,
 )
 from orchestrator.errors import UsageError
 from orchestrator.settings import Settings
@@ -75,6 +77,7 @@ def test_the_plan_carries_the_spec_and_user_code(tmp_path: Path) -> None:
     env = backend().submission(user, "mine-1")["runtime_env"]
     assert env["working_dir"] == str(train.parent)
     assert json.loads(env["env_vars"]["ORCHESTRATOR_SPEC_JSON"])["entrypoint"] == "train.py:main"
+    assert {".git", ".ssh", ".venv", "__pycache__", "*.pem", ".env"} <= set(env["excludes"])
 
 
 def test_an_address_is_required_and_must_be_the_dashboard() -> None:
@@ -180,3 +183,107 @@ def test_the_framework_is_checked_on_the_cluster_not_on_the_client(
     assert "on the Ray cluster" in failed.message and "pip install 'orchestrator[tensorflow]'" in failed.message
     # read back by the client as the driver's own last word
     assert backend()._record(info("FAILED"), wire).state is JobState.FAILED
+
+
+# -- what the ray backend uploads with a user entrypoint ------------------------------------------
+
+
+@pytest.fixture
+def fake_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home" / "someone"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY")
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+def user_spec(entry: Path, **code: Any) -> JobSpec:
+    return JobSpec.model_validate({"name": "mine", "entrypoint": f"{entry}:main", "code": code})
+
+
+def make_file(path: Path, text: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_an_entrypoint_in_the_home_directory_is_refused(fake_home: Path) -> None:
+    entry = make_file(fake_home / "train.py", "def main(config):\n    pass\n")
+    with pytest.raises(UsageError) as caught:
+        backend().submission(user_spec(entry), "mine-1")
+    text = caught.value.render()
+    assert f"would upload {fake_home} (the entrypoint's folder), which is your home directory" in text
+    assert "~/.ssh" in text and "fix: move train.py into a project folder of its own" in text
+    assert "code.dir" in text
+
+
+@pytest.mark.parametrize("code_dir", ["HOME", "/", ".."])
+def test_code_dir_may_not_be_the_home_directory_or_hold_it(fake_home: Path, code_dir: str) -> None:
+    entry = make_file(fake_home / "project" / "train.py")
+    given = str(fake_home) if code_dir == "HOME" else code_dir
+    with pytest.raises(UsageError, match=r"\(code.dir\), which is (your home directory|a folder that holds your home)"):
+        upload_plan(user_spec(entry, dir=given))
+
+
+def test_an_entrypoint_in_a_package_uploads_the_package_root_with_excludes(fake_home: Path) -> None:
+    project = fake_home / "work" / "project"
+    entry = make_file(project / "mypkg" / "sub" / "train.py")
+    make_file(project / "mypkg" / "__init__.py")
+    make_file(project / "mypkg" / "sub" / "__init__.py")
+    make_file(project / ".orchestratorignore", "# data stays home\ndata/\n\n*.ckpt\n")
+    plan = upload_plan(user_spec(entry, exclude=["notebooks/"]))
+    assert plan.directory == project
+    assert plan.entrypoint == "mypkg/sub/train.py:main"
+    assert plan.excludes[: len(ALWAYS_EXCLUDED)] == ALWAYS_EXCLUDED
+    assert plan.excludes[len(ALWAYS_EXCLUDED) :] == ("data/", "*.ckpt", "notebooks/")
+    env = backend().submission(user_spec(entry, exclude=["notebooks/"]), "mine-1")["runtime_env"]
+    assert env["working_dir"] == str(project) and env["excludes"] == list(plan.excludes)
+    assert json.loads(env["env_vars"]["ORCHESTRATOR_SPEC_JSON"])["entrypoint"] == "mypkg/sub/train.py:main"
+
+
+def test_a_named_code_dir_is_uploaded(fake_home: Path) -> None:
+    project = fake_home / "project"
+    entry = make_file(project / "scripts" / "train.py")
+    assert upload_plan(user_spec(entry, dir="..")).directory == project  # relative to the entrypoint's folder
+    plan = upload_plan(user_spec(entry, dir=str(project)))
+    assert plan.directory == project and plan.entrypoint == "scripts/train.py:main"
+    make_file(fake_home / "other" / "x.py")
+    with pytest.raises(UsageError, match=f"code.dir {fake_home / 'other'} does not hold the entrypoint"):
+        upload_plan(user_spec(entry, dir=str(fake_home / "other")))
+    with pytest.raises(UsageError, match="no such folder"):
+        upload_plan(user_spec(entry, dir="missing"))
+
+
+def test_an_excluded_entrypoint_is_refused(fake_home: Path) -> None:
+    entry = make_file(fake_home / "project" / "src" / "train.py")
+    with pytest.raises(UsageError, match="the entrypoint train.py is excluded") as caught:
+        upload_plan(user_spec(entry, exclude=["*.py"]))
+    assert "fix: remove the pattern" in caught.value.render()
+    make_file(fake_home / "project" / ".orchestratorignore", "src/\n")
+    with pytest.raises(UsageError, match="the entrypoint src/train.py is excluded"):
+        upload_plan(user_spec(entry, dir=".."))
+
+
+def test_the_dry_run_shows_the_upload_folder_and_excludes(fake_home: Path, tmp_path: Path, home: Path) -> None:
+    project = fake_home / "project"
+    entry = make_file(project / "train.py", "def main(config):\n    pass\n")
+    spec_file = make_file(project / "job.yaml", "name: mine\nentrypoint: train.py:main\ncode:\n  exclude: [data/]\n")
+    args = [sys.executable, "-m", "orchestrator", "submit", str(spec_file), "--backend", "ray",
+            "--address", "http://head:8265", "--dry-run", "--output", "json"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert plan["upload"]["dir"] == str(project) and plan["upload"]["entrypoint"] == "train.py:main"
+    assert plan["upload"]["excludes"][-1] == "data/" and ".ssh" in plan["upload"]["excludes"]
+    assert plan["upload"]["also_honoured"] == [".orchestratorignore", ".gitignore", ".rayignore"]
+    assert plan["submit_job"]["runtime_env"]["working_dir"] == str(project)
+    assert plan["submit_job"]["runtime_env"]["excludes"] == plan["upload"]["excludes"]
+    assert entry.is_file()
+
+    make_file(fake_home / "train.py")
+    loose = make_file(fake_home / "loose.yaml", "name: mine\nentrypoint: train.py:main\n")
+    refused = subprocess.run([*args[:4], str(loose), *args[5:]], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2
+    assert "which is your home directory" in refused.stderr and "fix: move train.py" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert json.loads(refused.stdout)["error"]["type"] == "UsageError"

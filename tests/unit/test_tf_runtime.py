@@ -18,6 +18,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import tensorflow as tf  # noqa: E402
 
+from orchestrator.errors import CheckpointError  # noqa: E402
 from orchestrator.runtime import session as session_mod  # noqa: E402
 from orchestrator.runtime import tf_multiworker as tfm  # noqa: E402
 from orchestrator.runtime.data import prepare_data  # noqa: E402
@@ -276,3 +277,54 @@ def test_a_resumed_run_ends_with_the_weights_of_the_straight_run_dropout_draws_i
         assert any(k.startswith("r") for k in npz.files)  # the dropout generator's state
     _, continued, _ = run(tmp_path / "stopped", spec)
     assert continued.of("final")[0]["param_checksum"] == done["param_checksum"]
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: the proof that loading ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_with_a_pickled_object_array_is_refused_and_never_runs(tmp_path: Path) -> None:
+    ckpt = tmp_path / "checkpoints" / "ckpt-0000000004"
+    ckpt.mkdir(parents=True)
+    marker = tmp_path / "payload-ran"
+    np.savez(ckpt / tfm.STATE_FILE, m0=np.zeros(3, dtype=np.float32),
+             o0=np.array([_Payload(marker)], dtype=object))  # savez pickles an object array
+    (ckpt / tfm.META_FILE).write_text(json.dumps({"epoch": 1, "global_step": 4}))
+    with pytest.raises(CheckpointError) as caught:
+        tfm.load_state(ckpt)
+    assert not marker.exists()
+    text = caught.value.render()
+    assert str(ckpt / tfm.STATE_FILE) in text and "refused to load this checkpoint" in text
+    assert "Python object arrays" in text and "fix: orchestrator did not write this file" in text
+    assert f"move {ckpt} aside" in text
+
+
+@pytest.mark.parametrize("damage", ["empty", "not-a-zip", "no-meta"])
+def test_an_unreadable_tensorflow_checkpoint_is_a_checkpoint_error(tmp_path: Path, damage: str) -> None:
+    ckpt = tmp_path / "ckpt-0000000001"
+    ckpt.mkdir()
+    np.savez(ckpt / tfm.STATE_FILE, m0=np.ones(2, dtype=np.float32))
+    (ckpt / tfm.META_FILE).write_text(json.dumps({"epoch": 1, "global_step": 1}))
+    if damage == "empty":
+        (ckpt / tfm.STATE_FILE).write_bytes(b"")
+    elif damage == "not-a-zip":
+        (ckpt / tfm.STATE_FILE).write_bytes(b"PK\x03\x04 truncated")
+    else:
+        (ckpt / tfm.META_FILE).unlink()
+    with pytest.raises(CheckpointError, match="unreadable checkpoint") as caught:
+        tfm.load_state(ckpt)
+    assert f"move {ckpt} aside" in caught.value.render()
+
+
+def test_a_good_tensorflow_checkpoint_loads_its_arrays_and_meta(tmp_path: Path) -> None:
+    np.savez(tmp_path / tfm.STATE_FILE, m0=np.arange(3, dtype=np.float32), r0=np.array([7, 9], dtype=np.int64))
+    (tmp_path / tfm.META_FILE).write_text(json.dumps({"epoch": 2, "global_step": 6}))
+    meta, arrays = tfm.load_state(tmp_path)
+    assert meta == {"epoch": 2, "global_step": 6}
+    assert arrays["m0"].tolist() == [0.0, 1.0, 2.0] and arrays["r0"].tolist() == [7, 9]

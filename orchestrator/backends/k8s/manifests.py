@@ -224,6 +224,9 @@ def _container(name: str, config: RuntimeConfig, resources: Mapping[str, str]) -
 def _head_group(job: Mapping[str, Any], config: RuntimeConfig) -> dict[str, Any]:
     meta = job["metadata"]
     container = _container("ray-head", config, {"cpu": config.head_cpu, "memory": config.head_memory})
+    # the driver runs here, once per RayJob run: the TrainingJob, not the run, owns checkpoint.dir
+    container["env"].append({"name": "ORCHESTRATOR_CHECKPOINT_OWNER",
+                             "value": f"{meta['namespace']}-{meta['name']}-{meta.get('uid', '')[:8]}".rstrip("-")})
     container["ports"] = [
         {"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
         {"containerPort": 10001, "name": "client"}, {"containerPort": config.metrics_port, "name": "job-metrics"},
