@@ -136,6 +136,7 @@ class SequentialModel(_Model):
     type: Literal["sequential"] = "sequential"
     layers: list[Any] = Field(
         min_length=1,
+        max_length=256,
         description="Layers in order: Keras calls as text, e.g. \"Dense(128, activation='relu', "
         "input_shape=(64,))\", or one-key mappings such as {Dropout: {rate: 0.5}}.",
     )
