@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import SpecError, SpecFileError, SpecIssue
+from orchestrator.spec.datafile import DataFileError, inspect_npz
 from orchestrator.spec.models import CrossFieldError, JobSpec
 
 MAX_SPEC_BYTES = 1_000_000
@@ -737,13 +738,16 @@ def resolve_paths(spec: JobSpec, base: Path, *, source: str | None = None, loade
     updates: dict[str, Any] = {}
     if not spec.data.is_builtin:
         data_path = (base / spec.data.source).resolve()
-        if not data_path.is_file():
+        try:
+            inspect_npz(data_path, ("x", "y"))  # from the headers only: milliseconds, nothing loaded
+        except DataFileError as exc:
+            message = "data file not found" if exc.message == "file not found" else f"data file: {exc.message}"
             issues.append(
                 SpecIssue(
                     "data.source",
-                    "data file not found",
-                    value=spec.data.source,
-                    fix=f"check the path (resolved to {data_path})",
+                    message,
+                    value=_excerpt(spec.data.source, 80),
+                    fix=exc.fix,
                     line=loaded.line_of(("data", "source")) if loaded else None,
                 )
             )
