@@ -140,6 +140,22 @@ class JobNotFoundError(UsageError):
     """No job with this id (or unique prefix) exists in the job store."""
 
 
+class JobStoreError(OrchestratorError):
+    """The job store (``jobs.db`` under ORCHESTRATOR_HOME) cannot be used."""
+
+
+class JobStoreCorruptError(JobStoreError):
+    """The job store file is not a readable SQLite database (its fix: move it aside)."""
+
+    exit_code = EXIT_USER_ERROR
+
+
+class JobStoreBusyError(JobStoreError):
+    """Another process held the job store's lock for longer than the busy timeout."""
+
+    transient = True
+
+
 class BackendError(OrchestratorError):
     """A backend (local Ray, remote Ray, Kubernetes) could not do what was asked."""
 

@@ -22,7 +22,7 @@ from orchestrator.backends.base import Backend, EventHandler, SubmitOptions
 from orchestrator.backends.driver import Driver, check_framework_available, job_paths
 from orchestrator.errors import UsageError
 from orchestrator.spec.models import JobSpec
-from orchestrator.store import ACTIVE_STATES, JobRecord, JobState, JobStore, process_alive
+from orchestrator.store import ACTIVE_STATES, JobRecord, JobState, JobStore, process_alive, require_job_id
 
 LOG_FILE = "driver.log"
 
@@ -66,21 +66,19 @@ class LocalBackend(Backend):
                       backend: str | None = None) -> JobRecord:
         """A pending job in the store (``job_id`` and ``backend`` given by the ray backend's driver)."""
         check_framework_available(spec)
-        job_id = job_id or self.store.new_job_id(spec.name)
-        job_dir = self.settings.job_dir(job_id)
-        job_dir.mkdir(parents=True, exist_ok=True)
         spec_json = spec.model_dump(mode="json")
-        (job_dir / "spec.yaml").write_text(yaml.safe_dump(spec_json, sort_keys=False))
-        record = JobRecord(
-            id=job_id,
-            name=spec.name,
-            backend=backend or self.name,
-            state=JobState.PENDING,
-            spec=spec_json,
-            job_dir=job_dir,
-            created_at=time.time(),
-        )
-        return self.store.create(record)
+
+        def make(new_id: str) -> JobRecord:
+            return JobRecord(id=new_id, name=spec.name, backend=backend or self.name, state=JobState.PENDING,
+                             spec=spec_json, job_dir=self.settings.job_dir(new_id), created_at=time.time())
+
+        if job_id is None:  # the row first, under an unused id and a new directory: nothing overwritten
+            record = self.store.create_new(spec.name, make)
+        else:
+            record = self.store.create(make(job_id))
+            record.job_dir.mkdir(parents=True, exist_ok=True)
+        (record.job_dir / "spec.yaml").write_text(yaml.safe_dump(spec_json, sort_keys=False))
+        return record
 
     def submit(
         self, spec: JobSpec, options: SubmitOptions, events: EventHandler | None = None
@@ -126,6 +124,7 @@ class LocalBackend(Backend):
         epochs: int | None = None,
     ) -> JobRecord:
         """Run a finished, failed, cancelled or interrupted job again from its latest checkpoint."""
+        require_job_id(job_id)
         self.store.reconcile_dead_drivers()
         record = self.store.get(job_id)
         if record.state in ACTIVE_STATES:
@@ -153,6 +152,7 @@ class LocalBackend(Backend):
 
     # -- queries -------------------------------------------------------------------------
     def status(self, job_id: str) -> JobRecord:
+        require_job_id(job_id)
         self.store.reconcile_dead_drivers()
         return self.store.get(job_id)
 
@@ -166,6 +166,7 @@ class LocalBackend(Backend):
         yield from follow_file(path, lambda: self.status(record.id).state in ACTIVE_STATES if follow else False)
 
     def cancel(self, job_id: str) -> JobRecord:
+        require_job_id(job_id)
         self.store.reconcile_dead_drivers()
         record = self.store.get(job_id)
         if record.state.terminal:
