@@ -635,7 +635,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str 
     for item in overrides:
         if "=" not in item:
             raise SpecError(
-                [SpecIssue(item, "override needs the form path=value", fix="e.g. --set training.epochs=3")],
+                [SpecIssue(_excerpt(item), "override needs the form path=value", fix="e.g. --set training.epochs=3")],
                 source=source,
             )
         key, raw = item.split("=", 1)
