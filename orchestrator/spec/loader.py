@@ -280,8 +280,9 @@ def _dotted(path: Iterable[str | int]) -> str:
 
 def parse_yaml_text(text: str, source: str) -> LoadedYAML:
     """Parse one YAML document into plain data with line numbers. Raises SpecFileError."""
-    loader = _DepthLimitedLoader(text)
+    loader: _DepthLimitedLoader | None = None
     try:
+        loader = _DepthLimitedLoader(text)  # its reader refuses control characters right here
         node = loader.get_single_node()
     except _TooDeep as exc:
         raise SpecFileError(
@@ -300,10 +301,19 @@ def parse_yaml_text(text: str, source: str) -> LoadedYAML:
             fix="check indentation, colons and quotes near this line",
             line=mark.line + 1 if mark else None,
         ) from None
+    except yaml.reader.ReaderError as exc:
+        raise SpecFileError(
+            source,
+            f"the text holds a control character ({exc.character!r}) at offset {exc.position}",
+            fix="remove it; a spec is plain text (tabs and newlines are fine)",
+            line=text[: exc.position].count("\n") + 1,
+        ) from None
     except yaml.YAMLError as exc:
-        raise SpecFileError(source, f"YAML syntax error: {_excerpt(str(exc), 200)}", fix="check the YAML syntax") from None
+        reason = " ".join(str(exc).split())
+        raise SpecFileError(source, f"YAML syntax error: {_excerpt(reason, 200)}", fix="check the YAML syntax") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if node is None:
         raise SpecFileError(
             source,

@@ -26,7 +26,7 @@ SIGNATURES: dict[str, str] = {
 RANGE_KINDS = ("uniform", "quniform", "loguniform", "qloguniform", "randint", "lograndint")
 LIST_KINDS = ("choice", "grid")
 #: The longest expression, the most values one choice()/grid() lists, the largest number it takes.
-MAX_EXPRESSION_CHARS = 2000
+MAX_EXPRESSION_CHARS = 4000
 MAX_CHOICES = 1000
 MAX_ABS_NUMBER = 2**63 - 1
 EXAMPLE = "loguniform(1e-4, 1e-1), uniform(0.1, 0.5), randint(1, 4), choice([32, 64, 128]) or grid([0.001, 0.01])"
