@@ -190,7 +190,7 @@ def _check(kind: str, args: dict[str, Any], index: int) -> None:
         raise LayerError(index, f"{kind}: unknown activation {_short(repr(act))}", f"use one of {', '.join(ACTIVATIONS)}")
     for name in ("units", "filters"):
         if name in args and not _positive_int(args[name]):
-            raise LayerError(index, f"{kind}: {name} must be an integer from 1 to {MAX_UNITS}, "
+            raise LayerError(index, f"{kind}: {name} must be a positive integer (at most {MAX_UNITS}), "
                              f"got {_short(repr(args[name]))}",
                              f"e.g. {kind}({name}=64)")
     if kind == "Dropout" and not (_finite(args["rate"]) and 0 <= args["rate"] < 1):
@@ -216,6 +216,6 @@ def _pair(kind: str, name: str, value: Any, index: int) -> tuple[int, int]:
         return (value, value)
     if isinstance(value, (list, tuple)) and len(value) == 2 and all(_positive_int(v, MAX_KERNEL) for v in value):
         return (value[0], value[1])
-    raise LayerError(index, f"{kind}: {name} must be an integer from 1 to {MAX_KERNEL} or a pair of them, "
+    raise LayerError(index, f"{kind}: {name} must be a positive integer or a pair (at most {MAX_KERNEL}), "
                      f"got {_short(repr(value))}",
                      f"e.g. {name}=3 or {name}=(3, 3)")

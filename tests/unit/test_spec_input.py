@@ -204,7 +204,7 @@ SIZES = {
     "nested-layer": ("name: j\nmodel:\n  type: sequential\n  layers: [\"Dense(" + "[" * 200 + "]" * 200 + ")\"]\n",
                      ["model.layers[0]"]),
     "huge-units": ("name: j\nmodel:\n  type: sequential\n  layers: [\"Dense(" + "9" * 300 + ", input_shape=(4,))\"]\n",
-                   ["model.layers[0]", "from 1 to 65536"]),
+                   ["model.layers[0]", "positive integer (at most 65536)"]),
     "too-many-layers": ("name: j\nmodel:\n  type: sequential\n  layers: [" + ", ".join(["Flatten"] * 300) + "]\n",
                         ["model.layers"]),
 }
