@@ -104,15 +104,24 @@ class SpecError(OrchestratorError):
     def field_path(self) -> str | None:
         return self.issues[0].field_path if self.issues else None
 
+    #: Issues shown by :meth:`render`; the rest are counted (a non-spec file can make thousands).
+    max_shown = 20
+
     def render(self) -> str:
-        return "\n".join([self.message] + ["  " + i.render(self.source) for i in self.issues])
+        shown = ["  " + i.render(self.source) for i in self.issues[: self.max_shown]]
+        hidden = len(self.issues) - len(shown)
+        if hidden > 0:
+            shown.append(f"  ... and {hidden} more (fix these first)")
+        return "\n".join([self.message] + shown)
 
 
 class SpecFileError(SpecError):
     """The spec file itself cannot be used: missing, unreadable, not UTF-8, not YAML, empty."""
 
-    def __init__(self, source: str, message: str, *, fix: str, line: int | None = None) -> None:
-        super().__init__([SpecIssue("", message, fix=fix, line=line)], source=source)
+    def __init__(
+        self, source: str, message: str, *, fix: str, line: int | None = None, field_path: str = ""
+    ) -> None:
+        super().__init__([SpecIssue(field_path, message, fix=fix, line=line)], source=source)
 
 
 class UsageError(OrchestratorError):
@@ -129,6 +138,22 @@ class NotAvailableError(OrchestratorError):
 
 class JobNotFoundError(UsageError):
     """No job with this id (or unique prefix) exists in the job store."""
+
+
+class JobStoreError(OrchestratorError):
+    """The job store (``jobs.db`` under ORCHESTRATOR_HOME) cannot be used."""
+
+
+class JobStoreCorruptError(JobStoreError):
+    """The job store file is not a readable SQLite database (its fix: move it aside)."""
+
+    exit_code = EXIT_USER_ERROR
+
+
+class JobStoreBusyError(JobStoreError):
+    """Another process held the job store's lock for longer than the busy timeout."""
+
+    transient = True
 
 
 class BackendError(OrchestratorError):

@@ -24,7 +24,14 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import JobNotFoundError, UsageError
+from orchestrator.errors import (
+    JobNotFoundError,
+    JobStoreBusyError,
+    JobStoreCorruptError,
+    JobStoreError,
+    UsageError,
+)
+from orchestrator.private import private_dir, private_file
 
 
 class JobState(str, Enum):
@@ -119,25 +126,72 @@ _COLUMNS = (
 
 
 class JobStore:
-    """CRUD over the jobs table. Cheap to construct; opens a connection per operation."""
+    """CRUD over the jobs table. Cheap to construct (touches no file); opens a connection per operation.
+
+    The database file is created on first use, so commands that only read a spec (``validate``,
+    ``submit --dry-run``) never need it. Every SQLite failure becomes a :class:`JobStoreError`
+    that names the file: a corrupt file (:class:`JobStoreCorruptError`, with how to move it aside)
+    or a lock held longer than :attr:`busy_timeout_s` (:class:`JobStoreBusyError`).
+    """
+
+    #: Seconds to wait for another process's write lock before giving up.
+    busy_timeout_s: float = 30.0
+    #: Fresh ids tried when a new job's id is taken (6 hex characters per name: collisions happen).
+    id_attempts: int = 8
 
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
-        from orchestrator.private import private_dir, private_file
-
-        private_file(private_dir(db_path.parent) / db_path.name)  # the store holds every spec: owner-only
-        with self._connect() as conn:
-            conn.executescript(_SCHEMA)
+        self._ready = False
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        try:
+            if not self._ready:
+                # the store holds every spec: owner-only, whatever the umask
+                private_file(private_dir(self.db_path.parent) / self.db_path.name)
+            conn = sqlite3.connect(self.db_path, timeout=self.busy_timeout_s, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise self._error(exc) from None
         try:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+            if not self._ready:
+                conn.executescript(_SCHEMA)
+                self._ready = True
             yield conn
+        except sqlite3.IntegrityError:
+            raise  # a constraint the caller handles (a taken job id)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from None
         finally:
             conn.close()
+
+    def _error(self, exc: BaseException) -> JobStoreError:
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+            return JobStoreBusyError(
+                f"the job store {self.db_path} stayed locked by another orchestrator process for "
+                f"{self.busy_timeout_s:g} s",
+                fix="retry in a moment; if it stays locked, find the process holding it with "
+                f"`fuser {self.db_path}` (or `lsof {self.db_path}`) and let it finish or stop it",
+            )
+        if isinstance(exc, OSError) or (isinstance(exc, sqlite3.OperationalError) and "unable to open" in text):
+            return JobStoreError(
+                f"cannot open the job store {self.db_path}: {getattr(exc, 'strerror', None) or text}",
+                fix=f"check that {self.db_path.parent} is a writable directory, or set ORCHESTRATOR_HOME "
+                "to one",
+            )
+        if isinstance(exc, sqlite3.OperationalError) and ("readonly" in text or "disk I/O" in text
+                                                          or "full" in text):
+            return JobStoreError(f"the job store {self.db_path} cannot be written: {text}",
+                                 fix="check the disk's free space and the file's permissions")
+        moved = self.db_path.with_name(self.db_path.name + ".corrupt")
+        return JobStoreCorruptError(
+            f"the job store {self.db_path} is damaged and cannot be read ({text[:120]})",
+            fix=f"move it aside (`mv {self.db_path} {moved}`, and its -wal and -shm files if present); "
+            "a new, empty store is created on the next command and job directories are kept; "
+            "nothing was deleted",
+        )
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -154,12 +208,48 @@ class JobStore:
         return f"{name}-{secrets.token_hex(3)}"
 
     def create(self, record: JobRecord) -> JobRecord:
-        with self._transaction() as conn:
-            conn.execute(
-                f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 16)})",
-                self._row_values(record),
-            )
+        """Insert ``record``; its id must be new (:class:`UsageError` when it is taken)."""
+        try:
+            with self._transaction() as conn:
+                conn.execute(
+                    f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 16)})",
+                    self._row_values(record),
+                )
+        except sqlite3.IntegrityError:
+            raise UsageError(f"a job with id {record.id!r} already exists in {self.db_path}",
+                             fix="submit it again (a new id is drawn), or pick another id") from None
         return record
+
+    def create_new(self, name: str, make: Callable[[str], JobRecord]) -> JobRecord:
+        """Insert a new job under a fresh id and create its (new, empty) job directory.
+
+        ``make(job_id)`` builds the record. The row is inserted before anything is written: an id
+        that is taken in the store, or whose directory already exists, is never reused (no other
+        job's files are overwritten); another id is drawn instead, up to :attr:`id_attempts` times.
+        """
+        for _ in range(self.id_attempts):
+            record = make(self.new_job_id(name))
+            if record.job_dir.exists():
+                continue
+            try:
+                self.create(record)
+            except UsageError:
+                continue
+            try:
+                private_dir(record.job_dir.parent)
+                record.job_dir.mkdir(mode=0o700)
+                os.chmod(record.job_dir, 0o700)  # mkdir's mode is masked by the umask
+            except FileExistsError:  # another process made it between our check and now
+                self.delete(record.id)
+                continue
+            return record
+        raise JobStoreError(f"could not find an unused job id for {name!r} in {self.id_attempts} tries",
+                            fix="retry; if it keeps failing, give the job another name")
+
+    def delete(self, job_id: str) -> None:
+        """Remove one row (only a row this process just inserted; job directories are not touched)."""
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     @staticmethod
     def _row_values(r: JobRecord) -> tuple[Any, ...]:
@@ -181,6 +271,12 @@ class JobStore:
             json.dumps(r.attempts),
             r.external_id,
         )
+
+    def _record(self, row: tuple[Any, ...]) -> JobRecord:
+        try:
+            return self._from_row(row)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:  # a row no version of us wrote
+            raise self._error(exc) from None
 
     @staticmethod
     def _from_row(row: tuple[Any, ...]) -> JobRecord:
@@ -204,7 +300,8 @@ class JobStore:
         )
 
     def get(self, job_id: str) -> JobRecord:
-        """Find a job by id or by a unique id prefix."""
+        """Find a job by id or by a unique id prefix (never by an empty one)."""
+        require_job_id(job_id)
         with self._connect() as conn:
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM jobs WHERE id = ? OR id LIKE ? ESCAPE '\\' "
@@ -213,25 +310,27 @@ class JobStore:
             ).fetchall()
         exact = [r for r in rows if r[0] == job_id]
         if exact:
-            return self._from_row(exact[0])
+            return self._record(exact[0])
         if not rows:
             raise JobNotFoundError(
                 f"no job {job_id!r} in the job store {self.db_path}",
                 fix="run `orchestrator list` to see job ids",
             )
         if len(rows) > 1:
+            shown = ", ".join(f"{r[0]} ({r[3]})" for r in rows[:10])
+            more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
             raise UsageError(
-                f"{job_id!r} matches {len(rows)} jobs: " + ", ".join(r[0] for r in rows[:5]),
-                fix="give more of the job id",
+                f"{job_id!r} matches {len(rows)} jobs: {shown}{more}",
+                fix="give the whole id, or enough of it to name one job",
             )
-        return self._from_row(rows[0])
+        return self._record(rows[0])
 
     def list(self, limit: int = 100) -> list[JobRecord]:
         with self._connect() as conn:
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)
             ).fetchall()
-        return [self._from_row(r) for r in rows]
+        return [self._record(r) for r in rows]
 
     def update(self, job_id: str, **fields: Any) -> None:
         """Set fields unconditionally (progress, result, attempts, pid...)."""
@@ -291,6 +390,16 @@ class JobStore:
             ):
                 changed.append(record.id)
         return changed
+
+
+def require_job_id(job_id: str) -> None:
+    """Refuse an empty (or blank) job id: as a prefix it would match every job."""
+    if not job_id.strip():
+        raise UsageError(
+            "no job id given (an empty id would match every job)",
+            fix="pass a job id or a unique prefix of one; `orchestrator list` shows them "
+            "(in a script, check that the variable holding the id is set)",
+        )
 
 
 def _like_prefix(prefix: str) -> str:

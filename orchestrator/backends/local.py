@@ -23,7 +23,7 @@ from orchestrator.backends.driver import Driver, check_framework_available, job_
 from orchestrator.errors import UsageError
 from orchestrator.private import private_dir, private_file, write_private_text
 from orchestrator.spec.models import JobSpec
-from orchestrator.store import ACTIVE_STATES, JobRecord, JobState, JobStore, process_alive
+from orchestrator.store import ACTIVE_STATES, JobRecord, JobState, JobStore, process_alive, require_job_id
 
 LOG_FILE = "driver.log"
 
@@ -75,21 +75,19 @@ class LocalBackend(Backend):
                       backend: str | None = None) -> JobRecord:
         """A pending job in the store (``job_id`` and ``backend`` given by the ray backend's driver)."""
         check_framework_available(spec)
-        job_id = job_id or self.store.new_job_id(spec.name)
-        job_dir = self.settings.job_dir(job_id)
-        private_dir(job_dir)
         spec_json = spec.model_dump(mode="json")
-        write_private_text(job_dir / "spec.yaml", yaml.safe_dump(spec_json, sort_keys=False))
-        record = JobRecord(
-            id=job_id,
-            name=spec.name,
-            backend=backend or self.name,
-            state=JobState.PENDING,
-            spec=spec_json,
-            job_dir=job_dir,
-            created_at=time.time(),
-        )
-        return self.store.create(record)
+
+        def make(new_id: str) -> JobRecord:
+            return JobRecord(id=new_id, name=spec.name, backend=backend or self.name, state=JobState.PENDING,
+                             spec=spec_json, job_dir=self.settings.job_dir(new_id), created_at=time.time())
+
+        if job_id is None:  # the row first, under an unused id and a new directory: nothing overwritten
+            record = self.store.create_new(spec.name, make)
+        else:
+            record = self.store.create(make(job_id))
+            private_dir(record.job_dir)
+        write_private_text(record.job_dir / "spec.yaml", yaml.safe_dump(spec_json, sort_keys=False))
+        return record
 
     def submit(
         self, spec: JobSpec, options: SubmitOptions, events: EventHandler | None = None
@@ -136,6 +134,7 @@ class LocalBackend(Backend):
         epochs: int | None = None,
     ) -> JobRecord:
         """Run a finished, failed, cancelled or interrupted job again from its latest checkpoint."""
+        require_job_id(job_id)
         self.store.reconcile_dead_drivers()
         record = self.store.get(job_id)
         if record.state in ACTIVE_STATES:
@@ -163,6 +162,7 @@ class LocalBackend(Backend):
 
     # -- queries -------------------------------------------------------------------------
     def status(self, job_id: str) -> JobRecord:
+        require_job_id(job_id)
         self.store.reconcile_dead_drivers()
         return self.store.get(job_id)
 
@@ -176,6 +176,7 @@ class LocalBackend(Backend):
         yield from follow_file(path, lambda: self.status(record.id).state in ACTIVE_STATES if follow else False)
 
     def cancel(self, job_id: str) -> JobRecord:
+        require_job_id(job_id)
         self.store.reconcile_dead_drivers()
         record = self.store.get(job_id)
         if record.state.terminal:

@@ -17,19 +17,25 @@ from orchestrator.errors import UsageError
 
 def read_inputs(path: str, sample_shape: tuple[int, ...]) -> np.ndarray:
     """The ``x`` array of an .npz file, shaped like the model's samples (an 8x8 image may drop its channel)."""
+    import zipfile
+    import zlib
+
+    from orchestrator.spec.datafile import DataFileError, inspect_npz
+
+    save_hint = "save it with numpy.savez(path, x=samples)"
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise UsageError(f"{path} is a single array, not an .npz file",
-                             fix="save it with numpy.savez(path, x=samples)")
-        with loaded as npz:
-            if "x" not in npz.files:
-                raise UsageError(f"{path} has no array named x (it has {', '.join(npz.files) or 'none'})",
-                                 fix="save it with numpy.savez(path, x=samples)")
+        inspect_npz(path, ("x",), save_hint=save_hint)  # headers only: a bad file fails before any load
+    except DataFileError as exc:
+        raise UsageError(f"--input {path}: {exc.message}", fix=exc.fix) from None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
             x = np.asarray(npz["x"])
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}", fix="give an .npz file saved with numpy.savez(path, x=...)") \
-            from None
+    except MemoryError:
+        raise UsageError(f"--input {path}: the samples do not fit in memory", fix="predict a smaller batch") from None
+    except (OSError, ValueError, EOFError, KeyError, TypeError, RuntimeError, NotImplementedError,
+            zipfile.BadZipFile, zlib.error) as exc:
+        raise UsageError(f"cannot read {path}: {str(exc)[:200] or type(exc).__name__}",
+                         fix="give an .npz file saved with numpy.savez(path, x=...)") from None
     if x.size == 0 or x.ndim == 0:
         raise UsageError(f"{path}: x holds no samples", fix="give at least one sample")
     if not np.issubdtype(x.dtype, np.number):

@@ -193,20 +193,33 @@ def last_value_mse(data: PreparedData, split: str) -> float | None:
 
 
 def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of an .npz file; every way the file can be wrong is a SpecError on data.source.
+
+    The headers are checked first (:func:`orchestrator.spec.datafile.inspect_npz`: keys, dtypes,
+    shapes, sizes, without loading); a file that still fails to load (a bad CRC deep inside, memory
+    running out) is reported the same way, never as a traceback.
+    """
+    import zipfile
+    import zlib
+
+    from orchestrator.spec.datafile import DataFileError, inspect_npz
+
     def fail(message: str, fix: str) -> SpecError:
         return SpecError([SpecIssue("data.source", message, value=path, fix=fix)])
 
     try:
+        inspect_npz(path, ("x", "y"))
+    except DataFileError as exc:
+        raise fail(exc.message, exc.fix) from None
+    try:
         with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in ("x", "y") if k not in npz.files]
-            if missing:
-                raise fail(
-                    f"the .npz file has no array named {', '.join(missing)} (it has {', '.join(npz.files) or 'none'})",
-                    "save it with numpy.savez(path, x=features, y=labels)",
-                )
             x, y = npz["x"], npz["y"]
-    except (OSError, ValueError) as exc:
-        raise fail(f"cannot read the .npz file: {exc}", "save it with numpy.savez(path, x=..., y=...)") from None
+    except MemoryError:
+        raise fail("the data set does not fit in memory", "use a smaller data set (or a sample of it)") from None
+    except (OSError, ValueError, EOFError, KeyError, TypeError, RuntimeError, NotImplementedError,
+            zipfile.BadZipFile, zlib.error) as exc:
+        raise fail(f"cannot read the .npz file: {str(exc)[:200] or type(exc).__name__}",
+                   "write it again with numpy.savez(path, x=..., y=...)") from None
     if len(x) != len(y):
         raise fail(f"x has {len(x)} rows but y has {len(y)}", "give one label per row of x")
     if len(x) == 0:

@@ -45,20 +45,28 @@ _MEMORY_UNITS = {
     "gb": 1000**3,
     "tb": 1000**4,
 }
-_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_MEMORY_RE = re.compile(r"^\s*(\d{1,20}(?:\.\d{1,20})?)\s*([a-zA-Z]{0,2})\s*$")
+#: The most memory one worker may ask for (1 PiB): far above any machine, far below an overflow.
+MAX_MEMORY_BYTES = 1024**5
 
 
 def parse_memory(value: str | int) -> int:
-    """Parse ``4Gi``, ``512Mi``, ``2GB`` or a byte count into bytes."""
+    """Parse ``4Gi``, ``512Mi``, ``2GB`` or a byte count into bytes (at most :data:`MAX_MEMORY_BYTES`)."""
+    if isinstance(value, bool):
+        raise ValueError("not a memory size; write a number with a unit such as 512Mi, 4Gi or 2GB")
     if isinstance(value, int):
-        return value
-    match = _MEMORY_RE.match(value)
-    unit = match.group(2).lower() if match else None
-    if match is None or unit not in _MEMORY_UNITS:
-        raise ValueError(
-            "not a memory size; write a number with a unit such as 512Mi, 4Gi or 2GB"
-        )
-    return int(float(match.group(1)) * _MEMORY_UNITS[unit])
+        size = value
+    else:
+        match = _MEMORY_RE.match(value[:100])
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _MEMORY_UNITS:
+            raise ValueError(
+                "not a memory size; write a number with a unit such as 512Mi, 4Gi or 2GB"
+            )
+        size = int(float(match.group(1)) * _MEMORY_UNITS[unit])
+    if size > MAX_MEMORY_BYTES:
+        raise ValueError("more than 1Pi (1024 TiB) per worker; write a size such as 512Mi, 4Gi or 2Ti")
+    return size
 
 
 _TOLERATION_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9./_]*(=[-A-Za-z0-9._]*)?(:(NoSchedule|PreferNoSchedule|NoExecute))?$"
@@ -82,9 +90,14 @@ class CrossFieldError(ValueError):
 
 
 class _Model(BaseModel):
-    """Base for every spec section: unknown fields are errors, instances are immutable."""
+    """Base for every spec section: unknown fields are errors, instances are immutable.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    Strict: an integer field takes integers only (not ``true``, ``"2"`` or ``2.0``), a boolean
+    field ``true``/``false`` only, a string field strings only; a float field still takes an
+    integer (``learning_rate: 1``). Floats must be finite (``.inf``/``.nan`` are refused).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True, allow_inf_nan=False)
 
 
 class CNNModel(_Model):
@@ -123,6 +136,7 @@ class SequentialModel(_Model):
     type: Literal["sequential"] = "sequential"
     layers: list[Any] = Field(
         min_length=1,
+        max_length=256,
         description="Layers in order: Keras calls as text, e.g. \"Dense(128, activation='relu', "
         "input_shape=(64,))\", or one-key mappings such as {Dropout: {rate: 0.5}}.",
     )

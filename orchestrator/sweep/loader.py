@@ -107,7 +107,9 @@ def _tune_issues(exc: ValidationError, data: Mapping[str, Any], loaded: LoadedYA
             message, fix = "required field is missing", f"add `{_dotted(loc)}:` (see {EXAMPLE_FILE})"
         elif err["type"] in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
             fix = f"set {_dotted(loc)} within the bound ({message})"
-        issues.append(SpecIssue(_dotted(loc), message, fix=fix, line=_line(loaded, loc)))
+        if fix is None and err["type"].startswith(("int_", "float_", "bool", "string_", "finite")):
+            fix = f"set {_dotted(loc)} to a value of its type (see {EXAMPLE_FILE})"
+        issues.append(SpecIssue(_dotted(loc), message, fix=fix or f"see {EXAMPLE_FILE}", line=_line(loaded, loc)))
     return issues
 
 
@@ -163,8 +165,18 @@ def apply_params(job: JobSpec, params: Mapping[str, Any]) -> JobSpec:
     """The trial's job spec: the base job with each ``path: value`` of ``params`` set."""
     data = job.model_dump(mode="json")
     for path, value in params.items():
-        data = with_value(data, path, value)
+        data = with_value(data, path, _plain(value))
     return JobSpec.model_validate(data)
+
+
+def _plain(value: Any) -> Any:
+    """A sampler's value as a plain Python value (a NumPy scalar would fail the strict spec fields)."""
+    item = getattr(value, "item", None)
+    if callable(item) and type(value).__module__ == "numpy":
+        return item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def search_space_issues(job: JobSpec, tune: TuneSpec, loaded: LoadedYAML | None = None) -> list[SpecIssue]:

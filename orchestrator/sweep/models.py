@@ -22,8 +22,12 @@ TRIAL_METRICS: tuple[str, ...] = (
 )
 
 
+#: The most trials one sweep may run (num_samples times the grid's combinations).
+MAX_TRIALS = 10_000
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True, allow_inf_nan=False)
 
 
 class AshaScheduler(_Model):
@@ -59,6 +63,7 @@ class TuneSpec(_Model):
 
     search_space: dict[str, str] = Field(
         min_length=1,
+        max_length=64,
         description="Job spec field path -> sampler, e.g. training.learning_rate: loguniform(1e-4, 1e-1).",
     )
     metric: str = Field(default=names.VAL_ACCURACY, description="The epoch metric that ranks trials.")
@@ -105,6 +110,15 @@ class TuneSpec(_Model):
                     f"search_space.{path}", "Optuna samples; it does not expand grid([...])",
                     fix=f"use choice({list(dim.values)!r}) instead, or search: random",
                 )
+        total = self.num_samples * grid_size(dims, grid_all=self.search == "grid")
+        if total > MAX_TRIALS:
+            raise CrossFieldError(
+                "num_samples",
+                f"the sweep would run {total:,} trials (num_samples {self.num_samples} times "
+                f"{total // self.num_samples:,} grid combinations); a sweep runs at most {MAX_TRIALS:,}",
+                fix="list fewer grid()/choice() values or lower num_samples; to explore a large space, "
+                "use search: random (or optuna) with num_samples trials",
+            )
         if isinstance(self.scheduler, PbtScheduler) and self.search == "optuna":
             raise CrossFieldError("scheduler", "PBT chooses its own hyperparameters; it does not combine with Optuna",
                                   fix="use search: random with scheduler pbt")

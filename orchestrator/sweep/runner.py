@@ -79,16 +79,17 @@ def create_sweep_record(settings: Settings, sweep: SweepSpec, backend: str = "lo
 
     check_framework_available(sweep.job)
     store = JobStore(settings.db_path)
-    sweep_id = store.new_job_id(sweep.name)
-    sweep_dir = settings.job_dir(sweep_id)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     data = sweep.to_record_spec()
-    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    record = JobRecord(id=sweep_id, name=sweep.name, backend=backend, state=JobState.PENDING, spec=data,
-                       job_dir=sweep_dir, created_at=time.time(),
-                       result={"kind": "sweep", "total_trials": sweep.tune.total_trials,
-                               **({"ray_address": ray_address} if ray_address else {})})
-    return store.create(record)
+
+    def make(sweep_id: str) -> JobRecord:
+        return JobRecord(id=sweep_id, name=sweep.name, backend=backend, state=JobState.PENDING, spec=data,
+                         job_dir=settings.job_dir(sweep_id), created_at=time.time(),
+                         result={"kind": "sweep", "total_trials": sweep.tune.total_trials,
+                                 **({"ray_address": ray_address} if ray_address else {})})
+
+    record = store.create_new(sweep.name, make)  # the row first: a taken id never overwrites a sweep's files
+    (record.job_dir / "sweep.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return record
 
 
 def experiment_path(record: JobRecord) -> Path:

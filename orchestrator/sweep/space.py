@@ -25,6 +25,10 @@ SIGNATURES: dict[str, str] = {
 }
 RANGE_KINDS = ("uniform", "quniform", "loguniform", "qloguniform", "randint", "lograndint")
 LIST_KINDS = ("choice", "grid")
+#: The longest expression, the most values one choice()/grid() lists, the largest number it takes.
+MAX_EXPRESSION_CHARS = 4000
+MAX_CHOICES = 1000
+MAX_ABS_NUMBER = 2**63 - 1
 EXAMPLE = "loguniform(1e-4, 1e-1), uniform(0.1, 0.5), randint(1, 4), choice([32, 64, 128]) or grid([0.001, 0.01])"
 
 
@@ -88,24 +92,28 @@ def parse_expression(text: Any) -> Dimension:
     """Parse one expression; raises :class:`ExpressionError` with a fix."""
     if not isinstance(text, str):
         raise ExpressionError(
-            f"a search dimension is written as an expression in a string, got {type(text).__name__} {text!r}",
+            f"a search dimension is written as an expression in a string, got {type(text).__name__} "
+            f"{_short(repr(text))}",
             fix=f"write one of {EXAMPLE}",
         )
     source = text.strip()
+    if len(source) > MAX_EXPRESSION_CHARS:
+        raise ExpressionError(f"an expression of {len(source)} characters (at most {MAX_EXPRESSION_CHARS})",
+                              fix=f"write one sampler call such as {EXAMPLE}")
     try:
         tree = ast.parse(source, mode="eval")
-    except SyntaxError:
-        raise ExpressionError(f"cannot read {source!r}", fix=f"write one of {EXAMPLE}") from None
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        raise ExpressionError(f"cannot read {_short(source)!r}", fix=f"write one of {EXAMPLE}") from None
     call = tree.body
     if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
-        raise ExpressionError(f"{source!r} is not a sampler call", fix=f"write one of {EXAMPLE}")
+        raise ExpressionError(f"{_short(source)!r} is not a sampler call", fix=f"write one of {EXAMPLE}")
     name = call.func.id
     if name not in SIGNATURES:
         import difflib
 
         close = difflib.get_close_matches(name, list(SIGNATURES), n=1)
         hint = f"did you mean `{close[0]}`? " if close else ""
-        raise ExpressionError(f"unknown sampler {name!r}",
+        raise ExpressionError(f"unknown sampler {_short(name)!r}",
                               fix=f"{hint}use one of: " + ", ".join(SIGNATURES.values()))
     if call.keywords:
         raise ExpressionError(f"{name}() takes positional arguments only", fix=f"write {SIGNATURES[name]}")
@@ -119,11 +127,27 @@ def parse_expression(text: Any) -> Dimension:
     return Dimension(kind=name, args=args, text=source)
 
 
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _too_big(value: Any) -> bool:
+    """A number no field takes and Ray Tune cannot sample (beyond 64-bit), anywhere in ``value``."""
+    if isinstance(value, (list, tuple)):
+        return any(_too_big(v) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > MAX_ABS_NUMBER
+
+
 def _check_args(name: str, args: tuple[Any, ...]) -> None:
     usage = SIGNATURES[name]
+    if _too_big(args):
+        raise ExpressionError(f"{name}(): a number beyond {MAX_ABS_NUMBER}", fix=f"write {usage} with smaller numbers")
     if name in LIST_KINDS:
         if len(args) != 1 or not isinstance(args[0], (list, tuple)) or not args[0]:
             raise ExpressionError(f"{name}() takes one non-empty list", fix=f"write {usage}")
+        if len(args[0]) > MAX_CHOICES:
+            raise ExpressionError(f"{name}() lists {len(args[0])} values (at most {MAX_CHOICES})",
+                                  fix="list fewer values, or sample a range such as uniform(low, high)")
         if any(isinstance(v, (dict, set)) for v in args[0]):
             raise ExpressionError(f"{name}() values must be numbers, strings, booleans or lists", fix=f"write {usage}")
         return

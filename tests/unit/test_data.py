@@ -149,3 +149,110 @@ def test_npz_that_is_not_an_npz(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as err:
         prepare_data(DataSpec(source=str(path)), seed=0)
     assert "cannot read the .npz file" in err.value.render()
+
+
+# -- bad data files: refused from their headers at submit/--dry-run/predict, clearly at run time --------
+def _npy_bytes(shape: tuple[int, ...], data: bytes, descr: str = "<f4") -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + data
+
+
+def _bad_data_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (file, words its message must hold)."""
+    import os
+    import zipfile
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8)).astype(np.float32)
+    y = np.arange(200) % 3
+    good = tmp_path / "good.npz"
+    np.savez(good, x=x, y=y)
+    raw = good.read_bytes()
+    files: dict[str, tuple[Path, str]] = {}
+
+    def put(name: str, content: bytes, words: str) -> None:
+        path = tmp_path / f"{name}.npz"
+        path.write_bytes(content)
+        files[name] = (path, words)
+
+    put("empty", b"", "the file is empty (0 bytes)")
+    put("truncated", raw[: len(raw) // 2], "cannot read the .npz file")
+    put("garbage", os.urandom(3000), "cannot read the .npz file")
+    flipped = bytearray(raw)
+    flipped[300] ^= 0xFF
+    put("bad-crc", bytes(flipped), "fails its checksum")
+    np.save(tmp_path / "plain.npy", x)
+    put("renamed-npy", (tmp_path / "plain.npy").read_bytes(), "single array, not an .npz")
+    y_bytes = _npy_bytes((200,), y.astype("<i8").tobytes(), "<i8")
+    for name, header_shape, words in [
+        ("huge-shape", (10**12, 8), "more than the 16 GiB"),
+        ("declares-more-than-held", (300, 8), "truncated or corrupt"),
+        ("declares-less-than-held", (100, 8), "truncated or corrupt"),
+    ]:
+        path = tmp_path / f"{name}.npz"
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("x.npy", _npy_bytes(header_shape, x.tobytes()))
+            archive.writestr("y.npy", y_bytes)
+        files[name] = (path, words)
+    for name, arrays, words in [
+        ("objects", {"x": np.array([{"a": 1}] * 3, dtype=object), "y": np.arange(3)}, "need pickle"),
+        ("strings", {"x": np.array([["a"]] * 3), "y": np.arange(3)}, "numeric arrays only"),
+        ("no-y", {"x": x}, "no array named y"),
+        ("rows-differ", {"x": x, "y": y[:10]}, "x has 200 rows but y has 10"),
+        ("no-rows", {"x": x[:0], "y": y[:0]}, "holds no samples"),
+        ("scalar-x", {"x": np.float32(1), "y": y}, "single value"),
+        ("one-hot-y", {"x": x, "y": np.eye(3)[y]}, "one label or one target"),
+    ]:
+        path = tmp_path / f"{name}.npz"
+        with path.open("wb") as handle:  # np.savez would append .npz to a str path only
+            np.savez(handle, **arrays)
+        files[name] = (path, words)
+    return files
+
+
+def test_bad_data_files_are_refused_at_dry_run_before_any_record(tmp_path: Path, home: Path) -> None:
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    for name, (path, words) in _bad_data_files(tmp_path).items():
+        spec = tmp_path / f"{name}.yaml"
+        spec.write_text(f"name: j\nmodel: {{type: cnn}}\ndata: {{source: {path.name}}}\n")
+        for verb in (["submit", "--dry-run"], ["submit"], ["validate"]):
+            result = CliRunner().invoke(main, [*verb, str(spec)])
+            assert result.exit_code == 2, (name, verb, result.output)
+            assert "data.source" in result.output and words in result.output, (name, result.output)
+            assert "fix:" in result.output and "internal error" not in result.output
+    assert not home.exists(), "a refused submit created the job store or a job directory"
+
+
+def test_bad_data_files_are_clear_errors_at_run_time(tmp_path: Path) -> None:
+    """The runtime's loader (the job's driver) says the same instead of failing with a traceback."""
+    for name, (path, words) in _bad_data_files(tmp_path).items():
+        with pytest.raises(SpecError) as err:
+            prepare_data(DataSpec(source=str(path)), seed=0)
+        assert words in err.value.render(), name
+        assert err.value.issues[0].field_path == "data.source" and err.value.issues[0].fix
+
+
+def test_bad_predict_inputs_are_usage_errors(tmp_path: Path) -> None:
+    from orchestrator.errors import UsageError
+    from orchestrator.models.predict import read_inputs
+
+    files = _bad_data_files(tmp_path)
+    for name in ("empty", "truncated", "garbage", "bad-crc", "renamed-npy", "huge-shape", "objects", "no-rows"):
+        path, words = files[name]
+        with pytest.raises(UsageError) as err:
+            read_inputs(str(path), (8,))
+        assert words in err.value.render() and err.value.fix, name
+
+
+def test_a_good_file_passes_the_header_check(tmp_path: Path) -> None:
+    from orchestrator.spec.datafile import inspect_npz
+
+    np.savez_compressed(tmp_path / "ok.npz", x=np.zeros((50, 1, 8, 8), np.float32), y=np.zeros((50, 1), np.int64))
+    info = inspect_npz(tmp_path / "ok.npz")
+    assert info["x"].shape == (50, 1, 8, 8) and info["y"].rows == 50

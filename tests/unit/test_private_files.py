@@ -58,7 +58,9 @@ def test_the_job_store_and_a_jobs_files_are_owner_only(home: Path) -> None:
 def test_a_store_in_an_existing_directory_keeps_that_directorys_mode(tmp_path: Path) -> None:
     shared = tmp_path / "team"
     shared.mkdir(mode=0o755)
-    JobStore(shared / "jobs.db")
+    store = JobStore(shared / "jobs.db")
+    assert not (shared / "jobs.db").exists()  # the store opens lazily, on first use
+    store.list()
     assert mode(shared) == 0o755  # made by the user: left as it is
     assert mode(shared / "jobs.db") == 0o600
 

@@ -122,7 +122,7 @@ def run_tune(*args: str) -> tuple[int, str]:
      "tune.search_space.training.learnin_rate", 7, ["training has no field 'learnin_rate'",
                                                     "did you mean `training.learning_rate`?"]),
     ("search_space:\n  training.batch_size: uniform(8, 64)\n",
-     "tune.search_space.training.batch_size", 7, ["can draw 28.72", "randint(low, high) or choice"]),
+     "tune.search_space.training.batch_size", 7, ["can draw 8.0", "randint(low, high) or choice"]),
     ("search_space:\n  model.dropout: uniform(0.1, 1.5)\n",
      "tune.search_space.model.dropout", 7, ["can draw 1.5", "model.dropout refuses"]),
     ("search_space:\n  training: choice([1, 2])\n",
