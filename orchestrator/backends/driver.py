@@ -26,6 +26,7 @@ from types import FrameType
 from typing import Any
 
 from orchestrator.backends.base import EventHandler
+from orchestrator.backends.queue import Admission
 from orchestrator.backends.ray_local import (
     build_trainer,
     check_fits_local_cluster,
@@ -266,7 +267,6 @@ class Driver:
         tensorboard_dir = str(self.record.job_dir / "tensorboard")
         self._update_result(dashboard_url=url, tensorboard_dir=tensorboard_dir)
         if self.settings.local_ray_address:  # a shared cluster: its queue decides when the gang starts
-            from orchestrator.backends.queue import Admission
             from orchestrator.scheduler import request_from_spec
 
             self._admission = Admission(self.record.id, request_from_spec(spec), self.record.created_at)
@@ -372,6 +372,10 @@ class Driver:
             raise TrainingError(self._head_gone_message())
 
     def _head_gone_message(self) -> str:
+        """The failure text for a lost Ray head (and forget the cluster's queue, which lived there:
+        telling it the job ended would wait on Ray until Ray ends this process)."""
+        if isinstance(self._admission, Admission):
+            self._admission = None
         ckpt = self._latest_checkpoint()
         where = f"; latest checkpoint {ckpt}" if ckpt else "; no checkpoint was written yet"
         restart = "start Ray again (`ray start --head ...`), then" if self.settings.local_ray_address else "then"
