@@ -101,7 +101,7 @@ class PrivateHead:
                "--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
                f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
                f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-               f"--metrics-export-port={free_port()}"]
+               f"--metrics-export-port={free_port()}", f"--dashboard-port={free_port()}"]
         last = None
         for _ in range(3):  # a very busy machine can miss Ray's start-up deadlines
             last = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
