@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,6 +147,7 @@ def private_heads() -> Iterator[list[PrivateHead]]:
     yield heads
     for head in heads:
         head.kill()
+        shutil.rmtree(head.temp_dir, ignore_errors=True)
 
 
 @pytest.mark.smoke
