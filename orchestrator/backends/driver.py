@@ -26,11 +26,14 @@ from types import FrameType
 from typing import Any
 
 from orchestrator.backends.base import EventHandler
+from orchestrator.backends.queue import Admission
 from orchestrator.backends.ray_local import (
     build_trainer,
     check_fits_local_cluster,
     dashboard_url,
     describe_training_error,
+    gcs_address,
+    ray_head_gone,
     start_embedded_ray,
 )
 from orchestrator.backends.tracker import RunTracker
@@ -47,6 +50,10 @@ POLL_INTERVAL_S = 0.25
 GRACEFUL_STOP_TIMEOUT_S = 120.0
 #: How often a running job reports to its cluster's queue (which may ask it to give way).
 QUEUE_REPORT_S = 2.0
+#: How often the driver checks that the Ray head (its GCS) still listens, and how many checks in a
+#: row must find it gone before the job fails (Ray itself would end this process after 60 s).
+HEAD_CHECK_S = 1.0
+HEAD_GONE_CHECKS = 2
 
 
 def job_paths(record: JobRecord, spec: JobSpec, owner: str | None = None) -> dict[str, str]:
@@ -145,6 +152,8 @@ class Driver:
         self._log_handler: logging.Handler | None = None
         self._admission: Any = None  # the cluster queue's handle, when the driver joined a cluster
         self._preempted_by: str | None = None
+        self._gcs_address: str | None = None  # the Ray head this driver is connected to
+        self._head_gone_checks = 0
         self._admitted_once = False
         self.preemptions = 0
         # "submit to first step" counts from submission; for a resumed job, from the resume.
@@ -254,6 +263,7 @@ class Driver:
             metadata={"orchestrator_job_id": self.record.id, "orchestrator_job_name": self.record.name},
         )
         url = dashboard_url(context)
+        self._gcs_address = gcs_address(context)
         log.info("Ray ready in %.1fs; dashboard: %s", time.time() - init_start, url or "off")
         if self.install_signal_handlers and threading.current_thread() is threading.main_thread():
             # ray.init installs its own SIGTERM handler (it logs "SIGTERM received" and exits):
@@ -266,7 +276,6 @@ class Driver:
         tensorboard_dir = str(self.record.job_dir / "tensorboard")
         self._update_result(dashboard_url=url, tensorboard_dir=tensorboard_dir)
         if self.settings.local_ray_address:  # a shared cluster: its queue decides when the gang starts
-            from orchestrator.backends.queue import Admission
             from orchestrator.scheduler import request_from_spec
 
             self._admission = Admission(self.record.id, request_from_spec(spec), self.record.created_at)
@@ -302,6 +311,8 @@ class Driver:
         if "error" in outcome:
             if self._stop_reason:
                 return self._finish(JobState.CANCELLED, self._cancel_message())
+            if self._gcs_address and ray_head_gone(self._gcs_address):
+                raise TrainingError(self._head_gone_message())
             reason = self.tracker.last_failure()
             attempts = len(self.tracker.attempts) - len(self.record.attempts)
             if reason:
@@ -328,10 +339,17 @@ class Driver:
 
         thread = threading.Thread(target=fit, name="train-fit", daemon=True)
         thread.start()
-        last_store_check = last_report = 0.0
+        last_store_check = last_report = last_head_check = 0.0
         while thread.is_alive():
             thread.join(POLL_INTERVAL_S)
+            now = time.time()
+            if now - last_head_check > HEAD_CHECK_S:  # before draining: a drain waits on the dead head
+                last_head_check = now
+                self._check_head()
             self._drain()
+            if self.tracker.permanent_failure:
+                # a restart cannot cure it (a full disk): fail now, not after failure.max_failures restarts
+                raise TrainingError(f"training stopped without a restart: {self.tracker.permanent_failure}")
             now = time.time()
             if now - last_store_check > 1.0:
                 last_store_check = now
@@ -353,6 +371,28 @@ class Driver:
                 raise KeyboardInterrupt
         self._drain()
         return outcome
+
+    def _check_head(self) -> None:
+        """Fail the job, with the reason, once the Ray head (its GCS) stopped listening."""
+        if not self._gcs_address:
+            return
+        self._head_gone_checks = self._head_gone_checks + 1 if ray_head_gone(self._gcs_address) else 0
+        if self._head_gone_checks >= HEAD_GONE_CHECKS:
+            raise TrainingError(self._head_gone_message())
+
+    def _head_gone_message(self) -> str:
+        """The failure text for a lost Ray head (and forget the cluster's queue, which lived there:
+        telling it the job ended would wait on Ray until Ray ends this process)."""
+        if isinstance(self._admission, Admission):
+            self._admission = None
+        ckpt = self._latest_checkpoint()
+        where = f"; latest checkpoint {ckpt}" if ckpt else "; no checkpoint was written yet"
+        restart = "start Ray again (`ray start --head ...`), then" if self.settings.local_ray_address else "then"
+        return (
+            f"the Ray head at {self._gcs_address} went away while the job ran (its GCS no longer accepts "
+            f"connections: the head node died or Ray was stopped), and the workers with it{where}; "
+            f"{restart} `orchestrator resume {self.record.id}` continues from the latest checkpoint"
+        )
 
     def _admitted(self) -> bool:
         """Wait in the cluster's queue until the scheduler places the whole gang; False if cancelled."""

@@ -328,6 +328,13 @@ class Admission:
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
                 if attempt == 2:
                     raise
+                from orchestrator.backends.ray_local import ray_head_gone
+
+                address = ray.get_runtime_context().gcs_address
+                if address and ray_head_gone(address):
+                    # the queue lived on the head: looking it up again would wait for Ray's GCS
+                    # reconnect timeout, after which Ray ends this process
+                    raise
                 self._actor = None  # killed or restarting: get (or create) it again
                 time.sleep(1.0)
         raise AssertionError("unreachable")

@@ -142,6 +142,36 @@ def start_embedded_ray(join_address: str | None = None, metadata: dict[str, str]
     raise AssertionError("unreachable")
 
 
+def gcs_address(context: Any) -> str | None:
+    """``host:port`` of the Ray GCS (the head) a ``ray.init`` context is connected to, if known."""
+    info = getattr(context, "address_info", None) or {}
+    address = info.get("gcs_address") if isinstance(info, dict) else None
+    return str(address) if address else None
+
+
+def ray_head_gone(address: str, timeout: float = 2.0) -> bool:
+    """True when nothing listens at the GCS ``host:port`` any more: the Ray head died or was stopped.
+
+    A plain TCP connect, so it answers in milliseconds where a Ray call would wait for its GCS
+    reconnect timeout (60 s, after which Ray ends the driver process itself). Only a refused or
+    unreachable connection counts; a slow answer (a busy machine) is not taken for a dead head.
+    """
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return False
+    except (ConnectionRefusedError, ConnectionResetError):
+        return True
+    except OSError as exc:
+        import errno
+
+        return exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH)
+    except ValueError:
+        return False
+
+
 def check_fits_local_cluster(spec: JobSpec, resources: dict[str, float]) -> None:
     """Refuse, with the numbers, a job this machine's Ray can never place (it would hang)."""
     r = spec.resources

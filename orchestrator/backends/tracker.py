@@ -44,6 +44,8 @@ class RunTracker:
     peak_worker_rss_bytes: int | None = None
     shards: dict[int, dict[int, list[int]]] = field(default_factory=dict)
     new_recoveries: list[Recovery] = field(default_factory=list)
+    #: A worker's failure that a restart cannot cure (e.g. a full disk): the driver stops at once.
+    permanent_failure: str | None = None
     _attempts_before: int = 0
 
     def __post_init__(self) -> None:
@@ -147,7 +149,10 @@ class RunTracker:
         return self._on_failure_event(event, str(event["reason"]))
 
     def _on_worker_error(self, event: dict[str, Any]) -> bool:
-        return self._on_failure_event(event, f"rank {event.get('rank')}: {event['error']}")
+        reason = f"rank {event.get('rank')}: {event['error']}"
+        if event.get("permanent") and self.permanent_failure is None:
+            self.permanent_failure = reason
+        return self._on_failure_event(event, reason)
 
     def _on_hang(self, event: dict[str, Any]) -> bool:
         return self._on_failure_event(event, str(event["reason"]))

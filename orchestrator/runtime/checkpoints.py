@@ -21,6 +21,7 @@ clean-up removes only the temporaries named with its own job id, never anything 
 from __future__ import annotations
 
 import builtins
+import errno
 import hashlib
 import json
 import os
@@ -87,6 +88,17 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def disk_full_error(exc: BaseException | None) -> OSError | None:
+    """The ``OSError`` saying the disk or the quota is full in ``exc`` or its causes, else None."""
+    seen = 0
+    while exc is not None and seen < 16:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
 
 
 class CheckpointManager:
@@ -156,8 +168,17 @@ class CheckpointManager:
                 shutil.rmtree(final)
             os.rename(tmp, final)
             _fsync_dir(self.directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)  # never leave half a checkpoint behind
+            full = disk_full_error(exc)
+            if full is not None:  # retrying cannot help: say where and what to do
+                raise CheckpointError(
+                    f"no space left on device writing checkpoint step {step} to {self.directory} "
+                    f"({full.strerror or full})",
+                    fix=f"free space in {self.directory} or set checkpoint.dir to a volume with room "
+                    "(a lower checkpoint.keep keeps fewer); then `orchestrator resume JOB` continues from "
+                    "the latest complete checkpoint",
+                ) from exc
             raise
         self.prune()
         return CheckpointInfo(final, step, epoch, manifest)

@@ -271,7 +271,10 @@ def save_checkpoint(
     }
 
     def write(directory: Path) -> None:
-        torch.save(state, directory / STATE_FILE)
+        # through a Python file: a full disk raises OSError(ENOSPC), where torch's own writer on a
+        # path raises "unexpected pos" (CheckpointManager.save turns ENOSPC into a clear error)
+        with (directory / STATE_FILE).open("wb") as fh:
+            torch.save(state, fh)
 
     return sess.save_checkpoint(
         write, epoch=epoch, step=step,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.runtime import session as session_mod
+from orchestrator.runtime.checkpoints import disk_full_error
 from orchestrator.runtime.data import PreparedData
 from orchestrator.runtime.session import Collectives, JobPaths, LocalCollectives, TrainSession
 from orchestrator.spec.models import JobSpec
@@ -111,8 +112,11 @@ def _run(sess: TrainSession, spec: JobSpec, config: dict[str, Any], builtin: Cal
             else:
                 builtin()
     except BaseException as exc:
+        # a full disk does not go away when Ray Train restarts the workers: the driver fails the job
+        # at once instead of spending failure.max_failures on it
         sess.emit({"type": "worker_error", "error": f"{type(exc).__name__}: {exc}",
-                   "traceback": traceback.format_exc()}, wait=True)
+                   "traceback": traceback.format_exc(), "permanent": disk_full_error(exc) is not None},
+                  wait=True)
         raise
     finally:
         _report_peak_memory(sess)

@@ -54,7 +54,11 @@ def baseline(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> d
     return last_json(run_cli(["submit", str(path), "-o", "json", "-q"], env, check=True).stdout)
 
 
-@pytest.mark.parametrize(("kind", "rank"), [("exception", 0), ("sigkill", 1), ("hang", 1)])
+@pytest.mark.parametrize(("kind", "rank"), [
+    ("exception", 0),
+    pytest.param("sigkill", 1, marks=pytest.mark.smoke),  # `make test`: a real SIGKILL, recovered
+    ("hang", 1),
+])
 def test_job_survives_an_injected_failure(
     kind: str, rank: int, env: dict[str, str], baseline: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -64,6 +68,7 @@ def test_job_survives_an_injected_failure(
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = last_json(proc.stdout)
     assert result["state"] == "succeeded"
+    assert result["metrics"]["epochs"] == 3 and result["metrics"]["val_accuracy"] >= 0.9
     first, second = result["attempts"]
     assert f"injected {kind} on rank {rank}" in first["failure"]
     assert second["restored_step"] == FAIL_AT // EVERY * EVERY  # the last checkpoint before the failure

@@ -32,6 +32,7 @@ def cnn_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.mark.heavy
+@pytest.mark.smoke
 def test_cnn_reaches_95_percent_validation_accuracy(cnn_run: dict[str, Any]) -> None:
     result = cnn_run["result"]
     assert result["state"] == "succeeded"
@@ -44,6 +45,7 @@ def test_cnn_reaches_95_percent_validation_accuracy(cnn_run: dict[str, Any]) -> 
 
 
 @pytest.mark.heavy
+@pytest.mark.smoke
 def test_json_output_has_the_documented_fields(cnn_run: dict[str, Any]) -> None:
     result = cnn_run["result"]
     for key in ("job_id", "state", "metrics", "checkpoint", "model_path", "tensorboard_dir", "attempts"):
@@ -73,6 +75,7 @@ def test_each_worker_trained_on_a_disjoint_shard(cnn_run: dict[str, Any]) -> Non
 
 
 @pytest.mark.heavy
+@pytest.mark.smoke
 def test_tensorboard_events_have_the_epoch_scalars(cnn_run: dict[str, Any]) -> None:
     assert_epoch_scalars(cnn_run["result"]["tensorboard_dir"], 10, cnn_run["result"]["metrics"]["val_accuracy"])
 
@@ -96,6 +99,7 @@ def test_saved_models_load_and_predict(cnn_run: dict[str, Any]) -> None:
 
 
 @pytest.mark.heavy
+@pytest.mark.smoke
 def test_job_records_work_across_cli_invocations(cnn_run: dict[str, Any]) -> None:
     env, job_id = cnn_run["env"], cnn_run["result"]["job_id"]
     listed = last_json(run_cli(["list", "--output", "json"], env, check=True).stdout)

@@ -66,6 +66,7 @@ def first_run(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     return last_json(proc.stdout)
 
 
+@pytest.mark.smoke
 def test_a_job_runs_on_the_cluster_and_reaches_the_accuracy(first_run: dict[str, Any]) -> None:
     assert first_run["state"] == "succeeded", first_run
     assert first_run["backend"] == "ray"
@@ -73,6 +74,7 @@ def test_a_job_runs_on_the_cluster_and_reaches_the_accuracy(first_run: dict[str,
     assert first_run["dashboard_url"] == f"{DASHBOARD}/#/jobs/{first_run['job_id']}"
 
 
+@pytest.mark.smoke
 def test_the_ray_jobs_api_lists_it_under_its_name(first_run: dict[str, Any], env: dict[str, str]) -> None:
     info = jobs_api().get_job_info(first_run["job_id"])
     assert info.submission_id == first_run["job_id"]

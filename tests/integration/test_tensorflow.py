@@ -103,6 +103,31 @@ def small_tf_job(tmp_path: Path, epochs: int, **extra: Any) -> Path:
     return small_job(tmp_path, epochs, name=extra.pop("name", "small-tf"), framework="tensorflow", **extra)
 
 
+@pytest.mark.smoke
+def test_one_mwms_epoch_on_two_workers_trains_each_on_its_shard(ray_address: str, tmp_path: Path) -> None:
+    """`make test`'s tensorflow job: one epoch of two MultiWorkerMirroredStrategy workers."""
+    env = cli_env(tmp_path / "home", ray_address)
+    result = last_json(run_cli(["submit", str(small_tf_job(tmp_path, 1)), "-o", "json", "-q"], env,
+                               check=True).stdout)
+    assert result["state"] == "succeeded"
+    assert result["sync_backend"].startswith("mwms-")  # MultiWorkerMirroredStrategy across 2 workers
+    metrics = result["metrics"]
+    assert metrics["epochs"] == 1
+    assert 0.5 <= metrics["val_accuracy"] <= 1.0, metrics  # one epoch learns most digits (chance: 0.1)
+    assert 0.0 < metrics["val_loss"] < 2.3, metrics  # below chance's ln(10) = 2.30
+    assert metrics["samples_per_second"] > 0
+    assert Path(result["checkpoint"]).name == "ckpt-0000000020"  # 1 epoch x 20 steps
+    shards = json.loads((Path(result["job_dir"]) / "shards.json").read_text())
+    a, b = set(shards["0"]["1"]), set(shards["1"]["1"])
+    assert len(a) == len(b) > 600 and not a & b  # each worker its own half of the 1,259 training digits
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(result["tensorboard_dir"])
+    events.Reload()
+    [point] = events.Scalars("accuracy/validation")
+    assert point.step == 1 and abs(point.value - metrics["val_accuracy"]) <= 1e-6
+
+
 def test_a_tensorflow_job_resumes_at_the_next_epoch(ray_address: str, tmp_path: Path) -> None:
     env = cli_env(tmp_path / "home", ray_address)
     first = last_json(run_cli(["submit", str(small_tf_job(tmp_path, 2)), "-o", "json", "-q"], env, check=True).stdout)
