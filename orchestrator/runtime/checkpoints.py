@@ -137,8 +137,8 @@ class CheckpointManager:
         final = self.directory / f"{PREFIX}{step:010d}"
         tag = f"{self.owner}-" if self.owner else ""
         tmp = self.directory / f"{TMP_PREFIX}{tag}{final.name}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(mode=0o700)
         try:
+            tmp.mkdir(mode=0o700)  # inside the try: a full disk can refuse the directory itself
             write(tmp)
             files = {}
             for item in sorted(tmp.rglob("*")):
