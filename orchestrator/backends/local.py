@@ -16,12 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from orchestrator.backends.base import Backend, EventHandler, SubmitOptions
 from orchestrator.backends.driver import Driver, check_framework_available, job_paths
 from orchestrator.errors import UsageError
 from orchestrator.private import private_dir, private_file, write_private_text
+from orchestrator.spec.loader import dump_yaml
 from orchestrator.spec.models import JobSpec
 from orchestrator.store import ACTIVE_STATES, JobRecord, JobState, JobStore, process_alive, require_job_id
 
@@ -86,7 +85,7 @@ class LocalBackend(Backend):
         else:
             record = self.store.create(make(job_id))
             private_dir(record.job_dir)
-        write_private_text(record.job_dir / "spec.yaml", yaml.safe_dump(spec_json, sort_keys=False))
+        write_private_text(record.job_dir / "spec.yaml", dump_yaml(spec_json))
         return record
 
     def submit(

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from orchestrator.backends.base import Backend, SubmitOptions, backend_names, get_backend
 from orchestrator.cli import (
@@ -23,6 +22,7 @@ from orchestrator.cli import (
 from orchestrator.cli.ui import LiveProgress, jobs_table, stdout_console, summary_table
 from orchestrator.errors import NotAvailableError, UsageError
 from orchestrator.spec import load_spec
+from orchestrator.spec.loader import dump_yaml
 from orchestrator.spec.models import JobSpec
 from orchestrator.store import JobRecord, JobState
 
@@ -113,7 +113,7 @@ def submit(
         if output == "json":
             emit_json(plan)
         else:
-            click.echo(yaml.safe_dump(plan, sort_keys=False).rstrip())
+            click.echo(dump_yaml(plan).rstrip())
         return
     ui = None if output == "json" and quiet else LiveProgress(quiet=quiet)
     try:

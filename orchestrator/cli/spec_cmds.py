@@ -8,6 +8,7 @@ import click
 
 from orchestrator.cli import OUTPUT_OPTION, emit_json, handle_errors, main
 from orchestrator.spec import job_spec_json_schema, load_spec
+from orchestrator.spec.loader import dump_yaml
 
 
 @main.command()
@@ -28,7 +29,6 @@ def validate(spec_path: str, overrides: tuple[str, ...], output: str) -> None:
     if output == "json":
         emit_json({"valid": True, "spec": spec.model_dump(mode="json")})
     else:
-        import yaml
 
         click.echo(f"{spec_path}: valid")
-        click.echo(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False).rstrip())
+        click.echo(dump_yaml(spec.model_dump(mode="json")).rstrip())

@@ -9,11 +9,11 @@ from __future__ import annotations
 import sys
 
 import click
-import yaml
 
 from orchestrator.cli import OUTPUT_OPTION, emit_json, exit_code_for_state, handle_errors, main, settings_of
 from orchestrator.cli.ui import stdout_console
 from orchestrator.errors import UsageError
+from orchestrator.spec.loader import dump_yaml
 from orchestrator.store import ACTIVE_STATES, JobRecord, JobState, JobStore
 from orchestrator.sweep.loader import load_sweep_spec
 
@@ -75,7 +75,7 @@ def tune(ctx: click.Context, spec_path: str, overrides: tuple[str, ...], backend
         if output == "json":
             emit_json(plan)
         else:
-            click.echo(yaml.safe_dump(plan, sort_keys=False).rstrip())
+            click.echo(dump_yaml(plan).rstrip())
         return
     from orchestrator.cli.sweep_ui import LiveSweep
     from orchestrator.sweep.runner import SweepDriver, create_sweep_record

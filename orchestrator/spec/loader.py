@@ -58,6 +58,31 @@ _LEGACY_OCTAL = re.compile(r"^[-+]?0[0-7_]+$")
 #: A YAML 1.2 float PyYAML reads as a string (``1e-3``: 1.1 floats need a dot).
 _FLOAT_12 = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$")
 
+class SpecDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, quoting the strings this loader would read back as numbers.
+
+    PyYAML quotes ``"1:30"`` and ``"010"`` (its YAML 1.1 resolver reads them as numbers) but not
+    ``"1e3"``, which :func:`parse_yaml_text` reads as a float (YAML 1.2): without the quotes a
+    spec written out (``spec.yaml``, a ConfigMap, a sweep's best spec) would not read back the same.
+    """
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    if _FLOAT_12.match(value):
+        return dumper.represent_scalar(_STR_TAG, value, style="'")
+    return dumper.represent_str(value)
+
+
+SpecDumper.add_representer(str, _represent_str)
+
+
+def dump_yaml(data: Any, **kwargs: Any) -> str:
+    """``yaml.safe_dump(data, sort_keys=False)`` that reads back identically through this loader."""
+    kwargs.setdefault("sort_keys", False)
+    return yaml.dump(data, Dumper=SpecDumper, **kwargs)
+
+
+
 _SCALAR_TAGS = {
     "tag:yaml.org,2002:null",
     "tag:yaml.org,2002:bool",

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from orchestrator.settings import Settings
+from orchestrator.spec.loader import dump_yaml
 from orchestrator.sweep.models import AshaScheduler, PbtScheduler, SweepSpec
 
 
@@ -94,7 +93,7 @@ def kubernetes_manifests(sweep: SweepSpec, namespace: str, spec_path: str | None
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": spec_configmap_name(rayjob_name(sweep.name, "")), "namespace": namespace,
                      "labels": _labels(owner)},
-        "data": {SPEC_FILE: yaml.safe_dump(data, sort_keys=False)},
+        "data": {SPEC_FILE: dump_yaml(data)},
     }
     return {
         "placement": {"pool": pool.name, "from": f"assumed pool {pool.name} with room for {concurrent} trials",

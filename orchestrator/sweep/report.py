@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import yaml
+from orchestrator.spec.loader import dump_yaml
 
 
 @dataclass(frozen=True)
@@ -110,4 +110,4 @@ def best_spec_yaml(spec: Mapping[str, Any], row: TrialRow, sweep_id: str, metric
         "# Its parameters: " + ", ".join(f"{k} = {v!r}" for k, v in row.params.items()),
         "# Train it as a job: orchestrator submit THIS_FILE",
     ]
-    return "\n".join(header) + "\n" + yaml.safe_dump(dict(spec), sort_keys=False)
+    return "\n".join(header) + "\n" + dump_yaml(dict(spec))

@@ -29,11 +29,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-import yaml
-
 from orchestrator.backends.driver import attach_job_log, detach_job_log, shutdown_ray
 from orchestrator.errors import OrchestratorError, TrainingError
+from orchestrator.private import write_private_text
 from orchestrator.settings import Settings
+from orchestrator.spec.loader import dump_yaml
 from orchestrator.store import ACTIVE_STATES, JobRecord, JobState, JobStore, process_start_time
 from orchestrator.sweep.models import SweepSpec
 from orchestrator.sweep.report import (
@@ -88,7 +88,7 @@ def create_sweep_record(settings: Settings, sweep: SweepSpec, backend: str = "lo
                                  **({"ray_address": ray_address} if ray_address else {})})
 
     record = store.create_new(sweep.name, make)  # the row first: a taken id never overwrites a sweep's files
-    (record.job_dir / "sweep.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    write_private_text(record.job_dir / "sweep.yaml", dump_yaml(data))
     return record
 
 

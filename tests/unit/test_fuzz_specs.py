@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.cli import main
-from orchestrator.spec.loader import MAX_SPEC_BYTES
+from orchestrator.spec.loader import MAX_SPEC_BYTES, dump_yaml, parse_yaml_text
 
 SETTINGS = settings(
     derandomize=True,
@@ -51,6 +51,7 @@ EXAMPLES = {
     "raw_text": 300,
     "sweeps": 250,
     "file_kinds": 27,  # every kind with every verb
+    "round_trip": 300,
 }
 
 VALID = {
@@ -297,6 +298,28 @@ def test_file_kinds(tmp_path_factory: pytest.TempPathFactory, home: Path, kind: 
     finally:
         if kind == "unreadable":
             Path(path).chmod(0o600)
+
+
+_SCALARS = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=20),  # control characters are refused
+    st.from_regex(r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?", fullmatch=True),
+    st.from_regex(r"[0-9]{1,3}(:[0-5][0-9]){1,2}", fullmatch=True),
+    st.integers(min_value=-(2**63) + 1, max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.none(),
+)
+
+
+@settings(SETTINGS, max_examples=EXAMPLES["round_trip"])
+@given(st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,11}", fullmatch=True), _SCALARS, max_size=6))
+def test_what_orchestrator_writes_as_yaml_reads_back_the_same(params: dict[str, Any]) -> None:
+    """spec.yaml, ConfigMaps and best specs are written with dump_yaml: strings such as '1e3' or
+    '1:30' stay strings, numbers stay numbers, through the same loader that reads specs."""
+    COUNTS["round_trip"] += 1
+    data = {"name": "1e3", "model": {"type": "cnn"}, "params": params}
+    assert parse_yaml_text(dump_yaml(data), "round-trip").data == data
+
 
 
 def test_the_fuzz_budget_is_recorded() -> None:

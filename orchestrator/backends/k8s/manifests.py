@@ -30,8 +30,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from orchestrator.backends.k8s import (
     API_VERSION,
     JOB_LABEL,
@@ -49,6 +47,7 @@ from orchestrator.backends.k8s import (
 from orchestrator.backends.k8s.pools import GPU_RESOURCE, TPU_RESOURCE, gke_node_selector, is_tpu
 from orchestrator.scheduler import NodePool
 from orchestrator.scheduler.cluster import CPU
+from orchestrator.spec.loader import dump_yaml
 from orchestrator.spec.models import JobSpec, parse_memory
 
 DEFAULT_IMAGE = "ghcr.io/orchestrator-dev/orchestrator:0.1.0"
@@ -142,7 +141,7 @@ def spec_configmap(job: Mapping[str, Any], spec: JobSpec, config: RuntimeConfig)
     """The ConfigMap holding the spec the driver runs (mounted in the Ray head pod)."""
     meta = job["metadata"]
     name = spec_configmap_name(rayjob_name(meta["name"], meta.get("uid", "")))
-    text = yaml.safe_dump(cluster_paths(spec_data(spec), config.workdir), sort_keys=False)
+    text = dump_yaml(cluster_paths(spec_data(spec), config.workdir))
     return {
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": name, "namespace": meta["namespace"], "labels": _labels(job),
