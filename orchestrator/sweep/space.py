@@ -62,6 +62,18 @@ class Dimension:
     def is_finite(self) -> bool:
         return self.kind in LIST_KINDS
 
+    @property
+    def draws_whole_numbers(self) -> bool:
+        """A quantised range whose low, high and q are all integers draws integers.
+
+        Ray Tune's ``quniform(16, 64, 16)`` draws floats (32.0), which an integer field such as
+        ``training.batch_size`` refuses; such a dimension runs as ``qrandint`` / ``qlograndint``
+        (high inclusive, like ``quniform``), so it draws 16, 32, 48 or 64.
+        """
+        return self.kind in ("quniform", "qloguniform") and all(
+            isinstance(a, int) and not isinstance(a, bool) for a in self.args[:3]
+        )
+
     def clip(self, value: Any) -> Any:
         """``value`` brought back into a range's bounds (PBT multiplies values by 0.8 or 1.2 unclipped)."""
         if self.kind in LIST_KINDS or not _is_number(value):
@@ -69,6 +81,8 @@ class Dimension:
         low, high = self.args[0], self.args[1]
         if self.kind in ("randint", "lograndint"):
             return int(min(max(int(round(value)), int(low)), int(high) - 1))
+        if self.draws_whole_numbers:
+            return int(min(max(int(round(value)), int(low)), int(high)))
         return min(max(float(value), float(low)), float(high))
 
     def samples_for_validation(self) -> list[Any]:
@@ -78,6 +92,8 @@ class Dimension:
         low, high = self.args[0], self.args[1]
         if self.kind in ("randint", "lograndint"):
             return [int(low), int(high) - 1]
+        if self.draws_whole_numbers:
+            return [int(low), int(high)]
         ends = [float(low), float(high)]
         if self.kind in ("uniform", "loguniform"):  # draws have fractions: an int field must refuse them
             ends.append(float(low) + (float(high) - float(low)) * 0.37)
@@ -174,6 +190,10 @@ def to_ray(dim: Dimension, *, grid_all: bool = False) -> Any:
         return tune.grid_search(dim.values)
     if dim.kind == "choice":
         return tune.choice(dim.values)
+    if dim.draws_whole_numbers:
+        whole = tune.qrandint if dim.kind == "quniform" else tune.qlograndint
+        low, high, q = dim.args[:3]
+        return whole(low, high + 1 if q == 1 else high, q)  # Ray: high is exclusive when q is 1
     sampler = getattr(tune, dim.kind)
     return sampler(*dim.args)
 

@@ -16,7 +16,7 @@ from orchestrator.cli import main
 from orchestrator.errors import NotAvailableError, SpecError
 from orchestrator.sweep.loader import apply_params, load_sweep_spec
 from orchestrator.sweep.models import AshaScheduler, SweepSpec
-from orchestrator.sweep.space import ExpressionError, grid_size, parse_expression
+from orchestrator.sweep.space import ExpressionError, grid_size, parse_expression, to_ray
 from tests.conftest import REPO
 
 SWEEP_FILE = REPO / "jobs" / "cnn-sweep.yaml"
@@ -288,3 +288,23 @@ def test_resume_of_a_ray_backend_sweep_joins_its_cluster_again(tmp_path: Path, m
     monkeypatch.setattr(runner, "SweepDriver", FakeDriver)
     CliRunner().invoke(main, ["resume", "sweep-2", "-q"], env={"ORCHESTRATOR_HOME": str(tmp_path), "RAY_ADDRESS": ""})
     assert seen == {"address": "10.0.0.5:6379", "resume": True}
+
+
+def test_a_quantised_range_of_whole_numbers_draws_integers_for_an_integer_field(tmp_path: Path) -> None:
+    """quniform(16, 64, 16) on training.batch_size: Ray's quniform draws 32.0, which the strict
+    integer field refuses; the dimension runs as qrandint (high inclusive, like quniform)."""
+    path = write(tmp_path, """\
+        search_space:
+          training.batch_size: quniform(16, 64, 16)
+          training.epochs: qloguniform(1, 4, 1)
+        num_samples: 2
+    """)
+    dims = load_sweep_spec(path).tune.dimensions
+    batch, epochs = dims["training.batch_size"], dims["training.epochs"]
+    assert batch.draws_whole_numbers and batch.samples_for_validation() == [16, 64]
+    assert batch.clip(70.2) == 64 and isinstance(batch.clip(70.2), int)
+    draws = {to_ray(batch).sample() for _ in range(300)}
+    assert draws == {16, 32, 48, 64}
+    assert {to_ray(epochs).sample() for _ in range(400)} == {1, 2, 3, 4}  # q=1: Ray's high is exclusive
+    fractional = parse_expression("quniform(0.1, 0.5, 0.1)")
+    assert not fractional.draws_whole_numbers and isinstance(to_ray(fractional).sample(), float)
