@@ -240,7 +240,10 @@ class Driver:
 
         spec = self.spec
         log.info("job %s (%s): %s", self.record.id, spec.framework, json.dumps(self.record.spec))
-        check_owner(self.paths["checkpoint_dir"], self.paths["job_id"], create=True)  # before Ray starts
+        # Before Ray starts. On a Ray of its own this machine is where the workers write, so the
+        # job claims the directory here; on a cluster (RAY_ADDRESS: the ray and kubernetes backends)
+        # the head may not even see the workers' storage: only check, rank 0 claims it.
+        check_owner(self.paths["checkpoint_dir"], self.paths["job_id"], create=not self.settings.local_ray_address)
         data = prepare_data(spec.data, spec.training.seed)
         summary = data.summary()
         log.info("data: %s", json.dumps(summary))

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Callable
@@ -137,13 +138,18 @@ class CheckpointManager:
         final = self.directory / f"{PREFIX}{step:010d}"
         tag = f"{self.owner}-" if self.owner else ""
         tmp = self.directory / f"{TMP_PREFIX}{tag}{final.name}-{uuid.uuid4().hex[:8]}"
+        # Weights are the user's: owner-only, whatever the writer's umask, in a directory that is
+        # owner-only itself (the job's, or one we created); a checkpoint.dir the user shares with
+        # a group on purpose keeps sharing what is written into it (the umask decides).
+        private = stat.S_IMODE(self.directory.stat().st_mode) & 0o077 == 0
         try:
-            tmp.mkdir(mode=0o700)  # inside the try: a full disk can refuse the directory itself
+            tmp.mkdir(mode=0o700 if private else 0o777)  # inside the try: a full disk can refuse it
             write(tmp)
             files = {}
             for item in sorted(tmp.rglob("*")):
                 if item.is_file():
-                    os.chmod(item, 0o600)  # weights are the user's: owner-only, whatever the writer's umask
+                    if private:
+                        os.chmod(item, 0o600)
                     with item.open("rb+") as fh:
                         os.fsync(fh.fileno())
                     files[str(item.relative_to(tmp))] = {
@@ -160,7 +166,8 @@ class CheckpointManager:
             }
             manifest_path = tmp / MANIFEST
             manifest_path.write_text(json.dumps(manifest, indent=1))
-            os.chmod(manifest_path, 0o600)
+            if private:
+                os.chmod(manifest_path, 0o600)
             with manifest_path.open("rb+") as fh:
                 os.fsync(fh.fileno())
             _fsync_dir(tmp)
@@ -281,18 +288,24 @@ def check_owner(directory: Path | str, job_id: str, *, create: bool = False) -> 
     directory = Path(directory)
     marker = directory / OWNER_FILE
     if create:
-        private_dir(directory)
         try:
+            private_dir(directory)
             fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             pass
+        except OSError as exc:
+            raise CheckpointError(
+                f"checkpoint.dir {directory}: cannot create it or its owner file ({exc.strerror or exc})",
+                fix="set checkpoint.dir to a directory this user can write (on a cluster: storage mounted "
+                "on every node), or leave it out to use the job's directory",
+            ) from None
         else:
             with os.fdopen(fd, "w") as fh:
                 fh.write(job_id + "\n")
             return
     try:
         owner = marker.read_text(encoding="utf-8", errors="replace").strip()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (yet): nobody owns it
         return
     except OSError as exc:
         raise CheckpointError(
@@ -301,9 +314,16 @@ def check_owner(directory: Path | str, job_id: str, *, create: bool = False) -> 
         ) from None
     if owner == job_id:
         return
-    if not owner and create:  # a claim cut short between creating the file and writing it
-        marker.write_text(job_id + "\n", encoding="utf-8")
-        return
+    if not owner:
+        # Another job is between creating the file and writing its id, or such a claim was cut
+        # short. A check alone lets it pass (the claim decides); a claim replaces the empty file
+        # atomically and reads it back, so of two jobs racing here exactly one finds its own id.
+        if not create:
+            return
+        _replace_owner(marker, job_id)
+        owner = marker.read_text(encoding="utf-8", errors="replace").strip()
+        if owner == job_id:
+            return
     shown = owner[:80] or "(empty)"
     raise UsageError(
         f"checkpoint.dir {directory} belongs to job {shown} ({marker}); two jobs in one checkpoint "
@@ -312,3 +332,18 @@ def check_owner(directory: Path | str, job_id: str, *, create: bool = False) -> 
         f"to continue job {shown}, `orchestrator resume {shown}`; if that job is gone and its checkpoints "
         f"should be taken over, delete {marker}",
     )
+
+
+def _replace_owner(marker: Path, job_id: str) -> None:
+    tmp = marker.with_name(f"{marker.name}.{job_id}.{uuid.uuid4().hex[:8]}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(job_id + "\n")
+        os.replace(tmp, marker)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"checkpoint.dir {marker.parent}: cannot write its owner file ({exc.strerror or exc})",
+            fix="set checkpoint.dir to a directory this user can write, or leave it out",
+        ) from None

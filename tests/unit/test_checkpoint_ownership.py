@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.errors import UsageError
+from orchestrator.errors import CheckpointError, UsageError
 from orchestrator.runtime.checkpoints import OWNER_FILE, CheckpointManager, check_owner
 from orchestrator.runtime.session import JobPaths, LocalCollectives, TrainSession
 
@@ -187,3 +187,27 @@ def test_a_trainingjob_owns_its_checkpoint_dir_across_runs() -> None:
     )
     assert job_paths(record, spec)["job_id"] == "t-abcdef"
     assert job_paths(record, spec, owner=settings.checkpoint_owner)["job_id"] == "ns-train-1234abcd"
+
+
+def test_an_empty_owner_file_is_claimed_by_exactly_one_job(tmp_path: Path) -> None:
+    """A claim cut short between creating the owner file and writing the id: a check lets the job
+    pass (its claim decides), a claim takes the directory, and a second claimer is refused."""
+    directory = tmp_path / "ckpts"
+    directory.mkdir()
+    (directory / OWNER_FILE).write_text("")
+    check_owner(directory, "job-a")  # a check only: no refusal naming "(empty)"
+    check_owner(directory, "job-a", create=True)
+    assert (directory / OWNER_FILE).read_text().strip() == "job-a"
+    with pytest.raises(UsageError, match="belongs to job job-a"):
+        check_owner(directory, "job-b", create=True)
+    assert sorted(p.name for p in directory.iterdir()) == [OWNER_FILE]  # no temporary left
+
+
+def test_a_checkpoint_dir_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(CheckpointError) as info:
+        check_owner(blocker / "ckpts", "job-a", create=True)
+    assert "cannot create it or its owner file" in info.value.message
+    assert "set checkpoint.dir to a directory this user can write" in str(info.value.fix)
+    check_owner(blocker / "ckpts", "job-a")  # a check alone (a cluster's head) finds nothing to refuse

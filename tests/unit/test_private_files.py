@@ -124,3 +124,20 @@ def test_a_group_readable_token_is_warned_about(token: Path, capsys: pytest.Capt
     os.chmod(token, 0o640)
     assert ray_local.warn_if_token_readable(token) is True
     assert "(mode 0640)" in capsys.readouterr().err
+
+
+def test_checkpoints_in_a_directory_shared_on_purpose_stay_readable_by_its_group(tmp_path: Path) -> None:
+    def write(directory: Path) -> None:
+        (directory / "state.pt").write_bytes(b"weights")
+
+    shared = tmp_path / "team-ckpts"
+    shared.mkdir()
+    os.chmod(shared, 0o750)
+    old = os.umask(0o027)
+    try:
+        info = CheckpointManager(shared, owner="cnn-888888").save(write, step=3, epoch=1)
+    finally:
+        os.umask(old)
+    assert mode(shared) == 0o750
+    assert mode(info.path) == 0o750 and mode(info.path / "state.pt") == 0o640
+    assert mode(info.path / "manifest.json") == 0o640
