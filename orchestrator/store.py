@@ -242,6 +242,13 @@ class JobStore:
             except FileExistsError:  # another process made it between our check and now
                 self.delete(record.id)
                 continue
+            except OSError as exc:  # no room, no permission: no record without its directory
+                self.delete(record.id)
+                raise JobStoreError(
+                    f"cannot create the job directory {record.job_dir}: {exc.strerror or exc}",
+                    fix=f"free space in or fix the permissions of {record.job_dir.parent} "
+                    "(or set ORCHESTRATOR_HOME to a writable directory)",
+                ) from None
             return record
         raise JobStoreError(f"could not find an unused job id for {name!r} in {self.id_attempts} tries",
                             fix="retry; if it keeps failing, give the job another name")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from orchestrator.cli import OUTPUT_OPTION, emit_json, handle_errors, main, settings_of
 from orchestrator.errors import UsageError
+
+if TYPE_CHECKING:
+    from orchestrator.spec.models import JobSpec
 
 SHOWN = 20
 
@@ -124,9 +127,13 @@ def compare(ctx: click.Context, spec_path: str, frameworks: str, overrides: tupl
         raise UsageError(f"--frameworks {frameworks!r}: unknown framework {', '.join(bad) or '(none)'}",
                          fix="give torch, tensorflow or both: --frameworks torch,tensorflow")
     specs = [load_spec(spec_path, [*overrides, f"framework={f}"]) for f in chosen]  # every spec valid first
+    # One checkpoint directory belongs to one job: each run checkpoints into a folder of its own
+    # under the spec's checkpoint.dir, and every one is checked before the first run starts.
+    specs = [_own_checkpoint_dir(spec) for spec in specs]
+    backend = LocalBackend(settings_of(ctx))
     for spec in specs:
         check_framework_available(spec)
-    backend = LocalBackend(settings_of(ctx))
+        backend.refuse_owned_checkpoint_dir(spec)
     rows = []
     for spec in specs:
         ui = None if output == "json" and quiet else LiveProgress(quiet=quiet)
@@ -151,3 +158,11 @@ def compare(ctx: click.Context, spec_path: str, frameworks: str, overrides: tupl
         stdout_console().print(table)
     if any(row["state"] != "succeeded" for row in rows):
         sys.exit(1)
+
+
+def _own_checkpoint_dir(spec: JobSpec) -> JobSpec:
+    """``spec`` with ``checkpoint.dir`` set to ``<checkpoint.dir>/<framework>`` when it names one."""
+    if not spec.checkpoint.dir:
+        return spec
+    own = str(Path(spec.checkpoint.dir) / spec.framework)
+    return spec.model_copy(update={"checkpoint": spec.checkpoint.model_copy(update={"dir": own})})

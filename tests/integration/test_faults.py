@@ -94,17 +94,17 @@ class PrivateHead:
 
         # Ray's socket paths must stay under ~107 characters: pytest's tmp_path is too long
         self.temp_dir = tempfile.mkdtemp(prefix="orh-", dir="/tmp")
-        self.port = free_port()
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("RAY_ADDRESS", None)
-        cmd = [sys.executable, "-m", "orchestrator.backends.ray_startup", "start", "--head",
-               f"--port={self.port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
-               "--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
-               f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-               f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-               f"--metrics-export-port={free_port()}", f"--dashboard-port={free_port()}"]
         last = None
-        for _ in range(3):  # a very busy machine can miss Ray's start-up deadlines
+        for _ in range(3):  # a very busy machine can miss Ray's start-up deadlines; a port can be taken
+            self.port = free_port()  # fresh ports each try: one taken since it was chosen fails the start
+            cmd = [sys.executable, "-m", "orchestrator.backends.ray_startup", "start", "--head",
+                   f"--port={self.port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
+                   "--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
+                   f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+                   f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+                   f"--metrics-export-port={free_port()}", f"--dashboard-port={free_port()}"]
             last = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
             if last.returncode == 0:
                 break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +56,19 @@ def test_compare_refuses_an_unknown_framework_before_running_anything() -> None:
 def test_compare_refuses_a_bad_override_with_its_field_path() -> None:
     proc = compare("jobs/cnn.yaml", "--set", "training.epochs=zero")
     assert proc.returncode == 2 and "training.epochs" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_compare_checks_every_runs_checkpoint_dir_before_the_first_run(tmp_path: Path) -> None:
+    """Each framework checkpoints into <checkpoint.dir>/<framework>; one owned by another job
+    (the tensorflow run's here) stops compare before the torch run trains anything."""
+    owned = tmp_path / "ckpts" / "tensorflow"
+    owned.mkdir(parents=True)
+    (owned / ".orchestrator-job").write_text("older-job-123456\n")
+    env = {**os.environ, "ORCHESTRATOR_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "compare", "jobs/cnn.yaml",
+                           "--set", f"checkpoint.dir={tmp_path / 'ckpts'}"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert f"checkpoint.dir {owned} belongs to job older-job-123456" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "home").exists() and not (tmp_path / "ckpts" / "torch").exists()  # nothing ran

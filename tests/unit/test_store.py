@@ -257,3 +257,17 @@ def test_ids_run_out_after_a_few_tries(tmp_path: Path, monkeypatch: pytest.Monke
     with pytest.raises(JobStoreError, match="unused job id"):
         store.create_new("same", make)
     assert len(store.list()) == 1
+
+
+def test_a_job_directory_that_cannot_be_made_leaves_no_record(tmp_path: Path) -> None:
+    from orchestrator.errors import JobStoreError
+
+    store = JobStore(tmp_path / "jobs.db")
+    blocker = tmp_path / "jobs"
+    blocker.write_text("a file where the jobs directory goes")
+    make = lambda job_id: JobRecord(id=job_id, name="nodir", backend="local", state=JobState.PENDING,  # noqa: E731
+                                    spec={}, job_dir=blocker / job_id, created_at=time.time())
+    with pytest.raises(JobStoreError, match="cannot create the job directory") as info:
+        store.create_new("nodir", make)
+    assert "ORCHESTRATOR_HOME" in str(info.value.fix)
+    assert store.list() == []  # the row inserted first was taken back
