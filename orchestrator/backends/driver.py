@@ -209,8 +209,8 @@ class Driver:
             log.error("driver error:\n%s", traceback.format_exc())
             return self._finish(JobState.FAILED, f"driver error: {type(exc).__name__}: {exc}")
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             self._shutdown()
 
     def _start_metrics(self) -> None:

@@ -165,11 +165,15 @@ def simulate(
     ) as progress:
         for name in policies:
             task = progress.add_task(f"replaying with {name}", total=total)
+
+            def advance(n: int, task: Any = task) -> None:
+                progress.advance(task, n)
+
             replays, seconds = run_policy(
                 partitions,
                 name,
                 backfill_bound_s=backfill_bound,
-                on_finished=lambda n, task=task: progress.advance(task, n),
+                on_finished=advance,
                 processes=processes,
             )
             progress.update(task, completed=total)

@@ -314,7 +314,9 @@ class WithPreprocessing(nn.Module):
         self.register_buffer("clip_high", clip_high if clip_high is not None else shift.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.shift.dtype)
+        # buffers: mypy reads them as Tensor | Module (nn.Module.__getattr__); TorchScript compiles
+        # this method, so no class-level annotations or casts here
+        x = x.to(self.shift.dtype)  # type: ignore[arg-type]
         if self.clip:
-            x = torch.maximum(torch.minimum(x, self.clip_high), self.clip_low)
-        return self.model((x - self.shift) / self.scale)
+            x = torch.maximum(torch.minimum(x, self.clip_high), self.clip_low)  # type: ignore[arg-type]
+        return self.model((x - self.shift) / self.scale)  # type: ignore[operator]

@@ -142,7 +142,8 @@ class Controller:
         meta = job["metadata"]
         key = job_key(meta["namespace"], meta["name"])
         rayjobs = owned_rayjobs(desired, self.api.list_rayjobs(meta["namespace"], f"{JOB_LABEL}={meta['name']}"))
-        decision, nudge, pool = None, [], None
+        nudge: list[str] = []
+        decision, pool = None, None
         cluster = self.book.cluster
         if needs_placement(desired, rayjobs):
             assert desired.spec is not None  # needs_placement checks it

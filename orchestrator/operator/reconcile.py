@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from orchestrator.backends.k8s import JOB_UID_LABEL, POOL_LABEL
 from orchestrator.backends.k8s.manifests import RuntimeConfig, rayjob_manifest, rayjob_name, spec_configmap
@@ -144,7 +144,7 @@ class _Plan:
 
     def condition(self, kind: str, ok: bool, reason: str, message: str, now: str) -> None:
         """Set a condition; its transition time moves only when its status flips."""
-        value = "True" if ok else "False"
+        value: Literal["True", "False"] = "True" if ok else "False"
         old = self.status.condition(kind)
         when = old.lastTransitionTime if old is not None and old.status == value else now
         new = Condition(type=kind, status=value, reason=reason, message=message, lastTransitionTime=when or None)

@@ -376,7 +376,7 @@ def touch_if_active() -> None:
 
 def report(*, epoch: int, **metrics: float) -> None:
     """Report epoch metrics (rank 0's values are the job's; reduce over ranks first)."""
-    get_session().report(epoch=epoch, **metrics)
+    get_session().report(epoch=epoch, global_step=None, **metrics)
 
 
 def get_data() -> PreparedData:

@@ -82,7 +82,7 @@ class ApiServer(kmock.KubernetesEmulator):
         self.fallback["get /apis/"] << self._serve_apis
 
     async def _serve_api(self, request: rendering.Request) -> Any:
-        payload = await super()._serve_api(request)
+        payload: Any = await super()._serve_api(request)
         payload["serverAddressByClientCIDRs"] = [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]
         return payload
 
@@ -147,7 +147,7 @@ class ApiServer(kmock.KubernetesEmulator):
         return str(next(self._versions))  # type: ignore[call-overload]
 
     def _validate(self, request: rendering.Request, obj: Mapping[str, Any]) -> None:
-        validator = self._validators.get(request.resource)  # type: ignore[call-overload]
+        validator = self._validators.get(request.resource)  # type: ignore[call-overload,arg-type]
         if validator is None:
             return
         errors = schema_errors(validator, obj)
@@ -173,14 +173,14 @@ class ApiServer(kmock.KubernetesEmulator):
                     creationTimestamp=_now())
 
     def _current(self, request: rendering.Request) -> Any:
-        key = (request.resource, request.namespace, request.name)
+        key: Any = (request.resource, request.namespace, request.name)  # kmock's key, its parts set here
         obj = self.objects[key] if key in self.objects else None
         if obj is None or obj.deleted:
             raise kmock.KubernetesObjectNotFoundError()
         return obj
 
     def _has_status(self, request: rendering.Request) -> bool:
-        info = self.resources.get(request.resource) if request.resource in self.resources else None
+        info: Any = self.resources.get(request.resource) if request.resource in self.resources else None  # type: ignore[arg-type]
         return bool(info is not None and "status" in info.subresources)
 
     def _prepare_json_patch(self, request: rendering.Request, ops: list[dict[str, Any]]) -> None:
@@ -247,7 +247,8 @@ class ApiServer(kmock.KubernetesEmulator):
             meta["resourceVersion"] = self._next_version()
             current.create(new)  # a new version of the object (kmock keeps the history)
             raw = current.raw
-            await self._buses[request.resource].put({"type": "MODIFIED", "object": raw})
+            bus = self._buses[request.resource]  # type: ignore[index]
+            await bus.put({"type": "MODIFIED", "object": raw})
         return aiohttp.web.json_response(raw)
 
     # -- reads ----------------------------------------------------------------------------------
@@ -270,7 +271,7 @@ class ApiServer(kmock.KubernetesEmulator):
             raise kmock.KubernetesResourceNotFoundError()
         async with self._lock:
             items = self._selected(request)
-        info = self.resources.get(request.resource) if request.resource in self.resources else None
+        info: Any = self.resources.get(request.resource) if request.resource in self.resources else None  # type: ignore[arg-type]
         kind = (info.kind if info is not None and info.kind else "Object") + "List"
         group_version = "/".join(p for p in (request.resource.group, request.resource.version) if p)  # type: ignore[union-attr]
         return {"apiVersion": group_version, "kind": kind,
@@ -300,7 +301,7 @@ class ApiServer(kmock.KubernetesEmulator):
             await bus.unmark(marker)
 
     async def _serve_version(self, request: rendering.Request) -> Any:
-        payload = await super()._serve_version(request)
+        payload: Any = await super()._serve_version(request)
         if request.resource is not None and request.resource.group == "":
             payload["groupVersion"] = request.resource.version  # core: "v1", not "/v1"
         return payload

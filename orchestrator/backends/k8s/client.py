@@ -99,8 +99,8 @@ class KubeApi:
     def create_training_job(self, body: Mapping[str, Any]) -> dict[str, Any]:
         ns = body["metadata"]["namespace"]
         with api_errors(f"create TrainingJob {ns}/{body['metadata']['name']}"):
-            out: dict[str, Any] = self.custom.create_namespaced_custom_object(
-                GROUP, VERSION, ns, PLURAL, body, field_validation="Strict", _request_timeout=REQUEST_TIMEOUT)
+            out: dict[str, Any] = self.custom.create_namespaced_custom_object(  # type: ignore[assignment]
+                GROUP, VERSION, ns, PLURAL, body, field_validation="Strict", _request_timeout=REQUEST_TIMEOUT)  # type: ignore[arg-type]
         return out
 
     def get_training_job(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -111,8 +111,8 @@ class KubeApi:
 
     def patch_training_job(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any] | None:
         with self._missing_is_none(), api_errors(f"patch TrainingJob {namespace}/{name}"):
-            out: dict[str, Any] = self.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, patch, _request_timeout=REQUEST_TIMEOUT)
+            out: dict[str, Any] = self.custom.patch_namespaced_custom_object(  # type: ignore[assignment]
+                GROUP, VERSION, namespace, PLURAL, name, patch, _request_timeout=REQUEST_TIMEOUT)  # type: ignore[arg-type]
             return out
         return None
 
@@ -137,8 +137,8 @@ class KubeApi:
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         try:
             with api_errors(f"create RayJob {ns}/{name}"):
-                out: dict[str, Any] = self.custom.create_namespaced_custom_object(
-                    RAY_GROUP, RAY_VERSION, ns, RAY_PLURAL, body, _request_timeout=REQUEST_TIMEOUT)
+                out: dict[str, Any] = self.custom.create_namespaced_custom_object(  # type: ignore[assignment]
+                    RAY_GROUP, RAY_VERSION, ns, RAY_PLURAL, body, _request_timeout=REQUEST_TIMEOUT)  # type: ignore[arg-type]
                 return out
         except BackendError as exc:
             if "(HTTP 409)" in exc.message:
@@ -155,7 +155,7 @@ class KubeApi:
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         with api_errors(f"write ConfigMap {ns}/{name}"):
             try:
-                self.core.create_namespaced_config_map(ns, body, _request_timeout=REQUEST_TIMEOUT)
+                self.core.create_namespaced_config_map(ns, body, _request_timeout=REQUEST_TIMEOUT)  # type: ignore[arg-type]
             except self._api_exception as exc:
                 if not _is_status(exc, 409):
                     raise
@@ -185,7 +185,7 @@ class KubeApi:
 
     def create_event(self, namespace: str, event: Mapping[str, Any]) -> None:
         with api_errors(f"post an Event in {namespace}"):
-            self.core.create_namespaced_event(namespace, event, _request_timeout=REQUEST_TIMEOUT)
+            self.core.create_namespaced_event(namespace, event, _request_timeout=REQUEST_TIMEOUT)  # type: ignore[arg-type]
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         with api_errors(f"list Pods in {namespace}"):
@@ -198,7 +198,7 @@ class KubeApi:
         with api_errors(f"read the log of Pod {namespace}/{name}"):
             response = self.core.read_namespaced_pod_log(name, namespace, follow=follow, _preload_content=False)
             pending = b""
-            for chunk in response.stream(4096):
+            for chunk in response.stream(4096):  # type: ignore[attr-defined]
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
@@ -219,7 +219,7 @@ class KubeApi:
 
     def _get(self, group: str, version: str, plural: str, ns: str, name: str, kind: str) -> dict[str, Any] | None:
         with self._missing_is_none(), api_errors(f"read {kind} {ns}/{name}"):
-            out: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            out: dict[str, Any] = self.custom.get_namespaced_custom_object(  # type: ignore[assignment]
                 group, version, ns, plural, name, _request_timeout=REQUEST_TIMEOUT)
             return out
         return None
@@ -234,7 +234,7 @@ class KubeApi:
                 result = self.custom.list_cluster_custom_object(group, version, plural, **kwargs)
             else:
                 result = self.custom.list_namespaced_custom_object(group, version, ns, plural, **kwargs)
-        return list(result.get("items", []))
+        return list(result.get("items", []))  # type: ignore[attr-defined]
 
     def _delete(self, group: str, version: str, plural: str, ns: str, name: str, kind: str) -> bool:
         with self._missing_is_none(), api_errors(f"delete {kind} {ns}/{name}"):
