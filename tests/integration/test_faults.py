@@ -25,7 +25,7 @@ import yaml
 
 from orchestrator.runtime.checkpoints import CheckpointManager
 from orchestrator.store import JobState, JobStore
-from tests.conftest import REPO
+from tests.conftest import REPO, mounted_tmpfs
 from tests.integration.conftest import cli_env, last_json, run_cli, wait_for
 
 pytestmark = pytest.mark.integration
@@ -199,16 +199,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
     Mounting needs root (CAP_SYS_ADMIN), which CI's container has; elsewhere the test is skipped.
     """
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small-disk", "size=16m,mode=0700") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def fill(mount: Path) -> Path:
@@ -281,15 +273,12 @@ def test_a_full_disk_fails_the_job_clearly_and_keeps_the_last_checkpoint(
 def test_a_sweep_whose_driver_is_killed_resumes_keeping_its_finished_trials(
     ray_address: str, tmp_path: Path
 ) -> None:
-    from tests.integration.test_sweeps import RESUME_SWEEP, _halfway, _interrupt_sweep
+    from tests.integration.test_sweeps import RESUME_SWEEP, _interrupt_sweep, one_done_one_halfway
 
     home = tmp_path / "home"
     env = cli_env(home, ray_address)
     spec = tmp_path / "ddp-sweep.yaml"
     spec.write_text(RESUME_SWEEP)
-
-    def one_done_one_halfway(trials: list[dict[str, Any]]) -> bool:
-        return any(t["state"] == "succeeded" for t in trials) and any(_halfway(t) for t in trials)
 
     record, proc, _, _ = _interrupt_sweep(spec, env, one_done_one_halfway, lambda proc, record: proc.kill(),
                                           "one finished trial, one halfway")

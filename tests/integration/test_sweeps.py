@@ -230,6 +230,11 @@ def _interrupt_sweep(spec: Path, env: dict[str, str], ready: Any, interrupt: Any
     return record, proc, stdout, stderr
 
 
+def one_done_one_halfway(trials: list[dict[str, Any]]) -> bool:
+    """One trial finished and another halfway: the moment the interrupt tests stop a sweep."""
+    return any(t["state"] == "succeeded" for t in trials) and any(_halfway(t) for t in trials)
+
+
 def test_an_interrupted_sweep_of_ddp_trials_resumes_without_rerunning_finished_trials(
     ray_address: str, tmp_path: Path
 ) -> None:
@@ -240,9 +245,6 @@ def test_an_interrupted_sweep_of_ddp_trials_resumes_without_rerunning_finished_t
     env = cli_env(home, ray_address)
     spec = tmp_path / "ddp-sweep.yaml"
     spec.write_text(RESUME_SWEEP)
-
-    def one_done_one_halfway(trials: list[dict[str, Any]]) -> bool:
-        return any(t["state"] == "succeeded" for t in trials) and any(_halfway(t) for t in trials)
 
     def cancel(proc: subprocess.Popen[str], record: Any) -> None:
         # what `orchestrator cancel SWEEP` does (in-process: the CLI's start-up would let the trial finish)

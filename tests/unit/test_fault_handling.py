@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,21 +14,14 @@ from orchestrator.backends.ray_local import ray_head_gone
 from orchestrator.backends.tracker import RunTracker
 from orchestrator.errors import CheckpointError
 from orchestrator.runtime.checkpoints import CheckpointManager, disk_full_error
+from tests.conftest import mounted_tmpfs
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB file system (tmpfs); mounting needs root, which CI's container has."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "size=1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def write_bytes(size: int):  # type: ignore[no-untyped-def]
