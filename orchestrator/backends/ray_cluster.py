@@ -4,7 +4,7 @@
 dashboard and ``ray job`` show it under a name people recognise). Its entrypoint runs our driver
 on the head node with the cluster's own Python (see :data:`CLUSTER_PYTHON`); the runtime
 environment carries the validated spec and, for a user entrypoint, the folder of its file. The
-driver joins the cluster, waits in the cluster's queue (:mod:`orchestrator.backends.queue`) until
+driver joins the cluster, waits in the cluster's queue (:mod:`orchestrator.execution.queue`) until
 the scheduler places its whole gang, and trains with Ray Train as on the local backend.
 
 The driver writes one line per event (``ORCHESTRATOR_EVENT {json}``) and, at the end, the job's
@@ -234,7 +234,7 @@ class RayClusterBackend(Backend):
     def submission(self, spec: JobSpec, job_id: str) -> dict[str, Any]:
         """The exact arguments of ``JobSubmissionClient.submit_job`` for this job."""
         spec_json = spec.model_dump(mode="json")
-        from orchestrator.backends.driver import GRACEFUL_STOP_TIMEOUT_S
+        from orchestrator.execution.driver import GRACEFUL_STOP_TIMEOUT_S
 
         # Ray's job stop is SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (3 s by default):
         # give the driver the time it allows its workers to checkpoint and stop, and some more

@@ -1,6 +1,6 @@
 """Ray-facing pieces of the driver: starting or joining Ray, fitting checks, the trainer.
 
-Kept apart from :mod:`orchestrator.backends.driver` so the driver reads as job logic; these
+Kept apart from :mod:`orchestrator.execution.driver` so the driver reads as job logic; these
 functions are the only place that knows Ray Train's API.
 """
 

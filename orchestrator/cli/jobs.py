@@ -268,7 +268,7 @@ def cancel(ctx: click.Context, job_id: str, backend: str, ray_address: str | Non
 @handle_errors
 def driver_command(ctx: click.Context, job_id: str, metrics_port: int, metrics_host: str, no_metrics: bool) -> None:
     """Run a job's driver in this process (used by submit --detach)."""
-    from orchestrator.backends.driver import Driver
+    from orchestrator.execution.driver import Driver
 
     record = Driver(settings_of(ctx), job_id, metrics_port=None if no_metrics else metrics_port,
                     metrics_host=metrics_host).run()
@@ -312,7 +312,7 @@ def ray_job_command(ctx: click.Context) -> None:
     import logging
     import os
 
-    from orchestrator.backends.driver import Driver
+    from orchestrator.execution.driver import Driver
     from orchestrator.backends.local import LocalBackend
     from orchestrator.backends.ray_cluster import RESULT_MARK, record_to_wire
 
@@ -345,7 +345,7 @@ def ray_queue_view_command() -> None:
     """Print the cluster queue's rows (run on the cluster by `orchestrator queue --backend ray`)."""
     import ray
 
-    from orchestrator.backends.queue import queue_rows_of_cluster
+    from orchestrator.execution.queue import queue_rows_of_cluster
     from orchestrator.backends.ray_cluster import RESULT_MARK
     from orchestrator.backends.ray_local import use_local_auth_token
 

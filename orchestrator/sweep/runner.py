@@ -1,6 +1,6 @@
 """The sweep driver: runs a sweep on Ray Tune to a terminal state and records it in the job store.
 
-:class:`SweepDriver` is to a sweep what :class:`orchestrator.backends.driver.Driver` is to a job.
+:class:`SweepDriver` is to a sweep what :class:`orchestrator.execution.driver.Driver` is to a job.
 It marks the sweep running (with its pid, so a killed sweep is detected later), prepares the data
 once, starts or joins Ray (dashboard on: a Train run nested in a Tune trial leaks its placement
 group without it), and runs ``Tuner.fit`` -- or ``Tuner.restore(...).fit()`` to resume, which
@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from orchestrator.backends.driver import attach_job_log, detach_job_log, shutdown_ray
+from orchestrator.execution.driver import attach_job_log, detach_job_log, shutdown_ray
 from orchestrator.errors import OrchestratorError, TrainingError
 from orchestrator.private import write_private_text
 from orchestrator.settings import Settings
@@ -75,7 +75,7 @@ def create_sweep_record(settings: Settings, sweep: SweepSpec, backend: str = "lo
                         ray_address: str | None = None) -> JobRecord:
     """A pending sweep in the job store (its spec: the job's fields plus ``tune``); ``ray_address``,
     the cluster a ``--backend ray`` sweep joined, is kept so that a resume joins it again."""
-    from orchestrator.backends.driver import check_framework_available
+    from orchestrator.execution.driver import check_framework_available
 
     check_framework_available(sweep.job)
     store = JobStore(settings.db_path)

@@ -175,8 +175,8 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
     """Runs one trial's job; see the module docstring."""
 
     def setup(self, config: dict[str, Any], sweep: dict[str, Any] | None = None, data: Any = None) -> None:
-        from orchestrator.backends.driver import job_paths
-        from orchestrator.backends.tracker import RunTracker
+        from orchestrator.execution.driver import job_paths
+        from orchestrator.execution.tracker import RunTracker
         from orchestrator.spec.models import JobSpec
         from orchestrator.store import JobRecord, JobState
         from orchestrator.sweep.loader import apply_params

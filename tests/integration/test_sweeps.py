@@ -360,7 +360,7 @@ tune:
 
 
 def _tensorflow_unavailable() -> str | None:
-    from orchestrator.backends.driver import check_framework_available
+    from orchestrator.execution.driver import check_framework_available
     from orchestrator.errors import NotAvailableError
     from orchestrator.spec.models import JobSpec
 

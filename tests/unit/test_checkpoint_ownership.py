@@ -145,7 +145,7 @@ def test_submit_refuses_a_checkpoint_dir_another_job_owns(tmp_path: Path, home: 
 
 def test_the_driver_refuses_before_ray_starts_and_the_job_says_why(tmp_path: Path, home: Path) -> None:
     from orchestrator.backends.base import SubmitOptions
-    from orchestrator.backends.driver import Driver
+    from orchestrator.execution.driver import Driver
     from orchestrator.backends.local import LocalBackend
     from orchestrator.settings import Settings
     from orchestrator.spec.models import JobSpec
@@ -166,7 +166,7 @@ def test_the_driver_refuses_before_ray_starts_and_the_job_says_why(tmp_path: Pat
 
 
 def test_a_trainingjob_owns_its_checkpoint_dir_across_runs() -> None:
-    from orchestrator.backends.driver import job_paths
+    from orchestrator.execution.driver import job_paths
     from orchestrator.settings import Settings
     from orchestrator.spec.models import JobSpec
     from orchestrator.store import JobRecord, JobState

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.backends.queue import (
+from orchestrator.execution.queue import (
     REJOIN_S,
     STALE_S,
     MachineAdmission,
@@ -193,7 +193,7 @@ def once(adm: MachineAdmission) -> tuple[bool, list[str]]:
 
 
 def test_local_jobs_wait_in_the_store_until_the_machine_is_free(tmp_path: Path, monkeypatch: Any) -> None:
-    monkeypatch.setattr("orchestrator.backends.queue.POLL_S", 0.0)
+    monkeypatch.setattr("orchestrator.execution.queue.POLL_S", 0.0)
     store = store_with(tmp_path, ("a", "running", None), ("b", "running", None))
     admitted, said = once(admission(store, "b"))
     assert not admitted and "2 workers x 1 cpus" in said[0]
@@ -205,7 +205,7 @@ def test_local_jobs_wait_in_the_store_until_the_machine_is_free(tmp_path: Path, 
 
 
 def test_a_local_high_priority_job_preempts_through_the_victims_record(tmp_path: Path, monkeypatch: Any) -> None:
-    monkeypatch.setattr("orchestrator.backends.queue.POLL_S", 0.0)
+    monkeypatch.setattr("orchestrator.execution.queue.POLL_S", 0.0)
     store = store_with(tmp_path, ("low", "running", "low"), ("high", "pending", "high"))
     assert admission(store, "low").report() == {"action": "continue"}
     admitted, said = once(admission(store, "high"))
@@ -222,7 +222,7 @@ def test_a_local_high_priority_job_preempts_through_the_victims_record(tmp_path:
 
 
 def test_gpu_gangs_are_matched_in_rays_accelerator_names() -> None:
-    from orchestrator.backends.queue import ray_request
+    from orchestrator.execution.queue import ray_request
 
     b, _ = book(node(8, gpus=4, kind="A100"))
     ours = GangRequest(workers=2, accelerators_per_worker=2, cpus_per_worker=1, accelerators=("nvidia-a100-40gb",))

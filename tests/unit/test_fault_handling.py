@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.backends.ray_local import ray_head_gone
-from orchestrator.backends.tracker import RunTracker
+from orchestrator.execution.tracker import RunTracker
 from orchestrator.errors import CheckpointError
 from orchestrator.runtime.checkpoints import CheckpointManager, disk_full_error
 from tests.conftest import mounted_tmpfs

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.backends.driver import check_framework_available
+from orchestrator.execution.driver import check_framework_available
 from orchestrator.errors import NotAvailableError
 from orchestrator.spec.models import JobSpec
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.backends.tracker import RunTracker
+from orchestrator.execution.tracker import RunTracker
 
 
 def ev(type_: str, t: float, **kw: object) -> dict:

@@ -26,7 +26,7 @@ from types import FrameType
 from typing import Any
 
 from orchestrator.backends.base import EventHandler
-from orchestrator.backends.queue import Admission
+from orchestrator.execution.queue import Admission
 from orchestrator.backends.ray_local import (
     build_trainer,
     check_fits_local_cluster,
@@ -36,7 +36,7 @@ from orchestrator.backends.ray_local import (
     ray_head_gone,
     start_embedded_ray,
 )
-from orchestrator.backends.tracker import RunTracker
+from orchestrator.execution.tracker import RunTracker
 from orchestrator.errors import NotAvailableError, OrchestratorError, TrainingError
 from orchestrator.metrics import names
 from orchestrator.settings import Settings
@@ -251,7 +251,7 @@ class Driver:
         if not self.settings.local_ray_address:
             # Ray of its own: the machine's queue (the job store) decides when the gang starts,
             # before Ray starts, so a waiting job holds nothing
-            from orchestrator.backends.queue import MachineAdmission, machine_node
+            from orchestrator.execution.queue import MachineAdmission, machine_node
             from orchestrator.scheduler import request_from_spec
 
             self._admission = MachineAdmission(self.store, self.record.id, request_from_spec(spec),
