@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.backends.base import Backend, EventHandler, SubmitOptions
-from orchestrator.execution.driver import Driver, check_framework_available, job_paths
 from orchestrator.errors import UsageError
+from orchestrator.execution.driver import Driver, check_framework_available, job_paths
 from orchestrator.private import private_dir, private_file, write_private_text
 from orchestrator.spec.loader import dump_yaml
 from orchestrator.spec.models import JobSpec

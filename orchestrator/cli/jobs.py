@@ -312,9 +312,9 @@ def ray_job_command(ctx: click.Context) -> None:
     import logging
     import os
 
-    from orchestrator.execution.driver import Driver
     from orchestrator.backends.local import LocalBackend
     from orchestrator.backends.ray_cluster import RESULT_MARK, record_to_wire
+    from orchestrator.execution.driver import Driver
 
     spec = JobSpec.model_validate(json.loads(os.environ["ORCHESTRATOR_SPEC_JSON"]))
     # Ray's job supervisor sets RAY_ADDRESS to the cluster: the driver joins it and its queue.
@@ -345,9 +345,9 @@ def ray_queue_view_command() -> None:
     """Print the cluster queue's rows (run on the cluster by `orchestrator queue --backend ray`)."""
     import ray
 
-    from orchestrator.execution.queue import queue_rows_of_cluster
     from orchestrator.backends.ray_cluster import RESULT_MARK
     from orchestrator.backends.ray_local import use_local_auth_token
+    from orchestrator.execution.queue import queue_rows_of_cluster
 
     use_local_auth_token()
     ray.init(address="auto", namespace="orchestrator", log_to_driver=False)

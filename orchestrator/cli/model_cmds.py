@@ -116,9 +116,9 @@ def compare(ctx: click.Context, spec_path: str, frameworks: str, overrides: tupl
     from rich.table import Table
 
     from orchestrator.backends.base import SubmitOptions
-    from orchestrator.execution.driver import check_framework_available
     from orchestrator.backends.local import LocalBackend
     from orchestrator.cli.ui import LiveProgress, stdout_console
+    from orchestrator.execution.driver import check_framework_available
     from orchestrator.spec import load_spec
 
     chosen = [f.strip() for f in frameworks.split(",") if f.strip()]

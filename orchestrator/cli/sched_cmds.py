@@ -305,8 +305,8 @@ def _local_view(ctx: click.Context, policy: str) -> tuple[list[QueueRow], dict[s
     import psutil
 
     from orchestrator.backends.base import get_backend
-    from orchestrator.execution.queue import gpu_count, machine_request
     from orchestrator.errors import OrchestratorError
+    from orchestrator.execution.queue import gpu_count, machine_request
     from orchestrator.scheduler import ClusterState, ManualClock, Scheduler, request_from_spec
     from orchestrator.scheduler.cluster import cluster_from_data
     from orchestrator.scheduler.placement import find_placement

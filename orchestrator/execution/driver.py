@@ -26,7 +26,6 @@ from types import FrameType
 from typing import Any
 
 from orchestrator.backends.base import EventHandler
-from orchestrator.execution.queue import Admission
 from orchestrator.backends.ray_local import (
     build_trainer,
     check_fits_local_cluster,
@@ -36,8 +35,9 @@ from orchestrator.backends.ray_local import (
     ray_head_gone,
     start_embedded_ray,
 )
-from orchestrator.execution.tracker import RunTracker
 from orchestrator.errors import NotAvailableError, OrchestratorError, TrainingError
+from orchestrator.execution.queue import Admission
+from orchestrator.execution.tracker import RunTracker
 from orchestrator.metrics import names
 from orchestrator.settings import Settings
 from orchestrator.spec.models import JobSpec

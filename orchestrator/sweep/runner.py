@@ -29,8 +29,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from orchestrator.execution.driver import attach_job_log, detach_job_log, shutdown_ray
 from orchestrator.errors import OrchestratorError, TrainingError
+from orchestrator.execution.driver import attach_job_log, detach_job_log, shutdown_ray
 from orchestrator.private import write_private_text
 from orchestrator.settings import Settings
 from orchestrator.spec.loader import dump_yaml

@@ -360,8 +360,8 @@ tune:
 
 
 def _tensorflow_unavailable() -> str | None:
-    from orchestrator.execution.driver import check_framework_available
     from orchestrator.errors import NotAvailableError
+    from orchestrator.execution.driver import check_framework_available
     from orchestrator.spec.models import JobSpec
 
     try:

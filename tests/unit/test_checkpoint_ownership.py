@@ -145,8 +145,8 @@ def test_submit_refuses_a_checkpoint_dir_another_job_owns(tmp_path: Path, home: 
 
 def test_the_driver_refuses_before_ray_starts_and_the_job_says_why(tmp_path: Path, home: Path) -> None:
     from orchestrator.backends.base import SubmitOptions
-    from orchestrator.execution.driver import Driver
     from orchestrator.backends.local import LocalBackend
+    from orchestrator.execution.driver import Driver
     from orchestrator.settings import Settings
     from orchestrator.spec.models import JobSpec
     from orchestrator.store import JobState

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.backends.ray_local import ray_head_gone
-from orchestrator.execution.tracker import RunTracker
 from orchestrator.errors import CheckpointError
+from orchestrator.execution.tracker import RunTracker
 from orchestrator.runtime.checkpoints import CheckpointManager, disk_full_error
 from tests.conftest import mounted_tmpfs
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.execution.driver import check_framework_available
 from orchestrator.errors import NotAvailableError
+from orchestrator.execution.driver import check_framework_available
 from orchestrator.spec.models import JobSpec
 
 REPO = Path(__file__).resolve().parents[2]
