@@ -109,6 +109,7 @@ def exit_code_for_state(state: str) -> int:
     return EXIT_RUNTIME_ERROR
 
 
+from orchestrator.cli import examples_cmds as _examples_cmds  # noqa: E402,F401
 from orchestrator.cli import jobs as _jobs  # noqa: E402,F401  (registers the job verbs)
 from orchestrator.cli import k8s_cmds as _k8s_cmds  # noqa: E402,F401
 from orchestrator.cli import model_cmds as _model_cmds  # noqa: E402,F401

@@ -60,7 +60,7 @@ def operator(
         import kopf
     except ImportError:
         raise NotAvailableError("the operator needs kopf and the kubernetes client",
-                                fix="pip install 'orchestrator[kubernetes]'") from None
+                                fix="pip install 'train-orchestrator[kubernetes]'") from None
     from orchestrator.backends.k8s.client import KubeApi, load_api_client
     from orchestrator.backends.k8s.manifests import DEFAULT_IMAGE, RuntimeConfig
     from orchestrator.operator.controller import Controller, OperatorConfig

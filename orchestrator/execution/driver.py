@@ -80,13 +80,13 @@ def check_framework_available(spec: JobSpec) -> None:
             raise NotAvailableError(
                 f"framework 'tensorflow' needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
                 "not installed",
-                fix="install them: pip install 'orchestrator[tensorflow]' (tensorflow and tf-keras)",
+                fix="install them: pip install 'train-orchestrator[tensorflow]' (tensorflow and tf-keras)",
             )
         return
     if importlib.util.find_spec("torch") is None:
         raise NotAvailableError(
             "framework 'torch' is not installed",
-            fix="install it: pip install 'orchestrator[torch]' (CPU: torch==2.13.0)",
+            fix="install it: pip install 'train-orchestrator[torch]' (CPU: torch==2.13.0)",
         )
 
 

@@ -19,7 +19,7 @@ from tests.conftest import REPO
 from tests.integration.conftest import assert_epoch_scalars, cli_env, last_json, run_cli, small_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.heavy]
-pytest.importorskip("tf_keras", reason="the tensorflow extra is not installed (pip install 'orchestrator[tensorflow]')")
+pytest.importorskip("tf_keras", reason="the tensorflow extra is not installed (pip install 'train-orchestrator[tensorflow]')")
 
 
 @pytest.fixture(scope="module")

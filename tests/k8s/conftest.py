@@ -13,8 +13,8 @@ import yaml
 
 from tests.conftest import REPO, SHARED
 
-pytest.importorskip("kmock", reason="the Kubernetes tests need kmock (pip install 'orchestrator[test]')")
-pytest.importorskip("kopf", reason="the Kubernetes tests need kopf (pip install 'orchestrator[test]')")
+pytest.importorskip("kmock", reason="the Kubernetes tests need kmock (pip install 'train-orchestrator[test]')")
+pytest.importorskip("kopf", reason="the Kubernetes tests need kopf (pip install 'train-orchestrator[test]')")
 
 KUBERAY_SCHEMAS = SHARED / "k8s-schemas"
 T = TypeVar("T")

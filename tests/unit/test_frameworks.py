@@ -27,14 +27,14 @@ def test_a_tensorflow_job_without_the_tensorflow_extra_says_how_to_install_it(mo
     with pytest.raises(NotAvailableError) as err:
         check_framework_available(JobSpec(name="tf", framework="tensorflow", model={"type": "cnn"}))
     text = err.value.render() if hasattr(err.value, "render") else str(err.value)
-    assert "tf_keras" in text and "orchestrator[tensorflow]" in text
+    assert "tf_keras" in text and "train-orchestrator[tensorflow]" in text
 
 
 def test_a_torch_job_without_torch_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     hide(monkeypatch, "torch")
     with pytest.raises(NotAvailableError) as err:
         check_framework_available(JobSpec(name="pt", model={"type": "cnn"}))
-    assert "orchestrator[torch]" in (err.value.render() if hasattr(err.value, "render") else str(err.value))
+    assert "train-orchestrator[torch]" in (err.value.render() if hasattr(err.value, "render") else str(err.value))
 
 
 def test_both_frameworks_are_available_here() -> None:

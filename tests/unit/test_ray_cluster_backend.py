@@ -180,7 +180,7 @@ def test_the_framework_is_checked_on_the_cluster_not_on_the_client(
     failed = record_from_wire(json.loads(wire[len(RESULT_MARK):]))
     assert failed.state is JobState.FAILED and failed.id == "demo-1"
     assert "framework 'tensorflow' needs tensorflow and tf_keras" in (failed.message or "")
-    assert "on the Ray cluster" in failed.message and "pip install 'orchestrator[tensorflow]'" in failed.message
+    assert "on the Ray cluster" in failed.message and "pip install 'train-orchestrator[tensorflow]'" in failed.message
     # read back by the client as the driver's own last word
     assert backend()._record(info("FAILED"), wire).state is JobState.FAILED
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytest.importorskip("tf_keras", reason="the tensorflow extra is not installed (pip install 'orchestrator[tensorflow]')")
+pytest.importorskip("tf_keras", reason="the tensorflow extra is not installed (pip install 'train-orchestrator[tensorflow]')")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import tensorflow as tf  # noqa: E402

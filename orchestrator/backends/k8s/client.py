@@ -29,7 +29,7 @@ def load_api_client(context: str | None = None) -> Any:
     except ImportError:
         raise NotAvailableError(
             "the kubernetes backend needs the 'kubernetes' package",
-            fix="pip install 'orchestrator[kubernetes]'",
+            fix="pip install 'train-orchestrator[kubernetes]'",
         ) from None
     if context is None:
         config = kubernetes.client.Configuration()
