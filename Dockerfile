@@ -30,14 +30,27 @@ RUN apt-get update \
  && useradd --create-home --uid 1000 --user-group ray
 
 WORKDIR /app
-COPY pyproject.toml constraints.txt README.md ./
-COPY orchestrator ./orchestrator
-# torch first, from the chosen index (CPU by default), then the project with the pinned versions.
-RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}" \
- && pip install -c constraints.txt ".[${EXTRAS}]"
-# Specs and examples, so that relative paths in specs (resolved against /app) find them.
+# Layers from the least to the most often changed, so that a code change rebuilds only the last
+# ones: torch, then every other dependency (read from pyproject.toml, pinned by constraints.txt),
+# then the code, installed without its dependencies.
+# torch first (it depends on the build arguments only), from the chosen index (CPU by default).
+RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
+COPY pyproject.toml constraints.txt ./
+# The project's dependencies and those of the chosen extras, without the project itself.
+RUN python -c "import sys, tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extras = [name for name in sys.argv[1].split(',') if name]; \
+print('\n'.join(project['dependencies'] + [d for name in extras for d in project['optional-dependencies'][name]]))" \
+      "${EXTRAS}" > /tmp/requirements.txt \
+ && pip install -c constraints.txt -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
+# Specs, training functions and dashboards: in /app, so that relative paths in specs (resolved
+# against /app) find them, and in the package (setup.py copies them), for `orchestrator examples`.
 COPY jobs ./jobs
 COPY examples ./examples
+COPY dashboards ./dashboards
+COPY setup.py MANIFEST.in README.md ./
+COPY orchestrator ./orchestrator
+RUN pip install --no-deps . && rm -rf build *.egg-info
 
 USER 1000:1000
 EXPOSE 8080 8081

@@ -129,3 +129,19 @@ def test_the_dockerfile_runs_the_cli_as_a_user_with_the_pinned_torch() -> None:
     assert "wget" in text  # KubeRay's probes call it in Ray pods
     extras = re.search(r"^ARG EXTRAS=(\S+)$", text, re.M)
     assert extras and set(extras.group(1).split(",")) == {"kubernetes", "tensorflow"}  # both frameworks run
+
+
+def test_the_dockerfile_installs_the_dependencies_before_it_copies_the_code() -> None:
+    """A code change must not reinstall torch and TensorFlow: their layers come before the code's."""
+    text = (REPO / "Dockerfile").read_text(encoding="utf-8").replace("\\\n", " ")
+    steps = [line for line in text.splitlines() if re.match(r"^(RUN|COPY) ", line)]
+
+    def first(pattern: str) -> int:
+        return next(i for i, step in enumerate(steps) if re.search(pattern, step))
+
+    torch, deps, code = first(r"^RUN .*torch=="), first(r"^RUN .*pip install -c constraints.txt -r "), first(
+        r"^COPY orchestrator ")
+    assert torch < deps < code
+    assert not any(re.match(r"^COPY (\.|orchestrator|setup\.py)\b", step) for step in steps[:deps])
+    assert re.search(r"pip install --no-deps \.", steps[first(r"^RUN .*pip install --no-deps")])
+    assert first(r"^RUN .*pip install --no-deps") > code
