@@ -226,9 +226,17 @@ class DataSpec(_Model):
         description="'digits' (scikit-learn's 8x8 digits), 'sine' (noisy sine windows: forecast the next "
         "value) or a path to a .npz file with x and y.",
     )
-    validation_fraction: float = Field(default=0.15, gt=0.0, lt=0.5)
-    test_fraction: float = Field(default=0.15, ge=0.0, lt=0.5)
-    preprocessing: Literal["standardize", "normalize", "none"] = "standardize"
+    validation_fraction: float = Field(
+        default=0.15, gt=0.0, lt=0.5, description="Share of the samples held out for validation (stratified, seeded)."
+    )
+    test_fraction: float = Field(
+        default=0.15, ge=0.0, lt=0.5, description="Share of the samples held out for the final test (stratified, seeded)."
+    )
+    preprocessing: Literal["standardize", "normalize", "none"] = Field(
+        default="standardize",
+        description="standardize (zero mean, unit variance) or normalize (min-max to [0, 1]); statistics from the "
+        "training split only.",
+    )
     cleaning: CleaningSpec = CleaningSpec()
     augment: AugmentSpec = AugmentSpec()
 
@@ -261,8 +269,11 @@ class ResourcesSpec(_Model):
     """What each worker of the gang needs."""
 
     workers: int = Field(default=2, ge=1, le=4096, description="Number of training workers.")
-    cpus_per_worker: float = Field(default=1.0, gt=0, le=512)
-    gpus_per_worker: float = Field(default=0, ge=0, le=16)
+    cpus_per_worker: float = Field(default=1.0, gt=0, le=512, description="CPUs per worker; fractions allowed.")
+    gpus_per_worker: float = Field(
+        default=0, ge=0, le=16,
+        description="GPUs per worker (fractions share a GPU); with a TPU accelerator, TPU chips per worker.",
+    )
     accelerator: str | None = Field(
         default=None, description="Accelerator type, e.g. nvidia-a100-40gb or tpu-v5-lite-podslice."
     )
@@ -392,19 +403,22 @@ class ResourcesSpec(_Model):
 class TrainingSpec(_Model):
     """The optimisation loop."""
 
-    epochs: int = Field(default=10, ge=1, le=100000)
+    epochs: int = Field(default=10, ge=1, le=100000, description="Epochs to train in total.")
     batch_size: int = Field(default=64, ge=1, le=1_000_000, description="Global batch size.")
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
-    learning_rate: float = Field(default=1e-3, gt=0, le=10)
-    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = Field(default="adam", description="The optimizer.")
+    learning_rate: float = Field(default=1e-3, gt=0, le=10, description="The optimizer's learning rate.")
+    weight_decay: float = Field(default=0.0, ge=0, le=1, description="The optimizer's weight decay.")
     momentum: float = Field(default=0.9, ge=0, lt=1, description="For sgd and rmsprop.")
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    seed: int = Field(
+        default=0, ge=0, le=2**31 - 1,
+        description="Seeds the weights, the data split, the shuffling and the augmentation.",
+    )
 
 
 class CheckpointSpec(_Model):
     """When and where checkpoints are written."""
 
-    every_epochs: int = Field(default=1, ge=1)
+    every_epochs: int = Field(default=1, ge=1, description="Checkpoint at the end of every N-th epoch.")
     every_steps: int | None = Field(
         default=None,
         ge=1,
@@ -419,7 +433,9 @@ class CheckpointSpec(_Model):
 class FailureSpec(_Model):
     """How many worker-group failures a job survives, and how failures are detected."""
 
-    max_failures: int = Field(default=0, ge=0, le=1000)
+    max_failures: int = Field(
+        default=0, ge=0, le=1000, description="Worker-group restarts allowed before the job fails."
+    )
     hang_timeout_s: float | None = Field(
         default=600.0,
         gt=0,
@@ -440,8 +456,10 @@ class FailureSpec(_Model):
 class InjectedFailure(_Model):
     """A failure to inject on purpose (tests, demos): what, on which rank, when, which attempt."""
 
-    kind: Literal["exception", "sigkill", "hang"]
-    rank: int = Field(default=0, ge=0)
+    kind: Literal["exception", "sigkill", "hang"] = Field(
+        description="raise an exception, kill the worker process with SIGKILL, or stop making progress."
+    )
+    rank: int = Field(default=0, ge=0, description="The worker that fails.")
     at_step: int | None = Field(default=None, ge=1, description="After this global step.")
     at_epoch: int | None = Field(default=None, ge=1, description="At the start of this epoch.")
     attempt: int = Field(default=1, ge=1, description="Only on this attempt (1 = the first run).")
@@ -500,7 +518,11 @@ class JobSpec(_Model):
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
         description="Lower-case letters, digits and '-' (a Kubernetes name).",
     )
-    framework: Literal["torch", "tensorflow"] = "torch"
+    framework: Literal["torch", "tensorflow"] = Field(
+        default="torch",
+        description="torch: Ray Train's TorchTrainer (DDP); tensorflow: TensorflowTrainer with "
+        "MultiWorkerMirroredStrategy (Keras 2 through tf_keras).",
+    )
     model: ModelSpec | None = None
     entrypoint: str | None = Field(
         default=None,
