@@ -25,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from orchestrator import events as ev
 from orchestrator.backends.base import EventHandler
 from orchestrator.backends.ray_local import (
     build_trainer,
@@ -36,25 +37,6 @@ from orchestrator.backends.ray_local import (
     start_embedded_ray,
 )
 from orchestrator.errors import NotAvailableError, OrchestratorError, TrainingError
-from orchestrator.events import (
-    AttemptStart,
-    Checkpoint,
-    CheckpointSkipped,
-    Epoch,
-    Event,
-    Failure,
-    Final,
-    FirstStep,
-    Hang,
-    Image,
-    Injected,
-    Log,
-    Model,
-    Queued,
-    Stopped,
-    WorkerError,
-    events_from_wire,
-)
 from orchestrator.execution.queue import Admission
 from orchestrator.execution.tracker import RunTracker
 from orchestrator.metrics import names
@@ -425,7 +407,7 @@ class Driver:
             self.store.transition(self.record.id, JobState.PENDING, {JobState.RUNNING, JobState.PENDING},
                                   message=f"queued: {reason}")
             if self.events:
-                self.events.on_event(Queued(reason=reason))
+                self.events.on_event(ev.Queued(reason=reason))
 
         def should_stop() -> bool:
             return bool(self._stop_reason) or self.store.get(self.record.id).state == JobState.CANCELLING
@@ -469,7 +451,7 @@ class Driver:
         except Exception:  # noqa: BLE001 - a slow sink only delays progress output
             return
         progress_changed = False
-        for event in events_from_wire(wire):
+        for event in ev.events_from_wire(wire):
             progress_changed |= self.tracker.apply(event)
             self._side_effects(event)
             if self._metrics is not None:
@@ -483,24 +465,24 @@ class Driver:
         if progress_changed:
             self._save_progress()
 
-    def _side_effects(self, event: Event) -> None:
+    def _side_effects(self, event: ev.Event) -> None:
         """Log lines and TensorBoard points for one event."""
         match event:
-            case Epoch():
+            case ev.Epoch():
                 epoch, metrics = int(event.epoch), event.metrics
                 if self._tb is not None:
                     tags = {names.TENSORBOARD_TAGS[k]: v for k, v in metrics.items() if k in names.TENSORBOARD_TAGS}
                     self._tb.scalars(tags, step=epoch)
                     self._tb.flush()
                 log.info("epoch %d %s", epoch, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-            case Final():
+            case ev.Final():
                 if self._tb is not None and self.tracker.epoch_metrics:
                     final = event.metrics
                     tags = {t: final[k] for k, t in names.FINAL_TENSORBOARD_TAGS.items() if k in final}
                     self._tb.scalars(tags, step=max(self.tracker.epoch_metrics))
                     self._tb.flush()
                 log.info("final %s", " ".join(f"{k}={v:.4g}" for k, v in event.metrics.items()))
-            case Image():
+            case ev.Image():
                 if self._tb is not None:
                     import base64
 
@@ -508,30 +490,29 @@ class Driver:
                                        step=int(event.epoch),
                                        colorspace=int(3 if event.colorspace is None else event.colorspace))
                     self._tb.flush()
-            case Checkpoint():
+            case ev.Checkpoint():
                 log.info("checkpoint epoch %s step %s -> %s (%.2fs)", event.epoch, event.global_step, event.path,
                          event.seconds)
-            case CheckpointSkipped():
+            case ev.CheckpointSkipped():
                 log.warning("skipped checkpoint %s: %s", event.path, event.reason)
-            case AttemptStart():
+            case ev.AttemptStart():
                 log.info("attempt %s started (restored epoch %s, step %s)", event.attempt, event.restored_epoch,
                          event.restored_step)
-            case FirstStep() if (1 if event.attempt is None else event.attempt) == (self.tracker.current or {}).get(
-                    "attempt"):
+            case ev.FirstStep(attempt=attempt) if (attempt or 1) == (self.tracker.current or {}).get("attempt"):
                 log.info("first training step %.2fs after submit", event.time - self.requested_at)
-            case Injected() | Hang():
+            case ev.Injected() | ev.Hang():
                 log.warning("%s", event.reason)
-            case WorkerError():
+            case ev.WorkerError():
                 log.error("rank %s raised %s\n%s", event.rank, event.error,
                           "" if event.traceback is None else event.traceback)
-            case Failure():
+            case ev.Failure():
                 log.warning("worker group failed: %s", event.errors)
-            case Stopped():
+            case ev.Stopped():
                 log.info("workers stopped at epoch %s step %s", event.epoch, event.global_step)
-            case Log():
+            case ev.Log():
                 for line in event.lines:
                     log.info("[rank %s %s] %s", event.rank, event.stream, line)
-            case Model():
+            case ev.Model():
                 log.info("model: %s parameters (checksum %s) on %s, gradients over %s", event.parameters,
                          event.param_checksum, "?" if event.device is None else event.device,
                          "?" if event.sync_backend is None else event.sync_backend)
