@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orchestrator.errors import UsageError
+from orchestrator.events import Event
 from orchestrator.settings import Settings
 from orchestrator.spec.models import JobSpec
 from orchestrator.store import JobRecord
@@ -24,7 +25,7 @@ class EventHandler(Protocol):
 
     def on_start(self, record: JobRecord, info: dict[str, Any]) -> None: ...
 
-    def on_event(self, event: dict[str, Any]) -> None: ...
+    def on_event(self, event: Event) -> None: ...
 
     def on_finish(self, record: JobRecord) -> None: ...
 
@@ -72,6 +73,23 @@ class Backend(ABC):
 
     @abstractmethod
     def cancel(self, job_id: str) -> JobRecord: ...
+
+    def resume(
+        self,
+        job_id: str,
+        options: SubmitOptions,
+        events: EventHandler | None = None,
+        epochs: int | None = None,
+    ) -> JobRecord:
+        """Run a job that ended again from its latest checkpoint (``epochs``: train up to this many).
+
+        A backend that can resume overrides this; the others refuse, saying what to do instead.
+        """
+        raise UsageError(
+            f"the {self.name} backend cannot resume a job ({job_id})",
+            fix=f"submit its spec again (`orchestrator submit SPEC --backend {self.name}`); with "
+                "checkpoint.dir set to the job's checkpoints it continues from the latest one",
+        )
 
 
 _REGISTRY: dict[str, str] = {

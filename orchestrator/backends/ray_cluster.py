@@ -28,6 +28,7 @@ from typing import Any
 
 from orchestrator.backends.base import Backend, EventHandler, SubmitOptions
 from orchestrator.errors import BackendError, UsageError
+from orchestrator.events import Epoch, Event, Queued, from_wire
 from orchestrator.spec.models import JobSpec
 from orchestrator.store import JobRecord, JobState
 
@@ -61,6 +62,15 @@ def _parse(text: str) -> Any:
     try:
         return json.loads(text)
     except ValueError:
+        return None
+
+
+def _wire_event(data: Any) -> Event | None:
+    """The event of one ``EVENT_MARK`` line; None for one of a kind (or a shape) this version does
+    not know, which readers of the log skip."""
+    try:
+        return from_wire(data)
+    except KeyError:
         return None
 
 
@@ -296,7 +306,7 @@ class RayClusterBackend(Backend):
     def _follow(self, job_id: str, events: EventHandler | None) -> Iterator[str]:
         for line in self._lines(job_id, follow=True):
             if line.startswith(EVENT_MARK):
-                event = _parse(line[len(EVENT_MARK):])
+                event = _wire_event(_parse(line[len(EVENT_MARK):]))
                 if events is not None and event is not None:
                     events.on_event(event)
                 continue
@@ -331,22 +341,26 @@ class RayClusterBackend(Backend):
         saved: dict[str, Any] | None = None
         progress: dict[str, Any] = {}
         message = info.message
-        newest: dict[str, Any] | None = None
+        newest: Event | None = None
+        seen_event = False
         for line in reversed((logs or "").splitlines()):
             if line.startswith(RESULT_MARK):
                 saved = _parse(line[len(RESULT_MARK):])
                 if saved is not None:
                     break
             if line.startswith(EVENT_MARK):
-                event = _parse(line[len(EVENT_MARK):])
-                if event is None:
+                wire = _parse(line[len(EVENT_MARK):])
+                if wire is None:
                     continue
-                newest = newest or event
-                if event.get("type") == "epoch":
-                    progress = {"epoch": event["epoch"], **event.get("metrics", {})}
+                event = _wire_event(wire)
+                if not seen_event:  # the newest line decides "queued", whatever its kind
+                    newest, seen_event = event, True
+                if isinstance(event, Epoch):
+                    progress = {"epoch": event.epoch, **event.metrics}
                     break
-        if newest is not None and newest.get("type") == "queued" and state is JobState.RUNNING:
-            state, message = JobState.PENDING, f"queued: {newest['reason']}"
+        match newest:
+            case Queued() if state is JobState.RUNNING:
+                state, message = JobState.PENDING, f"queued: {newest.reason}"
         started = info.start_time / 1000 if info.start_time else None
         ended = info.end_time / 1000 if info.end_time else None
         if saved is not None:

@@ -191,7 +191,7 @@ def check_fits_local_cluster(spec: JobSpec, resources: dict[str, float]) -> None
             f"{resources.get('memory', 0.0) / 2**30:.1f} GiB"
         )
     if r.accelerator and r.gpus_per_worker > 0:
-        key = f"accelerator_type:{_ray_accelerator_name(r.accelerator)}"
+        key = f"accelerator_type:{ray_accelerator_name(r.accelerator)}"
         if key not in resources:
             reasons.append(f"needs accelerator {r.accelerator}; this machine has none")
     if reasons:
@@ -213,7 +213,7 @@ _TPU_VERSIONS = {
 }
 
 
-def _ray_accelerator_name(accelerator: str) -> str:
+def ray_accelerator_name(accelerator: str) -> str:
     """Our accelerator names to the ``accelerator_type`` Ray detects on a node.
 
     Ray names an NVIDIA card by its model, without the memory size (``NVIDIA A100-SXM4-40GB``
@@ -241,7 +241,7 @@ def scaling_arguments(spec: JobSpec) -> dict[str, Any]:
         "use_tpu": r.uses_tpu,
         "topology": r.topology if r.uses_tpu else None,
         "resources_per_worker": r.ray_resources_per_worker(),
-        "accelerator_type": _ray_accelerator_name(r.accelerator) if r.accelerator and r.gpus_per_worker else None,
+        "accelerator_type": ray_accelerator_name(r.accelerator) if r.accelerator and r.gpus_per_worker else None,
     }
 
 

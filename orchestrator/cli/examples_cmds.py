@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from orchestrator.cli import OUTPUT_OPTION, emit_json, handle_errors, main
+from orchestrator.cli.common import OUTPUT_OPTION, emit_json, handle_errors
 from orchestrator.examples import EXAMPLE_FOLDERS, copy_examples
 
 
-@main.command()
+@click.command()
 @click.argument("directory", metavar="[DIR]", default=".", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite example files that already exist in DIR.")
 @OUTPUT_OPTION
@@ -31,3 +31,6 @@ def examples(directory: Path, force: bool, output: str) -> None:
     click.echo(f"copied {len(result.written)} files into {result.target} ({folders})"
                + (f", {len(result.overwritten)} overwritten" if result.overwritten else ""))
     click.echo(f"next: cd {result.target} && orchestrator submit jobs/cnn.yaml")
+
+
+COMMANDS: tuple[click.Command, ...] = (examples,)

@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import click
 
 from orchestrator.backends.base import Backend, SubmitOptions, backend_names, get_backend
-from orchestrator.cli import (
+from orchestrator.cli.common import (
     OUTPUT_OPTION,
     emit_json,
     exit_code_for_state,
     handle_errors,
-    main,
     settings_of,
 )
 from orchestrator.cli.ui import LiveProgress, jobs_table, stdout_console, summary_table
-from orchestrator.errors import NotAvailableError, UsageError
+from orchestrator.errors import UsageError
 from orchestrator.spec import load_spec
 from orchestrator.spec.loader import dump_yaml
-from orchestrator.spec.models import JobSpec
-from orchestrator.store import JobRecord, JobState
+from orchestrator.store import JobRecord
 
 METRICS_OPTIONS = (
     click.option("--metrics-port", type=click.IntRange(0, 65535), default=0, show_default=True,
@@ -69,7 +65,7 @@ def _finish(record: JobRecord, output: str, quiet: bool) -> None:
     sys.exit(exit_code_for_state(record.state.value))
 
 
-@main.command()
+@click.command()
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
               help="Override a spec field, e.g. --set training.epochs=3 (repeatable).")
@@ -135,8 +131,9 @@ def submit(
     _finish(record, output, quiet)
 
 
-@main.command()
+@click.command()
 @click.argument("job_id", metavar="JOB")
+@target_options
 @click.option("--epochs", type=click.IntRange(min=1), help="Train up to this many epochs in total.")
 @click.option("--detach", "-d", is_flag=True, help="Return at once; the job runs on.")
 @click.option("--quiet", "-q", is_flag=True, help="No live progress.")
@@ -147,18 +144,18 @@ def submit(
 @click.pass_context
 @handle_errors
 def resume(
-    ctx: click.Context, job_id: str, epochs: int | None, detach: bool, quiet: bool,
+    ctx: click.Context, job_id: str, backend: str, ray_address: str | None, kube_namespace: str | None,
+    kube_context: str | None, epochs: int | None, detach: bool, quiet: bool,
     metrics_port: int, metrics_host: str, metrics_linger: float, output: str,
 ) -> None:
     """Continue JOB from its latest checkpoint (after a cancel, a crash, or to train longer).
 
     For a sweep (`orchestrator tune`): continue its unfinished trials; finished ones are kept.
     """
-    from orchestrator.backends.local import LocalBackend
     from orchestrator.cli.tune_cmds import is_sweep, resume_sweep
 
-    be = LocalBackend(settings_of(ctx))
-    if is_sweep(be.store.get(job_id)):
+    be = backend_for(ctx, backend, ray_address, kube_namespace, kube_context)
+    if is_sweep(be.status(job_id)):
         if detach or epochs is not None:
             raise UsageError(f"{'--detach' if detach else '--epochs'} does not apply to a sweep",
                              fix=f"orchestrator resume {job_id} (a sweep's epochs come from its spec; it runs "
@@ -179,7 +176,7 @@ def resume(
     _finish(record, output, quiet)
 
 
-@main.command(name="list")
+@click.command(name="list")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 @target_options
 @OUTPUT_OPTION
@@ -197,7 +194,7 @@ def list_jobs(ctx: click.Context, limit: int, backend: str, ray_address: str | N
         stdout_console().print(jobs_table(records))
 
 
-@main.command()
+@click.command()
 @click.argument("job_id", metavar="JOB")
 @target_options
 @OUTPUT_OPTION
@@ -229,7 +226,7 @@ def status(ctx: click.Context, job_id: str, backend: str, ray_address: str | Non
         )
 
 
-@main.command()
+@click.command()
 @click.argument("job_id", metavar="JOB")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the job ends.")
 @target_options
@@ -243,7 +240,7 @@ def logs(ctx: click.Context, job_id: str, follow: bool, backend: str, ray_addres
         click.echo(line)
 
 
-@main.command()
+@click.command()
 @click.argument("job_id", metavar="JOB")
 @target_options
 @OUTPUT_OPTION
@@ -259,7 +256,7 @@ def cancel(ctx: click.Context, job_id: str, backend: str, ray_address: str | Non
         click.echo(f"{record.id}: {record.state.value}")
 
 
-@main.command(name="_driver", hidden=True)
+@click.command(name="_driver", hidden=True)
 @click.argument("job_id")
 @click.option("--metrics-port", type=int, default=0)
 @click.option("--metrics-host", default="127.0.0.1")
@@ -275,80 +272,25 @@ def driver_command(ctx: click.Context, job_id: str, metrics_port: int, metrics_h
     sys.exit(exit_code_for_state(record.state.value))
 
 
-class _WireEvents:
-    """The driver's events as log lines of the Ray job, for the submitting CLI to read back."""
-
-    def on_start(self, record: JobRecord, info: dict[str, Any]) -> None:
-        pass
-
-    def on_event(self, event: dict[str, Any]) -> None:
-        from orchestrator.backends.ray_cluster import EVENT_MARK
-
-        if event.get("type") != "step":  # one line per epoch, attempt, queue change; not per step
-            sys.stdout.write(EVENT_MARK + json.dumps(event, default=str) + "\n")  # one write: no interleaving
-            sys.stdout.flush()
-
-    def on_finish(self, record: JobRecord) -> None:
-        pass
-
-
-def cluster_lacks_framework(spec: JobSpec, job_id: str, exc: NotAvailableError) -> JobRecord:
-    """The failed record of a ray-backend job whose framework the cluster's Python lacks."""
-    import os
-
-    now = time.time()
-    message = (f"{exc.message} on the Ray cluster (node {os.uname().nodename}, Python {sys.executable}); "
-               f"fix: {exc.fix} in the cluster's image, or point ORCHESTRATOR_RAY_PYTHON at a Python that has it")
-    return JobRecord(id=job_id, name=spec.name, backend="ray", state=JobState.FAILED,
-                     spec=spec.model_dump(mode="json"), job_dir=Path("."), created_at=now, ended_at=now,
-                     message=message)
-
-
-@main.command(name="_ray_job", hidden=True)
+@click.command(name="_ray_job", hidden=True)
 @click.pass_context
 @handle_errors
 def ray_job_command(ctx: click.Context) -> None:
     """Run a ray-backend job's driver on the cluster (the Ray job's entrypoint)."""
-    import logging
-    import os
+    from orchestrator.backends.ray_job import run_driver
 
-    from orchestrator.backends.local import LocalBackend
-    from orchestrator.backends.ray_cluster import RESULT_MARK, record_to_wire
-    from orchestrator.execution.driver import Driver
-
-    spec = JobSpec.model_validate(json.loads(os.environ["ORCHESTRATOR_SPEC_JSON"]))
-    # Ray's job supervisor sets RAY_ADDRESS to the cluster: the driver joins it and its queue.
-    settings = settings_of(ctx).with_overrides(local_ray_address=os.environ.get("RAY_ADDRESS") or "auto")
-    try:
-        record = LocalBackend(settings).create_record(spec, SubmitOptions(), job_id=os.environ["ORCHESTRATOR_JOB_ID"],
-                                                      backend="ray")
-    except NotAvailableError as exc:  # the framework is checked here, where the job runs, not on the client
-        failed = cluster_lacks_framework(spec, os.environ["ORCHESTRATOR_JOB_ID"], exc)
-        sys.stdout.write(RESULT_MARK + json.dumps(record_to_wire(failed), default=str) + "\n")
-        sys.stdout.flush()
-        sys.exit(exit_code_for_state(failed.state.value))
-    handler = logging.StreamHandler(sys.stdout)  # the driver's log is the Ray job's log
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger("orchestrator").addHandler(handler)
-    logging.getLogger("orchestrator").setLevel(logging.INFO)
-    logging.getLogger("orchestrator").info("driver of %s on %s, Python %s", record.id, os.uname().nodename,
-                                           sys.executable)
-    record = Driver(settings, record.id, _WireEvents(), metrics_port=None).run()
-    sys.stdout.write(RESULT_MARK + json.dumps(record_to_wire(record), default=str) + "\n")
-    sys.stdout.flush()
+    record = run_driver(settings_of(ctx))
     sys.exit(exit_code_for_state(record.state.value))
 
 
-@main.command(name="_ray_queue_view", hidden=True)
+@click.command(name="_ray_queue_view", hidden=True)
 @handle_errors
 def ray_queue_view_command() -> None:
     """Print the cluster queue's rows (run on the cluster by `orchestrator queue --backend ray`)."""
-    import ray
+    from orchestrator.backends.ray_job import print_queue_view
 
-    from orchestrator.backends.ray_cluster import RESULT_MARK
-    from orchestrator.backends.ray_local import use_local_auth_token
-    from orchestrator.execution.queue import queue_rows_of_cluster
+    print_queue_view()
 
-    use_local_auth_token()
-    ray.init(address="auto", namespace="orchestrator", log_to_driver=False)
-    print(RESULT_MARK + json.dumps(queue_rows_of_cluster()), flush=True)
+
+#: The verbs of this module (added to the command line by :mod:`orchestrator.cli`).
+COMMANDS: tuple[click.Command, ...] = (submit, resume, list_jobs, status, logs, cancel, driver_command, ray_job_command, ray_queue_view_command)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import click
 
-from orchestrator.cli import handle_errors, main
+from orchestrator.cli.common import handle_errors
 from orchestrator.errors import NotAvailableError, UsageError
 
 
-@main.command()
+@click.command()
 @click.option("--namespace", "-n", "namespaces", multiple=True, metavar="NS",
               help="Run TrainingJobs of this namespace (repeatable; default: all namespaces).")
 @click.option("--context", "kube_context", default=None, metavar="CTX",
@@ -79,7 +79,7 @@ def operator(
     asyncio.run(run_operator(Controller(api, config), api))
 
 
-@main.command()
+@click.command()
 @click.option("--write", "write", is_flag=True, help="Write it to --path instead of printing it.")
 @click.option("--check", is_flag=True, help="Exit 2 when --path differs from the models (for CI).")
 @click.option("--path", type=click.Path(dir_okay=False, path_type=Path), default=Path("deploy/k8s/crd.yaml"),
@@ -101,3 +101,7 @@ def crd(write: bool, check: bool, path: Path) -> None:
         click.echo(f"wrote {path}")
     else:
         sys.stdout.write(text)
+
+
+#: The verbs of this module (added to the command line by :mod:`orchestrator.cli`).
+COMMANDS: tuple[click.Command, ...] = (operator, crd)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from orchestrator.cli import OUTPUT_OPTION, emit_json, handle_errors, main, settings_of
+from orchestrator.cli.common import OUTPUT_OPTION, emit_json, handle_errors, settings_of
 from orchestrator.errors import UsageError
 
 if TYPE_CHECKING:
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 SHOWN = 20
 
 
-@main.command()
+@click.command()
 @click.argument("job_id", metavar="JOB")
 @click.option("--input", "input_path", required=True, metavar="FILE.npz",
               help="Samples to predict: an .npz file with an array x shaped like the training data's x.")
@@ -93,7 +93,7 @@ def _cell(row: dict[str, Any], where: str, fmt: str) -> str:
     return fmt.format(value)
 
 
-@main.command()
+@click.command()
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--frameworks", default="torch,tensorflow", show_default=True, metavar="A,B",
               help="Frameworks to run SPEC in, one after the other.")
@@ -166,3 +166,7 @@ def _own_checkpoint_dir(spec: JobSpec) -> JobSpec:
         return spec
     own = str(Path(spec.checkpoint.dir) / spec.framework)
     return spec.model_copy(update={"checkpoint": spec.checkpoint.model_copy(update={"dir": own})})
+
+
+#: The verbs of this module (added to the command line by :mod:`orchestrator.cli`).
+COMMANDS: tuple[click.Command, ...] = (predict, compare)

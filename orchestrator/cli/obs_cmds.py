@@ -12,13 +12,13 @@ from typing import Any
 
 import click
 
-from orchestrator.cli import handle_errors, main, settings_of
+from orchestrator.cli.common import handle_errors, settings_of
 from orchestrator.errors import UsageError
 from orchestrator.settings import Settings
 from orchestrator.store import JobRecord, JobState, JobStore
 
 
-@main.group()
+@click.group()
 def metrics() -> None:
     """Prometheus metrics for long-running scraping."""
 
@@ -88,7 +88,7 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-@main.command()
+@click.command()
 @click.argument("job_id", metavar="[JOB]", required=False)
 @click.option("--port", type=click.IntRange(0, 65535), default=6006, show_default=True,
               help="0 picks a free port.")
@@ -124,3 +124,7 @@ def tensorboard(ctx: click.Context, job_id: str | None, port: int, host: str) ->
         err = (proc.stderr.read() if proc.stderr else "").strip().splitlines()
         raise UsageError(f"TensorBoard exited with code {code}: {err[-1] if err else ''}",
                          fix="check that the port is free (--port)")
+
+
+#: The verbs of this module (added to the command line by :mod:`orchestrator.cli`).
+COMMANDS: tuple[click.Command, ...] = (metrics, tensorboard)

@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.cli import OUTPUT_OPTION, emit_json, handle_errors, main, settings_of
+from orchestrator.cli.common import OUTPUT_OPTION, emit_json, handle_errors, settings_of
 from orchestrator.errors import UsageError
 from orchestrator.scheduler import get_policy
 from orchestrator.scheduler.explain import duration_words
@@ -60,7 +60,7 @@ def queue_table(rows: Sequence[QueueRow], title: str, limit: int | None = ROWS_S
 # -- simulate ----------------------------------------------------------------------------------
 
 
-@main.command()
+@click.command()
 @click.option(
     "--trace",
     "trace_path",
@@ -403,7 +403,7 @@ QUEUE_ADDRESS = click.option("--address", "ray_address", default=None, metavar="
                              help="Ray cluster, e.g. http://head:8265 (backend ray; default: ORCHESTRATOR_RAY_ADDRESS).")
 
 
-@main.command(name="queue")
+@click.command(name="queue")
 @click.option("--policy", default="default", show_default=True, help="Scheduling policy to explain with.")
 @QUEUE_BACKEND
 @QUEUE_ADDRESS
@@ -431,7 +431,7 @@ def queue_command(ctx: click.Context, policy: str, backend: str, ray_address: st
         click.echo(f"{job}: not shown, its spec cannot be read ({problem})", err=True)
 
 
-@main.command()
+@click.command()
 @click.argument("job_id", metavar="JOB")
 @click.option("--policy", default="default", show_default=True, help="Scheduling policy to explain with.")
 @QUEUE_BACKEND
@@ -461,3 +461,7 @@ def explain(ctx: click.Context, job_id: str, policy: str, backend: str, ray_addr
         emit_json(row.to_json())
     else:
         _print_row(row, machine)
+
+
+#: The verbs of this module (added to the command line by :mod:`orchestrator.cli`).
+COMMANDS: tuple[click.Command, ...] = (simulate, queue_command, explain)

@@ -6,18 +6,18 @@ import json
 
 import click
 
-from orchestrator.cli import OUTPUT_OPTION, emit_json, handle_errors, main
+from orchestrator.cli.common import OUTPUT_OPTION, emit_json, handle_errors
 from orchestrator.spec import job_spec_json_schema, load_spec
 from orchestrator.spec.loader import dump_yaml
 
 
-@main.command()
+@click.command()
 def schema() -> None:
     """Print the JSON Schema of a job spec."""
     click.echo(json.dumps(job_spec_json_schema(), indent=2))
 
 
-@main.command()
+@click.command()
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
               help="Override a field, e.g. --set training.epochs=3 (repeatable).")
@@ -32,3 +32,7 @@ def validate(spec_path: str, overrides: tuple[str, ...], output: str) -> None:
 
         click.echo(f"{spec_path}: valid")
         click.echo(dump_yaml(spec.model_dump(mode="json")).rstrip())
+
+
+#: The verbs of this module (added to the command line by :mod:`orchestrator.cli`).
+COMMANDS: tuple[click.Command, ...] = (schema, validate)

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from orchestrator.cli import OUTPUT_OPTION, emit_json, exit_code_for_state, handle_errors, main, settings_of
+from orchestrator.cli.common import OUTPUT_OPTION, emit_json, exit_code_for_state, handle_errors, settings_of
 from orchestrator.cli.ui import stdout_console
 from orchestrator.errors import UsageError
 from orchestrator.spec.loader import dump_yaml
@@ -28,7 +28,7 @@ def _finish(record: JobRecord, output: str) -> None:
     sys.exit(exit_code_for_state(record.state.value))
 
 
-@main.command()
+@click.command()
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
               help="Override a field of the job part, e.g. --set training.epochs=3 (repeatable).")
@@ -128,3 +128,7 @@ def resume_sweep(ctx: click.Context, sweep_id: str, quiet: bool, output: str) ->
     finally:
         ui.stop()
     _finish(record, output)
+
+
+#: The verbs of this module (added to the command line by :mod:`orchestrator.cli`).
+COMMANDS: tuple[click.Command, ...] = (tune,)

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from orchestrator.events import AttemptStart, CheckpointSkipped, Epoch, Event, Log, Queued, Step
 from orchestrator.metrics import names
 from orchestrator.store import JobRecord, JobState
 
@@ -76,40 +77,40 @@ class LiveProgress:
         )
         self.progress.start()
 
-    def on_event(self, event: dict[str, Any]) -> None:
+    def on_event(self, event: Event) -> None:
         if self.quiet or self.progress is None:
             return
-        kind = event.get("type")
-        if kind == "step":
-            epoch = int(event["epoch"])
-            if self.task_epoch != epoch:
-                if self.task is not None:
-                    self.progress.remove_task(self.task)
-                self.task = self.progress.add_task("", total=event["steps"], epoch=epoch,
-                                                   epochs=self.epochs, loss="-")
-                self.task_epoch = epoch
-            self.progress.update(self.task, completed=event["step"], loss=fmt(event["loss"]))
-        elif kind == "epoch":
-            m = event["metrics"]
-            self.progress.console.print(
-                f"epoch {event['epoch']:>3}/{self.epochs}  "
-                f"loss {fmt(m.get(names.TRAIN_LOSS))} acc {fmt(m.get(names.TRAIN_ACCURACY))} | "
-                f"val loss {fmt(m.get(names.VAL_LOSS))} acc {fmt(m.get(names.VAL_ACCURACY))} | "
-                f"{fmt(m.get(names.SAMPLES_PER_SECOND))} samples/s | {fmt(m.get(names.EPOCH_SECONDS), 2)}s"
-            )
-        elif kind == "queued":
-            self.progress.console.print(f"[yellow]queued: {event['reason']}[/]")
-        elif kind == "attempt_start" and event.get("restored_epoch") is not None:
-            self.progress.console.print(
-                f"[cyan]restored checkpoint of epoch {event['restored_epoch']} "
-                f"(step {event['restored_step']})[/]"
-            )
-        elif kind == "checkpoint_skipped":
-            self.progress.console.print(f"[yellow]skipped checkpoint {event['path']}: {event['reason']}[/]")
-        elif kind == "log":
-            for line in event["lines"]:
-                self.progress.console.print(f"[dim]\\[rank {event.get('rank')}][/] {line}", markup=True,
-                                            highlight=False)
+        match event:
+            case Step():
+                epoch = int(event.epoch)
+                if self.task_epoch != epoch:
+                    if self.task is not None:
+                        self.progress.remove_task(self.task)
+                    self.task = self.progress.add_task("", total=event.steps, epoch=epoch,
+                                                       epochs=self.epochs, loss="-")
+                    self.task_epoch = epoch
+                self.progress.update(self.task, completed=event.step, loss=fmt(event.loss))
+            case Epoch():
+                m = event.metrics
+                self.progress.console.print(
+                    f"epoch {event.epoch:>3}/{self.epochs}  "
+                    f"loss {fmt(m.get(names.TRAIN_LOSS))} acc {fmt(m.get(names.TRAIN_ACCURACY))} | "
+                    f"val loss {fmt(m.get(names.VAL_LOSS))} acc {fmt(m.get(names.VAL_ACCURACY))} | "
+                    f"{fmt(m.get(names.SAMPLES_PER_SECOND))} samples/s | {fmt(m.get(names.EPOCH_SECONDS), 2)}s"
+                )
+            case Queued():
+                self.progress.console.print(f"[yellow]queued: {event.reason}[/]")
+            case AttemptStart() if event.restored_epoch is not None:
+                self.progress.console.print(
+                    f"[cyan]restored checkpoint of epoch {event.restored_epoch} "
+                    f"(step {event.restored_step})[/]"
+                )
+            case CheckpointSkipped():
+                self.progress.console.print(f"[yellow]skipped checkpoint {event.path}: {event.reason}[/]")
+            case Log():
+                for line in event.lines:
+                    self.progress.console.print(f"[dim]\\[rank {event.rank}][/] {line}", markup=True,
+                                                highlight=False)
 
     def on_finish(self, record: JobRecord) -> None:
         if self.progress is not None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from orchestrator import events as ev
 from orchestrator.backends.base import EventHandler
 from orchestrator.backends.ray_local import (
     build_trainer,
@@ -406,7 +407,7 @@ class Driver:
             self.store.transition(self.record.id, JobState.PENDING, {JobState.RUNNING, JobState.PENDING},
                                   message=f"queued: {reason}")
             if self.events:
-                self.events.on_event({"type": "queued", "reason": reason})
+                self.events.on_event(ev.Queued(reason=reason))
 
         def should_stop() -> bool:
             return bool(self._stop_reason) or self.store.get(self.record.id).state == JobState.CANCELLING
@@ -446,11 +447,11 @@ class Driver:
         import ray
 
         try:
-            events = ray.get(self._sink.drain.remote(), timeout=30)
+            wire = ray.get(self._sink.drain.remote(), timeout=30)
         except Exception:  # noqa: BLE001 - a slow sink only delays progress output
             return
         progress_changed = False
-        for event in events:
+        for event in ev.events_from_wire(wire):
             progress_changed |= self.tracker.apply(event)
             self._side_effects(event)
             if self._metrics is not None:
@@ -464,55 +465,57 @@ class Driver:
         if progress_changed:
             self._save_progress()
 
-    def _side_effects(self, event: dict[str, Any]) -> None:
+    def _side_effects(self, event: ev.Event) -> None:
         """Log lines and TensorBoard points for one event."""
-        kind = event.get("type")
-        if kind == "epoch":
-            epoch, metrics = int(event["epoch"]), event["metrics"]
-            if self._tb is not None:
-                tags = {names.TENSORBOARD_TAGS[k]: v for k, v in metrics.items() if k in names.TENSORBOARD_TAGS}
-                self._tb.scalars(tags, step=epoch)
-                self._tb.flush()
-            log.info("epoch %d %s", epoch, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        elif kind == "final":
-            if self._tb is not None and self.tracker.epoch_metrics:
-                final = event["metrics"]
-                tags = {t: final[k] for k, t in names.FINAL_TENSORBOARD_TAGS.items() if k in final}
-                self._tb.scalars(tags, step=max(self.tracker.epoch_metrics))
-                self._tb.flush()
-            log.info("final %s", " ".join(f"{k}={v:.4g}" for k, v in event["metrics"].items()))
-        elif kind == "image":
-            if self._tb is not None:
-                import base64
+        match event:
+            case ev.Epoch():
+                epoch, metrics = int(event.epoch), event.metrics
+                if self._tb is not None:
+                    tags = {names.TENSORBOARD_TAGS[k]: v for k, v in metrics.items() if k in names.TENSORBOARD_TAGS}
+                    self._tb.scalars(tags, step=epoch)
+                    self._tb.flush()
+                log.info("epoch %d %s", epoch, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            case ev.Final():
+                if self._tb is not None and self.tracker.epoch_metrics:
+                    final = event.metrics
+                    tags = {t: final[k] for k, t in names.FINAL_TENSORBOARD_TAGS.items() if k in final}
+                    self._tb.scalars(tags, step=max(self.tracker.epoch_metrics))
+                    self._tb.flush()
+                log.info("final %s", " ".join(f"{k}={v:.4g}" for k, v in event.metrics.items()))
+            case ev.Image():
+                if self._tb is not None:
+                    import base64
 
-                self._tb.image_png(event["tag"], base64.b64decode(event["png"]), int(event["height"]),
-                                   int(event["width"]), step=int(event["epoch"]),
-                                   colorspace=int(event.get("colorspace", 3)))
-                self._tb.flush()
-        elif kind == "checkpoint":
-            log.info("checkpoint epoch %s step %s -> %s (%.2fs)", event["epoch"], event["global_step"],
-                     event["path"], event["seconds"])
-        elif kind == "checkpoint_skipped":
-            log.warning("skipped checkpoint %s: %s", event["path"], event["reason"])
-        elif kind == "attempt_start":
-            log.info("attempt %s started (restored epoch %s, step %s)", event.get("attempt"),
-                     event.get("restored_epoch"), event.get("restored_step"))
-        elif kind == "first_step" and event.get("attempt", 1) == (self.tracker.current or {}).get("attempt"):
-            log.info("first training step %.2fs after submit", event["time"] - self.requested_at)
-        elif kind in ("injected", "hang"):
-            log.warning("%s", event["reason"])
-        elif kind == "worker_error":
-            log.error("rank %s raised %s\n%s", event.get("rank"), event["error"], event.get("traceback", ""))
-        elif kind == "failure":
-            log.warning("worker group failed: %s", event.get("errors"))
-        elif kind == "stopped":
-            log.info("workers stopped at epoch %s step %s", event["epoch"], event["global_step"])
-        elif kind == "log":
-            for line in event["lines"]:
-                log.info("[rank %s %s] %s", event.get("rank"), event.get("stream"), line)
-        elif kind == "model":
-            log.info("model: %s parameters (checksum %s) on %s, gradients over %s", event["parameters"],
-                     event["param_checksum"], event.get("device", "?"), event.get("sync_backend", "?"))
+                    self._tb.image_png(event.tag, base64.b64decode(event.png), int(event.height), int(event.width),
+                                       step=int(event.epoch),
+                                       colorspace=int(3 if event.colorspace is None else event.colorspace))
+                    self._tb.flush()
+            case ev.Checkpoint():
+                log.info("checkpoint epoch %s step %s -> %s (%.2fs)", event.epoch, event.global_step, event.path,
+                         event.seconds)
+            case ev.CheckpointSkipped():
+                log.warning("skipped checkpoint %s: %s", event.path, event.reason)
+            case ev.AttemptStart():
+                log.info("attempt %s started (restored epoch %s, step %s)", event.attempt, event.restored_epoch,
+                         event.restored_step)
+            case ev.FirstStep(attempt=attempt) if (attempt or 1) == (self.tracker.current or {}).get("attempt"):
+                log.info("first training step %.2fs after submit", event.time - self.requested_at)
+            case ev.Injected() | ev.Hang():
+                log.warning("%s", event.reason)
+            case ev.WorkerError():
+                log.error("rank %s raised %s\n%s", event.rank, event.error,
+                          "" if event.traceback is None else event.traceback)
+            case ev.Failure():
+                log.warning("worker group failed: %s", event.errors)
+            case ev.Stopped():
+                log.info("workers stopped at epoch %s step %s", event.epoch, event.global_step)
+            case ev.Log():
+                for line in event.lines:
+                    log.info("[rank %s %s] %s", event.rank, event.stream, line)
+            case ev.Model():
+                log.info("model: %s parameters (checksum %s) on %s, gradients over %s", event.parameters,
+                         event.param_checksum, "?" if event.device is None else event.device,
+                         "?" if event.sync_backend is None else event.sync_backend)
 
     def _save_progress(self) -> None:
         epochs = self.tracker.epoch_metrics

@@ -123,10 +123,10 @@ def ray_request(request: GangRequest) -> GangRequest:
 
     A TPU slice's layout is left to Ray (it reserves whole slices itself), so no topology here.
     """
-    from orchestrator.backends.ray_local import _ray_accelerator_name
+    from orchestrator.backends.ray_local import ray_accelerator_name
 
     return dataclasses.replace(request, accelerators=tuple(dict.fromkeys(
-        queue_accelerator(_ray_accelerator_name(a)) for a in request.accelerators)), topology=None)
+        queue_accelerator(ray_accelerator_name(a)) for a in request.accelerators)), topology=None)
 
 
 class QueueBook:

@@ -13,10 +13,28 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.events import (
+    AttemptStart,
+    Checkpoint,
+    Epoch,
+    Event,
+    Failure,
+    Final,
+    FirstStep,
+    Hang,
+    Injected,
+    Memory,
+    Model,
+    Shard,
+    Step,
+    Stopped,
+    WorkerError,
+)
+
 log = logging.getLogger("orchestrator.driver")
 
 #: Event kinds that mean "this attempt failed", most precise first (their reason wins).
-_FAILURE_KINDS = ("injected", "worker_error", "hang", "failure")
+_FAILURE_KINDS = (Injected.KIND, WorkerError.KIND, Hang.KIND, Failure.KIND)
 
 
 @dataclass
@@ -57,68 +75,74 @@ class RunTracker:
             return self.attempts[-1]
         return None
 
-    def apply(self, event: dict[str, Any]) -> bool:
+    def apply(self, event: Event) -> bool:
         """Fold one event in; True when the job's visible progress changed."""
-        kind = event.get("type")
-        handler = getattr(self, f"_on_{kind}", None)
-        if handler is None:
-            return False
-        return bool(handler(event))
+        match event:
+            case Step():
+                self._seen_step(event.global_step)
+                return False
+            case Epoch():
+                self.epoch_metrics[int(event.epoch)] = dict(event.metrics)
+                self._seen_step(event.global_step)
+                return True
+            case Model():
+                self.device = event.device
+                self.sync_backend = event.sync_backend
+                return False
+            case Memory():
+                self.peak_worker_rss_bytes = max(int(event.peak_rss_bytes), self.peak_worker_rss_bytes or 0)
+                return False
+            case Final():
+                self.final_metrics = dict(event.metrics)
+                self.model_checksum = event.param_checksum
+                return True
+            case Checkpoint():
+                self.last_checkpoint = event.path
+                self._seen_step(event.global_step)
+                return True
+            case Shard():
+                if event.rank is None:
+                    raise KeyError("rank")  # a shard record is per rank
+                per_epoch = self.shards.setdefault(int(event.rank), {})
+                epoch = int(event.epoch)
+                per_epoch[epoch] = per_epoch.get(epoch, []) + list(event.indices)  # a resumed epoch adds on
+                return False
+            case Stopped():
+                self.stopped = True
+                return False
+            case AttemptStart():
+                return self._attempt_started(event)
+            case FirstStep():
+                return self._first_step(event)
+            case Injected() | Hang():
+                return self._failed(event, str(event.reason))
+            case WorkerError():
+                reason = f"rank {event.rank}: {event.error}"
+                if event.permanent and self.permanent_failure is None:
+                    self.permanent_failure = reason
+                return self._failed(event, reason)
+            case Failure():
+                errors = event.errors or {}
+                reason = "; ".join(f"rank {rank}: {text}" for rank, text in sorted(errors.items())) or "worker failure"
+                return self._failed(event, reason)
+            case _:
+                return False
 
     # -- progress -------------------------------------------------------------------------
     def _seen_step(self, step: Any) -> None:
         if self.current is not None and step is not None:
             self.current["last_step"] = max(int(step), int(self.current.get("last_step") or 0))
 
-    def _on_step(self, event: dict[str, Any]) -> bool:
-        self._seen_step(event.get("global_step"))
-        return False
-
-    def _on_epoch(self, event: dict[str, Any]) -> bool:
-        self.epoch_metrics[int(event["epoch"])] = dict(event["metrics"])
-        self._seen_step(event.get("global_step"))
-        return True
-
-    def _on_model(self, event: dict[str, Any]) -> bool:
-        self.device = event.get("device")
-        self.sync_backend = event.get("sync_backend")
-        return False
-
-    def _on_memory(self, event: dict[str, Any]) -> bool:
-        peak = int(event["peak_rss_bytes"])
-        self.peak_worker_rss_bytes = max(peak, self.peak_worker_rss_bytes or 0)
-        return False
-
-    def _on_final(self, event: dict[str, Any]) -> bool:
-        self.final_metrics = dict(event["metrics"])
-        self.model_checksum = event.get("param_checksum")
-        return True
-
-    def _on_checkpoint(self, event: dict[str, Any]) -> bool:
-        self.last_checkpoint = event["path"]
-        self._seen_step(event.get("global_step"))
-        return True
-
-    def _on_shard(self, event: dict[str, Any]) -> bool:
-        per_epoch = self.shards.setdefault(int(event["rank"]), {})
-        epoch = int(event["epoch"])
-        per_epoch[epoch] = per_epoch.get(epoch, []) + list(event["indices"])  # a resumed epoch adds on
-        return False
-
-    def _on_stopped(self, event: dict[str, Any]) -> bool:
-        self.stopped = True
-        return False
-
     # -- attempts -------------------------------------------------------------------------
-    def _on_attempt_start(self, event: dict[str, Any]) -> bool:
+    def _attempt_started(self, event: AttemptStart) -> bool:
         previous = self.current
-        now = float(event["time"])
+        now = float(event.time)
         attempt = {
-            "attempt": int(event.get("attempt") or len(self.attempts) + 1),
+            "attempt": int(event.attempt or len(self.attempts) + 1),
             "started_at": now,
             "ended_at": None,
-            "restored_epoch": event.get("restored_epoch"),
-            "restored_step": event.get("restored_step"),
+            "restored_epoch": event.restored_epoch,
+            "restored_step": event.restored_step,
             "failure": None,
         }
         if previous is not None and previous.get("ended_at") is None:
@@ -129,51 +153,36 @@ class RunTracker:
         self.attempts.append(attempt)
         return True
 
-    def _on_failure_event(self, event: dict[str, Any], reason: str) -> bool:
+    def _failed(self, event: Injected | WorkerError | Hang | Failure, reason: str) -> bool:
         current = self.current
         if current is None or current.get("ended_at") is not None:
             return False
         if current.get("failure_detected_at") is None:
-            current["failure_detected_at"] = float(event["time"])
+            current["failure_detected_at"] = float(event.time)
             current["failure"] = reason
-        elif _rank(event.get("type")) < _rank(current.get("failure_kind")):
+        elif _rank(event.KIND) < _rank(current.get("failure_kind")):
             current["failure"] = reason  # a more precise account of the same failure
         else:
             return False
-        current["failure_kind"] = event.get("type")
-        if event.get("global_step") is not None:
-            self._seen_step(event["global_step"])
+        current["failure_kind"] = event.KIND
+        step = event.global_step if isinstance(event, Injected) else None
+        if step is not None:
+            self._seen_step(step)
         return True
 
-    def _on_injected(self, event: dict[str, Any]) -> bool:
-        return self._on_failure_event(event, str(event["reason"]))
-
-    def _on_worker_error(self, event: dict[str, Any]) -> bool:
-        reason = f"rank {event.get('rank')}: {event['error']}"
-        if event.get("permanent") and self.permanent_failure is None:
-            self.permanent_failure = reason
-        return self._on_failure_event(event, reason)
-
-    def _on_hang(self, event: dict[str, Any]) -> bool:
-        return self._on_failure_event(event, str(event["reason"]))
-
-    def _on_failure(self, event: dict[str, Any]) -> bool:
-        errors = event.get("errors") or {}
-        reason = "; ".join(f"rank {rank}: {text}" for rank, text in sorted(errors.items())) or "worker failure"
-        return self._on_failure_event(event, reason)
-
-    def _on_first_step(self, event: dict[str, Any]) -> bool:
+    def _first_step(self, event: FirstStep) -> bool:
+        at = float(event.time)
         if self.first_step_at is None:
-            self.first_step_at = float(event["time"])
+            self.first_step_at = at
         current = self.current
         if current is None or current.get("first_step_at") is not None:
             return False
-        current["first_step_at"] = float(event["time"])
+        current["first_step_at"] = at
         previous = self.attempts[-2] if len(self.attempts) >= 2 else None
         if previous is None or not previous.get("failure"):
             return False  # a fresh start or a resume after a clean stop: nothing was recovered
         detected = previous.get("failure_detected_at") or previous.get("ended_at")
-        seconds = float(event["time"]) - float(detected) if detected else None
+        seconds = at - float(detected) if detected else None
         restored = int(current.get("restored_step") or 0)
         lost = max(0, int(previous.get("last_step") or 0) - restored)
         current["recovery_seconds"] = seconds

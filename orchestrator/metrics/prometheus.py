@@ -8,7 +8,6 @@ driver feeds :class:`JobMetrics` from the workers' event stream, so one scrape o
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from orchestrator.events import Checkpoint, Epoch, Event, Step
 from orchestrator.metrics import names
 
 _STATES = ("pending", "running", "cancelling", "succeeded", "failed", "cancelled", "interrupted")
@@ -52,21 +52,21 @@ class JobMetrics:
         for s in _STATES:
             self._get(names.JOB_STATE, state=s).set(1.0 if s == state else 0.0)
 
-    def on_event(self, event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        if kind == "step":
-            self._get(names.JOB_STEP).set(event["global_step"])
-            self._get(names.JOB_STEP_LOSS).set(event["loss"])
-            self._get(names.JOB_LAST_PROGRESS).set(event.get("time", time.time()))
-        elif kind == "epoch":
-            self._get(names.JOB_EPOCH).set(event["epoch"])
-            for key, value in event["metrics"].items():
-                metric = names.EPOCH_GAUGES.get(key)
-                if metric is not None:
-                    self._get(metric).set(value)
-            self._get(names.JOB_LAST_PROGRESS).set(event.get("time", time.time()))
-        elif kind == "checkpoint":
-            self._get(names.JOB_CHECKPOINT_SECONDS).observe(event["seconds"])
+    def on_event(self, event: Event) -> None:
+        match event:
+            case Step():
+                self._get(names.JOB_STEP).set(event.global_step)
+                self._get(names.JOB_STEP_LOSS).set(event.loss)
+                self._get(names.JOB_LAST_PROGRESS).set(event.time)
+            case Epoch():
+                self._get(names.JOB_EPOCH).set(event.epoch)
+                for key, value in event.metrics.items():
+                    metric = names.EPOCH_GAUGES.get(key)
+                    if metric is not None:
+                        self._get(metric).set(value)
+                self._get(names.JOB_LAST_PROGRESS).set(event.time)
+            case Checkpoint():
+                self._get(names.JOB_CHECKPOINT_SECONDS).observe(event.seconds)
 
     def on_recovery(self, recovery_seconds: float | None, lost_steps: int) -> None:
         """A restart completed: count it, with its recovery time and the steps redone."""

@@ -27,7 +27,7 @@ from orchestrator.runtime.images import GRID, QUALITY_SAMPLES, confident_share, 
 from orchestrator.runtime.loop_common import check_gan_losses_finite, checkpoint_due, gan_epoch_metrics
 from orchestrator.runtime.session import TrainSession
 from orchestrator.runtime.torch_ddp import (
-    _all_reduce_sum,
+    all_reduce_sum,
     optimizer_checksum,
     param_checksum,
     restore_checkpoint,
@@ -90,9 +90,9 @@ def train_gan(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[str,
         for group in opt.param_groups:
             group["lr"] = rate
     if rank == 0:
-        sess.emit({"type": "model", "parameters": sum(p.numel() for p in pair.parameters()),
-                   "param_checksum": param_checksum(pair), "optimizer_checksum": optimizer_checksum(optimizer),  # type: ignore[arg-type]
-                   "device": str(dev), "sync_backend": sync_backend_in_use()})
+        sess.model_built(parameters=sum(p.numel() for p in pair.parameters()),
+                         param_checksum=param_checksum(pair), optimizer_checksum=optimizer_checksum(optimizer),  # type: ignore[arg-type]
+                         device=str(dev), sync_backend=sync_backend_in_use())
     g_net, d_net = wrap_ddp(generator, spec, dev), wrap_ddp(discriminator, spec, dev)
     fixed_z = torch.randn(GRID * GRID, gan.latent, generator=torch.Generator().manual_seed(spec.training.seed))
     real_label = 1.0 - gan.label_smoothing
@@ -121,7 +121,7 @@ def train_gan(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[str,
         # at its end, with a checkpoint (below), so cancel and preemption lose nothing
         seconds = time.perf_counter() - t0
         sess.record_shard(epoch, idx[: steps * bs])
-        g_sum, d_sum, seen = _all_reduce_sum([sums["g"], sums["d"], sums["seen"]], dev)
+        g_sum, d_sum, seen = all_reduce_sum([sums["g"], sums["d"], sums["seen"]], dev)
         check_gan_losses_finite(epoch, g_sum, d_sum)
         stop_now = sess.should_stop()
         if checkpoint_due(spec, epoch, stop_now):

@@ -9,6 +9,7 @@ import zlib
 
 import numpy as np
 
+from orchestrator.events import Image
 from orchestrator.metrics import names
 from orchestrator.runtime.session import TrainSession
 
@@ -64,5 +65,5 @@ def emit_grid(sess: TrainSession, samples: np.ndarray, epoch: int) -> None:
     folder = sess.paths.job_dir / "samples"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"epoch-{epoch:04d}.png").write_bytes(png)
-    sess.emit({"type": "image", "tag": names.SAMPLES_IMAGE_TAG, "epoch": epoch, "height": grid.shape[0],
-               "width": grid.shape[1], "colorspace": 1, "png": base64.b64encode(png).decode("ascii")})
+    sess.emit(Image(tag=names.SAMPLES_IMAGE_TAG, epoch=epoch, height=grid.shape[0], width=grid.shape[1],
+                    colorspace=1, png=base64.b64encode(png).decode("ascii")))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from orchestrator.events import Failure, Memory, WorkerError, from_wire
+
 
 class ProgressSink:
     """Buffers worker events for the driver and holds the stop flag. Runs as a 0-CPU actor."""
@@ -28,9 +30,9 @@ class ProgressSink:
         return self._attempt, self._attempt - self._first_attempt
 
     def push(self, events: list[dict[str, Any]]) -> None:
+        """Buffer events in their wire form (:meth:`orchestrator.events.Event.to_wire`)."""
         self._events.extend(events)
-        self._returned = self._returned or any(
-            e.get("type") in ("memory", "worker_error") and e.get("rank") == 0 for e in events)
+        self._returned = self._returned or any(_rank0_returned(e) for e in events)
 
     def returned(self) -> bool:
         """True once rank 0's training function has returned or raised, in any attempt (its last
@@ -50,6 +52,19 @@ class ProgressSink:
 
     def ping(self) -> float:
         return time.time()
+
+
+def _rank0_returned(wire: dict[str, Any]) -> bool:
+    """Whether a wire event says rank 0's training function returned (its peak memory) or raised."""
+    try:
+        event = from_wire(wire)
+    except KeyError:  # a malformed event still tells who sent it and what it was
+        return wire.get("type") in (Memory.KIND, WorkerError.KIND) and wire.get("rank") == 0
+    match event:
+        case Memory(rank=0) | WorkerError(rank=0):
+            return True
+        case _:
+            return False
 
 
 def create_sink(attempts_before: int = 0) -> Any:
@@ -74,7 +89,7 @@ def failure_reporter(sink: Any) -> Any:
 
         def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
             errors = {int(rank): _one_line(exc) for rank, exc in worker_exceptions.items()}
-            self.sink.push.remote([{"type": "failure", "time": time.time(), "errors": errors}])
+            self.sink.push.remote([Failure(errors=errors).to_wire()])
 
     return FailureReporter(sink)
 

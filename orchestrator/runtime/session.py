@@ -26,12 +26,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import numpy as np
 
+from orchestrator import events
 from orchestrator.runtime.checkpoints import CheckpointInfo, CheckpointManager
 from orchestrator.runtime.data import PreparedData, shard_indices
 
@@ -145,13 +146,13 @@ class TrainSession:
         self._closed = threading.Event()
 
     # -- events -------------------------------------------------------------------------
-    def emit(self, event: dict[str, Any], *, wait: bool = False) -> None:
+    def emit(self, event: events.Event, *, wait: bool = False) -> None:
         """Send one event to the driver: fire and forget, or (``wait``) until it is delivered."""
         if self.sink is None:
             return
-        event.setdefault("time", time.time())
-        event.setdefault("rank", self.rank)
-        ref = self.sink.push.remote([event])
+        if event.rank is None:
+            event = replace(event, rank=self.rank)
+        ref = self.sink.push.remote([event.to_wire()])
         if wait:
             import ray
 
@@ -178,9 +179,9 @@ class TrainSession:
         while not self._closed.wait(interval):
             idle = time.monotonic() - self._last_touch
             if idle > self.hang_timeout_s:
-                self.emit({"type": "hang", "seconds": idle,
-                           "reason": f"rank {self.rank} made no progress for {idle:.0f}s "
-                                     f"(failure.hang_timeout_s = {self.hang_timeout_s:g})"}, wait=True)
+                self.emit(events.Hang(seconds=idle,
+                                      reason=f"rank {self.rank} made no progress for {idle:.0f}s "
+                                             f"(failure.hang_timeout_s = {self.hang_timeout_s:g})"), wait=True)
                 os.kill(os.getpid(), signal.SIGKILL)  # Ray Train sees a dead worker and restarts the group
 
     def close(self) -> None:
@@ -199,8 +200,7 @@ class TrainSession:
                 continue
             kind = inj["kind"]
             what = f"injected {kind} on rank {self.rank} at epoch {epoch}, step {global_step} (attempt {self.attempt})"
-            self.emit({"type": "injected", "kind": kind, "epoch": epoch, "global_step": global_step,
-                       "reason": what}, wait=True)
+            self.emit(events.Injected(kind=kind, epoch=epoch, global_step=global_step, reason=what), wait=True)
             if kind == "exception":
                 raise InjectedFailureError(what)
             if kind == "sigkill":
@@ -216,31 +216,34 @@ class TrainSession:
         if self.first_step_at is None:
             self.first_step_at = now
             if self.rank == 0:
-                self.emit({"type": "first_step", "epoch": epoch, "global_step": global_step,
-                           "attempt": self.attempt})
+                self.emit(events.FirstStep(epoch=epoch, global_step=global_step, attempt=self.attempt))
         if self._injections:
             self.maybe_inject(epoch=epoch, global_step=global_step, epoch_start=False)
         if self.rank != 0 or (now - self._last_progress < self.PROGRESS_INTERVAL_S and step != steps):
             return
         self._last_progress = now
-        self.emit({"type": "step", "epoch": epoch, "step": step, "steps": steps, "loss": loss,
-                   "global_step": global_step})
+        self.emit(events.Step(epoch=epoch, step=step, steps=steps, loss=loss, global_step=global_step))
 
     def report(self, *, epoch: int, global_step: int | None = None, **metrics: float) -> None:
         """Epoch metrics (already reduced over ranks); rank 0's report is the job's."""
         self.touch()
         if self.rank == 0:
             clean = {k: float(v) for k, v in metrics.items() if v is not None}
-            self.emit({"type": "epoch", "epoch": epoch, "global_step": global_step, "metrics": clean})
+            self.emit(events.Epoch(epoch=epoch, global_step=global_step, metrics=clean))
 
     def finished(self, metrics: dict[str, float], param_checksum: str) -> None:
         """Rank 0: the final metrics, where the model was saved, and the final weights' checksum."""
-        self.emit({"type": "final", "metrics": metrics, "model_dir": str(self.paths.model_dir),
-                   "param_checksum": param_checksum})
+        self.emit(events.Final(metrics=metrics, model_dir=str(self.paths.model_dir), param_checksum=param_checksum))
+
+    def model_built(self, *, parameters: int, param_checksum: str, optimizer_checksum: str, device: str,
+                    sync_backend: str) -> None:
+        """Rank 0: the model's size and checksums, its device and the gradient sync in use."""
+        self.emit(events.Model(parameters=parameters, param_checksum=param_checksum,
+                               optimizer_checksum=optimizer_checksum, device=device, sync_backend=sync_backend))
 
     def stopped(self, epoch: int, global_step: int) -> None:
         """Tell the driver the loop stopped on request (cancel, preemption) after a checkpoint."""
-        self.emit({"type": "stopped", "epoch": epoch, "global_step": global_step})
+        self.emit(events.Stopped(epoch=epoch, global_step=global_step))
 
     def epoch_started(self, epoch: int, global_step: int) -> None:
         """Mark the start of an epoch (failure injection at_epoch; liveness)."""
@@ -250,7 +253,7 @@ class TrainSession:
 
     def record_shard(self, epoch: int, indices: np.ndarray) -> None:
         """Record which training samples this rank used in ``epoch`` (positions in the split)."""
-        self.emit({"type": "shard", "epoch": epoch, "indices": [int(i) for i in indices]})
+        self.emit(events.Shard(epoch=epoch, indices=[int(i) for i in indices]))
 
     # -- data ---------------------------------------------------------------------------
     def shard(self, epoch: int) -> np.ndarray:
@@ -296,8 +299,7 @@ class TrainSession:
             start = time.perf_counter()
             info = self.checkpoints.save(write, step=step, epoch=epoch, meta=meta)
             seconds = time.perf_counter() - start
-            self.emit({"type": "checkpoint", "epoch": epoch, "global_step": step,
-                       "path": str(info.path), "seconds": seconds})
+            self.emit(events.Checkpoint(epoch=epoch, global_step=step, path=str(info.path), seconds=seconds))
         self.touch()
         return seconds
 
@@ -308,7 +310,7 @@ class TrainSession:
             self.checkpoints.cleanup_orphans()
             result = self.checkpoints.latest_valid()
             for path, reason in result.skipped:
-                self.emit({"type": "checkpoint_skipped", "path": str(path), "reason": reason})
+                self.emit(events.CheckpointSkipped(path=str(path), reason=reason))
             choice = str(result.checkpoint.path) if result.checkpoint else None
         choice = self.collectives.broadcast_object(choice)
         self.restored = self.checkpoints.verify(Path(choice)) if choice else None
@@ -339,14 +341,13 @@ class TrainSession:
         if self.rank != 0:
             return
         restored = self.restored
-        self.emit({
-            "type": "attempt_start",
-            "attempt": self.attempt,
-            "restored_epoch": restored.epoch if restored else None,
-            "restored_step": restored.step if restored else None,
-            "restored_path": str(restored.path) if restored else None,
-            "pid": os.getpid(),
-        })
+        self.emit(events.AttemptStart(
+            attempt=self.attempt,
+            restored_epoch=restored.epoch if restored else None,
+            restored_step=restored.step if restored else None,
+            restored_path=str(restored.path) if restored else None,
+            pid=os.getpid(),
+        ))
 
 
 # -- the current session, for user code --------------------------------------------------
@@ -413,7 +414,7 @@ class _ForwardingStream(io.TextIOBase):
             self._buffer += text
             if "\n" in self._buffer:
                 lines, self._buffer = self._buffer.rsplit("\n", 1)
-                self._session.emit({"type": "log", "stream": self._stream, "lines": lines.split("\n")})
+                self._session.emit(events.Log(stream=self._stream, lines=lines.split("\n")))
         return len(text)
 
     def flush(self) -> None:
@@ -422,7 +423,7 @@ class _ForwardingStream(io.TextIOBase):
     def close_buffer(self) -> None:
         with self._lock:
             if self._buffer:
-                self._session.emit({"type": "log", "stream": self._stream, "lines": [self._buffer]})
+                self._session.emit(events.Log(stream=self._stream, lines=[self._buffer]))
                 self._buffer = ""
 
 

@@ -107,9 +107,9 @@ def train_gan_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.Stra
     point = restore_checkpoint(model_vars, opt_vars, rng_vars)
     sums_of = checksum(model_vars), checksum(opt_vars)
     if rank == 0:
-        sess.emit({"type": "model", "parameters": int(generator.count_params() + discriminator.count_params()),
-                   "param_checksum": sums_of[0], "optimizer_checksum": sums_of[1], "device": worker_device(),
-                   "sync_backend": sync_backend_name(strategy)})
+        sess.model_built(parameters=int(generator.count_params() + discriminator.count_params()),
+                         param_checksum=sums_of[0], optimizer_checksum=sums_of[1], device=worker_device(),
+                         sync_backend=sync_backend_name(strategy))
     step = make_gan_step(strategy, generator, discriminator, g_opt, d_opt, gan, shape, world, noise)
     generate = local_predict(strategy, generator, (gan.latent,))  # this worker's replica, inference mode
 

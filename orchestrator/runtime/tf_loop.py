@@ -114,8 +114,8 @@ def train_builtin_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.
     point = restore_checkpoint(model.weights, opt_vars, rng_vars)
     sums_of = checksum(model.weights), checksum(opt_vars)  # reads are collectives: every rank
     if rank == 0:
-        sess.emit({"type": "model", "parameters": int(model.count_params()), "param_checksum": sums_of[0],
-                   "optimizer_checksum": sums_of[1], "device": worker_device(), "sync_backend": sync_backend_name(strategy)})
+        sess.model_built(parameters=int(model.count_params()), param_checksum=sums_of[0],
+                         optimizer_checksum=sums_of[1], device=worker_device(), sync_backend=sync_backend_name(strategy))
     classify = data.task == "classification"
     y_dtype = tf.as_dtype(data.y_train.dtype)
     train_step = make_train_step(strategy, model, optimizer, spec, tuple(data.sample_shape), y_dtype, world)

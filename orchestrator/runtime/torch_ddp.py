@@ -53,7 +53,8 @@ class TorchCollectives:
         dist.barrier()
 
 
-def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Each value summed over all ranks (as is, outside a process group)."""
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
@@ -128,7 +129,7 @@ def evaluate(
             loss_sum += float(task_loss(out, yb, reduction="sum"))
             if yb.dtype != torch.float32:  # classification
                 correct += float((out.argmax(1) == yb).sum())
-    total_loss, total_correct, count = _all_reduce_sum([loss_sum, correct, float(len(idx))], dev)
+    total_loss, total_correct, count = all_reduce_sum([loss_sum, correct, float(len(idx))], dev)
     return total_loss / max(count, 1), total_correct / max(count, 1)
 
 

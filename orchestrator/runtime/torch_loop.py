@@ -25,7 +25,7 @@ from orchestrator.runtime.loop_common import (
 )
 from orchestrator.runtime.session import TrainSession
 from orchestrator.runtime.torch_ddp import (
-    _all_reduce_sum,
+    all_reduce_sum,
     build_model,
     evaluate,
     export_torch_model,
@@ -62,10 +62,10 @@ def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[
         if "momentum" in group:
             group["momentum"] = spec.training.momentum
     if rank == 0:
-        sess.emit({"type": "model", "parameters": sum(p.numel() for p in model.parameters()),
-                   "param_checksum": param_checksum(model),
-                   "optimizer_checksum": optimizer_checksum(optimizer),
-                   "device": str(dev), "sync_backend": sync_backend_in_use()})
+        sess.model_built(parameters=sum(p.numel() for p in model.parameters()),
+                         param_checksum=param_checksum(model),
+                         optimizer_checksum=optimizer_checksum(optimizer),
+                         device=str(dev), sync_backend=sync_backend_in_use())
 
     net = wrap_ddp(model, spec, dev)
     augment = spec.data.augment
@@ -105,7 +105,7 @@ def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[
             if stop or step_checkpoint_due(spec, global_step, last_step):
                 sums.seconds += time.perf_counter() - t0
                 save_checkpoint(model, optimizer, epoch=epoch, step=global_step, step_in_epoch=step + 1,
-                                extra=EpochSums.to_save(_all_reduce_sum(sums.counts(), dev), sums.seconds))
+                                extra=EpochSums.to_save(all_reduce_sum(sums.counts(), dev), sums.seconds))
                 t0 = time.perf_counter()
             if stop:
                 stopped = True
@@ -114,7 +114,7 @@ def train_builtin(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[
         sess.record_shard(epoch, idx[first * bs : min(step + 1, steps) * bs])  # what this attempt trained
         if stopped:
             break
-        t_loss, t_correct, t_seen = _all_reduce_sum(sums.counts(), dev)
+        t_loss, t_correct, t_seen = all_reduce_sum(sums.counts(), dev)
         val_loss, val_acc = evaluate(net, data.x_val, data.y_val, rank, world, 512, dev)
         stop_now = sess.should_stop()
         if checkpoint_due(spec, epoch, stop_now):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from orchestrator.events import Memory, WorkerError
 from orchestrator.runtime import session as session_mod
 from orchestrator.runtime.checkpoints import disk_full_error
 from orchestrator.runtime.data import PreparedData
@@ -114,9 +115,8 @@ def _run(sess: TrainSession, spec: JobSpec, config: dict[str, Any], builtin: Cal
     except BaseException as exc:
         # a full disk does not go away when Ray Train restarts the workers: the driver fails the job
         # at once instead of spending failure.max_failures on it
-        sess.emit({"type": "worker_error", "error": f"{type(exc).__name__}: {exc}",
-                   "traceback": traceback.format_exc(), "permanent": disk_full_error(exc) is not None},
-                  wait=True)
+        sess.emit(WorkerError(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
+                              permanent=disk_full_error(exc) is not None), wait=True)
         raise
     finally:
         _report_peak_memory(sess)
@@ -130,4 +130,4 @@ def _report_peak_memory(sess: TrainSession) -> None:
     import sys
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
-    sess.emit({"type": "memory", "peak_rss_bytes": peak if sys.platform == "darwin" else peak * 1024}, wait=True)
+    sess.emit(Memory(peak_rss_bytes=peak if sys.platform == "darwin" else peak * 1024), wait=True)

@@ -64,8 +64,8 @@ def kubernetes_manifests(sweep: SweepSpec, namespace: str, spec_path: str | None
     from orchestrator.backends.k8s import SPEC_FILE, SPEC_MOUNT_DIR
     from orchestrator.backends.k8s.manifests import (
         RuntimeConfig,
-        _labels,
         cluster_paths,
+        job_labels,
         rayjob_manifest,
         rayjob_name,
         spec_configmap_name,
@@ -92,7 +92,7 @@ def kubernetes_manifests(sweep: SweepSpec, namespace: str, spec_path: str | None
     configmap = {
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": spec_configmap_name(rayjob_name(sweep.name, "")), "namespace": namespace,
-                     "labels": _labels(owner)},
+                     "labels": job_labels(owner)},
         "data": {SPEC_FILE: dump_yaml(data)},
     }
     return {

@@ -26,6 +26,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from orchestrator.events import Epoch, events_from_wire
 from orchestrator.metrics import names
 
 #: How long a stopped trial's workers get to checkpoint and return.
@@ -299,15 +300,16 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
 
     def _drain(self) -> None:
         try:
-            events = ray.get(self.sink.drain.remote(), timeout=30)
+            wire = ray.get(self.sink.drain.remote(), timeout=30)
         except Exception:  # noqa: BLE001 - a slow sink only delays the next result
             return
-        for event in events:
+        for event in events_from_wire(wire):
             self.tracker.apply(event)
-            if event.get("type") == "epoch":
-                metrics = {k: float(v) for k, v in event["metrics"].items()}
-                self._pending.append({EPOCH_KEY: int(event["epoch"]), **metrics})
-                self._write_trial_file(state="running")
+            match event:
+                case Epoch():
+                    metrics = {k: float(v) for k, v in event.metrics.items()}
+                    self._pending.append({EPOCH_KEY: int(event.epoch), **metrics})
+                    self._write_trial_file(state="running")
 
     def _final_result(self) -> dict[str, Any]:
         from orchestrator.backends.ray_local import describe_training_error

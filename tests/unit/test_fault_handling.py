@@ -7,11 +7,13 @@ import errno
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestrator.backends.ray_local import ray_head_gone
 from orchestrator.errors import CheckpointError
+from orchestrator.events import Event, from_wire
 from orchestrator.execution.tracker import RunTracker
 from orchestrator.runtime.checkpoints import CheckpointManager, disk_full_error
 from tests.conftest import mounted_tmpfs
@@ -70,14 +72,20 @@ def test_disk_full_is_found_in_the_causes() -> None:
     assert disk_full_error(RuntimeError("no")) is None and disk_full_error(None) is None
 
 
+def typed(wire: dict[str, Any]) -> Event:
+    event = from_wire(wire)
+    assert event is not None
+    return event
+
+
 def test_a_permanent_worker_error_is_recorded_once_with_its_reason() -> None:
     tracker = RunTracker()
-    tracker.apply({"type": "attempt_start", "time": 1.0, "attempt": 1})
-    tracker.apply({"type": "worker_error", "time": 2.0, "rank": 1, "error": "ValueError: x"})
+    tracker.apply(typed({"type": "attempt_start", "time": 1.0, "attempt": 1}))
+    tracker.apply(typed({"type": "worker_error", "time": 2.0, "rank": 1, "error": "ValueError: x"}))
     assert tracker.permanent_failure is None  # an ordinary error: Ray Train restarts the workers
-    tracker.apply({"type": "worker_error", "time": 3.0, "rank": 0, "error": "CheckpointError: no space left",
-                   "permanent": True})
-    tracker.apply({"type": "worker_error", "time": 4.0, "rank": 1, "error": "later", "permanent": True})
+    tracker.apply(typed({"type": "worker_error", "time": 3.0, "rank": 0, "error": "CheckpointError: no space left",
+                   "permanent": True}))
+    tracker.apply(typed({"type": "worker_error", "time": 4.0, "rank": 1, "error": "later", "permanent": True}))
     assert tracker.permanent_failure == "rank 0: CheckpointError: no space left"
 
 

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.cli.obs_cmds import local_queue_snapshot
+from orchestrator.events import Checkpoint, Epoch, Step
 from orchestrator.metrics import names
 from orchestrator.metrics.prometheus import JobMetrics, StoreCollector, serve_registry
 from orchestrator.store import JobRecord, JobState
@@ -40,10 +41,10 @@ def test_job_metrics_follow_worker_events_over_http() -> None:
     port = jm.serve(0)
     try:
         jm.set_state("running")
-        jm.on_event({"type": "step", "global_step": 7, "loss": 1.5, "time": 100.0})
-        jm.on_event({"type": "epoch", "epoch": 1, "time": 101.0,
-                     "metrics": {"val_accuracy": 0.91, "train_loss": 0.4, "samples_per_second": 1200.0}})
-        jm.on_event({"type": "checkpoint", "seconds": 0.2, "epoch": 1, "global_step": 20, "path": "/x"})
+        jm.on_event(Step(epoch=1, step=7, steps=20, global_step=7, loss=1.5, time=100.0))
+        jm.on_event(Epoch(epoch=1, time=101.0,
+                          metrics={"val_accuracy": 0.91, "train_loss": 0.4, "samples_per_second": 1200.0}))
+        jm.on_event(Checkpoint(seconds=0.2, epoch=1, global_step=20, path="/x"))
         jm.on_recovery(3.5, 12)
         got = scrape(f"http://127.0.0.1:{port}/metrics")
     finally:

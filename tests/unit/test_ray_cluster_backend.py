@@ -287,3 +287,31 @@ def test_the_dry_run_shows_the_upload_folder_and_excludes(fake_home: Path, tmp_p
     assert "which is your home directory" in refused.stderr and "fix: move train.py" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert json.loads(refused.stdout)["error"]["type"] == "UsageError"
+
+
+def test_log_lines_of_unknown_or_malformed_events_are_skipped_but_the_newest_line_decides_queued() -> None:
+    # an event this version does not know, newest: the job is not "queued" any more (as before)
+    logs = "\n".join([event("queued", reason="r"), event("added_later", x=1)])
+    assert backend()._record(info("RUNNING"), logs).state is JobState.RUNNING
+    # a malformed epoch line (no metrics) is passed over; the epoch before it is the progress
+    logs = "\n".join([event("epoch", epoch=2, metrics={"val_accuracy": 0.8}), event("epoch", epoch=3), "{cut"])
+    record = backend()._record(info("RUNNING"), logs)
+    assert record.progress == {"epoch": 2, "val_accuracy": 0.8}
+
+
+def test_backends_that_cannot_resume_refuse_with_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from orchestrator.backends.base import SubmitOptions
+    from orchestrator.cli import main
+
+    with pytest.raises(UsageError) as refused:
+        backend().resume("demo-1", SubmitOptions())
+    assert "the ray backend cannot resume a job (demo-1)" in refused.value.message
+    assert "orchestrator submit SPEC --backend ray" in str(refused.value.fix)
+    monkeypatch.setattr(RayClusterBackend, "status", lambda self, job_id: JobRecord(
+        id=job_id, name="demo", backend="ray", state=JobState.CANCELLED, spec=spec().model_dump(mode="json"),
+        job_dir=Path("."), created_at=0.0))
+    result = CliRunner().invoke(main, ["resume", "demo-1", "--backend", "ray", "--address", "http://head:8265"])
+    assert result.exit_code == 2
+    assert "error: the ray backend cannot resume a job (demo-1)" in result.output

@@ -135,9 +135,9 @@ def test_worker_timeouts_are_raised_unless_the_user_set_them(monkeypatch: pytest
     ("tpu-v4-podslice", "TPU-V4"),
 ])
 def test_accelerator_names_match_what_ray_detects(ours: str, rays: str) -> None:
-    from orchestrator.backends.ray_local import _ray_accelerator_name
+    from orchestrator.backends.ray_local import ray_accelerator_name
 
-    assert _ray_accelerator_name(ours) == rays
+    assert ray_accelerator_name(ours) == rays
 
 
 @pytest.mark.parametrize(("resources", "expected"), [

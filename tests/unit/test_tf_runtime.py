@@ -19,6 +19,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 
 from orchestrator.errors import CheckpointError  # noqa: E402
+from orchestrator.events import Event  # noqa: E402
 from orchestrator.runtime import session as session_mod  # noqa: E402
 from orchestrator.runtime import tf_multiworker as tfm  # noqa: E402
 from orchestrator.runtime.data import prepare_data  # noqa: E402
@@ -41,8 +42,8 @@ class RecordingSession(TrainSession):
         super().__init__(sink=None, **kwargs)
         self.events: list[dict[str, Any]] = []
 
-    def emit(self, event: dict[str, Any], *, wait: bool = False) -> None:
-        self.events.append(event)
+    def emit(self, event: Event, *, wait: bool = False) -> None:
+        self.events.append(event.to_wire())
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == kind]

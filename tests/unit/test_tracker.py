@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from orchestrator.events import Event, from_wire
 from orchestrator.execution.tracker import RunTracker
 
 
-def ev(type_: str, t: float, **kw: object) -> dict:
-    return {"type": type_, "time": t, "rank": kw.pop("rank", 0), **kw}
+def ev(type_: str, t: float, **kw: object) -> Event:
+    event = from_wire({"type": type_, "time": t, "rank": kw.pop("rank", 0), **kw})
+    assert event is not None
+    return event
 
 
 def test_fresh_run_has_one_attempt_and_no_recovery() -> None:
     tr = RunTracker()
     tr.apply(ev("attempt_start", 10.0, attempt=1, restored_epoch=None, restored_step=None))
     tr.apply(ev("first_step", 12.0, attempt=1))
-    tr.apply(ev("step", 13.0, global_step=20, loss=0.5))
+    tr.apply(ev("step", 13.0, epoch=1, step=20, steps=100, global_step=20, loss=0.5))
     tr.close(20.0, None)
     [a] = tr.public_attempts()
     assert a["attempt"] == 1 and a["ended_at"] == 20.0 and a["failure"] is None
@@ -27,7 +30,7 @@ def test_sigkill_recovery_time_and_lost_steps() -> None:
     tr.apply(ev("attempt_start", 0.0, attempt=1))
     tr.apply(ev("first_step", 1.0, attempt=1))
     tr.apply(ev("checkpoint", 5.0, epoch=1, global_step=20, path="/c/20", seconds=0.1))
-    tr.apply(ev("step", 6.0, global_step=30, loss=0.3))
+    tr.apply(ev("step", 6.0, epoch=1, step=30, steps=100, global_step=30, loss=0.3))
     tr.apply(ev("injected", 6.5, rank=1, kind="sigkill", epoch=2, global_step=35, reason="injected sigkill on rank 1"))
     tr.apply(ev("failure", 8.0, errors={1: "ActorDiedError: worker died"}))  # Ray's view, later
     tr.apply(ev("attempt_start", 15.0, attempt=2, restored_epoch=1, restored_step=20))
@@ -46,7 +49,7 @@ def test_sigkill_recovery_time_and_lost_steps() -> None:
 def test_ray_failure_event_alone_marks_detection() -> None:
     tr = RunTracker()
     tr.apply(ev("attempt_start", 0.0, attempt=1))
-    tr.apply(ev("step", 3.0, global_step=12, loss=1.0))
+    tr.apply(ev("step", 3.0, epoch=1, step=12, steps=100, global_step=12, loss=1.0))
     tr.apply(ev("failure", 4.0, errors={0: "RuntimeError: boom"}))
     tr.apply(ev("failure", 6.0, errors={0: "RuntimeError: boom"}))  # repeated polls change nothing
     tr.apply(ev("attempt_start", 9.0, attempt=2, restored_step=10, restored_epoch=1))

@@ -108,7 +108,8 @@ def owner_reference(job: Mapping[str, Any]) -> dict[str, Any]:
             "controller": True, "blockOwnerDeletion": True}
 
 
-def _labels(job: Mapping[str, Any], pool: str | None = None) -> dict[str, str]:
+def job_labels(job: Mapping[str, Any], pool: str | None = None) -> dict[str, str]:
+    """The labels of everything made for a TrainingJob (managed-by, job name and uid, the pool)."""
     meta = job["metadata"]
     labels = {MANAGED_BY_LABEL: MANAGED_BY, JOB_LABEL: meta["name"]}
     if meta.get("uid"):
@@ -144,7 +145,7 @@ def spec_configmap(job: Mapping[str, Any], spec: JobSpec, config: RuntimeConfig)
     text = dump_yaml(cluster_paths(spec_data(spec), config.workdir))
     return {
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": meta["namespace"], "labels": _labels(job),
+        "metadata": {"name": name, "namespace": meta["namespace"], "labels": job_labels(job),
                      "ownerReferences": [owner_reference(job)]},
         "data": {SPEC_FILE: text},
     }
@@ -265,7 +266,7 @@ def rayjob_manifest(job: Mapping[str, Any], spec: JobSpec, pool: NodePool, confi
                     kueue_queue: str | None = None) -> dict[str, Any]:
     """The KubeRay RayJob that runs ``spec`` on ``pool`` for the TrainingJob ``job``."""
     meta = job["metadata"]
-    labels = _labels(job, pool.name)
+    labels = job_labels(job, pool.name)
     if kueue_queue:
         labels[KUEUE_QUEUE_LABEL] = kueue_queue
     body: dict[str, Any] = {
