@@ -10,17 +10,19 @@ One class, :class:`Driver`, serves every way a local job runs: in the foreground
   stream into the run tracker, TensorBoard, Prometheus, the job log, the store and the UI,
 * turns SIGINT/SIGTERM (and ``orchestrator cancel``) into a graceful stop: workers checkpoint
   and return, the job ends ``cancelled`` and can be resumed.
+
+Its parts live beside it: the run's state machine (``states``), the queue it waits in
+(``admission``, ``queue``), where events go (``fanout``), what it leaves (``result``), and the
+frame it shares with the sweep driver (``frame``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import threading
 import time
-import traceback
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -35,13 +37,17 @@ from orchestrator.backends.ray_local import (
     ray_head_gone,
     start_embedded_ray,
 )
-from orchestrator.errors import NotAvailableError, OrchestratorError, TrainingError
+from orchestrator.errors import NotAvailableError, TrainingError
+from orchestrator.execution.admission import AdmissionQueue, Admitted, Preempted, Waiting
+from orchestrator.execution.fanout import Fanout, LogSink, PrometheusSink, Sink, StoreSink, UISink
+from orchestrator.execution.frame import RunFrame, detach_job_log, shutdown_ray
 from orchestrator.execution.queue import Admission
+from orchestrator.execution.result import JobResult
+from orchestrator.execution.states import Next, RunMachine, RunState
 from orchestrator.execution.tracker import RunTracker
-from orchestrator.metrics import names
 from orchestrator.settings import Settings
 from orchestrator.spec.models import JobSpec
-from orchestrator.store import ACTIVE_STATES, JobRecord, JobState, JobStore, process_start_time
+from orchestrator.store import ACTIVE_STATES, JobRecord, JobState, JobStore
 
 log = logging.getLogger("orchestrator.driver")
 
@@ -90,36 +96,7 @@ def check_framework_available(spec: JobSpec) -> None:
         )
 
 
-def attach_job_log(path: Path) -> logging.Handler:
-    """Send the ``orchestrator`` loggers' records (INFO and up) to a job's ``driver.log``."""
-    from orchestrator.private import private_file
-
-    handler = logging.FileHandler(private_file(path), encoding="utf-8")  # the log repeats the spec
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger = logging.getLogger("orchestrator")
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    return handler
-
-
-def detach_job_log(handler: logging.Handler | None) -> None:
-    if handler is not None:
-        logging.getLogger("orchestrator").removeHandler(handler)
-        handler.close()
-
-
-def shutdown_ray() -> None:
-    """``ray.shutdown()`` at a driver's exit, best effort (a failure is logged, never raised)."""
-    try:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-    except Exception:  # noqa: BLE001 - best effort at exit
-        log.warning("ray.shutdown failed:\n%s", traceback.format_exc())
-
-
-class Driver:
+class Driver(RunFrame):
     """Runs one job to a terminal state. Construct, then call :meth:`run`."""
 
     def __init__(
@@ -136,38 +113,34 @@ class Driver:
         self.settings = settings
         self.store = JobStore(settings.db_path)
         self.record = self.store.get(job_id)
-        self.spec = JobSpec.model_validate(self.record.spec)
+        self.spec = self.record.job_spec
         self.events = events
         self.install_signal_handlers = install_signal_handlers
         self.paths = job_paths(self.record, self.spec, owner=settings.checkpoint_owner)
         self.tracker = RunTracker(attempts=[dict(a) for a in self.record.attempts])
+        self.machine = RunMachine()
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.metrics_linger_s = metrics_linger_s
         self._metrics: Any = None
-        self._stop_reason: str | None = None
-        self._stop_requested_at: float | None = None
-        self._sink: Any = None
+        self._sink: Any = None  # the workers' event stream (a Ray actor) of the current fit
         self._tb: Any = None
-        self._log_handler: logging.Handler | None = None
-        self._admission: Any = None  # the cluster queue's handle, when the driver joined a cluster
-        self._preempted_by: str | None = None
+        self._admission: AdmissionQueue | None = None
         self._gcs_address: str | None = None  # the Ray head this driver is connected to
         self._head_gone_checks = 0
-        self._admitted_once = False
         self.preemptions = 0
         # "submit to first step" counts from submission; for a resumed job, from the resume.
         self.requested_at = self.record.created_at if not self.record.attempts else time.time()
+        self._sinks: list[Sink] = []
+        self.fanout = Fanout(self.tracker, self._sinks)
 
     # -- signals --------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
         """Ask the workers to checkpoint and stop (idempotent). A second Ctrl-C forces the stop."""
-        if self._stop_reason is not None:
+        if not self.machine.request_stop(reason, time.time()):
             if reason == "interrupt":
                 raise KeyboardInterrupt
             return
-        self._stop_reason = reason
-        self._stop_requested_at = time.time()
         log.info("stop requested (%s): workers will checkpoint and stop", reason)
         if self._sink is not None:
             self._sink.request_stop.remote(reason)
@@ -177,41 +150,17 @@ class Driver:
 
     # -- main -----------------------------------------------------------------------------
     def run(self) -> JobRecord:
+        """Run the job (queue, Ray, training) to a terminal state and return its final record."""
         from orchestrator.private import private_dir
 
-        job_dir = private_dir(self.record.job_dir)
-        self._log_handler = attach_job_log(job_dir / "driver.log")
-        started = self.store.transition(
-            self.record.id,
-            JobState.RUNNING,
-            {JobState.PENDING},
-            started_at=time.time(),
-            driver_pid=os.getpid(),
-            driver_started=process_start_time(os.getpid()),
-            message=None,
-        )
-        if not started:
-            log.info("job %s is no longer pending; nothing to run", self.record.id)
-            return self.store.get(self.record.id)
-        previous: dict[int, Any] = {}
-        if self.install_signal_handlers and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, self._on_signal)
-        try:
+        def body() -> JobRecord:
             self._start_metrics()
             return self._run()
-        except KeyboardInterrupt:
-            return self._finish(JobState.CANCELLED, "cancelled (forced); resumable from the last checkpoint")
-        except OrchestratorError as exc:
-            log.error("%s", exc.render())
-            return self._finish(JobState.FAILED, exc.message)
-        except Exception as exc:  # noqa: BLE001 - the job must end in a state, never stay running
-            log.error("driver error:\n%s", traceback.format_exc())
-            return self._finish(JobState.FAILED, f"driver error: {type(exc).__name__}: {exc}")
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            self._shutdown()
+
+        return self.run_framed(private_dir(self.record.job_dir), body)
+
+    def _forced_cancel_message(self) -> str:
+        return "cancelled (forced); resumable from the last checkpoint"
 
     def _start_metrics(self) -> None:
         """Serve this job's Prometheus metrics while it runs (port 0 picks a free one)."""
@@ -226,17 +175,12 @@ class Driver:
         log.info("Prometheus metrics: %s", url)
         self._update_result(metrics_url=url)
 
-    def _update_result(self, **values: Any) -> None:
-        record = self.store.get(self.record.id)
-        self.store.update(self.record.id, result={**record.result, **values})
-
     def _run(self) -> JobRecord:
         import ray
 
         from orchestrator.metrics.tensorboard import TensorBoardWriter
         from orchestrator.runtime.checkpoints import check_owner
         from orchestrator.runtime.data import prepare_data
-        from orchestrator.runtime.progress import create_sink
 
         spec = self.spec
         log.info("job %s (%s): %s", self.record.id, spec.framework, json.dumps(self.record.spec))
@@ -258,7 +202,6 @@ class Driver:
                                                self.record.created_at, machine_node())
             if not self._admitted():
                 return self._finish(JobState.CANCELLED, "cancelled while queued")
-            self._admitted_once = True
 
         init_start = time.time()
         context = start_embedded_ray(
@@ -268,52 +211,68 @@ class Driver:
         url = dashboard_url(context)
         self._gcs_address = gcs_address(context)
         log.info("Ray ready in %.1fs; dashboard: %s", time.time() - init_start, url or "off")
-        if self.install_signal_handlers and threading.current_thread() is threading.main_thread():
-            # ray.init installs its own SIGTERM handler (it logs "SIGTERM received" and exits):
-            # take it back, so `orchestrator cancel` (SIGTERM) stops with a final checkpoint.
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, self._on_signal)
+        self._retake_signals()  # so `orchestrator cancel` (SIGTERM) stops with a final checkpoint
         check_fits_local_cluster(spec, ray.cluster_resources())
 
         self._tb = TensorBoardWriter(self.record.job_dir / "tensorboard")
         tensorboard_dir = str(self.record.job_dir / "tensorboard")
+        self._register_sinks()
         self._update_result(dashboard_url=url, tensorboard_dir=tensorboard_dir)
         if self.settings.local_ray_address:  # a shared cluster: its queue decides when the gang starts
             from orchestrator.scheduler import request_from_spec
 
             self._admission = Admission(self.record.id, request_from_spec(spec), self.record.created_at)
+        info = {"dashboard_url": url, "job_dir": str(self.record.job_dir), "tensorboard_dir": tensorboard_dir,
+                "metrics_url": self.store.get(self.record.id).result.get("metrics_url"),
+                "data": summary, "workers": spec.resources.workers}
+        outcome = self._train(ray.put(data), info)
+        if outcome is None:
+            return self._finish(JobState.CANCELLED, "cancelled while queued")
+        self._write_shards()
+        return self._conclude(outcome)
+
+    def _register_sinks(self) -> None:
+        """Where worker events go, in order: log and TensorBoard, Prometheus, the UI, the store."""
+        self._sinks.append(LogSink(self.tracker, self.requested_at, self._tb))
+        if self._metrics is not None:
+            self._sinks.append(PrometheusSink(self._metrics))
+        if self.events:
+            self._sinks.append(UISink(self.events))
+        self._sinks.append(StoreSink(self._save_progress))
+
+    def _train(self, data_ref: Any, info: dict[str, Any]) -> dict[str, Any] | None:
+        """Fit until the job ends; a preempted fit goes back to the queue and fits again.
+        The last fit's outcome (``result`` or ``error``); None if the job left the queue."""
+        from orchestrator.runtime.progress import create_sink
+
         announced = False
-        data_ref = ray.put(data)
         while True:
-            if self._admitted_once:
-                self._admitted_once = False  # admitted before Ray started
-            elif self._admission is not None and not self._admitted():
-                return self._finish(JobState.CANCELLED, "cancelled while queued")
+            if self.machine.state is RunState.QUEUED:
+                if self._admission is not None and not self._admitted():
+                    return None
+                if self.machine.state is RunState.QUEUED:
+                    self.machine.admitted()
             self._sink = create_sink(attempts_before=len(self.tracker.attempts))
-            if self._stop_reason:
-                self._sink.request_stop.remote(self._stop_reason)
-            trainer = build_trainer(spec, self.record, self.paths, data_ref, self._sink)
+            if self.machine.stop_reason:
+                self._sink.request_stop.remote(self.machine.stop_reason)
+            trainer = build_trainer(self.spec, self.record, self.paths, data_ref, self._sink)
             if self.events and not announced:
                 announced = True
-                info = {
-                    "dashboard_url": url,
-                    "job_dir": str(self.record.job_dir),
-                    "tensorboard_dir": tensorboard_dir,
-                    "metrics_url": self.store.get(self.record.id).result.get("metrics_url"),
-                    "data": summary,
-                    "workers": spec.resources.workers,
-                }
                 self.events.on_start(self.store.get(self.record.id), info)
+            self.machine.training()
             outcome = self._fit(trainer)
-            if self._preempted_by and ("error" in outcome or self.tracker.stopped):
+            if self.machine.after_fit(fit_failed="error" in outcome,
+                                      workers_stopped=self.tracker.stopped) is Next.REQUEUE:
                 self._requeue()
                 continue
-            break
-        self._write_shards()
+            return outcome
 
-        if "error" in outcome:
-            if self._stop_reason:
-                return self._finish(JobState.CANCELLED, self._cancel_message())
+    def _conclude(self, outcome: dict[str, Any]) -> JobRecord:
+        """The terminal state a finished fit means (raises TrainingError for a failure)."""
+        ending = self.machine.after_fit(fit_failed="error" in outcome, workers_stopped=self.tracker.stopped)
+        if ending is Next.CANCELLED:
+            return self._finish(JobState.CANCELLED, self._cancel_message())
+        if ending is Next.FAILED:
             if self._gcs_address and ray_head_gone(self._gcs_address):
                 raise TrainingError(self._head_gone_message())
             reason = self.tracker.last_failure()
@@ -321,12 +280,10 @@ class Driver:
             if reason:
                 raise TrainingError(
                     f"training failed after {attempts} attempt{'s' if attempts != 1 else ''} "
-                    f"(failure.max_failures = {spec.failure.max_failures}): {reason}"
+                    f"(failure.max_failures = {self.spec.failure.max_failures}): {reason}"
                 )
             raise TrainingError(describe_training_error(outcome["error"]))
-        if self._stop_reason or self.tracker.stopped:
-            return self._finish(JobState.CANCELLED, self._cancel_message())
-        if not self.tracker.final_metrics and not spec.entrypoint:
+        if not self.tracker.final_metrics and not self.spec.entrypoint:
             raise TrainingError("training ended without final metrics (see the job log)")
         return self._finish(JobState.SUCCEEDED, None)
 
@@ -361,19 +318,24 @@ class Driver:
             if self._admission is not None and now - last_report > QUEUE_REPORT_S:
                 # keep reporting while stopping too, or the queue forgets a job whose workers still run
                 last_report = now
-                try:
-                    answer = self._admission.report()
-                except Exception as exc:  # noqa: BLE001 - a queue hiccup must not fail a healthy job
-                    log.warning("could not report to the queue (%s); training goes on", exc)
-                    answer = {"action": "continue"}
-                if answer["action"] == "preempt" and not self._stop_reason:
-                    self._preempted_by = answer.get("by") or "a job of higher priority"
-                    self.request_stop(f"preempted by {self._preempted_by}")
-            if self._stop_requested_at and now - self._stop_requested_at > GRACEFUL_STOP_TIMEOUT_S:
+                self._report_in()
+            requested = self.machine.stop_requested_at
+            if requested and now - requested > GRACEFUL_STOP_TIMEOUT_S:
                 log.warning("workers did not stop within %.0fs; stopping Ray", GRACEFUL_STOP_TIMEOUT_S)
                 raise KeyboardInterrupt
         self._drain()
         return outcome
+
+    def _report_in(self) -> None:
+        """Report to the queue; a preemption asks the workers to checkpoint and stop."""
+        assert self._admission is not None
+        try:
+            answer = self._admission.report()
+        except Exception as exc:  # noqa: BLE001 - a queue hiccup must not fail a healthy job
+            log.warning("could not report to the queue (%s); training goes on", exc)
+            return
+        if isinstance(answer, Preempted) and (reason := self.machine.preempt(answer.by)):
+            self.request_stop(reason)
 
     def _check_head(self) -> None:
         """Fail the job, with the reason, once the Ray head (its GCS) stopped listening."""
@@ -398,10 +360,11 @@ class Driver:
         )
 
     def _admitted(self) -> bool:
-        """Wait in the cluster's queue until the scheduler places the whole gang; False if cancelled."""
+        """Wait in the queue until the scheduler places the whole gang; False if cancelled."""
         assert self._admission is not None
 
-        def waiting(reason: str) -> None:
+        def waiting(decision: Waiting) -> None:
+            reason = decision.reason
             log.info("queued: %s", reason)
             self.store.transition(self.record.id, JobState.PENDING, {JobState.RUNNING, JobState.PENDING},
                                   message=f"queued: {reason}")
@@ -409,38 +372,38 @@ class Driver:
                 self.events.on_event({"type": "queued", "reason": reason})
 
         def should_stop() -> bool:
-            return bool(self._stop_reason) or self.store.get(self.record.id).state == JobState.CANCELLING
+            return bool(self.machine.stop_reason) or self.store.get(self.record.id).state == JobState.CANCELLING
 
-        admitted = self._admission.wait(should_stop, waiting)
-        if admitted:
-            self.store.transition(self.record.id, JobState.RUNNING, {JobState.RUNNING, JobState.PENDING},
-                                  message=None)
-            log.info("admitted by the cluster's queue")
-        return admitted
+        if not isinstance(self._admission.wait(should_stop, waiting), Admitted):
+            return False
+        self.store.transition(self.record.id, JobState.RUNNING, {JobState.RUNNING, JobState.PENDING},
+                              message=None)
+        log.info("admitted by the cluster's queue")
+        self.machine.admitted()
+        return True
 
     def _requeue(self) -> None:
         """After a preemption: the workers checkpointed and stopped; join the queue again."""
-        log.info("preempted by %s: checkpointed at %s; back in the queue", self._preempted_by,
-                 self.tracker.last_checkpoint)
-        self.tracker.close(time.time(), f"preempted by {self._preempted_by}")
-        self.store.update(self.record.id, message=f"preempted by {self._preempted_by}; requeued",
+        by = self.machine.preempted_by
+        log.info("preempted by %s: checkpointed at %s; back in the queue", by, self.tracker.last_checkpoint)
+        self.tracker.close(time.time(), f"preempted by {by}")
+        self.store.update(self.record.id, message=f"preempted by {by}; requeued",
                           attempts=self.tracker.public_attempts())
         self.preemptions += 1
         self._update_result(preemptions=self.preemptions)
         if self._admission is not None:
             self._admission.requeued()
-        self._preempted_by = None
-        self._stop_reason = None
-        self._stop_requested_at = None
-        self.tracker.stopped = False
+        self.machine.requeue()
+        self.tracker.stopped = False  # the stopped workers were the last fit's
 
     def _cancel_message(self) -> str:
         ckpt = self.tracker.last_checkpoint
         where = f"; latest checkpoint {ckpt}" if ckpt else ""
-        return f"cancelled ({self._stop_reason or 'stop requested'}){where}; `orchestrator resume` continues it"
+        return f"cancelled ({self.machine.stop_reason or 'stop requested'}){where}; `orchestrator resume` continues it"
 
     # -- events ---------------------------------------------------------------------------
     def _drain(self) -> None:
+        """Take the workers' events from the sink and fan them out."""
         if self._sink is None:
             return
         import ray
@@ -449,70 +412,7 @@ class Driver:
             events = ray.get(self._sink.drain.remote(), timeout=30)
         except Exception:  # noqa: BLE001 - a slow sink only delays progress output
             return
-        progress_changed = False
-        for event in events:
-            progress_changed |= self.tracker.apply(event)
-            self._side_effects(event)
-            if self._metrics is not None:
-                self._metrics.on_event(event)
-            if self.events:
-                self.events.on_event(event)
-        for recovery in self.tracker.new_recoveries:
-            if self._metrics is not None:
-                self._metrics.on_recovery(recovery.seconds, recovery.lost_steps)
-        self.tracker.new_recoveries.clear()
-        if progress_changed:
-            self._save_progress()
-
-    def _side_effects(self, event: dict[str, Any]) -> None:
-        """Log lines and TensorBoard points for one event."""
-        kind = event.get("type")
-        if kind == "epoch":
-            epoch, metrics = int(event["epoch"]), event["metrics"]
-            if self._tb is not None:
-                tags = {names.TENSORBOARD_TAGS[k]: v for k, v in metrics.items() if k in names.TENSORBOARD_TAGS}
-                self._tb.scalars(tags, step=epoch)
-                self._tb.flush()
-            log.info("epoch %d %s", epoch, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        elif kind == "final":
-            if self._tb is not None and self.tracker.epoch_metrics:
-                final = event["metrics"]
-                tags = {t: final[k] for k, t in names.FINAL_TENSORBOARD_TAGS.items() if k in final}
-                self._tb.scalars(tags, step=max(self.tracker.epoch_metrics))
-                self._tb.flush()
-            log.info("final %s", " ".join(f"{k}={v:.4g}" for k, v in event["metrics"].items()))
-        elif kind == "image":
-            if self._tb is not None:
-                import base64
-
-                self._tb.image_png(event["tag"], base64.b64decode(event["png"]), int(event["height"]),
-                                   int(event["width"]), step=int(event["epoch"]),
-                                   colorspace=int(event.get("colorspace", 3)))
-                self._tb.flush()
-        elif kind == "checkpoint":
-            log.info("checkpoint epoch %s step %s -> %s (%.2fs)", event["epoch"], event["global_step"],
-                     event["path"], event["seconds"])
-        elif kind == "checkpoint_skipped":
-            log.warning("skipped checkpoint %s: %s", event["path"], event["reason"])
-        elif kind == "attempt_start":
-            log.info("attempt %s started (restored epoch %s, step %s)", event.get("attempt"),
-                     event.get("restored_epoch"), event.get("restored_step"))
-        elif kind == "first_step" and event.get("attempt", 1) == (self.tracker.current or {}).get("attempt"):
-            log.info("first training step %.2fs after submit", event["time"] - self.requested_at)
-        elif kind in ("injected", "hang"):
-            log.warning("%s", event["reason"])
-        elif kind == "worker_error":
-            log.error("rank %s raised %s\n%s", event.get("rank"), event["error"], event.get("traceback", ""))
-        elif kind == "failure":
-            log.warning("worker group failed: %s", event.get("errors"))
-        elif kind == "stopped":
-            log.info("workers stopped at epoch %s step %s", event["epoch"], event["global_step"])
-        elif kind == "log":
-            for line in event["lines"]:
-                log.info("[rank %s %s] %s", event.get("rank"), event.get("stream"), line)
-        elif kind == "model":
-            log.info("model: %s parameters (checksum %s) on %s, gradients over %s", event["parameters"],
-                     event["param_checksum"], event.get("device", "?"), event.get("sync_backend", "?"))
+        self.fanout.publish(events)
 
     def _save_progress(self) -> None:
         epochs = self.tracker.epoch_metrics
@@ -534,34 +434,15 @@ class Driver:
 
     # -- end ------------------------------------------------------------------------------
     def _finish(self, state: JobState, message: str | None) -> JobRecord:
+        self.machine.finish()
         if self._admission is not None:
             self._admission.leave()  # its resources are free for the next job in the queue
             self._admission = None
         now = time.time()
         self.tracker.close(now, message if state != JobState.SUCCEEDED else None)
-        model_dir = Path(self.paths["model_dir"])
-        result = dict(self.store.get(self.record.id).result)
-        result.update({
-            "metrics": self._summary_metrics(),
-            "checkpoint": self._latest_checkpoint(),
-            "model_path": str(model_dir / "model.pt") if (model_dir / "model.pt").exists() else None,
-            "torchscript_path": str(model_dir / "model.torchscript.pt")
-            if (model_dir / "model.torchscript.pt").exists() else None,
-            # tensorflow: the Keras file and a SavedModel that takes raw inputs
-            "keras_path": str(model_dir / "model.keras") if (model_dir / "model.keras").exists() else None,
-            "saved_model_path": str(model_dir / "saved_model") if (model_dir / "saved_model").is_dir() else None,
-            "model_dir": str(model_dir) if (model_dir / "model.json").exists() else None,
-            **({"generator_path": str(generator), "samples_dir": str(self.record.job_dir / "samples")}
-               if (generator := next((model_dir / name for name in ("generator.torchscript.pt", "generator_saved_model")
-                                      if (model_dir / name).exists()), None)) else {}),
-            "tensorboard_dir": str(self.record.job_dir / "tensorboard"),
-            "time_to_first_step_s": (self.tracker.first_step_at - self.requested_at)
-            if self.tracker.first_step_at else None,
-            "model_checksum": self.tracker.model_checksum,
-            "device": self.tracker.device,
-            "sync_backend": self.tracker.sync_backend,
-            "peak_worker_rss_bytes": self.tracker.peak_worker_rss_bytes,
-        })
+        built = JobResult.build(self.tracker, self.record.job_dir, Path(self.paths["model_dir"]),
+                                self._latest_checkpoint(), self.requested_at)
+        result = {**self.store.get(self.record.id).result, **built.to_dict()}
         self.store.transition(
             self.record.id, state, ACTIVE_STATES, ended_at=now, message=message,
             result=result, attempts=self.tracker.public_attempts(),
@@ -580,21 +461,6 @@ class Driver:
 
         found = CheckpointManager(self.paths["checkpoint_dir"]).list()
         return str(found[0].path) if found else self.tracker.last_checkpoint
-
-    def _summary_metrics(self) -> dict[str, Any]:
-        epochs = self.tracker.epoch_metrics
-        out: dict[str, Any] = {}
-        if epochs:
-            out.update(epochs[max(epochs)])
-            out["epochs"] = max(epochs)
-            total_time = sum(m.get(names.EPOCH_SECONDS, 0.0) for m in epochs.values())
-            total_samples = sum(
-                m.get(names.SAMPLES_PER_SECOND, 0.0) * m.get(names.EPOCH_SECONDS, 0.0) for m in epochs.values()
-            )
-            if total_time > 0:
-                out[names.SAMPLES_PER_SECOND] = total_samples / total_time
-        out.update(self.tracker.final_metrics)
-        return out
 
     def _shutdown(self) -> None:
         shutdown_ray()
