@@ -415,7 +415,6 @@ class MachineAdmission:
 
     def _book(self) -> QueueBook:
         from orchestrator.scheduler import request_from_spec
-        from orchestrator.spec.models import JobSpec
         from orchestrator.store import JobState, process_alive
 
         book = QueueBook(self.policy)
@@ -430,7 +429,7 @@ class MachineAdmission:
             if record.driver_pid is None or not process_alive(record.driver_pid, record.driver_started):
                 continue
             try:
-                request = request_from_spec(JobSpec.model_validate(record.spec))
+                request = request_from_spec(record.job_spec)
             except Exception:  # noqa: BLE001 - an unreadable spec cannot be queued; it runs as it is
                 continue
             entry = Entry(record.id, machine_request(request), record.created_at, last_seen=now)

@@ -33,6 +33,7 @@ from orchestrator.execution.frame import RunFrame, detach_job_log, shutdown_ray
 from orchestrator.private import write_private_text
 from orchestrator.settings import Settings
 from orchestrator.spec.loader import dump_yaml
+from orchestrator.spec.models import JobSpec
 from orchestrator.store import ACTIVE_STATES, JobRecord, JobState, JobStore
 from orchestrator.sweep.models import SweepSpec
 from orchestrator.sweep.report import (
@@ -53,12 +54,12 @@ EXPERIMENT_DIR = "ray"
 
 
 
-def trial_job(sweep: SweepSpec) -> dict[str, Any]:
+def trial_job(sweep: SweepSpec) -> JobSpec:
     """The job every trial starts from: the sweep's job, trained for at most ``max_epochs()`` epochs
-    (an ASHA ``max_t`` below ``training.epochs`` ends trials there as finished, with their model)."""
-    job = sweep.job.model_dump(mode="json")
-    job["training"]["epochs"] = sweep.max_epochs()
-    return job
+    (an ASHA ``max_t`` below ``training.epochs`` ends trials there as finished, with their model).
+    Typed: fewer epochs than a valid spec's is still valid, so nothing is validated again."""
+    training = sweep.job.training.model_copy(update={"epochs": sweep.max_epochs()})
+    return sweep.job.model_copy(update={"training": training})
 
 class SweepEvents(Protocol):
     """What the terminal UI receives while a sweep runs."""
