@@ -34,15 +34,24 @@ from orchestrator.backends.ray_local import (
     dashboard_url,
     describe_training_error,
     gcs_address,
-    ray_head_gone,
     start_embedded_ray,
 )
 from orchestrator.errors import NotAvailableError, TrainingError
-from orchestrator.execution.admission import AdmissionQueue, Admitted, Preempted, Waiting
-from orchestrator.execution.fanout import Fanout, LogSink, PrometheusSink, Sink, StoreSink, UISink
+from orchestrator.execution.admission import AdmissionQueue
+from orchestrator.execution.fanout import (
+    Fanout,
+    LogSink,
+    PrometheusSink,
+    Sink,
+    StoreSink,
+    UISink,
+    save_progress,
+)
 from orchestrator.execution.frame import RunFrame, detach_job_log, shutdown_ray
+from orchestrator.execution.head import HEAD_CHECK_S, HeadWatch, head_gone_message
 from orchestrator.execution.queue import Admission
-from orchestrator.execution.result import JobResult
+from orchestrator.execution.result import JobResult, write_shards
+from orchestrator.execution.seat import QueueSeat
 from orchestrator.execution.states import Next, RunMachine, RunState
 from orchestrator.execution.tracker import RunTracker
 from orchestrator.settings import Settings
@@ -56,10 +65,6 @@ POLL_INTERVAL_S = 0.25
 GRACEFUL_STOP_TIMEOUT_S = 120.0
 #: How often a running job reports to its cluster's queue (which may ask it to give way).
 QUEUE_REPORT_S = 2.0
-#: How often the driver checks that the Ray head (its GCS) still listens, and how many checks in a
-#: row must find it gone before the job fails (Ray itself would end this process after 60 s).
-HEAD_CHECK_S = 1.0
-HEAD_GONE_CHECKS = 2
 
 
 def job_paths(record: JobRecord, spec: JobSpec, owner: str | None = None) -> dict[str, str]:
@@ -125,9 +130,8 @@ class Driver(RunFrame):
         self._metrics: Any = None
         self._sink: Any = None  # the workers' event stream (a Ray actor) of the current fit
         self._tb: Any = None
-        self._admission: AdmissionQueue | None = None
-        self._gcs_address: str | None = None  # the Ray head this driver is connected to
-        self._head_gone_checks = 0
+        self._seat: QueueSeat | None = None  # the job's place in its queue
+        self._head = HeadWatch(None)  # the Ray head this driver is connected to, once it is
         self.preemptions = 0
         # "submit to first step" counts from submission; for a resumed job, from the resume.
         self.requested_at = self.record.created_at if not self.record.attempts else time.time()
@@ -198,9 +202,9 @@ class Driver(RunFrame):
             from orchestrator.execution.queue import MachineAdmission, machine_node
             from orchestrator.scheduler import request_from_spec
 
-            self._admission = MachineAdmission(self.store, self.record.id, request_from_spec(spec),
-                                               self.record.created_at, machine_node())
-            if not self._admitted():
+            self._seat = self._sit(MachineAdmission(self.store, self.record.id, request_from_spec(spec),
+                                                    self.record.created_at, machine_node()))
+            if not self._seat.wait():
                 return self._finish(JobState.CANCELLED, "cancelled while queued")
 
         init_start = time.time()
@@ -209,7 +213,7 @@ class Driver(RunFrame):
             metadata={"orchestrator_job_id": self.record.id, "orchestrator_job_name": self.record.name},
         )
         url = dashboard_url(context)
-        self._gcs_address = gcs_address(context)
+        self._head = HeadWatch(gcs_address(context))
         log.info("Ray ready in %.1fs; dashboard: %s", time.time() - init_start, url or "off")
         self._retake_signals()  # so `orchestrator cancel` (SIGTERM) stops with a final checkpoint
         check_fits_local_cluster(spec, ray.cluster_resources())
@@ -221,15 +225,18 @@ class Driver(RunFrame):
         if self.settings.local_ray_address:  # a shared cluster: its queue decides when the gang starts
             from orchestrator.scheduler import request_from_spec
 
-            self._admission = Admission(self.record.id, request_from_spec(spec), self.record.created_at)
+            self._seat = self._sit(Admission(self.record.id, request_from_spec(spec), self.record.created_at))
         info = {"dashboard_url": url, "job_dir": str(self.record.job_dir), "tensorboard_dir": tensorboard_dir,
                 "metrics_url": self.store.get(self.record.id).result.get("metrics_url"),
                 "data": summary, "workers": spec.resources.workers}
         outcome = self._train(ray.put(data), info)
         if outcome is None:
             return self._finish(JobState.CANCELLED, "cancelled while queued")
-        self._write_shards()
+        write_shards(self.record.job_dir / "shards.json", self.tracker.shards)
         return self._conclude(outcome)
+
+    def _sit(self, queue: AdmissionQueue) -> QueueSeat:
+        return QueueSeat(queue, self.store, self.record.id, self.machine, self.events)
 
     def _register_sinks(self) -> None:
         """Where worker events go, in order: log and TensorBoard, Prometheus, the UI, the store."""
@@ -248,7 +255,7 @@ class Driver(RunFrame):
         announced = False
         while True:
             if self.machine.state is RunState.QUEUED:
-                if self._admission is not None and not self._admitted():
+                if self._seat is not None and not self._seat.wait():
                     return None
                 if self.machine.state is RunState.QUEUED:
                     self.machine.admitted()
@@ -273,7 +280,7 @@ class Driver(RunFrame):
         if ending is Next.CANCELLED:
             return self._finish(JobState.CANCELLED, self._cancel_message())
         if ending is Next.FAILED:
-            if self._gcs_address and ray_head_gone(self._gcs_address):
+            if self._head.gone_now():
                 raise TrainingError(self._head_gone_message())
             reason = self.tracker.last_failure()
             attempts = len(self.tracker.attempts) - len(self.record.attempts)
@@ -305,7 +312,8 @@ class Driver(RunFrame):
             now = time.time()
             if now - last_head_check > HEAD_CHECK_S:  # before draining: a drain waits on the dead head
                 last_head_check = now
-                self._check_head()
+                if self._head.lost():
+                    raise TrainingError(self._head_gone_message())
             self._drain()
             if self.tracker.permanent_failure:
                 # a restart cannot cure it (a full disk): fail now, not after failure.max_failures restarts
@@ -315,10 +323,11 @@ class Driver(RunFrame):
                 last_store_check = now
                 if self.store.get(self.record.id).state == JobState.CANCELLING:
                     self.request_stop("cancelled")
-            if self._admission is not None and now - last_report > QUEUE_REPORT_S:
+            if self._seat is not None and now - last_report > QUEUE_REPORT_S:
                 # keep reporting while stopping too, or the queue forgets a job whose workers still run
                 last_report = now
-                self._report_in()
+                if reason := self._seat.report_in():
+                    self.request_stop(reason)
             requested = self.machine.stop_requested_at
             if requested and now - requested > GRACEFUL_STOP_TIMEOUT_S:
                 log.warning("workers did not stop within %.0fs; stopping Ray", GRACEFUL_STOP_TIMEOUT_S)
@@ -326,61 +335,13 @@ class Driver(RunFrame):
         self._drain()
         return outcome
 
-    def _report_in(self) -> None:
-        """Report to the queue; a preemption asks the workers to checkpoint and stop."""
-        assert self._admission is not None
-        try:
-            answer = self._admission.report()
-        except Exception as exc:  # noqa: BLE001 - a queue hiccup must not fail a healthy job
-            log.warning("could not report to the queue (%s); training goes on", exc)
-            return
-        if isinstance(answer, Preempted) and (reason := self.machine.preempt(answer.by)):
-            self.request_stop(reason)
-
-    def _check_head(self) -> None:
-        """Fail the job, with the reason, once the Ray head (its GCS) stopped listening."""
-        if not self._gcs_address:
-            return
-        self._head_gone_checks = self._head_gone_checks + 1 if ray_head_gone(self._gcs_address) else 0
-        if self._head_gone_checks >= HEAD_GONE_CHECKS:
-            raise TrainingError(self._head_gone_message())
-
     def _head_gone_message(self) -> str:
         """The failure text for a lost Ray head (and forget the cluster's queue, which lived there:
         telling it the job ended would wait on Ray until Ray ends this process)."""
-        if isinstance(self._admission, Admission):
-            self._admission = None
-        ckpt = self._latest_checkpoint()
-        where = f"; latest checkpoint {ckpt}" if ckpt else "; no checkpoint was written yet"
-        restart = "start Ray again (`ray start --head ...`), then" if self.settings.local_ray_address else "then"
-        return (
-            f"the Ray head at {self._gcs_address} went away while the job ran (its GCS no longer accepts "
-            f"connections: the head node died or Ray was stopped), and the workers with it{where}; "
-            f"{restart} `orchestrator resume {self.record.id}` continues from the latest checkpoint"
-        )
-
-    def _admitted(self) -> bool:
-        """Wait in the queue until the scheduler places the whole gang; False if cancelled."""
-        assert self._admission is not None
-
-        def waiting(decision: Waiting) -> None:
-            reason = decision.reason
-            log.info("queued: %s", reason)
-            self.store.transition(self.record.id, JobState.PENDING, {JobState.RUNNING, JobState.PENDING},
-                                  message=f"queued: {reason}")
-            if self.events:
-                self.events.on_event({"type": "queued", "reason": reason})
-
-        def should_stop() -> bool:
-            return bool(self.machine.stop_reason) or self.store.get(self.record.id).state == JobState.CANCELLING
-
-        if not isinstance(self._admission.wait(should_stop, waiting), Admitted):
-            return False
-        self.store.transition(self.record.id, JobState.RUNNING, {JobState.RUNNING, JobState.PENDING},
-                              message=None)
-        log.info("admitted by the cluster's queue")
-        self.machine.admitted()
-        return True
+        if self._seat is not None and isinstance(self._seat.queue, Admission):
+            self._seat = None
+        return head_gone_message(self._head.gcs_address, self.record.id, self._latest_checkpoint(),
+                                 own_ray=not self.settings.local_ray_address)
 
     def _requeue(self) -> None:
         """After a preemption: the workers checkpointed and stopped; join the queue again."""
@@ -391,8 +352,8 @@ class Driver(RunFrame):
                           attempts=self.tracker.public_attempts())
         self.preemptions += 1
         self._update_result(preemptions=self.preemptions)
-        if self._admission is not None:
-            self._admission.requeued()
+        if self._seat is not None:
+            self._seat.requeued()
         self.machine.requeue()
         self.tracker.stopped = False  # the stopped workers were the last fit's
 
@@ -415,29 +376,14 @@ class Driver(RunFrame):
         self.fanout.publish(events)
 
     def _save_progress(self) -> None:
-        epochs = self.tracker.epoch_metrics
-        latest = max(epochs) if epochs else None
-        progress: dict[str, Any] = {"epoch": latest, "epochs": self.spec.training.epochs}
-        if latest is not None:
-            progress.update(epochs[latest])
-        self.store.update(self.record.id, progress=progress, attempts=self.tracker.public_attempts())
-
-    def _write_shards(self) -> None:
-        if not self.tracker.shards:
-            return
-        path = self.record.job_dir / "shards.json"
-        existing: dict[str, dict[str, list[int]]] = json.loads(path.read_text()) if path.exists() else {}
-        for rank, epochs in self.tracker.shards.items():
-            for epoch, indices in epochs.items():
-                existing.setdefault(str(rank), {})[str(epoch)] = indices
-        path.write_text(json.dumps(existing))
+        save_progress(self.store, self.record.id, self.tracker, self.spec.training.epochs)
 
     # -- end ------------------------------------------------------------------------------
     def _finish(self, state: JobState, message: str | None) -> JobRecord:
         self.machine.finish()
-        if self._admission is not None:
-            self._admission.leave()  # its resources are free for the next job in the queue
-            self._admission = None
+        if self._seat is not None:
+            self._seat.leave()  # its resources are free for the next job in the queue
+            self._seat = None
         now = time.time()
         self.tracker.close(now, message if state != JobState.SUCCEEDED else None)
         built = JobResult.build(self.tracker, self.record.job_dir, Path(self.paths["model_dir"]),

@@ -138,6 +138,16 @@ class UISink(Sink):
         self.events.on_event(event)
 
 
+def save_progress(store: Any, job_id: str, tracker: RunTracker, epochs_planned: int) -> None:
+    """The job's progress in the store: its latest epoch (with that epoch's metrics) and attempts."""
+    epochs = tracker.epoch_metrics
+    latest = max(epochs) if epochs else None
+    progress: dict[str, Any] = {"epoch": latest, "epochs": epochs_planned}
+    if latest is not None:
+        progress.update(epochs[latest])
+    store.update(job_id, progress=progress, attempts=tracker.public_attempts())
+
+
 class StoreSink(Sink):
     """The job's progress (latest epoch and its metrics) and attempts, in the job store."""
 

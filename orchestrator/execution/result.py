@@ -7,6 +7,7 @@ driver builds a value mypy can check.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,18 @@ def summary_metrics(tracker: RunTracker) -> dict[str, Any]:
             out[names.SAMPLES_PER_SECOND] = total_samples / total_time
     out.update(tracker.final_metrics)
     return out
+
+
+def write_shards(path: Path, shards: dict[int, dict[int, list[int]]]) -> None:
+    """Merge the sample indices each rank trained on per epoch into ``shards.json`` (a resumed
+    job adds its epochs to the earlier run's)."""
+    if not shards:
+        return
+    existing: dict[str, dict[str, list[int]]] = json.loads(path.read_text()) if path.exists() else {}
+    for rank, epochs in shards.items():
+        for epoch, indices in epochs.items():
+            existing.setdefault(str(rank), {})[str(epoch)] = indices
+    path.write_text(json.dumps(existing))
 
 
 def _exists(path: Path) -> str | None:
