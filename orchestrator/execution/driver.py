@@ -135,8 +135,7 @@ class Driver(RunFrame):
         self.preemptions = 0
         # "submit to first step" counts from submission; for a resumed job, from the resume.
         self.requested_at = self.record.created_at if not self.record.attempts else time.time()
-        self._sinks: list[Sink] = []
-        self.fanout = Fanout(self.tracker, self._sinks)
+        self.fanout = Fanout(self.tracker)  # its sinks are registered once Ray and TensorBoard are up
 
     # -- signals --------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -240,12 +239,13 @@ class Driver(RunFrame):
 
     def _register_sinks(self) -> None:
         """Where worker events go, in order: log and TensorBoard, Prometheus, the UI, the store."""
-        self._sinks.append(LogSink(self.tracker, self.requested_at, self._tb))
+        sinks: list[Sink] = [LogSink(self.tracker, self.requested_at, self._tb)]
         if self._metrics is not None:
-            self._sinks.append(PrometheusSink(self._metrics))
+            sinks.append(PrometheusSink(self._metrics))
         if self.events:
-            self._sinks.append(UISink(self.events))
-        self._sinks.append(StoreSink(self._save_progress))
+            sinks.append(UISink(self.events))
+        sinks.append(StoreSink(self._save_progress))
+        self.fanout.register(*sinks)
 
     def _train(self, data_ref: Any, info: dict[str, Any]) -> dict[str, Any] | None:
         """Fit until the job ends; a preempted fit goes back to the queue and fits again.

@@ -40,6 +40,10 @@ class Fanout:
         self.tracker = tracker
         self.sinks: list[Sink] = list(sinks)
 
+    def register(self, *sinks: Sink) -> None:
+        """Add sinks; they receive events after those already registered."""
+        self.sinks.extend(sinks)
+
     def publish(self, events: Sequence[dict[str, Any]]) -> None:
         """One drained batch: each event to the tracker, then to every sink; recoveries; progress."""
         progress_changed = False

@@ -209,3 +209,54 @@ def test_a_gans_result_names_its_generator_and_samples(tmp_path: Path) -> None:
     assert result["samples_dir"] == str(tmp_path / "samples")
     assert list(result).index("generator_path") == list(result).index("model_dir") + 1
     assert result["time_to_first_step_s"] is None and result["metrics"] == {}
+
+
+def test_sinks_registered_later_receive_the_next_batches() -> None:
+    seen: list[tuple[str, Any]] = []
+    fanout = Fanout(RunTracker())
+    fanout.publish([{"type": "step", "global_step": 1}])
+    fanout.register(Recorder("late", seen))
+    fanout.publish([{"type": "step", "global_step": 2}])
+    assert seen == [("late", "step")]
+
+
+# -- the driver's own wiring, without Ray ---------------------------------------------------------
+class FakeBoard:
+    def __init__(self) -> None:
+        self.points: list[tuple[dict[str, float], int]] = []
+
+    def scalars(self, tags: dict[str, float], step: int) -> None:
+        self.points.append((tags, step))
+
+    def flush(self) -> None:
+        pass
+
+
+class FakeUI:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+
+def test_the_driver_sends_each_event_to_tensorboard_the_ui_and_the_store(tmp_path: Path) -> None:
+    from orchestrator.backends.base import SubmitOptions
+    from orchestrator.backends.local import LocalBackend
+    from orchestrator.execution.driver import Driver
+    from orchestrator.settings import Settings
+    from orchestrator.spec.models import JobSpec
+
+    settings = Settings.from_env({"ORCHESTRATOR_HOME": str(tmp_path / "home")})
+    record = LocalBackend(settings).create_record(
+        JobSpec.model_validate({"name": "wired", "model": {"type": "cnn"}, "training": {"epochs": 4}}), SubmitOptions())
+    ui = FakeUI()
+    driver = Driver(settings, record.id, ui, install_signal_handlers=False, metrics_port=None)  # type: ignore[arg-type]
+    assert driver.machine.state is RunState.QUEUED and driver.spec.training.epochs == 4
+    driver._tb = FakeBoard()
+    driver._register_sinks()
+    epoch = {"type": "epoch", "epoch": 1, "global_step": 5, "metrics": {"train_loss": 0.5, "val_accuracy": 0.25}}
+    driver.fanout.publish([epoch])
+    assert driver._tb.points == [({"loss/train": 0.5, "accuracy/validation": 0.25}, 1)]
+    assert ui.events == [epoch]
+    assert driver.store.get(record.id).progress == {"epoch": 1, "epochs": 4, "train_loss": 0.5, "val_accuracy": 0.25}
