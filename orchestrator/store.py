@@ -12,6 +12,7 @@ models, TensorBoard events), never the state itself.
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import os
 import secrets
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import (
     JobNotFoundError,
@@ -32,6 +33,9 @@ from orchestrator.errors import (
     UsageError,
 )
 from orchestrator.private import private_dir, private_file
+
+if TYPE_CHECKING:
+    from orchestrator.spec.models import JobSpec
 
 
 class JobState(str, Enum):
@@ -79,6 +83,14 @@ class JobRecord:
     progress: dict[str, Any] = field(default_factory=dict)
     attempts: list[dict[str, Any]] = field(default_factory=list)
     external_id: str | None = None
+
+    @functools.cached_property
+    def job_spec(self) -> JobSpec:
+        """The typed spec of a job's record, validated once per record (reading the store is an
+        edge); a sweep's record (its job plus ``tune``) has none: use ``SweepSpec.from_record_spec``."""
+        from orchestrator.spec.models import JobSpec
+
+        return JobSpec.model_validate(self.spec)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -193,7 +193,7 @@ class LocalBackend(Backend):
         return self.store.get(record.id)
 
     def checkpoint_dir(self, record: JobRecord) -> Path:
-        return Path(job_paths(record, JobSpec.model_validate(record.spec))["checkpoint_dir"])
+        return Path(job_paths(record, record.job_spec)["checkpoint_dir"])
 
 
 def follow_file(path: Path, keep_following: Any, poll_s: float = 0.3) -> Iterator[str]:

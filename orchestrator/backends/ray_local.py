@@ -266,7 +266,8 @@ def build_trainer(spec: JobSpec, record: JobRecord, paths: dict[str, str], data_
         "failure_config": FailureConfig(max_failures=spec.failure.max_failures),
         "callbacks": [failure_reporter(sink)],
     }
-    config = {"spec": spec.model_dump(mode="json"), "paths": paths, "data": data_ref, "sink": sink}
+    # the typed spec travels as it is (pickled): the workers validate nothing again
+    config = {"spec": spec, "paths": paths, "data": data_ref, "sink": sink}
     if spec.framework == "tensorflow":
         from ray.train.tensorflow import TensorflowTrainer
 

@@ -13,7 +13,16 @@ from __future__ import annotations
 import click
 
 from orchestrator import __version__
-from orchestrator.cli import examples_cmds, jobs, k8s_cmds, model_cmds, obs_cmds, sched_cmds, spec_cmds, tune_cmds
+from orchestrator.cli import (
+    examples_cmds,
+    jobs,
+    k8s_cmds,
+    model_cmds,
+    obs_cmds,
+    sched_cmds,
+    spec_cmds,
+    tune_cmds,
+)
 from orchestrator.errors import EXIT_USER_ERROR
 from orchestrator.settings import Settings
 

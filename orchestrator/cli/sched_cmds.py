@@ -311,7 +311,6 @@ def _local_view(ctx: click.Context, policy: str) -> tuple[list[QueueRow], dict[s
     from orchestrator.scheduler.cluster import cluster_from_data
     from orchestrator.scheduler.placement import find_placement
     from orchestrator.scheduler.view import queue_rows
-    from orchestrator.spec.models import JobSpec
     from orchestrator.store import JobState
 
     now = time.time()
@@ -325,7 +324,7 @@ def _local_view(ctx: click.Context, policy: str) -> tuple[list[QueueRow], dict[s
     requests = {}
     for record in sorted(records, key=lambda r: r.created_at):
         try:
-            request = request_from_spec(JobSpec.model_validate(record.spec))
+            request = request_from_spec(record.job_spec)
         except (ValueError, OrchestratorError) as exc:
             unreadable[record.id] = str(exc).splitlines()[0]
             continue

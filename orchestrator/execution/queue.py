@@ -27,6 +27,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestrator.execution.admission import (
+    Admitted,
+    Continue,
+    Offer,
+    Preempted,
+    Report,
+    Waiting,
+    WaitOutcome,
+    Withdrawn,
+    decision_of,
+)
 from orchestrator.scheduler import ClusterState, ManualClock, Place, Preempt, Scheduler
 from orchestrator.scheduler.cluster import ClusterSpec, cluster_from_data
 from orchestrator.scheduler.jobs import GangRequest
@@ -286,20 +297,32 @@ def queue_actor() -> Any:
     return cls.options(name=QUEUE_ACTOR, namespace=NAMESPACE, lifetime="detached", get_if_exists=True).remote()
 
 
-def wait_for_place(ask: Callable[[], dict[str, Any]], should_stop: Callable[[], bool],
-                   on_wait: Callable[[str], None]) -> bool:
-    """The waiting loop of both queues: ``ask()`` every ``POLL_S`` until it answers ``run`` (True) or
-    ``should_stop()`` (False), telling ``on_wait`` each new reason to wait."""
+def wait_for_place(ask: Callable[[], Offer], should_stop: Callable[[], bool],
+                   on_wait: Callable[[Waiting], None]) -> WaitOutcome:
+    """The waiting loop of both queues: ``ask()`` every ``POLL_S`` until it answers
+    :class:`Admitted` or ``should_stop()`` (:class:`Withdrawn`), telling ``on_wait`` each new reason."""
     last = None
     while not should_stop():
         answer = ask()
-        if answer["action"] == "run":
-            return True
-        if answer["reason"] != last:
-            last = answer["reason"]
-            on_wait(last)
+        if isinstance(answer, Admitted):
+            return answer
+        if answer.reasons != last:
+            last = answer.reasons
+            on_wait(answer)
         time.sleep(POLL_S)
-    return False
+    return Withdrawn()
+
+
+def _offer(answer: dict[str, Any]) -> Offer:
+    decision = decision_of(answer)
+    assert isinstance(decision, Admitted | Waiting), answer  # the queue answers an offer so
+    return decision
+
+
+def _report(answer: dict[str, Any]) -> Report:
+    decision = decision_of(answer)
+    assert isinstance(decision, Continue | Preempted), answer  # the queue answers a report so
+    return decision
 
 
 def machine_request(request: GangRequest) -> GangRequest:
@@ -339,27 +362,27 @@ class Admission:
                 time.sleep(1.0)
         raise AssertionError("unreachable")
 
-    def wait(self, should_stop: Callable[[], bool], on_wait: Callable[[str], None]) -> bool:
-        """Block until the scheduler places the job (True) or ``should_stop()`` (False)."""
+    def wait(self, should_stop: Callable[[], bool], on_wait: Callable[[Waiting], None]) -> WaitOutcome:
+        """Block until the scheduler places the job (:class:`Admitted`) or ``should_stop()``."""
 
-        def ask() -> dict[str, Any]:
-            answer: dict[str, Any] = self._call("offer", self.job_id, request_to_json(self.request), self.queued_at)
-            if answer.get("permanent"):
+        def ask() -> Offer:
+            answer = _offer(self._call("offer", self.job_id, request_to_json(self.request), self.queued_at))
+            if isinstance(answer, Waiting) and answer.permanent:
                 from orchestrator.errors import BackendError
 
-                raise BackendError(f"the job can never start on this cluster: {answer['reason']}",
+                raise BackendError(f"the job can never start on this cluster: {answer.reason}",
                                    fix="ask for resources the cluster's nodes have (see `orchestrator queue`)")
             return answer
 
-        admitted = wait_for_place(ask, should_stop, on_wait)
-        if admitted:
+        outcome = wait_for_place(ask, should_stop, on_wait)
+        if isinstance(outcome, Admitted):
             self.started_at = time.time()
-        return admitted
+        return outcome
 
-    def report(self) -> dict[str, Any]:
-        """A running job reports in; the answer says to go on or to give way (``preempt``)."""
-        return self._call("offer", self.job_id, request_to_json(self.request), self.queued_at, True,
-                          self.started_at)
+    def report(self) -> Report:
+        """A running job reports in; the answer says to go on or to give way (:class:`Preempted`)."""
+        return _report(self._call("offer", self.job_id, request_to_json(self.request), self.queued_at, True,
+                                  self.started_at))
 
     def requeued(self) -> None:
         """After a preemption: nothing to clear (the actor moved the job back to waiting)."""
@@ -392,7 +415,6 @@ class MachineAdmission:
 
     def _book(self) -> QueueBook:
         from orchestrator.scheduler import request_from_spec
-        from orchestrator.spec.models import JobSpec
         from orchestrator.store import JobState, process_alive
 
         book = QueueBook(self.policy)
@@ -407,7 +429,7 @@ class MachineAdmission:
             if record.driver_pid is None or not process_alive(record.driver_pid, record.driver_started):
                 continue
             try:
-                request = request_from_spec(JobSpec.model_validate(record.spec))
+                request = request_from_spec(record.job_spec)
             except Exception:  # noqa: BLE001 - an unreadable spec cannot be queued; it runs as it is
                 continue
             entry = Entry(record.id, machine_request(request), record.created_at, last_seen=now)
@@ -429,10 +451,11 @@ class MachineAdmission:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def wait(self, should_stop: Callable[[], bool], on_wait: Callable[[str], None]) -> bool:
+    def wait(self, should_stop: Callable[[], bool], on_wait: Callable[[Waiting], None]) -> WaitOutcome:
+        """Block until this machine's queue places the job (:class:`Admitted`) or ``should_stop()``."""
         from orchestrator.store import JobState
 
-        def ask() -> dict[str, Any]:
+        def ask() -> Offer:
             with self._locked():
                 book = self._book()
                 answer = book.offer(self.job_id, self.request, self.queued_at)
@@ -447,17 +470,18 @@ class MachineAdmission:
                     # marked running before the lock is released, so no other driver counts it waiting
                     self.store.transition(self.job_id, JobState.RUNNING, {JobState.RUNNING, JobState.PENDING},
                                           message=None)
-                    return {"action": "run"}
+                    return Admitted()
                 # marked waiting before the lock is released, so no other driver counts it running
                 self.store.transition(self.job_id, JobState.PENDING, {JobState.RUNNING, JobState.PENDING},
                                       message=f"queued: {answer['reason']}")
-                return answer
+                return _offer(answer)
 
         return wait_for_place(ask, should_stop, on_wait)
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> Report:
+        """A preemption reaches a local job through its record (``result.preempt_by``)."""
         by = self.store.get(self.job_id).result.get("preempt_by")
-        return {"action": "preempt", "by": by} if by else {"action": "continue"}
+        return Preempted(by) if by else Continue()
 
     def requeued(self) -> None:
         record = self.store.get(self.job_id)

@@ -28,13 +28,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import numpy as np
 
 from orchestrator import events
 from orchestrator.runtime.checkpoints import CheckpointInfo, CheckpointManager
 from orchestrator.runtime.data import PreparedData, shard_indices
+
+if TYPE_CHECKING:
+    from orchestrator.spec.models import JobSpec
 
 
 class InjectedFailureError(RuntimeError):
@@ -111,7 +114,7 @@ class TrainSession:
     def __init__(
         self,
         *,
-        config: dict[str, Any],
+        spec: JobSpec,
         rank: int,
         world_size: int,
         paths: JobPaths,
@@ -120,7 +123,10 @@ class TrainSession:
         collectives: Collectives,
         keep_checkpoints: int,
     ) -> None:
-        self.config = config
+        #: The job's spec, typed (validated once, where the job was loaded).
+        self.spec = spec
+        #: The same spec as plain data (what a user entrypoint receives as its ``config``).
+        self.config: dict[str, Any] = spec.model_dump(mode="json")
         self.rank = rank
         self.world_size = world_size
         self.paths = paths
@@ -136,11 +142,8 @@ class TrainSession:
         self.first_step_at: float | None = None
         self.attempt = 1
         self.restarts = 0
-        failure = config.get("failure") or {}
-        self.hang_timeout_s: float | None = failure.get("hang_timeout_s")
-        self._injections = [
-            i for i in (config.get("testing") or {}).get("inject", []) if int(i.get("rank", 0)) == rank
-        ]
+        self.hang_timeout_s: float | None = spec.failure.hang_timeout_s
+        self._injections = [i for i in spec.testing.inject if i.rank == rank]
         self._last_touch = time.monotonic()
         self._watchdog: threading.Thread | None = None
         self._closed = threading.Event()
@@ -191,14 +194,12 @@ class TrainSession:
     def maybe_inject(self, *, epoch: int, global_step: int, epoch_start: bool) -> None:
         """Fail on purpose when a spec'd injection matches this rank, attempt and point."""
         for inj in self._injections:
-            if int(inj.get("attempt", 1)) != self.attempt:
+            if inj.attempt != self.attempt:
                 continue
-            hit = (epoch_start and inj.get("at_epoch") == epoch) or (
-                not epoch_start and inj.get("at_step") == global_step
-            )
+            hit = (epoch_start and inj.at_epoch == epoch) or (not epoch_start and inj.at_step == global_step)
             if not hit:
                 continue
-            kind = inj["kind"]
+            kind = inj.kind
             what = f"injected {kind} on rank {self.rank} at epoch {epoch}, step {global_step} (attempt {self.attempt})"
             self.emit(events.Injected(kind=kind, epoch=epoch, global_step=global_step, reason=what), wait=True)
             if kind == "exception":
@@ -260,7 +261,7 @@ class TrainSession:
         """This rank's training sample positions for ``epoch`` (disjoint across ranks)."""
         if self.data is None:
             raise RuntimeError("this job has no prepared data set")
-        seed = int(self.config["training"]["seed"])
+        seed = self.spec.training.seed
         return shard_indices(len(self.data.x_train), self.rank, self.world_size, epoch, seed)
 
     # -- stopping -----------------------------------------------------------------------
@@ -329,9 +330,8 @@ class TrainSession:
             numbers = tuple(ray.get(self.sink.next_attempt.remote(), timeout=60))  # type: ignore[assignment]
         self.attempt, self.restarts = self.collectives.broadcast_object(numbers)
         if self.restarts:
-            failure = self.config.get("failure") or {}
-            base = float(failure.get("backoff_s", 1.0))
-            wait = min(base * 2 ** (self.restarts - 1), float(failure.get("backoff_max_s", 60.0)))
+            failure = self.spec.failure
+            wait = min(failure.backoff_s * 2 ** (self.restarts - 1), failure.backoff_max_s)
             if wait > 0:
                 time.sleep(wait)  # exponential backoff between attempts
 

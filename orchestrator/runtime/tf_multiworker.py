@@ -275,7 +275,7 @@ def restore_checkpoint(model_vars: list[Any], opt_vars: list[Any], rng_vars: lis
                 var.assign(arrays[f"r{i}"])
         point = RestorePoint.from_saved(meta)
     # ops that draw without a generator (and dropout, when the checkpoint has no generator state)
-    seed = int(sess.config["training"]["seed"])
+    seed = sess.spec.training.seed
     tf.random.set_seed(seed * 1000 + sess.rank + 7919 * (point.start_epoch - 1))
     sess.attempt_started()
     return point
@@ -393,7 +393,7 @@ def export_model(model: keras.Model) -> Path | None:
     weights = read_arrays(model.weights)  # a collective for batch norm statistics: every rank
     if sess.rank != 0 or sess.data is None:
         return None
-    spec = JobSpec.model_validate(sess.config)
+    spec = sess.spec
     export_keras_model(plain_copy(lambda: keras.models.clone_model(model), weights), sess.data, spec,
                        sess.paths.model_dir)
     return sess.paths.model_dir / "model.keras"

@@ -167,7 +167,7 @@ def evaluate_split(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 
 def prepare_model(model: nn.Module, dev: torch.device | None = None) -> nn.Module:
     """Move ``model`` to this worker's device and wrap it for DDP with the spec's sync settings."""
     sess = session_mod.get_session()
-    spec = JobSpec.model_validate(sess.config)
+    spec = sess.spec
     dev = dev or _session_device(sess)
     return wrap_ddp(model.to(dev), spec, dev)
 
@@ -234,7 +234,7 @@ def restore_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer) -> Re
         if len(rng) == sess.world_size:
             _set_rng_state(rng[sess.rank])
         else:  # the world size changed: reseed deterministically for this rank and epoch
-            seed = int(sess.config["training"]["seed"])
+            seed = sess.spec.training.seed
             torch.manual_seed(seed * 1000 + sess.rank + 7919 * point.start_epoch)
     sess.attempt_started()
     return point
@@ -320,7 +320,7 @@ def export_model(model: nn.Module) -> Path | None:
     sess = session_mod.get_session()
     if sess.rank != 0 or sess.data is None:
         return None
-    spec = JobSpec.model_validate(sess.config)
+    spec = sess.spec
     export_torch_model(model, sess.data, spec, sess.paths.model_dir)
     return sess.paths.model_dir / "model.pt"
 

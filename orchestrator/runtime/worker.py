@@ -45,6 +45,14 @@ def load_user_function(entrypoint: str) -> Callable[[dict[str, Any]], Any]:
     return func  # type: ignore[no-any-return]
 
 
+def job_spec_of(config: dict[str, Any]) -> JobSpec:
+    """The typed spec the driver put in the trainer's config (validated where the job was loaded)."""
+    spec = config["spec"]
+    if not isinstance(spec, JobSpec):
+        raise TypeError(f"the trainer's config must carry a JobSpec, not {type(spec).__name__}")
+    return spec
+
+
 def torch_train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train's per-worker function for torch jobs."""
     import ray.train
@@ -53,7 +61,7 @@ def torch_train_loop_per_worker(config: dict[str, Any]) -> None:
     from orchestrator.runtime.torch_ddp import TorchCollectives
     from orchestrator.runtime.torch_loop import train_builtin
 
-    spec = JobSpec.model_validate(config["spec"])
+    spec = job_spec_of(config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     dev = ray.train.torch.get_device()
@@ -76,7 +84,7 @@ def tf_train_loop_per_worker(config: dict[str, Any]) -> None:
     from orchestrator.runtime.tf_loop import train_builtin_tf
     from orchestrator.runtime.tf_multiworker import TFCollectives, make_strategy
 
-    spec = JobSpec.model_validate(config["spec"])
+    spec = job_spec_of(config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     strategy = make_strategy(spec, world)
@@ -93,7 +101,7 @@ def _make_session(
     if data is not None and not isinstance(data, PreparedData):
         data = ray.get(data)
     return TrainSession(
-        config=config["spec"],
+        spec=spec,
         rank=rank,
         world_size=world,
         paths=JobPaths.from_config(config["paths"]),
@@ -109,7 +117,7 @@ def _run(sess: TrainSession, spec: JobSpec, config: dict[str, Any], builtin: Cal
     try:
         with session_mod.captured_output(sess):
             if spec.entrypoint:
-                load_user_function(spec.entrypoint)(dict(config["spec"]))
+                load_user_function(spec.entrypoint)(dict(sess.config))  # user code gets plain data
             else:
                 builtin()
     except BaseException as exc:

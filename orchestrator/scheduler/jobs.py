@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orchestrator.errors import SpecError, SpecIssue
 from orchestrator.scheduler.cluster import CPU, DEFAULT_QUEUE, Taint, fmt_amount
 from orchestrator.spec.models import JobSpec
 
@@ -98,20 +97,10 @@ class GangRequest:
 
 
 def request_from_spec(spec: JobSpec) -> GangRequest:
-    """The gang request of a job spec (``resources``). Raises SpecError for unschedulable specs."""
+    """The gang request of a job spec (``resources``); a valid spec always has one (the spec's
+    models refuse an accelerator type without accelerators per worker)."""
     r = spec.resources
     choices = r.accelerator_choices
-    if choices and not r.gpus_per_worker:
-        raise SpecError(
-            [
-                SpecIssue(
-                    "resources.gpus_per_worker",
-                    "an accelerator type is set but no accelerators per worker",
-                    value=r.gpus_per_worker,
-                    fix="set resources.gpus_per_worker (GPUs or TPU chips per worker)",
-                )
-            ]
-        )
     return GangRequest(
         workers=r.workers,
         accelerators_per_worker=float(r.gpus_per_worker),

@@ -327,6 +327,14 @@ class ResourcesSpec(_Model):
                 "give either 'accelerator' (one type) or 'accelerators' (a list), not both",
                 fix=f"move {self.accelerator!r} into the 'accelerators' list",
             )
+        if self.accelerator_choices and not self.gpus_per_worker:
+            # the scheduler could only place it on a pool of that type with no accelerator asked
+            # for: refused here, so `validate` refuses what the driver would refuse later
+            raise CrossFieldError(
+                "gpus_per_worker",
+                "an accelerator type is set but no accelerators per worker",
+                fix="set resources.gpus_per_worker (GPUs or TPU chips per worker), or drop the accelerator type",
+            )
         if self.topology is not None and not all(a.startswith("tpu-") for a in self.accelerator_choices):
             raise CrossFieldError(
                 "topology",

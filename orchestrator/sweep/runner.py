@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
 import threading
@@ -29,12 +28,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from orchestrator.errors import OrchestratorError, TrainingError
-from orchestrator.execution.driver import attach_job_log, detach_job_log, shutdown_ray
+from orchestrator.errors import TrainingError
+from orchestrator.execution.frame import RunFrame, detach_job_log, shutdown_ray
 from orchestrator.private import write_private_text
 from orchestrator.settings import Settings
 from orchestrator.spec.loader import dump_yaml
-from orchestrator.store import ACTIVE_STATES, JobRecord, JobState, JobStore, process_start_time
+from orchestrator.spec.models import JobSpec
+from orchestrator.store import ACTIVE_STATES, JobRecord, JobState, JobStore
 from orchestrator.sweep.models import SweepSpec
 from orchestrator.sweep.report import (
     TrialRow,
@@ -54,12 +54,12 @@ EXPERIMENT_DIR = "ray"
 
 
 
-def trial_job(sweep: SweepSpec) -> dict[str, Any]:
+def trial_job(sweep: SweepSpec) -> JobSpec:
     """The job every trial starts from: the sweep's job, trained for at most ``max_epochs()`` epochs
-    (an ASHA ``max_t`` below ``training.epochs`` ends trials there as finished, with their model)."""
-    job = sweep.job.model_dump(mode="json")
-    job["training"]["epochs"] = sweep.max_epochs()
-    return job
+    (an ASHA ``max_t`` below ``training.epochs`` ends trials there as finished, with their model).
+    Typed: fewer epochs than a valid spec's is still valid, so nothing is validated again."""
+    training = sweep.job.training.model_copy(update={"epochs": sweep.max_epochs()})
+    return sweep.job.model_copy(update={"training": training})
 
 class SweepEvents(Protocol):
     """What the terminal UI receives while a sweep runs."""
@@ -107,8 +107,10 @@ def read_trials(sweep_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-class SweepDriver:
+class SweepDriver(RunFrame):
     """Runs one sweep (new or resumed) to a terminal state. Construct, then call :meth:`run`."""
+
+    error_label = "sweep driver"
 
     def __init__(self, settings: Settings, sweep_id: str, events: SweepEvents | None = None, *,
                  install_signal_handlers: bool = True) -> None:
@@ -120,7 +122,6 @@ class SweepDriver:
         self.install_signal_handlers = install_signal_handlers
         self._stop_reason: str | None = None
         self._tuning = False
-        self._log_handler: logging.Handler | None = None
         self._watch_stop = threading.Event()
 
     # -- signals ----------------------------------------------------------------------------------
@@ -141,42 +142,15 @@ class SweepDriver:
 
     # -- main ---------------------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> JobRecord:
+        """Run (or, ``resume``, continue) the sweep to a terminal state; returns its final record."""
         sweep_dir = self.record.job_dir
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        self._log_handler = attach_job_log(sweep_dir / "driver.log")
-        started = self.store.transition(
-            self.record.id, JobState.RUNNING, {JobState.PENDING}, started_at=time.time(), driver_pid=os.getpid(),
-            driver_started=process_start_time(os.getpid()), message=None,
-        )
-        if not started:
-            return self.store.get(self.record.id)
-        previous: dict[int, Any] = {}
-        tune_sigint = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
-        if self.install_signal_handlers and threading.current_thread() is threading.main_thread():
-            # Ctrl-C is ours too: like cancel, it stops the trials at once, then Tune (SIGUSR1)
-            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                previous[signum] = signal.signal(signum, self._on_signal)
-        try:
-            return self._run(resume)
-        except KeyboardInterrupt:
-            return self._finish(JobState.CANCELLED, self._resume_message(self._stop_reason or "cancelled"))
-        except OrchestratorError as exc:
-            log.error("%s", exc.render())
-            return self._finish(JobState.FAILED, exc.message)
-        except Exception as exc:  # noqa: BLE001 - the sweep must end in a state, never stay running
-            log.error("sweep driver error:\n%s", traceback.format_exc())
-            return self._finish(JobState.FAILED, f"sweep driver error: {type(exc).__name__}: {exc}")
-        finally:
-            self._watch_stop.set()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            if previous:
-                if tune_sigint is None:
-                    os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
-                else:
-                    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_sigint
-            self._shutdown()
+        # Ctrl-C is ours too: like cancel, it stops the trials at once, then Tune (SIGUSR1)
+        return self.run_framed(sweep_dir, lambda: self._run(resume),
+                               signal_env={"TUNE_DISABLE_SIGINT_HANDLER": "1"})
+
+    def _forced_cancel_message(self) -> str:
+        return self._resume_message(self._stop_reason or "cancelled")
 
     def _run(self, resume: bool) -> JobRecord:
         quiet_tune()
@@ -197,9 +171,7 @@ class SweepDriver:
         url = dashboard_url(context)
         if not url:
             log.warning("the Ray dashboard is off: a Train run inside a Tune trial may leak its placement group")
-        if self.install_signal_handlers and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_signal)  # ray.init installs its own SIGTERM handler
-            signal.signal(signal.SIGINT, self._on_signal)
+        self._retake_signals()
         concurrent = check_fits(sweep, ray.cluster_resources())
         tb_dir = record.job_dir / "tensorboard"
         self._update_result(dashboard_url=url, tensorboard_dir=str(tb_dir), max_concurrent=concurrent,
@@ -352,10 +324,6 @@ class SweepDriver:
         self._update_result(**result)
         log.info("budget: %s", json.dumps(result["budget"]))
 
-    def _update_result(self, **values: Any) -> None:
-        record = self.store.get(self.record.id)
-        self.store.update(self.record.id, result={**record.result, **values})
-
     def _resume_message(self, why: str) -> str:
         return f"{why}; `orchestrator resume {self.record.id}` continues the sweep (finished trials are kept)"
 
@@ -368,6 +336,7 @@ class SweepDriver:
         return final
 
     def _shutdown(self) -> None:
+        self._watch_stop.set()
         shutdown_ray()
         detach_job_log(self._log_handler)
 

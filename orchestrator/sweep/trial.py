@@ -184,7 +184,7 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
 
         assert sweep is not None
         self.params = {k: v for k, v in config.items()}
-        base = JobSpec.model_validate(sweep["job"])
+        base: JobSpec = sweep["job"]  # typed (trial_job): the sweep's spec was validated when it was loaded
         self.spec = apply_params(base, self.params)
         self.trial_path = trial_dir_of(sweep["sweep_dir"], self.trial_id)
         self.trial_path.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import yaml
 from orchestrator.errors import CheckpointError, UsageError
 from orchestrator.runtime.checkpoints import OWNER_FILE, CheckpointManager, check_owner
 from orchestrator.runtime.session import JobPaths, LocalCollectives, TrainSession
+from orchestrator.spec.models import JobSpec
 
 
 def write_bytes(payload: bytes):
@@ -105,7 +106,7 @@ def test_the_worker_session_claims_the_directory_with_its_job_id(tmp_path: Path)
         paths = JobPaths(tmp_path / "job", ckpt, tmp_path / "job" / "model", job_id)
         assert JobPaths.from_config(paths.to_config()) == paths
         return TrainSession(
-            config={"training": {"seed": 0}},
+            spec=JobSpec(name="owner", model={"type": "cnn"}),
             rank=0,
             world_size=1,
             paths=paths,

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.execution.admission import Admitted, Continue, Preempted, Waiting, Withdrawn
 from orchestrator.execution.queue import (
     REJOIN_S,
     STALE_S,
@@ -187,9 +188,12 @@ def admission(store: JobStore, job_id: str) -> MachineAdmission:
 
 
 def once(adm: MachineAdmission) -> tuple[bool, list[str]]:
-    said: list[str] = []
+    """One ask: admitted or not, and the reasons to wait it was told (decision objects, as words)."""
+    said: list[Waiting] = []
     calls = iter([False, True])
-    return adm.wait(lambda: next(calls), said.append), said
+    outcome = adm.wait(lambda: next(calls), said.append)
+    assert isinstance(outcome, Admitted | Withdrawn) and all(isinstance(w, Waiting) for w in said)
+    return isinstance(outcome, Admitted), [w.reason for w in said]
 
 
 def test_local_jobs_wait_in_the_store_until_the_machine_is_free(tmp_path: Path, monkeypatch: Any) -> None:
@@ -207,10 +211,10 @@ def test_local_jobs_wait_in_the_store_until_the_machine_is_free(tmp_path: Path, 
 def test_a_local_high_priority_job_preempts_through_the_victims_record(tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.setattr("orchestrator.execution.queue.POLL_S", 0.0)
     store = store_with(tmp_path, ("low", "running", "low"), ("high", "pending", "high"))
-    assert admission(store, "low").report() == {"action": "continue"}
+    assert admission(store, "low").report() == Continue()
     admitted, said = once(admission(store, "high"))
     assert not admitted and "preempting low" in said[0]  # not before low has stopped
-    assert admission(store, "low").report() == {"action": "preempt", "by": "high"}
+    assert admission(store, "low").report() == Preempted("high")
     low = admission(store, "low")
     low.requeued()  # it checkpointed and stopped; it waits behind high now
     store.transition("low", JobState.PENDING, {JobState.RUNNING})

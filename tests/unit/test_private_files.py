@@ -13,7 +13,7 @@ import pytest
 from orchestrator.backends import ray_local
 from orchestrator.backends.base import SubmitOptions
 from orchestrator.backends.local import LocalBackend
-from orchestrator.execution.driver import attach_job_log, detach_job_log
+from orchestrator.execution.frame import attach_job_log, detach_job_log
 from orchestrator.private import private_dir, private_file, write_private_text
 from orchestrator.runtime.checkpoints import OWNER_FILE, CheckpointManager
 from orchestrator.settings import Settings

@@ -313,3 +313,26 @@ def test_parse_errors_carry_no_file_contents_beyond_an_excerpt(tmp_path: Path) -
     with pytest.raises(SpecError) as err:
         load_spec(spec_file(tmp_path, HEAD + "params: {a: " + "b" * 50000 + "}\n"))
     assert len(err.value.render()) < 600
+
+
+# -- what submit refuses, validate refuses --------------------------------------------------------
+@pytest.mark.parametrize("resources", [
+    "{accelerator: nvidia-t4}",
+    "{accelerator: nvidia-t4, gpus_per_worker: 0}",
+    "{accelerators: [nvidia-h100-80gb, nvidia-a100-40gb]}",
+    "{accelerator: tpu-v5p-slice, topology: 2x2x1, workers: 1}",
+])
+@pytest.mark.parametrize("verb", [("validate",), ("submit", "--dry-run")])
+def test_an_accelerator_without_accelerators_per_worker_is_refused_at_the_edge(
+        tmp_path: Path, resources: str, verb: tuple[str, ...]) -> None:
+    """It used to pass `validate` and fail later, in the driver (the scheduler's request)."""
+    out = refused(spec_file(tmp_path, HEAD + f"resources: {resources}\n"),
+                  "resources.gpus_per_worker", "an accelerator type is set but no accelerators per worker",
+                  "fix: set resources.gpus_per_worker", verb=verb)
+    assert out.startswith("error: invalid job spec"), out
+
+
+def test_an_accelerator_with_accelerators_per_worker_still_validates(tmp_path: Path) -> None:
+    code, out = cli("validate", str(spec_file(tmp_path, HEAD + "resources: {accelerator: nvidia-t4, gpus_per_worker: 1}\n")))
+    assert code == 0, out
+    assert "accelerator: nvidia-t4" in out and "gpus_per_worker: 1" in out

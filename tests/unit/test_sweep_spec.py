@@ -235,7 +235,7 @@ def test_trials_train_at_most_asha_max_t_epochs(tmp_path: Path) -> None:
         scheduler: {type: asha, max_t: 2}
         """))
     assert sweep.job.training.epochs == 3 and sweep.max_epochs() == 2
-    assert trial_job(sweep)["training"]["epochs"] == 2  # a trial at max_t is finished, not interrupted
+    assert trial_job(sweep).training.epochs == 2  # a trial at max_t is finished, not interrupted
 
 
 @pytest.mark.parametrize(("base", "fix"), [

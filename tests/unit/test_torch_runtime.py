@@ -23,7 +23,7 @@ def make_session(tmp_path: Path, spec: JobSpec) -> TrainSession:
     data = prepare_data(spec.data, spec.training.seed)
     paths = JobPaths(tmp_path, tmp_path / "checkpoints", tmp_path / "model")
     sess = TrainSession(
-        config=spec.model_dump(mode="json"), rank=0, world_size=1, paths=paths, data=data,
+        spec=spec, rank=0, world_size=1, paths=paths, data=data,
         sink=None, collectives=LocalCollectives(torch.device("cpu")), keep_checkpoints=spec.checkpoint.keep,
     )
     session_mod.set_session(sess)

@@ -40,7 +40,7 @@ def session(tmp_path: Path) -> Iterator[TrainSession]:
     spec = JobSpec(name="unsafe", model={"type": "cnn"}, training={"epochs": 1, "seed": 2})
     paths = JobPaths(tmp_path / "job", tmp_path / "checkpoints", tmp_path / "job" / "model")
     sess = TrainSession(
-        config=spec.model_dump(mode="json"),
+        spec=spec,
         rank=0,
         world_size=1,
         paths=paths,
