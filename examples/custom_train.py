@@ -11,12 +11,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from orchestrator.runtime import session
-from orchestrator.runtime import torch_ddp as helpers
+from orchestrator import api
+from orchestrator.api import torch as helpers
 
 
 def train(config: dict) -> None:
-    data = session.get_data()  # cleaned, split and preprocessed by the driver
+    data = api.get_data()  # cleaned, split and preprocessed by the driver
     hidden = int(config["params"].get("hidden", 64))
     features = 1
     for dim in data.sample_shape:
@@ -27,11 +27,11 @@ def train(config: dict) -> None:
     point = helpers.restore_checkpoint(model, optimizer)  # epoch 1, step 0 on a fresh start
     step = point.global_step
     net = helpers.prepare_model(model)  # DDP with the spec's bucket size and compression
-    per_worker = config["training"]["batch_size"] // session.get_session().world_size
+    per_worker = config["training"]["batch_size"] // api.world_size()
 
     for epoch in range(point.start_epoch, config["training"]["epochs"] + 1):
         net.train()
-        indices = session.shard(epoch)  # this worker's part of the training split
+        indices = api.shard(epoch)  # this worker's part of the training split
         total = 0.0
         for start in range(0, len(indices), per_worker):
             batch = indices[start : start + per_worker]
@@ -45,8 +45,8 @@ def train(config: dict) -> None:
             step += 1
         val_loss, val_accuracy = helpers.evaluate_split(net, data.x_val, data.y_val)
         helpers.save_checkpoint(model, optimizer, epoch=epoch, step=step)
-        session.report(epoch=epoch, train_loss=total / len(indices), val_loss=val_loss, val_accuracy=val_accuracy)
-        if session.should_stop():  # orchestrator cancel / Ctrl-C: checkpoint written, stop now
+        api.report(epoch=epoch, train_loss=total / len(indices), val_loss=val_loss, val_accuracy=val_accuracy)
+        if api.should_stop():  # orchestrator cancel / Ctrl-C: checkpoint written, stop now
             return
     print(f"done after {step} steps")  # worker output lands in `orchestrator logs JOB`
     helpers.export_model(model)

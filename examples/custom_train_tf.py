@@ -10,13 +10,13 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from orchestrator.runtime import session
-from orchestrator.runtime import tf_multiworker as tfm
+from orchestrator import api
+from orchestrator.api import tensorflow as tfm
 
 
 def train(config: dict) -> None:
-    data = session.get_data()  # cleaned, split and preprocessed by the driver
-    world = session.get_session().world_size
+    data = api.get_data()  # cleaned, split and preprocessed by the driver
+    world = api.world_size()
     hidden = int(config["params"].get("hidden", 64))
     strategy = tfm.strategy()
     keras.utils.set_random_seed(config["training"]["seed"])  # the same initial weights on every worker
@@ -44,7 +44,7 @@ def train(config: dict) -> None:
         return strategy.experimental_local_results(strategy.run(replica_step, args=(x, y)))[0]
 
     for epoch in range(point.start_epoch, config["training"]["epochs"] + 1):
-        indices = session.shard(epoch)  # this worker's part of the training split
+        indices = api.shard(epoch)  # this worker's part of the training split
         total = 0.0
         for start in range(0, len(indices), per_worker):
             batch = indices[start : start + per_worker]
@@ -52,8 +52,8 @@ def train(config: dict) -> None:
             step += 1
         val_loss, val_accuracy = tfm.evaluate_split(model, data.x_val, data.y_val)
         tfm.save_checkpoint(model.weights, opt_vars, epoch=epoch, step=step)
-        session.report(epoch=epoch, train_loss=total / len(indices), val_loss=val_loss, val_accuracy=val_accuracy)
-        if session.should_stop():  # orchestrator cancel / Ctrl-C: checkpoint written, stop now
+        api.report(epoch=epoch, train_loss=total / len(indices), val_loss=val_loss, val_accuracy=val_accuracy)
+        if api.should_stop():  # orchestrator cancel / Ctrl-C: checkpoint written, stop now
             return
     print(f"done after {step} steps")  # worker output lands in `orchestrator logs JOB`
     tfm.export_model(model)

@@ -13,7 +13,6 @@ probability >= 0.8 is reported as ``confident_samples`` (a quality proxy).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from orchestrator.metrics import names
 from orchestrator.models.torch_models import GeneratorToRaw, build_gan
-from orchestrator.runtime.images import GRID, QUALITY_SAMPLES, confident_share, emit_grid
-from orchestrator.runtime.loop_common import check_gan_losses_finite, checkpoint_due, gan_epoch_metrics
+from orchestrator.runtime.epoch_loop import GanAdapter
+from orchestrator.runtime.images import GRID, QUALITY_SAMPLES, confident_metrics, emit_grid
+from orchestrator.runtime.loop_common import RestorePoint
 from orchestrator.runtime.session import TrainSession
-from orchestrator.runtime.torch_ddp import (
-    all_reduce_sum,
-    optimizer_checksum,
-    param_checksum,
-    restore_checkpoint,
-    save_checkpoint,
-    sync_backend_in_use,
-    wrap_ddp,
-)
-from orchestrator.spec.models import GANModel, JobSpec
+from orchestrator.runtime.torch_ddp import param_checksum, wrap_ddp
+from orchestrator.runtime.torch_loop import TorchState
+from orchestrator.spec.models import JobSpec
 
 
 class PairOptimizer:
@@ -72,84 +64,67 @@ def gan_step(g_net: nn.Module, d_net: nn.Module, g_opt: torch.optim.Optimizer, d
     return g_loss.detach(), d_loss.detach()
 
 
-def train_gan(sess: TrainSession, spec: JobSpec, dev: torch.device) -> dict[str, float]:
-    """Train the spec's gan; returns the final metrics (empty if stopped early)."""
-    data = sess.data
-    assert data is not None and isinstance(spec.model, GANModel)
-    gan = spec.model
-    rank = sess.rank
-    torch.manual_seed(spec.training.seed * 1000 + rank)
-    generator, discriminator = build_gan(gan, data.sample_shape)
-    pair = nn.ModuleDict({"generator": generator, "discriminator": discriminator}).to(dev)
-    g_opt = torch.optim.Adam(generator.parameters(), lr=gan.generator_learning_rate, betas=(gan.beta1, 0.999))
-    d_opt = torch.optim.Adam(discriminator.parameters(), lr=gan.discriminator_learning_rate, betas=(gan.beta1, 0.999))
-    optimizer = PairOptimizer(g_opt, d_opt)
-    point = restore_checkpoint(pair, optimizer)  # type: ignore[arg-type]
-    # the spec's rates win over the checkpoint's (a PBT trial restored from another trial's checkpoint)
-    for opt, rate in ((g_opt, gan.generator_learning_rate), (d_opt, gan.discriminator_learning_rate)):
-        for group in opt.param_groups:
-            group["lr"] = rate
-    if rank == 0:
-        sess.model_built(parameters=sum(p.numel() for p in pair.parameters()),
-                         param_checksum=param_checksum(pair), optimizer_checksum=optimizer_checksum(optimizer),  # type: ignore[arg-type]
-                         device=str(dev), sync_backend=sync_backend_in_use())
-    g_net, d_net = wrap_ddp(generator, spec, dev), wrap_ddp(discriminator, spec, dev)
-    fixed_z = torch.randn(GRID * GRID, gan.latent, generator=torch.Generator().manual_seed(spec.training.seed))
-    real_label = 1.0 - gan.label_smoothing
-    bs = spec.per_worker_batch_size
-    global_step, stopped, epoch, checkpoint_seconds = point.global_step, False, point.start_epoch, 0.0
-    for epoch in range(point.start_epoch, spec.training.epochs + 1):
-        idx = sess.shard(epoch)
-        # a last batch of one sample is dropped: the generator's batch norm needs two or more
-        steps = max(1, len(idx) // bs + (1 if len(idx) % bs >= 2 else 0))
-        sess.epoch_started(epoch, global_step)
-        g_net.train()
-        d_net.train()
-        sums = {"g": 0.0, "d": 0.0, "seen": 0.0}
-        t0 = time.perf_counter()
-        for step in range(steps):
-            sel = idx[step * bs : (step + 1) * bs]
-            real = torch.from_numpy(data.x_train[sel]).to(dev)
-            n = len(sel)
-            g_loss, d_loss = gan_step(g_net, d_net, g_opt, d_opt, real, gan.latent, real_label)
-            global_step += 1
-            sums["g"] += float(g_loss) * n
-            sums["d"] += float(d_loss) * n
-            sums["seen"] += n
-            sess.progress(epoch=epoch, step=step + 1, steps=steps, loss=float(g_loss), global_step=global_step)
-        # no mid-epoch stop: an epoch is a few dozen steps, and a stop asked for during it is taken
-        # at its end, with a checkpoint (below), so cancel and preemption lose nothing
-        seconds = time.perf_counter() - t0
-        sess.record_shard(epoch, idx[: steps * bs])
-        g_sum, d_sum, seen = all_reduce_sum([sums["g"], sums["d"], sums["seen"]], dev)
-        check_gan_losses_finite(epoch, g_sum, d_sum)
-        stop_now = sess.should_stop()
-        if checkpoint_due(spec, epoch, stop_now):
-            checkpoint_seconds = save_checkpoint(pair, optimizer, epoch=epoch, step=global_step)  # type: ignore[arg-type]
-        if rank == 0:
-            _emit_grid(sess, generator, fixed_z, epoch, dev)
-        sess.report(epoch=epoch, global_step=global_step, **gan_epoch_metrics(
-            g_sum=g_sum, d_sum=d_sum, seen=seen, seconds=seconds, learning_rate=gan.generator_learning_rate,
-            checkpoint_seconds=checkpoint_seconds))
-        if stop_now:
-            stopped = True
-            break
-    if stopped:
-        sess.stopped(epoch, global_step)
-        return {}
-    final: dict[str, float] = {}
-    if rank == 0:
+class TorchGan(GanAdapter):
+    """The built-in gan under DDP: both networks wrapped, a step is :func:`gan_step`."""
+
+    def __init__(self, sess: TrainSession, spec: JobSpec, dev: torch.device) -> None:
+        super().__init__(sess, spec)
+        gan = self.gan
+        self.dev = dev
+        torch.manual_seed(spec.training.seed * 1000 + self.rank)
+        self.generator, self.discriminator = build_gan(gan, self.data.sample_shape)
+        self.pair = nn.ModuleDict({"generator": self.generator, "discriminator": self.discriminator}).to(dev)
+        self.g_opt = torch.optim.Adam(self.generator.parameters(), lr=gan.generator_learning_rate,
+                                      betas=(gan.beta1, 0.999))
+        self.d_opt = torch.optim.Adam(self.discriminator.parameters(), lr=gan.discriminator_learning_rate,
+                                      betas=(gan.beta1, 0.999))
+        self.state = TorchState(self.pair, PairOptimizer(self.g_opt, self.d_opt), dev)
+        self.g_net: nn.Module = self.generator
+        self.d_net: nn.Module = self.discriminator
+
+    def restore(self) -> RestorePoint:
+        point = self.state.restore()
+        # the spec's rates win over the checkpoint's (a PBT trial restored from another trial's checkpoint)
+        for opt, rate in ((self.g_opt, self.gan.generator_learning_rate),
+                          (self.d_opt, self.gan.discriminator_learning_rate)):
+            for group in opt.param_groups:
+                group["lr"] = rate
+        return point
+
+    def prepare(self) -> None:
+        self.g_net = wrap_ddp(self.generator, self.spec, self.dev)
+        self.d_net = wrap_ddp(self.discriminator, self.spec, self.dev)
+        self.fixed_z = torch.randn(GRID * GRID, self.gan.latent,
+                                   generator=torch.Generator().manual_seed(self.spec.training.seed))
+
+    def train_mode(self) -> None:
+        self.g_net.train()
+        self.d_net.train()
+
+    def step(self, epoch: int, step: int, sel: np.ndarray) -> tuple[float, float, float]:
+        real = torch.from_numpy(self.data.x_train[sel]).to(self.dev)
+        g_loss, d_loss = gan_step(self.g_net, self.d_net, self.g_opt, self.d_opt, real, self.gan.latent,
+                                  1.0 - self.gan.label_smoothing)
+        n = len(sel)
+        return float(g_loss), float(g_loss) * n, float(d_loss) * n
+
+    def after_checkpoint(self, epoch: int) -> None:
+        if self.rank == 0:
+            _emit_grid(self.sess, self.generator, self.fixed_z, epoch, self.dev)
+
+    def finish(self) -> tuple[dict[str, float], str | None]:
+        final: dict[str, float] = {}
+        if self.rank != 0:
+            return final, None
+        data, generator, seed = self.data, self.generator, self.spec.training.seed
         generator.eval()
         with torch.no_grad():
-            z = torch.randn(QUALITY_SAMPLES, gan.latent, generator=torch.Generator().manual_seed(spec.training.seed + 1))
-            samples = generator(z.to(dev)).cpu().numpy()
+            z = torch.randn(QUALITY_SAMPLES, self.gan.latent, generator=torch.Generator().manual_seed(seed + 1))
+            samples = generator(z.to(self.dev)).cpu().numpy()
         if data.task == "classification":  # labelled data: a classifier can judge the samples
-            share, real_share = confident_share(data.x_train, data.y_train, [samples, data.x_val])
-            final[names.CONFIDENT_SAMPLES] = share
-            final[names.CONFIDENT_REAL] = real_share
-        export_gan(generator, data, spec, sess.paths.model_dir)
-        sess.finished(final, param_checksum(pair))
-    return final
+            final.update(confident_metrics(data, samples))
+        export_gan(generator, data, self.spec, self.sess.paths.model_dir)
+        return final, param_checksum(self.pair)
 
 
 def _emit_grid(sess: TrainSession, generator: nn.Module, z: torch.Tensor, epoch: int, dev: torch.device) -> None:

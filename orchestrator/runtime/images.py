@@ -11,6 +11,7 @@ import numpy as np
 
 from orchestrator.events import Image
 from orchestrator.metrics import names
+from orchestrator.runtime.data import PreparedData
 from orchestrator.runtime.session import TrainSession
 
 GRID = 8  # an 8 x 8 grid of samples per epoch
@@ -54,6 +55,12 @@ def confident_share(x_train: np.ndarray, y_train: np.ndarray, samples: list[np.n
     classifier = LogisticRegression(C=10.0, max_iter=3000).fit(x_train.reshape(len(x_train), -1), y_train)
     return [float((classifier.predict_proba(s.reshape(len(s), -1)).max(axis=1) >= threshold).mean())
             for s in samples]
+
+
+def confident_metrics(data: PreparedData, samples: np.ndarray) -> dict[str, float]:
+    """A gan's final quality report: the confident share of its ``samples`` and of the real validation split."""
+    share, real_share = confident_share(data.x_train, data.y_train, [samples, data.x_val])
+    return {names.CONFIDENT_SAMPLES: share, names.CONFIDENT_REAL: real_share}
 
 
 def emit_grid(sess: TrainSession, samples: np.ndarray, epoch: int) -> None:

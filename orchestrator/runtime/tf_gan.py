@@ -12,32 +12,26 @@ the end it reports ``confident_samples`` and ``confident_real`` and exports the 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from orchestrator.metrics import names
-from orchestrator.runtime.images import GRID, QUALITY_SAMPLES, confident_share, emit_grid
-from orchestrator.runtime.loop_common import check_gan_losses_finite, checkpoint_due, gan_epoch_metrics
+from orchestrator.runtime.epoch_loop import GanAdapter
+from orchestrator.runtime.images import GRID, QUALITY_SAMPLES, confident_metrics, emit_grid
 from orchestrator.runtime.session import TrainSession
+from orchestrator.runtime.tf_loop import TFState, tf_collectives
 from orchestrator.runtime.tf_multiworker import (
-    TFCollectives,
     checksum,
     local_predict,
     make_optimizer,
     optimizer_variables,
     plain_copy,
     read_arrays,
-    restore_checkpoint,
     rng_variables,
-    save_checkpoint,
-    sync_backend_name,
     sync_moving_statistics,
     use_variable_rng,
-    worker_device,
 )
 from orchestrator.spec.models import GANModel, JobSpec
 
@@ -81,90 +75,68 @@ def make_gan_step(strategy: tf.distribute.Strategy, generator: Any, discriminato
     return gan_step
 
 
-def train_gan_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.Strategy) -> dict[str, float]:
-    """Train the spec's gan with tensorflow; returns the final metrics (empty if stopped early)."""
-    import tf_keras as keras
+class TFGan(GanAdapter):
+    """The built-in gan under MultiWorkerMirroredStrategy; a step is :func:`make_gan_step`'s."""
 
-    from orchestrator.models.keras_models import build_gan
+    def __init__(self, sess: TrainSession, spec: JobSpec, strategy: tf.distribute.Strategy) -> None:
+        import tf_keras as keras
 
-    data = sess.data
-    assert data is not None and isinstance(spec.model, GANModel)
-    collectives = sess.collectives
-    assert isinstance(collectives, TFCollectives)
-    gan, rank, world = spec.model, sess.rank, sess.world_size
-    keras.utils.set_random_seed(spec.training.seed)
-    use_variable_rng()
-    shape = tuple(data.sample_shape)
-    with strategy.scope():
-        generator, discriminator = build_gan(gan, shape)
-        g_opt = make_optimizer(spec, gan.generator_learning_rate, beta1=gan.beta1)
-        d_opt = make_optimizer(spec, gan.discriminator_learning_rate, beta1=gan.beta1)
-        opt_vars = optimizer_variables(g_opt, generator.trainable_variables) + \
-            optimizer_variables(d_opt, discriminator.trainable_variables)
-        noise = tf.random.Generator.from_seed(spec.training.seed)
-        rng_vars = [noise.state, *rng_variables(generator, discriminator)]
-    model_vars = generator.weights + discriminator.weights
-    point = restore_checkpoint(model_vars, opt_vars, rng_vars)
-    sums_of = checksum(model_vars), checksum(opt_vars)
-    if rank == 0:
-        sess.model_built(parameters=int(generator.count_params() + discriminator.count_params()),
-                         param_checksum=sums_of[0], optimizer_checksum=sums_of[1], device=worker_device(),
-                         sync_backend=sync_backend_name(strategy))
-    step = make_gan_step(strategy, generator, discriminator, g_opt, d_opt, gan, shape, world, noise)
-    generate = local_predict(strategy, generator, (gan.latent,))  # this worker's replica, inference mode
+        from orchestrator.models.keras_models import build_gan
 
-    def sample(z: np.ndarray) -> np.ndarray:
-        return generate(tf.constant(z)).numpy()  # type: ignore[no-any-return]
+        super().__init__(sess, spec)
+        gan, self.strategy = self.gan, strategy
+        keras.utils.set_random_seed(spec.training.seed)
+        use_variable_rng()
+        self.shape = tuple(self.data.sample_shape)
+        with strategy.scope():
+            self.generator, self.discriminator = build_gan(gan, self.shape)
+            self.g_opt = make_optimizer(spec, gan.generator_learning_rate, beta1=gan.beta1)
+            self.d_opt = make_optimizer(spec, gan.discriminator_learning_rate, beta1=gan.beta1)
+            opt_vars = optimizer_variables(self.g_opt, self.generator.trainable_variables) + \
+                optimizer_variables(self.d_opt, self.discriminator.trainable_variables)
+            self.noise = tf.random.Generator.from_seed(spec.training.seed)
+            rng_vars = [self.noise.state, *rng_variables(self.generator, self.discriminator)]
+        parameters = int(self.generator.count_params() + self.discriminator.count_params())
+        self.state = TFState(strategy, tf_collectives(sess), parameters,
+                             self.generator.weights + self.discriminator.weights, opt_vars, rng_vars)
 
-    fixed_z = np.random.default_rng(spec.training.seed).standard_normal((GRID * GRID, gan.latent)).astype(np.float32)
-    bs = spec.per_worker_batch_size
-    global_step, stopped, epoch, checkpoint_seconds = point.global_step, False, point.start_epoch, 0.0
-    for epoch in range(point.start_epoch, spec.training.epochs + 1):
-        idx = sess.shard(epoch)
-        steps = max(1, len(idx) // bs + (1 if len(idx) % bs >= 2 else 0))  # no one-sample batch (batch norm)
-        sess.epoch_started(epoch, global_step)
-        sums = np.zeros(3)
-        t0 = time.perf_counter()
-        for i in range(steps):
-            sel = idx[i * bs : (i + 1) * bs]
-            g_loss, d_loss = step(tf.constant(data.x_train[sel], tf.float32))
-            global_step += 1
-            sums += (float(g_loss) * len(sel), float(d_loss) * len(sel), len(sel))
-            sess.progress(epoch=epoch, step=i + 1, steps=steps, loss=float(g_loss), global_step=global_step)
-        # as in torch: a stop asked for during an epoch is taken at its end, with a checkpoint
-        seconds = time.perf_counter() - t0
-        sess.record_shard(epoch, idx[: steps * bs])
-        g_sum, d_sum, seen = collectives.sum(sums)
-        check_gan_losses_finite(epoch, g_sum, d_sum)
-        stop_now = sess.should_stop()
-        if checkpoint_due(spec, epoch, stop_now):
-            checkpoint_seconds = save_checkpoint(model_vars, opt_vars, epoch=epoch, step=global_step,
-                                                 rng_vars=rng_vars)
-        sync_moving_statistics(generator)  # the grid and the export use the ranks' mean statistics
-        if rank == 0:
-            emit_grid(sess, sample(fixed_z), epoch)
-        sess.report(epoch=epoch, global_step=global_step, **gan_epoch_metrics(
-            g_sum=g_sum, d_sum=d_sum, seen=seen, seconds=seconds, learning_rate=gan.generator_learning_rate,
-            checkpoint_seconds=checkpoint_seconds))
-        if stop_now:
-            stopped = True
-            break
-    if stopped:
-        sess.stopped(epoch, global_step)
-        return {}
-    weights = read_arrays(generator.weights)  # every rank (collective reads)
-    all_weights = weights + read_arrays(discriminator.weights)
-    final: dict[str, float] = {}
-    if rank == 0:
-        z = np.random.default_rng(spec.training.seed + 1).standard_normal((QUALITY_SAMPLES, gan.latent))
-        samples = sample(z.astype(np.float32))
+    def prepare(self) -> None:
+        gan = self.gan
+        self.gan_step = make_gan_step(self.strategy, self.generator, self.discriminator, self.g_opt, self.d_opt,
+                                      gan, self.shape, self.world, self.noise)
+        self.generate = local_predict(self.strategy, self.generator, (gan.latent,))  # this replica, inference
+        self.fixed_z = np.random.default_rng(self.spec.training.seed).standard_normal(
+            (GRID * GRID, gan.latent)).astype(np.float32)
+
+    def sample(self, z: np.ndarray) -> np.ndarray:
+        """The generator's samples for latent vectors ``z`` (this worker's replica, inference mode)."""
+        return self.generate(tf.constant(z)).numpy()  # type: ignore[no-any-return]
+
+    def step(self, epoch: int, step: int, sel: np.ndarray) -> tuple[float, float, float]:
+        g_loss, d_loss = self.gan_step(tf.constant(self.data.x_train[sel], tf.float32))
+        return float(g_loss), float(g_loss) * len(sel), float(d_loss) * len(sel)
+
+    def after_checkpoint(self, epoch: int) -> None:
+        sync_moving_statistics(self.generator)  # the grid and the export use the ranks' mean statistics
+        if self.rank == 0:
+            emit_grid(self.sess, self.sample(self.fixed_z), epoch)
+
+    def finish(self) -> tuple[dict[str, float], str | None]:
+        from orchestrator.models.keras_models import build_gan
+
+        gan, data = self.gan, self.data
+        weights = read_arrays(self.generator.weights)  # every rank (collective reads)
+        all_weights = weights + read_arrays(self.discriminator.weights)
+        final: dict[str, float] = {}
+        if self.rank != 0:
+            return final, None
+        z = np.random.default_rng(self.spec.training.seed + 1).standard_normal((QUALITY_SAMPLES, gan.latent))
+        samples = self.sample(z.astype(np.float32))
         if data.task == "classification":
-            share, real_share = confident_share(data.x_train, data.y_train, [samples, data.x_val])
-            final[names.CONFIDENT_SAMPLES] = share
-            final[names.CONFIDENT_REAL] = real_share
-        export_gan_tf(plain_copy(lambda: build_gan(gan, shape)[0], weights), data, spec, sess.paths.model_dir)
-        sess.finished(final, checksum(all_weights))
-    return final
+            final.update(confident_metrics(data, samples))
+        export_gan_tf(plain_copy(lambda: build_gan(gan, self.shape)[0], weights), data, self.spec,
+                      self.sess.paths.model_dir)
+        return final, checksum(all_weights)
 
 
 class _GeneratorToRaw(tf.Module):

@@ -1,30 +1,22 @@
 """The built-in training loop for tensorflow jobs (classification and regression), under MWMS.
 
-The same epoch structure as the torch loop (:mod:`orchestrator.runtime.torch_loop`): this rank's
-shard in a (seed, epoch)-determined order, synchronous steps (``strategy.run``; the optimizer
-all-reduces the gradients across workers), a cross-rank evaluation, an epoch report with the same
-metric names, checkpoints every ``checkpoint.every_epochs`` and ``every_steps`` (a mid-epoch one
-carries the epoch's running sums), stop requests every few steps, failure injection per step.
+The epoch loop is the torch one (:func:`orchestrator.runtime.epoch_loop.run_epochs`); this module
+is its tensorflow side: :class:`TFState` saves, restores and all-reduces variables (the gan's loop
+uses it too), and :class:`TFSupervised` runs synchronous steps (``strategy.run``; the optimizer
+all-reduces the gradients across workers), a cross-rank evaluation and the export.
 """
 
 from __future__ import annotations
 
-import math
-import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from orchestrator.runtime.augment_numpy import augment_batch, batch_rng
-from orchestrator.runtime.loop_common import (
-    STOP_CHECK_EVERY,
-    EpochSums,
-    checkpoint_due,
-    epoch_metrics,
-    step_checkpoint_due,
-    test_metrics,
-)
+from orchestrator.runtime.epoch_loop import EpochAdapter, ModelSummary, SupervisedAdapter, run_epochs
+from orchestrator.runtime.loop_common import RestorePoint, test_metrics
 from orchestrator.runtime.session import TrainSession
 from orchestrator.runtime.tf_multiworker import (
     TFCollectives,
@@ -91,98 +83,101 @@ def make_train_step(strategy: tf.distribute.Strategy, model: Any, optimizer: Any
     return train_step
 
 
-def train_builtin_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.Strategy) -> dict[str, float]:
-    """Train the spec's built-in model with tensorflow; returns the test metrics (empty if stopped)."""
-    import tf_keras as keras
+class TFState:
+    """Variables under a strategy as the epoch loop checkpoints, restores and summarises them.
 
-    if spec.model is not None and spec.model.type == "gan":
-        from orchestrator.runtime.tf_gan import train_gan_tf
+    Reading them (checksums, checkpoints) is an all-reduce for on-read synchronised variables, so
+    every rank calls each method."""
 
-        return train_gan_tf(sess, spec, strategy)
-    data = sess.data
-    assert data is not None
+    def __init__(self, strategy: tf.distribute.Strategy, collectives: TFCollectives, parameters: int,
+                 model_vars: list[Any], opt_vars: list[Any], rng_vars: list[Any]) -> None:
+        self.strategy, self.collectives, self.parameters = strategy, collectives, parameters
+        self.model_vars, self.opt_vars, self.rng_vars = model_vars, opt_vars, rng_vars
+
+    def restore(self) -> RestorePoint:
+        return restore_checkpoint(self.model_vars, self.opt_vars, self.rng_vars)
+
+    def summary(self) -> ModelSummary:
+        sums_of = checksum(self.model_vars), checksum(self.opt_vars)
+        return ModelSummary(parameters=self.parameters, param_checksum=sums_of[0], optimizer_checksum=sums_of[1],
+                            device=worker_device(), sync_backend=sync_backend_name(self.strategy))
+
+    def all_reduce(self, counts: list[float]) -> list[float]:
+        return list(self.collectives.sum(np.array(counts)))
+
+    def save(self, *, epoch: int, step: int, step_in_epoch: int = 0, extra: dict[str, Any] | None = None) -> float:
+        return save_checkpoint(self.model_vars, self.opt_vars, epoch=epoch, step=step, step_in_epoch=step_in_epoch,
+                               extra=extra, rng_vars=self.rng_vars)
+
+
+def tf_collectives(sess: TrainSession) -> TFCollectives:
+    """The session's collectives, which a tensorflow worker made for its strategy."""
     collectives = sess.collectives
     assert isinstance(collectives, TFCollectives)
-    rank, world = sess.rank, sess.world_size
-    keras.utils.set_random_seed(spec.training.seed)  # the same initial weights on every rank
-    use_variable_rng()  # dropout's draws are checkpointed and restored
-    with strategy.scope():
-        model = build_model(spec, data)
-        optimizer = make_optimizer(spec)
-        opt_vars = optimizer_variables(optimizer, model.trainable_variables)
-        rng_vars = rng_variables(model)
-    point = restore_checkpoint(model.weights, opt_vars, rng_vars)
-    sums_of = checksum(model.weights), checksum(opt_vars)  # reads are collectives: every rank
-    if rank == 0:
-        sess.model_built(parameters=int(model.count_params()), param_checksum=sums_of[0],
-                         optimizer_checksum=sums_of[1], device=worker_device(), sync_backend=sync_backend_name(strategy))
-    classify = data.task == "classification"
-    y_dtype = tf.as_dtype(data.y_train.dtype)
-    train_step = make_train_step(strategy, model, optimizer, spec, tuple(data.sample_shape), y_dtype, world)
-    predict = local_predict(strategy, model, tuple(data.sample_shape))
-    augment = spec.data.augment
-    bs = spec.per_worker_batch_size
-    epochs = spec.training.epochs
-    global_step = point.global_step
-    checkpoint_seconds = 0.0
-    stopped = False
-    epoch = point.start_epoch
+    return collectives
 
-    for epoch in range(point.start_epoch, epochs + 1):
-        idx = sess.shard(epoch)
-        steps = max(1, math.ceil(len(idx) / bs))
-        first = point.step_in_epoch if epoch == point.start_epoch else 0
-        sums = EpochSums.restored(point.extra, rank) if first else EpochSums()
-        sess.epoch_started(epoch, global_step)
-        t0 = time.perf_counter()
-        step = first
-        for step in range(first, steps):
-            sel = idx[step * bs : (step + 1) * bs]
-            xb = data.x_train[sel]
-            if augment.active:  # training split only; the same draws after a resume
-                xb = augment_batch(xb, augment, batch_rng(spec.training.seed, epoch, rank, step))
-            loss_sum, correct = train_step(tf.constant(xb, tf.float32), tf.constant(data.y_train[sel]))
-            global_step += 1
-            batch_loss = float(loss_sum) / max(len(sel), 1)
-            sums.add(float(loss_sum), float(correct), len(sel))
-            sess.progress(epoch=epoch, step=step + 1, steps=steps, loss=batch_loss, global_step=global_step)
-            last_step = step + 1 == steps
-            stop = (step + 1) % STOP_CHECK_EVERY == 0 and not last_step and sess.should_stop()
-            if stop or step_checkpoint_due(spec, global_step, last_step):
-                sums.seconds += time.perf_counter() - t0
-                save_checkpoint(model.weights, opt_vars, epoch=epoch, step=global_step, step_in_epoch=step + 1,
-                                extra=EpochSums.to_save(list(collectives.sum(np.array(sums.counts()))), sums.seconds),
-                                rng_vars=rng_vars)
-                t0 = time.perf_counter()
-            if stop:
-                stopped = True
-                break
-        sums.seconds += time.perf_counter() - t0
-        sess.record_shard(epoch, idx[first * bs : min(step + 1, steps) * bs])
-        if stopped:
-            break
-        t_loss, t_correct, t_seen = collectives.sum(np.array(sums.counts()))
-        sync_moving_statistics(model)  # every rank scores the model that is saved (all-reduce)
-        val_loss, val_acc = evaluate(predict, data.x_val, data.y_val, collectives)
-        stop_now = sess.should_stop()
-        if checkpoint_due(spec, epoch, stop_now):
-            checkpoint_seconds = save_checkpoint(model.weights, opt_vars, epoch=epoch, step=global_step,
-                                                 rng_vars=rng_vars)
-        sess.report(epoch=epoch, global_step=global_step, **epoch_metrics(
-            classify=classify, loss=t_loss, correct=t_correct, seen=t_seen, seconds=sums.seconds,
-            val_loss=val_loss, val_accuracy=val_acc, checkpoint_seconds=checkpoint_seconds,
-            learning_rate=float(keras.backend.get_value(optimizer.learning_rate))))
-        if stop_now:
-            stopped = True
-            break
 
-    if stopped:
-        sess.stopped(epoch, global_step)
-        return {}
-    sync_moving_statistics(model)
-    final = test_metrics(data, *evaluate(predict, data.x_test, data.y_test, collectives))
-    weights = read_arrays(model.weights)  # every rank (collective reads)
-    if rank == 0:
-        export_keras_model(plain_copy(lambda: build_model(spec, data), weights), data, spec, sess.paths.model_dir)
-        sess.finished(final, checksum(weights))
-    return final
+class TFSupervised(SupervisedAdapter):
+    """A built-in Keras classifier or regressor under MultiWorkerMirroredStrategy."""
+
+    def __init__(self, sess: TrainSession, spec: JobSpec, strategy: tf.distribute.Strategy) -> None:
+        import tf_keras as keras
+
+        super().__init__(sess, spec)
+        self.strategy = strategy
+        keras.utils.set_random_seed(spec.training.seed)  # the same initial weights on every rank
+        use_variable_rng()  # dropout's draws are checkpointed and restored
+        with strategy.scope():
+            self.model = build_model(spec, self.data)
+            self.optimizer = make_optimizer(spec)
+            opt_vars = optimizer_variables(self.optimizer, self.model.trainable_variables)
+            rng_vars = rng_variables(self.model)
+        self.state = TFState(strategy, tf_collectives(sess), int(self.model.count_params()), self.model.weights,
+                             opt_vars, rng_vars)
+
+    def prepare(self) -> None:
+        data, shape = self.data, tuple(self.data.sample_shape)
+        y_dtype = tf.as_dtype(data.y_train.dtype)
+        self.train_step = make_train_step(self.strategy, self.model, self.optimizer, self.spec, shape, y_dtype,
+                                          self.world)
+        self.predict = local_predict(self.strategy, self.model, shape)
+
+    def step(self, epoch: int, step: int, sel: np.ndarray) -> tuple[float, float, float]:
+        xb, augment = self.data.x_train[sel], self.spec.data.augment
+        if augment.active:  # training split only; the same draws after a resume
+            xb = augment_batch(xb, augment, batch_rng(self.spec.training.seed, epoch, self.rank, step))
+        loss_sum, correct = self.train_step(tf.constant(xb, tf.float32), tf.constant(self.data.y_train[sel]))
+        return float(loss_sum) / max(len(sel), 1), float(loss_sum), float(correct)
+
+    def evaluate(self, epoch: int, totals: Sequence[float]) -> tuple[float, ...]:
+        sync_moving_statistics(self.model)  # every rank scores the model that is saved (all-reduce)
+        return evaluate(self.predict, self.data.x_val, self.data.y_val, tf_collectives(self.sess))
+
+    def learning_rate(self) -> float:
+        import tf_keras as keras
+
+        return float(keras.backend.get_value(self.optimizer.learning_rate))
+
+    def finish(self) -> tuple[dict[str, float], str | None]:
+        data, spec = self.data, self.spec
+        sync_moving_statistics(self.model)
+        final = test_metrics(data, *evaluate(self.predict, data.x_test, data.y_test, tf_collectives(self.sess)))
+        weights = read_arrays(self.model.weights)  # every rank (collective reads)
+        if self.rank != 0:
+            return final, None
+        export_keras_model(plain_copy(lambda: build_model(spec, data), weights), data, spec, self.sess.paths.model_dir)
+        return final, checksum(weights)
+
+
+def tf_adapter(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.Strategy) -> EpochAdapter:
+    """The adapter for the spec's built-in model: the gan's or the supervised one."""
+    if spec.model is not None and spec.model.type == "gan":
+        from orchestrator.runtime.tf_gan import TFGan
+
+        return TFGan(sess, spec, strategy)
+    return TFSupervised(sess, spec, strategy)
+
+
+def train_builtin_tf(sess: TrainSession, spec: JobSpec, strategy: tf.distribute.Strategy) -> dict[str, float]:
+    """Train the spec's built-in model with tensorflow; returns the test metrics (empty if stopped)."""
+    return run_epochs(sess, spec, tf_adapter(sess, spec, strategy))
