@@ -42,8 +42,10 @@ run: install
 # tests and the `smoke` tier, which proves the main path on real Ray (jobs/cnn.yaml to 0.95 on its own
 # embedded Ray, a worker SIGKILL recovered, a 2-worker TensorFlow MWMS epoch, a `--backend ray` job,
 # the Ray head lost, a full disk, a killed sweep driver). The other `heavy` tests (many more training
-# runs) are left to `make test-all`. --durations prints the slowest tests.
+# runs) are left to `make test-all`. lint-imports first checks the layer contract (pyproject.toml,
+# docs/architecture.md); --durations prints the slowest tests.
 test: install
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not heavy or smoke" --durations=25 tests/unit tests/integration tests/k8s
 
 test-all: install

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.submit import submit_json  # noqa: E402
-from orchestrator.backends.ray_startup import free_port  # noqa: E402
+from orchestrator.execution.ray_startup import free_port  # noqa: E402
 
 DUPLICATE_GPU_PROBE = r"""
 import os, sys, torch, torch.distributed as dist

@@ -132,7 +132,7 @@ from ray.train.torch import TorchTrainer
 from bench.recovery import plain_ray_train_loop, spec_dict
 from orchestrator.runtime.data import prepare_data
 from orchestrator.spec.models import JobSpec
-from orchestrator.backends.ray_local import use_local_auth_token
+from orchestrator.execution.ray_local import use_local_auth_token
 use_local_auth_token()  # `ray start` turned on token auth; an explicit address needs the token
 ray.init(address={address!r}, log_to_driver=False)
 spec = JobSpec.model_validate(spec_dict("plain"))
@@ -161,7 +161,7 @@ def start_head() -> str:
     ray = str(Path(sys.executable).parent / "ray")
     subprocess.run([ray, "stop", "--force"], capture_output=True, check=False)
     for _ in range(3):
-        proc = subprocess.run([sys.executable, "-m", "orchestrator.backends.ray_startup", "start", "--head", "--num-cpus=2", "--include-dashboard=true",
+        proc = subprocess.run([sys.executable, "-m", "orchestrator.execution.ray_startup", "start", "--head", "--num-cpus=2", "--include-dashboard=true",
                                "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
                                "--disable-usage-stats"], capture_output=True, text=True, check=False)
         if proc.returncode == 0:

@@ -11,23 +11,13 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from orchestrator.errors import UsageError
-from orchestrator.events import Event
+from orchestrator.execution.handler import EventHandler
 from orchestrator.settings import Settings
 from orchestrator.spec.models import JobSpec
 from orchestrator.store import JobRecord
-
-
-class EventHandler(Protocol):
-    """Receives the driver's view of a running job (the terminal UI implements this)."""
-
-    def on_start(self, record: JobRecord, info: dict[str, Any]) -> None: ...
-
-    def on_event(self, event: Event) -> None: ...
-
-    def on_finish(self, record: JobRecord) -> None: ...
 
 
 @dataclass(frozen=True)

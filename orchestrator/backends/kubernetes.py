@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from orchestrator.backends.base import Backend, EventHandler, SubmitOptions
+from orchestrator.backends.base import Backend, SubmitOptions
 from orchestrator.backends.k8s import JOB_LABEL, POOLS_CONFIGMAP_LABEL
 from orchestrator.backends.k8s.client import KubeApi, load_api_client
 from orchestrator.backends.k8s.manifests import (
@@ -34,6 +34,7 @@ from orchestrator.backends.k8s.placement import decide_once
 from orchestrator.backends.k8s.pools import assumed_pool, cluster_from_configmaps
 from orchestrator.backends.k8s.status import TrainingJobStatus, record_from_training_job
 from orchestrator.errors import BackendError, JobNotFoundError, OrchestratorError, UsageError
+from orchestrator.execution.handler import EventHandler
 from orchestrator.scheduler import ClusterSpec, Place
 from orchestrator.settings import Settings
 from orchestrator.spec.models import JobSpec

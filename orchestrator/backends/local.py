@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from orchestrator.backends.base import Backend, EventHandler, SubmitOptions
+from orchestrator.backends.base import Backend, SubmitOptions
 from orchestrator.errors import UsageError
 from orchestrator.execution.driver import Driver, check_framework_available, job_paths
+from orchestrator.execution.handler import EventHandler
 from orchestrator.private import private_dir, private_file, write_private_text
 from orchestrator.spec.loader import dump_yaml
 from orchestrator.spec.models import JobSpec

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.backends.base import Backend, EventHandler, SubmitOptions
+from orchestrator.backends.base import Backend, SubmitOptions
 from orchestrator.errors import BackendError, UsageError
 from orchestrator.events import Epoch, Event, Queued, from_wire
+from orchestrator.execution.handler import EventHandler
 from orchestrator.spec.models import JobSpec
 from orchestrator.store import JobRecord, JobState
 
@@ -222,7 +223,7 @@ class RayClusterBackend(Backend):
 
     def _client(self) -> Any:
         if self._client_cache is None:
-            from orchestrator.backends.ray_local import use_local_auth_token
+            from orchestrator.execution.ray_local import use_local_auth_token
 
             use_local_auth_token()
             from ray.job_submission import JobSubmissionClient

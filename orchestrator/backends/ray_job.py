@@ -93,8 +93,8 @@ def print_queue_view() -> None:
     """Print the cluster queue's rows (run on the cluster by `orchestrator queue --backend ray`)."""
     import ray
 
-    from orchestrator.backends.ray_local import use_local_auth_token
     from orchestrator.execution.queue import queue_rows_of_cluster
+    from orchestrator.execution.ray_local import use_local_auth_token
 
     use_local_auth_token()
     ray.init(address="auto", namespace="orchestrator", log_to_driver=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from orchestrator.metrics import names
 from orchestrator.metrics.names import PromMetric
 
@@ -31,7 +33,7 @@ detail) and Prometheus alert and recording rules that use these names (its READM
 them; `orchestrator examples` copies them out of an installed package).
 """
 
-_GROUPS = (
+_GROUPS: tuple[tuple[str, Callable[[PromMetric], bool]], ...] = (
     ("Per job (labels `job`, `framework`)", lambda m: m.labels[:2] == names.JOB_LABELS),
     ("Queues, pools and the scheduler", lambda m: m.labels[:2] != names.JOB_LABELS
      and not m.name.startswith(names.PROMETHEUS_PREFIX + "operator_")),

@@ -28,15 +28,6 @@ from types import FrameType
 from typing import Any
 
 from orchestrator import events as ev
-from orchestrator.backends.base import EventHandler
-from orchestrator.backends.ray_local import (
-    build_trainer,
-    check_fits_local_cluster,
-    dashboard_url,
-    describe_training_error,
-    gcs_address,
-    start_embedded_ray,
-)
 from orchestrator.errors import NotAvailableError, TrainingError
 from orchestrator.execution.admission import AdmissionQueue
 from orchestrator.execution.fanout import (
@@ -49,8 +40,17 @@ from orchestrator.execution.fanout import (
     save_progress,
 )
 from orchestrator.execution.frame import RunFrame, detach_job_log, shutdown_ray
+from orchestrator.execution.handler import EventHandler
 from orchestrator.execution.head import HEAD_CHECK_S, HeadWatch, head_gone_message
 from orchestrator.execution.queue import Admission
+from orchestrator.execution.ray_local import (
+    build_trainer,
+    check_fits_local_cluster,
+    dashboard_url,
+    describe_training_error,
+    gcs_address,
+    start_embedded_ray,
+)
 from orchestrator.execution.result import JobResult, write_shards
 from orchestrator.execution.seat import QueueSeat
 from orchestrator.execution.states import Next, RunMachine, RunState
@@ -216,7 +216,7 @@ class Driver(RunFrame):
         self._head = HeadWatch(gcs_address(context))
         log.info("Ray ready in %.1fs; dashboard: %s", time.time() - init_start, url or "off")
         self._retake_signals()  # so `orchestrator cancel` (SIGTERM) stops with a final checkpoint
-        check_fits_local_cluster(spec, ray.cluster_resources())
+        check_fits_local_cluster(spec, ray.cluster_resources())  # type: ignore[no-untyped-call]
 
         self._tb = TensorBoardWriter(self.record.job_dir / "tensorboard")
         tensorboard_dir = str(self.record.job_dir / "tensorboard")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from orchestrator import events as ev
-from orchestrator.backends.base import EventHandler
+from orchestrator.execution.handler import EventHandler
 from orchestrator.execution.tracker import Recovery, RunTracker
 from orchestrator.metrics import names
 
@@ -135,7 +135,7 @@ class PrometheusSink(Sink):
 
 
 class UISink(Sink):
-    """The terminal UI (or any :class:`~orchestrator.backends.base.EventHandler`) of a foreground run."""
+    """The terminal UI (or any :class:`~orchestrator.execution.handler.EventHandler`) of a foreground run."""
 
     def __init__(self, events: EventHandler) -> None:
         self.events = events

@@ -7,7 +7,7 @@ the job saying where its latest checkpoint is and how to resume.
 
 from __future__ import annotations
 
-from orchestrator.backends.ray_local import ray_head_gone
+from orchestrator.execution.ray_local import ray_head_gone
 
 #: How often the driver checks that the Ray head (its GCS) still listens, and how many checks in a
 #: row must find it gone before the job fails (Ray itself would end this process after 60 s).

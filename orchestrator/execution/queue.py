@@ -134,7 +134,7 @@ def ray_request(request: GangRequest) -> GangRequest:
 
     A TPU slice's layout is left to Ray (it reserves whole slices itself), so no topology here.
     """
-    from orchestrator.backends.ray_local import ray_accelerator_name
+    from orchestrator.execution.ray_local import ray_accelerator_name
 
     return dataclasses.replace(request, accelerators=tuple(dict.fromkeys(
         queue_accelerator(ray_accelerator_name(a)) for a in request.accelerators)), topology=None)
@@ -273,7 +273,7 @@ class QueueActor:
     def _refresh(self) -> None:
         import ray
 
-        self.book.nodes = [n for n in ray.nodes() if n.get("Alive")]
+        self.book.nodes = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
 
     def offer(self, job_id: str, request: dict[str, Any], queued_at: float, running: bool = False,
               started_at: float | None = None) -> dict[str, Any]:
@@ -351,7 +351,7 @@ class Admission:
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
                 if attempt == 2:
                     raise
-                from orchestrator.backends.ray_local import ray_head_gone
+                from orchestrator.execution.ray_local import ray_head_gone
 
                 address = ray.get_runtime_context().gcs_address
                 if address and ray_head_gone(address):

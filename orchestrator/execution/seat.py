@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 
 from orchestrator import events as ev
-from orchestrator.backends.base import EventHandler
 from orchestrator.execution.admission import AdmissionQueue, Admitted, Preempted, Waiting
+from orchestrator.execution.handler import EventHandler
 from orchestrator.execution.states import RunMachine
 from orchestrator.store import JobState, JobStore
 

@@ -53,7 +53,8 @@ class Desired:
 
     @property
     def meta(self) -> Mapping[str, Any]:
-        return self.job.get("metadata", {})
+        meta: Mapping[str, Any] = self.job.get("metadata", {})
+        return meta
 
     @property
     def name(self) -> str:

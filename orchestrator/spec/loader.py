@@ -79,7 +79,8 @@ SpecDumper.add_representer(str, _represent_str)
 def dump_yaml(data: Any, **kwargs: Any) -> str:
     """``yaml.safe_dump(data, sort_keys=False)`` that reads back identically through this loader."""
     kwargs.setdefault("sort_keys", False)
-    return yaml.dump(data, Dumper=SpecDumper, **kwargs)
+    text: str = yaml.dump(data, Dumper=SpecDumper, **kwargs)
+    return text
 
 
 
@@ -131,7 +132,7 @@ class _DepthLimitedLoader(yaml.SafeLoader):
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH + 1:
-                raise _TooDeep(self.peek_event().start_mark)
+                raise _TooDeep(self.peek_event().start_mark)  # type: ignore[no-untyped-call]
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -666,7 +667,7 @@ def validate_spec_data(data: Any, *, source: str | None = None, loaded: LoadedYA
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str = "--set") -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides; values are parsed as YAML scalars/flow collections."""
-    out = _deep_copy(data)
+    out: dict[str, Any] = _deep_copy(data)
     for item in overrides:
         if "=" not in item:
             raise SpecError(

@@ -458,7 +458,7 @@ class FailureSpec(_Model):
         """Seconds to wait before restart number ``restart`` (1 for the first restart)."""
         if restart < 1:
             return 0.0
-        return min(self.backoff_s * 2 ** (restart - 1), self.backoff_max_s)
+        return min(self.backoff_s * 2.0 ** (restart - 1), self.backoff_max_s)
 
 
 class InjectedFailure(_Model):

@@ -157,7 +157,7 @@ class SweepDriver(RunFrame):
         import ray
         from ray import tune
 
-        from orchestrator.backends.ray_local import dashboard_url, start_embedded_ray
+        from orchestrator.execution.ray_local import dashboard_url, start_embedded_ray
         from orchestrator.runtime.data import prepare_data
         from orchestrator.sweep.trial import InterruptTrials, SweepTrial, clear_interrupting
 
@@ -213,7 +213,7 @@ class SweepDriver(RunFrame):
         try:
             grid = tuner.fit()
         except Exception as exc:  # noqa: BLE001 - Tune's own failure (not a trial's): one line, log has the rest
-            from orchestrator.backends.ray_local import describe_training_error
+            from orchestrator.execution.ray_local import describe_training_error
 
             log.error("Ray Tune failed:\n%s", traceback.format_exc())
             raise TrainingError("the sweep failed in Ray Tune: " + describe_training_error(exc).removeprefix(

@@ -1,7 +1,7 @@
 """One sweep trial as a Ray Tune trainable: the trial's job runs on the job's own Ray Train trainer.
 
 A trial is an ordinary job with the trial's parameters set: :class:`SweepTrial` builds the trainer
-with :func:`orchestrator.backends.ray_local.build_trainer` (whatever the spec's framework; a
+with :func:`orchestrator.execution.ray_local.build_trainer` (whatever the spec's framework; a
 trial with several workers is a DDP or MultiWorkerMirroredStrategy run), runs ``fit`` in a
 thread, and drains the workers' event stream from the sink actor, as the job driver does. Each
 ``step`` returns the next epoch's metrics to Tune. When Tune stops the trial (ASHA stopped it
@@ -285,7 +285,7 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
 
     # -- the nested Train run ------------------------------------------------------------------
     def _start_fit(self) -> None:
-        from orchestrator.backends.ray_local import build_trainer
+        from orchestrator.execution.ray_local import build_trainer
 
         trainer = build_trainer(self.spec, self.record, self.paths, self.data_ref, self.sink)
 
@@ -312,8 +312,8 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
                     self._write_trial_file(state="running")
 
     def _final_result(self) -> dict[str, Any]:
-        from orchestrator.backends.ray_local import describe_training_error
         from orchestrator.errors import TrainingError
+        from orchestrator.execution.ray_local import describe_training_error
 
         self._write_trial_file(state=self._state())
         if "error" in self._outcome:

@@ -1,7 +1,7 @@
 """Integration fixtures: one real Ray instance shared by the whole session, CLI runners.
 
 Starting Ray costs seconds (minutes on a contended machine), so tests share one head started
-with `ray start --head` (through orchestrator.backends.ray_startup, which survives a slow machine's
+with `ray start --head` (through orchestrator.execution.ray_startup, which survives a slow machine's
 start-up); jobs join it through Ray's RAY_ADDRESS convention. The one test that
 checks the zero-set-up default path (an embedded Ray started by `submit` itself) runs without
 RAY_ADDRESS.
@@ -47,7 +47,7 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "600"}
     env.pop("RAY_ADDRESS", None)
     cmd = [
-        sys.executable, "-m", "orchestrator.backends.ray_startup", "start", "--head", "--num-cpus=2", "--num-gpus=0",
+        sys.executable, "-m", "orchestrator.execution.ray_startup", "start", "--head", "--num-cpus=2", "--num-gpus=0",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
         "--disable-usage-stats",
     ]

@@ -90,7 +90,7 @@ class PrivateHead:
     Ray on the machine)."""
 
     def __init__(self) -> None:
-        from orchestrator.backends.ray_startup import free_port
+        from orchestrator.execution.ray_startup import free_port
 
         # Ray's socket paths must stay under ~107 characters: pytest's tmp_path is too long
         self.temp_dir = tempfile.mkdtemp(prefix="orh-", dir="/tmp")
@@ -99,7 +99,7 @@ class PrivateHead:
         last = None
         for _ in range(3):  # a very busy machine can miss Ray's start-up deadlines; a port can be taken
             self.port = free_port()  # fresh ports each try: one taken since it was chosen fails the start
-            cmd = [sys.executable, "-m", "orchestrator.backends.ray_startup", "start", "--head",
+            cmd = [sys.executable, "-m", "orchestrator.execution.ray_startup", "start", "--head",
                    f"--port={self.port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
                    "--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
                    f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",

@@ -51,7 +51,7 @@ def status(job_id: str, env: dict[str, str]) -> dict[str, Any]:
 
 
 def jobs_api() -> Any:
-    from orchestrator.backends.ray_local import use_local_auth_token
+    from orchestrator.execution.ray_local import use_local_auth_token
 
     use_local_auth_token()
     from ray.job_submission import JobSubmissionClient
@@ -114,7 +114,7 @@ def test_a_user_entrypoint_travels_to_the_cluster_in_the_runtime_env(env: dict[s
 
 def kill_queue_actor(ray_address: str) -> None:
     """ray.kill the cluster's queue actor for good (no restart), from a separate driver."""
-    code = ("import ray; from orchestrator.backends.ray_local import use_local_auth_token; use_local_auth_token(); "
+    code = ("import ray; from orchestrator.execution.ray_local import use_local_auth_token; use_local_auth_token(); "
             f"ray.init(address={ray_address!r}, namespace='orchestrator', log_to_driver=False); "
             "ray.kill(ray.get_actor('orchestrator-queue'), no_restart=True)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300, capture_output=True)

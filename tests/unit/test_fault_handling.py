@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.backends.ray_local import ray_head_gone
 from orchestrator.errors import CheckpointError
 from orchestrator.events import Event, from_wire
+from orchestrator.execution.ray_local import ray_head_gone
 from orchestrator.execution.tracker import RunTracker
 from orchestrator.runtime.checkpoints import CheckpointManager, disk_full_error
 from tests.conftest import mounted_tmpfs

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.backends import ray_local
 from orchestrator.backends.base import SubmitOptions
 from orchestrator.backends.local import LocalBackend
+from orchestrator.execution import ray_local
 from orchestrator.execution.frame import attach_job_log, detach_job_log
 from orchestrator.private import private_dir, private_file, write_private_text
 from orchestrator.runtime.checkpoints import OWNER_FILE, CheckpointManager

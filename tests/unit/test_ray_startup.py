@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.backends import ray_startup
+from orchestrator.execution import ray_startup
 
 
 def fake_start_raylet(
@@ -85,7 +85,7 @@ def test_joining_by_address_uses_the_local_token_only_when_there_is_one(
     import sys
     import types
 
-    from orchestrator.backends.ray_local import use_local_auth_token
+    from orchestrator.execution.ray_local import use_local_auth_token
 
     enabled: list[bool] = []
     fake = types.ModuleType("authentication_token_setup")
@@ -135,7 +135,7 @@ def test_worker_timeouts_are_raised_unless_the_user_set_them(monkeypatch: pytest
     ("tpu-v4-podslice", "TPU-V4"),
 ])
 def test_accelerator_names_match_what_ray_detects(ours: str, rays: str) -> None:
-    from orchestrator.backends.ray_local import ray_accelerator_name
+    from orchestrator.execution.ray_local import ray_accelerator_name
 
     assert ray_accelerator_name(ours) == rays
 
@@ -158,7 +158,7 @@ def test_accelerator_names_match_what_ray_detects(ours: str, rays: str) -> None:
 def test_ray_train_scaling_for_gpus_tpus_and_cpus(resources: dict[str, Any], expected: dict[str, Any]) -> None:
     from ray.train import ScalingConfig
 
-    from orchestrator.backends.ray_local import scaling_arguments
+    from orchestrator.execution.ray_local import scaling_arguments
     from orchestrator.spec.models import JobSpec
 
     spec = JobSpec.model_validate(
@@ -173,8 +173,8 @@ def test_ray_train_scaling_for_gpus_tpus_and_cpus(resources: dict[str, Any], exp
 
 
 def test_tpu_workers_that_do_not_fill_the_slice_are_a_clear_error() -> None:
-    from orchestrator.backends.ray_local import build_trainer
     from orchestrator.errors import BackendError
+    from orchestrator.execution.ray_local import build_trainer
     from orchestrator.spec.models import JobSpec
 
     spec = JobSpec.model_validate({

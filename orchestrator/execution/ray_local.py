@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from orchestrator.backends.ray_startup import patient_start_up
 from orchestrator.errors import BackendError
+from orchestrator.execution.ray_startup import patient_start_up
 from orchestrator.spec.models import JobSpec
 from orchestrator.store import JobRecord
 

@@ -21,7 +21,7 @@ at all (``RAY_agent_register_timeout_ms`` is not consulted for this wait in 2.60
   worker group 600 s instead of 60 s to start.
 
 It patches two functions of ``ray._private.services`` in this process (idempotently), so it
-applies to ``ray.init()`` here and to ``python -m orchestrator.backends.ray_startup start ...``,
+applies to ``ray.init()`` here and to ``python -m orchestrator.execution.ray_startup start ...``,
 which is ``ray start`` with the patch (what the integration tests and benchmarks use).
 """
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     from ray.scripts.scripts import main as ray_main
 
     sys.argv = ["ray", *(sys.argv[1:] if argv is None else argv)]
-    ray_main()
+    ray_main()  # type: ignore[no-untyped-call]
 
 
 if __name__ == "__main__":
