@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import random
 import statistics
 import sys
@@ -152,6 +153,38 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def evaluate(out_path: str) -> int:
+    """Every policy and default-policy knob setting on each dev VC in each setting, knobs chosen
+    leave-one-VC-out; a Markdown report on stdout, every figure in ``out_path``."""
+    from bench import policy_eval
+
+    before = round(cpu_check(), 2)
+    policies: dict[str, Any] = {name: name for name in policy_eval.BASELINES} | dict(policy_eval.CANDIDATES)
+    results, jcts = policy_eval.run_all(
+        policies, list(policy_eval.SETTINGS), lambda text: print(f"  {text}", file=sys.stderr, flush=True)
+    )
+    with open(out_path + ".pickle", "wb") as handle:  # the raw figures, should the report need redoing
+        pickle.dump((results, jcts), handle)
+    text, chosen = policy_eval.report(results, jcts)
+    print(text)
+    after = round(cpu_check(), 2)
+    print(f"cpu check {before} s before, {after} s after; knobs chosen per held-out VC: {chosen}")
+    data = {
+        "cpu_check_s_before": before,
+        "cpu_check_s_after": after,
+        "chosen": chosen,
+        "results": {
+            s: {
+                p: {vc: {**vars(c), "preemptions_per_job": c.preemptions_per_job} for vc, c in cells.items()}
+                for p, cells in by.items()
+            }
+            for s, by in results.items()
+        },
+    }
+    Path(out_path).write_text(json.dumps(data, indent=1))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--policy", default="fifo,sjf,srtf,las", help="comma-separated policies to replay")
@@ -161,7 +194,14 @@ def main() -> int:
         "--processes", type=int, default=1, help="replay worker processes (as the CLI's --processes)"
     )
     parser.add_argument("--skip-replay", action="store_true", help="time the scheduling pass only")
+    parser.add_argument(
+        "--evaluate",
+        metavar="OUT.json",
+        help="leave-one-VC-out evaluation of the default policy (bench/policy_eval.py) instead of timing",
+    )
     args = parser.parse_args()
+    if args.evaluate:
+        return evaluate(args.evaluate)
     out: dict[str, object] = {"cpu_check_s_before": round(cpu_check(), 2)}
     out["pass"] = pass_times(args.passes)
     print(f"  scheduling pass: {out['pass']}", file=sys.stderr)

@@ -223,13 +223,9 @@ def simulate(
         "preempt",
         "replay",
     ):
-        table.add_column(column, justify="left" if column == "policy" else "right")
-    base = next((r for r in reports if r.policy == compare_to), None)
-    if base is not None:
-        for column in ("avg", "p95", "preempt/job"):
-            table.add_column(f"{column} vs {base.policy}", justify="right")
+        wide = max(len(r.policy) for r in reports) if column == "policy" else None  # names stay whole
+        table.add_column(column, justify="left" if column == "policy" else "right", min_width=wide)
     for r in reports:
-        vs = ratios(r, base) if base is not None else {}
         table.add_row(
             r.policy,
             f"{r.avg_jct_s:,.0f} s",
@@ -241,9 +237,16 @@ def simulate(
             f"{r.utilization:.1%}",
             f"{r.preemptions:,}",
             f"{r.replay_s:.1f} s",
-            *(f"{v:.2f}x" for v in vs.values()),
         )
     Console(soft_wrap=True).print(table)
+    base = next((r for r in reports if r.policy == compare_to), None)
+    if base is not None:
+        vs = Table(title=f"ratios to {base.policy}", title_justify="left")
+        for column in ("policy", "avg JCT", "p95 JCT", "preemptions/job"):
+            vs.add_column(column, justify="left" if column == "policy" else "right")
+        for r in reports:
+            vs.add_row(r.policy, *(f"{v:.2f}x" for v in ratios(r, base).values()))
+        Console(soft_wrap=True).print(vs)
     if plot_path:
         click.echo(f"JCT distribution written to {plot_path}")
 
