@@ -34,6 +34,9 @@ SETTINGS: dict[str, tuple[bool, float]] = {  # name -> (contended, arrival-rate 
 # service, by job count or by share of the work) and the promote knob. The guards' own knobs stay
 # at their defaults (quantum 10 min, 3 preemptions per 6 h, cost factor 1).
 CANDIDATES: dict[str, Adaptive] = {
+    "adaptive[jobs .5/.9/.99, starve 4]": Adaptive((0.5, 0.9, 0.99)),
+    "adaptive[jobs .5/.9/.99, starve 8]": Adaptive((0.5, 0.9, 0.99), starve_factor=8.0),
+    "adaptive[work .5/.75, starve 8]": Adaptive((0.5, 0.75), weighting="work", starve_factor=8.0),
     "adaptive[jobs .9/.99, starve 4]": Adaptive((0.9, 0.99)),
     "adaptive[jobs .9/.99, starve 2]": Adaptive((0.9, 0.99), starve_factor=2.0),
     "adaptive[work .5/.75, starve 4]": Adaptive((0.5, 0.75), weighting="work"),
@@ -106,6 +109,7 @@ def score(cell: Cell, srtf: Cell) -> float:
 def leave_one_out(
     results: dict[str, dict[str, dict[str, Cell]]], candidates: Sequence[str], vcs: Sequence[str]
 ) -> dict[str, str]:
+    candidates = [c for c in candidates if all(c in results[s] for s in TUNED_ON)]
     """For each VC, the candidate with the best mean score on the other VCs over ``TUNED_ON``."""
     chosen = {}
     for held in vcs:
@@ -145,6 +149,8 @@ def held_out(
 ) -> dict[str, Cell]:
     """The default policy's cells in a setting when each VC is replayed with the knobs chosen
     without it; "all" pools the jobs of the six."""
+    if any(label not in results[setting] for label in chosen.values()):
+        return {}  # a chosen setting was not replayed here
     cells = {vc: results[setting][label][vc] for vc, label in chosen.items()}
     times = sorted(t for vc, label in chosen.items() for t in jcts[setting][label][vc])
     jobs = sum(c.jobs for c in cells.values())

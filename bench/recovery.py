@@ -54,13 +54,18 @@ def run_orchestrator(tmp: Path, address: str) -> dict[str, float]:
 
     spec = tmp / "bench-recovery.yaml"
     spec.write_text(yaml.safe_dump(spec_dict("bench-recovery")))
-    proc, result, _ = submit_json(spec, tmp / "home", "--inject-failure", f"kind=sigkill,rank=1,at_step={KILL_AT}",
-                                  ray_address=address)
+    proc, result, _ = submit_json(
+        spec, tmp / "home", "--inject-failure", f"kind=sigkill,rank=1,at_step={KILL_AT}", ray_address=address
+    )
     if proc.returncode != 0 or result is None:
         raise SystemExit(f"orchestrator run failed:\n{proc.stderr[-3000:]}")
     second = result["attempts"][1]
-    return {"recovery_s": second["recovery_seconds"], "lost_steps": second["lost_steps"],
-            "restored_step": second["restored_step"], "val_accuracy": result["metrics"]["val_accuracy"]}
+    return {
+        "recovery_s": second["recovery_seconds"],
+        "lost_steps": second["lost_steps"],
+        "restored_step": second["restored_step"],
+        "val_accuracy": result["metrics"]["val_accuracy"],
+    }
 
 
 def plain_ray_train_loop(config: dict[str, Any]) -> None:
@@ -102,8 +107,9 @@ def plain_ray_train_loop(config: dict[str, Any]) -> None:
         for s in range(start, (len(idx) + bs - 1) // bs):
             sel = idx[s * bs : (s + 1) * bs]
             opt.zero_grad()
-            nn.functional.cross_entropy(net(torch.from_numpy(data.x_train[sel])),
-                                        torch.from_numpy(data.y_train[sel])).backward()
+            nn.functional.cross_entropy(
+                net(torch.from_numpy(data.x_train[sel])), torch.from_numpy(data.y_train[sel])
+            ).backward()
             opt.step()
             step += 1
             if first and ckpt and rank == 0:
@@ -113,8 +119,16 @@ def plain_ray_train_loop(config: dict[str, Any]) -> None:
                 with tf.TemporaryDirectory() as d:
                     checkpoint = None
                     if rank == 0:
-                        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                                    "epoch": epoch, "in_epoch": s + 1}, Path(d) / "state.pt")
+                        torch.save(
+                            {
+                                "model": model.state_dict(),
+                                "optimizer": opt.state_dict(),
+                                "step": step,
+                                "epoch": epoch,
+                                "in_epoch": s + 1,
+                            },
+                            Path(d) / "state.pt",
+                        )
                         checkpoint = ray.train.Checkpoint.from_directory(d)
                     ray.train.report({"step": step}, checkpoint=checkpoint)
             if rank == 1 and step == KILL_AT and not (marks / "killed").exists():
@@ -139,9 +153,9 @@ spec = JobSpec.model_validate(spec_dict("plain"))
 trainer = TorchTrainer(
     plain_ray_train_loop,
     train_loop_config={{"spec": spec.model_dump(mode="json"), "data": ray.put(prepare_data(spec.data, 5)),
-                       "marks": {str(tmp / 'marks')!r}}},
+                       "marks": {str(tmp / "marks")!r}}},
     scaling_config=ScalingConfig(num_workers=2, resources_per_worker={{"CPU": 0.5}}),
-    run_config=RunConfig(storage_path={str(tmp / 'ray')!r}, name="plain",
+    run_config=RunConfig(storage_path={str(tmp / "ray")!r}, name="plain",
                          failure_config=FailureConfig(max_failures=1)),
 )
 trainer.fit()
@@ -161,9 +175,23 @@ def start_head() -> str:
     ray = str(Path(sys.executable).parent / "ray")
     subprocess.run([ray, "stop", "--force"], capture_output=True, check=False)
     for _ in range(3):
-        proc = subprocess.run([sys.executable, "-m", "orchestrator.backends.ray_startup", "start", "--head", "--num-cpus=2", "--include-dashboard=true",
-                               "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
-                               "--disable-usage-stats"], capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "orchestrator.backends.ray_startup",
+                "start",
+                "--head",
+                "--num-cpus=2",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                "--node-ip-address=127.0.0.1",
+                "--disable-usage-stats",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode == 0:
             return "127.0.0.1:6379"
         subprocess.run([ray, "stop", "--force"], capture_output=True, check=False)
@@ -174,7 +202,8 @@ def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
     """Medians over the runs so far, per side, and the runs themselves."""
     summary: dict[str, Any] = {
         name: {k: statistics.median(r[k] for r in rs) for k in ("recovery_s", "lost_steps", "restored_step")}
-        for name, rs in runs.items() if rs
+        for name, rs in runs.items()
+        if rs
     }
     summary["runs"] = runs
     return summary
@@ -193,14 +222,17 @@ def main() -> None:
             order = ("orchestrator", "ray_train") if i % 2 == 0 else ("ray_train", "orchestrator")
             for name in order:
                 with tempfile.TemporaryDirectory() as tmp:
-                    res = (run_orchestrator if name == "orchestrator" else run_plain_ray_train)(Path(tmp), address)
+                    res = (run_orchestrator if name == "orchestrator" else run_plain_ray_train)(
+                        Path(tmp), address
+                    )
                 runs[name].append(res)
                 print(f"run {i + 1} {name}: {json.dumps(res)}", file=sys.stderr, flush=True)
                 # written after every run, so a run cut short by a lease still leaves its figures
                 args.out.write_text(json.dumps(summarise(runs), indent=1))
     finally:
-        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True,
-                       check=False)
+        subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, check=False
+        )
     summary = summarise(runs)
     print("| | recovery s (median) | lost steps (median) | restored step (median) |")
     print("|---|---|---|---|")

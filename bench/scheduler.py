@@ -153,35 +153,57 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def evaluate(out_path: str) -> int:
-    """Every policy and default-policy knob setting on each dev VC in each setting, knobs chosen
-    leave-one-VC-out; a Markdown report on stdout, every figure in ``out_path``."""
+def evaluate(out_path: str, settings: list[str], labels: list[str]) -> int:
+    """Replay the policies (``labels``: baselines and default-policy knob settings, all when empty)
+    on each dev VC in each setting; the figures go to ``out_path`` (a pickle) for ``report``."""
     from bench import policy_eval
 
+    everything: dict[str, Any] = {name: name for name in policy_eval.BASELINES} | dict(policy_eval.CANDIDATES)
+    policies = {label: everything[label] for label in labels} if labels else everything
     before = round(cpu_check(), 2)
-    policies: dict[str, Any] = {name: name for name in policy_eval.BASELINES} | dict(policy_eval.CANDIDATES)
     results, jcts = policy_eval.run_all(
-        policies, list(policy_eval.SETTINGS), lambda text: print(f"  {text}", file=sys.stderr, flush=True)
+        policies, settings, lambda text: print(f"  {text}", file=sys.stderr, flush=True)
     )
-    with open(out_path + ".pickle", "wb") as handle:  # the raw figures, should the report need redoing
-        pickle.dump((results, jcts), handle)
-    text, chosen = policy_eval.report(results, jcts)
-    print(text)
     after = round(cpu_check(), 2)
-    print(f"cpu check {before} s before, {after} s after; knobs chosen per held-out VC: {chosen}")
-    data = {
-        "cpu_check_s_before": before,
-        "cpu_check_s_after": after,
-        "chosen": chosen,
-        "results": {
-            s: {
-                p: {vc: {**vars(c), "preemptions_per_job": c.preemptions_per_job} for vc, c in cells.items()}
-                for p, cells in by.items()
-            }
-            for s, by in results.items()
-        },
-    }
-    Path(out_path).write_text(json.dumps(data, indent=1))
+    with open(out_path, "wb") as handle:
+        pickle.dump((results, jcts, (before, after)), handle)
+    print(f"cpu check {before} s before, {after} s after", file=sys.stderr)
+    return 0
+
+
+def report(paths: list[str], out_json: str | None) -> int:
+    """Merge ``evaluate`` outputs and print the leave-one-VC-out report (Markdown)."""
+    from bench import policy_eval
+
+    results: dict[str, Any] = {}
+    jcts: dict[str, Any] = {}
+    checks = []
+    for path in paths:
+        with open(path, "rb") as handle:
+            r, j, check = pickle.load(handle)
+        for setting in r:
+            results.setdefault(setting, {}).update(r[setting])
+            jcts.setdefault(setting, {}).update(j[setting])
+        checks.append(check)
+    ordered = {s: results[s] for s in policy_eval.SETTINGS if s in results}
+    text, chosen = policy_eval.report(ordered, jcts)
+    print(text)
+    print(f"\ncpu checks (before, after) per run: {checks}; knobs chosen per held-out VC: {chosen}")
+    if out_json:
+        data = {
+            "chosen": chosen,
+            "results": {
+                s: {
+                    p: {
+                        vc: {**vars(c), "preemptions_per_job": c.preemptions_per_job}
+                        for vc, c in cells.items()
+                    }
+                    for p, cells in by.items()
+                }
+                for s, by in ordered.items()
+            },
+        }
+        Path(out_json).write_text(json.dumps(data, indent=1))
     return 0
 
 
@@ -196,12 +218,29 @@ def main() -> int:
     parser.add_argument("--skip-replay", action="store_true", help="time the scheduling pass only")
     parser.add_argument(
         "--evaluate",
-        metavar="OUT.json",
-        help="leave-one-VC-out evaluation of the default policy (bench/policy_eval.py) instead of timing",
+        metavar="OUT.pickle",
+        help="replay policies per dev VC for the leave-one-VC-out evaluation (bench/policy_eval.py)",
     )
+    parser.add_argument(
+        "--settings", default="", help="with --evaluate: comma-separated settings (default all)"
+    )
+    parser.add_argument(
+        "--labels", default="", help="with --evaluate: ';'-separated policy labels (default all)"
+    )
+    parser.add_argument(
+        "--report",
+        metavar="A.pickle,B.pickle",
+        help="merge --evaluate outputs and print the leave-one-VC-out report",
+    )
+    parser.add_argument("--json", metavar="OUT.json", help="with --report: every figure as JSON")
     args = parser.parse_args()
     if args.evaluate:
-        return evaluate(args.evaluate)
+        from bench.policy_eval import SETTINGS
+
+        settings = [s for s in args.settings.split(",") if s] or list(SETTINGS)
+        return evaluate(args.evaluate, settings, [x for x in args.labels.split(";") if x])
+    if args.report:
+        return report(args.report.split(","), args.json)
     out: dict[str, object] = {"cpu_check_s_before": round(cpu_check(), 2)}
     out["pass"] = pass_times(args.passes)
     print(f"  scheduling pass: {out['pass']}", file=sys.stderr)

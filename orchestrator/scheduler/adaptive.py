@@ -93,7 +93,7 @@ class Adaptive(Las):
         band_quantiles: Sequence[float] = (0.5, 0.9),
         *,
         weighting: str = "jobs",
-        prior: Sequence[float] = (28_800.0, 288_000.0),
+        prior: Sequence[float] | None = None,
         warmup: int = 50,
         refresh_every: int = 2_000,
         starve_factor: float = 4.0,
@@ -110,6 +110,8 @@ class Adaptive(Las):
                 f"adaptive band quantiles must be increasing and between 0 and 1, got {quantiles}",
                 fix="e.g. band_quantiles=(0.5, 0.9)",
             )
+        if prior is None:  # 8 and 80 GPU-hours for two bands (las' thresholds), a tenth less per extra one
+            prior = tuple(288_000.0 / 10 ** (len(quantiles) - 1 - k) for k in range(len(quantiles)))
         if len(prior) != len(quantiles):
             raise UsageError(
                 "adaptive needs one prior threshold per band quantile", fix="match their lengths"

@@ -46,6 +46,9 @@ def quiet(**knobs: float) -> Adaptive:
 def test_adaptive_is_the_default_and_las_stays_available() -> None:
     assert get_policy().name == get_policy("default").name == "adaptive"
     assert isinstance(get_policy("las"), Las) and not isinstance(get_policy("las"), Adaptive)
+    # before any job has finished: las' 8 and 80 GPU-hours, a tenth less for each extra band
+    assert Adaptive((0.5, 0.9)).thresholds == (28_800.0, 288_000.0)
+    assert Adaptive((0.5, 0.9, 0.99)).thresholds == (2_880.0, 28_800.0, 288_000.0)
     with pytest.raises(UsageError, match="increasing and between 0 and 1"):
         Adaptive((0.9, 0.5))
     with pytest.raises(UsageError, match="weighting must be jobs or work"):
