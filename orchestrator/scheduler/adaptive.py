@@ -90,9 +90,9 @@ class Adaptive(Las):
 
     def __init__(
         self,
-        band_quantiles: Sequence[float] = (0.5, 0.9),
+        band_quantiles: Sequence[float] = (0.5, 0.75),
         *,
-        weighting: str = "jobs",
+        weighting: str = "work",
         prior: Sequence[float] | None = None,
         warmup: int = 50,
         refresh_every: int = 2_000,
@@ -206,10 +206,9 @@ class Adaptive(Las):
         until = start + self.quantum(job)
         if now < until:
             return "min-quantum", until
-        window = self.preemption_window_s
-        recent = [t for t in job.preempted_at if t > now - window]
-        if len(recent) >= self.max_preemptions:
-            return "preemption-budget", recent[-self.max_preemptions] + window
+        times, most = job.preempted_at, self.max_preemptions
+        if len(times) >= most and times[-most] > now - self.preemption_window_s:  # times ascend
+            return "preemption-budget", times[-most] + self.preemption_window_s
         if self.sample:
             gain = self.sample.expected_remaining(self.service(job, now))
             if gain < self.cost_factor * self._checkpoint_cost(job.size) * job.size:
@@ -228,7 +227,13 @@ class Adaptive(Las):
 
     def next_change(self, job: Job, now: float) -> float | None:
         when = super().next_change(job, now)
-        if job.run_start is not None:
+        start = job.run_start
+        # a guard's end changes the band only of a job past the first threshold (the others are
+        # looked at again when they cross it)
+        if (
+            start is not None
+            and self.thresholds[0] <= job.attained + job.size * (now - start) - job.service_forgiven
+        ):
             held = self.protection(job, now)
             if held is not None and held[1] != math.inf:
                 return held[1] if when is None else min(when, held[1])
