@@ -187,7 +187,7 @@ def finish_jobs(h: Harness, services: list[float], start: float) -> float:
 
 
 def test_thresholds_follow_the_observed_distribution() -> None:
-    policy = Adaptive((0.5, 0.9), prior=(28_800.0, 288_000.0), warmup=10, refresh_every=10)
+    policy = Adaptive((0.5, 0.9), weighting="jobs", prior=(28_800.0, 288_000.0), warmup=10, refresh_every=10)
     h = Harness(cluster(gpu_pool(nodes=1)), policy)
     t = finish_jobs(h, [10.0 * (i + 1) for i in range(10)], 0.0)  # 10, 20, ..., 100 GPU-s
     h.step(at=t)
