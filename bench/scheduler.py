@@ -12,6 +12,11 @@
 * CPU check: ``sum(range(10**7))`` timed in the same run (about 0.2 s on an idle modern core), so
   readers can scale the figures when the machine is shared or throttled.
 
+* ``--evaluate OUT.pickle [--settings ...] [--labels ...]`` then ``--report A.pickle,B.pickle``:
+  the default policy's leave-one-VC-out evaluation (``bench/policy_eval.py``): every policy's
+  avg JCT, p95, preemptions per job and ratios to SRTF and FIFO, per VC and overall, in four
+  settings (contended and full nodes, 1.5x and 2x arrival rate).
+
 Skips (exit 0, with a message) when ../shared/traces/philly is missing; ``--skip-replay`` times
 the pass only.
 
