@@ -46,10 +46,14 @@ def compare_once(spec: str, order: str, home: Path, address: str | None) -> list
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--spec", default="jobs/cnn.yaml")
-    parser.add_argument("--address", default=None, help="a running Ray cluster to join (default: embedded Ray)")
+    parser.add_argument(
+        "--address", default=None, help="a running Ray cluster to join (default: embedded Ray)"
+    )
     args = parser.parse_args()
     per: dict[str, list[dict[str, Any]]] = {"torch": [], "tensorflow": []}
     with tempfile.TemporaryDirectory(prefix="bench-frameworks-") as tmp:
@@ -57,8 +61,13 @@ def main() -> None:
             order = "torch,tensorflow" if i % 2 == 0 else "tensorflow,torch"
             for run in compare_once(args.spec, order, Path(tmp) / f"home-{i}", args.address):
                 per[run["framework"]].append(run)
-                print(f"run {i + 1} {run['framework']:<10} " + "  ".join(
-                    f"{name}={fmt.format(get(run))}" for name, get, fmt in FIELDS if get(run) is not None), flush=True)
+                print(
+                    f"run {i + 1} {run['framework']:<10} "
+                    + "  ".join(
+                        f"{name}={fmt.format(get(run))}" for name, get, fmt in FIELDS if get(run) is not None
+                    ),
+                    flush=True,
+                )
     print(f"\nmedians of {args.runs} runs, {args.spec}:")
     print(f"{'':<28}{'torch':>12}{'tensorflow':>12}{'tf / torch':>12}")
     for name, get, fmt in FIELDS:

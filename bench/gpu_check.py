@@ -74,8 +74,16 @@ def submit(spec: str, sets: list[str], home: Path, timeout: float) -> dict[str, 
 def duplicate_gpu_probe(timeout: float) -> dict[str, object]:
     port = str(free_port())
     env = {**os.environ, "NCCL_DEBUG": "WARN"}
-    procs = [subprocess.Popen([sys.executable, "-c", DUPLICATE_GPU_PROBE, str(r), port], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", DUPLICATE_GPU_PROBE, str(r), port],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
     outs = []
     for p in procs:
         try:
@@ -84,8 +92,12 @@ def duplicate_gpu_probe(timeout: float) -> dict[str, object]:
             p.kill()
             outs.append((None, "timed out"))
     reduced = all(code == 0 and "REDUCED" in text for code, text in outs)
-    errors = [line for _, text in outs for line in text.splitlines()
-              if "Duplicate GPU" in line or "ncclInvalidUsage" in line or "Error" in line][:4]
+    errors = [
+        line
+        for _, text in outs
+        for line in text.splitlines()
+        if "Duplicate GPU" in line or "ncclInvalidUsage" in line or "Error" in line
+    ][:4]
     return {"nccl_two_ranks_one_gpu_succeeded": reduced, "exits": [c for c, _ in outs], "errors": errors}
 
 
@@ -100,33 +112,73 @@ def main() -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print("gpu_check: no CUDA GPU visible to torch; run it on a machine with an NVIDIA GPU", file=sys.stderr)
+        print(
+            "gpu_check: no CUDA GPU visible to torch; run it on a machine with an NVIDIA GPU", file=sys.stderr
+        )
         return 2
     env_info = {
-        "torch": torch.__version__, "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(0),
         "gpus": torch.cuda.device_count(),
         "nccl": ".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else None,
-        "cpus": os.cpu_count(), "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
     }
     print(json.dumps({"check": "environment", **env_info}), flush=True)
     skip = set(filter(None, args.skip.split(",")))
     epochs = f"training.epochs={args.epochs}"
     checks: list[tuple[str, list[str], dict[str, object]]] = [
-        ("nccl-1gpu", [epochs, "resources.workers=1", "resources.gpus_per_worker=1",
-                       "resources.cpus_per_worker=2", "sync.backend=nccl"],
-         {"device": "cuda:0", "sync_backend": "nccl"}),  # Ray Train sets up the group for 1 too
-        ("shared-gpu-auto", [epochs, "resources.workers=2", "resources.gpus_per_worker=0.5",
-                             "resources.cpus_per_worker=2"],
-         {"device": "cuda:0", "sync_backend": "gloo"}),
+        (
+            "nccl-1gpu",
+            [
+                epochs,
+                "resources.workers=1",
+                "resources.gpus_per_worker=1",
+                "resources.cpus_per_worker=2",
+                "sync.backend=nccl",
+            ],
+            {"device": "cuda:0", "sync_backend": "nccl"},
+        ),  # Ray Train sets up the group for 1 too
+        (
+            "shared-gpu-auto",
+            [epochs, "resources.workers=2", "resources.gpus_per_worker=0.5", "resources.cpus_per_worker=2"],
+            {"device": "cuda:0", "sync_backend": "gloo"},
+        ),
         # DDP (and so its fp16 compression hook) needs 2+ workers: on one GPU they share it, over gloo
-        ("shared-gpu-fp16", [epochs, "resources.workers=2", "resources.gpus_per_worker=0.5",
-                             "resources.cpus_per_worker=2", "sync.compression=fp16"],
-         {"device": "cuda:0", "sync_backend": "gloo"}),
-        *([("nccl-2gpu-fp16", [epochs, "resources.workers=2", "resources.gpus_per_worker=1",
-                               "resources.cpus_per_worker=2", "sync.compression=fp16"],
-            {"device": "cuda:0", "sync_backend": "nccl"})] if torch.cuda.device_count() >= 2 else []),
-        ("cpu-baseline", [epochs, "resources.workers=2", "resources.cpus_per_worker=2"],
-         {"device": "cpu", "sync_backend": "gloo"}),
+        (
+            "shared-gpu-fp16",
+            [
+                epochs,
+                "resources.workers=2",
+                "resources.gpus_per_worker=0.5",
+                "resources.cpus_per_worker=2",
+                "sync.compression=fp16",
+            ],
+            {"device": "cuda:0", "sync_backend": "gloo"},
+        ),
+        *(
+            [
+                (
+                    "nccl-2gpu-fp16",
+                    [
+                        epochs,
+                        "resources.workers=2",
+                        "resources.gpus_per_worker=1",
+                        "resources.cpus_per_worker=2",
+                        "sync.compression=fp16",
+                    ],
+                    {"device": "cuda:0", "sync_backend": "nccl"},
+                )
+            ]
+            if torch.cuda.device_count() >= 2
+            else []
+        ),
+        (
+            "cpu-baseline",
+            [epochs, "resources.workers=2", "resources.cpus_per_worker=2"],
+            {"device": "cpu", "sync_backend": "gloo"},
+        ),
     ]
     failures = []
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
@@ -134,7 +186,9 @@ def main() -> int:
             if name in skip:
                 continue
             result = submit(args.spec, sets, Path(tmp) / name, args.timeout)
-            problems = [f"{k}={result.get(k)!r}, expected {v!r}" for k, v in expect.items() if result.get(k) != v]
+            problems = [
+                f"{k}={result.get(k)!r}, expected {v!r}" for k, v in expect.items() if result.get(k) != v
+            ]
             if result.get("state") != "succeeded":
                 problems.append(f"state={result.get('state')!r}")
             if not isinstance(result.get("val_accuracy"), float) or result["val_accuracy"] < 0.95:

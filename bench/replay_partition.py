@@ -34,15 +34,24 @@ def main() -> None:
     if not PHILLY.is_dir():
         print(f"skipped: {PHILLY} not found (the shared Philly trace)")
         return
-    parts = load(str(PHILLY / "dev.csv"), str(PHILLY / "vc_config.csv"), contended=True,
-                 limit=args.limit, only=[args.vc])
+    parts = load(
+        str(PHILLY / "dev.csv"),
+        str(PHILLY / "vc_config.csv"),
+        contended=True,
+        limit=args.limit,
+        only=[args.vc],
+    )
     cpu, wall = time.process_time(), time.perf_counter()
     replays, _ = run_policy(parts, args.policy)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    history = sorted((j.id, j.finished_at, j.first_start, j.preemptions) for j in replays[0].state.jobs.values())
+    history = sorted(
+        (j.id, j.finished_at, j.first_start, j.preemptions) for j in replays[0].state.jobs.values()
+    )
     digest = hashlib.sha1(repr(history).encode()).hexdigest()[:12]
-    print(f"{ROOT} {args.policy} {args.vc}: {len(parts[0].jobs)} jobs, {replays[0].passes} passes, "
-          f"cpu {cpu:.2f} s, wall {wall:.2f} s, history {digest}")
+    print(
+        f"{ROOT} {args.policy} {args.vc}: {len(parts[0].jobs)} jobs, {replays[0].passes} passes, "
+        f"cpu {cpu:.2f} s, wall {wall:.2f} s, history {digest}"
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@
 * CPU check: ``sum(range(10**7))`` timed in the same run (about 0.2 s on an idle modern core), so
   readers can scale the figures when the machine is shared or throttled.
 
+* ``--evaluate OUT.pickle [--settings ...] [--labels ...]`` then ``--report A.pickle,B.pickle``:
+  the default policy's leave-one-VC-out evaluation (``bench/policy_eval.py``): every policy's
+  avg JCT, p95, preemptions per job and ratios to SRTF and FIFO, per VC and overall, in four
+  settings (contended and full nodes, 1.5x and 2x arrival rate).
+
 Skips (exit 0, with a message) when ../shared/traces/philly is missing; ``--skip-replay`` times
 the pass only.
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import random
 import statistics
 import sys
@@ -152,6 +158,60 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def evaluate(out_path: str, settings: list[str], labels: list[str]) -> int:
+    """Replay the policies (``labels``: baselines and default-policy knob settings, all when empty)
+    on each dev VC in each setting; the figures go to ``out_path`` (a pickle) for ``report``."""
+    from bench import policy_eval
+
+    everything: dict[str, Any] = {name: name for name in policy_eval.BASELINES} | dict(policy_eval.CANDIDATES)
+    policies = {label: everything[label] for label in labels} if labels else everything
+    before = round(cpu_check(), 2)
+    results, jcts = policy_eval.run_all(
+        policies, settings, lambda text: print(f"  {text}", file=sys.stderr, flush=True)
+    )
+    after = round(cpu_check(), 2)
+    with open(out_path, "wb") as handle:
+        pickle.dump((results, jcts, (before, after)), handle)
+    print(f"cpu check {before} s before, {after} s after", file=sys.stderr)
+    return 0
+
+
+def report(paths: list[str], out_json: str | None) -> int:
+    """Merge ``evaluate`` outputs and print the leave-one-VC-out report (Markdown)."""
+    from bench import policy_eval
+
+    results: dict[str, Any] = {}
+    jcts: dict[str, Any] = {}
+    checks = []
+    for path in paths:
+        with open(path, "rb") as handle:
+            r, j, check = pickle.load(handle)
+        for setting in r:
+            results.setdefault(setting, {}).update(r[setting])
+            jcts.setdefault(setting, {}).update(j[setting])
+        checks.append(check)
+    ordered = {s: results[s] for s in policy_eval.SETTINGS if s in results}
+    text, chosen = policy_eval.report(ordered, jcts)
+    print(text)
+    print(f"\ncpu checks (before, after) per run: {checks}; knobs chosen per held-out VC: {chosen}")
+    if out_json:
+        data = {
+            "chosen": chosen,
+            "results": {
+                s: {
+                    p: {
+                        vc: {**vars(c), "preemptions_per_job": c.preemptions_per_job}
+                        for vc, c in cells.items()
+                    }
+                    for p, cells in by.items()
+                }
+                for s, by in ordered.items()
+            },
+        }
+        Path(out_json).write_text(json.dumps(data, indent=1))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--policy", default="fifo,sjf,srtf,las", help="comma-separated policies to replay")
@@ -161,7 +221,31 @@ def main() -> int:
         "--processes", type=int, default=1, help="replay worker processes (as the CLI's --processes)"
     )
     parser.add_argument("--skip-replay", action="store_true", help="time the scheduling pass only")
+    parser.add_argument(
+        "--evaluate",
+        metavar="OUT.pickle",
+        help="replay policies per dev VC for the leave-one-VC-out evaluation (bench/policy_eval.py)",
+    )
+    parser.add_argument(
+        "--settings", default="", help="with --evaluate: comma-separated settings (default all)"
+    )
+    parser.add_argument(
+        "--labels", default="", help="with --evaluate: ';'-separated policy labels (default all)"
+    )
+    parser.add_argument(
+        "--report",
+        metavar="A.pickle,B.pickle",
+        help="merge --evaluate outputs and print the leave-one-VC-out report",
+    )
+    parser.add_argument("--json", metavar="OUT.json", help="with --report: every figure as JSON")
     args = parser.parse_args()
+    if args.evaluate:
+        from bench.policy_eval import SETTINGS
+
+        settings = [s for s in args.settings.split(",") if s] or list(SETTINGS)
+        return evaluate(args.evaluate, settings, [x for x in args.labels.split(";") if x])
+    if args.report:
+        return report(args.report.split(","), args.json)
     out: dict[str, object] = {"cpu_check_s_before": round(cpu_check(), 2)}
     out["pass"] = pass_times(args.passes)
     print(f"  scheduling pass: {out['pass']}", file=sys.stderr)

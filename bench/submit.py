@@ -32,7 +32,9 @@ def submit_json(
         env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "orchestrator", "submit", str(spec), "--output", "json", "--quiet", *args]
     started = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False, timeout=timeout)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False, timeout=timeout
+    )
     wall = time.time() - started
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     return proc, (json.loads(lines[-1]) if lines else None), wall

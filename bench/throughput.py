@@ -41,9 +41,21 @@ def run_torchrun(spec: str) -> dict[str, float]:
     launched = time.time()
     env = {**os.environ, "BENCH_LAUNCHED_AT": str(launched), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-         str(REPO / "bench" / "torchrun_cnn.py"), spec],
-        capture_output=True, text=True, env=env, cwd=REPO, check=False,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            str(REPO / "bench" / "torchrun_cnn.py"),
+            spec,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        check=False,
     )
     wall = time.time() - launched
     if proc.returncode != 0:
@@ -64,7 +76,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as home:
         for i in range(args.runs):
             for name in ("torchrun", "orchestrator") if i % 2 else ("orchestrator", "torchrun"):
-                res = run_torchrun(args.spec) if name == "torchrun" else run_orchestrator(args.spec, Path(home))
+                res = (
+                    run_torchrun(args.spec) if name == "torchrun" else run_orchestrator(args.spec, Path(home))
+                )
                 runs[name].append(res)
                 print(f"run {i + 1} {name}: {json.dumps(res)}", file=sys.stderr, flush=True)
     summary = {
@@ -80,12 +94,18 @@ def main() -> None:
     o, t = summary["orchestrator"], summary["torchrun"]
     print("| | samples/s (median) | val accuracy | submit to first step (s) | wall (s) |")
     print("|---|---|---|---|---|")
-    print(f"| orchestrator submit | {o['samples_per_second']:.0f} | {o['val_accuracy']:.4f} | "
-          f"{o['time_to_first_step_s']:.1f} | {o['wall_s']:.1f} |")
-    print(f"| bare torchrun | {t['samples_per_second']:.0f} | {t['val_accuracy']:.4f} | "
-          f"{t['time_to_first_step_s']:.1f} | {t['wall_s']:.1f} |")
-    print(f"\nratio orchestrator / torchrun samples/s: {summary['ratio_samples_per_second']:.3f} "
-          f"({args.runs} runs each, medians)")
+    print(
+        f"| orchestrator submit | {o['samples_per_second']:.0f} | {o['val_accuracy']:.4f} | "
+        f"{o['time_to_first_step_s']:.1f} | {o['wall_s']:.1f} |"
+    )
+    print(
+        f"| bare torchrun | {t['samples_per_second']:.0f} | {t['val_accuracy']:.4f} | "
+        f"{t['time_to_first_step_s']:.1f} | {t['wall_s']:.1f} |"
+    )
+    print(
+        f"\nratio orchestrator / torchrun samples/s: {summary['ratio_samples_per_second']:.3f} "
+        f"({args.runs} runs each, medians)"
+    )
 
 
 if __name__ == "__main__":

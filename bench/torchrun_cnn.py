@@ -57,15 +57,22 @@ def main(spec_path: str) -> None:
         net.eval()
         vi = eval_indices(len(data.x_val), rank, world)
         with torch.no_grad():
-            correct = (net(torch.from_numpy(data.x_val[vi])).argmax(1) == torch.from_numpy(data.y_val[vi])).sum()
+            correct = (
+                net(torch.from_numpy(data.x_val[vi])).argmax(1) == torch.from_numpy(data.y_val[vi])
+            ).sum()
         totals = torch.tensor([float(correct), float(len(vi))])
         dist.all_reduce(totals)
     if rank == 0:
-        print(json.dumps({
-            "samples_per_second": samples / train_time,
-            "val_accuracy": float(totals[0] / totals[1]),
-            "time_to_first_step_s": (first_step or START) - float(os.environ.get("BENCH_LAUNCHED_AT", START)),
-        }))
+        print(
+            json.dumps(
+                {
+                    "samples_per_second": samples / train_time,
+                    "val_accuracy": float(totals[0] / totals[1]),
+                    "time_to_first_step_s": (first_step or START)
+                    - float(os.environ.get("BENCH_LAUNCHED_AT", START)),
+                }
+            )
+        )
     dist.destroy_process_group()
 
 

@@ -80,7 +80,14 @@ def queue_table(rows: Sequence[QueueRow], title: str, limit: int | None = ROWS_S
     "policy_names",
     multiple=True,
     metavar="NAME",
-    help="fifo, sjf, srtf (oracles) or las/default; repeat or comma-separate. Default: las.",
+    help="fifo, sjf, srtf (oracles), las or adaptive/default; repeat or comma-separate. Default: adaptive.",
+)
+@click.option(
+    "--compare-to",
+    "compare_to",
+    metavar="NAME",
+    help="Also replay this policy (e.g. srtf) and show every policy's avg JCT, p95 and preemptions "
+    "per job as ratios to it.",
 )
 @click.option("--contended", is_flag=True, help="vc_config.csv: use contended_nodes instead of nodes.")
 @click.option("--vc", "only", multiple=True, metavar="VC", help="Replay only this partition (repeatable).")
@@ -120,6 +127,7 @@ def simulate(
     trace_path: str,
     cluster_path: str,
     policy_names: tuple[str, ...],
+    compare_to: str | None,
     contended: bool,
     only: tuple[str, ...],
     limit: int | None,
@@ -139,9 +147,13 @@ def simulate(
           --cluster ../shared/traces/philly/vc_config.csv --contended --policy fifo,sjf,srtf,las
     """
     from orchestrator.simulate import job_completion_times, load, reports_json, run_policy, summarize
-    from orchestrator.simulate.report import write_plot
+    from orchestrator.simulate.report import ratios, write_plot
 
     policies = _policies(policy_names)
+    if compare_to is not None:
+        compare_to = _policies((compare_to,))[0]
+        if compare_to not in policies:
+            policies.append(compare_to)
     if job_id and explain_at is None:
         raise UsageError("--job needs --explain-at", fix="add --explain-at T")
     until = parse_time(explain_at) if explain_at is not None else None
@@ -185,6 +197,7 @@ def simulate(
         emit_json(
             reports_json(
                 reports,
+                compare_to,
                 trace=trace_path,
                 cluster=cluster_path,
                 contended=contended,
@@ -210,7 +223,8 @@ def simulate(
         "preempt",
         "replay",
     ):
-        table.add_column(column, justify="left" if column == "policy" else "right")
+        wide = max(len(r.policy) for r in reports) if column == "policy" else None  # names stay whole
+        table.add_column(column, justify="left" if column == "policy" else "right", min_width=wide)
     for r in reports:
         table.add_row(
             r.policy,
@@ -225,6 +239,14 @@ def simulate(
             f"{r.replay_s:.1f} s",
         )
     Console(soft_wrap=True).print(table)
+    base = next((r for r in reports if r.policy == compare_to), None)
+    if base is not None:
+        vs = Table(title=f"ratios to {base.policy}", title_justify="left")
+        for column in ("policy", "avg JCT", "p95 JCT", "preemptions/job"):
+            vs.add_column(column, justify="left" if column == "policy" else "right")
+        for r in reports:
+            vs.add_row(r.policy, *(f"{v:.2f}x" for v in ratios(r, base).values()))
+        Console(soft_wrap=True).print(vs)
     if plot_path:
         click.echo(f"JCT distribution written to {plot_path}")
 

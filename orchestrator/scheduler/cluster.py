@@ -218,7 +218,9 @@ _ZERO_QUOTA = Quota(nominal=0)
 class SchedulerSettings(_Model):
     """Defaults for the scheduler that runs on this cluster."""
 
-    policy: str = Field(default="las", description="fifo, sjf, srtf (oracles) or las (default).")
+    policy: str = Field(
+        default="adaptive", description="fifo, sjf, srtf (oracles), las, or adaptive (the default)."
+    )
     backfill_bound_s: float = Field(
         default=3600.0, ge=0, description="After the head of a queue has waited this long, nothing jumps it."
     )

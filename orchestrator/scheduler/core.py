@@ -86,6 +86,9 @@ class Scheduler:
 
     def tracking(self, state: ClusterState) -> tuple[PendingOrder, RunningWatch]:
         """The state's waiting jobs in this scheduler's order (updated to now), and its watch."""
+        if self.policy.observe(state, self.clock.now()):  # thresholds moved: re-rank everything
+            self._orders.pop(state, None)
+            self._last = None
         last = self._last
         if last is not None and last[0]() is state:
             found = last[1]
@@ -132,6 +135,7 @@ class SchedulingPass:
         self.scheduler, self.state, self.explain = scheduler, state, explain
         self.policy = scheduler.policy
         self.now = scheduler.clock.now()
+        self.token = self.policy.cache_token
         self.bound = scheduler.backfill_bound_s
         self._work: Capacity | None = None  # copied on the first change: many passes change nothing
         self.result = PassResult(self.now)
@@ -174,7 +178,7 @@ class SchedulingPass:
         cache = job.rank_cache
         if (
             cache is not None
-            and cache[0] is self.policy
+            and cache[0] is self.token
             and cache[1] == job.run_start
             and cache[2] == job.queued_since
             and self.now < cache[3]
@@ -182,7 +186,7 @@ class SchedulingPass:
             return cache[4]
         key = (-job.priority, self.policy.rank(job, self.now))
         job.rank_cache = (
-            self.policy,
+            self.token,
             job.run_start,
             job.queued_since,
             self.policy.rank_until(job, self.now),
@@ -348,7 +352,21 @@ class SchedulingPass:
             return False
         reasons = [words.pool_room(self.work.pools[o.pool.name], request) for o, why in tried if why is None]
         reasons += [Reason("quota", why) for _, why in tried if why is not None]
+        reasons += self._guarded(job, options)
         return self._wait(job, reasons, eligibility.options)
+
+    def _guarded(self, job: Job, options: tuple[PoolOption, ...]) -> list[Reason]:
+        """Words for the policy guards that keep running jobs of a worse band, which ``job`` could
+        otherwise preempt, from giving way to it (an explaining pass only)."""
+        pools = {o.pool.name for o in options}
+        band, held = self.band(job), Counter[str]()
+        for victim in self.state.running.values():
+            if victim.placement is None or victim.placement.pool not in pools or victim.priority != job.priority:
+                continue
+            name = self.policy.holds(victim, band, self.now)
+            if name is not None:
+                held[name] += 1
+        return [words.guarded(name, count) for name, count in sorted(held.items())]
 
     def _nothing_more(self, job: Job) -> bool:
         """True when no job after ``job`` in its queue can start in this pass.
@@ -363,6 +381,7 @@ class SchedulingPass:
         return not self.may_have_victims(job)
 
     def _place(self, job: Job, placement: Placement, borrowing: bool, preempts: tuple[str, ...] = ()) -> None:
+        promoted = self.policy.promoted(job, self.now)
         self.result.decisions.append(
             Place(
                 job.id,
@@ -370,7 +389,8 @@ class SchedulingPass:
                 borrowing=borrowing,
                 backfill=job.queue in self.blocked,
                 preempts=preempts,
-                promoted=self.policy.promoted(job, self.now),
+                promoted=promoted,
+                guard="starvation" if promoted else None,
             )
         )
         self.writable().take(placement, job.queue)

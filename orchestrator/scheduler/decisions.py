@@ -45,6 +45,7 @@ class Place:
     backfill: bool = False  # started while a higher-ranked job of its queue waits
     preempts: tuple[str, ...] = ()
     promoted: bool = False  # started by aging: its attained-service count restarts
+    guard: str | None = None  # the policy guard that started it ("starvation": promoted by aging)
 
 
 @dataclass(frozen=True, slots=True)

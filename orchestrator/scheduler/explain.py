@@ -82,6 +82,22 @@ def held_back(head_id: str, queue: str, waited: float, bound: float) -> Reason:
     )
 
 
+GUARD_WORDS = {
+    "min-quantum": "ran less than its minimum quantum since it started",
+    "preemption-budget": "was preempted too often lately (preemptions per job are bounded in a window)",
+    "preemption-cost": "would cost more to preempt (restart and lost work) than the service it is expected to need",
+}
+
+
+def guarded(guard: str, count: int) -> Reason:
+    """A preemption that a policy guard held back (the code is the guard's name)."""
+    what = GUARD_WORDS.get(guard, "is protected")
+    return Reason(
+        guard,
+        f"guard {guard} held back preempting {_jobs(count)} of a worse band: each {what}",
+    )
+
+
 def duration_words(seconds: float) -> str:
     """``45s``, ``12m``, ``3h05m``, ``2d04h``."""
     s = int(round(seconds))

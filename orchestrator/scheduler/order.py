@@ -43,6 +43,9 @@ class PendingOrder:
             for job_id in state.dequeued[left:]:  # started or finished since the last pass
                 self._remove(job_id)
             fresh = [job for job in state.enqueued[start:] if pending.get(job.id) is job]
+        if not self.entries and len(fresh) > 1:  # a full (re)build: one sort, not an insertion each
+            self._build(list({job.id: job for job in fresh}.values()), now)
+            fresh = []
         for job in fresh:  # (re)queued since the last pass
             self._remove(job.id)
             self._insert(job, now)
@@ -71,6 +74,16 @@ class PendingOrder:
         until = self.policy.rank_until(job, now)
         if until != math.inf:
             heapq.heappush(self.expiries, (until, job.seq, job.id))
+
+    def _build(self, jobs: list[Job], now: float) -> None:
+        """The order of ``jobs`` from nothing (a policy's thresholds moved, or a first pass)."""
+        for job in jobs:
+            key = self.keys[job.id] = (-job.priority, self.policy.rank(job, now))
+            self.entries.append((key, job))
+            until = self.policy.rank_until(job, now)
+            if until != math.inf:
+                heapq.heappush(self.expiries, (until, job.seq, job.id))
+        self.entries.sort()  # keys end with the job's unique seq: jobs are never compared
 
     def _remove(self, job_id: str) -> None:
         key = self.keys.pop(job_id, None)

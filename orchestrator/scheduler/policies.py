@@ -21,12 +21,13 @@ also says until when a rank holds, so a pass can reuse it instead of recomputing
 from __future__ import annotations
 
 import bisect
+import copy
 import math
 from collections.abc import Sequence
 from typing import ClassVar
 
 from orchestrator.errors import UsageError
-from orchestrator.scheduler.state import Job, JobStatus
+from orchestrator.scheduler.state import ClusterState, Job, JobStatus
 
 
 class Policy:
@@ -63,6 +64,25 @@ class Policy:
     def promoted(self, job: Job, now: float) -> bool:
         """True when ``job`` starts by aging: its attained-service count restarts."""
         return False
+
+    @property
+    def cache_token(self) -> object:
+        """What cached ranks were computed under: a policy whose thresholds move gives a new one
+        at each move, so that every cached rank and band is computed again."""
+        return self
+
+    def observe(self, state: ClusterState, now: float) -> bool:
+        """Learn from the state before a pass (finished jobs); True when ranks changed."""
+        return False
+
+    def holds(self, victim: Job, band: float, now: float) -> str | None:
+        """The guard that keeps running ``victim`` from giving way by band to a job of ``band``
+        (None: none does). A guarded victim reports the first band, so nothing preempts it by band."""
+        return None
+
+    def fresh(self) -> Policy:
+        """A new instance with the same settings and nothing learnt (one per replayed partition)."""
+        return copy.copy(self)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -186,12 +206,14 @@ class Las(Policy):
         return f"Las(thresholds={self.thresholds}, starve_factor={self.starve_factor})"
 
 
-POLICIES: dict[str, type[Policy]] = {p.name: p for p in (Fifo, Sjf, Srtf, Las)}
-DEFAULT_POLICY = "las"
+from orchestrator.scheduler.adaptive import Adaptive  # noqa: E402  (it builds on Las, above)
+
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (Fifo, Sjf, Srtf, Las, Adaptive)}
+DEFAULT_POLICY = "adaptive"
 
 
 def get_policy(name: str | Policy | None = None) -> Policy:
-    """A policy by name (``default`` means ``las``), or the instance given."""
+    """A policy by name (``default`` means ``adaptive``), or the instance given."""
     if isinstance(name, Policy):
         return name
     key = DEFAULT_POLICY if name in (None, "default") else str(name)

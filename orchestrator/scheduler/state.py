@@ -11,7 +11,7 @@ cost (seconds) that it pays when it next runs, before it makes progress again.
 from __future__ import annotations
 
 import itertools
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -63,6 +63,7 @@ class Job:
     service_forgiven: float = 0.0  # attained service written off when aging promoted the job
     last_run: float = 0.0
     preemptions: int = 0
+    preempted_at: tuple[float, ...] = ()  # the times of its latest preemptions (a few, newest last)
     first_start: float | None = None
     finished_at: float | None = None
     backfilled: bool = False
@@ -87,6 +88,10 @@ class Job:
             )
         left = self.duration - self.work_done + self.restore_debt
         return left - (now - self.run_start) if self.run_start is not None else left
+
+
+FINISHED_KEPT = 5_000  # finished jobs whose service a state keeps (a sliding sample of the workload)
+PREEMPTIONS_KEPT = 8  # preemption times kept per job (for a bound on preemptions in a window)
 
 
 def _log(log: list[Any], entry: Any, live: int) -> int:
@@ -127,6 +132,10 @@ class ClusterState:
         # And every run that started or stopped, by job id (the running set's changes).
         self.run_changes: list[str] = []
         self.run_changes_base = 0
+        # Attained service (accelerator-seconds) of the latest jobs that finished after running,
+        # and how many did in all: what a policy may learn the workload's service distribution from.
+        self.finished_service: deque[float] = deque(maxlen=FINISHED_KEPT)
+        self.finished_count = 0
         self._seq = itertools.count()
 
     def submit(
@@ -205,6 +214,7 @@ class ClusterState:
         self._stop(job, now)
         job.restore_debt += self.checkpoint_cost(job.size)
         job.preemptions += 1
+        job.preempted_at = (*job.preempted_at[-(PREEMPTIONS_KEPT - 1) :], now)
         job.status, job.queued_since = JobStatus.PENDING, now
         self._enqueue(job)
 
@@ -213,6 +223,8 @@ class ClusterState:
         job = self.jobs[job_id]
         if job.status is JobStatus.RUNNING:
             self._stop(job, now)
+            self.finished_service.append(job.attained)
+            self.finished_count += 1
         elif job.status is JobStatus.PENDING:
             self._dequeue(job)
             job.queued_total += now - job.queued_since

@@ -85,9 +85,32 @@ def summarize(policy: str, replays: Sequence[Replay], replay_s: float) -> Policy
     )
 
 
-def reports_json(reports: Sequence[PolicyReport], **setting: object) -> dict[str, object]:
-    """``{"policies": {"<name>": {"avg_jct_s": ..., ...}}, ...}`` (the ``--output json`` shape)."""
-    return {"policies": {r.policy: r.to_json() for r in reports}, **setting}
+def ratios(report: PolicyReport, baseline: PolicyReport) -> dict[str, float]:
+    """``report``'s average JCT, p95 JCT and preemptions per job over ``baseline``'s (``inf`` where the
+    baseline's is 0 and the report's is not; 1.0 where both are 0)."""
+
+    def over(a: float, b: float) -> float:
+        return round(a / b, 4) if b else (1.0 if a == 0 else math.inf)
+
+    return {
+        "avg_jct": over(report.avg_jct_s, baseline.avg_jct_s),
+        "p95_jct": over(report.p95_jct_s, baseline.p95_jct_s),
+        "preemptions_per_job": over(report.preemptions / report.jobs, baseline.preemptions / baseline.jobs),
+    }
+
+
+def reports_json(
+    reports: Sequence[PolicyReport], compare_to: str | None = None, **setting: object
+) -> dict[str, object]:
+    """``{"policies": {"<name>": {"avg_jct_s": ..., ...}}, ...}`` (the ``--output json`` shape); with
+    ``compare_to``, each policy also has ``ratio_to_<name>`` (see :func:`ratios`)."""
+    base = next((r for r in reports if r.policy == compare_to), None)
+    policies: dict[str, dict[str, object]] = {}
+    for r in reports:
+        policies[r.policy] = dict(r.to_json())
+        if base is not None:
+            policies[r.policy][f"ratio_to_{base.policy}"] = ratios(r, base)
+    return {"policies": policies, **({"compare_to": compare_to} if compare_to else {}), **setting}
 
 
 def write_plot(path: str, jct_by_policy: dict[str, list[float]]) -> None:

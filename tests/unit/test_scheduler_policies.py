@@ -22,8 +22,8 @@ def test_policies_by_name() -> None:
         "sjf",
         "srtf",
         "las",
-        "las",
-        "las",
+        "adaptive",
+        "adaptive",
     ]
     with pytest.raises(UsageError, match="unknown scheduling policy 'lifo'"):
         get_policy("lifo")

@@ -1,0 +1,198 @@
+"""Leave-one-VC-out evaluation of scheduling policies on the Philly development slice.
+
+Every policy (and every knob setting of the default policy that is up for choice) is replayed on
+each of the six dev VCs, alone, in four settings: ``contended_nodes`` and the full ``nodes`` at the
+trace's own arrival rate, and ``contended_nodes`` with the arrival rate scaled 1.5x and 2x
+(submit times compressed towards the first submit). Knobs are then chosen by leave-one-VC-out:
+for each VC, the setting with the best score on the *other five* VCs at the two trace-rate load
+levels is the one reported for it, so no figure of a VC comes from knobs tuned on that VC.
+
+Figures per (setting, policy, VC): average and p95 JCT, preemptions per job, and the ratios to
+SRTF (the clairvoyant oracle) and to FIFO; "all" is every job of the six VCs together.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from orchestrator.scheduler import Policy
+from orchestrator.scheduler.adaptive import Adaptive
+from orchestrator.simulate import Partition, job_completion_times, load, run_policy, summarize
+from orchestrator.simulate.report import percentile
+
+PHILLY = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "philly"
+SETTINGS: dict[str, tuple[bool, float]] = {  # name -> (contended, arrival-rate factor)
+    "contended": (True, 1.0),
+    "full": (False, 1.0),
+    "contended-x1.5": (True, 1.5),
+    "contended-x2": (True, 2.0),
+}
+# The default policy's knob settings up for choice: band cut points (quantiles of the observed
+# service, by job count or by share of the work) and the promote knob. The guards' own knobs stay
+# at their defaults (quantum 10 min, 3 preemptions per 6 h, cost factor 1).
+CANDIDATES: dict[str, Adaptive] = {
+    "adaptive[jobs .5/.9/.99, starve 4]": Adaptive((0.5, 0.9, 0.99)),
+    "adaptive[jobs .5/.9/.99, starve 8]": Adaptive((0.5, 0.9, 0.99), starve_factor=8.0),
+    "adaptive[work .5/.75, starve 8]": Adaptive((0.5, 0.75), weighting="work", starve_factor=8.0),
+    "adaptive[jobs .9/.99, starve 4]": Adaptive((0.9, 0.99)),
+    "adaptive[jobs .9/.99, starve 2]": Adaptive((0.9, 0.99), starve_factor=2.0),
+    "adaptive[work .5/.75, starve 4]": Adaptive((0.5, 0.75), weighting="work"),
+    "adaptive[work .5/.75, starve 2]": Adaptive((0.5, 0.75), weighting="work", starve_factor=2.0),
+}
+BASELINES = ("fifo", "srtf", "las")
+TUNED_ON = ("contended", "full")  # the load levels knobs are chosen on (the stress runs are reported only)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One policy's figures on one VC (or "all") in one setting."""
+
+    jobs: int
+    avg_jct_s: float
+    p95_jct_s: float
+    preemptions: int
+
+    @property
+    def preemptions_per_job(self) -> float:
+        return self.preemptions / self.jobs if self.jobs else 0.0
+
+
+def partitions(setting: str) -> list[Partition]:
+    """The dev VCs in a setting (arrivals compressed by the setting's factor)."""
+    contended, factor = SETTINGS[setting]
+    parts = load(str(PHILLY / "dev.csv"), str(PHILLY / "vc_config.csv"), contended=contended)
+    if factor == 1.0:
+        return parts
+    out = []
+    for p in parts:
+        start = p.jobs[0].submit if p.jobs else 0.0
+        jobs = [replace(j, submit=start + (j.submit - start) / factor) for j in p.jobs]
+        out.append(Partition(p.name, p.cluster, jobs, p.request_for))
+    return out
+
+
+def evaluate(
+    parts: Sequence[Partition], policy: str | Policy, label: str
+) -> tuple[dict[str, Cell], dict[str, list[float]]]:
+    """Cells per VC and "all" for one policy (a name, or a fresh instance per VC: policies that
+    learn from what they see must not carry it from one VC to the next)."""
+    cells: dict[str, Cell] = {}
+    jcts: dict[str, list[float]] = {}
+    replays = []
+    for part in parts:
+        fresh = policy if isinstance(policy, str) else policy.fresh()
+        done, took = run_policy([part], fresh)
+        replays += done
+        r = summarize(label, done, took)
+        cells[part.name] = Cell(r.jobs, r.avg_jct_s, r.p95_jct_s, r.preemptions)
+        jcts[part.name] = job_completion_times(done)
+    r = summarize(label, replays, 0.0)
+    cells["all"] = Cell(r.jobs, r.avg_jct_s, r.p95_jct_s, r.preemptions)
+    return cells, jcts
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else (1.0 if a == 0 else math.inf)
+
+
+def score(cell: Cell, srtf: Cell) -> float:
+    """Lower is better: the average-JCT ratio to SRTF, plus a penalty for each target missed."""
+    avg = ratio(cell.avg_jct_s, srtf.avg_jct_s)
+    p95 = ratio(cell.p95_jct_s, srtf.p95_jct_s)
+    pre = ratio(cell.preemptions_per_job, max(srtf.preemptions_per_job, 0.01))
+    return avg + max(0.0, avg - 1.25) + max(0.0, p95 - 1.5) + 0.25 * max(0.0, pre - 2.0)
+
+
+def leave_one_out(
+    results: dict[str, dict[str, dict[str, Cell]]], candidates: Sequence[str], vcs: Sequence[str]
+) -> dict[str, str]:
+    candidates = [c for c in candidates if all(c in results[s] for s in TUNED_ON)]
+    """For each VC, the candidate with the best mean score on the other VCs over ``TUNED_ON``."""
+    chosen = {}
+    for held in vcs:
+
+        def total(name: str, held: str = held) -> float:
+            return sum(
+                score(results[s][name][vc], results[s]["srtf"][vc])
+                for s in TUNED_ON
+                for vc in vcs
+                if vc != held
+            )
+
+        chosen[held] = min(candidates, key=total)
+    return chosen
+
+
+Results = dict[str, dict[str, dict[str, Cell]]]  # [setting][policy label][vc or "all"]
+
+
+def run_all(
+    policies: dict[str, str | Policy], settings: Sequence[str], progress: Callable[[str], None]
+) -> tuple[Results, dict[str, dict[str, dict[str, list[float]]]]]:
+    """Every policy on every VC in every setting: cells, and the completion times behind them."""
+    results: Results = {}
+    jcts: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for setting in settings:
+        parts = partitions(setting)
+        results[setting], jcts[setting] = {}, {}
+        for label, policy in policies.items():
+            results[setting][label], jcts[setting][label] = evaluate(parts, policy, label)
+            progress(f"{setting} {label}: {results[setting][label]['all']}")
+    return results, jcts
+
+
+def held_out(
+    results: Results, jcts: dict[str, dict[str, dict[str, list[float]]]], chosen: dict[str, str], setting: str
+) -> dict[str, Cell]:
+    """The default policy's cells in a setting when each VC is replayed with the knobs chosen
+    without it; "all" pools the jobs of the six."""
+    if any(label not in results[setting] for label in chosen.values()):
+        return {}  # a chosen setting was not replayed here
+    cells = {vc: results[setting][label][vc] for vc, label in chosen.items()}
+    times = sorted(t for vc, label in chosen.items() for t in jcts[setting][label][vc])
+    jobs = sum(c.jobs for c in cells.values())
+    cells["all"] = Cell(
+        jobs,
+        sum(c.avg_jct_s * c.jobs for c in cells.values()) / jobs,
+        percentile(times, 95),
+        sum(c.preemptions for c in cells.values()),
+    )
+    return cells
+
+
+def row(setting: str, label: str, vc: str, cell: Cell, srtf: Cell, fifo: Cell, note: str = "") -> str:
+    return (
+        f"| {setting} | {label} | {vc} | {cell.avg_jct_s:,.0f} | {ratio(cell.avg_jct_s, srtf.avg_jct_s):.2f} | "
+        f"{ratio(cell.avg_jct_s, fifo.avg_jct_s):.2f} | {ratio(cell.p95_jct_s, srtf.p95_jct_s):.2f} | "
+        f"{cell.preemptions_per_job:.3f} | {srtf.preemptions_per_job:.3f} | {note} |"
+    )
+
+
+HEADER = (
+    "| setting | policy | VC | avg JCT (s) | x SRTF | x FIFO | p95 x SRTF | preempt/job | SRTF preempt/job | knobs |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def report(
+    results: Results, jcts: dict[str, dict[str, dict[str, list[float]]]]
+) -> tuple[str, dict[str, str]]:
+    """Markdown: the leave-one-VC-out default per VC and setting, then every policy's figures."""
+    first = next(iter(results.values()))
+    vcs = [vc for vc in first["srtf"] if vc != "all"]
+    chosen = leave_one_out(results, list(CANDIDATES), vcs)
+    lines = ["Default policy, leave-one-VC-out (each VC's knobs chosen on the other five):", "", HEADER]
+    for setting in results:
+        cells = held_out(results, jcts, chosen, setting)
+        for vc, cell in cells.items():
+            srtf, fifo = results[setting]["srtf"][vc], results[setting]["fifo"][vc]
+            lines.append(row(setting, "default (held out)", vc, cell, srtf, fifo, chosen.get(vc, "")))
+    lines += ["", "Every policy and knob setting, per VC:", "", HEADER]
+    for setting, by_policy in results.items():
+        for label, cells in by_policy.items():
+            for vc, cell in cells.items():
+                lines.append(row(setting, label, vc, cell, by_policy["srtf"][vc], by_policy["fifo"][vc]))
+    return "\n".join(lines), chosen

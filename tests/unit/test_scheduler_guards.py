@@ -1,0 +1,217 @@
+"""The default policy's guards: thrashing (minimum quantum, preemption budget, preemption cost),
+starvation (promotion), and band thresholds that follow the observed workload.
+
+Every scenario is a small hand-made trace stepped with a manual clock, so the figures are exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from orchestrator.errors import UsageError
+from orchestrator.scheduler import GangRequest, get_policy
+from orchestrator.scheduler.adaptive import Adaptive, ServiceSample
+from orchestrator.scheduler.cluster import cluster_from_data
+from orchestrator.scheduler.policies import Las
+from orchestrator.simulate import Partition, TraceJob, replay
+from tests.unit.sched_helpers import Harness, cluster, gang, gpu_pool
+
+NEVER_LEARNS = 10**9  # warmup: the thresholds stay at the prior
+
+
+def quiet(**knobs: float) -> Adaptive:
+    """Adaptive with 100 and 1,000 GPU-second bands that never move, every guard off unless asked."""
+    settings: dict[str, float] = {
+        "min_quantum_s": 0.0,
+        "quantum_per_restore": 0.0,
+        "max_preemptions": 10**6,
+        "cost_factor": 0.0,
+        **knobs,
+    }
+    return Adaptive(
+        (0.5, 0.9),
+        prior=(100.0, 1000.0),
+        warmup=NEVER_LEARNS,
+        min_quantum_s=settings["min_quantum_s"],
+        quantum_per_restore=settings["quantum_per_restore"],
+        max_preemptions=int(settings["max_preemptions"]),
+        preemption_window_s=settings.get("preemption_window_s", 3600.0),
+        cost_factor=settings["cost_factor"],
+        min_starve_s=settings.get("min_starve_s", 600.0),
+    )
+
+
+def test_adaptive_is_the_default_and_las_stays_available() -> None:
+    assert get_policy().name == get_policy("default").name == "adaptive"
+    assert isinstance(get_policy("las"), Las) and not isinstance(get_policy("las"), Adaptive)
+    # before any job has finished: las' 8 and 80 GPU-hours, a tenth less for each extra band
+    assert Adaptive((0.5, 0.9)).thresholds == (28_800.0, 288_000.0)
+    assert Adaptive((0.5, 0.9, 0.99)).thresholds == (2_880.0, 28_800.0, 288_000.0)
+    with pytest.raises(UsageError, match="increasing and between 0 and 1"):
+        Adaptive((0.9, 0.5))
+    with pytest.raises(UsageError, match="weighting must be jobs or work"):
+        Adaptive(weighting="gpus")
+
+
+def test_min_quantum_holds_a_preemption_back_and_explain_names_it() -> None:
+    h = Harness(cluster(gpu_pool(nodes=1)), quiet(min_quantum_s=300))
+    h.submit("long", gang(8))
+    h.step(at=0)
+    h.submit("new", gang(8))
+    # at t=100 "long" has 800 GPU-s (band 1), but it started 100 s ago: the quantum holds it
+    result = h.step(at=100, explain=True)
+    assert result.preemptions == []
+    codes = [r.code for r in result.waits["new"].reasons]
+    assert "min-quantum" in codes
+    text = next(r.text for r in result.waits["new"].reasons if r.code == "min-quantum")
+    assert text == (
+        "guard min-quantum held back preempting 1 job of a worse band: "
+        "each ran less than its minimum quantum since it started"
+    )
+    assert result.next_wakeup == 125  # when "long" crosses 1,000 GPU-s (band 2): still held
+    assert h.step(at=125).next_wakeup == 300  # when the quantum ends
+    result = h.step(at=300)
+    assert [(p.job_id, p.cause) for p in result.preemptions] == [("long", "policy")]
+
+
+def test_las_without_guards_would_preempt_at_once() -> None:
+    h = Harness(cluster(gpu_pool(nodes=1)), quiet())
+    h.submit("long", gang(8))
+    h.step(at=0)
+    h.submit("new", gang(8))
+    assert [p.job_id for p in h.step(at=100).preemptions] == ["long"]
+
+
+def thrash_trace(shorts: int) -> list[TraceJob]:
+    """An 8-GPU job of 20,000 s at t=0, and an 8-GPU job of 30 s every 200 s from t=100."""
+    jobs = [TraceJob("long", 0, 0.0, 20_000.0, 8)]
+    jobs += [TraceJob(f"s{i}", i + 1, 100.0 + 200.0 * i, 30.0, 8) for i in range(shorts)]
+    return jobs
+
+
+def run_trace(jobs: list[TraceJob], policy: Las) -> dict[str, object]:
+    spec = cluster_from_data({"pools": [gpu_pool(nodes=1)]})
+    part = Partition(
+        "p", spec, jobs, request_for=lambda j: GangRequest(workers=j.gpus, accelerators_per_worker=1)
+    )
+    return dict(replay(part, policy, backfill_bound_s=10**9).state.jobs)
+
+
+def test_thrashing_scenario_the_budget_caps_preemptions_per_window() -> None:
+    unguarded = run_trace(thrash_trace(60), quiet())["long"]
+    assert unguarded.preemptions == 60  # every short job preempts the long one
+    guarded = run_trace(thrash_trace(60), quiet(max_preemptions=2, preemption_window_s=5000.0))["long"]
+    # at most 2 preemptions in any 5,000 s: the 60 short arrivals span 12,000 s
+    times = list(guarded.preempted_at)
+    assert guarded.preemptions == len(times) <= 8
+    assert all(times[i + 2] - times[i] >= 5000.0 for i in range(len(times) - 2))
+    assert guarded.preemptions == 6
+    assert guarded.finished_at is not None and guarded.work_done == pytest.approx(20_000.0)
+
+
+def test_thrashing_scenario_the_quantum_spaces_preemptions() -> None:
+    guarded = run_trace(thrash_trace(60), quiet(min_quantum_s=1000.0))["long"]
+    times = list(guarded.preempted_at)
+    assert 0 < guarded.preemptions < 60
+    # each run after a restart lasts at least the quantum before the next preemption (the short
+    # job in between runs 30 s and the restart costs 30 s of the long job's run)
+    assert all(later - earlier >= 1000.0 for earlier, later in zip(times, times[1:], strict=False))
+
+
+def test_preemption_cost_guard_leaves_a_job_that_is_probably_about_to_finish() -> None:
+    h = Harness(cluster(gpu_pool(nodes=1)), quiet(cost_factor=1.0))
+    policy = h.scheduler.policy
+    assert isinstance(policy, Adaptive)
+    # observed services: half 100 GPU-s, half 1,000 GPU-s; a job past 100 has 1,000 - a to go
+    policy.sample = ServiceSample([100.0] * 50 + [1000.0] * 50)
+    h.submit("victim", gang(8))
+    h.step(at=0)
+    h.submit("new", gang(8))
+    # at t=110 the victim has 880 GPU-s (band 1): 120 to go < 8 GPUs x 30 s restart = 240
+    result = h.step(at=110, explain=True)
+    assert result.preemptions == []
+    assert [r.code for r in result.waits["new"].reasons if r.code.startswith("preemption")] == [
+        "preemption-cost"
+    ]
+    # at t=50 (400 GPU-s, 600 to go) a fresh replay would preempt: the guard weighs, not forbids
+    h2 = Harness(cluster(gpu_pool(nodes=1)), quiet(cost_factor=1.0))
+    assert isinstance(h2.scheduler.policy, Adaptive)
+    h2.scheduler.policy.sample = policy.sample
+    h2.submit("victim", gang(8))
+    h2.step(at=0)
+    h2.submit("new", gang(8))
+    assert [p.job_id for p in h2.step(at=50).preemptions] == ["victim"]
+
+
+def starving_long_job(min_starve_s: float) -> Harness:
+    """The job "long" (8 GPUs) ran 200 s and was preempted; "short" took the node and "short2" waits
+    behind it; "short" ends at t=1100 (the quantum keeps it from being preempted before)."""
+    h = Harness(cluster(gpu_pool(nodes=1)), quiet(min_starve_s=min_starve_s, min_quantum_s=10_000.0))
+    h.submit("long", gang(8))
+    h.step(at=0)
+    h.clock.set(200.0)
+    h.state.preempt(h.state.jobs["long"], 200.0)  # 1,600 GPU-s: band 2
+    h.submit("short", gang(8))
+    h.submit("short2", gang(8))
+    assert [d.job_id for d in h.step(at=200).placements] == ["short"]
+    h.state.finish("short", 1100.0)
+    return h
+
+
+def test_starvation_guard_promotes_a_long_job_past_newer_short_ones() -> None:
+    h = starving_long_job(min_starve_s=600.0)
+    # "long" ran 200 s and has waited 900 s >= max(600, 4 x 200): promoted to band 0, where it
+    # was submitted before short2
+    result = h.step(at=1100)
+    assert [(d.job_id, d.promoted, d.guard) for d in result.placements] == [("long", True, "starvation")]
+    assert h.state.jobs["long"].service_forgiven == 1600.0  # its service count restarts
+
+
+def test_without_promotion_the_short_job_goes_first() -> None:
+    h = starving_long_job(min_starve_s=10_000.0)
+    assert [(d.job_id, d.guard) for d in h.step(at=1100).placements] == [("short2", None)]
+
+
+def finish_jobs(h: Harness, services: list[float], start: float) -> float:
+    """Run 1-GPU jobs of the given GPU-seconds one after another; returns the time after them."""
+    t = start
+    for i, service in enumerate(services):
+        job_id = f"done-{start:g}-{i}"
+        h.submit(job_id, gang(1))
+        h.step(at=t)
+        t += service
+        h.state.finish(job_id, t)
+    return t
+
+
+def test_thresholds_follow_the_observed_distribution() -> None:
+    policy = Adaptive((0.5, 0.9), weighting="jobs", prior=(28_800.0, 288_000.0), warmup=10, refresh_every=10)
+    h = Harness(cluster(gpu_pool(nodes=1)), policy)
+    t = finish_jobs(h, [10.0 * (i + 1) for i in range(10)], 0.0)  # 10, 20, ..., 100 GPU-s
+    h.step(at=t)
+    assert policy.thresholds == pytest.approx((55.0, 91.0))  # the 50th and 90th percentiles
+    # the workload shifts to 10x longer jobs: after 10 more, the sample holds both
+    t = finish_jobs(h, [100.0 * (i + 1) for i in range(10)], t)
+    h.step(at=t)
+    assert policy.thresholds == pytest.approx((100.0, 810.0))
+    # a running job's band is read with the new thresholds (once past its 600 s quantum)
+    h.submit("probe", gang(1))
+    h.step(at=t)
+    assert [policy.band(h.state.jobs["probe"], t + s) for s in (99.0, 700.0, 900.0)] == [0, 1, 2]
+
+
+def test_work_weighted_bands_split_the_observed_service() -> None:
+    policy = Adaptive((0.5,), prior=(28_800.0,), weighting="work", warmup=5)
+    h = Harness(cluster(gpu_pool(nodes=1)), policy)
+    t = finish_jobs(h, [10.0, 10.0, 10.0, 10.0, 60.0], 0.0)
+    h.step(at=t)
+    assert policy.thresholds == (60.0,)  # the first four hold 40 of 100 GPU-s: under half
+
+
+def test_expected_remaining_service() -> None:
+    sample = ServiceSample([100.0, 200.0, 300.0, 400.0])
+    assert sample.expected_remaining(0.0) == 250.0
+    assert sample.expected_remaining(250.0) == 100.0  # (300 + 400) / 2 - 250
+    assert sample.expected_remaining(400.0) == math.inf
