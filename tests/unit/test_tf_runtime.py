@@ -82,7 +82,7 @@ def run(tmp_path: Path, spec: JobSpec, stop_after: int | None = None,
     session_cls: Any = RecordingSession if stop_after is None else \
         (lambda **kw: StoppingSession(stop_after, **kw))
     sess = session_cls(
-        config=spec.model_dump(mode="json"), rank=0, world_size=1,
+        spec=spec, rank=0, world_size=1,
         paths=JobPaths(tmp_path, tmp_path / "checkpoints", tmp_path / "model"),
         data=prepare_data(spec.data, spec.training.seed),
         collectives=tfm.TFCollectives(strategy, 0, 1), keep_checkpoints=spec.checkpoint.keep,
