@@ -63,6 +63,32 @@ TERMINAL_STATES = frozenset(
 ACTIVE_STATES = frozenset({JobState.PENDING, JobState.RUNNING, JobState.CANCELLING})
 
 
+@dataclass(frozen=True)
+class JobProgress:
+    """A job's visible progress as the store keeps it: its latest epoch, of how many, and the metrics
+    of that epoch. The stored form (:meth:`to_dict`) is flat, ``{"epoch", "epochs", **metrics}``, as
+    ``status --output json`` has always shown it. A sweep's record keeps its own progress (trials)."""
+
+    epoch: int | None = None
+    epochs: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobProgress:
+        """Read the stored form; keys that are not numbers (a sweep's trial list) are not metrics."""
+
+        def whole(value: Any) -> int | None:
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        metrics = {key: float(value) for key, value in data.items()
+                   if key not in ("epoch", "epochs") and isinstance(value, (int, float)) and not isinstance(value, bool)}
+        return cls(epoch=whole(data.get("epoch")), epochs=whole(data.get("epochs")), metrics=metrics)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form."""
+        return {"epoch": self.epoch, "epochs": self.epochs, **self.metrics}
+
+
 @dataclass
 class JobRecord:
     """One row of the job store."""
@@ -83,6 +109,11 @@ class JobRecord:
     progress: dict[str, Any] = field(default_factory=dict)
     attempts: list[dict[str, Any]] = field(default_factory=list)
     external_id: str | None = None
+
+    @property
+    def job_progress(self) -> JobProgress:
+        """The record's progress, typed."""
+        return JobProgress.from_dict(self.progress)
 
     @functools.cached_property
     def job_spec(self) -> JobSpec:

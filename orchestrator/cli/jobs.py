@@ -215,9 +215,9 @@ def status(ctx: click.Context, job_id: str, backend: str, ray_address: str | Non
     console = stdout_console()
     console.print(summary_table(record))
     if record.state.value in ("running", "pending", "cancelling") and record.progress:
-        p = record.progress
-        console.print(f"progress: epoch {p.get('epoch')}/{p.get('epochs')}, "
-                      f"val_accuracy {p.get('val_accuracy', '-')}")
+        p = record.job_progress
+        console.print(f"progress: epoch {p.epoch}/{p.epochs}, "
+                      f"val_accuracy {p.metrics.get('val_accuracy', '-')}")
     for attempt in record.attempts:
         console.print(
             f"attempt {attempt['attempt']}: started {time.strftime('%H:%M:%S', time.localtime(attempt['started_at']))}"

@@ -152,9 +152,9 @@ def jobs_table(records: list[JobRecord]) -> Table:
     for col in ("job", "state", "backend", "epoch", "val_accuracy", "created", "message"):
         table.add_column(col)
     for r in records:
-        progress = r.progress or {}
-        epoch = f"{progress.get('epoch') or '-'}/{progress.get('epochs') or r.spec['training']['epochs']}"
-        val = r.result.get("metrics", {}).get(names.VAL_ACCURACY, progress.get(names.VAL_ACCURACY))
+        progress = r.job_progress
+        epoch = f"{progress.epoch or '-'}/{progress.epochs or r.spec['training']['epochs']}"
+        val = r.result.get("metrics", {}).get(names.VAL_ACCURACY, progress.metrics.get(names.VAL_ACCURACY))
         table.add_row(
             r.id,
             f"[{STATE_STYLE.get(r.state, '')}]{r.state.value}[/]",

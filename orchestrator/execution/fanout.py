@@ -17,6 +17,7 @@ from orchestrator import events as ev
 from orchestrator.execution.handler import EventHandler
 from orchestrator.execution.tracker import Recovery, RunTracker
 from orchestrator.metrics import names
+from orchestrator.store import JobProgress
 
 log = logging.getLogger("orchestrator.driver")
 
@@ -148,10 +149,8 @@ def save_progress(store: Any, job_id: str, tracker: RunTracker, epochs_planned: 
     """The job's progress in the store: its latest epoch (with that epoch's metrics) and attempts."""
     epochs = tracker.epoch_metrics
     latest = max(epochs) if epochs else None
-    progress: dict[str, Any] = {"epoch": latest, "epochs": epochs_planned}
-    if latest is not None:
-        progress.update(epochs[latest])
-    store.update(job_id, progress=progress, attempts=tracker.public_attempts())
+    progress = JobProgress(epoch=latest, epochs=epochs_planned, metrics=dict(epochs[latest]) if latest is not None else {})
+    store.update(job_id, progress=progress.to_dict(), attempts=tracker.public_attempts())
 
 
 class StoreSink(Sink):

@@ -115,12 +115,12 @@ class StoreCollector(Collector):
             job = [r.id, r.spec.get("framework", "torch")]
             for s in _STATES:
                 families[names.JOB_STATE.name].add_metric(job + [s], 1.0 if r.state.value == s else 0.0)
-            progress = r.progress or {}
-            if progress.get("epoch") is not None:
-                families[names.JOB_EPOCH.name].add_metric(job, float(progress["epoch"]))
+            progress = r.job_progress
+            if progress.epoch is not None:
+                families[names.JOB_EPOCH.name].add_metric(job, float(progress.epoch))
             for key, metric in names.EPOCH_GAUGES.items():
-                if progress.get(key) is not None:
-                    families[metric.name].add_metric(job, float(progress[key]))
+                if key in progress.metrics:
+                    families[metric.name].add_metric(job, progress.metrics[key])
             restarts = max(0, len(r.attempts) - 1)
             families[names.JOB_RESTARTS.name].add_metric(job, float(restarts))
             lost = sum(int(a.get("lost_steps") or 0) for a in r.attempts)

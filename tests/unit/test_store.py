@@ -271,3 +271,22 @@ def test_a_job_directory_that_cannot_be_made_leaves_no_record(tmp_path: Path) ->
         store.create_new("nodir", make)
     assert "ORCHESTRATOR_HOME" in str(info.value.fix)
     assert store.list() == []  # the row inserted first was taken back
+
+
+def test_job_progress_reads_and_writes_the_flat_stored_form(tmp_path: Path) -> None:
+    from orchestrator.store import JobProgress
+
+    progress = JobProgress(epoch=3, epochs=10, metrics={"val_accuracy": 0.5, "train_loss": 1.25})
+    stored = progress.to_dict()
+    assert stored == {"epoch": 3, "epochs": 10, "val_accuracy": 0.5, "train_loss": 1.25}
+    assert list(stored)[:2] == ["epoch", "epochs"]  # what `status --output json` has always shown
+    assert JobProgress.from_dict(stored) == progress
+    store = JobStore(tmp_path / "jobs.db")
+    record = make_record(store, tmp_path, "p1")
+    store.update(record.id, progress=stored)
+    assert store.get(record.id).job_progress == progress
+    # a job that has not finished an epoch, and a sweep's progress (trial rows are not metrics)
+    assert JobProgress.from_dict({"epoch": None, "epochs": 4}) == JobProgress(epoch=None, epochs=4)
+    sweep = JobProgress.from_dict({"trials_done": 2, "epochs": 5, "best_trial": "t1", "trials": [{"x": 1}],
+                                   "val_accuracy": 0.9, "flag": True})
+    assert sweep == JobProgress(epoch=None, epochs=5, metrics={"trials_done": 2.0, "val_accuracy": 0.9})
