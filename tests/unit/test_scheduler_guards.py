@@ -11,10 +11,12 @@ import math
 import pytest
 
 from orchestrator.errors import UsageError
-from orchestrator.scheduler import GangRequest, get_policy
+from orchestrator.scheduler import ClusterState, GangRequest, get_policy
 from orchestrator.scheduler.adaptive import Adaptive, ServiceSample
 from orchestrator.scheduler.cluster import cluster_from_data
+from orchestrator.scheduler.order import PendingOrder
 from orchestrator.scheduler.policies import Las
+from orchestrator.scheduler.state import Job
 from orchestrator.simulate import Partition, TraceJob, replay
 from tests.unit.sched_helpers import Harness, cluster, gang, gpu_pool
 
@@ -215,3 +217,37 @@ def test_expected_remaining_service() -> None:
     assert sample.expected_remaining(0.0) == 250.0
     assert sample.expected_remaining(250.0) == 100.0  # (300 + 400) / 2 - 250
     assert sample.expected_remaining(400.0) == math.inf
+
+
+def test_a_job_starves_exactly_when_next_change_says_despite_rounding() -> None:
+    # From the Philly VC 7f04ca at 1.5x arrivals: queued_since + 1,491,080 rounds to 2,389,261.0
+    # while 2,389,261.0 - queued_since is just below 1,491,080. Before the fix the job was not yet
+    # starving at the time next_change named, and the waiting order re-ranked it there for ever.
+    state = ClusterState(cluster(gpu_pool(nodes=1)))
+    job = state.submit("long", gang(8), 898_181.0000000002)
+    job.attained, job.last_run = 10_000.0, 372_770.0  # past the first band; waits 4 x 372,770 s
+    las = Las((100.0, 1_000.0))
+    when = las.next_change(job, 900_000.0)
+    assert when == 2_389_261.0
+    assert las.band(job, when) == 0 and las.band(job, math.nextafter(when, 0.0)) == 2
+    order = PendingOrder(las)
+    order.update(state, when)  # returns (it looped for ever before)
+    assert [j.id for j in order] == ["long"] and order.next_time(when) is None
+
+
+class ExpiresNow(Las):
+    """A policy that breaks the contract: a rank computed now expires now."""
+
+    def rank_until(self, job: Job, now: float) -> float:
+        return now
+
+
+def test_the_waiting_order_never_loops_on_a_rank_that_expires_at_once() -> None:
+    state = ClusterState(cluster(gpu_pool(nodes=1)))
+    state.submit("a", gang(8), 0.0)
+    state.submit("b", gang(8), 0.0)
+    order = PendingOrder(ExpiresNow())
+    order.update(state, 5.0)
+    order.update(state, 5.0)
+    assert [j.id for j in order] == ["a", "b"]
+    assert order.next_time(5.0) == math.nextafter(5.0, math.inf)  # asked again just after, not now
