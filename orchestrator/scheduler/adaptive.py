@@ -11,7 +11,9 @@ reading durations), made robust for clusters it was not tuned on:
   ``refresh_every``), not at every finish: each change re-ranks every job.
 * **Starvation guard** (Tiresias' promote knob): a waiting job whose wait reaches
   ``starve_factor`` x its run time since it was last promoted (at least ``min_starve_s``) moves
-  to the first band, and its service count restarts.
+  to the first band, and its service count restarts (``starve_by="service"``: its wait reaches
+  ``starve_factor`` x its attained service since then, in accelerator-seconds, so a wide gang
+  waits longer before it is promoted over narrower jobs).
 * **Thrashing guards**, on preemptions by band (cause ``policy``) only; priority, reclaim and the
   backfill bound are rules, not heuristics, and are never held back:
 
@@ -98,6 +100,7 @@ class Adaptive(Las):
         refresh_every: int = 2_000,
         starve_factor: float = 4.0,
         min_starve_s: float = 600.0,
+        starve_by: str = "time",
         min_quantum_s: float = 600.0,
         quantum_per_restore: float = 10.0,
         max_preemptions: int = 3,
@@ -118,12 +121,17 @@ class Adaptive(Las):
             )
         if max_preemptions < 1 or warmup < 1:
             raise UsageError("max_preemptions and warmup must be at least 1", fix="raise them")
+        if starve_by not in ("time", "service"):
+            raise UsageError(
+                f"adaptive starve_by must be time or service, got {starve_by!r}", fix="use time or service"
+            )
         if weighting not in ("jobs", "work"):
             raise UsageError(
                 f"adaptive weighting must be jobs or work, got {weighting!r}", fix="use jobs or work"
             )
         super().__init__(prior, starve_factor, min_starve_s)
         self.weighting = weighting
+        self.starve_by = starve_by
         self.prior = self.thresholds
         self.band_quantiles = tuple(quantiles)
         self.warmup, self.refresh_every = warmup, refresh_every
@@ -146,6 +154,7 @@ class Adaptive(Las):
             refresh_every=self.refresh_every,
             starve_factor=self.starve_factor,
             min_starve_s=self.min_starve_s,
+            starve_by=self.starve_by,
             min_quantum_s=self.min_quantum_s,
             quantum_per_restore=self.quantum_per_restore,
             max_preemptions=self.max_preemptions,
@@ -184,7 +193,10 @@ class Adaptive(Las):
     # -- starvation guard ----------------------------------------------------------------------
     def _starve_after(self, job: Job) -> float:
         # Tiresias' promote knob: the wait allowed grows with the run time since the last promotion
-        ran = (job.attained - job.service_forgiven) / job.size if job.size else job.last_run
+        served = job.attained - job.service_forgiven
+        if self.starve_by == "service":  # 2D: a wide gang waits as many seconds as it held accelerators
+            return max(self.min_starve_s, self.starve_factor * served)
+        ran = served / job.size if job.size else job.last_run
         return max(self.min_starve_s, self.starve_factor * ran)
 
     # -- thrashing guards ----------------------------------------------------------------------

@@ -23,7 +23,7 @@ from tests.unit.sched_helpers import Harness, cluster, gang, gpu_pool
 NEVER_LEARNS = 10**9  # warmup: the thresholds stay at the prior
 
 
-def quiet(**knobs: float) -> Adaptive:
+def quiet(starve_by: str = "time", **knobs: float) -> Adaptive:
     """Adaptive with 100 and 1,000 GPU-second bands that never move, every guard off unless asked."""
     settings: dict[str, float] = {
         "min_quantum_s": 0.0,
@@ -42,6 +42,7 @@ def quiet(**knobs: float) -> Adaptive:
         preemption_window_s=settings.get("preemption_window_s", 3600.0),
         cost_factor=settings["cost_factor"],
         min_starve_s=settings.get("min_starve_s", 600.0),
+        starve_by=starve_by,
     )
 
 
@@ -147,10 +148,12 @@ def test_preemption_cost_guard_leaves_a_job_that_is_probably_about_to_finish() -
     assert [p.job_id for p in h2.step(at=50).preemptions] == ["victim"]
 
 
-def starving_long_job(min_starve_s: float) -> Harness:
+def starving_long_job(min_starve_s: float, starve_by: str = "time") -> Harness:
     """The job "long" (8 GPUs) ran 200 s and was preempted; "short" took the node and "short2" waits
     behind it; "short" ends at t=1100 (the quantum keeps it from being preempted before)."""
-    h = Harness(cluster(gpu_pool(nodes=1)), quiet(min_starve_s=min_starve_s, min_quantum_s=10_000.0))
+    h = Harness(
+        cluster(gpu_pool(nodes=1)), quiet(starve_by, min_starve_s=min_starve_s, min_quantum_s=10_000.0)
+    )
     h.submit("long", gang(8))
     h.step(at=0)
     h.clock.set(200.0)
@@ -174,6 +177,16 @@ def test_starvation_guard_promotes_a_long_job_past_newer_short_ones() -> None:
 def test_without_promotion_the_short_job_goes_first() -> None:
     h = starving_long_job(min_starve_s=10_000.0)
     assert [(d.job_id, d.guard) for d in h.step(at=1100).placements] == [("short2", None)]
+
+
+def test_promotion_relative_to_service_keeps_a_wide_gang_waiting_longer() -> None:
+    h = starving_long_job(min_starve_s=600.0, starve_by="service")
+    # the 8-GPU job's 1,600 GPU-s of service allow 4 x 1,600 s of waiting: not yet at t=1100
+    assert [(d.job_id, d.guard) for d in h.step(at=1100).placements] == [("short2", None)]
+    long = h.state.jobs["long"]
+    assert h.scheduler.policy.next_change(long, 1100.0) == 200.0 + 4 * 1600.0
+    with pytest.raises(UsageError, match="starve_by must be time or service"):
+        Adaptive(starve_by="wait")
 
 
 def finish_jobs(h: Harness, services: list[float], start: float) -> float:
