@@ -518,8 +518,9 @@ class MachineAdmission:
                 if answer["action"] == "run" or answer.get("permanent"):
                     # a gang that can never fit this machine goes on, to be refused with the reason
                     self.requeued()  # a preemption it was told of while it waited no longer applies
-                    record = self.store.get(self.job_id)
-                    self.store.update(self.job_id, result={**record.result, "run_started_at": time.time()})
+                    if answer["action"] == "run":  # its run's service counts from now
+                        record = self.store.get(self.job_id)
+                        self.store.update(self.job_id, result={**record.result, "run_started_at": time.time()})
                     # marked running before the lock is released, so no other driver counts it waiting
                     self.store.transition(self.job_id, JobState.RUNNING, {JobState.RUNNING, JobState.PENDING},
                                           message=None)

@@ -308,6 +308,7 @@ def test_the_machine_queue_keeps_each_jobs_history_in_the_store(tmp_path: Path, 
     assert book.entries["low"].attained == result["attained_s"]
     # high runs and ends: its service joins the sample the next pass draws its bands from
     assert once(admission(store, "high"))[0]
+    assert abs(store.get("high").result["run_started_at"] - time.time()) < 60  # its run counts from admission
     store.update("high", result={**store.get("high").result, "run_started_at": time.time() - 30.0})
     admission(store, "high").leave()
     store.transition("high", JobState.SUCCEEDED, {JobState.RUNNING})
