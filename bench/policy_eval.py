@@ -50,6 +50,8 @@ CANDIDATES: dict[str, Adaptive] = {
         (0.5, 0.75), weighting="work", starve_factor=1.0, starve_by="service"
     ),
     "adaptive[jobs .9/.99, starve 4 x service]": Adaptive((0.9, 0.99), starve_by="service"),
+    # and bands at the ends of successive Gittins-optimal quanta over the observed service
+    "adaptive[gittins x2, starve 4]": Adaptive((0.5, 0.75), weighting="gittins"),
 }
 BASELINES = ("fifo", "srtf", "las")
 TUNED_ON = ("contended", "full")  # the load levels knobs are chosen on (the stress runs are reported only)

@@ -72,6 +72,21 @@ class ServiceSample:
         index = bisect.bisect_left(self.prefix, q * self.prefix[-1])
         return self.values[min(max(index - 1, 0), len(self.values) - 1)]
 
+    def gittins_quantum_end(self, attained: float) -> float:
+        """The end of the quantum that maximises the Gittins index of a job that has had
+        ``attained``: the ``b`` maximising P(S <= b | S > a) / E[min(S, b) - a | S > a] over the
+        observed values ``b`` above ``a`` (``a`` itself when none is)."""
+        values, prefix = self.values, self.prefix
+        first = bisect.bisect_right(values, attained)
+        longer = len(values) - first
+        best, end = -1.0, attained
+        for k in range(first, len(values)):
+            done = k + 1 - first  # jobs finishing within (a, values[k]]
+            used = prefix[k + 1] - prefix[first] - done * attained + (longer - done) * (values[k] - attained)
+            if used > 0 and done / used > best:
+                best, end = done / used, values[k]
+        return end
+
     def expected_remaining(self, attained: float) -> float:
         """E[S - a | S > a]: the service a job that has had ``a`` is expected to need still
         (infinite when no observed job needed more: nothing says it is about to finish)."""
@@ -125,9 +140,10 @@ class Adaptive(Las):
             raise UsageError(
                 f"adaptive starve_by must be time or service, got {starve_by!r}", fix="use time or service"
             )
-        if weighting not in ("jobs", "work"):
+        if weighting not in ("jobs", "work", "gittins"):
             raise UsageError(
-                f"adaptive weighting must be jobs or work, got {weighting!r}", fix="use jobs or work"
+                f"adaptive weighting must be jobs, work or gittins, got {weighting!r}",
+                fix="use jobs, work or gittins",
             )
         super().__init__(prior, starve_factor, min_starve_s)
         self.weighting = weighting
@@ -179,7 +195,12 @@ class Adaptive(Las):
         self._next_refresh = max(seen + 1, min(2 * seen, seen + self.refresh_every))
         thresholds: list[float] = []
         for q in self.band_quantiles:
-            cut = self.sample.quantile(q) if self.weighting == "jobs" else self.sample.work_quantile(q)
+            if self.weighting == "gittins":  # the next Gittins quantum's end (the quantiles' count only)
+                cut = self.sample.gittins_quantum_end(thresholds[-1] if thresholds else 0.0)
+            elif self.weighting == "jobs":
+                cut = self.sample.quantile(q)
+            else:
+                cut = self.sample.work_quantile(q)
             value = max(cut, 1.0)
             if thresholds:
                 value = max(value, thresholds[-1] * 1.01)

@@ -54,7 +54,7 @@ def test_adaptive_is_the_default_and_las_stays_available() -> None:
     assert Adaptive((0.5, 0.9, 0.99)).thresholds == (2_880.0, 28_800.0, 288_000.0)
     with pytest.raises(UsageError, match="increasing and between 0 and 1"):
         Adaptive((0.9, 0.5))
-    with pytest.raises(UsageError, match="weighting must be jobs or work"):
+    with pytest.raises(UsageError, match="weighting must be jobs, work or gittins"):
         Adaptive(weighting="gpus")
 
 
@@ -230,6 +230,19 @@ def test_expected_remaining_service() -> None:
     assert sample.expected_remaining(0.0) == 250.0
     assert sample.expected_remaining(250.0) == 100.0  # (300 + 400) / 2 - 250
     assert sample.expected_remaining(400.0) == math.inf
+
+
+def test_gittins_bands_end_where_the_observed_jobs_tend_to_finish() -> None:
+    sample = [10.0] * 4 + [1000.0] * 2 + [5000.0]
+    # from 0: stopping at 10 finishes 4 of 7 jobs for 70 s of service (index 4/70), the best;
+    # from 10: stopping at 1000 finishes 2 of 3 for 2,970 s (2/2,970 beats 3/6,970 at 5000)
+    assert ServiceSample(sample).gittins_quantum_end(0.0) == 10.0
+    assert ServiceSample(sample).gittins_quantum_end(10.0) == 1000.0
+    assert ServiceSample(sample).gittins_quantum_end(5000.0) == 5000.0  # none longer: no quantum
+    state = ClusterState(cluster(gpu_pool(nodes=1)))
+    state.remember_finished(sample)
+    policy = Adaptive((0.5, 0.75), weighting="gittins", warmup=7)
+    assert policy.observe(state, 0.0) and policy.thresholds == (10.0, 1000.0)
 
 
 def test_a_job_starves_exactly_when_next_change_says_despite_rounding() -> None:
