@@ -74,6 +74,7 @@ class Entry:
     # bands see it: service of its earlier runs (accelerator-seconds) and its latest preemptions.
     attained: float = 0.0
     preempted_at: tuple[float, ...] = ()
+    reported: bool = False  # its driver said it runs (a place another job's pass gave it may be unheard)
 
 
 def preempted_again(times: Iterable[float], now: float) -> tuple[float, ...]:
@@ -185,8 +186,11 @@ class QueueBook:
         entry.request, entry.queued_at, entry.last_seen = request, queued_at, now
         if running and entry.state == "waiting":
             entry.state, entry.started_at = "running", started_at or now
+        entry.reported = entry.reported or running
         if not running and entry.state in ("running", "preempting"):
-            entry.attained += self._run_service(entry, now)
+            if entry.reported:  # it ran and stopped: the run's service counts
+                entry.attained += self._run_service(entry, now)
+            entry.reported = False
             entry.state, entry.started_at, entry.preempted_by = "waiting", None, None  # it stopped
         self._drop_stale(now)
         if running:

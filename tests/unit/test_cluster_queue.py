@@ -315,3 +315,15 @@ def test_the_machine_queue_keeps_each_jobs_history_in_the_store(tmp_path: Path, 
     service = store.get("high").result["service_s"]
     assert 2 * 30.0 <= service < 2 * 100.0
     assert list(admission(store, "low")._book().finished) == [service]
+
+
+def test_a_place_a_job_has_not_heard_of_yet_adds_no_service() -> None:
+    b, clock = book(node(2))
+    assert b.offer("a", gang(), 1.0) == {"action": "run"}
+    assert b.offer("b", gang(), 2.0)["action"] == "wait"
+    b.done("a")
+    assert b.offer("c", gang(), 3.0)["action"] == "wait"  # c's pass places b, which has not asked since
+    assert b.entries["b"].state == "running"
+    clock.now += 1.5
+    assert b.offer("b", gang(), 2.0) == {"action": "run"}
+    assert b.entries["b"].attained == 0.0 and list(b.finished) == [0.0]  # a ran 0 s by this clock
