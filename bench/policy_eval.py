@@ -41,6 +41,17 @@ CANDIDATES: dict[str, Adaptive] = {
     "adaptive[jobs .9/.99, starve 2]": Adaptive((0.9, 0.99), starve_factor=2.0),
     "adaptive[work .5/.75, starve 4]": Adaptive((0.5, 0.75), weighting="work"),
     "adaptive[work .5/.75, starve 2]": Adaptive((0.5, 0.75), weighting="work", starve_factor=2.0),
+    # Added in a second sitting (after the figures above had been seen): promotion relative to the
+    # attained service (accelerator-seconds) rather than the run time, as Tiresias' 2D promote knob.
+    "adaptive[work .5/.75, starve 4 x service]": Adaptive(
+        (0.5, 0.75), weighting="work", starve_by="service"
+    ),
+    "adaptive[work .5/.75, starve 1 x service]": Adaptive(
+        (0.5, 0.75), weighting="work", starve_factor=1.0, starve_by="service"
+    ),
+    "adaptive[jobs .9/.99, starve 4 x service]": Adaptive((0.9, 0.99), starve_by="service"),
+    # and bands at the ends of successive Gittins-optimal quanta over the observed service
+    "adaptive[gittins x2, starve 4]": Adaptive((0.5, 0.75), weighting="gittins"),
 }
 BASELINES = ("fifo", "srtf", "las")
 TUNED_ON = ("contended", "full")  # the load levels knobs are chosen on (the stress runs are reported only)

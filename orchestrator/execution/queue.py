@@ -23,7 +23,8 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from orchestrator.scheduler import ClusterState, ManualClock, Place, Preempt, Sc
 from orchestrator.scheduler.cluster import ClusterSpec, cluster_from_data
 from orchestrator.scheduler.jobs import GangRequest
 from orchestrator.scheduler.placement import find_placement
+from orchestrator.scheduler.state import FINISHED_KEPT, PREEMPTIONS_KEPT
 from orchestrator.scheduler.view import QueueRow, queue_rows
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,16 @@ class Entry:
     last_seen: float = 0.0
     preempted_by: str | None = None
     waiting_for: tuple[str, ...] = ()  # jobs it preempted, still stopping
+    # Its history, carried into every rebuilt scheduler state so the default policy's guards and
+    # bands see it: service of its earlier runs (accelerator-seconds) and its latest preemptions.
+    attained: float = 0.0
+    preempted_at: tuple[float, ...] = ()
+    reported: bool = False  # its driver said it runs (a place another job's pass gave it may be unheard)
+
+
+def preempted_again(times: Iterable[float], now: float) -> tuple[float, ...]:
+    """A job's preemption times with one more at ``now`` (the latest few, as the state keeps)."""
+    return (*tuple(times)[-(PREEMPTIONS_KEPT - 1) :], now)
 
 
 def request_to_json(request: GangRequest) -> dict[str, Any]:
@@ -141,13 +153,19 @@ def ray_request(request: GangRequest) -> GangRequest:
 
 
 class QueueBook:
-    """The queue's logic: requests in, a decision per job out. Rebuilt from the entries each call."""
+    """The queue's logic: requests in, a decision per job out. Rebuilt from the entries each call.
+
+    What the rebuilt state cannot see for itself is kept here: each entry's earlier service and
+    preemption times, and the service of the jobs that finished lately (``finished``), from which
+    the default policy draws its bands.
+    """
 
     def __init__(self, policy: str = "default", clock: Callable[[], float] = time.time) -> None:
         self.policy = policy
         self.clock = clock
         self.entries: dict[str, Entry] = {}
         self.nodes: list[dict[str, Any]] = []
+        self.finished: deque[float] = deque(maxlen=FINISHED_KEPT)
         self.created_at = clock()
 
     # -- what drivers call ------------------------------------------------------------------
@@ -168,7 +186,11 @@ class QueueBook:
         entry.request, entry.queued_at, entry.last_seen = request, queued_at, now
         if running and entry.state == "waiting":
             entry.state, entry.started_at = "running", started_at or now
+        entry.reported = entry.reported or running
         if not running and entry.state in ("running", "preempting"):
+            if entry.reported:  # it ran and stopped: the run's service counts
+                entry.attained += self._run_service(entry, now)
+            entry.reported = False
             entry.state, entry.started_at, entry.preempted_by = "waiting", None, None  # it stopped
         self._drop_stale(now)
         if running:
@@ -190,8 +212,15 @@ class QueueBook:
             wait is not None and wait.permanent)}
 
     def done(self, job_id: str) -> None:
-        """The job ended (or its driver is leaving): its resources are free."""
-        self.entries.pop(job_id, None)
+        """The job ended (or its driver is leaving): its resources are free, and its service
+        joins the sample of finished jobs if it ran."""
+        entry = self.entries.pop(job_id, None)
+        if entry is not None and entry.state != "waiting":
+            self.finished.append(entry.attained + self._run_service(entry, self.clock()))
+
+    @staticmethod
+    def _run_service(entry: Entry, now: float) -> float:
+        return entry.request.size * max(0.0, now - (entry.started_at or now))
 
     def rows(self) -> list[QueueRow]:
         """The queue as people read it (``orchestrator queue``)."""
@@ -222,10 +251,14 @@ class QueueBook:
         cluster = cluster_from_nodes(self.nodes, [e.request.queue for e in self.entries.values()])
         scheduler = Scheduler(cluster, self.policy, ManualClock(now))
         state = ClusterState(cluster)
+        state.remember_finished(self.finished)
         entries = sorted(self.entries.values(), key=lambda e: (e.queued_at, e.job_id))
         for entry in entries:
             job = state.submit(entry.job_id, entry.request, entry.queued_at, submit_time=entry.queued_at)
             job.queued_since = entry.queued_at
+            job.attained = entry.attained
+            job.preempted_at = entry.preempted_at[-PREEMPTIONS_KEPT:]
+            job.preemptions = len(entry.preempted_at)
         # jobs being preempted are leaving: the jobs that preempt them get their room first
         for entry in sorted(entries, key=lambda e: (e.state == "preempting", e.started_at or 0.0)):
             if entry.state == "waiting":
@@ -252,6 +285,7 @@ class QueueBook:
                 victim = self.entries.get(decision.job_id)
                 if victim is not None and victim.state == "running":
                     victim.state, victim.preempted_by = "preempting", decision.by
+                    victim.preempted_at = preempted_again(victim.preempted_at, now)
                     log.info("queue: preempting %s for %s (%s)", decision.job_id, decision.by, decision.cause)
             elif isinstance(decision, Place):
                 entry = self.entries[decision.job_id]
@@ -401,6 +435,11 @@ class MachineAdmission:
     embedded). Every active job in the store is an entry; a file lock makes one driver decide at a
     time. A preemption is written into the victim's record (``result.preempt_by``), which its
     driver reads when it reports in. Nothing runs besides the drivers, so nothing can be lost.
+
+    A job's history lives in its record's ``result`` too: ``run_started_at`` (its current run),
+    ``attained_s`` (accelerator-seconds of its earlier runs), ``preempted_at`` (its latest
+    preemptions) and, once it ended, ``service_s``; the finished jobs' services are the sample
+    the default policy draws its bands from.
     """
 
     def __init__(self, store: Any, job_id: str, request: GangRequest, queued_at: float,
@@ -421,8 +460,13 @@ class MachineAdmission:
         book.created_at -= REJOIN_S  # every running job is in the store: no need to wait for reports
         book.nodes = [self.node]
         now = book.clock()
-        for record in self.store.list(10_000):
-            if record.backend != "local" or record.id == self.job_id:
+        finished: list[float] = []
+        for record in self.store.list(10_000):  # newest first
+            if record.backend != "local":
+                continue
+            if record.state.terminal and isinstance(record.result.get("service_s"), int | float):
+                finished.append(float(record.result["service_s"]))
+            if record.id == self.job_id:
                 continue
             if record.state not in (JobState.PENDING, JobState.RUNNING, JobState.CANCELLING):
                 continue
@@ -432,12 +476,21 @@ class MachineAdmission:
                 request = request_from_spec(record.job_spec)
             except Exception:  # noqa: BLE001 - an unreadable spec cannot be queued; it runs as it is
                 continue
-            entry = Entry(record.id, machine_request(request), record.created_at, last_seen=now)
+            entry = Entry(record.id, machine_request(request), record.created_at, last_seen=now,
+                          attained=float(record.result.get("attained_s", 0.0)),
+                          preempted_at=tuple(record.result.get("preempted_at", ())))
             if record.state is not JobState.PENDING:
                 entry.state = "preempting" if record.result.get("preempt_by") else "running"
-                entry.started_at = record.started_at or now
+                entry.started_at = record.result.get("run_started_at") or record.started_at or now
                 entry.preempted_by = record.result.get("preempt_by")
             book.entries[record.id] = entry
+        book.finished.extend(reversed(finished[: FINISHED_KEPT]))  # oldest first, as a state keeps them
+        mine = self.store.get(self.job_id)
+        book.entries[self.job_id] = Entry(
+            self.job_id, self.request, self.queued_at, last_seen=now,
+            attained=float(mine.result.get("attained_s", 0.0)),
+            preempted_at=tuple(mine.result.get("preempted_at", ())),
+        )
         return book
 
     @contextlib.contextmanager
@@ -463,10 +516,15 @@ class MachineAdmission:
                     if entry.state == "preempting" and entry.job_id != self.job_id:
                         record = self.store.get(entry.job_id)
                         if not record.result.get("preempt_by"):
-                            self.store.update(entry.job_id, result={**record.result, "preempt_by": entry.preempted_by})
+                            self.store.update(entry.job_id, result={
+                                **record.result, "preempt_by": entry.preempted_by,
+                                "preempted_at": list(entry.preempted_at)})
                 if answer["action"] == "run" or answer.get("permanent"):
                     # a gang that can never fit this machine goes on, to be refused with the reason
                     self.requeued()  # a preemption it was told of while it waited no longer applies
+                    if answer["action"] == "run":  # its run's service counts from now
+                        record = self.store.get(self.job_id)
+                        self.store.update(self.job_id, result={**record.result, "run_started_at": time.time()})
                     # marked running before the lock is released, so no other driver counts it waiting
                     self.store.transition(self.job_id, JobState.RUNNING, {JobState.RUNNING, JobState.PENDING},
                                           message=None)
@@ -484,11 +542,25 @@ class MachineAdmission:
         return Preempted(by) if by else Continue()
 
     def requeued(self) -> None:
-        record = self.store.get(self.job_id)
-        self.store.update(self.job_id, result={k: v for k, v in record.result.items() if k != "preempt_by"})
+        """It stopped (or never ran): the service of the run that ended, if any, is added to its
+        earlier runs', and a preemption order no longer applies."""
+        self._stopped(finished=False)
 
     def leave(self) -> None:
-        self.requeued()
+        """It ended: its whole service is recorded for the sample of finished jobs."""
+        self._stopped(finished=True)
+
+    def _stopped(self, *, finished: bool) -> None:
+        result = dict(self.store.get(self.job_id).result)
+        result.pop("preempt_by", None)
+        started = result.pop("run_started_at", None)  # popped: a second call adds nothing
+        attained = float(result.get("attained_s", 0.0))
+        if isinstance(started, int | float):
+            attained += self.request.size * max(0.0, time.time() - started)
+            result["attained_s"] = attained
+        if finished and isinstance(started, int | float):
+            result["service_s"] = attained
+        self.store.update(self.job_id, result=result)
 
 
 def gpu_count() -> int:

@@ -11,7 +11,9 @@ reading durations), made robust for clusters it was not tuned on:
   ``refresh_every``), not at every finish: each change re-ranks every job.
 * **Starvation guard** (Tiresias' promote knob): a waiting job whose wait reaches
   ``starve_factor`` x its run time since it was last promoted (at least ``min_starve_s``) moves
-  to the first band, and its service count restarts.
+  to the first band, and its service count restarts (``starve_by="service"``: its wait reaches
+  ``starve_factor`` x its attained service since then, in accelerator-seconds, so a wide gang
+  waits longer before it is promoted over narrower jobs).
 * **Thrashing guards**, on preemptions by band (cause ``policy``) only; priority, reclaim and the
   backfill bound are rules, not heuristics, and are never held back:
 
@@ -70,6 +72,21 @@ class ServiceSample:
         index = bisect.bisect_left(self.prefix, q * self.prefix[-1])
         return self.values[min(max(index - 1, 0), len(self.values) - 1)]
 
+    def gittins_quantum_end(self, attained: float) -> float:
+        """The end of the quantum that maximises the Gittins index of a job that has had
+        ``attained``: the ``b`` maximising P(S <= b | S > a) / E[min(S, b) - a | S > a] over the
+        observed values ``b`` above ``a`` (``a`` itself when none is)."""
+        values, prefix = self.values, self.prefix
+        first = bisect.bisect_right(values, attained)
+        longer = len(values) - first
+        best, end = -1.0, attained
+        for k in range(first, len(values)):
+            done = k + 1 - first  # jobs finishing within (a, values[k]]
+            used = prefix[k + 1] - prefix[first] - done * attained + (longer - done) * (values[k] - attained)
+            if used > 0 and done / used > best:
+                best, end = done / used, values[k]
+        return end
+
     def expected_remaining(self, attained: float) -> float:
         """E[S - a | S > a]: the service a job that has had ``a`` is expected to need still
         (infinite when no observed job needed more: nothing says it is about to finish)."""
@@ -98,6 +115,7 @@ class Adaptive(Las):
         refresh_every: int = 2_000,
         starve_factor: float = 4.0,
         min_starve_s: float = 600.0,
+        starve_by: str = "time",
         min_quantum_s: float = 600.0,
         quantum_per_restore: float = 10.0,
         max_preemptions: int = 3,
@@ -118,12 +136,18 @@ class Adaptive(Las):
             )
         if max_preemptions < 1 or warmup < 1:
             raise UsageError("max_preemptions and warmup must be at least 1", fix="raise them")
-        if weighting not in ("jobs", "work"):
+        if starve_by not in ("time", "service"):
             raise UsageError(
-                f"adaptive weighting must be jobs or work, got {weighting!r}", fix="use jobs or work"
+                f"adaptive starve_by must be time or service, got {starve_by!r}", fix="use time or service"
+            )
+        if weighting not in ("jobs", "work", "gittins"):
+            raise UsageError(
+                f"adaptive weighting must be jobs, work or gittins, got {weighting!r}",
+                fix="use jobs, work or gittins",
             )
         super().__init__(prior, starve_factor, min_starve_s)
         self.weighting = weighting
+        self.starve_by = starve_by
         self.prior = self.thresholds
         self.band_quantiles = tuple(quantiles)
         self.warmup, self.refresh_every = warmup, refresh_every
@@ -146,6 +170,7 @@ class Adaptive(Las):
             refresh_every=self.refresh_every,
             starve_factor=self.starve_factor,
             min_starve_s=self.min_starve_s,
+            starve_by=self.starve_by,
             min_quantum_s=self.min_quantum_s,
             quantum_per_restore=self.quantum_per_restore,
             max_preemptions=self.max_preemptions,
@@ -170,7 +195,12 @@ class Adaptive(Las):
         self._next_refresh = max(seen + 1, min(2 * seen, seen + self.refresh_every))
         thresholds: list[float] = []
         for q in self.band_quantiles:
-            cut = self.sample.quantile(q) if self.weighting == "jobs" else self.sample.work_quantile(q)
+            if self.weighting == "gittins":  # the next Gittins quantum's end (the quantiles' count only)
+                cut = self.sample.gittins_quantum_end(thresholds[-1] if thresholds else 0.0)
+            elif self.weighting == "jobs":
+                cut = self.sample.quantile(q)
+            else:
+                cut = self.sample.work_quantile(q)
             value = max(cut, 1.0)
             if thresholds:
                 value = max(value, thresholds[-1] * 1.01)
@@ -184,7 +214,10 @@ class Adaptive(Las):
     # -- starvation guard ----------------------------------------------------------------------
     def _starve_after(self, job: Job) -> float:
         # Tiresias' promote knob: the wait allowed grows with the run time since the last promotion
-        ran = (job.attained - job.service_forgiven) / job.size if job.size else job.last_run
+        served = job.attained - job.service_forgiven
+        if self.starve_by == "service":  # 2D: a wide gang waits as many seconds as it held accelerators
+            return max(self.min_starve_s, self.starve_factor * served)
+        ran = served / job.size if job.size else job.last_run
         return max(self.min_starve_s, self.starve_factor * ran)
 
     # -- thrashing guards ----------------------------------------------------------------------

@@ -319,7 +319,7 @@ class SchedulingPass:
         head_past_bound = (
             self.policy.backfill
             and job.queue not in self.blocked
-            and self.now - job.queued_since >= self.bound
+            and self.now >= job.queued_since + self.bound  # the wake-up's own sum (float-consistent)
         )
         pools = (*shape, tuple(o.pool.name for o in options))
         cacheable = not head_past_bound and not self.work.quota.limited
@@ -402,7 +402,7 @@ class SchedulingPass:
         if not self.policy.backfill:
             self.closed.add(job.queue)
             return
-        if self.now - job.queued_since >= self.bound:
+        if self.now >= job.queued_since + self.bound:  # the same sum as the wake-up below
             held = self.held[job.queue] = frozenset(o.pool.name for o in options)
             if held == self.all_pools:
                 self.closed.add(job.queue)

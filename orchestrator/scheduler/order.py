@@ -71,18 +71,21 @@ class PendingOrder:
         key = (-job.priority, self.policy.rank(job, now))
         self.keys[job.id] = key
         bisect.insort(self.entries, (key, job))
-        until = self.policy.rank_until(job, now)
-        if until != math.inf:
-            heapq.heappush(self.expiries, (until, job.seq, job.id))
+        self._expire_at(self.policy.rank_until(job, now), job, now)
+
+    def _expire_at(self, until: float, job: Job, now: float) -> None:
+        if until == math.inf:
+            return
+        # A rank just computed at ``now`` cannot expire at ``now``: a policy that says so (a
+        # rounding slip) is asked again just after, never in a loop within this pass.
+        heapq.heappush(self.expiries, (until if until > now else math.nextafter(now, math.inf), job.seq, job.id))
 
     def _build(self, jobs: list[Job], now: float) -> None:
         """The order of ``jobs`` from nothing (a policy's thresholds moved, or a first pass)."""
         for job in jobs:
             key = self.keys[job.id] = (-job.priority, self.policy.rank(job, now))
             self.entries.append((key, job))
-            until = self.policy.rank_until(job, now)
-            if until != math.inf:
-                heapq.heappush(self.expiries, (until, job.seq, job.id))
+            self._expire_at(self.policy.rank_until(job, now), job, now)
         self.entries.sort()  # keys end with the job's unique seq: jobs are never compared
 
     def _remove(self, job_id: str) -> None:

@@ -169,7 +169,10 @@ class Las(Policy):
         return job.attained_at(now) - job.service_forgiven
 
     def _starving(self, job: Job, now: float) -> bool:
-        return job.status is JobStatus.PENDING and now - job.queued_since >= self._starve_after(job)
+        # The sum, not ``now - queued_since``: ``next_change`` names this same sum as the time the
+        # job starts starving, and in floating point the two forms can disagree by one rounding
+        # (the waiting order then re-ranked the job at that time for ever).
+        return job.status is JobStatus.PENDING and now >= job.queued_since + self._starve_after(job)
 
     def _starve_after(self, job: Job) -> float:
         return max(self.min_starve_s, self.starve_factor * job.last_run)

@@ -218,6 +218,13 @@ class ClusterState:
         job.status, job.queued_since = JobStatus.PENDING, now
         self._enqueue(job)
 
+    def remember_finished(self, services: Iterable[float]) -> None:
+        """Count jobs that finished before this state was built, by their attained service (a live
+        queue rebuilds its state at every call, and the policy learns the workload from these)."""
+        for service in services:
+            self.finished_service.append(service)
+            self.finished_count += 1
+
     def finish(self, job_id: str, now: float) -> Job:
         """The job ended (done, failed or cancelled): free its resources."""
         job = self.jobs[job_id]

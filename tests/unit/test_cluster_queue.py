@@ -239,3 +239,91 @@ def test_gpu_gangs_are_matched_in_rays_accelerator_names() -> None:
     assert [p.accelerator for p in tpu.pools] == ["tpu-v5litepod"]
     v5e = GangRequest(workers=1, accelerators_per_worker=4, accelerators=("tpu-v5-lite-podslice",), topology="2x2")
     assert ray_request(v5e).accelerators == ("tpu-v5litepod",) and ray_request(v5e).topology is None
+
+
+# -- the history the live queues carry into the scheduler's state (issue 24) -----------------------
+
+def test_the_cluster_queue_carries_preemptions_and_earlier_service_into_its_state() -> None:
+    b, clock = book(node(2))
+    assert b.offer("low", gang(priority="low"), 1.0) == {"action": "run"}
+    started = clock.now
+    clock.now += 50.0
+    assert b.offer("low", gang(priority="low"), 1.0, running=True, started_at=started) == {"action": "continue"}
+    assert b.offer("high", gang(priority="high"), 2.0)["action"] == "wait"  # low is told to stop
+    preempted = clock.now
+    assert b.entries["low"].preempted_at == (preempted,)
+    clock.now += 5.0  # low checkpointed and stopped: it offers itself again
+    assert b.offer("low", gang(priority="low"), 1.0)["action"] == "wait"
+    assert b.entries["low"].attained == 2 * 55.0  # 2 CPUs x its run
+    _, state, _ = b._build(clock.now)
+    low = state.jobs["low"]
+    assert (low.preempted_at, low.preemptions, low.attained) == ((preempted,), 1, 110.0)
+
+
+def test_the_cluster_queue_learns_its_bands_from_the_jobs_that_finished() -> None:
+    b, clock = book(node(2))
+    for i in range(60):  # one job after another, each 1 CPU x (i + 1) x 10 s
+        assert b.offer(f"j{i}", gang(workers=1), clock.now) == {"action": "run"}
+        clock.now += (i + 1) * 10.0
+        b.done(f"j{i}")
+    assert list(b.finished)[:3] == [10.0, 20.0, 30.0] and len(b.finished) == 60
+    assert b.offer("next", gang(workers=1), clock.now) == {"action": "run"}
+    scheduler, state, _ = b._pass(clock.now)
+    assert state.finished_count == 60
+    # the default policy's bands: the work-weighted 0.5 and 0.75 quantiles of what finished,
+    # not the prior 8 and 80 GPU-hours
+    assert scheduler.policy.thresholds == (430.0, 520.0)
+
+
+def test_the_cluster_queue_applies_the_preemption_budget_to_real_jobs() -> None:
+    b, clock = book(node(2))
+    assert b.offer("long", gang(), 1.0) == {"action": "run"}
+    entry = b.entries["long"]
+    entry.preempted_at = (clock.now - 300.0, clock.now - 200.0, clock.now - 100.0)  # 3 in the window
+    entry.attained = 10**6  # far past every band: a newcomer would preempt it by band
+    entry.started_at = clock.now - 3600.0  # its quantum is long over
+    scheduler, state, _ = b._build(clock.now)
+    assert scheduler.policy.protection(state.jobs["long"], clock.now) == (  # type: ignore[attr-defined]
+        "preemption-budget", clock.now - 300.0 + 6 * 3600.0)
+    answer = b.offer("short", gang(), 2.0)
+    assert answer["action"] == "wait" and "preemption-budget" in answer["reason"]
+    assert b.entries["long"].state == "running"
+
+
+def test_the_machine_queue_keeps_each_jobs_history_in_the_store(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr("orchestrator.execution.queue.POLL_S", 0.0)
+    store = store_with(tmp_path, ("low", "running", "low"), ("high", "pending", "high"))
+    store.update("low", result={"run_started_at": time.time() - 50.0})
+    admitted, _ = once(admission(store, "high"))
+    assert not admitted
+    (preempted,) = store.get("low").result["preempted_at"]
+    assert abs(preempted - time.time()) < 60
+    low = admission(store, "low")
+    low.requeued()  # it stopped: its run's service is kept, the order is cleared
+    result = store.get("low").result
+    assert set(result) == {"preempted_at", "attained_s"} and 2 * 50.0 <= result["attained_s"] < 2 * 120.0
+    store.transition("low", JobState.PENDING, {JobState.RUNNING})
+    book = admission(store, "high")._book()
+    assert book.entries["low"].preempted_at == (preempted,)
+    assert book.entries["low"].attained == result["attained_s"]
+    # high runs and ends: its service joins the sample the next pass draws its bands from
+    assert once(admission(store, "high"))[0]
+    assert abs(store.get("high").result["run_started_at"] - time.time()) < 60  # its run counts from admission
+    store.update("high", result={**store.get("high").result, "run_started_at": time.time() - 30.0})
+    admission(store, "high").leave()
+    store.transition("high", JobState.SUCCEEDED, {JobState.RUNNING})
+    service = store.get("high").result["service_s"]
+    assert 2 * 30.0 <= service < 2 * 100.0
+    assert list(admission(store, "low")._book().finished) == [service]
+
+
+def test_a_place_a_job_has_not_heard_of_yet_adds_no_service() -> None:
+    b, clock = book(node(2))
+    assert b.offer("a", gang(), 1.0) == {"action": "run"}
+    assert b.offer("b", gang(), 2.0)["action"] == "wait"
+    b.done("a")
+    assert b.offer("c", gang(), 3.0)["action"] == "wait"  # c's pass places b, which has not asked since
+    assert b.entries["b"].state == "running"
+    clock.now += 1.5
+    assert b.offer("b", gang(), 2.0) == {"action": "run"}
+    assert b.entries["b"].attained == 0.0 and list(b.finished) == [0.0]  # a ran 0 s by this clock

@@ -11,17 +11,19 @@ import math
 import pytest
 
 from orchestrator.errors import UsageError
-from orchestrator.scheduler import GangRequest, get_policy
+from orchestrator.scheduler import ClusterState, GangRequest, get_policy
 from orchestrator.scheduler.adaptive import Adaptive, ServiceSample
 from orchestrator.scheduler.cluster import cluster_from_data
+from orchestrator.scheduler.order import PendingOrder
 from orchestrator.scheduler.policies import Las
+from orchestrator.scheduler.state import Job
 from orchestrator.simulate import Partition, TraceJob, replay
 from tests.unit.sched_helpers import Harness, cluster, gang, gpu_pool
 
 NEVER_LEARNS = 10**9  # warmup: the thresholds stay at the prior
 
 
-def quiet(**knobs: float) -> Adaptive:
+def quiet(starve_by: str = "time", **knobs: float) -> Adaptive:
     """Adaptive with 100 and 1,000 GPU-second bands that never move, every guard off unless asked."""
     settings: dict[str, float] = {
         "min_quantum_s": 0.0,
@@ -40,6 +42,7 @@ def quiet(**knobs: float) -> Adaptive:
         preemption_window_s=settings.get("preemption_window_s", 3600.0),
         cost_factor=settings["cost_factor"],
         min_starve_s=settings.get("min_starve_s", 600.0),
+        starve_by=starve_by,
     )
 
 
@@ -51,7 +54,7 @@ def test_adaptive_is_the_default_and_las_stays_available() -> None:
     assert Adaptive((0.5, 0.9, 0.99)).thresholds == (2_880.0, 28_800.0, 288_000.0)
     with pytest.raises(UsageError, match="increasing and between 0 and 1"):
         Adaptive((0.9, 0.5))
-    with pytest.raises(UsageError, match="weighting must be jobs or work"):
+    with pytest.raises(UsageError, match="weighting must be jobs, work or gittins"):
         Adaptive(weighting="gpus")
 
 
@@ -145,10 +148,12 @@ def test_preemption_cost_guard_leaves_a_job_that_is_probably_about_to_finish() -
     assert [p.job_id for p in h2.step(at=50).preemptions] == ["victim"]
 
 
-def starving_long_job(min_starve_s: float) -> Harness:
+def starving_long_job(min_starve_s: float, starve_by: str = "time") -> Harness:
     """The job "long" (8 GPUs) ran 200 s and was preempted; "short" took the node and "short2" waits
     behind it; "short" ends at t=1100 (the quantum keeps it from being preempted before)."""
-    h = Harness(cluster(gpu_pool(nodes=1)), quiet(min_starve_s=min_starve_s, min_quantum_s=10_000.0))
+    h = Harness(
+        cluster(gpu_pool(nodes=1)), quiet(starve_by, min_starve_s=min_starve_s, min_quantum_s=10_000.0)
+    )
     h.submit("long", gang(8))
     h.step(at=0)
     h.clock.set(200.0)
@@ -172,6 +177,16 @@ def test_starvation_guard_promotes_a_long_job_past_newer_short_ones() -> None:
 def test_without_promotion_the_short_job_goes_first() -> None:
     h = starving_long_job(min_starve_s=10_000.0)
     assert [(d.job_id, d.guard) for d in h.step(at=1100).placements] == [("short2", None)]
+
+
+def test_promotion_relative_to_service_keeps_a_wide_gang_waiting_longer() -> None:
+    h = starving_long_job(min_starve_s=600.0, starve_by="service")
+    # the 8-GPU job's 1,600 GPU-s of service allow 4 x 1,600 s of waiting: not yet at t=1100
+    assert [(d.job_id, d.guard) for d in h.step(at=1100).placements] == [("short2", None)]
+    long = h.state.jobs["long"]
+    assert h.scheduler.policy.next_change(long, 1100.0) == 200.0 + 4 * 1600.0
+    with pytest.raises(UsageError, match="starve_by must be time or service"):
+        Adaptive(starve_by="wait")
 
 
 def finish_jobs(h: Harness, services: list[float], start: float) -> float:
@@ -215,3 +230,50 @@ def test_expected_remaining_service() -> None:
     assert sample.expected_remaining(0.0) == 250.0
     assert sample.expected_remaining(250.0) == 100.0  # (300 + 400) / 2 - 250
     assert sample.expected_remaining(400.0) == math.inf
+
+
+def test_gittins_bands_end_where_the_observed_jobs_tend_to_finish() -> None:
+    sample = [10.0] * 4 + [1000.0] * 2 + [5000.0]
+    # from 0: stopping at 10 finishes 4 of 7 jobs for 70 s of service (index 4/70), the best;
+    # from 10: stopping at 1000 finishes 2 of 3 for 2,970 s (2/2,970 beats 3/6,970 at 5000)
+    assert ServiceSample(sample).gittins_quantum_end(0.0) == 10.0
+    assert ServiceSample(sample).gittins_quantum_end(10.0) == 1000.0
+    assert ServiceSample(sample).gittins_quantum_end(5000.0) == 5000.0  # none longer: no quantum
+    state = ClusterState(cluster(gpu_pool(nodes=1)))
+    state.remember_finished(sample)
+    policy = Adaptive((0.5, 0.75), weighting="gittins", warmup=7)
+    assert policy.observe(state, 0.0) and policy.thresholds == (10.0, 1000.0)
+
+
+def test_a_job_starves_exactly_when_next_change_says_despite_rounding() -> None:
+    # From the Philly VC 7f04ca at 1.5x arrivals: queued_since + 1,491,080 rounds to 2,389,261.0
+    # while 2,389,261.0 - queued_since is just below 1,491,080. Before the fix the job was not yet
+    # starving at the time next_change named, and the waiting order re-ranked it there for ever.
+    state = ClusterState(cluster(gpu_pool(nodes=1)))
+    job = state.submit("long", gang(8), 898_181.0000000002)
+    job.attained, job.last_run = 10_000.0, 372_770.0  # past the first band; waits 4 x 372,770 s
+    las = Las((100.0, 1_000.0))
+    when = las.next_change(job, 900_000.0)
+    assert when == 2_389_261.0
+    assert las.band(job, when) == 0 and las.band(job, math.nextafter(when, 0.0)) == 2
+    order = PendingOrder(las)
+    order.update(state, when)  # returns (it looped for ever before)
+    assert [j.id for j in order] == ["long"] and order.next_time(when) is None
+
+
+class ExpiresNow(Las):
+    """A policy that breaks the contract: a rank computed now expires now."""
+
+    def rank_until(self, job: Job, now: float) -> float:
+        return now
+
+
+def test_the_waiting_order_never_loops_on_a_rank_that_expires_at_once() -> None:
+    state = ClusterState(cluster(gpu_pool(nodes=1)))
+    state.submit("a", gang(8), 0.0)
+    state.submit("b", gang(8), 0.0)
+    order = PendingOrder(ExpiresNow())
+    order.update(state, 5.0)
+    order.update(state, 5.0)
+    assert [j.id for j in order] == ["a", "b"]
+    assert order.next_time(5.0) == math.nextafter(5.0, math.inf)  # asked again just after, not now
