@@ -144,10 +144,10 @@ def simulate(
     \b
     Example (the Philly development slice, contended setting):
       orchestrator simulate --trace ../shared/traces/philly/dev.csv \\
-          --cluster ../shared/traces/philly/vc_config.csv --contended --policy fifo,sjf,srtf,las
+          --cluster ../shared/traces/philly/vc_config.csv --contended --policy fifo,las,adaptive --compare-to srtf
     """
-    from orchestrator.simulate import job_completion_times, load, reports_json, run_policy, summarize
-    from orchestrator.simulate.report import ratios, write_plot
+    from orchestrator.simulate import load, reports_json
+    from orchestrator.simulate.report import write_plot
 
     policies = _policies(policy_names)
     if compare_to is not None:
@@ -161,9 +161,39 @@ def simulate(
     if until is not None:
         _explain_at(partitions, policies[0], until, backfill_bound, job_id, output)
         return
+    total = sum(len(p.jobs) for p in partitions)
+    reports, jct = _replay_all(partitions, policies, backfill_bound, processes, quiet)
+    if plot_path:
+        write_plot(plot_path, jct)
+    if output == "json":
+        emit_json(
+            reports_json(
+                reports,
+                compare_to,
+                trace=trace_path,
+                cluster=cluster_path,
+                contended=contended,
+                jobs=total,
+                partitions=len(partitions),
+            )
+        )
+        return
+    title = (f"{trace_path}: {total:,} jobs on {cluster_path}"
+             f"{' (contended)' if contended else ''}, {len(partitions)} partition(s)")
+    _print_reports(reports, title, compare_to)
+    if plot_path:
+        click.echo(f"JCT distribution written to {plot_path}")
+
+
+def _replay_all(partitions: list[Any], policies: list[str], backfill_bound: float | None, processes: int,
+                quiet: bool) -> tuple[list[Any], dict[str, Any]]:
+    """Replay every policy over the partitions, with a progress bar on stderr; (reports, JCTs by policy)."""
+    from orchestrator.simulate import job_completion_times, run_policy, summarize
+
     console = Console(stderr=True)
     total = sum(len(p.jobs) for p in partitions)
-    reports, jct = [], {}
+    reports: list[Any] = []
+    jct: dict[str, Any] = {}
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
@@ -191,26 +221,14 @@ def simulate(
             progress.update(task, completed=total)
             reports.append(summarize(name, replays, seconds))
             jct[name] = job_completion_times(replays)
-    if plot_path:
-        write_plot(plot_path, jct)
-    if output == "json":
-        emit_json(
-            reports_json(
-                reports,
-                compare_to,
-                trace=trace_path,
-                cluster=cluster_path,
-                contended=contended,
-                jobs=total,
-                partitions=len(partitions),
-            )
-        )
-        return
-    table = Table(
-        title=f"{trace_path}: {total:,} jobs on {cluster_path}"
-        f"{' (contended)' if contended else ''}, {len(partitions)} partition(s)",
-        title_justify="left",
-    )
+    return reports, jct
+
+
+def _print_reports(reports: list[Any], title: str, compare_to: str | None) -> None:
+    """The figures table, and the ratios to ``compare_to`` when it is one of the replayed policies."""
+    from orchestrator.simulate.report import ratios
+
+    table = Table(title=title, title_justify="left")
     for column in (
         "policy",
         "avg JCT",
@@ -247,8 +265,6 @@ def simulate(
         for r in reports:
             vs.add_row(r.policy, *(f"{v:.2f}x" for v in ratios(r, base).values()))
         Console(soft_wrap=True).print(vs)
-    if plot_path:
-        click.echo(f"JCT distribution written to {plot_path}")
 
 
 def _explain_at(
