@@ -42,6 +42,7 @@ def quiet(starve_by: str = "time", **knobs: float) -> Adaptive:
         preemption_window_s=settings.get("preemption_window_s", 3600.0),
         cost_factor=settings["cost_factor"],
         min_starve_s=settings.get("min_starve_s", 600.0),
+        starve_factor=settings.get("starve_factor", 4.0),
         starve_by=starve_by,
     )
 
@@ -49,6 +50,11 @@ def quiet(starve_by: str = "time", **knobs: float) -> Adaptive:
 def test_adaptive_is_the_default_and_las_stays_available() -> None:
     assert get_policy().name == get_policy("default").name == "adaptive"
     assert isinstance(get_policy("las"), Las) and not isinstance(get_policy("las"), Adaptive)
+    # the knobs chosen leave-one-VC-out (BENCHMARKS.md): work-weighted bands at the 0.5 and 0.75
+    # quantiles, promotion after 8 x the run time (las keeps 4)
+    default = Adaptive()
+    assert (default.band_quantiles, default.weighting) == ((0.5, 0.75), "work")
+    assert (default.starve_factor, default.starve_by, Las().starve_factor) == (8.0, "time", 4.0)
     # before any job has finished: las' 8 and 80 GPU-hours, a tenth less for each extra band
     assert Adaptive((0.5, 0.9)).thresholds == (28_800.0, 288_000.0)
     assert Adaptive((0.5, 0.9, 0.99)).thresholds == (2_880.0, 28_800.0, 288_000.0)
@@ -148,12 +154,11 @@ def test_preemption_cost_guard_leaves_a_job_that_is_probably_about_to_finish() -
     assert [p.job_id for p in h2.step(at=50).preemptions] == ["victim"]
 
 
-def starving_long_job(min_starve_s: float, starve_by: str = "time") -> Harness:
+def starving_long_job(min_starve_s: float, starve_by: str = "time", starve_factor: float = 4.0) -> Harness:
     """The job "long" (8 GPUs) ran 200 s and was preempted; "short" took the node and "short2" waits
     behind it; "short" ends at t=1100 (the quantum keeps it from being preempted before)."""
-    h = Harness(
-        cluster(gpu_pool(nodes=1)), quiet(starve_by, min_starve_s=min_starve_s, min_quantum_s=10_000.0)
-    )
+    policy = quiet(starve_by, min_starve_s=min_starve_s, min_quantum_s=10_000.0, starve_factor=starve_factor)
+    h = Harness(cluster(gpu_pool(nodes=1)), policy)
     h.submit("long", gang(8))
     h.step(at=0)
     h.clock.set(200.0)
@@ -172,6 +177,13 @@ def test_starvation_guard_promotes_a_long_job_past_newer_short_ones() -> None:
     result = h.step(at=1100)
     assert [(d.job_id, d.promoted, d.guard) for d in result.placements] == [("long", True, "starvation")]
     assert h.state.jobs["long"].service_forgiven == 1600.0  # its service count restarts
+
+
+def test_the_default_promote_knob_waits_eight_times_the_run() -> None:
+    h = starving_long_job(min_starve_s=600.0, starve_factor=Adaptive().starve_factor)
+    # 900 s of waiting < 8 x 200 s: short2 goes first, and "long" is promoted at 200 + 1,600 s
+    assert [(d.job_id, d.guard) for d in h.step(at=1100).placements] == [("short2", None)]
+    assert h.scheduler.policy.next_change(h.state.jobs["long"], 1100.0) == 200.0 + 8 * 200.0
 
 
 def test_without_promotion_the_short_job_goes_first() -> None:
