@@ -50,10 +50,11 @@ def quiet(starve_by: str = "time", **knobs: float) -> Adaptive:
 def test_adaptive_is_the_default_and_las_stays_available() -> None:
     assert get_policy().name == get_policy("default").name == "adaptive"
     assert isinstance(get_policy("las"), Las) and not isinstance(get_policy("las"), Adaptive)
-    # the knobs chosen leave-one-VC-out (BENCHMARKS.md): work-weighted bands at the 0.5 and 0.75
-    # quantiles, promotion after 8 x the run time (las keeps 4)
+    # the knobs chosen leave-one-VC-out (BENCHMARKS.md): bands at the 0.5, 0.9 and 0.99 quantiles
+    # by job count, promotion after 8 x the run time (las keeps 4)
     default = Adaptive()
-    assert (default.band_quantiles, default.weighting) == ((0.5, 0.75), "work")
+    assert (default.band_quantiles, default.weighting) == ((0.5, 0.9, 0.99), "jobs")
+    assert default.thresholds == (2_880.0, 28_800.0, 288_000.0)  # the prior, until jobs finish
     assert (default.starve_factor, default.starve_by, Las().starve_factor) == (8.0, "time", 4.0)
     # before any job has finished: las' 8 and 80 GPU-hours, a tenth less for each extra band
     assert Adaptive((0.5, 0.9)).thresholds == (28_800.0, 288_000.0)
