@@ -270,9 +270,9 @@ def test_the_cluster_queue_learns_its_bands_from_the_jobs_that_finished() -> Non
     assert b.offer("next", gang(workers=1), clock.now) == {"action": "run"}
     scheduler, state, _ = b._pass(clock.now)
     assert state.finished_count == 60
-    # the default policy's bands: the 0.5, 0.9 and 0.99 quantiles (by job count) of the 10, 20, ...,
-    # 600 s that finished, not the prior 0.8, 8 and 80 GPU-hours
-    assert scheduler.policy.thresholds == pytest.approx((305.0, 541.0, 594.1))
+    # the default policy's bands: the 0.9 and 0.99 quantiles (by job count) of the 10, 20, ...,
+    # 600 s that finished, not the prior 8 and 80 GPU-hours
+    assert scheduler.policy.thresholds == pytest.approx((541.0, 594.1))
 
 
 def test_the_cluster_queue_applies_the_preemption_budget_to_real_jobs() -> None:
