@@ -165,13 +165,14 @@ def leave_one_out(results: Results, candidates: Sequence[str], vcs: Sequence[str
     """For each VC, the candidate with the least score summed over the other VCs and ``TUNED_ON``
     among those ``admissible`` on the other VCs (candidates not replayed in every one of those
     settings are left out; when none is admissible, the best score regardless, so a fold always
-    gets knobs — the report's constraint table shows it)."""
+    gets knobs; the report's constraint table shows it)."""
     candidates = [c for c in candidates if all(c in results[s] for s in TUNED_ON)]
-    chosen = {}
+    chosen: dict[str, str] = {}
     for held in vcs:
         rest = [vc for vc in vcs if vc != held]
         ok = [c for c in candidates if admissible(results, c, rest)] or candidates
-        chosen[held] = min(ok, key=lambda name, held=held: total_score(results, name, vcs, held))
+        scores = {name: total_score(results, name, vcs, held) for name in ok}
+        chosen[held] = min(ok, key=scores.__getitem__)
     return chosen
 
 
