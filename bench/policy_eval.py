@@ -4,8 +4,13 @@ Every policy (and every knob setting of the default policy that is up for choice
 each of the six dev VCs, alone, in four settings: ``contended_nodes`` and the full ``nodes`` at the
 trace's own arrival rate, and ``contended_nodes`` with the arrival rate scaled 1.5x and 2x
 (submit times compressed towards the first submit). Knobs are then chosen by leave-one-VC-out:
-for each VC, the setting with the best score on the *other five* VCs at the two trace-rate load
-levels is the one reported for it, so no figure of a VC comes from knobs tuned on that VC.
+for each VC, the setting with the best score summed over the *other five* VCs and all four
+settings (the overload ones included: the clusters the default must hold on are small, heavily
+overloaded partitions) *among the settings that meet the issue's hard targets* is the one reported
+for it, so no figure of a VC comes from knobs tuned on that VC. The hard targets: preemptions per
+job at most ``PREEMPT_LIMIT`` x SRTF's, pooled over the five tuning VCs, in each setting; and the
+replay of all dev jobs within ``REPLAY_LIMIT`` x ``las``' CPU time (a property of the policy,
+measured once: ``REPLAY_X_LAS``; a candidate not measured is not admitted).
 
 Figures per (setting, policy, VC): average and p95 JCT, preemptions per job, and the ratios to
 SRTF (the clairvoyant oracle) and to FIFO; "all" is every job of the six VCs together.
@@ -32,29 +37,47 @@ SETTINGS: dict[str, tuple[bool, float]] = {  # name -> (contended, arrival-rate 
 }
 # The default policy's knob settings up for choice: band cut points (quantiles of the observed
 # service, by job count or by share of the work) and the promote knob. The guards' own knobs stay
-# at their defaults (quantum 10 min, 3 preemptions per 6 h, cost factor 1).
+# at their defaults (quantum 10 min, 3 preemptions per 6 h, cost factor 1). Every label's knobs are
+# spelt out, so a change of the policy's defaults does not change what a label replays.
 CANDIDATES: dict[str, Adaptive] = {
-    "adaptive[jobs .5/.9/.99, starve 4]": Adaptive((0.5, 0.9, 0.99)),
-    "adaptive[jobs .5/.9/.99, starve 8]": Adaptive((0.5, 0.9, 0.99), starve_factor=8.0),
+    "adaptive[jobs .5/.9/.99, starve 4]": Adaptive((0.5, 0.9, 0.99), weighting="jobs", starve_factor=4.0),
+    "adaptive[jobs .5/.9/.99, starve 8]": Adaptive((0.5, 0.9, 0.99), weighting="jobs", starve_factor=8.0),
     "adaptive[work .5/.75, starve 8]": Adaptive((0.5, 0.75), weighting="work", starve_factor=8.0),
-    "adaptive[jobs .9/.99, starve 4]": Adaptive((0.9, 0.99)),
-    "adaptive[jobs .9/.99, starve 2]": Adaptive((0.9, 0.99), starve_factor=2.0),
-    "adaptive[work .5/.75, starve 4]": Adaptive((0.5, 0.75), weighting="work"),
+    "adaptive[jobs .9/.99, starve 4]": Adaptive((0.9, 0.99), weighting="jobs", starve_factor=4.0),
+    "adaptive[jobs .9/.99, starve 2]": Adaptive((0.9, 0.99), weighting="jobs", starve_factor=2.0),
+    "adaptive[work .5/.75, starve 4]": Adaptive((0.5, 0.75), weighting="work", starve_factor=4.0),
     "adaptive[work .5/.75, starve 2]": Adaptive((0.5, 0.75), weighting="work", starve_factor=2.0),
     # Added in a second sitting (after the figures above had been seen): promotion relative to the
     # attained service (accelerator-seconds) rather than the run time, as Tiresias' 2D promote knob.
     "adaptive[work .5/.75, starve 4 x service]": Adaptive(
-        (0.5, 0.75), weighting="work", starve_by="service"
+        (0.5, 0.75), weighting="work", starve_by="service", starve_factor=4.0
     ),
     "adaptive[work .5/.75, starve 1 x service]": Adaptive(
         (0.5, 0.75), weighting="work", starve_factor=1.0, starve_by="service"
     ),
-    "adaptive[jobs .9/.99, starve 4 x service]": Adaptive((0.9, 0.99), starve_by="service"),
+    "adaptive[jobs .9/.99, starve 4 x service]": Adaptive(
+        (0.9, 0.99), weighting="jobs", starve_by="service", starve_factor=4.0
+    ),
     # and bands at the ends of successive Gittins-optimal quanta over the observed service
-    "adaptive[gittins x2, starve 4]": Adaptive((0.5, 0.75), weighting="gittins"),
+    "adaptive[gittins x2, starve 4]": Adaptive((0.5, 0.75), weighting="gittins", starve_factor=4.0),
 }
 BASELINES = ("fifo", "srtf", "las")
-TUNED_ON = ("contended", "full")  # the load levels knobs are chosen on (the stress runs are reported only)
+TUNED_ON = tuple(SETTINGS)  # the settings knobs are chosen on: both load levels and both overloads
+# The hard targets a choice must meet (the constraint was added after the unconstrained choice's
+# figures were seen: its winner missed both). Preemptions per job pooled over the tuning VCs, in
+# each setting, at most this many times SRTF's:
+PREEMPT_LIMIT = 2.0
+# and the replay of all 49,037 dev jobs on contended_nodes, one process, at most this many times
+# las' CPU time: the candidate's median CPU s over las' median (four runs), runs alternating with
+# las' in the same sitting (BENCHMARKS.md; starve 8 with .5/.9/.99 bands in an earlier sitting).
+REPLAY_LIMIT = 2.0
+REPLAY_X_LAS: dict[str, float] = {
+    "adaptive[jobs .5/.9/.99, starve 8]": 3.8,
+    "adaptive[jobs .9/.99, starve 4 x service]": 2.00,  # 9.5 s / 4.75 s: on the limit (1.7-2.15 per pair)
+    "adaptive[work .5/.75, starve 8]": 1.64,
+    "adaptive[work .5/.75, starve 4 x service]": 1.66,
+    "adaptive[work .5/.75, starve 1 x service]": 1.56,
+}
 
 
 @dataclass(frozen=True)
@@ -117,27 +140,47 @@ def score(cell: Cell, srtf: Cell) -> float:
     return avg + max(0.0, avg - 1.25) + max(0.0, p95 - 1.5) + 0.25 * max(0.0, pre - 2.0)
 
 
-def leave_one_out(
-    results: dict[str, dict[str, dict[str, Cell]]], candidates: Sequence[str], vcs: Sequence[str]
-) -> dict[str, str]:
+Results = dict[str, dict[str, dict[str, Cell]]]  # [setting][policy label][vc or "all"]
+
+
+def pooled_preemptions_x_srtf(results: Results, name: str, setting: str, vcs: Sequence[str]) -> float:
+    """Preemptions per job of ``name`` pooled over ``vcs``, over SRTF's on the same VCs."""
+
+    def per_job(label: str) -> float:
+        cells = [results[setting][label][vc] for vc in vcs]
+        return sum(c.preemptions for c in cells) / max(1, sum(c.jobs for c in cells))
+
+    return ratio(per_job(name), per_job("srtf"))
+
+
+def admissible(results: Results, name: str, vcs: Sequence[str]) -> bool:
+    """Whether ``name`` meets the hard targets on ``vcs``: preemptions in every ``TUNED_ON``
+    setting, and the replay time (measured: unmeasured candidates are not admitted)."""
+    return REPLAY_X_LAS.get(name, math.inf) <= REPLAY_LIMIT and all(
+        pooled_preemptions_x_srtf(results, name, s, vcs) <= PREEMPT_LIMIT for s in TUNED_ON
+    )
+
+
+def leave_one_out(results: Results, candidates: Sequence[str], vcs: Sequence[str]) -> dict[str, str]:
+    """For each VC, the candidate with the least score summed over the other VCs and ``TUNED_ON``
+    among those ``admissible`` on the other VCs (candidates not replayed in every one of those
+    settings are left out; when none is admissible, the best score regardless, so a fold always
+    gets knobs; the report's constraint table shows it)."""
     candidates = [c for c in candidates if all(c in results[s] for s in TUNED_ON)]
-    """For each VC, the candidate with the best mean score on the other VCs over ``TUNED_ON``."""
-    chosen = {}
+    chosen: dict[str, str] = {}
     for held in vcs:
-
-        def total(name: str, held: str = held) -> float:
-            return sum(
-                score(results[s][name][vc], results[s]["srtf"][vc])
-                for s in TUNED_ON
-                for vc in vcs
-                if vc != held
-            )
-
-        chosen[held] = min(candidates, key=total)
+        rest = [vc for vc in vcs if vc != held]
+        ok = [c for c in candidates if admissible(results, c, rest)] or candidates
+        scores = {name: total_score(results, name, vcs, held) for name in ok}
+        chosen[held] = min(ok, key=scores.__getitem__)
     return chosen
 
 
-Results = dict[str, dict[str, dict[str, Cell]]]  # [setting][policy label][vc or "all"]
+def total_score(results: Results, name: str, vcs: Sequence[str], held: str = "") -> float:
+    """``score`` summed over ``TUNED_ON`` and the VCs other than ``held`` (all when empty)."""
+    return sum(
+        score(results[s][name][vc], results[s]["srtf"][vc]) for s in TUNED_ON for vc in vcs if vc != held
+    )
 
 
 def run_all(
@@ -195,12 +238,45 @@ def report(
     first = next(iter(results.values()))
     vcs = [vc for vc in first["srtf"] if vc != "all"]
     chosen = leave_one_out(results, list(CANDIDATES), vcs)
-    lines = ["Default policy, leave-one-VC-out (each VC's knobs chosen on the other five):", "", HEADER]
+    lines = [
+        "Default policy, leave-one-VC-out (each VC's knobs: the best score on the other five among the",
+        "candidates that meet the hard targets there):",
+        "",
+        HEADER,
+    ]
     for setting in results:
         cells = held_out(results, jcts, chosen, setting)
         for vc, cell in cells.items():
             srtf, fifo = results[setting]["srtf"][vc], results[setting]["fifo"][vc]
             lines.append(row(setting, "default (held out)", vc, cell, srtf, fifo, chosen.get(vc, "")))
+    lines += [
+        "",
+        "Each candidate's score (lower is better) over all six VCs: in the settings knobs are chosen on,",
+    ]
+    lines += [
+        "and in each of them; its preemptions per job over SRTF's (the six VCs pooled) in each setting;",
+        f"its replay CPU time over las' (limits {PREEMPT_LIMIT:g}x SRTF's and {REPLAY_LIMIT:g}x las'; each fold applies",
+        "the preemption limit to its own five VCs):",
+        "",
+    ]
+    lines += [
+        "| candidate | "
+        + " | ".join(["chosen on (sum)", *results, *(f"preempt x SRTF {s}" for s in TUNED_ON)])
+        + " | replay x las |",
+        "|---" * (len(results) + len(TUNED_ON) + 3) + "|",
+    ]
+    for name in sorted(
+        (c for c in CANDIDATES if all(c in results[s] for s in TUNED_ON)),
+        key=lambda c: total_score(results, c, vcs),
+    ):
+        per = [sum(score(results[s][name][vc], results[s]["srtf"][vc]) for vc in vcs) for s in results]
+        pre = [pooled_preemptions_x_srtf(results, name, s, vcs) for s in TUNED_ON]
+        replay = REPLAY_X_LAS.get(name)
+        lines.append(
+            f"| {name} | {total_score(results, name, vcs):.3f} | "
+            + " | ".join([*(f"{x:.3f}" for x in per), *(f"{x:.2f}" for x in pre)])
+            + f" | {'not measured' if replay is None else f'{replay:.2f}'} |"
+        )
     lines += ["", "Every policy and knob setting, per VC:", "", HEADER]
     for setting, by_policy in results.items():
         for label, cells in by_policy.items():

@@ -270,9 +270,9 @@ def test_the_cluster_queue_learns_its_bands_from_the_jobs_that_finished() -> Non
     assert b.offer("next", gang(workers=1), clock.now) == {"action": "run"}
     scheduler, state, _ = b._pass(clock.now)
     assert state.finished_count == 60
-    # the default policy's bands: the work-weighted 0.5 and 0.75 quantiles of what finished,
-    # not the prior 8 and 80 GPU-hours
-    assert scheduler.policy.thresholds == (430.0, 520.0)
+    # the default policy's bands: the 0.9 and 0.99 quantiles (by job count) of the 10, 20, ...,
+    # 600 s that finished, not the prior 8 and 80 GPU-hours
+    assert scheduler.policy.thresholds == pytest.approx((541.0, 594.1))
 
 
 def test_the_cluster_queue_applies_the_preemption_budget_to_real_jobs() -> None:
