@@ -174,6 +174,10 @@ class CheckpointError(OrchestratorError):
     """A checkpoint is missing, truncated or fails its checksum."""
 
 
+class StorageError(OrchestratorError):
+    """Job storage (a bucket, a shared volume) cannot be read or written."""
+
+
 @dataclass
 class ErrorReport:
     """A serialisable view of an error, for `--output json`."""

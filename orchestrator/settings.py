@@ -27,6 +27,8 @@ class Settings:
     #: Who owns the checkpoint directory when a job's identity outlives its record, such as a
     #: TrainingJob run again in a new pod (ORCHESTRATOR_CHECKPOINT_OWNER); else the job id.
     checkpoint_owner: str | None = None
+    #: The default storage location of a job whose spec sets none (ORCHESTRATOR_STORAGE).
+    storage: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -39,6 +41,7 @@ class Settings:
             kube_namespace=env.get("ORCHESTRATOR_NAMESPACE") or "default",
             kube_context=env.get("ORCHESTRATOR_KUBE_CONTEXT") or None,
             checkpoint_owner=env.get("ORCHESTRATOR_CHECKPOINT_OWNER") or None,
+            storage=env.get("ORCHESTRATOR_STORAGE") or None,
         )
 
     def with_overrides(self, **values: Any) -> Settings:

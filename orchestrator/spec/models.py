@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from orchestrator.storage import check_location
+
 #: Accelerator types the scheduler and the Kubernetes backend know by name. Other names that
 #: follow the vendor-model pattern are accepted too (new hardware appears faster than releases).
 KNOWN_ACCELERATORS: tuple[str, ...] = (
@@ -548,6 +550,40 @@ class JobSpec(_Model):
     failure: FailureSpec = FailureSpec()
     sync: SyncSpec = SyncSpec()
     testing: FaultInjectionSpec = FaultInjectionSpec()
+    storage: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Where the job's outputs live (checkpoints, model, TensorBoard events, samples, "
+        "result, spec), under <storage>/<job id>/: s3://bucket/prefix (any S3-compatible endpoint; "
+        "AWS_ENDPOINT_URL overrides it), gs://bucket/prefix, or an absolute shared path (NFS, a "
+        "ReadWriteMany volume). Default: ORCHESTRATOR_STORAGE, else the local job directory.",
+    )
+    init_from: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Start from another job's trained weights (fine-tuning): a job id, or the storage "
+        "location of a job (s3://bucket/prefix/JOB_ID). The model must have the same architecture.",
+    )
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_location(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return check_location(value)
+
+    @field_validator("init_from")
+    @classmethod
+    def _init_from(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if "://" in value or value.startswith(("/", "~")):
+            return check_location(value)
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError("give a job id (orchestrator status lists them) or a storage location "
+                             "(s3://bucket/prefix/JOB_ID, gs://..., /shared/path/JOB_ID)")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
