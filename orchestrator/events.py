@@ -150,6 +150,8 @@ class AttemptStart(_Event):
     restored_step: int | None = None
     restored_path: str | None = None
     pid: int | None = None
+    #: The Ray node id each rank runs on, in rank order (a lost node shows which ranks it took).
+    nodes: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

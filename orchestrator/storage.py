@@ -357,6 +357,11 @@ def _is_temporary(name: str) -> bool:
     return base.startswith(".") and (base.endswith(".tmp") or base.endswith(".part"))
 
 
+def is_job_location(ref: str) -> bool:
+    """True when a command's JOB argument is a storage location rather than a job id."""
+    return is_uri(ref) or ref.startswith(("/", "~"))
+
+
 def job_location(storage: str, job_id: str) -> str:
     """The folder of one job's outputs under a storage location."""
     return f"{check_location(storage).rstrip('/')}/{job_id}"

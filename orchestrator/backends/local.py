@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.backends.base import Backend, SubmitOptions
-from orchestrator.errors import UsageError
+from orchestrator.errors import JobNotFoundError, UsageError
 from orchestrator.execution.driver import Driver, check_framework_available, job_paths
 from orchestrator.execution.handler import EventHandler
+from orchestrator.execution.outputs import JobOutputs, resolve_init_from
 from orchestrator.private import private_dir, private_file, write_private_text
 from orchestrator.spec.loader import dump_yaml
 from orchestrator.spec.models import JobSpec
@@ -54,7 +55,7 @@ class LocalBackend(Backend):
                 "resources_per_worker": per_worker,
                 "total": {k: v * r.workers for k, v in per_worker.items()},
                 "accelerator": r.accelerator,
-                "placement": "one embedded Ray instance on this machine (PACK)",
+                "placement": f"one embedded Ray instance on this machine ({r.placement.upper()})",
                 "collective_backend": spec.sync_backend,
                 "per_worker_batch_size": spec.per_worker_batch_size,
                 "gradient_compression": spec.sync.compression,
@@ -93,6 +94,8 @@ class LocalBackend(Backend):
         self, spec: JobSpec, options: SubmitOptions, events: EventHandler | None = None
     ) -> JobRecord:
         self.refuse_owned_checkpoint_dir(spec)
+        if spec.init_from:  # a wrong source is refused before a record exists
+            resolve_init_from(spec, self.store)
         record = self.create_record(spec, options)
         return self.start(record, options, events)
 
@@ -160,6 +163,38 @@ class LocalBackend(Backend):
         )
         return self.start(self.store.get(record.id), options, events)
 
+    def adopt(self, outputs: JobOutputs) -> JobRecord:
+        """Take a job known only by its storage folder into this store, under its own id.
+
+        The record comes from what the job's driver last wrote there (``job.json``, the resolved
+        spec); the job keeps its storage, so ``resume`` continues from the checkpoints in it.
+        A job this store already knows is returned as it is.
+        """
+        try:
+            return self.store.get(outputs.job_id)
+        except JobNotFoundError:
+            pass
+        snapshot = outputs.snapshot()
+        spec = JobSpec.model_validate(outputs.spec_data())  # the spec as the job resolved it
+        state = JobState(snapshot.get("state", JobState.FAILED.value)) if snapshot.get("state") in {
+            s.value for s in JobState} else JobState.FAILED
+        message = snapshot.get("message")
+        if state in ACTIVE_STATES:  # its driver stopped writing while the job ran (a lost machine)
+            state, message = JobState.FAILED, f"its driver was last seen {state.value} (taken from {outputs.storage})"
+        result = dict(snapshot.get("result") or {})
+        result["storage"] = str(outputs.storage)
+        record = JobRecord(
+            id=outputs.job_id, name=spec.name, backend=self.name, state=state,
+            spec=spec.model_dump(mode="json"), job_dir=self.settings.job_dir(outputs.job_id),
+            created_at=float(snapshot.get("created_at") or time.time()),
+            ended_at=float(snapshot.get("ended_at") or time.time()), message=message, result=result,
+            attempts=list(snapshot.get("attempts") or []),
+        )
+        record = self.store.create(record)
+        private_dir(record.job_dir)
+        write_private_text(record.job_dir / "spec.yaml", dump_yaml(record.spec))
+        return record
+
     # -- queries -------------------------------------------------------------------------
     def status(self, job_id: str) -> JobRecord:
         require_job_id(job_id)
@@ -173,6 +208,9 @@ class LocalBackend(Backend):
     def logs(self, job_id: str, follow: bool = False) -> Iterator[str]:
         record = self.store.get(job_id)
         path = record.job_dir / LOG_FILE
+        if not path.exists() and record.result.get("storage"):  # its driver ran elsewhere
+            yield from JobOutputs.of_record(record).log_lines()
+            return
         yield from follow_file(path, lambda: self.status(record.id).state in ACTIVE_STATES if follow else False)
 
     def cancel(self, job_id: str) -> JobRecord:

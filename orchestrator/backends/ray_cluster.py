@@ -85,6 +85,19 @@ def record_to_wire(record: JobRecord) -> dict[str, Any]:
     }
 
 
+def stored_record(storage: str, job_id: str, backend: str) -> JobRecord | None:
+    """The record a job's driver last wrote to its storage (``job.json``), if it can be read here."""
+    from orchestrator.errors import OrchestratorError
+    from orchestrator.execution.outputs import JobOutputs, record_from_snapshot
+    from orchestrator.storage import job_location
+
+    try:
+        snapshot = JobOutputs.at(job_location(storage, job_id)).snapshot()
+    except (OrchestratorError, ValueError):  # not reachable from this machine: the log line stands in
+        return None
+    return record_from_snapshot(snapshot, backend) if snapshot else None
+
+
 def record_from_wire(data: dict[str, Any], backend: str = "ray") -> JobRecord:
     return JobRecord(
         id=data["id"], name=data["name"], backend=backend, state=JobState(data["state"]), spec=data["spec"],
@@ -364,11 +377,16 @@ class RayClusterBackend(Backend):
                 state, message = JobState.PENDING, f"queued: {newest.reason}"
         started = info.start_time / 1000 if info.start_time else None
         ended = info.end_time / 1000 if info.end_time else None
+        spec = json.loads((info.runtime_env or {}).get("env_vars", {}).get("ORCHESTRATOR_SPEC_JSON", "{}"))
+        if state.terminal and spec.get("storage"):  # the driver's record in the job's storage
+            stored = stored_record(spec["storage"], job_id, self.name)
+            if stored is not None and stored.state.terminal:
+                stored.result = {**stored.result, "dashboard_url": self.dashboard_url(job_id)}
+                return stored
         if saved is not None:
             record = record_from_wire(saved, self.name)  # the driver's own last word
             record.result = {**record.result, "dashboard_url": self.dashboard_url(job_id)}
             return record
-        spec = json.loads((info.runtime_env or {}).get("env_vars", {}).get("ORCHESTRATOR_SPEC_JSON", "{}"))
         return JobRecord(
             id=job_id, name=meta.get("orchestrator_job_name", job_id), backend=self.name, state=state,
             spec=spec, job_dir=Path("."), created_at=started or time.time(), started_at=started, ended_at=ended,

@@ -18,8 +18,9 @@ from orchestrator.cli.common import (
 )
 from orchestrator.cli.ui import LiveProgress, jobs_table, stdout_console, summary_table
 from orchestrator.errors import UsageError
-from orchestrator.spec import load_spec
+from orchestrator.spec import load_spec, with_default_storage
 from orchestrator.spec.loader import dump_yaml
+from orchestrator.storage import is_job_location
 from orchestrator.store import JobRecord
 
 METRICS_OPTIONS = (
@@ -100,7 +101,7 @@ def submit(
     output: str,
 ) -> None:
     """Validate SPEC and run the training job it describes."""
-    spec = load_spec(spec_path, overrides, inject)
+    spec = with_default_storage(load_spec(spec_path, overrides, inject), settings_of(ctx).storage)
     be = backend_for(ctx, backend, ray_address, kube_namespace, kube_context)
     options = SubmitOptions(detach=detach, spec_path=spec_path, metrics_port=metrics_port,
                             metrics_host=metrics_host, metrics_linger_s=metrics_linger)
@@ -132,7 +133,7 @@ def submit(
 
 
 @click.command()
-@click.argument("job_id", metavar="JOB")
+@click.argument("job_id", metavar="JOB|LOCATION")
 @target_options
 @click.option("--epochs", type=click.IntRange(min=1), help="Train up to this many epochs in total.")
 @click.option("--detach", "-d", is_flag=True, help="Return at once; the job runs on.")
@@ -150,11 +151,19 @@ def resume(
 ) -> None:
     """Continue JOB from its latest checkpoint (after a cancel, a crash, or to train longer).
 
+    JOB may be a job's storage location (s3://bucket/prefix/JOB_ID): the job is added to this
+    machine's job store under its own id and continues from the checkpoints in storage.
+
     For a sweep (`orchestrator tune`): continue its unfinished trials; finished ones are kept.
     """
     from orchestrator.cli.tune_cmds import is_sweep, resume_sweep
 
     be = backend_for(ctx, backend, ray_address, kube_namespace, kube_context)
+    if is_job_location(job_id):  # a job known only by its storage: take it into this store first
+        from orchestrator.backends.local import LocalBackend
+        from orchestrator.execution.outputs import JobOutputs
+
+        job_id = LocalBackend(settings_of(ctx)).adopt(JobOutputs.at(job_id)).id
     if is_sweep(be.status(job_id)):
         if detach or epochs is not None:
             raise UsageError(f"{'--detach' if detach else '--epochs'} does not apply to a sweep",
@@ -227,14 +236,23 @@ def status(ctx: click.Context, job_id: str, backend: str, ray_address: str | Non
 
 
 @click.command()
-@click.argument("job_id", metavar="JOB")
+@click.argument("job_id", metavar="JOB|LOCATION")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the job ends.")
 @target_options
 @click.pass_context
 @handle_errors
 def logs(ctx: click.Context, job_id: str, follow: bool, backend: str, ray_address: str | None,
          kube_namespace: str | None, kube_context: str | None) -> None:
-    """Print a job's log (driver messages, epoch lines, worker output)."""
+    """Print a job's log (driver messages, epoch lines, worker output).
+
+    JOB may be a job's storage location (s3://bucket/prefix/JOB_ID): the log its driver last copied there.
+    """
+    if is_job_location(job_id):
+        from orchestrator.execution.outputs import JobOutputs
+
+        for line in JobOutputs.at(job_id).log_lines():
+            click.echo(line)
+        return
     be = backend_for(ctx, backend, ray_address, kube_namespace, kube_context)
     for line in be.logs(job_id, follow=follow):
         click.echo(line)

@@ -17,35 +17,48 @@ SHOWN = 20
 
 
 @click.command()
-@click.argument("job_id", metavar="JOB")
+@click.argument("job_id", metavar="JOB|LOCATION")
 @click.option("--input", "input_path", required=True, metavar="FILE.npz",
               help="Samples to predict: an .npz file with an array x shaped like the training data's x.")
 @OUTPUT_OPTION
 @click.pass_context
 @handle_errors
 def predict(ctx: click.Context, job_id: str, input_path: str, output: str) -> None:
-    """Load JOB's saved model (TorchScript or SavedModel, preprocessing included) and predict INPUT's samples."""
+    """Load JOB's saved model (TorchScript or SavedModel, preprocessing included) and predict INPUT's samples.
+
+    JOB may be a job's storage location (s3://bucket/prefix/JOB_ID, or a shared path): no job
+    record is needed, and the model is copied into this machine's cache first.
+    """
     import json
 
     from orchestrator.backends.local import LocalBackend
+    from orchestrator.execution.outputs import JobOutputs
     from orchestrator.models.predict import predict as run_predict
     from orchestrator.models.predict import read_inputs
+    from orchestrator.storage import is_job_location
 
-    record = LocalBackend(settings_of(ctx)).status(job_id)
-    generator = record.result.get("generator_path")
+    if is_job_location(job_id):
+        outputs = JobOutputs.at(job_id)
+        result_keys = outputs.snapshot().get("result") or {}
+        job_name, state = outputs.job_id, str(outputs.snapshot().get("state") or "unknown")
+    else:
+        record = LocalBackend(settings_of(ctx)).status(job_id)
+        outputs = JobOutputs.of_record(record)
+        result_keys, job_name, state = record.result, record.id, record.state.value
+    generator = result_keys.get("generator_path")
     if generator:
         how = f"tf.saved_model.load({generator!r}).generate(z)" if not generator.endswith(".pt") \
             else f"torch.jit.load({generator!r})(z)"
-        raise UsageError(f"job {record.id} trained a gan: it generates samples rather than predicting",
+        raise UsageError(f"job {job_name} trained a gan: it generates samples rather than predicting",
                          fix=f"load its generator and give it latent vectors z (normal noise shaped (n, latent)): {how}")
-    model_dir = Path(record.result.get("model_dir") or Path(record.result.get("torchscript_path") or ".").parent)
+    model_dir = outputs.model_dir()
     if not (model_dir / "model.json").is_file():
-        raise UsageError(f"job {record.id} has no saved model ({record.state.value})",
+        raise UsageError(f"job {job_name} has no saved model ({state})",
                          fix="predict with a job that succeeded, or `orchestrator resume` this one first")
     meta = json.loads((model_dir / "model.json").read_text())
     path = str(model_dir / next(iter(meta["files"].values())))
     x = read_inputs(input_path, tuple(meta["sample_shape"]))
-    result = {"job_id": record.id, "model": path, "samples": len(x), **run_predict(model_dir, x)}
+    result = {"job_id": job_name, "model": path, "samples": len(x), **run_predict(model_dir, x)}
     if output == "json":
         emit_json(result)
         return

@@ -89,20 +89,27 @@ def _free_port(host: str) -> int:
 
 
 @click.command()
-@click.argument("job_id", metavar="[JOB]", required=False)
+@click.argument("job_id", metavar="[JOB|LOCATION]", required=False)
 @click.option("--port", type=click.IntRange(0, 65535), default=6006, show_default=True,
               help="0 picks a free port.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.pass_context
 @handle_errors
 def tensorboard(ctx: click.Context, job_id: str | None, port: int, host: str) -> None:
-    """Start TensorBoard on one job's events (or every job's) and print its URL."""
+    """Start TensorBoard on one job's events (or every job's) and print its URL.
+
+    JOB may be a job's storage location (s3://bucket/prefix/JOB_ID): its events are copied here first.
+    """
     settings: Settings = settings_of(ctx)
     if job_id:
-        record = JobStore(settings.db_path).get(job_id)
-        logdir = record.job_dir / "tensorboard"
+        from orchestrator.execution.outputs import JobOutputs
+        from orchestrator.storage import is_job_location
+
+        outputs = (JobOutputs.at(job_id) if is_job_location(job_id)
+                   else JobOutputs.of_record(JobStore(settings.db_path).get(job_id)))
+        logdir = outputs.tensorboard_dir()  # from storage: copied into this machine's cache
         if not logdir.is_dir():
-            raise UsageError(f"job {record.id} has no TensorBoard events yet ({logdir})",
+            raise UsageError(f"job {outputs.job_id} has no TensorBoard events yet ({logdir})",
                              fix="wait until its first epoch ends")
     else:
         logdir = settings.jobs_dir

@@ -28,7 +28,7 @@ from types import FrameType
 from typing import Any
 
 from orchestrator import events as ev
-from orchestrator.errors import NotAvailableError, TrainingError
+from orchestrator.errors import NotAvailableError, OrchestratorError, TrainingError
 from orchestrator.execution.admission import AdmissionQueue
 from orchestrator.execution.fanout import (
     Fanout,
@@ -42,6 +42,7 @@ from orchestrator.execution.fanout import (
 from orchestrator.execution.frame import RunFrame, detach_job_log, shutdown_ray
 from orchestrator.execution.handler import EventHandler
 from orchestrator.execution.head import HEAD_CHECK_S, HeadWatch, head_gone_message
+from orchestrator.execution.outputs import OutputSync, check_init_data, model_files, resolve_init_from
 from orchestrator.execution.queue import Admission
 from orchestrator.execution.ray_local import (
     build_trainer,
@@ -57,6 +58,7 @@ from orchestrator.execution.states import Next, RunMachine, RunState
 from orchestrator.execution.tracker import RunTracker
 from orchestrator.settings import Settings
 from orchestrator.spec.models import JobSpec
+from orchestrator.storage import LAYOUT, Storage
 from orchestrator.store import ACTIVE_STATES, JobRecord, JobState, JobStore
 
 log = logging.getLogger("orchestrator.driver")
@@ -68,18 +70,39 @@ GRACEFUL_STOP_TIMEOUT_S = 120.0
 QUEUE_REPORT_S = 2.0
 
 
-def job_paths(record: JobRecord, spec: JobSpec, owner: str | None = None) -> dict[str, str]:
+def job_paths(record: JobRecord, spec: JobSpec, owner: str | None = None, *,
+              with_storage: bool = True) -> dict[str, Any]:
     """Where a job writes (:class:`orchestrator.runtime.session.JobPaths`); ``job_id`` owns the
     checkpoint directory (``owner`` where the job's identity outlives its record, e.g. a
-    TrainingJob whose RayJob runs again)."""
+    TrainingJob whose RayJob runs again: its storage folder is named after it too).
+
+    With ``spec.storage`` (and ``with_storage``), ``storage`` is the job's folder there (an
+    :class:`orchestrator.storage.Storage`, which travels to the workers as it is, as Ray Train's
+    own ``storage_filesystem`` does) and checkpoints go there unless ``checkpoint.dir`` is set.
+    """
     job_dir = record.job_dir
-    checkpoint_dir = Path(spec.checkpoint.dir) if spec.checkpoint.dir else job_dir / "checkpoints"
-    return {
+    job_id = owner or record.id
+    storage = job_storage(spec, job_id) if with_storage else None
+    if spec.checkpoint.dir:
+        checkpoint_dir: str | None = spec.checkpoint.dir
+    else:
+        checkpoint_dir = None if storage is not None else str(job_dir / "checkpoints")
+    paths: dict[str, Any] = {
         "job_dir": str(job_dir),
-        "checkpoint_dir": str(checkpoint_dir),
+        "checkpoint_dir": checkpoint_dir,
         "model_dir": str(job_dir / "model"),
-        "job_id": owner or record.id,
+        "job_id": job_id,
     }
+    if storage is not None:
+        paths["storage"] = storage
+    return paths
+
+
+def job_storage(spec: JobSpec, job_id: str) -> Storage | None:
+    """The job's own folder in its storage (``<storage>/<job id>``), or None without storage."""
+    if not spec.storage:
+        return None
+    return Storage.open(spec.storage).child(job_id)
 
 
 def check_framework_available(spec: JobSpec) -> None:
@@ -137,6 +160,8 @@ class Driver(RunFrame):
         # "submit to first step" counts from submission; for a resumed job, from the resume.
         self.requested_at = self.record.created_at if not self.record.attempts else time.time()
         self.fanout = Fanout(self.tracker)  # its sinks are registered once Ray and TensorBoard are up
+        storage = self.paths.get("storage")
+        self._outputs = OutputSync(storage, self.record.job_dir) if storage is not None else None
 
     # -- signals --------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -191,10 +216,21 @@ class Driver(RunFrame):
         # Before Ray starts. On a Ray of its own this machine is where the workers write, so the
         # job claims the directory here; on a cluster (RAY_ADDRESS: the ray and kubernetes backends)
         # the head may not even see the workers' storage: only check, rank 0 claims it.
-        check_owner(self.paths["checkpoint_dir"], self.paths["job_id"], create=not self.settings.local_ray_address)
+        if self.paths["checkpoint_dir"]:  # storage: rank 0 claims the job's folder there
+            check_owner(self.paths["checkpoint_dir"], self.paths["job_id"],
+                        create=not self.settings.local_ray_address)
+        if self._outputs is not None:
+            self._outputs.write_spec(self.record)
+            self._update_result(storage=self._outputs.storage.uri)
+            log.info("storage: %s", self._outputs.storage.uri)
+        if spec.init_from:  # before the data: a wrong source fails at once
+            self.paths["init_from"] = resolve_init_from(spec, self.store)
         data = prepare_data(spec.data, spec.training.seed)
         summary = data.summary()
         log.info("data: %s", json.dumps(summary))
+        if spec.init_from:
+            check_init_data(self.paths["init_from"], data.sample_shape, data.num_classes)
+            log.info("init_from: %s (weights checked against this model)", self.paths["init_from"].uri)
 
         if not self.settings.local_ray_address:
             # Ray of its own: the machine's queue (the job store) decides when the gang starts,
@@ -246,6 +282,8 @@ class Driver(RunFrame):
         if self.events:
             sinks.append(UISink(self.events))
         sinks.append(StoreSink(self._save_progress))
+        if self._outputs is not None:
+            sinks.append(self._outputs)
         self.fanout.register(*sinks)
 
     def _train(self, data_ref: Any, info: dict[str, Any]) -> dict[str, Any] | None:
@@ -390,6 +428,9 @@ class Driver(RunFrame):
         built = JobResult.build(self.tracker, self.record.job_dir, Path(self.paths["model_dir"]),
                                 self._latest_checkpoint(), self.requested_at)
         result = {**self.store.get(self.record.id).result, **built.to_dict()}
+        if self._outputs is not None:  # the model is in storage: name it there
+            storage = self._outputs.storage
+            result.update(model_files(storage), tensorboard_dir=storage.child(LAYOUT["tensorboard"]).uri)
         self.store.transition(
             self.record.id, state, ACTIVE_STATES, ended_at=now, message=message,
             result=result, attempts=self.tracker.public_attempts(),
@@ -397,6 +438,11 @@ class Driver(RunFrame):
         self._save_progress()
         log.info("job %s %s%s", self.record.id, state.value, f": {message}" if message else "")
         final = self.store.get(self.record.id)
+        if self._outputs is not None:
+            problem = self._outputs.finish(final)
+            if problem:
+                self._update_result(storage_error=problem)
+                final = self.store.get(self.record.id)
         if self._metrics is not None:
             self._metrics.set_state(final.state.value)
         if self.events:
@@ -404,10 +450,16 @@ class Driver(RunFrame):
         return final
 
     def _latest_checkpoint(self) -> str | None:
-        from orchestrator.runtime.checkpoints import CheckpointManager
+        from orchestrator.runtime.session import JobPaths
 
-        found = CheckpointManager(self.paths["checkpoint_dir"]).list()
-        return str(found[0].path) if found else self.tracker.last_checkpoint
+        try:
+            found = JobPaths.from_config(self.paths).checkpoint_manager(self.spec.checkpoint.keep).list()
+        except OrchestratorError as exc:  # storage out of reach: say what the workers last reported
+            log.warning("cannot list the checkpoints: %s", exc.message)
+            found = []
+        if found:
+            return found[0].location or str(found[0].path)
+        return self.tracker.last_checkpoint
 
     def _shutdown(self) -> None:
         shutdown_ray()

@@ -242,10 +242,11 @@ def scaling_arguments(spec: JobSpec) -> dict[str, Any]:
         "topology": r.topology if r.uses_tpu else None,
         "resources_per_worker": r.ray_resources_per_worker(),
         "accelerator_type": ray_accelerator_name(r.accelerator) if r.accelerator and r.gpus_per_worker else None,
+        "placement_strategy": r.placement.upper(),
     }
 
 
-def build_trainer(spec: JobSpec, record: JobRecord, paths: dict[str, str], data_ref: Any, sink: Any) -> Any:
+def build_trainer(spec: JobSpec, record: JobRecord, paths: dict[str, Any], data_ref: Any, sink: Any) -> Any:
     """The Ray Train trainer for a spec: TorchTrainer (DDP over gloo on CPU, nccl on GPU) or
     TensorflowTrainer (MultiWorkerMirroredStrategy), by ``spec.framework``."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -260,9 +261,15 @@ def build_trainer(spec: JobSpec, record: JobRecord, paths: dict[str, str], data_
             fix="match resources.workers and gpus_per_worker (TPU chips per worker) to the slice: "
             "one worker per TPU host, e.g. 4 workers x 4 chips for a 2x2x4 v5p slice",
         ) from None
+    storage = paths.get("storage")
+    if storage is not None:  # Ray Train's own run state beside the job's outputs, in the same storage
+        storage_path, filesystem = storage.child("ray").ray_storage()
+        where: dict[str, Any] = {"storage_path": storage_path, "storage_filesystem": filesystem}
+    else:
+        where = {"storage_path": str(record.job_dir / "ray")}
     run_args: dict[str, Any] = {
         "name": record.id,
-        "storage_path": str(record.job_dir / "ray"),
+        **where,
         "failure_config": FailureConfig(max_failures=spec.failure.max_failures),
         "callbacks": [failure_reporter(sink)],
     }

@@ -137,7 +137,7 @@ class RunTracker:
     def _attempt_started(self, event: AttemptStart) -> bool:
         previous = self.current
         now = float(event.time)
-        attempt = {
+        attempt: dict[str, Any] = {
             "attempt": int(event.attempt or len(self.attempts) + 1),
             "started_at": now,
             "ended_at": None,
@@ -145,6 +145,8 @@ class RunTracker:
             "restored_step": event.restored_step,
             "failure": None,
         }
+        if event.nodes:  # the Ray node of each rank (rank order)
+            attempt["nodes"] = list(event.nodes)
         if previous is not None and previous.get("ended_at") is None:
             previous["ended_at"] = previous.get("failure_detected_at") or now
             if not previous.get("failure"):

@@ -72,5 +72,6 @@ def emit_grid(sess: TrainSession, samples: np.ndarray, epoch: int) -> None:
     folder = sess.paths.job_dir / "samples"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"epoch-{epoch:04d}.png").write_bytes(png)
+    sess.publish(folder / f"epoch-{epoch:04d}.png", f"samples/epoch-{epoch:04d}.png")
     sess.emit(Image(tag=names.SAMPLES_IMAGE_TAG, epoch=epoch, height=grid.shape[0], width=grid.shape[1],
                     colorspace=1, png=base64.b64encode(png).decode("ascii")))

@@ -68,11 +68,20 @@ def _rank0_returned(wire: dict[str, Any]) -> bool:
 
 
 def create_sink(attempts_before: int = 0) -> Any:
-    """Start the sink actor (0 CPUs, so it never competes with the training workers)."""
+    """Start the sink actor (0 CPUs, so it never competes with the training workers), on the
+    driver's node as Ray Train's controller is: a lost worker node must not take the job's events."""
     import ray
 
     actor_cls = ray.remote(num_cpus=0, max_restarts=0)(ProgressSink)
-    return actor_cls.remote(attempts_before)
+    return actor_cls.options(scheduling_strategy=on_this_node()).remote(attempts_before)
+
+
+def on_this_node() -> Any:
+    """A scheduling strategy that keeps an actor on the node of the calling process."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
 
 
 def failure_reporter(sink: Any) -> Any:

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 import numpy as np
 
 from orchestrator import events
-from orchestrator.runtime.checkpoints import CheckpointInfo, CheckpointManager
+from orchestrator.runtime.checkpoints import CheckpointInfo, CheckpointManager, StorageCheckpointManager
 from orchestrator.runtime.data import PreparedData, shard_indices
+from orchestrator.storage import LAYOUT, Storage, cache_dir, cache_key
 
 if TYPE_CHECKING:
     from orchestrator.spec.models import JobSpec
@@ -77,32 +78,64 @@ class LocalCollectives:
 
 @dataclass(frozen=True)
 class JobPaths:
-    """Where a job's artefacts go (the job directory is shared by workers on one machine).
+    """Where a job's artefacts go.
+
+    Without storage, everything is in the job directory (shared by workers on one machine).
+    With ``storage`` (:class:`orchestrator.storage.Storage`, the job's own folder in it), the
+    storage holds the job's outputs: checkpoints go there (unless ``checkpoint.dir`` names a
+    path), rank 0 exports the model and sample grids into this node's cache and uploads them,
+    and every rank restores from storage into its own node's cache.
 
     ``job_id`` owns the checkpoint directory: its temporaries are named with it, and another
     job's directory is refused (:func:`orchestrator.runtime.checkpoints.check_owner`).
     """
 
     job_dir: Path
-    checkpoint_dir: Path
+    checkpoint_dir: Path | None
     model_dir: Path
     job_id: str | None = None
+    storage: Storage | None = None
+    #: The exported model to start from (``init_from``): its ``model/`` folder, as storage.
+    init_from: Storage | None = None
 
     @classmethod
-    def from_config(cls, cfg: dict[str, str]) -> JobPaths:
-        return cls(
-            Path(cfg["job_dir"]), Path(cfg["checkpoint_dir"]), Path(cfg["model_dir"]), cfg.get("job_id")
+    def from_config(cls, cfg: dict[str, Any]) -> JobPaths:
+        paths = cls(
+            Path(cfg["job_dir"]),
+            Path(cfg["checkpoint_dir"]) if cfg.get("checkpoint_dir") else None,
+            Path(cfg["model_dir"]),
+            cfg.get("job_id"),
+            cfg.get("storage"),
+            cfg.get("init_from"),
         )
+        if paths.storage is not None:  # this node's disk is only a cache
+            local = cache_dir("jobs", paths.job_id or "job")
+            paths = replace(paths, job_dir=local, model_dir=local / "model")
+        return paths
 
-    def to_config(self) -> dict[str, str]:
-        out = {
+    def to_config(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "job_dir": str(self.job_dir),
-            "checkpoint_dir": str(self.checkpoint_dir),
+            "checkpoint_dir": str(self.checkpoint_dir) if self.checkpoint_dir else None,
             "model_dir": str(self.model_dir),
         }
         if self.job_id:
             out["job_id"] = self.job_id
+        if self.storage is not None:
+            out["storage"] = self.storage
+        if self.init_from:
+            out["init_from"] = self.init_from
         return out
+
+    def checkpoint_manager(self, keep: int) -> Any:
+        """The job's checkpoints: ``checkpoint_dir`` when set, else the storage's ``checkpoints/``."""
+        if self.checkpoint_dir is None and self.storage is not None:
+            where = self.storage.child(LAYOUT["checkpoints"])
+            if where.local_path is not None:  # a shared path: an atomic rename commits there
+                return CheckpointManager(where.local_path, keep=keep, owner=self.job_id)
+            return StorageCheckpointManager(where, keep=keep, owner=self.job_id,
+                                            cache=cache_dir("checkpoints", cache_key(where.uri)))
+        return CheckpointManager(self.checkpoint_dir or self.job_dir / "checkpoints", keep=keep, owner=self.job_id)
 
 
 class TrainSession:
@@ -133,7 +166,7 @@ class TrainSession:
         self.data = data
         self.sink = sink
         self.collectives = collectives
-        self.checkpoints = CheckpointManager(paths.checkpoint_dir, keep=keep_checkpoints, owner=paths.job_id)
+        self.checkpoints = paths.checkpoint_manager(keep_checkpoints)
         self._last_progress = 0.0
         self._stop_ref: Any = None
         self._stop_seen: str | None = None
@@ -233,8 +266,34 @@ class TrainSession:
             self.emit(events.Epoch(epoch=epoch, global_step=global_step, metrics=clean))
 
     def finished(self, metrics: dict[str, float], param_checksum: str) -> None:
-        """Rank 0: the final metrics, where the model was saved, and the final weights' checksum."""
-        self.emit(events.Final(metrics=metrics, model_dir=str(self.paths.model_dir), param_checksum=param_checksum))
+        """Rank 0: the final metrics, where the model was saved, and the final weights' checksum.
+
+        With storage, the exported model is uploaded first (``model/``), so the event names a
+        model every node and every later command can read."""
+        where = str(self.paths.model_dir)
+        if self.paths.storage is not None and self.paths.model_dir.is_dir():
+            target = self.paths.storage.child(LAYOUT["model"])
+            target.delete("")  # a re-run's export replaces the earlier one whole
+            target.put_dir(self.paths.model_dir, "")
+            where = target.uri
+        self.emit(events.Final(metrics=metrics, model_dir=where, param_checksum=param_checksum))
+
+    def init_model_dir(self) -> Path | None:
+        """The exported model this job starts from (``init_from``), copied into this node's cache;
+        None when the job has none. The driver checked its architecture against this job's."""
+        source = self.paths.init_from
+        if source is None:
+            return None
+        local = cache_dir("init", cache_key(source.uri))
+        source.get_dir("", local)
+        if self.rank == 0:
+            self.emit(events.Log(stream="stdout", lines=[f"initialised the model from {source.uri}"]))
+        return local
+
+    def publish(self, local: Path, rel: str) -> None:
+        """Rank 0: copy a file this worker wrote (a sample grid) to the job's storage, if it has one."""
+        if self.paths.storage is not None:
+            self.paths.storage.put_file(local, rel)
 
     def model_built(self, *, parameters: int, param_checksum: str, optimizer_checksum: str, device: str,
                     sync_backend: str) -> None:
@@ -338,6 +397,7 @@ class TrainSession:
     def attempt_started(self) -> None:
         """Rank 0 tells the driver a (re)started worker group is about to train."""
         self._start_watchdog()
+        nodes = self.collectives.all_gather_object(_node_id())
         if self.rank != 0:
             return
         restored = self.restored
@@ -347,7 +407,18 @@ class TrainSession:
             restored_step=restored.step if restored else None,
             restored_path=str(restored.path) if restored else None,
             pid=os.getpid(),
+            nodes=[str(n) for n in nodes] if any(nodes) else None,
         ))
+
+
+def _node_id() -> str:
+    """The Ray node this worker runs on ("" outside Ray)."""
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else ""
+    except Exception:  # noqa: BLE001 - only informative
+        return ""
 
 
 # -- the current session, for user code --------------------------------------------------

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from orchestrator.errors import CheckpointError
 from orchestrator.runtime import session as session_mod
 from orchestrator.runtime.data import PreparedData, eval_indices
 from orchestrator.runtime.loop_common import RestorePoint, write_model_json
@@ -274,11 +275,32 @@ def restore_checkpoint(model_vars: list[Any], opt_vars: list[Any], rng_vars: lis
             for i, var in enumerate(rng_vars):
                 var.assign(arrays[f"r{i}"])
         point = RestorePoint.from_saved(meta)
+    elif (source := sess.init_model_dir()) is not None:  # a new job fine-tuning another's weights
+        load_initial_weights(model_vars, source)
     # ops that draw without a generator (and dropout, when the checkpoint has no generator state)
     seed = sess.spec.training.seed
     tf.random.set_seed(seed * 1000 + sess.rank + 7919 * (point.start_epoch - 1))
     sess.attempt_started()
     return point
+
+
+def load_initial_weights(model_vars: list[Any], source: Path) -> None:
+    """Assign another job's exported Keras model (``init_from``) to this model's variables, in
+    order, each shape checked (a mismatch is a CheckpointError naming the first ones)."""
+    path = source / "model.keras"
+    if not path.is_file():
+        raise CheckpointError(f"init_from: {source} has no model.keras (a tensorflow job's export)")
+    weights = keras.models.load_model(path, compile=False).weights
+    wrong = [f"{a.name} {tuple(a.shape)} vs {tuple(b.shape)}" for a, b in zip(weights, model_vars, strict=False)
+             if tuple(a.shape) != tuple(b.shape)]
+    if wrong or len(weights) != len(model_vars):
+        raise CheckpointError(
+            f"init_from: the saved model does not fit this job's model ({len(weights)} variables vs "
+            f"{len(model_vars)}{'; shapes differ: ' + ', '.join(wrong[:5]) if wrong else ''})",
+            fix="give the same model section (layers, units, kernel sizes) and data as the job it starts from",
+        )
+    for var, saved in zip(model_vars, weights, strict=True):
+        var.assign(saved.numpy())
 
 
 def save_checkpoint(model_vars: list[Any], opt_vars: list[Any], *, epoch: int, step: int,

@@ -236,8 +236,33 @@ def restore_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer) -> Re
         else:  # the world size changed: reseed deterministically for this rank and epoch
             seed = sess.spec.training.seed
             torch.manual_seed(seed * 1000 + sess.rank + 7919 * point.start_epoch)
+    elif (source := sess.init_model_dir()) is not None:  # a new job fine-tuning another's weights
+        load_initial_weights(model, source)
     sess.attempt_started()
     return point
+
+
+def load_initial_weights(model: nn.Module, source: Path) -> None:
+    """Load another job's exported ``model.pt`` (``init_from``) into ``model``, every tensor by name
+    and shape; a mismatch is a CheckpointError naming the tensors (the driver checked model.json)."""
+    dev = next(iter(model.parameters())).device
+    try:
+        state = torch.load(source / "model.pt", map_location=dev, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"init_from: {source} has no model.pt (a torch job's export)") from None
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if wrong or missing or extra:
+        raise CheckpointError(
+            "init_from: the saved model does not fit this job's model: "
+            + "; ".join(filter(None, [f"shapes differ: {', '.join(wrong[:5])}" if wrong else "",
+                                      f"missing: {', '.join(missing[:5])}" if missing else "",
+                                      f"unexpected: {', '.join(extra[:5])}" if extra else ""])),
+            fix="give the same model section (layers, units, kernel sizes) and data as the job it starts from",
+        )
+    model.load_state_dict(state)
 
 
 def save_checkpoint(

@@ -6,6 +6,7 @@ from orchestrator.spec.loader import (
     load_spec,
     parse_yaml_text,
     validate_spec_data,
+    with_default_storage,
 )
 from orchestrator.spec.models import JobSpec
 from orchestrator.spec.schema import job_spec_json_schema
@@ -18,4 +19,5 @@ __all__ = [
     "load_spec",
     "parse_yaml_text",
     "validate_spec_data",
+    "with_default_storage",
 ]

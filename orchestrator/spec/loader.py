@@ -32,9 +32,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.errors import SpecError, SpecFileError, SpecIssue
+from orchestrator.errors import SpecError, SpecFileError, SpecIssue, UsageError
 from orchestrator.spec.datafile import DataFileError, inspect_npz
 from orchestrator.spec.models import CrossFieldError, JobSpec
+from orchestrator.storage import check_location
 
 MAX_SPEC_BYTES = 1_000_000
 MAX_NODES = 20_000
@@ -809,3 +810,16 @@ def resolve_paths(spec: JobSpec, base: Path, *, source: str | None = None, loade
     if issues:
         raise SpecError(issues, source=source)
     return spec.model_copy(update=updates) if updates else spec
+
+
+def with_default_storage(spec: JobSpec, default: str | None) -> JobSpec:
+    """``spec`` with ``storage`` set to ``default`` (ORCHESTRATOR_STORAGE) when it sets none."""
+    if spec.storage or not default:
+        return spec
+    try:
+        location = check_location(default)
+    except ValueError as exc:
+        raise UsageError(f"ORCHESTRATOR_STORAGE: {exc}",
+                         fix="set ORCHESTRATOR_STORAGE to s3://bucket/prefix, gs://bucket/prefix or an "
+                             "absolute shared path, or unset it") from None
+    return spec.model_copy(update={"storage": location})

@@ -308,6 +308,11 @@ class ResourcesSpec(_Model):
         default_factory=list,
         description="Node-pool taints this job tolerates: key, key=value or key=value:Effect.",
     )
+    placement: Literal["pack", "spread"] = Field(
+        default="pack",
+        description="How Ray places the workers on a cluster's nodes: pack (as few nodes as possible: "
+        "faster all-reduce) or spread (one per node where it can: a lost node takes fewer workers).",
+    )
 
     @field_validator("accelerator")
     @classmethod

@@ -52,6 +52,10 @@ def load_sweep_spec(path: str | os.PathLike[str], overrides: Iterable[str] = ())
     job = resolve_paths(job, Path(path).resolve().parent, source=source, loaded=loaded)
     tune = validate_tune_data(data["tune"], source=source, loaded=loaded)
     issues = search_space_issues(job, tune, loaded) + metric_issues(job, tune, loaded)
+    if job.init_from:  # trials do not resolve another job's weights (yet): refuse rather than ignore
+        issues.append(SpecIssue("init_from", "a sweep's trials cannot start from another job's weights yet",
+                                fix="remove init_from from the sweep spec (`orchestrator submit` runs a job with it)",
+                                line=_line(loaded, ("init_from",))))
     if issues:
         raise SpecError(issues, source=source)
     check_search_available(tune)

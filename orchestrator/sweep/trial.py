@@ -193,7 +193,7 @@ class SweepTrial(tune.Trainable):  # type: ignore[misc]
             state=JobState.RUNNING, spec=self.spec.model_dump(mode="json"), job_dir=self.trial_path,
             created_at=time.time(),
         )
-        self.paths = job_paths(self.record, self.spec)
+        self.paths = job_paths(self.record, self.spec, with_storage=False)
         if self.spec.checkpoint.dir:  # one directory per trial below it: a directory has one owner
             self.paths["checkpoint_dir"] = str(Path(self.spec.checkpoint.dir) / self.record.id)
         self.tracker = RunTracker()
