@@ -26,6 +26,7 @@ from orchestrator.backends.k8s import JOB_LABEL, POOLS_CONFIGMAP_LABEL
 from orchestrator.backends.k8s.client import KubeApi, load_api_client
 from orchestrator.backends.k8s.manifests import (
     RuntimeConfig,
+    kubernetes_issues,
     rayjob_manifest,
     rayjob_name,
     training_job_manifest,
@@ -33,7 +34,7 @@ from orchestrator.backends.k8s.manifests import (
 from orchestrator.backends.k8s.placement import decide_once
 from orchestrator.backends.k8s.pools import assumed_pool, cluster_from_configmaps
 from orchestrator.backends.k8s.status import TrainingJobStatus, record_from_training_job
-from orchestrator.errors import BackendError, JobNotFoundError, OrchestratorError, UsageError
+from orchestrator.errors import BackendError, JobNotFoundError, OrchestratorError, SpecError, UsageError
 from orchestrator.execution.handler import EventHandler
 from orchestrator.scheduler import ClusterSpec, Place
 from orchestrator.settings import Settings
@@ -99,7 +100,15 @@ class KubernetesBackend(Backend):
             return None, f"{where} not readable ({exc.message})"
         return cluster, where if cluster is not None else f"no {where}"
 
+    @staticmethod
+    def check(spec: JobSpec, options: SubmitOptions) -> None:
+        """Refuse a spec that is valid but cannot run as a TrainingJob (see ``kubernetes_issues``)."""
+        issues = kubernetes_issues(spec)
+        if issues:
+            raise SpecError(issues, source=options.spec_path)
+
     def dry_run(self, spec: JobSpec, options: SubmitOptions) -> dict[str, Any]:
+        self.check(spec, options)
         job = training_job_manifest(portable_paths(spec, options.spec_path), self.namespace)
         cluster, source = self._cluster_pools()
         if cluster is None:
@@ -121,6 +130,7 @@ class KubernetesBackend(Backend):
     # -- jobs -------------------------------------------------------------------------------
 
     def submit(self, spec: JobSpec, options: SubmitOptions, events: EventHandler | None = None) -> JobRecord:
+        self.check(spec, options)
         body = training_job_manifest(portable_paths(spec, options.spec_path), self.namespace)
         if self.api.get_training_job(self.namespace, spec.name) is not None:
             raise UsageError(

@@ -84,6 +84,9 @@ def _nested(node: Schema, defs: Schema) -> Schema | None:
     target = _resolve(node, defs)
     if "properties" in target:
         return target
+    optional = [option for option in node.get("anyOf", ()) if "$ref" in option]
+    if len(optional) == 1:  # an optional section: `X | None`
+        return _nested(optional[0], defs)
     items = node.get("items")
     if isinstance(items, dict) and "properties" in _resolve(items, defs):
         return _resolve(items, defs)
@@ -112,7 +115,8 @@ def _union_members(node: Schema, defs: Schema) -> list[Schema]:
     for key in ("anyOf", "oneOf"):
         for option in node.get(key, ()):
             if "$ref" in option:
-                return [_resolve(member, defs) for member in node[key] if "$ref" in member]
+                members = [_resolve(member, defs) for member in node[key] if "$ref" in member]
+                return members if len(members) > 1 else []  # one model or null: a section, not a choice
             members = _union_members(option, defs)
             if members:
                 return members

@@ -32,7 +32,7 @@ from orchestrator.backends.k8s import (
     RETRY_ANNOTATION,
 )
 from orchestrator.backends.k8s.client import KubeApi
-from orchestrator.backends.k8s.manifests import RuntimeConfig
+from orchestrator.backends.k8s.manifests import RuntimeConfig, kubernetes_issues
 from orchestrator.backends.k8s.placement import PlacementBook
 from orchestrator.backends.k8s.pools import GKE_NODEPOOL_LABEL, cluster_from_configmaps, pools_from_nodes
 from orchestrator.backends.k8s.status import format_time
@@ -91,6 +91,9 @@ def desired_from(job: Mapping[str, Any], config: OperatorConfig) -> Desired:
     queue = (meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL)
     try:
         spec = validate_spec_data(data, source=f"TrainingJob {meta.get('namespace')}/{meta.get('name')}")
+        issues = kubernetes_issues(spec)
+        if issues:
+            raise SpecError(issues)
     except SpecError as exc:
         words = "; ".join(f"{i.field_path or '(top level)'}: {i.message}" + (f" (fix: {i.fix})" if i.fix else "")
                           for i in exc.issues)

@@ -510,6 +510,8 @@ def issues_from_validation(
         path = _dotted(loc)
         kind = err["type"]
         value: Any = err.get("input")
+        if isinstance(original, CrossFieldError) and original.hide_value:
+            value = ...  # it may be a credential: never echo it back
         if kind == "extra_forbidden":
             parent = _model_for_path(loc[:-1], data)
             allowed = sorted(parent.model_fields) if parent else []

@@ -6,6 +6,7 @@ models. Models are immutable and do no I/O; file checks happen in :mod:`orchestr
 
 from __future__ import annotations
 
+import posixpath
 import re
 from typing import Annotated, Any, Literal
 
@@ -85,10 +86,12 @@ def _check_accelerator(value: str) -> str:
 class CrossFieldError(ValueError):
     """A model-level check failed; carries the field path it is about (for error messages)."""
 
-    def __init__(self, field_path: str, message: str, fix: str | None = None) -> None:
+    def __init__(self, field_path: str, message: str, fix: str | None = None, *, hide_value: bool = False) -> None:
         super().__init__(message)
         self.field_path = field_path
         self.fix = fix
+        #: Do not echo the value back (it may be a credential).
+        self.hide_value = hide_value
 
 
 class _Model(BaseModel):
@@ -306,7 +309,8 @@ class ResourcesSpec(_Model):
     )
     tolerations: list[Annotated[str, Field(pattern=_TOLERATION_PATTERN)]] = Field(
         default_factory=list,
-        description="Node-pool taints this job tolerates: key, key=value or key=value:Effect.",
+        description="Node-pool taints this job tolerates: key, key=value or key=value:Effect (the kubernetes "
+        "backend also writes them on the job's pods).",
     )
     placement: Literal["pack", "spread"] = Field(
         default="pack",
@@ -524,6 +528,275 @@ class SyncSpec(_Model):
     )
 
 
+# -- Kubernetes: what a TrainingJob's pods need to reach storage ----------------------------------
+
+#: A DNS-1123 subdomain (Secret, ConfigMap, PersistentVolumeClaim and ServiceAccount names).
+_K8S_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: A DNS-1123 label (volume names).
+_K8S_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: A container environment variable name, as Kubernetes accepts it.
+_ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+_SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+#: A Kubernetes quantity in bytes (``2Gi``, ``512Mi``; not ``2GB``, which Kubernetes refuses).
+_K8S_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+#: Variables whose value is a credential: never written inline in a spec (a TrainingJob is readable
+#: by everyone who may list jobs, and its spec is copied into a ConfigMap and printed by --dry-run).
+_CREDENTIAL_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY", re.I)
+#: ... except those that hold a path to a file (AWS_WEB_IDENTITY_TOKEN_FILE and the like).
+_PATH_NAME = re.compile(r"_(FILE|PATH|DIR)$", re.I)
+#: Set by the operator in every pod of a TrainingJob; a spec does not set them.
+KUBERNETES_RESERVED_ENV = ("ORCHESTRATOR_HOME", "ORCHESTRATOR_CHECKPOINT_OWNER", "ORCHESTRATOR_STORAGE")
+#: Volumes the operator adds itself (the spec ConfigMap; /dev/shm), and where they are mounted.
+KUBERNETES_RESERVED_VOLUMES = ("job-spec", "dshm")
+KUBERNETES_RESERVED_MOUNTS = ("/etc/orchestrator", "/dev/shm")
+
+
+def _under(path: str, directory: str) -> bool:
+    """``path`` is ``directory`` or inside it (both absolute and normalised)."""
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+class SecretKeyRef(_Model):
+    """One key of a Secret in the job's namespace (``valueFrom.secretKeyRef``)."""
+
+    name: str = Field(max_length=253, pattern=_K8S_SUBDOMAIN, description="The Secret's name.")
+    key: str = Field(max_length=253, pattern=_SECRET_KEY, description="The key inside the Secret.")
+
+
+class EnvVar(_Model):
+    """An environment variable of the head and worker containers: a plain value, or a Secret's key."""
+
+    name: str = Field(min_length=1, max_length=256, pattern=_ENV_NAME, description="The variable's name.")
+    value: str | None = Field(
+        default=None, max_length=32768,
+        description="A plain value (never a credential: use secret_key_ref or env_from_secrets).",
+    )
+    secret_key_ref: SecretKeyRef | None = Field(
+        default=None, description="Take the value from a key of a Secret, e.g. {name: s3-creds, key: secret}."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVar:
+        if (self.value is None) == (self.secret_key_ref is None):
+            raise CrossFieldError("value", f"environment variable {self.name}: give exactly one of value or "
+                                           "secret_key_ref", fix="e.g. {name: AWS_REGION, value: eu-west-1}",
+                                  hide_value=True)
+        if self.name in KUBERNETES_RESERVED_ENV:
+            fix = ("set the job's `storage` field instead" if self.name == "ORCHESTRATOR_STORAGE"
+                   else "remove it from kubernetes.env")
+            raise CrossFieldError("name", f"{self.name} is set by the operator in every pod", fix=fix, hide_value=True)
+        if self.value and _CREDENTIAL_NAME.search(self.name) and not _PATH_NAME.search(self.name):
+            raise CrossFieldError(
+                "value",
+                f"{self.name} looks like a credential and is written inline: a TrainingJob's spec is readable "
+                "by everyone who can list jobs, and is copied into a ConfigMap and printed by --dry-run",
+                fix="keep it in a Secret and use secret_key_ref: {name: SECRET, key: KEY}, or list the Secret "
+                    "in kubernetes.env_from_secrets (e.g. kubectl create secret generic s3-creds "
+                    f"--from-literal={self.name}=...)",
+                hide_value=True,
+            )
+        return self
+
+
+class PersistentVolumeClaimSource(_Model):
+    """A PersistentVolumeClaim in the job's namespace (ReadWriteMany for storage that several pods write)."""
+
+    claim_name: str = Field(max_length=253, pattern=_K8S_SUBDOMAIN, description="The claim's name.")
+    read_only: bool = Field(default=False, description="Mount the claim read-only.")
+
+
+class SecretVolumeSource(_Model):
+    """A Secret's keys as files (e.g. a GCS service-account key for GOOGLE_APPLICATION_CREDENTIALS)."""
+
+    secret_name: str = Field(max_length=253, pattern=_K8S_SUBDOMAIN, description="The Secret's name.")
+
+
+class ConfigMapVolumeSource(_Model):
+    """A ConfigMap's keys as files."""
+
+    name: str = Field(max_length=253, pattern=_K8S_SUBDOMAIN, description="The ConfigMap's name.")
+
+
+class VolumeSpec(_Model):
+    """A volume of the head and worker pods: exactly one of persistent_volume_claim, secret, config_map."""
+
+    name: str = Field(max_length=63, pattern=_K8S_LABEL, description="The volume's name (volume_mounts refer to it).")
+    persistent_volume_claim: PersistentVolumeClaimSource | None = Field(
+        default=None, description="A PersistentVolumeClaim, e.g. {claim_name: training-rwx}.")
+    secret: SecretVolumeSource | None = Field(default=None, description="A Secret, e.g. {secret_name: gcs-key}.")
+    config_map: ConfigMapVolumeSource | None = Field(default=None, description="A ConfigMap, e.g. {name: my-config}.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VolumeSpec:
+        given = [s for s in (self.persistent_volume_claim, self.secret, self.config_map) if s is not None]
+        if len(given) != 1:
+            raise CrossFieldError(
+                "persistent_volume_claim", f"volume {self.name}: give exactly one of persistent_volume_claim, "
+                "secret or config_map", fix="e.g. {name: shared, persistent_volume_claim: {claim_name: training-rwx}}")
+        if self.name in KUBERNETES_RESERVED_VOLUMES:
+            raise CrossFieldError("name", f"volume name {self.name} is used by the operator",
+                                  fix="pick another name")
+        return self
+
+
+class VolumeMount(_Model):
+    """Where a volume appears in the head and worker containers."""
+
+    name: str = Field(max_length=63, pattern=_K8S_LABEL, description="A volume of kubernetes.volumes.")
+    mount_path: str = Field(min_length=2, max_length=1024, pattern=r"^/",
+                            description="Absolute path in the containers, e.g. /mnt/shared.")
+    read_only: bool = Field(default=False, description="Mount it read-only.")
+    sub_path: str | None = Field(default=None, min_length=1, max_length=1024,
+                                 description="Mount only this folder of the volume (a relative path).")
+
+    @field_validator("mount_path")
+    @classmethod
+    def _mount_path(cls, value: str) -> str:
+        if any(part in (".", "..") for part in value.split("/")) or ":" in value:
+            raise ValueError("a mount path must be absolute without '.', '..' or ':'; e.g. /mnt/shared")
+        normal = posixpath.normpath(value)
+        for reserved in KUBERNETES_RESERVED_MOUNTS:
+            if _under(normal, reserved) or normal == "/":
+                raise ValueError(f"{normal} is used by the operator ({reserved}); mount the volume elsewhere "
+                                 "(for /dev/shm set kubernetes.shm_size)")
+        return normal
+
+    @field_validator("sub_path")
+    @classmethod
+    def _sub_path(cls, value: str | None) -> str | None:
+        if value is not None and (value.startswith("/") or ".." in value.split("/")):
+            raise ValueError("sub_path is a relative path inside the volume without '..'; e.g. team-a/jobs")
+        return value
+
+
+class KubernetesSpec(_Model):
+    """What a TrainingJob's head and worker pods get besides the defaults (the kubernetes backend only;
+    the local and ray backends ignore this section). Credentials come from Secrets, never inline."""
+
+    image: str | None = Field(
+        default=None, min_length=1, max_length=512, pattern=r"^[^\s]+$",
+        description="The container image of the Ray pods (default: the operator's --image).",
+    )
+    service_account: str | None = Field(
+        default=None, max_length=253, pattern=_K8S_SUBDOMAIN,
+        description="The pods' ServiceAccount (default: the operator's --service-account), e.g. one bound to "
+        "an IAM role (EKS IRSA) or a Google service account (GKE workload identity).",
+    )
+    env: list[EnvVar] = Field(default_factory=list, max_length=256,
+                              description="More environment variables: a plain value, or secret_key_ref.")
+    env_from_secrets: list[Annotated[str, Field(max_length=253, pattern=_K8S_SUBDOMAIN)]] = Field(
+        default_factory=list, max_length=32,
+        description="Secrets whose every key becomes an environment variable (envFrom), e.g. one holding "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.",
+    )
+    volumes: list[VolumeSpec] = Field(default_factory=list, max_length=64,
+                                      description="Volumes: PersistentVolumeClaims, Secrets, ConfigMaps.")
+    volume_mounts: list[VolumeMount] = Field(default_factory=list, max_length=64,
+                                             description="Where the volumes appear in the containers.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, max_length=64,
+        description="Node labels every pod needs (the node pool's own labels win on the worker pods).",
+    )
+    shm_size: str | None = Field(
+        default=None, max_length=32,
+        description="Size of /dev/shm (a memory-backed emptyDir, counted in the pod's memory), e.g. 2Gi; "
+        "default: the container runtime's (often 64Mi).",
+    )
+
+    @field_validator("node_selector")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, label in value.items():
+            prefix, _, name = key.rpartition("/")
+            if not _LABEL_NAME.match(name) or (prefix and (len(prefix) > 253 or not _LABEL_PREFIX.match(prefix))):
+                raise ValueError(f"{key!r} is not a Kubernetes label key; write name or prefix/name, "
+                                 "e.g. cloud.google.com/gke-spot")
+            if label and not _LABEL_NAME.match(label):
+                raise ValueError(f"{label!r} (for {key}) is not a label value; up to 63 letters, digits, "
+                                 "'-', '_' or '.', starting and ending with a letter or digit")
+        return value
+
+    @field_validator("shm_size")
+    @classmethod
+    def _shm_size(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not _K8S_QUANTITY.match(value) or parse_memory(value) <= 0:
+            raise ValueError("not a Kubernetes memory quantity; write a size such as 512Mi or 2Gi")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KubernetesSpec:
+        names = [v.name for v in self.volumes]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise CrossFieldError(f"volumes.{i}.name", f"two volumes named {name}", fix="rename one")
+        seen_env: set[str] = set()
+        for i, var in enumerate(self.env):
+            if var.name in seen_env:
+                raise CrossFieldError(f"env.{i}.name", f"{var.name} is set twice", fix="keep one")
+            seen_env.add(var.name)
+        paths: set[str] = set()
+        for i, mount in enumerate(self.volume_mounts):
+            if mount.name not in names:
+                declared = ", ".join(names) if names else "none"
+                raise CrossFieldError(
+                    f"volume_mounts.{i}.name", f"volume {mount.name} is not declared (volumes: {declared})",
+                    fix=f"add it to kubernetes.volumes, e.g. {{name: {mount.name}, persistent_volume_claim: "
+                        "{claim_name: CLAIM}}",
+                )
+            if mount.mount_path in paths:
+                raise CrossFieldError(f"volume_mounts.{i}.mount_path", f"two volumes mounted at {mount.mount_path}",
+                                      fix="give each mount its own path")
+            paths.add(mount.mount_path)
+        return self
+
+    def mount_of(self, path: str) -> VolumeMount | None:
+        """The mount that holds ``path`` (the deepest one), if any."""
+        holding = [m for m in self.volume_mounts if _under(path, m.mount_path)]
+        return max(holding, key=lambda m: len(m.mount_path), default=None)
+
+    def writable(self, mount: VolumeMount) -> bool:
+        volume = next(v for v in self.volumes if v.name == mount.name)
+        return not mount.read_only and volume.persistent_volume_claim is not None \
+            and not volume.persistent_volume_claim.read_only
+
+
+def unmounted_paths(storage: str | None, init_from: str | None,
+                    kubernetes: KubernetesSpec | None) -> list[CrossFieldError]:
+    """Why a shared-path ``storage`` or ``init_from`` cannot work in a TrainingJob's pods (empty: they
+    can, or they are URIs or job ids).
+
+    A pod sees only its image and its volumes: a shared-path storage must lie on a writable
+    PersistentVolumeClaim mounted by ``kubernetes.volume_mounts``; an ``init_from`` path on any mount.
+    """
+    problems = []
+    if storage is not None and storage.startswith("/"):
+        fix = ("mount a ReadWriteMany PersistentVolumeClaim there: kubernetes: {volumes: [{name: shared, "
+               "persistent_volume_claim: {claim_name: CLAIM}}], volume_mounts: [{name: shared, mount_path: "
+               f"{posixpath.dirname(storage.rstrip('/')) or storage}}}]}}, or use s3:// or gs:// storage")
+        mount = kubernetes.mount_of(storage) if kubernetes is not None else None
+        if mount is None:
+            problems.append(CrossFieldError(
+                "storage", f"storage {storage} is a shared path, and on Kubernetes no volume is mounted there "
+                           "(the pods would write into their own disks, lost with them)", fix=fix))
+        elif kubernetes is not None and not kubernetes.writable(mount):
+            problems.append(CrossFieldError(
+                "storage", f"storage {storage} is on volume {mount.name}, which is read-only or not a "
+                           "PersistentVolumeClaim (the job writes its outputs there)",
+                fix=f"mount a writable PersistentVolumeClaim at {mount.mount_path} (no read_only on the mount "
+                    "or the claim)"))
+    if init_from is not None and init_from.startswith("/") and (
+            kubernetes is None or kubernetes.mount_of(init_from) is None):
+        problems.append(CrossFieldError(
+            "init_from", f"init_from {init_from} is a path, and on Kubernetes no volume is mounted there",
+            fix="mount the volume that holds it (kubernetes.volumes and volume_mounts; read_only is fine), "
+                "or give the job's s3:// or gs:// location"))
+    return problems
+
+
 class JobSpec(_Model):
     """A training job: what to train, on what data, with which resources."""
 
@@ -568,6 +841,12 @@ class JobSpec(_Model):
         max_length=1024,
         description="Start from another job's trained weights (fine-tuning): a job id, or the storage "
         "location of a job (s3://bucket/prefix/JOB_ID). The model must have the same architecture.",
+    )
+
+    kubernetes: KubernetesSpec | None = Field(
+        default=None,
+        description="The kubernetes backend only (ignored by local and ray): image, service account, env "
+        "(plain or from Secrets), volumes and mounts, node selector and /dev/shm of the Ray pods.",
     )
 
     @field_validator("storage")
@@ -644,6 +923,15 @@ class JobSpec(_Model):
                 fix="give each worker a whole GPU (resources.gpus_per_worker: 1), or use sync.backend: "
                 "gloo (or auto, which picks gloo here)",
             )
+        return self
+
+    @model_validator(mode="after")
+    def _kubernetes_storage(self) -> JobSpec:
+        # a spec with a kubernetes section is meant for Kubernetes: check its storage is reachable
+        # there now (the kubernetes backend and the operator check every spec the same way)
+        if self.kubernetes is not None:
+            for problem in unmounted_paths(self.storage, self.init_from, self.kubernetes):
+                raise problem
         return self
 
     @property

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -105,6 +106,26 @@ def start_operator(kube: Any) -> Iterator[Callable[..., Any]]:
     yield start
     for thread in started:
         thread.stop()
+
+
+@pytest.fixture
+def cli(kube: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, namespace: str) -> Any:
+    """Run `orchestrator ARGS --backend kubernetes -n NS --context emulator`; returns (exit code, stdout)."""
+    import kubernetes
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    config = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=namespace)
+    # the client reads $KUBECONFIG when it is first imported; point its default at ours
+    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(config))
+    monkeypatch.setenv("ORCHESTRATOR_HOME", str(tmp_path / "home"))
+
+    def run(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(main, [*args, "--backend", "kubernetes", "-n", namespace, "--context", "emulator"])
+        return result.exit_code, result.output
+
+    return run
 
 
 __all__ = ["REPO", "WAIT_S", "wait_for"]

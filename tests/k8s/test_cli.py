@@ -11,29 +11,12 @@ from typing import Any
 import kubernetes
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from orchestrator.backends.k8s import RAY_GROUP, RAY_PLURAL, RAY_VERSION
-from orchestrator.cli import main
 from orchestrator.testing import builders as b
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.k8s
-
-
-@pytest.fixture
-def cli(kube: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, namespace: str) -> Any:
-    """Run `orchestrator ARGS --backend kubernetes -n NS --context emulator`; returns (exit code, stdout)."""
-    config = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=namespace)
-    # the client reads $KUBECONFIG when it is first imported; point its default at ours
-    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(config))
-    monkeypatch.setenv("ORCHESTRATOR_HOME", str(tmp_path / "home"))
-
-    def run(*args: str) -> tuple[int, str]:
-        result = CliRunner().invoke(main, [*args, "--backend", "kubernetes", "-n", namespace, "--context", "emulator"])
-        return result.exit_code, result.output
-
-    return run
 
 
 def spec_file(tmp_path: Path, name: str, **kw: Any) -> str:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.k8s
 #: JSONSchemaProps fields the generator may write (apiextensions.k8s.io/v1).
 ALLOWED = {"type", "description", "properties", "items", "additionalProperties", "required", "enum",
            "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "minItems",
-           "maxItems", "pattern", "nullable", "format", "x-kubernetes-preserve-unknown-fields",
+           "maxItems", "maxProperties", "pattern", "nullable", "format", "x-kubernetes-preserve-unknown-fields",
            "x-kubernetes-int-or-string"}
 
 

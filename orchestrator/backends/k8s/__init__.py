@@ -44,10 +44,16 @@ RETRY_ANNOTATION = f"{GROUP}/retry"
 #: Where the job spec is mounted in the Ray head pod, and the file name inside.
 SPEC_MOUNT_DIR = "/etc/orchestrator"
 SPEC_FILE = "spec.yaml"
+#: The memory-backed volume for ``kubernetes.shm_size``, and where it is mounted.
+SHM_VOLUME = "dshm"
+SHM_PATH = "/dev/shm"
+#: The variable that gives the driver and the workers the job's storage location.
+STORAGE_ENV = "ORCHESTRATOR_STORAGE"
 
 __all__ = [
     "API_VERSION", "CRD_NAME", "GROUP", "JOB_LABEL", "JOB_UID_LABEL", "KIND", "KUEUE_QUEUE_LABEL",
     "MANAGED_BY", "MANAGED_BY_LABEL", "PLURAL", "POOLS_CONFIGMAP_KEY", "POOLS_CONFIGMAP_LABEL",
     "POOL_LABEL", "RAY_API_VERSION", "RAY_GROUP", "RAY_KIND", "RAY_PLURAL", "RAY_VERSION",
-    "RETRY_ANNOTATION", "SHORT_NAMES", "SINGULAR", "SPEC_FILE", "SPEC_MOUNT_DIR", "VERSION",
+    "RETRY_ANNOTATION", "SHM_PATH", "SHM_VOLUME", "SHORT_NAMES", "SINGULAR", "SPEC_FILE", "SPEC_MOUNT_DIR",
+    "STORAGE_ENV", "VERSION",
 ]

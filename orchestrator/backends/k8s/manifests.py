@@ -26,7 +26,7 @@ import hashlib
 import math
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,14 +41,19 @@ from orchestrator.backends.k8s import (
     POOL_LABEL,
     RAY_API_VERSION,
     RAY_KIND,
+    SHM_PATH,
+    SHM_VOLUME,
     SPEC_FILE,
     SPEC_MOUNT_DIR,
+    STORAGE_ENV,
 )
 from orchestrator.backends.k8s.pools import GPU_RESOURCE, TPU_RESOURCE, gke_node_selector, is_tpu
+from orchestrator.errors import SpecIssue
 from orchestrator.scheduler import NodePool
 from orchestrator.scheduler.cluster import CPU
+from orchestrator.scheduler.jobs import Toleration
 from orchestrator.spec.loader import dump_yaml
-from orchestrator.spec.models import JobSpec, parse_memory
+from orchestrator.spec.models import EnvVar, JobSpec, VolumeMount, VolumeSpec, parse_memory, unmounted_paths
 
 DEFAULT_IMAGE = "ghcr.io/orchestrator-dev/orchestrator:0.1.0"
 #: A Kubernetes quantity as our specs write memory (``4Gi``, ``512M``; not ``4GB``, which Kubernetes refuses).
@@ -81,6 +86,15 @@ def rayjob_name(job_name: str, uid: str) -> str:
         return job_name
     digest = hashlib.sha1(f"{job_name}/{uid}".encode()).hexdigest()[:6]
     return f"{job_name[: _MAX_NAME - 7].rstrip('-')}-{digest}"
+
+
+def kubernetes_issues(spec: JobSpec) -> list[SpecIssue]:
+    """What makes ``spec`` unable to run as a TrainingJob, though valid elsewhere: a shared-path
+    ``storage`` or ``init_from`` that no volume of ``kubernetes`` holds (a spec with that section
+    was already checked when it was validated; one without it is checked here, by the backend and
+    the operator)."""
+    return [SpecIssue(p.field_path, str(p), fix=p.fix)
+            for p in unmounted_paths(spec.storage, spec.init_from, spec.kubernetes)]
 
 
 def spec_configmap_name(rayjob: str) -> str:
@@ -213,46 +227,129 @@ def tolerations(pool: NodePool) -> list[dict[str, str]]:
     return out
 
 
-def _container(name: str, config: RuntimeConfig, resources: Mapping[str, str]) -> dict[str, Any]:
-    return {
-        "name": name, "image": config.image, "imagePullPolicy": config.image_pull_policy,
+def spec_tolerations(spec: JobSpec) -> list[dict[str, str]]:
+    """The spec's ``resources.tolerations`` as pod tolerations (key, key=value, with or without an effect)."""
+    out = []
+    for text in spec.resources.tolerations:
+        toleration = Toleration.parse(text)
+        item = {"key": toleration.key, "operator": "Exists" if toleration.value is None else "Equal"}
+        if toleration.value is not None:
+            item["value"] = toleration.value
+        if toleration.effect:
+            item["effect"] = toleration.effect
+        out.append(item)
+    return out
+
+
+def _env(var: EnvVar) -> dict[str, Any]:
+    if var.secret_key_ref is not None:
+        ref = var.secret_key_ref
+        return {"name": var.name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+    return {"name": var.name, "value": var.value}
+
+
+def _volume(volume: VolumeSpec) -> dict[str, Any]:
+    if volume.persistent_volume_claim is not None:
+        claim = volume.persistent_volume_claim
+        source: dict[str, Any] = {"persistentVolumeClaim": {"claimName": claim.claim_name}}
+        if claim.read_only:
+            source["persistentVolumeClaim"]["readOnly"] = True
+    elif volume.secret is not None:
+        source = {"secret": {"secretName": volume.secret.secret_name}}
+    elif volume.config_map is not None:
+        source = {"configMap": {"name": volume.config_map.name}}
+    else:  # the model allows exactly one source
+        raise ValueError(f"volume {volume.name} has no source")
+    return {"name": volume.name, **source}
+
+
+def _mount(mount: VolumeMount) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": mount.name, "mountPath": mount.mount_path}
+    if mount.read_only:
+        out["readOnly"] = True
+    if mount.sub_path:
+        out["subPath"] = mount.sub_path
+    return out
+
+
+def _container(name: str, spec: JobSpec, config: RuntimeConfig, resources: Mapping[str, str],
+               env: Sequence[Mapping[str, str]] = ()) -> dict[str, Any]:
+    """A Ray container: our environment, then the spec's ``kubernetes`` env, Secrets and mounts."""
+    k8s = spec.kubernetes
+    container: dict[str, Any] = {
+        "name": name, "image": (k8s.image if k8s and k8s.image else config.image),
+        "imagePullPolicy": config.image_pull_policy,
         "resources": {"requests": dict(resources), "limits": dict(resources)},
-        "env": [{"name": "ORCHESTRATOR_HOME", "value": "/tmp/orchestrator"}],
+        "env": [{"name": "ORCHESTRATOR_HOME", "value": "/tmp/orchestrator"}, *(dict(e) for e in env)],
     }
+    if spec.storage:  # the driver and every worker write the job's outputs there
+        container["env"].append({"name": STORAGE_ENV, "value": spec.storage})
+    mounts: list[dict[str, Any]] = []
+    if k8s is not None:
+        container["env"].extend(_env(var) for var in k8s.env)
+        if k8s.env_from_secrets:
+            container["envFrom"] = [{"secretRef": {"name": secret}} for secret in k8s.env_from_secrets]
+        mounts.extend(_mount(m) for m in k8s.volume_mounts)
+        if k8s.shm_size:
+            mounts.append({"name": SHM_VOLUME, "mountPath": SHM_PATH})
+    if mounts:
+        container["volumeMounts"] = mounts
+    return container
 
 
-def _head_group(job: Mapping[str, Any], config: RuntimeConfig) -> dict[str, Any]:
+def _pod(spec: JobSpec, config: RuntimeConfig, container: dict[str, Any],
+         volumes: Sequence[Mapping[str, Any]] = (), selector: Mapping[str, str] | None = None,
+         tolerated: Sequence[Mapping[str, str]] = ()) -> dict[str, Any]:
+    """A Ray pod: ``container`` and the given placement, plus the spec's ``kubernetes`` volumes,
+    node selector (the pool's labels win on a key both name) and service account, and the spec's
+    tolerations."""
+    k8s = spec.kubernetes
+    pod: dict[str, Any] = {"containers": [container]}
+    all_volumes = [dict(v) for v in volumes]
+    labels: dict[str, str] = {}
+    if k8s is not None:
+        all_volumes.extend(_volume(v) for v in k8s.volumes)
+        if k8s.shm_size:
+            all_volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": k8s.shm_size}})
+        labels.update(k8s.node_selector)
+    if all_volumes:
+        pod["volumes"] = all_volumes
+    labels.update(selector or {})
+    if labels:
+        pod["nodeSelector"] = labels
+    merged = [dict(t) for t in tolerated]
+    merged.extend(t for t in spec_tolerations(spec) if t not in merged)
+    if merged:
+        pod["tolerations"] = merged
+    account = (k8s.service_account if k8s else None) or config.service_account
+    if account:
+        pod["serviceAccountName"] = account
+    return pod
+
+
+def _head_group(job: Mapping[str, Any], spec: JobSpec, config: RuntimeConfig) -> dict[str, Any]:
     meta = job["metadata"]
-    container = _container("ray-head", config, {"cpu": config.head_cpu, "memory": config.head_memory})
     # the driver runs here, once per RayJob run: the TrainingJob, not the run, owns checkpoint.dir
-    container["env"].append({"name": "ORCHESTRATOR_CHECKPOINT_OWNER",
-                             "value": f"{meta['namespace']}-{meta['name']}-{meta.get('uid', '')[:8]}".rstrip("-")})
+    owner = {"name": "ORCHESTRATOR_CHECKPOINT_OWNER",
+             "value": f"{meta['namespace']}-{meta['name']}-{meta.get('uid', '')[:8]}".rstrip("-")}
+    container = _container("ray-head", spec, config, {"cpu": config.head_cpu, "memory": config.head_memory},
+                           [owner])
     container["ports"] = [
         {"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
         {"containerPort": 10001, "name": "client"}, {"containerPort": config.metrics_port, "name": "job-metrics"},
     ]
-    container["volumeMounts"] = [{"name": "job-spec", "mountPath": SPEC_MOUNT_DIR, "readOnly": True}]
-    pod: dict[str, Any] = {
-        "containers": [container],
-        "volumes": [{"name": "job-spec", "configMap": {
-            "name": spec_configmap_name(rayjob_name(meta["name"], meta.get("uid", "")))}}],
-    }
-    if config.service_account:
-        pod["serviceAccountName"] = config.service_account
+    container["volumeMounts"] = [{"name": "job-spec", "mountPath": SPEC_MOUNT_DIR, "readOnly": True},
+                                 *container.get("volumeMounts", [])]
+    spec_volume = {"name": "job-spec", "configMap": {
+        "name": spec_configmap_name(rayjob_name(meta["name"], meta.get("uid", "")))}}
+    pod = _pod(spec, config, container, [spec_volume])
     return {"rayStartParams": {"dashboard-host": "0.0.0.0"}, "template": {"spec": pod}}
 
 
 def _worker_group(spec: JobSpec, pool: NodePool, config: RuntimeConfig) -> dict[str, Any]:
     replicas, hosts, _ = worker_layout(spec, pool)
-    pod: dict[str, Any] = {"containers": [_container("ray-worker", config, worker_resources(spec, pool, config))]}
-    selector = node_selector(pool)
-    if selector:
-        pod["nodeSelector"] = selector
-    tolerated = tolerations(pool)
-    if tolerated:
-        pod["tolerations"] = tolerated
-    if config.service_account:
-        pod["serviceAccountName"] = config.service_account
+    container = _container("ray-worker", spec, config, worker_resources(spec, pool, config))
+    pod = _pod(spec, config, container, selector=node_selector(pool), tolerated=tolerations(pool))
     group: dict[str, Any] = {
         "groupName": "workers", "replicas": replicas, "minReplicas": replicas, "maxReplicas": replicas,
         "rayStartParams": {}, "template": {"metadata": {"labels": {POOL_LABEL: pool.name}}, "spec": pod},
@@ -277,7 +374,7 @@ def rayjob_manifest(job: Mapping[str, Any], spec: JobSpec, pool: NodePool, confi
         "backoffLimit": spec.failure.max_failures,
         "rayClusterSpec": {
             "rayVersion": config.ray_version,
-            "headGroupSpec": _head_group(job, config),
+            "headGroupSpec": _head_group(job, spec, config),
             "workerGroupSpecs": [_worker_group(spec, pool, config)],
         },
     }
