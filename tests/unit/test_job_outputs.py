@@ -183,3 +183,19 @@ def test_spread_placement_reaches_ray_train() -> None:
     spread = JobSpec.model_validate({**SPEC, "resources": {"placement": "spread"}})
     assert scaling_arguments(spread)["placement_strategy"] == "SPREAD"
     assert scaling_arguments(JobSpec.model_validate(SPEC))["placement_strategy"] == "PACK"
+
+
+def test_a_training_job_keeps_one_storage_folder_across_runs(tmp_path: Path) -> None:
+    """On Kubernetes each run of a TrainingJob is a new record in a new pod; its storage folder is
+    the TrainingJob's identity (ORCHESTRATOR_CHECKPOINT_OWNER), so a later run finds the checkpoints."""
+    from orchestrator.execution.driver import job_paths
+
+    shared = tmp_path / "shared"
+    first = job_paths(record(tmp_path, str(shared), job_id="run-aaaaaa"), JobSpec.model_validate(
+        {**SPEC, "storage": str(shared)}), owner="team-a-cnn-1234abcd")
+    again = job_paths(record(tmp_path, str(shared), job_id="run-bbbbbb"), JobSpec.model_validate(
+        {**SPEC, "storage": str(shared)}), owner="team-a-cnn-1234abcd")
+    assert first["storage"].uri == again["storage"].uri == f"{shared}/team-a-cnn-1234abcd"
+    assert first["checkpoint_dir"] is None  # checkpoints in storage, not in the job directory
+    plain = job_paths(record(tmp_path, None), JobSpec.model_validate(SPEC))
+    assert "storage" not in plain and plain["checkpoint_dir"].endswith("/checkpoints")
