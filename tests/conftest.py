@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.testing.s3 import S3Server, patched_environ, start_moto_thread
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
@@ -67,3 +69,22 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A moto S3 server on 127.0.0.1 for the whole session; its endpoint and test credentials are
+    in ``os.environ`` (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID/SECRET, AWS_REGION) until it stops."""
+    pytest.importorskip("moto.server", reason="the S3 test server needs moto[server] (the test extra)")
+    server = start_moto_thread()
+    try:
+        with patched_environ(server.env):
+            yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    """A fresh, empty bucket on the session's S3 server: ``s3://<bucket>``."""
+    return s3_server.create_bucket()

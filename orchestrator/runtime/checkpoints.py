@@ -16,6 +16,11 @@ and skips any whose manifest is missing or whose checksums do not match, reporti
 (``owner``) claims the directory on first use (:data:`OWNER_FILE`) and refuses one that another
 job owns, since two jobs in one directory would restore and prune each other's checkpoints; its
 clean-up removes only the temporaries named with its own job id, never anything else there.
+
+Checkpoints in object storage (``s3://``, ``gs://``) use the same layout through
+:class:`StorageCheckpointManager`: there the manifest, uploaded after every other file, is the
+commit, and each node reads a checkpoint into its own cache. :func:`checkpoint_manager` picks the
+manager for a location.
 """
 
 from __future__ import annotations
@@ -30,13 +35,15 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from orchestrator.errors import CheckpointError, UsageError
+from orchestrator.errors import CheckpointError, StorageError, UsageError
 from orchestrator.private import private_dir
+from orchestrator.storage import Storage, cache_dir, cache_key
 
 MANIFEST = "manifest.json"
 PREFIX = "ckpt-"
@@ -46,16 +53,24 @@ OWNER_FILE = ".orchestrator-job"
 FORMAT_VERSION = 1
 #: A temporary checkpoint directory: ``.tmp-<job id>-ckpt-<step>-<random>``.
 _TMP_NAME = re.compile(r"^\.tmp-(?P<owner>.+)-ckpt-\d{10}-[0-9a-f]{8}$")
+#: A checkpoint folder: ``ckpt-<step>`` (ten digits as written; any number of digits is read).
+_CKPT_NAME = re.compile(r"ckpt-\d+")
 
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """A complete checkpoint found on storage."""
+    """A complete checkpoint found on storage.
+
+    ``path`` is always a local folder the framework code loads from: the checkpoint itself in a
+    local directory, or its copy in the node-local cache for one in object storage, whose URI is
+    then ``location`` (for display; None for a local checkpoint).
+    """
 
     path: Path
     step: int
     epoch: int
     manifest: dict[str, Any] = field(hash=False, compare=False)
+    location: str | None = None
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -67,7 +82,8 @@ class RestoreResult:
     """The checkpoint to restore from (if any) and the ones skipped on the way, with reasons."""
 
     checkpoint: CheckpointInfo | None
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    #: (where, why): a local path, or the storage URI of a checkpoint in object storage.
+    skipped: list[tuple[Path | str, str]] = field(default_factory=list)
 
 
 def _sha256(path: Path) -> str:
@@ -76,6 +92,38 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    """A file's line in a manifest: its sha256 and size."""
+    return {"sha256": _sha256(path), "bytes": path.stat().st_size}
+
+
+def _new_manifest(files: dict[str, Any], *, step: int, epoch: int, meta: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "format": FORMAT_VERSION,
+        "step": step,
+        "epoch": epoch,
+        "created_at": time.time(),
+        "files": files,
+        "meta": meta or {},
+    }
+
+
+def _check_files(folder: Path, manifest: dict[str, Any], *, shown: str) -> None:
+    """Every file of ``manifest`` in ``folder`` with its size and sha256, else CheckpointError
+    (``shown``: the checkpoint as the message names it)."""
+    for name, entry in manifest["files"].items():
+        file = folder / name
+        if not file.is_file():
+            raise CheckpointError(f"{shown}: file {name} is missing")
+        size = file.stat().st_size
+        if size != entry["bytes"]:
+            raise CheckpointError(
+                f"{shown}: file {name} is {size} bytes, the manifest says {entry['bytes']} (truncated?)"
+            )
+        if _sha256(file) != entry["sha256"]:
+            raise CheckpointError(f"{shown}: file {name} fails its sha256 checksum (corrupted)")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -89,6 +137,13 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _checked_name(name: str) -> str:
+    """``name`` if it names a checkpoint folder (``ckpt-<digits>``), else CheckpointError."""
+    if not _CKPT_NAME.fullmatch(name):
+        raise CheckpointError(f"{name!r} is not the name of a checkpoint (ckpt-<step>)")
+    return name
 
 
 def disk_full_error(exc: BaseException | None) -> OSError | None:
@@ -152,18 +207,8 @@ class CheckpointManager:
                         os.chmod(item, 0o600)
                     with item.open("rb+") as fh:
                         os.fsync(fh.fileno())
-                    files[str(item.relative_to(tmp))] = {
-                        "sha256": _sha256(item),
-                        "bytes": item.stat().st_size,
-                    }
-            manifest = {
-                "format": FORMAT_VERSION,
-                "step": step,
-                "epoch": epoch,
-                "created_at": time.time(),
-                "files": files,
-                "meta": meta or {},
-            }
+                    files[item.relative_to(tmp).as_posix()] = _file_entry(item)
+            manifest = _new_manifest(files, step=step, epoch=epoch, meta=meta)
             manifest_path = tmp / MANIFEST
             manifest_path.write_text(json.dumps(manifest, indent=1))
             if private:
@@ -216,18 +261,12 @@ class CheckpointManager:
     def verify(self, path: Path) -> CheckpointInfo:
         """Check every file against the manifest; raise CheckpointError saying what is wrong."""
         manifest = self.read_manifest(path)
-        for name, entry in manifest["files"].items():
-            file = path / name
-            if not file.is_file():
-                raise CheckpointError(f"{path}: file {name} is missing")
-            size = file.stat().st_size
-            if size != entry["bytes"]:
-                raise CheckpointError(
-                    f"{path}: file {name} is {size} bytes, the manifest says {entry['bytes']} (truncated?)"
-                )
-            if _sha256(file) != entry["sha256"]:
-                raise CheckpointError(f"{path}: file {name} fails its sha256 checksum (corrupted)")
+        _check_files(path, manifest, shown=str(path))
         return CheckpointInfo(path, int(manifest["step"]), int(manifest["epoch"]), manifest)
+
+    def fetch(self, name: str) -> CheckpointInfo:
+        """The checkpoint ``name`` (``ckpt-0000000120``) of this directory, verified."""
+        return self.verify(self.directory / _checked_name(name))
 
     def list(self) -> list[CheckpointInfo]:
         """Checkpoints with a readable manifest, newest first (checksums not verified)."""
@@ -324,8 +363,13 @@ def check_owner(directory: Path | str, job_id: str, *, create: bool = False) -> 
         owner = marker.read_text(encoding="utf-8", errors="replace").strip()
         if owner == job_id:
             return
+    raise _owned_elsewhere(str(directory), owner, str(marker))
+
+
+def _owned_elsewhere(directory: str, owner: str, marker: str) -> UsageError:
+    """The refusal of a checkpoint directory (a path or a storage URI) that job ``owner`` owns."""
     shown = owner[:80] or "(empty)"
-    raise UsageError(
+    return UsageError(
         f"checkpoint.dir {directory} belongs to job {shown} ({marker}); two jobs in one checkpoint "
         "directory would restore and delete each other's checkpoints",
         fix=f"set checkpoint.dir to a directory of this job's own (or leave it out: the job's directory); "
@@ -347,3 +391,371 @@ def _replace_owner(marker: Path, job_id: str) -> None:
             f"checkpoint.dir {marker.parent}: cannot write its owner file ({exc.strerror or exc})",
             fix="set checkpoint.dir to a directory this user can write, or leave it out",
         ) from None
+
+
+# -- checkpoints in object storage ------------------------------------------------------------
+
+#: In the node-local cache: a checkpoint its writer stages, one being downloaded, one thrown away.
+_STAGE, _FETCH, _TRASH = ".stage-", ".fetch-", ".trash-"
+_CACHE_LOCK = ".lock"
+
+
+class StorageCheckpointManager:
+    """Checkpoints in object storage (``s3://``, ``gs://``), with a node-local cache.
+
+    The layout is the local one (``ckpt-<step>/`` with ``manifest.json``, :data:`OWNER_FILE`).
+    An object store has no rename, so the manifest, uploaded after every other file, is the
+    commit: a folder without one is incomplete (its writer died mid-upload) and never chosen.
+
+    The writer stages a checkpoint in the node-local cache, uploads it, and keeps the staged
+    copy as that node's cached copy. A reader (:meth:`fetch`, :meth:`latest_valid`) reuses a cached
+    copy whose files match the manifest in storage, else downloads into a temporary folder, checks
+    every file and renames it into place (under a lock, so ranks sharing a node download once).
+    :attr:`CheckpointInfo.path` is the cached folder, so framework code loads from a local path as
+    it always did; :attr:`CheckpointInfo.location` is the checkpoint's URI.
+
+    A storage that cannot be reached raises :class:`StorageError` (never "no checkpoint": a job
+    that restarted from scratch would overwrite its own progress).
+    """
+
+    def __init__(self, storage: Storage, keep: int = 3, owner: str | None = None, cache: Path | None = None) -> None:
+        self.storage = storage
+        self.keep = keep
+        #: The id of the job writing here; None for a reader.
+        self.owner = owner
+        self._cache = Path(cache) if cache is not None else None
+        self._claimed = False
+
+    @property
+    def location(self) -> str:
+        """The storage URI of the checkpoint folder."""
+        return self.storage.uri
+
+    @property
+    def cache(self) -> Path:
+        """This node's cache of these checkpoints (created on first use; may be deleted any time)."""
+        if self._cache is None:
+            self._cache = cache_dir("checkpoints", cache_key(self.storage.uri))
+        else:
+            self._cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self._cache
+
+    def uri(self, name: str) -> str:
+        """The storage URI of checkpoint ``name``."""
+        return f"{self.storage.uri.rstrip('/')}/{name}"
+
+    # -- ownership ------------------------------------------------------------------------
+    def claim(self) -> None:
+        """Make this manager's job the owner of the storage folder, or refuse another job's."""
+        if self.owner is None or self._claimed:
+            return
+        check_storage_owner(self.storage, self.owner, create=True)
+        self._claimed = True
+
+    # -- writing --------------------------------------------------------------------------
+    def save(
+        self,
+        write: Callable[[Path], None],
+        *,
+        step: int,
+        epoch: int,
+        meta: dict[str, Any] | None = None,
+    ) -> CheckpointInfo:
+        """Write a checkpoint: ``write(folder)`` puts the framework files in a local folder, which is
+        uploaded with its manifest last; then older checkpoints beyond ``keep`` are deleted."""
+        self.claim()
+        if self.owner is not None:  # a claim read back can lose a race found only now
+            check_storage_owner(self.storage, self.owner)
+        name = f"{PREFIX}{step:010d}"
+        cache = self.cache
+        staging = cache / f"{_STAGE}{name}-{uuid.uuid4().hex[:8]}"
+        try:
+            staging.mkdir(mode=0o700)
+            write(staging)
+            files = {
+                item.relative_to(staging).as_posix(): _file_entry(item)
+                for item in sorted(staging.rglob("*"))
+                if item.is_file()
+            }
+            manifest = _new_manifest(files, step=step, epoch=epoch, meta=meta)
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        except BaseException as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            full = disk_full_error(exc)
+            if full is not None:
+                raise _cache_full(cache, f"staging checkpoint step {step}", full) from exc
+            raise
+        try:
+            self._upload(staging, name, manifest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        with _locked(cache):
+            final = _replace_dir(staging, cache / name)
+        self.prune()
+        return CheckpointInfo(final, step, epoch, manifest, location=self.uri(name))
+
+    def _upload(self, staging: Path, name: str, manifest: dict[str, Any]) -> None:
+        try:
+            if self.storage.exists(name):  # the same step written again (after a restart): replace it
+                self.storage.delete(f"{name}/{MANIFEST}")  # first: from here on it is incomplete
+                self.storage.delete(name)
+            for rel in sorted(manifest["files"]):
+                self.storage.put_file(staging / rel, f"{name}/{rel}")
+            self.storage.put_file(staging / MANIFEST, f"{name}/{MANIFEST}")  # last: the commit
+        except StorageError as exc:
+            raise StorageError(
+                f"checkpoint step {manifest['step']} was not saved to {self.uri(name)} (what was uploaded "
+                f"is an incomplete checkpoint, never restored): {exc.message}",
+                fix=exc.fix,
+            ) from None
+
+    def prune(self) -> None:
+        """Keep the ``keep`` newest complete checkpoints; delete older ones (manifest first) and
+        their cached copies."""
+        complete = [name for name, has_manifest in self._scan() if has_manifest]
+        for name in complete[self.keep :]:
+            self.storage.delete(f"{name}/{MANIFEST}")
+            self.storage.delete(name)
+            with _locked(self.cache):
+                _remove_dir(self.cache / name)
+
+    def cleanup_orphans(self, older_than_s: float = 0.0) -> builtins.list[str]:
+        """Delete checkpoint folders without a manifest (a writer died mid-upload); returns their URIs.
+
+        Only a manager with an owner (the job that writes here) removes anything; stale staging
+        and download folders in this node's cache go too.
+        """
+        removed: builtins.list[str] = []
+        if self.owner is None:
+            return removed
+        self.claim()
+        for name, has_manifest in self._scan():
+            if has_manifest or (older_than_s > 0 and self._age_s(name) < older_than_s):
+                continue
+            self.storage.delete(name)
+            removed.append(self.uri(name))
+        cache = self.cache
+        with _locked(cache):
+            for entry in cache.iterdir():
+                if entry.name.startswith((_STAGE, _FETCH, _TRASH)):
+                    _remove_dir(entry)
+        return removed
+
+    def _age_s(self, name: str) -> float:
+        import pyarrow.fs as pafs
+
+        infos = self.storage.fs.get_file_info(pafs.FileSelector(self.storage.path(name), recursive=True))
+        newest = max((i.mtime.timestamp() for i in infos if i.mtime is not None), default=0.0)
+        return time.time() - newest
+
+    # -- reading --------------------------------------------------------------------------
+    def _scan(self) -> builtins.list[tuple[str, bool]]:
+        """(name, has a manifest) of every checkpoint folder in storage, newest first."""
+        has: dict[str, bool] = {}
+        for rel in self.storage.list_files():
+            top, _, rest = rel.partition("/")
+            if rest and _CKPT_NAME.fullmatch(top):
+                has[top] = has.get(top, False) or rest == MANIFEST
+        return sorted(has.items(), key=lambda item: int(item[0][len(PREFIX) :]), reverse=True)
+
+    def read_manifest(self, path: Path | str) -> dict[str, Any]:
+        """The manifest in storage of checkpoint ``path`` (a name, a cached folder or a URI)."""
+        name = _checked_name(PurePosixPath(str(path)).name)
+        shown = self.uri(name)
+        try:
+            raw = self.storage.read_bytes(f"{name}/{MANIFEST}")
+        except FileNotFoundError:
+            raise CheckpointError(f"{shown}: no manifest (an incomplete checkpoint)") from None
+        try:
+            manifest = json.loads(raw)
+        except ValueError as exc:
+            raise CheckpointError(f"{shown}: unreadable manifest ({exc})") from None
+        if (not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION
+                or not isinstance(manifest.get("files"), dict)):
+            raise CheckpointError(f"{shown}: unknown manifest format")
+        return manifest
+
+    def list(self) -> builtins.list[CheckpointInfo]:
+        """Checkpoints with a readable manifest, newest first (nothing downloaded or verified:
+        ``path`` is where :meth:`fetch` puts the cached copy)."""
+        out = []
+        for name, has_manifest in self._scan():
+            if not has_manifest:
+                continue
+            try:
+                manifest = self.read_manifest(name)
+            except CheckpointError:
+                continue
+            out.append(self._info(name, manifest))
+        return out
+
+    def _info(self, name: str, manifest: dict[str, Any]) -> CheckpointInfo:
+        return CheckpointInfo(self.cache / name, int(manifest["step"]), int(manifest["epoch"]), manifest,
+                              location=self.uri(name))
+
+    def verify(self, path: Path | str) -> CheckpointInfo:
+        """A verified local copy of checkpoint ``path`` (a name, a cached folder or a URI).
+
+        Reuses this node's cached copy when every file matches the manifest in storage, else
+        downloads it; raises CheckpointError saying what is wrong with the checkpoint.
+        """
+        name = _checked_name(PurePosixPath(str(path)).name)
+        manifest = self.read_manifest(name)
+        cache = self.cache
+        final = cache / name
+        with _locked(cache):
+            if not _cached_copy_matches(final, manifest):
+                self._download(name, manifest, final)
+                self._trim_cache(keep=name)
+        return self._info(name, manifest)
+
+    def fetch(self, name: str) -> CheckpointInfo:
+        """The checkpoint ``name`` (``ckpt-0000000120``), verified, in this node's cache."""
+        return self.verify(name)
+
+    def latest_valid(self) -> RestoreResult:
+        """The newest checkpoint that passes verification; skipped ones come with reasons."""
+        result = RestoreResult(None)
+        for name, _ in self._scan():
+            try:
+                result.checkpoint = self.verify(name)
+                return result
+            except CheckpointError as exc:
+                result.skipped.append((self.uri(name), exc.message))
+        return result
+
+    def _download(self, name: str, manifest: dict[str, Any], final: Path) -> None:
+        shown = self.uri(name)
+        cache = final.parent
+        need = sum(int(entry.get("bytes", 0)) for entry in manifest["files"].values())
+        free = shutil.disk_usage(cache).free
+        if free < need:
+            raise _cache_full(cache, f"downloading checkpoint {shown} ({need / 1e6:.1f} MB)",
+                              OSError(errno.ENOSPC, f"{free / 1e6:.1f} MB free"))
+        tmp = cache / f"{_FETCH}{name}-{uuid.uuid4().hex[:8]}"
+        try:
+            tmp.mkdir(mode=0o700)
+            for rel in manifest["files"]:
+                if rel.startswith("/") or ".." in rel.split("/"):
+                    raise CheckpointError(f"{shown}: the manifest names a file outside the checkpoint ({rel})")
+                try:
+                    self.storage.get_file(f"{name}/{rel}", tmp / rel)
+                except FileNotFoundError:
+                    raise CheckpointError(f"{shown}: file {rel} is missing") from None
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+            _check_files(tmp, manifest, shown=shown)
+            _replace_dir(tmp, final)
+        except BaseException as exc:
+            _remove_dir(tmp)
+            full = disk_full_error(exc)
+            if full is not None:
+                raise _cache_full(cache, f"downloading checkpoint {shown}", full) from exc
+            raise
+
+    def _trim_cache(self, keep: str) -> None:
+        """Drop cached checkpoints beyond the ``keep`` newest (a reader's node never prunes storage)."""
+        cached = sorted(
+            (e.name for e in self.cache.iterdir() if _CKPT_NAME.fullmatch(e.name) and e.name != keep),
+            key=lambda n: int(n[len(PREFIX) :]),
+            reverse=True,
+        )
+        for old in cached[max(self.keep - 1, 0) :]:
+            _remove_dir(self.cache / old)
+
+
+def check_storage_owner(storage: Storage, job_id: str, *, create: bool = False) -> None:
+    """:func:`check_owner` for a checkpoint folder in object storage (an :data:`OWNER_FILE` object).
+
+    A claim writes the object when there is none and reads it back. Object stores offer no
+    exclusive create here, so two jobs claiming in the same instant can both pass; the later one's
+    id is what stays, and the other job's next save (:meth:`StorageCheckpointManager.save` checks
+    again) is refused.
+    """
+    marker = f"{storage.uri.rstrip('/')}/{OWNER_FILE}"
+    try:
+        owner = storage.read_text(OWNER_FILE).strip()
+    except FileNotFoundError:
+        owner = ""
+    if owner == job_id:
+        return
+    if not owner:
+        if not create:
+            return
+        storage.write_text(OWNER_FILE, job_id + "\n")
+        owner = storage.read_text(OWNER_FILE).strip()
+        if owner == job_id:
+            return
+    raise _owned_elsewhere(storage.uri, owner, marker)
+
+
+def checkpoint_manager(
+    location: str | Path,
+    *,
+    keep: int = 3,
+    owner: str | None = None,
+    cache: Path | None = None,
+) -> CheckpointManager | StorageCheckpointManager:
+    """The manager for checkpoints at ``location``: a path (a shared volume included; its rename
+    is atomic) gets :class:`CheckpointManager`, ``s3://`` and ``gs://`` get
+    :class:`StorageCheckpointManager` (``cache``: its node-local cache, by default under
+    :func:`orchestrator.storage.cache_dir`)."""
+    text = str(location)
+    if "://" not in text:
+        return CheckpointManager(text, keep=keep, owner=owner)
+    storage = Storage.open(text)  # a malformed location: UsageError
+    if storage.local_path is not None:  # file:///...
+        return CheckpointManager(storage.local_path, keep=keep, owner=owner)
+    return StorageCheckpointManager(storage, keep=keep, owner=owner, cache=cache)
+
+
+def _cache_full(cache: Path, what: str, full: OSError) -> CheckpointError:
+    return CheckpointError(
+        f"no space left on device {what} in the node-local cache {cache} ({full.strerror or full})",
+        fix=f"free space in {cache}, or set ORCHESTRATOR_CACHE_DIR to a local volume with room (the "
+        "cache holds copies only: storage keeps the checkpoints); then `orchestrator resume JOB` continues "
+        "from the latest complete checkpoint",
+    )
+
+
+@contextmanager
+def _locked(cache: Path) -> Iterator[None]:
+    """An exclusive lock on this node's cache folder (processes on one node take turns)."""
+    import fcntl
+
+    fd = os.open(cache / _CACHE_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_dir(path: Path) -> None:
+    """Remove a folder: renamed aside first, so nobody sees half of it under its name."""
+    if not path.exists() and not path.is_symlink():
+        return
+    trash = path.with_name(f"{_TRASH}{path.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _replace_dir(new: Path, final: Path) -> Path:
+    """Rename ``new`` to ``final``, removing what was there; returns ``final``."""
+    _remove_dir(final)
+    os.rename(new, final)
+    return final
+
+
+def _cached_copy_matches(folder: Path, manifest: dict[str, Any]) -> bool:
+    """True when ``folder`` holds every file of ``manifest`` (size and sha256) and the manifest."""
+    try:
+        if json.loads((folder / MANIFEST).read_text()) != manifest:
+            return False
+        _check_files(folder, manifest, shown=str(folder))
+    except (OSError, ValueError, CheckpointError):
+        return False
+    return True

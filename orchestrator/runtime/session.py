@@ -359,21 +359,27 @@ class TrainSession:
             start = time.perf_counter()
             info = self.checkpoints.save(write, step=step, epoch=epoch, meta=meta)
             seconds = time.perf_counter() - start
-            self.emit(events.Checkpoint(epoch=epoch, global_step=step, path=str(info.path), seconds=seconds))
+            self.emit(events.Checkpoint(epoch=epoch, global_step=step, path=info.location or str(info.path),
+                                        seconds=seconds))
         self.touch()
         return seconds
 
     def find_restore_point(self) -> CheckpointInfo | None:
-        """The newest valid checkpoint, chosen by rank 0 and agreed by all ranks."""
+        """The newest valid checkpoint, chosen by rank 0 and agreed by all ranks.
+
+        Rank 0 broadcasts the checkpoint's name (``ckpt-0000000120``), not a path on its own disk:
+        every rank fetches that checkpoint from storage (into its own node's cache when the
+        checkpoints are in object storage) and verifies it.
+        """
         choice: str | None = None
         if self.rank == 0:
             self.checkpoints.cleanup_orphans()
             result = self.checkpoints.latest_valid()
             for path, reason in result.skipped:
                 self.emit(events.CheckpointSkipped(path=str(path), reason=reason))
-            choice = str(result.checkpoint.path) if result.checkpoint else None
+            choice = result.checkpoint.path.name if result.checkpoint else None
         choice = self.collectives.broadcast_object(choice)
-        self.restored = self.checkpoints.verify(Path(choice)) if choice else None
+        self.restored = self.checkpoints.fetch(choice) if choice else None
         return self.restored
 
     def begin_attempt(self) -> None:
