@@ -89,6 +89,14 @@ def _endpoint(env: Mapping[str, str]) -> tuple[str | None, str | None]:
     return parsed.netloc, parsed.scheme or "https"
 
 
+def _attempts(env: Mapping[str, str]) -> int:
+    """AWS_MAX_ATTEMPTS (the AWS SDKs' own setting), else 5: how often one S3 call is tried."""
+    try:
+        return max(1, min(20, int(env.get("AWS_MAX_ATTEMPTS") or 5)))
+    except ValueError:
+        return 5
+
+
 def _filesystem(scheme: str, env: Mapping[str, str]) -> Any:
     import pyarrow.fs as pafs
 
@@ -96,7 +104,7 @@ def _filesystem(scheme: str, env: Mapping[str, str]) -> Any:
         endpoint, url_scheme = _endpoint(env)
         args: dict[str, Any] = {
             "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=5),
+            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=_attempts(env)),
         }
         if endpoint:
             args.update(endpoint_override=endpoint, scheme=url_scheme)

@@ -411,7 +411,7 @@ class TrainSession:
             attempt=self.attempt,
             restored_epoch=restored.epoch if restored else None,
             restored_step=restored.step if restored else None,
-            restored_path=str(restored.path) if restored else None,
+            restored_path=(restored.location or str(restored.path)) if restored else None,
             pid=os.getpid(),
             nodes=[str(n) for n in nodes] if any(nodes) else None,
         ))
