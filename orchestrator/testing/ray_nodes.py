@@ -79,9 +79,12 @@ class LocalRayCluster:
 
     def start_head(self, num_cpus: float = 0) -> None:
         node = Node("head", self.base / "head", self.base / "scratch-head", {"head": 1})
+        from orchestrator.execution.ray_startup import free_port
+
         self._start(["--head", f"--port={self.head_port}", f"--num-cpus={num_cpus}", "--num-gpus=0",
                      "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                     f"--dashboard-port={self.dashboard_port}"], node)
+                     f"--dashboard-port={self.dashboard_port}",
+                     f"--ray-client-server-port={free_port()}"], node)  # not 10001: another Ray may run here
 
     def add_node(self, name: str, num_cpus: float) -> Node:
         node = Node(name, self.base / name, self.base / f"scratch-{name}", {name: 1})

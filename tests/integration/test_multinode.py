@@ -50,7 +50,7 @@ def cluster(s3: Any) -> Iterator[Any]:
 
     base = Path(tempfile.mkdtemp(prefix="rmn", dir="/tmp"))  # short: Ray's socket paths are limited
     home = base / "head-home"  # the driver's job store, on the head node
-    c = LocalRayCluster(base, env={**s3.env, "ORCHESTRATOR_HOME": str(home)})
+    c = LocalRayCluster(base, env={**s3.env, "ORCHESTRATOR_HOME": str(home)}, head_port=6395, dashboard_port=8275)
     try:
         c.start_head(num_cpus=0)
         c.add_node("node_b", num_cpus=2)
