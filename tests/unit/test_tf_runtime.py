@@ -76,7 +76,7 @@ class StoppingSession(RecordingSession):
         return self.global_step >= self.stop_after
 
 
-def run(tmp_path: Path, spec: JobSpec, stop_after: int | None = None,
+def run(tmp_path: Path, spec: JobSpec, stop_after: int | None = None, paths: JobPaths | None = None,
         ) -> tuple[dict[str, float], RecordingSession, RecordingSession]:
     """Train ``spec`` in this process as a one-worker tensorflow job; (final metrics, session, session)."""
     strategy = tf.distribute.get_strategy()
@@ -84,7 +84,7 @@ def run(tmp_path: Path, spec: JobSpec, stop_after: int | None = None,
         (lambda **kw: StoppingSession(stop_after, **kw))
     sess = session_cls(
         spec=spec, rank=0, world_size=1,
-        paths=JobPaths(tmp_path, tmp_path / "checkpoints", tmp_path / "model"),
+        paths=paths or JobPaths(tmp_path, tmp_path / "checkpoints", tmp_path / "model"),
         data=prepare_data(spec.data, spec.training.seed),
         collectives=tfm.TFCollectives(strategy, 0, 1), keep_checkpoints=spec.checkpoint.keep,
     )
@@ -329,3 +329,32 @@ def test_a_good_tensorflow_checkpoint_loads_its_arrays_and_meta(tmp_path: Path) 
     meta, arrays = tfm.load_state(tmp_path)
     assert meta == {"epoch": 2, "global_step": 6}
     assert arrays["m0"].tolist() == [0.0, 1.0, 2.0] and arrays["r0"].tolist() == [7, 9]
+
+
+def test_a_new_job_starts_from_another_jobs_keras_model_in_storage(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """init_from: the exported model.keras of a job (uploaded to its storage) becomes the first
+    weights of a new job, exactly: the new job's model event reports the source's final checksum."""
+    from orchestrator.storage import Storage
+
+    monkeypatch.setenv("ORCHESTRATOR_CACHE_DIR", str(tmp_path / "cache"))
+    spec = spec_of({"type": "cnn", "conv_filters": [8], "dense_units": [16]},
+                   training={"epochs": 1, "batch_size": 64, "learning_rate": 0.005, "seed": 1})
+    job = Storage.open(str(tmp_path / "shared")).child("source-job")
+    _, first, _ = run(tmp_path / "a", spec, paths=JobPaths(tmp_path / "a", None, tmp_path / "a" / "model",
+                                                          "source-job", job))
+    assert job.is_file("model/model.keras") and job.list_dirs("checkpoints") == ["ckpt-0000000020"]
+    source_checksum = first.of("final")[0]["param_checksum"]
+    _, second, _ = run(tmp_path / "b", spec, paths=JobPaths(tmp_path / "b", tmp_path / "b" / "ckpt",
+                                                           tmp_path / "b" / "model", "new-job",
+                                                           init_from=job.child("model")))
+    assert second.of("model")[0]["param_checksum"] == source_checksum
+    assert any("initialised the model from" in line for e in second.of("log") for line in e["lines"])
+    # another architecture: a CheckpointError naming the difference
+    wider = spec_of({"type": "cnn", "conv_filters": [16], "dense_units": [16]},
+                    training={"epochs": 1, "batch_size": 64, "learning_rate": 0.005, "seed": 1})
+    from orchestrator.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="shapes differ"):
+        run(tmp_path / "c", wider, paths=JobPaths(tmp_path / "c", tmp_path / "c" / "ckpt", tmp_path / "c" / "model",
+                                                  "other-job", init_from=job.child("model")))

@@ -160,3 +160,34 @@ def test_export_leaves_the_training_model_as_it_was(tmp_path: Path, spec: JobSpe
     exported.load_state_dict(torch.load(tmp_path / "export" / "model.pt"))
     assert torch_ddp.param_checksum(exported) == before
     assert (tmp_path / "export" / "model.torchscript.pt").stat().st_size > 0
+
+
+def test_init_from_loads_another_jobs_state_dict_exactly_or_names_the_mismatch(tmp_path: Path, spec: JobSpec,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.errors import CheckpointError
+    from orchestrator.runtime.torch_ddp import build_model
+    from orchestrator.storage import Storage
+
+    monkeypatch.setenv("ORCHESTRATOR_CACHE_DIR", str(tmp_path / "cache"))
+    data = prepare_data(spec.data, spec.training.seed)
+    source = build_model(spec, data)
+    (tmp_path / "src" / "model").mkdir(parents=True)
+    torch.save(source.state_dict(), tmp_path / "src" / "model" / "model.pt")
+    fresh = build_model(spec, data)
+    torch_ddp.load_initial_weights(fresh, tmp_path / "src" / "model")
+    assert torch_ddp.param_checksum(fresh) == torch_ddp.param_checksum(source)
+
+    wider = JobSpec(name="unit", model={"type": "cnn", "conv_filters": [16], "dense_units": [16]},
+                    resources={"workers": 1}, training=spec.training)
+    with pytest.raises(CheckpointError, match="shapes differ") as err:
+        torch_ddp.load_initial_weights(build_model(wider, data), tmp_path / "src" / "model")
+    assert "fix" in err.value.render()
+    with pytest.raises(CheckpointError, match="has no model.pt"):
+        torch_ddp.load_initial_weights(fresh, tmp_path)
+    # through a session: the model rank 0 reports is the source's
+    storage = Storage.open(str(tmp_path / "src"))
+    sess = make_session(tmp_path / "job", spec)
+    object.__setattr__(sess.paths, "init_from", storage.child("model"))
+    model = build_model(spec, data)
+    torch_ddp.restore_checkpoint(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert torch_ddp.param_checksum(model) == torch_ddp.param_checksum(source)
