@@ -34,6 +34,8 @@ from orchestrator.spec.models import JobSpec
 from orchestrator.store import JobRecord, JobState
 
 EVENT_MARK = "ORCHESTRATOR_EVENT "
+#: How long ``submit`` waits for a head whose job agent is not up yet (a cluster just started).
+AGENT_WAIT_S = 120.0
 RESULT_MARK = "ORCHESTRATOR_RESULT "
 
 #: The entrypoint finds the Python that runs Ray on the head node (``sys.executable`` semantics,
@@ -294,11 +296,19 @@ class RayClusterBackend(Backend):
         # the framework need not be installed here: the driver on the cluster checks it there
         job_id = f"{spec.name}-{secrets.token_hex(3)}"
         client = self._client()
-        try:
-            client.submit_job(**self.submission(spec, job_id))
-        except Exception as exc:  # noqa: BLE001 - the SDK raises RuntimeError with the HTTP body
-            raise BackendError(f"the Ray cluster at {self.address} refused the job: {exc}",
-                               fix="see the message; `ray job list` on the cluster shows its jobs") from None
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                client.submit_job(**self.submission(spec, job_id))
+                break
+            except Exception as exc:  # noqa: BLE001 - the SDK raises RuntimeError with the HTTP body
+                # a head whose job agent is still starting answers 500 "No available agent ... try
+                # again later": wait for it a while, as `ray job submit` users do by hand
+                if "No available agent" in str(exc) and time.monotonic() < deadline:
+                    time.sleep(5)
+                    continue
+                raise BackendError(f"the Ray cluster at {self.address} refused the job: {exc}",
+                                   fix="see the message; `ray job list` on the cluster shows its jobs") from None
         record = self.status(job_id)
         if events is not None:
             events.on_start(record, {"dashboard_url": self.dashboard_url(job_id), "job_dir": record.job_dir,

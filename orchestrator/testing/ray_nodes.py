@@ -63,8 +63,14 @@ class LocalRayCluster:
     def _start(self, args: list[str], node: Node) -> None:
         node.temp_dir.mkdir(parents=True, exist_ok=True)
         node.scratch.mkdir(parents=True, exist_ok=True)
+        from orchestrator.execution.ray_startup import free_port
+
         env = {**self.env, "ORCHESTRATOR_CACHE_DIR": str(node.scratch)}
-        cmd = [sys.executable, "-m", "orchestrator.execution.ray_startup", "start", *args,
+        # every node its own agent ports: `ray start` passes its fixed defaults (the dashboard
+        # agent's 52365) otherwise, and a second node on this machine could not bind them
+        ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                 f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+        cmd = [sys.executable, "-m", "orchestrator.execution.ray_startup", "start", *args, *ports,
                f"--temp-dir={node.temp_dir}", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
                f"--resources={json.dumps(node.resources)}"]
         last = None

@@ -106,9 +106,16 @@ def run_node_loss(cluster: Any, s3: Any, storage_root: str, tmp_path: Path, vict
          "-o", "json", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     # the job id is the folder the driver creates under the storage root
     root = Storage.open(storage_root, env=s3.env)
-    job_id = wait_for(lambda: next(iter(root.list_dirs()), None), 600, 2, "the job's storage folder")
+
+    def running(value: Any) -> Any:
+        if proc.poll() is not None:  # the submit ended before the node was killed: show why
+            out, err = proc.communicate()
+            raise AssertionError(f"submit exited {proc.returncode} early\nstdout:\n{out}\nstderr:\n{err}")
+        return value
+
+    job_id = wait_for(lambda: running(next(iter(root.list_dirs()), None)), 600, 2, "the job's storage folder")
     job = root.child(job_id)
-    before = wait_for(lambda: newest_committed(job), 900, 1, "a committed checkpoint")
+    before = wait_for(lambda: running(newest_committed(job)), 900, 1, "a committed checkpoint")
     nodes = cluster.node_ids()
     killed = cluster.kill_node(victim)
     killed_at = time.time()

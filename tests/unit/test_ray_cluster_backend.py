@@ -315,3 +315,37 @@ def test_backends_that_cannot_resume_refuse_with_what_to_do(monkeypatch: pytest.
     result = CliRunner().invoke(main, ["resume", "demo-1", "--backend", "ray", "--address", "http://head:8265"])
     assert result.exit_code == 2
     assert "error: the ray backend cannot resume a job (demo-1)" in result.output
+
+
+def test_a_head_whose_job_agent_is_starting_is_waited_for_then_a_refusal_is_clear(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from orchestrator.backends import ray_cluster
+    from orchestrator.backends.base import SubmitOptions
+    from orchestrator.errors import BackendError
+
+    calls: list[str] = []
+
+    class Client:
+        def __init__(self, failures: int, text: str) -> None:
+            self.failures, self.text = failures, text
+
+        def submit_job(self, **kwargs: Any) -> str:
+            calls.append(kwargs["submission_id"])
+            if len(calls) <= self.failures:
+                raise RuntimeError(self.text)
+            return str(kwargs["submission_id"])
+
+    monkeypatch.setattr(ray_cluster.time, "sleep", lambda s: None)
+    side = backend()
+    monkeypatch.setattr(side, "status", lambda job_id: JobRecord(
+        id=job_id, name="demo", backend="ray", state=JobState.PENDING, spec={}, job_dir=Path("."), created_at=0.0))
+    busy = "Request failed with status code 500: No available agent to submit job, please try again later."
+    monkeypatch.setattr(side, "_client", lambda: Client(2, busy))
+    assert side.submit(spec(), SubmitOptions(detach=True)).state is JobState.PENDING
+    assert len(calls) == 3  # two refusals while the agent started, then accepted
+    calls.clear()
+    monkeypatch.setattr(side, "_client", lambda: Client(1, "Request failed with status code 400: bad runtime_env"))
+    with pytest.raises(BackendError, match="refused the job: .*bad runtime_env"):
+        side.submit(spec(), SubmitOptions(detach=True))
+    assert len(calls) == 1  # any other refusal is not retried
