@@ -223,6 +223,8 @@ def status(ctx: click.Context, job_id: str, backend: str, ray_address: str | Non
         return
     console = stdout_console()
     console.print(summary_table(record))
+    if record.result.get("storage"):
+        console.print(f"storage: {record.result['storage']}")
     if record.state.value in ("running", "pending", "cancelling") and record.progress:
         p = record.job_progress
         console.print(f"progress: epoch {p.epoch}/{p.epochs}, "
@@ -231,6 +233,7 @@ def status(ctx: click.Context, job_id: str, backend: str, ray_address: str | Non
         console.print(
             f"attempt {attempt['attempt']}: started {time.strftime('%H:%M:%S', time.localtime(attempt['started_at']))}"
             f", restored epoch {attempt.get('restored_epoch')}"
+            + (f", nodes {' '.join(str(n)[:8] for n in attempt['nodes'])}" if attempt.get("nodes") else "")
             + (f", failure: {attempt['failure']}" if attempt.get("failure") else "")
         )
 

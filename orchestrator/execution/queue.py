@@ -110,6 +110,8 @@ def cluster_from_nodes(nodes: Sequence[dict[str, Any]], queues: Sequence[str] = 
         if not node.get("Alive", node.get("alive", True)):
             continue
         res = node.get("Resources") or node.get("resources") or {}
+        if not any(float(res.get(k, 0)) > 0 for k in ("CPU", "GPU", "TPU")):
+            continue  # a node no worker can use (a head started with --num-cpus 0)
         kind = next((k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")), None)
         shape = (float(res.get("CPU", 0)), int(res.get("memory", 0)), float(res.get("GPU", 0)),
                  kind, float(res.get("TPU", 0)))

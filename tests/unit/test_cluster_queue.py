@@ -327,3 +327,13 @@ def test_a_place_a_job_has_not_heard_of_yet_adds_no_service() -> None:
     clock.now += 1.5
     assert b.offer("b", gang(), 2.0) == {"action": "run"}
     assert b.entries["b"].attained == 0.0 and list(b.finished) == [0.0]  # a ran 0 s by this clock
+
+
+def test_a_head_without_cpus_is_left_out_of_the_pools() -> None:
+    """A head started with --num-cpus 0 (it runs drivers only) offers no worker a place."""
+    from orchestrator.execution.queue import cluster_from_nodes
+
+    head = {"Alive": True, "Resources": {"memory": 1e9, "node:__internal_head__": 1.0}}
+    worker = {"Alive": True, "Resources": {"CPU": 2.0, "memory": 1e9}}
+    cluster = cluster_from_nodes([head, worker])
+    assert [(p.nodes, p.cpus_per_node) for p in cluster.pools] == [(1, 2.0)]
