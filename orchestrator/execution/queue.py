@@ -99,41 +99,66 @@ def request_from_json(data: dict[str, Any]) -> GangRequest:
 
 
 def cluster_from_nodes(nodes: Sequence[dict[str, Any]], queues: Sequence[str] = ()) -> ClusterSpec:
-    """The scheduler's model of a Ray cluster: one pool per node shape (alive nodes of ``ray.nodes()``).
+    """The scheduler's model of a Ray cluster (alive nodes of ``ray.nodes()``): one pool per kind of
+    node, not per node.
 
-    A node's CPUs, memory and GPUs come from its Ray resources; its GPU type from an
-    ``accelerator_type:...`` resource where Ray found one. Nodes with the same shape form one
-    pool, so a gang may span them; every queue the jobs name exists, without quota.
+    CPU-only nodes form one pool; GPU nodes one pool per ``accelerator_type:...`` Ray found on them
+    (``nvidia-gpu`` where it found none), TPU hosts one per TPU type. Nodes of one kind that differ
+    in CPUs, memory, GPU count or custom resources (Ray's ``memory`` differs from node to node even
+    on identical machines) stay in one pool, each node with its own size (``node_sizes``), so a gang
+    spans them with each worker on a node that holds it, as Ray itself places a gang. A node with
+    neither CPUs nor accelerators (a head started with ``--num-cpus 0``) holds no worker and is
+    left out. Every queue the jobs name exists, without quota.
     """
-    shapes: dict[tuple[Any, ...], int] = {}
+    kinds: dict[tuple[str, str | None], list[tuple[float, int, float]]] = {}
     for node in nodes:
         if not node.get("Alive", node.get("alive", True)):
             continue
         res = node.get("Resources") or node.get("resources") or {}
-        if not any(float(res.get(k, 0)) > 0 for k in ("CPU", "GPU", "TPU")):
-            continue  # a node no worker can use (a head started with --num-cpus 0)
-        kind = next((k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")), None)
-        shape = (float(res.get("CPU", 0)), int(res.get("memory", 0)), float(res.get("GPU", 0)),
-                 kind, float(res.get("TPU", 0)))
-        shapes[shape] = shapes.get(shape, 0) + 1
-    pools = []
-    for i, ((cpus, memory, gpus, kind, tpus), count) in enumerate(sorted(shapes.items(), key=str)):
-        pool: dict[str, Any] = {"name": f"ray-{i}", "nodes": count, "cpus_per_node": cpus}
-        if memory > 0:  # a node that reports no memory resource: memory is not a constraint there
-            pool["memory_per_node"] = memory
+        ray_kind = next((k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:")), None)
+        cpus, memory = float(res.get("CPU", 0)), int(res.get("memory", 0))
+        gpus, tpus = float(res.get("GPU", 0)), float(res.get("TPU", 0))
         # pools are named after Ray's own accelerator_type (A100 -> nvidia-a100); requests are
         # translated the same way (ray_request) rather than guessing a card's memory size here
+        key: tuple[str, str | None]
         if gpus:
-            pool.update({"accelerator": queue_accelerator(kind or "GPU"), "accelerators_per_node": gpus})
+            key, accelerators = ("gpu", queue_accelerator(ray_kind or "GPU")), gpus
         elif tpus:
-            pool.update({"accelerator": queue_accelerator(kind or "TPU-SLICE"), "accelerators_per_node": tpus})
+            key, accelerators = ("tpu", queue_accelerator(ray_kind or "TPU-SLICE")), tpus
+        elif cpus:
+            key, accelerators = ("cpu", None), 0.0
         else:
-            pool["accelerator"] = "cpu"
-        pools.append(pool)
+            continue
+        kinds.setdefault(key, []).append((cpus, memory, accelerators))
+    pools = [_pool_of(kind, accelerator, sizes) for (kind, accelerator), sizes in sorted(kinds.items(), key=str)]
     if not pools:  # no node alive: a cluster nothing fits, so every job waits and says why
-        pools.append({"name": "ray-0", "nodes": 0, "cpus_per_node": 1, "accelerator": "cpu"})
+        pools.append({"name": "ray-cpu", "nodes": 0, "cpus_per_node": 1, "accelerator": "cpu"})
     names = sorted(set(queues) | {"default"})
     return cluster_from_data({"name": "ray", "pools": pools, "queues": [{"name": q} for q in names]})
+
+
+def _pool_of(kind: str, accelerator: str | None, sizes: list[tuple[float, int, float]]) -> dict[str, Any]:
+    """One pool of a Ray cluster: its nodes' largest sizes, and each node's own where they differ."""
+    # largest first, so the pool is the same whatever order Ray lists its nodes in
+    sizes = sorted(sizes, key=lambda s: (s[2], s[0], s[1]), reverse=True)
+    name = "ray-" + (accelerator or "cpu")
+    pool: dict[str, Any] = {"name": name[:63].rstrip("-"), "nodes": len(sizes),
+                            "cpus_per_node": max(cpus for cpus, _, _ in sizes) or None}
+    # a node that reports no memory resource: memory is not a constraint in its pool
+    tracks_memory = all(memory > 0 for _, memory, _ in sizes)
+    if tracks_memory:
+        pool["memory_per_node"] = max(memory for _, memory, _ in sizes)
+    if kind == "cpu":
+        pool["accelerator"] = "cpu"
+    else:
+        pool.update({"accelerator": accelerator, "accelerators_per_node": max(a for _, _, a in sizes)})
+    if len(set(sizes)) > 1:
+        pool["node_sizes"] = [
+            {**({"cpus": cpus} if pool["cpus_per_node"] else {}), **({"memory": memory} if tracks_memory else {}),
+             **({"accelerators": accelerators} if kind != "cpu" else {})}
+            for cpus, memory, accelerators in sizes
+        ]
+    return pool
 
 
 def queue_accelerator(ray_kind: str) -> str:

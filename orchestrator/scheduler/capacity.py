@@ -1,7 +1,8 @@
 """Free resources per node, indexed so that best-fit search does not scan every node.
 
 Each pool keeps, per node, its free primary resource (accelerators, or CPUs in a cpu pool), and
-optionally free CPUs and memory. Nodes sit in buckets by whole free primary units, so "the node
+optionally free CPUs and memory; a pool whose nodes differ in size (``NodePool.node_sizes``)
+starts each node at its own size. Nodes sit in buckets by whole free primary units, so "the node
 with the fewest free GPUs that still fits 3" is a walk over at most ``accelerators_per_node + 1``
 buckets: a pass over 1,000 jobs on 5,000 nodes stays well under 100 ms. TPU pools also count the
 wholly free hosts of each slice, since a multi-host slice is only ever placed whole.
@@ -31,16 +32,28 @@ class PoolCapacity:
         self.per_node = float(
             pool.accelerators_per_node if pool.accelerator != CPU else pool.cpus_per_node or 0
         )
-        self.free = [self.per_node] * n
         tracks_cpu = pool.accelerator != CPU and pool.cpus_per_node is not None
-        self.free_cpu: list[float] | None = [float(pool.cpus_per_node or 0)] * n if tracks_cpu else None
-        self.free_mem: list[int] | None = [pool.memory_bytes or 0] * n if pool.memory_bytes else None
         self.buckets: list[dict[int, None]] = [{} for _ in range(bucket_of(self.per_node) + 1)]
-        self.buckets[-1] = dict.fromkeys(range(n))
         self.slice_free: list[int] | None = (
             [pool.hosts_per_slice] * (n // pool.hosts_per_slice) if pool.topology else None
         )
-        self.free_total = self.per_node * n
+        self.free_cpu: list[float] | None
+        self.free_mem: list[int] | None
+        if pool.uniform:
+            self.free = [self.per_node] * n
+            self.free_cpu = [float(pool.cpus_per_node or 0)] * n if tracks_cpu else None
+            self.free_mem = [pool.memory_bytes or 0] * n if pool.memory_bytes else None
+            self.buckets[-1] = dict.fromkeys(range(n))
+            self.free_total = self.per_node * n
+            return
+        # nodes of their own sizes (a Ray cluster's): each starts with what it has
+        sizes = pool.sizes
+        self.free = [primary for primary, _, _ in sizes]
+        self.free_cpu = [float(cpus or 0.0) for _, cpus, _ in sizes] if tracks_cpu else None
+        self.free_mem = [memory or 0 for _, _, memory in sizes] if pool.memory_bytes else None
+        for node, free in enumerate(self.free):
+            self.buckets[bucket_of(free)][node] = None
+        self.free_total = sum(self.free)
 
     def copy(self) -> PoolCapacity:
         other = PoolCapacity.__new__(PoolCapacity)

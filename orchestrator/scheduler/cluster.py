@@ -43,8 +43,29 @@ class Taint(_Model):
         return f"{self.key}={self.value}:{self.effect}" if self.value else f"{self.key}:{self.effect}"
 
 
+class NodeSize(_Model):
+    """One node of a pool whose nodes differ in size (``NodePool.node_sizes``). A size left out is
+    the pool's per-node value."""
+
+    cpus: float | None = Field(default=None, ge=0, description="CPUs of this node.")
+    memory: str | int | None = Field(default=None, description="Memory of this node.")
+    accelerators: int | None = Field(default=None, ge=0, le=64, description="GPUs or TPU chips of this node.")
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str | int | None) -> str | int | None:
+        if value is not None and parse_memory(value) <= 0:
+            raise ValueError("memory must be positive")
+        return value
+
+
 class NodePool(_Model):
-    """Identical nodes: one accelerator type (or ``cpu``), their counts, labels and taints."""
+    """Interchangeable nodes: one accelerator type (or ``cpu``), their counts, labels and taints.
+
+    The nodes are the same size unless ``node_sizes`` lists each node's own (a Ray cluster's
+    nodes, read from Ray, differ in CPUs and memory); a gang may span the nodes of a pool, each
+    worker on one node.
+    """
 
     name: str = Field(pattern=NAME_PATTERN, max_length=63)
     accelerator: str = Field(default=CPU, description="Accelerator type, or 'cpu' for CPU-only nodes.")
@@ -59,6 +80,11 @@ class NodePool(_Model):
     spot: bool = Field(default=False, description="Spot/preemptible capacity.")
     topology: str | None = Field(
         default=None, description="TPU slice topology (2x4, 4x4x4): slices are placed whole."
+    )
+    node_sizes: list[NodeSize] | None = Field(
+        default=None,
+        description="Each node's size where the nodes differ, one entry per node; the per-node "
+        "fields are then the largest node's (and the size an entry leaves out).",
     )
 
     @field_validator("accelerator")
@@ -125,6 +151,8 @@ class NodePool(_Model):
                     f"slices ({self.hosts_per_slice} hosts each)",
                     fix=f"use a multiple of {self.hosts_per_slice}",
                 )
+        if self.node_sizes is not None:
+            self._check_node_sizes()
         low, high = self.min_nodes, self.max_nodes
         if (low is not None and low > self.nodes) or (high is not None and high < self.nodes):
             raise CrossFieldError(
@@ -133,6 +161,61 @@ class NodePool(_Model):
                 fix="keep min_nodes <= nodes <= max_nodes",
             )
         return self
+
+    def _check_node_sizes(self) -> None:
+        sizes = self.node_sizes or []
+        if len(sizes) != self.nodes:
+            raise CrossFieldError(
+                "node_sizes",
+                f"{len(sizes)} node sizes for {self.nodes} nodes",
+                fix="give one entry per node, or drop node_sizes when the nodes are alike",
+            )
+        if self.topology is not None:
+            raise CrossFieldError(
+                "node_sizes", "the hosts of a TPU slice are alike", fix="drop node_sizes or topology"
+            )
+        largest = (
+            ("cpus", self.cpus_per_node, "cpus_per_node"),
+            ("accelerators", self.accelerators_per_node, "accelerators_per_node"),
+            ("memory", self.memory_bytes, "memory_per_node"),
+        )
+        for i, size in enumerate(sizes):
+            for field, limit, pool_field in largest:
+                value = getattr(size, field)
+                if value is None:
+                    continue
+                if field == "memory":
+                    value = parse_memory(value)
+                if limit is None:
+                    raise CrossFieldError(
+                        f"node_sizes[{i}].{field}",
+                        f"the pool does not track {field} ({pool_field} is not set)",
+                        fix=f"set {pool_field} to the largest node's, or drop node_sizes[{i}].{field}",
+                    )
+                if value > limit:
+                    raise CrossFieldError(
+                        f"node_sizes[{i}].{field}",
+                        f"{value:g} is more than {pool_field} {limit:g}",
+                        fix=f"set {pool_field} to the largest node's {field}",
+                    )
+
+    @property
+    def uniform(self) -> bool:
+        """Every node has the pool's per-node sizes (no ``node_sizes``)."""
+        return self.node_sizes is None
+
+    @cached_property
+    def sizes(self) -> tuple[tuple[float, float | None, int | None], ...]:
+        """Each node's (primary resource, CPUs or None, memory bytes or None); the primary resource
+        is accelerators, or CPUs in a cpu pool. For a pool with ``node_sizes`` only."""
+        out = []
+        for size in self.node_sizes or ():
+            cpus = self.cpus_per_node if size.cpus is None else size.cpus
+            memory = self.memory_bytes if size.memory is None else parse_memory(size.memory)
+            accelerators = self.accelerators_per_node if size.accelerators is None else size.accelerators
+            primary = float(accelerators) if self.accelerator != CPU else float(cpus or 0.0)
+            out.append((primary, cpus, memory))
+        return tuple(out)
 
     @property
     def is_tpu(self) -> bool:
@@ -158,6 +241,8 @@ class NodePool(_Model):
     @property
     def capacity(self) -> float:
         """Total of the pool's primary resource: accelerators, or CPUs for a cpu pool."""
+        if self.node_sizes is not None:
+            return sum(primary for primary, _, _ in self.sizes)
         per_node = self.accelerators_per_node if self.accelerator != CPU else (self.cpus_per_node or 0.0)
         return self.nodes * per_node
 
@@ -361,6 +446,7 @@ def load_cluster(path: str | Path) -> ClusterSpec:
 _MODELS_BY_PATH: dict[str, type[BaseModel]] = {
     "": ClusterSpec,
     "pools": NodePool,
+    "node_sizes": NodeSize,
     "queues": Queue,
     "taints": Taint,
     "scheduler": SchedulerSettings,

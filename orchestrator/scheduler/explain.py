@@ -36,8 +36,9 @@ def pool_room(cap: PoolCapacity, request: GangRequest) -> Reason:
     if need and cap.free_total + EPS >= need * request.workers:
         per_node = workers_per_node(pool, request)
         nodes = -(-request.workers // per_node)
+        least = "" if pool.uniform else "at least "
         text += (
-            f", too scattered for the gang (it needs {nodes} node{'s' * (nodes != 1)}, "
+            f", too scattered for the gang (it needs {least}{nodes} node{'s' * (nodes != 1)}, "
             f"largest free block {fmt_amount(cap.max_free())})"
         )
     elif not need and request.cpus_per_worker and cap.free_cpu is not None:

@@ -5,6 +5,9 @@
   (``ceil(workers / workers_per_node)``): whole nodes for the full chunks, and for the remainder
   the node with the least free room that still fits (best fit), which keeps large holes for
   large jobs. CPU gangs may spread, largest free nodes first.
+* A pool whose nodes differ in size (``node_sizes``, a Ray cluster's nodes) is one pool still: a
+  gang spans its nodes, each worker whole on one node (a 1-CPU worker is never split across two
+  half-free nodes); an accelerator gang takes the nodes with the most room first.
 * A TPU multi-host slice is placed whole: every host of one wholly free slice.
 * Taints keep jobs off pools unless tolerated; ``PreferNoSchedule`` pools are tried last. Jobs
   that ask for accelerators tolerate ``nvidia.com/gpu`` and ``google.com/tpu`` taints implicitly.
@@ -12,7 +15,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from orchestrator.scheduler.capacity import EPS, PoolCapacity
@@ -85,17 +87,43 @@ def eligible_pools(cluster: ClusterSpec, request: GangRequest) -> Eligibility:
 
 
 def workers_per_node(pool: NodePool, request: GangRequest) -> int:
-    """How many workers of the gang an empty node of ``pool`` holds."""
-    limits = []
+    """How many workers of the gang an empty node of ``pool`` holds (its largest node, where the
+    nodes differ in size)."""
+    if not pool.uniform:
+        return max(node_room(pool, request), default=0)
     if pool.accelerator != CPU:
-        if request.accelerators_per_worker:
-            limits.append(pool.accelerators_per_node / request.accelerators_per_worker)
-        if pool.cpus_per_node is not None and request.cpus_per_worker:
-            limits.append(pool.cpus_per_node / request.cpus_per_worker)
-    elif request.cpus_per_worker:
-        limits.append((pool.cpus_per_node or 0.0) / request.cpus_per_worker)
-    if pool.memory_bytes and request.memory_per_worker:
-        limits.append(pool.memory_bytes / request.memory_per_worker)
+        return _workers_on(request, float(pool.accelerators_per_node), pool.cpus_per_node, pool.memory_bytes)
+    return _workers_on(request, None, pool.cpus_per_node or 0.0, pool.memory_bytes)
+
+
+def node_room(pool: NodePool, request: GangRequest) -> list[int]:
+    """How many workers of the gang each empty node of a pool with ``node_sizes`` holds."""
+    accelerated = pool.accelerator != CPU
+    tracks_cpu = not accelerated or pool.cpus_per_node is not None
+    tracks_mem = bool(pool.memory_bytes)
+    return [
+        _workers_on(
+            request,
+            primary if accelerated else None,
+            (cpus or 0.0) if tracks_cpu else None,
+            memory if tracks_mem else None,
+        )
+        for primary, cpus, memory in pool.sizes
+    ]
+
+
+def _workers_on(
+    request: GangRequest, accelerators: float | None, cpus: float | None, memory: int | None
+) -> int:
+    """Workers of the gang that fit a node with these accelerators, CPUs and memory (None: not
+    tracked there)."""
+    limits = []
+    if accelerators is not None and request.accelerators_per_worker:
+        limits.append(accelerators / request.accelerators_per_worker)
+    if cpus is not None and request.cpus_per_worker:
+        limits.append(cpus / request.cpus_per_worker)
+    if memory and request.memory_per_worker:
+        limits.append(memory / request.memory_per_worker)
     return min(int(x + EPS) for x in limits) if limits else request.workers
 
 
@@ -111,16 +139,24 @@ def never_fits(pool: NodePool, request: GangRequest) -> str | None:
         return None if pool.nodes else f"pool {pool.name} has no slices"
     per_node = workers_per_node(pool, request)
     if per_node == 0:
-        return f"one worker does not fit a node of pool {pool.name} ({_node_words(pool)})"
-    nodes = math.ceil(request.workers / per_node)
-    if nodes > pool.nodes:
+        where = "a node" if pool.uniform else "any node"
+        return f"one worker does not fit {where} of pool {pool.name} ({_node_words(pool)})"
+    room = per_node * pool.nodes if pool.uniform else sum(node_room(pool, request))
+    if room < request.workers:
         if pool.accelerator == CPU:
             size = f"{fmt_amount(pool.capacity)} cpus in total"
         elif request.accelerators_per_worker:
             size = f"{fmt_amount(pool.capacity)} in total"
         else:
             size = f"{pool.nodes} nodes"
-        return f"needs {what} as one gang; pool {pool.name} has {size}"
+        text = f"needs {what} as one gang; pool {pool.name} has {size}"
+        need = request.accelerators_per_worker if pool.accelerator != CPU else request.cpus_per_worker
+        if need and pool.capacity + EPS >= need * request.workers:  # enough in all, not node by node
+            text += (
+                f" on {pool.nodes} nodes, room for {room} such worker{'s' * (room != 1)}"
+                " (a worker runs on one node)"
+            )
+        return text
     return None
 
 
@@ -131,8 +167,13 @@ def _node_words(pool: NodePool) -> str:
     if pool.cpus_per_node is not None:
         parts.append(f"{fmt_amount(pool.cpus_per_node)} cpus")
     if pool.memory_per_node is not None:
-        parts.append(f"{pool.memory_per_node} memory")
-    return ", ".join(parts) + " per node"
+        memory = pool.memory_per_node
+        parts.append(
+            f"{memory / 2**30:.1f} GiB" if isinstance(memory, int) and not pool.uniform else f"{memory}"
+        )
+        parts[-1] += " memory"
+    words = ", ".join(parts)
+    return words + " per node" if pool.uniform else f"its largest node has {words}"
 
 
 def find_placement(capacity: PoolCapacity, request: GangRequest, resource: str) -> Placement | None:
@@ -145,6 +186,8 @@ def find_placement(capacity: PoolCapacity, request: GangRequest, resource: str) 
         return None  # cheap reject: not enough free in the whole pool
     if pool.topology:
         shares = _whole_slice(capacity, request, secondary, m)
+    elif request.consolidate and not pool.uniform:
+        shares = _fewest_nodes(capacity, request.workers, primary, secondary, m)
     elif request.consolidate:
         shares = _consolidated(capacity, request, primary, secondary, m)
     else:
@@ -176,6 +219,16 @@ def _consolidated(
     return tuple(shares)
 
 
+def _room(cap: PoolCapacity, node: int, p: float, c: float, m: int, most: int) -> int:
+    """Workers (at most ``most``) that fit the free resources of ``node`` now."""
+    room = [cap.free[node] / p] if p else []
+    if c and cap.free_cpu is not None:
+        room.append(cap.free_cpu[node] / c)
+    if m and cap.free_mem is not None:
+        room.append(cap.free_mem[node] / m)
+    return min(most, min(int(x + EPS) for x in room) if room else most)
+
+
 def _spread(
     cap: PoolCapacity, workers: int, p: float, c: float, m: int
 ) -> tuple[tuple[int, int], ...] | None:
@@ -183,18 +236,36 @@ def _spread(
     left = workers
     for bucket in reversed(cap.buckets):  # fewest nodes: the emptiest nodes first
         for node in bucket:
-            room = [cap.free[node] / p] if p else []
-            if c and cap.free_cpu is not None:
-                room.append(cap.free_cpu[node] / c)
-            if m and cap.free_mem is not None:
-                room.append(cap.free_mem[node] / m)
-            fit = min(left, min(int(x + EPS) for x in room) if room else left)
+            fit = _room(cap, node, p, c, m, left)
             if fit > 0:
                 shares.append((node, fit))
                 left -= fit
                 if left == 0:
                     return tuple(shares)
     return None
+
+
+def _fewest_nodes(
+    cap: PoolCapacity, workers: int, p: float, c: float, m: int
+) -> tuple[tuple[int, int], ...] | None:
+    """An accelerator gang on a pool whose nodes differ in size: the nodes with the most room
+    first (fewest nodes), and the rest of the gang on the node with the fewest free accelerators
+    that holds it (best fit)."""
+    rooms = {node: r for node in range(len(cap.free)) if (r := _room(cap, node, p, c, m, workers)) > 0}
+    if sum(rooms.values()) < workers:
+        return None
+    shares: list[tuple[int, int]] = []
+    left = workers
+    while left:
+        holding = [(cap.free[node], node) for node, r in rooms.items() if r >= left]
+        if holding:
+            node = min(holding)[1]
+            shares.append((node, left))
+            return tuple(shares)
+        node = max(rooms, key=lambda n: (rooms[n], -n))
+        shares.append((node, rooms.pop(node)))
+        left -= shares[-1][1]
+    return tuple(shares)
 
 
 def _whole_slice(

@@ -139,14 +139,15 @@ def test_a_silent_driver_is_dropped_after_the_stale_limit() -> None:
     assert b.offer("b", gang(), 2.0)["action"] == "run"
 
 
-def test_cluster_model_groups_nodes_by_shape() -> None:
+def test_cluster_model_groups_nodes_by_kind() -> None:
     cluster = cluster_from_nodes(
         [node(8, gpus=4, kind="A100"), node(8, gpus=4, kind="A100"), node(4), {"Alive": False, "Resources": {"CPU": 64}}],
         ["research"],
     )
     pools = sorted(cluster.pools, key=lambda p: p.name)
-    shapes = sorted((p.nodes, p.accelerator, p.cpus_per_node) for p in pools)
-    assert shapes == [(1, "cpu", 4.0), (2, "nvidia-a100", 8.0)]  # from Ray's accelerator_type A100
+    shapes = sorted((p.name, p.nodes, p.accelerator, p.cpus_per_node) for p in pools)
+    # from Ray's accelerator_type A100; more kinds and nodes of other sizes: test_ray_cluster_pools.py
+    assert shapes == [("ray-cpu", 1, "cpu", 4.0), ("ray-nvidia-a100", 2, "nvidia-a100", 8.0)]
     assert {q.name for q in cluster.queues} == {"default", "research"}
 
 
