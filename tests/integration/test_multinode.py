@@ -183,6 +183,23 @@ def check_predict_from_fresh_home(run: dict[str, Any], tmp_path: Path) -> None:
     assert f"job {run['job_id']}" in logs
 
 
+def test_a_gang_larger_than_any_node_spans_the_nodes(cluster: Any, s3: Any, tmp_path: Path) -> None:
+    """Two 2-CPU workers on two 2-CPU nodes: the cluster's queue once made each node a pool of its
+    own and refused this gang ("the job can never start on this cluster"); Ray places it across."""
+    bucket = s3.create_bucket()
+    spec = yaml.safe_load(spec_file(tmp_path, f"{bucket}/gang").read_text())
+    spec.update(name="wide-gang", resources={"workers": 2, "cpus_per_worker": 2})
+    spec["training"]["epochs"] = 1
+    path = tmp_path / "wide.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    env = cli_env(tmp_path / "client-home", None)
+    env.update(s3.env, ORCHESTRATOR_RAY_ADDRESS=cluster.dashboard)
+    out = last_json(run_cli(["submit", str(path), "--backend", "ray", "-o", "json", "-q"], env, check=True).stdout)
+    assert out["state"] == "succeeded", out
+    nodes = cluster.node_ids()
+    assert sorted(out["attempts"][0]["nodes"]) == sorted([nodes["node_b"], nodes["node_c"]])
+
+
 def test_a_job_survives_the_loss_of_a_node_with_s3_storage(cluster: Any, s3: Any, tmp_path: Path) -> None:
     bucket = s3.create_bucket()
     run = run_node_loss(cluster, s3, f"{bucket}/runs", tmp_path, victim="node_c")
