@@ -47,11 +47,6 @@ class PbtScheduler(_Model):
     perturbation_interval: int = Field(default=2, ge=1, description="Epochs between exploit/explore steps.")
     quantile_fraction: float = Field(default=0.25, gt=0, le=0.5, description="Bottom fraction that copies the top.")
     resample_probability: float = Field(default=0.25, ge=0, le=1, description="Resample instead of perturbing.")
-    synch: bool = Field(
-        default=False,
-        description="Synchronous PBT (Ray Tune's `synch`): trials wait at each perturbation point until every "
-        "trial reaches it, so a trial that started late is still compared instead of being skipped.",
-    )
 
 
 class FifoScheduler(_Model):

@@ -72,8 +72,7 @@ def build_scheduler(sweep: SweepSpec, sweep_id: str) -> Any:
         return PopulationBasedTraining(time_attr="epoch", perturbation_interval=sched.perturbation_interval,
                                        quantile_fraction=sched.quantile_fraction,
                                        resample_probability=sched.resample_probability,
-                                       hyperparam_mutations=mutations, custom_explore_fn=within_bounds,
-                                       synch=sched.synch)
+                                       hyperparam_mutations=mutations, custom_explore_fn=within_bounds)
     return FIFOScheduler()
 
 

@@ -323,9 +323,7 @@ tune:
     training.learning_rate: choice([0.0001, 0.003])
   num_samples: 2
   max_concurrent: 2
-  # synchronous: on a loaded machine the second trial's workers can start after the first trial
-  # has trained all its epochs; PBT then compares them at every perturbation point all the same
-  scheduler: {type: pbt, perturbation_interval: 1, quantile_fraction: 0.5, synch: true}
+  scheduler: {type: pbt, perturbation_interval: 1, quantile_fraction: 0.5}
   seed: 3
 """
 
