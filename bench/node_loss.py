@@ -13,9 +13,11 @@ Runs alternate A, B, A, B, ...:
   ``FailureConfig(max_failures=3)``, ``report(checkpoint=...)`` per epoch, ``get_checkpoint()``).
 
 The kill point is the same for both: when the checkpoint of epoch ``--kill-epoch`` is persisted (A:
-its ``checkpoint`` event, sent after the manifest is written; B: rank 0's ``report`` returned), the
+its manifest appears in S3; B: rank 0's ``report`` with it returned; both polled every 10 ms), the
 victim node is SIGKILLed (raylet first, then every process of it; its scratch folder deleted)
-``--kill-after-steps`` steps later, timed from that epoch's own step rate. Per run:
+``--kill-after-steps`` steps later, timed at the step rate of the epoch before. (A's own events
+reach the driver's log a drain, 0.25 s, or more after they happen: longer than one epoch of this
+job on a quiet machine, so they only give A's step rate.) Per run:
 
 * recovery = first training step of the worker group that restarted after the kill (the worker's
   ``time.time()`` right after that step's optimizer step) minus the moment ``kill_node`` returned;
@@ -206,24 +208,39 @@ class Bench:
         log(f"A{n}: submitted {job_id}")
         e = self.args.kill_epoch
 
-        def kill_point() -> Any:
+        bucket = self.bucket.removeprefix("s3://")
+        s3 = self.s3.client()
+
+        def previous_epoch() -> Any:
+            # the events reach the driver's log a drain (0.25 s) or more after they happen, longer
+            # than an epoch of this job on a quiet machine: the log gives the step rate, S3 the moment
             events, _ = self.orchestrator_events(job_id)
-            ckpt = next((ev for ev in events if ev["type"] == "checkpoint" and ev.get("epoch") == e), None)
             epochs = {ev["epoch"]: ev for ev in events if ev["type"] == "epoch"}
-            if ckpt is None or e not in epochs:
+            if e - 1 not in epochs:
                 if patiently(lambda: self.client.get_job_status(job_id), "job status").is_terminal():
                     raise RuntimeError(f"job {job_id} ended before epoch {e}'s checkpoint")
                 return None
-            steps = epochs[e]["global_step"] - (epochs[e - 1]["global_step"] if e - 1 in epochs else 0)
-            dt = epochs[e]["metrics"]["epoch_seconds"] / max(1, steps)
-            return ckpt, dt
+            steps = epochs[e - 1]["global_step"] - (epochs[e - 2]["global_step"] if e - 2 in epochs else 0)
+            return epochs[e - 1]["global_step"] + steps, epochs[e - 1]["metrics"]["epoch_seconds"] / max(1, steps)
 
-        ckpt, dt = wait_for(kill_point, RUN_TIMEOUT_S, 0.05, f"epoch {e}'s checkpoint")
-        killed_from, killed = self.kill_at(victim, ckpt["time"] + self.args.kill_after_steps * dt)
+        ckpt_step, dt = wait_for(previous_epoch, RUN_TIMEOUT_S, 0.05, f"epoch {e - 1}'s report")
+        key = f"orchestrator/{job_id}/checkpoints/ckpt-{ckpt_step:010d}/manifest.json"
+
+        def committed() -> bool:
+            try:
+                s3.head_object(Bucket=bucket, Key=key)
+            except Exception:  # noqa: BLE001 - botocore's 404 (ClientError): not yet
+                return False
+            return True
+
+        wait_for(committed, RUN_TIMEOUT_S, 0.01, f"epoch {e}'s manifest in S3")
+        seen = time.time()
+        killed_from, killed = self.kill_at(victim, seen + self.args.kill_after_steps * dt)
         state = self.wait_job(job_id)
         events, record = self.orchestrator_events(job_id)
         if record is None:
             raise RuntimeError(f"no record in the driver log of {job_id} (Ray state {state})")
+        ckpt = next(ev for ev in events if ev["type"] == "checkpoint" and ev.get("global_step") == ckpt_step)
         starts = [ev for ev in events if ev["type"] == "attempt_start"]
         firsts = {ev["attempt"]: ev for ev in events if ev["type"] == "first_step"}
         after = next(ev for ev in starts if ev["time"] > killed_from)
@@ -283,15 +300,17 @@ class Bench:
             return out
 
         def kill_point() -> Any:
-            ckpt = next((ev for ev in lines() if ev["type"] == "checkpoint" and ev["epoch"] == e), None)
+            seen = lines()
+            ckpt = next((ev for ev in seen if ev["type"] == "checkpoint" and ev["epoch"] == e), None)
             if ckpt is None:
                 if patiently(lambda: self.client.get_job_status(job_id), "job status").is_terminal():
                     raise RuntimeError(f"job {job_id} ended before epoch {e}'s checkpoint:\n"
                                        f"{self.client.get_job_logs(job_id)[-3000:]}")
                 return None
-            return ckpt, ckpt["train_seconds"] / max(1, ckpt["steps"])
+            rate = next(ev for ev in seen if ev["type"] == "checkpoint" and ev["epoch"] == e - 1)  # as in A
+            return ckpt, rate["train_seconds"] / max(1, rate["steps"])
 
-        ckpt, dt = wait_for(kill_point, RUN_TIMEOUT_S, 0.05, f"epoch {e}'s checkpoint")
+        ckpt, dt = wait_for(kill_point, RUN_TIMEOUT_S, 0.01, f"epoch {e}'s checkpoint")
         killed_from, killed = self.kill_at(victim, ckpt["time"] + self.args.kill_after_steps * dt)
         state = self.wait_job(job_id)
         logs = patiently(lambda: self.client.get_job_logs(job_id), "job logs")
@@ -377,9 +396,11 @@ def report(rows: list[dict[str, Any]], checks: tuple[float, float], args: argpar
             "previous attempt's `last_step` in the job record, the newest Step progress the driver received "
             "(rank 0 sends one at most every 0.25 s), so it may miss the last few steps (a lower bound); "
             "B: the newest per-step line written before the kill (exact). The kill point is the same rule "
-            "for both: the epoch's checkpoint event (A: after its manifest is written to S3; B: after "
-            "`ray.train.report` with the checkpoint returned on rank 0) plus the given number of steps at "
-            "that epoch's own step rate."]
+            "for both: the epoch's checkpoint persisted (A: its manifest appears in S3; B: "
+            "`ray.train.report` with the checkpoint returned on rank 0; both polled every 10 ms) plus the "
+            "given number of steps at the previous epoch's step rate; `kill after ckpt s` is measured from "
+            "the checkpoint's own time (A: the `checkpoint` event, sent right after the manifest; B: the line "
+            "after `report`)."]
     return "\n".join(out) + "\n"
 
 
