@@ -12,20 +12,22 @@ Runs alternate A, B, A, B, ...:
   plain Ray Train (``RunConfig(storage_path, storage_filesystem)`` on the same S3 server,
   ``FailureConfig(max_failures=3)``, ``report(checkpoint=...)`` per epoch, ``get_checkpoint()``).
 
-The kill point is the same for both: when the checkpoint of epoch ``--kill-epoch`` is persisted (A:
-its manifest appears in S3; B: rank 0's ``report`` with it returned; both polled every 10 ms), the
-victim node is SIGKILLed (raylet first, then every process of it; its scratch folder deleted)
-``--kill-after-steps`` steps later, timed at the step rate of the epoch before. (A's own events
-reach the driver's log a drain, 0.25 s, or more after they happen: longer than one epoch of this
-job on a quiet machine, so they only give A's step rate.) Per run:
+The kill point is the same for both: the victim node is SIGKILLed (raylet first, then every process
+of it; its scratch folder deleted) ``--kill-at`` of an epoch after the checkpoint of epoch
+``--kill-epoch`` was persisted, an epoch being the time from the previous checkpoint to that one.
+A: the checkpoints' manifests in S3 (polled every 10 ms) and their ``created_at``; B: rank 0's line
+written when ``report`` with the checkpoint returned (polled every 10 ms). A's own events reach the
+driver's log a drain (0.25 s) or more after they happen, longer than an epoch of this job on a
+quiet machine, so they cannot time the kill. Per run:
 
 * recovery = first training step of the worker group that restarted after the kill (the worker's
   ``time.time()`` right after that step's optimizer step) minus the moment ``kill_node`` returned;
 * kill->restored: until the new group has restored its checkpoint (A: ``attempt_start``; B: rank 0's
   ``attempt_start`` line, written after ``get_checkpoint`` and the load);
 * work lost = the global step at the kill minus the restored step. A: the step at the kill is the
-  previous attempt's ``last_step`` in the job's record (the newest Step progress the driver got,
-  sent at most every 0.25 s: a lower bound); B: the newest per-step line written before the kill.
+  previous attempt's ``last_step`` in the job's record (the newest Step progress the driver got:
+  rank 0 sends it at most every 0.25 s and at an epoch's last step, so a lower bound); B: the same
+  rule applied to its per-step lines (and the exact count beside it).
 
 Medians over ``--runs`` runs of each, the machine check ``sum(range(10**7))`` timed before and
 after. Results: bench/results/node_loss.md (and .json). Run it alone (other Ray work on a 2-CPU
@@ -84,6 +86,18 @@ def job_spec(storage: str, epochs: int) -> dict[str, Any]:
     }
 
 
+def steps_per_epoch(epochs: int) -> int:
+    """The job's steps per epoch (each rank's shard of the training split over its batch)."""
+    import math
+
+    from orchestrator.runtime.data import prepare_data
+    from orchestrator.spec.models import JobSpec
+
+    spec = JobSpec.model_validate({k: v for k, v in job_spec("", epochs).items() if k != "storage"})
+    shard = len(prepare_data(spec.data, spec.training.seed).x_train) // spec.resources.workers
+    return math.ceil(shard / spec.per_worker_batch_size)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float, what: str) -> Any:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -115,6 +129,7 @@ class Bench:
         self.cluster: Any = None
         self.client: Any = None
         self.bucket = ""
+        self.steps_per_epoch = steps_per_epoch(args.epochs)
 
     # -- set-up -------------------------------------------------------------------------
     def start(self) -> None:
@@ -210,37 +225,35 @@ class Bench:
 
         bucket = self.bucket.removeprefix("s3://")
         s3 = self.s3.client()
+        spe = self.steps_per_epoch
 
-        def previous_epoch() -> Any:
-            # the events reach the driver's log a drain (0.25 s) or more after they happen, longer
-            # than an epoch of this job on a quiet machine: the log gives the step rate, S3 the moment
-            events, _ = self.orchestrator_events(job_id)
-            epochs = {ev["epoch"]: ev for ev in events if ev["type"] == "epoch"}
-            if e - 1 not in epochs:
-                if patiently(lambda: self.client.get_job_status(job_id), "job status").is_terminal():
-                    raise RuntimeError(f"job {job_id} ended before epoch {e}'s checkpoint")
-                return None
-            steps = epochs[e - 1]["global_step"] - (epochs[e - 2]["global_step"] if e - 2 in epochs else 0)
-            return epochs[e - 1]["global_step"] + steps, epochs[e - 1]["metrics"]["epoch_seconds"] / max(1, steps)
+        checked = [time.time()]
 
-        ckpt_step, dt = wait_for(previous_epoch, RUN_TIMEOUT_S, 0.05, f"epoch {e - 1}'s report")
-        key = f"orchestrator/{job_id}/checkpoints/ckpt-{ckpt_step:010d}/manifest.json"
-
-        def committed() -> bool:
+        def manifest(epoch: int) -> Any:
+            # A's events reach the driver's log a drain (0.25 s) or more after they happen: longer
+            # than one epoch of this job on a quiet machine. The manifests in S3 say it at once, and
+            # carry their own time (``created_at``, the worker's clock, just before the upload).
+            key = f"orchestrator/{job_id}/checkpoints/ckpt-{epoch * spe:010d}/manifest.json"
             try:
-                s3.head_object(Bucket=bucket, Key=key)
-            except Exception:  # noqa: BLE001 - botocore's 404 (ClientError): not yet
-                return False
-            return True
+                return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+            except Exception:  # noqa: BLE001 - botocore's NoSuchKey (ClientError): not yet
+                if time.time() - checked[0] > 2:  # not 100 dashboard calls a second
+                    checked[0] = time.time()
+                    if patiently(lambda: self.client.get_job_status(job_id), "job status").is_terminal():
+                        raise RuntimeError(f"job {job_id} ended before epoch {epoch}'s checkpoint") from None
+                return None
 
-        wait_for(committed, RUN_TIMEOUT_S, 0.01, f"epoch {e}'s manifest in S3")
+        previous = wait_for(lambda: manifest(e - 1), RUN_TIMEOUT_S, 0.2, f"epoch {e - 1}'s manifest")
+        ckpt_manifest = wait_for(lambda: manifest(e), RUN_TIMEOUT_S, 0.01, f"epoch {e}'s manifest")
         seen = time.time()
-        killed_from, killed = self.kill_at(victim, seen + self.args.kill_after_steps * dt)
+        cycle = ckpt_manifest["created_at"] - previous["created_at"]
+        killed_from, killed = self.kill_at(victim, ckpt_manifest["created_at"] + self.args.kill_at * cycle)
+        ckpt_step = e * spe
         state = self.wait_job(job_id)
         events, record = self.orchestrator_events(job_id)
         if record is None:
             raise RuntimeError(f"no record in the driver log of {job_id} (Ray state {state})")
-        ckpt = next(ev for ev in events if ev["type"] == "checkpoint" and ev.get("global_step") == ckpt_step)
+        ckpt = {"time": ckpt_manifest["created_at"], "global_step": ckpt_step}
         starts = [ev for ev in events if ev["type"] == "attempt_start"]
         firsts = {ev["attempt"]: ev for ev in events if ev["type"] == "first_step"}
         after = next(ev for ev in starts if ev["time"] > killed_from)
@@ -250,19 +263,23 @@ class Bench:
         at_kill = int(before.get("last_step") or 0)
         restored = int(after.get("restored_step") or 0)
         first_nodes = next(ev for ev in starts if ev["attempt"] == 1).get("nodes") or []
+        phases = controller_phases(self.base, killed, first["time"])
+        newest = max([ev["global_step"] for ev in events if ev["type"] == "checkpoint" and ev["time"] < killed_from],
+                     default=0)
         return {
+            **phases, "ckpt_seen_after_s": seen - ckpt["time"], "newest_ckpt_at_kill": newest,
             "system": "A", "run": n, "job": job_id, "state": record["state"],
             "val_accuracy": (record.get("result") or {}).get("metrics", {}).get("val_accuracy"),
             "attempts": len(record["attempts"]), "spread": sorted(first_nodes) == sorted([nodes["node_b"],
                                                                                          nodes[victim]]),
-            "ckpt_step": ckpt["global_step"], "step_seconds": dt, "kill_seconds": killed - killed_from,
+            "ckpt_step": ckpt["global_step"], "epoch_cycle_s": cycle, "kill_seconds": killed - killed_from,
             "kill_after_ckpt_s": killed_from - ckpt["time"],
             "step_at_kill": at_kill, "restored_step": restored, "lost_steps": at_kill - restored,
             "to_restored_s": after["time"] - killed, "recovery_s": first["time"] - killed,
             "own_lost_steps": attempts[after["attempt"]].get("lost_steps"),
             "own_recovery_s": attempts[after["attempt"]].get("recovery_seconds"),
             "detected_after_kill_s": (before.get("failure_detected_at") or float("nan")) - killed,
-            "failure": before.get("failure"), "submitted_to_kill_s": killed - submitted,
+            "failure": before.get("failure"), "submitted_to_kill_s": killed - submitted, "killed_at": killed, "first_step_at": first["time"],
         }
 
     # -- run B: plain Ray Train ------------------------------------------------------------
@@ -299,19 +316,25 @@ class Bench:
                     continue
             return out
 
+        checked = [time.time()]
+
         def kill_point() -> Any:
             seen = lines()
             ckpt = next((ev for ev in seen if ev["type"] == "checkpoint" and ev["epoch"] == e), None)
             if ckpt is None:
+                if time.time() - checked[0] < 2:  # not 100 dashboard calls a second
+                    return None
+                checked[0] = time.time()
                 if patiently(lambda: self.client.get_job_status(job_id), "job status").is_terminal():
                     raise RuntimeError(f"job {job_id} ended before epoch {e}'s checkpoint:\n"
                                        f"{self.client.get_job_logs(job_id)[-3000:]}")
                 return None
-            rate = next(ev for ev in seen if ev["type"] == "checkpoint" and ev["epoch"] == e - 1)  # as in A
-            return ckpt, rate["train_seconds"] / max(1, rate["steps"])
+            before = next(ev for ev in seen if ev["type"] == "checkpoint" and ev["epoch"] == e - 1)
+            return ckpt, ckpt["time"] - before["time"]
 
-        ckpt, dt = wait_for(kill_point, RUN_TIMEOUT_S, 0.01, f"epoch {e}'s checkpoint")
-        killed_from, killed = self.kill_at(victim, ckpt["time"] + self.args.kill_after_steps * dt)
+        ckpt, cycle = wait_for(kill_point, RUN_TIMEOUT_S, 0.01, f"epoch {e}'s checkpoint")
+        seen_at = time.time()
+        killed_from, killed = self.kill_at(victim, ckpt["time"] + self.args.kill_at * cycle)
         state = self.wait_job(job_id)
         logs = patiently(lambda: self.client.get_job_logs(job_id), "job logs")
         result = next((json.loads(line[len(PLAIN_MARK):]) for line in reversed(logs.splitlines())
@@ -324,18 +347,64 @@ class Bench:
         after = next(ev for ev in starts if ev["time"] > killed_from)
         first = next(ev for ev in evs if ev["type"] == "first_step" and ev["time"] > after["time"])
         first_nodes = [ev["node"] for ev in evs if ev["type"] == "attempt_start" and ev["time"] < killed_from]
-        at_kill = max(steps_before)
+        exact = max(steps_before)
+        at_kill = sampled_step_at(evs, killed)
         restored = int(after.get("restored_step") or 0)
+        phases = controller_phases(self.base, killed, first["time"])
+        newest = max([ev["global_step"] for ev in evs if ev["type"] == "checkpoint" and ev["time"] < killed_from],
+                     default=0)
         return {
+            **phases, "ckpt_seen_after_s": seen_at - ckpt["time"], "newest_ckpt_at_kill": newest,
+            "step_at_kill_exact": exact, "lost_steps_exact": exact - restored,
             "system": "B", "run": n, "job": job_id, "state": state,
             "val_accuracy": (result.get("metrics") or {}).get("val_accuracy"),
             "attempts": len(starts), "spread": sorted(first_nodes) == sorted([nodes["node_b"], nodes[victim]]),
-            "ckpt_step": ckpt["global_step"], "step_seconds": dt, "kill_seconds": killed - killed_from,
+            "ckpt_step": ckpt["global_step"], "epoch_cycle_s": cycle, "kill_seconds": killed - killed_from,
             "kill_after_ckpt_s": killed_from - ckpt["time"],
             "step_at_kill": at_kill, "restored_step": restored, "lost_steps": at_kill - restored,
             "to_restored_s": after["time"] - killed, "recovery_s": first["time"] - killed,
-            "submitted_to_kill_s": killed - submitted,
+            "submitted_to_kill_s": killed - submitted, "killed_at": killed, "first_step_at": first["time"],
         }
+
+
+def sampled_step_at(lines: list[dict[str, Any]], moment: float) -> int:
+    """The newest step before ``moment`` as the orchestrator's driver would know it: rank 0 sends
+    its progress at most every 0.25 s and at each epoch's last step (``TrainSession.progress``),
+    applied to B's per-step lines so both systems' steps at the kill are estimated alike."""
+    last_sent, newest = 0.0, 0
+    for line in lines:
+        if line["type"] != "step" or line["time"] > moment:
+            continue
+        if line["time"] - last_sent >= 0.25 or line["step"] == line["steps"]:
+            last_sent, newest = line["time"], max(newest, int(line["global_step"]))
+    return newest
+
+
+def controller_phases(base: Path, killed: float, first_step: float) -> dict[str, float]:
+    """Where the recovery went, from Ray Train's own controller log (its ``asctime``, this machine's
+    clock): seconds from the kill to Ray Train's retry decision, and the worker group's start-up
+    (new actors, then the train context: the process group), until the train function is launched."""
+    out: dict[str, float] = {}
+    for path in base.glob("head/session_*/logs/train/ray-train-sys-controller-*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+                at = time.mktime(time.strptime(entry["asctime"][:19], "%Y-%m-%d %H:%M:%S"))
+                at += int(entry["asctime"][20:23]) / 1000
+            except (ValueError, KeyError, TypeError):
+                continue
+            if not killed - 1 <= at <= first_step:
+                continue
+            message = str(entry.get("message", ""))
+            if message.startswith("[FailurePolicy] RETRY"):
+                out["retry_decided_s"] = at - killed
+            elif "worker actors created in" in message and "retry_decided_s" in out:
+                out["actors_s"] = float(message.rsplit(" in ", 1)[1].rstrip("s."))
+            elif "Train context initialized on workers in" in message and "retry_decided_s" in out:
+                out["train_context_s"] = float(message.rsplit(" in ", 1)[1].rstrip("s."))
+            elif "Worker group startup completed" in message and "retry_decided_s" in out:
+                out["group_started_s"] = at - killed
+    return out
 
 
 def median(rows: list[dict[str, Any]], key: str) -> float:
@@ -354,29 +423,42 @@ def report(rows: list[dict[str, Any]], checks: tuple[float, float], args: argpar
            f"Cluster on this machine: head (0 CPUs) + node_b + a fresh victim node per run (2 CPUs each); "
            f"storage on a moto S3 server (own process). Job: digits CNN, 2 workers x 1 CPU spread, "
            f"{args.epochs} epochs, checkpoint every epoch (20 steps), max_failures 3. Victim SIGKILLed "
-           f"{args.kill_after_steps} steps after epoch {args.kill_epoch}'s checkpoint was persisted.", "",
-           "| system | recovery s (kill -> first step), median | kill -> restored s | steps lost, median "
-           "| runs: recovery s | runs: steps at kill - restored step |",
+           f"{args.kill_at:g} of an epoch after epoch {args.kill_epoch}'s checkpoint was persisted.", "",
+           "| system | recovery s (kill -> first step), median | steps lost, median "
+           "| restored the newest persisted checkpoint | runs: recovery s | runs: steps at kill - restored step |",
            "|---|---|---|---|---|---|"]
     for name, group in (("A orchestrator", a), ("B plain Ray Train", b)):
         times = ", ".join(f"{r['recovery_s']:.1f}" for r in group)
         lost = ", ".join(f"{r['step_at_kill']}-{r['restored_step']}={r['lost_steps']}" for r in group)
+        newest = sum(1 for r in group if r["restored_step"] >= r["newest_ckpt_at_kill"])
         out.append(
-            f"| {name} | {median(group, 'recovery_s'):.1f} | {median(group, 'to_restored_s'):.1f} "
-            f"| {median(group, 'lost_steps'):g} | {times} | {lost} |")
+            f"| {name} | {median(group, 'recovery_s'):.1f} | {median(group, 'lost_steps'):g} "
+            f"| {newest} of {len(group)} | {times} | {lost} |")
+    if b:
+        out += ["", "B's steps at the kill counted exactly from its per-step lines: "
+                + ", ".join(f"{r['step_at_kill_exact']}-{r['restored_step']}={r['lost_steps_exact']}" for r in b)
+                + f" (median {median(b, 'lost_steps_exact'):g} steps lost)."]
+    out += ["", "Where the recovery went (medians, seconds from the kill; Ray Train's controller log for the "
+            "first two):", "",
+            "| system | Ray Train decides to retry | new worker group up (actors + process group) "
+            "| checkpoint restored in the train function | first step |", "|---|---|---|---|---|"]
+    for name, group in (("A orchestrator", a), ("B plain Ray Train", b)):
+        out.append(f"| {name} | {median(group, 'retry_decided_s'):.1f} | {median(group, 'group_started_s'):.1f} "
+                   f"(actors {median(group, 'actors_s'):.1f}, process group {median(group, 'train_context_s'):.1f}) "
+                   f"| {median(group, 'to_restored_s'):.1f} | {median(group, 'recovery_s'):.1f} |")
     ratio = median(a, "recovery_s") / median(b, "recovery_s") if b else float("nan")
     out += ["", f"Recovery time ratio A/B (medians): **{ratio:.2f}**; steps lost (medians): "
             f"A {median(a, 'lost_steps'):g}, B {median(b, 'lost_steps'):g}.", "",
             "Per run:", "",
-            "| run | job | state | val acc | attempts | spread | ckpt step | s/step | kill after ckpt s "
+            "| run | job | state | val acc | attempts | spread | newest ckpt at kill | epoch s | kill after ckpt s "
             "| step at kill | restored | lost | kill -> restored s | kill -> first step s | machine check s |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = r.get("val_accuracy")
         shown = "?" if acc is None else f"{acc:.3f}"
         out.append(f"| {r['system']}{r['run']} | {r['job']} | {r['state']} | "
-                   f"{shown} | {r['attempts']} | {r['spread']} | {r['ckpt_step']} | "
-                   f"{r['step_seconds']:.3f} | {r['kill_after_ckpt_s']:.2f} | {r['step_at_kill']} | "
+                   f"{shown} | {r['attempts']} | {r['spread']} | {r['newest_ckpt_at_kill']} | "
+                   f"{r['epoch_cycle_s']:.2f} | {r['kill_after_ckpt_s']:.2f} | {r['step_at_kill']} | "
                    f"{r['restored_step']} | {r['lost_steps']} | {r['to_restored_s']:.1f} | {r['recovery_s']:.1f} | "
                    f"{r.get('machine_check_s', float('nan')):.2f} |")
     own = [r for r in a if r.get("own_recovery_s") is not None]
@@ -394,13 +476,15 @@ def report(rows: list[dict[str, Any]], checks: tuple[float, float], args: argpar
             "`attempt_start` event; B: rank 0's `attempt_start` line after `get_checkpoint()` and the load). "
             "Steps lost = global step at the kill minus the restored step. A: the step at the kill is the "
             "previous attempt's `last_step` in the job record, the newest Step progress the driver received "
-            "(rank 0 sends one at most every 0.25 s), so it may miss the last few steps (a lower bound); "
-            "B: the newest per-step line written before the kill (exact). The kill point is the same rule "
-            "for both: the epoch's checkpoint persisted (A: its manifest appears in S3; B: "
-            "`ray.train.report` with the checkpoint returned on rank 0; both polled every 10 ms) plus the "
-            "given number of steps at the previous epoch's step rate; `kill after ckpt s` is measured from "
-            "the checkpoint's own time (A: the `checkpoint` event, sent right after the manifest; B: the line "
-            "after `report`)."]
+            "(rank 0 sends one at most every 0.25 s and at each epoch's last step), so it may miss the last "
+            "few steps (a lower bound); B: the same rule applied to its per-step lines, so both are estimated "
+            "alike (B's exact count is given too). `restored the newest persisted checkpoint`: the restored "
+            "step is the newest checkpoint persisted before the kill (A: `checkpoint` events, sent after the "
+            "manifest; B: lines after `report` returned). The kill point is the same rule "
+            "for both: the given fraction of an epoch after the epoch's checkpoint was persisted, an epoch being "
+            "the time between that checkpoint and the one before (A: the manifests' `created_at` in S3, polled "
+            "every 10 ms; B: rank 0's line written when `ray.train.report` with the checkpoint returned, polled "
+            "every 10 ms). `kill after ckpt s` and `epoch s` are measured from those times."]
     return "\n".join(out) + "\n"
 
 
@@ -409,7 +493,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs of each system (alternating)")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--kill-epoch", type=int, default=2, help="kill after this epoch's checkpoint")
-    parser.add_argument("--kill-after-steps", type=int, default=10, help="steps into the next epoch")
+    parser.add_argument("--kill-at", type=float, default=0.5,
+                        help="when to kill, in epochs after --kill-epoch's checkpoint (its epoch's length)")
     parser.add_argument("--only", choices=["A", "B"], help="run one system only (a trial)")
     parser.add_argument("--budget-min", type=float, default=55.0,
                         help="start no further pair of runs once this many minutes have passed")
