@@ -13,12 +13,14 @@ Runs alternate A, B, A, B, ...:
   ``FailureConfig(max_failures=3)``, ``report(checkpoint=...)`` per epoch, ``get_checkpoint()``).
 
 The kill point is the same for both: the victim node is SIGKILLed (raylet first, then every process
-of it; its scratch folder deleted) ``--kill-at`` of an epoch after the checkpoint of epoch
-``--kill-epoch`` was persisted, an epoch being the time from the previous checkpoint to that one.
-A: the checkpoints' manifests in S3 (polled every 10 ms) and their ``created_at``; B: rank 0's line
-written when ``report`` with the checkpoint returned (polled every 10 ms). A's own events reach the
-driver's log a drain (0.25 s) or more after they happen, longer than an epoch of this job on a
-quiet machine, so they cannot time the kill. Per run:
+of it; its scratch folder deleted) ``--kill-after`` seconds after the checkpoint of epoch
+``--kill-epoch`` was persisted, some steps into the next epoch's training (an epoch trains in 0.2 s
+to 1.5 s here, by the machine's load). A: the manifest in S3 (polled every 10 ms) and its
+``created_at``; B: rank 0's line written when ``report`` with the checkpoint returned (polled every
+10 ms). A's own events reach the driver's log a drain (0.25 s) or more after they happen, longer than
+an epoch of this job on a quiet machine, so they cannot time the kill. Not a fraction of the time
+between checkpoints: plain Ray Train's ``report`` with a checkpoint takes most of that time, so the
+kill would land after the next epoch's steps. Per run:
 
 * recovery = first training step of the worker group that restarted after the kill (the worker's
   ``time.time()`` right after that step's optimizer step) minus the moment ``kill_node`` returned;
@@ -247,7 +249,7 @@ class Bench:
         ckpt_manifest = wait_for(lambda: manifest(e), RUN_TIMEOUT_S, 0.01, f"epoch {e}'s manifest")
         seen = time.time()
         cycle = ckpt_manifest["created_at"] - previous["created_at"]
-        killed_from, killed = self.kill_at(victim, ckpt_manifest["created_at"] + self.args.kill_at * cycle)
+        killed_from, killed = self.kill_at(victim, ckpt_manifest["created_at"] + self.args.kill_after)
         ckpt_step = e * spe
         state = self.wait_job(job_id)
         events, record = self.orchestrator_events(job_id)
@@ -334,7 +336,7 @@ class Bench:
 
         ckpt, cycle = wait_for(kill_point, RUN_TIMEOUT_S, 0.01, f"epoch {e}'s checkpoint")
         seen_at = time.time()
-        killed_from, killed = self.kill_at(victim, ckpt["time"] + self.args.kill_at * cycle)
+        killed_from, killed = self.kill_at(victim, ckpt["time"] + self.args.kill_after)
         state = self.wait_job(job_id)
         logs = patiently(lambda: self.client.get_job_logs(job_id), "job logs")
         result = next((json.loads(line[len(PLAIN_MARK):]) for line in reversed(logs.splitlines())
@@ -423,7 +425,7 @@ def report(rows: list[dict[str, Any]], checks: tuple[float, float], args: argpar
            f"Cluster on this machine: head (0 CPUs) + node_b + a fresh victim node per run (2 CPUs each); "
            f"storage on a moto S3 server (own process). Job: digits CNN, 2 workers x 1 CPU spread, "
            f"{args.epochs} epochs, checkpoint every epoch (20 steps), max_failures 3. Victim SIGKILLed "
-           f"{args.kill_at:g} of an epoch after epoch {args.kill_epoch}'s checkpoint was persisted.", "",
+           f"{args.kill_after:g} s after epoch {args.kill_epoch}'s checkpoint was persisted.", "",
            "| system | recovery s (kill -> first step), median | steps lost, median "
            "| restored the newest persisted checkpoint | runs: recovery s | runs: steps at kill - restored step |",
            "|---|---|---|---|---|---|"]
@@ -481,10 +483,11 @@ def report(rows: list[dict[str, Any]], checks: tuple[float, float], args: argpar
             "alike (B's exact count is given too). `restored the newest persisted checkpoint`: the restored "
             "step is the newest checkpoint persisted before the kill (A: `checkpoint` events, sent after the "
             "manifest; B: lines after `report` returned). The kill point is the same rule "
-            "for both: the given fraction of an epoch after the epoch's checkpoint was persisted, an epoch being "
-            "the time between that checkpoint and the one before (A: the manifests' `created_at` in S3, polled "
-            "every 10 ms; B: rank 0's line written when `ray.train.report` with the checkpoint returned, polled "
-            "every 10 ms). `kill after ckpt s` and `epoch s` are measured from those times."]
+            "for both: the given seconds after the epoch's checkpoint was persisted (A: the manifest's "
+            "`created_at`, its appearance in S3 polled every 10 ms; B: rank 0's line written when "
+            "`ray.train.report` with the checkpoint returned, polled every 10 ms), some steps into the next "
+            "epoch. `kill after ckpt s` is measured from those times; `epoch s` is the time between that "
+            "checkpoint and the one before (training, evaluation and checkpointing of one epoch)."]
     return "\n".join(out) + "\n"
 
 
@@ -493,8 +496,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs of each system (alternating)")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--kill-epoch", type=int, default=2, help="kill after this epoch's checkpoint")
-    parser.add_argument("--kill-at", type=float, default=0.5,
-                        help="when to kill, in epochs after --kill-epoch's checkpoint (its epoch's length)")
+    parser.add_argument("--kill-after", type=float, default=0.15,
+                        help="seconds after --kill-epoch's checkpoint was persisted: some steps into the next epoch")
     parser.add_argument("--only", choices=["A", "B"], help="run one system only (a trial)")
     parser.add_argument("--budget-min", type=float, default=55.0,
                         help="start no further pair of runs once this many minutes have passed")
