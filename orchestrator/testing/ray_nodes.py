@@ -154,13 +154,26 @@ class LocalRayCluster:
         import psutil
 
         node = self.nodes[name]
-        raylets = [p for p in self._processes_of(node) if "raylet" in " ".join(p.cmdline() or [])[:200]]
-        for proc in raylets:
+        # one snapshot first: Ray's workers renamed themselves (``ray::RayTrainWorker``), so only as
+        # the raylet's children are they found; once the raylet is dead they are orphans that a
+        # second scan would miss, and they would train on for seconds on a node that is "gone"
+        processes = self._processes_of(node)
+
+        def is_raylet(proc: Any) -> bool:
+            try:
+                return "raylet" in " ".join(proc.cmdline() or [])[:200]
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                return False
+
+        ordered = sorted(processes, key=lambda proc: not is_raylet(proc))  # the raylet first
+        killed = 0
+        for proc in ordered:
             try:
                 os.kill(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, psutil.NoSuchProcess):
+                killed += 1
+            except ProcessLookupError:
                 continue
-        killed = len(raylets) + self._kill_processes_of(node)
+        killed += self._kill_processes_of(node)  # anything the node started meanwhile
         if remove_scratch:
             shutil.rmtree(node.scratch, ignore_errors=True)
         return killed
