@@ -148,7 +148,7 @@ class Bench:
         log(f"cluster under {self.base}: head (0 CPUs) + node_b (2 CPUs)")
         self.cluster.start_head(num_cpus=0)
         self.cluster.add_node("node_b", num_cpus=2)
-        wait_for(lambda: len(self.cluster.node_ids()) == 2, 300, 2, "head and node_b alive")
+        wait_for(lambda: len(self.node_ids()) == 2, 300, 2, "head and node_b alive")
         from orchestrator.execution.ray_local import use_local_auth_token
 
         use_local_auth_token()
@@ -164,7 +164,15 @@ class Bench:
 
     def add_victim(self, name: str) -> dict[str, str]:
         self.cluster.add_node(name, num_cpus=2)
-        return wait_for(lambda: (ids if name in (ids := self.cluster.node_ids()) else None), 300, 2, f"node {name}")
+        return wait_for(lambda: (ids if name in (ids := self.node_ids()) else None), 300, 2, f"node {name}")
+
+    def node_ids(self) -> dict[str, str]:
+        """The alive nodes by name; none while the GCS does not answer (a busy machine)."""
+        try:
+            return dict(self.cluster.node_ids())
+        except RuntimeError as exc:
+            log(f"the cluster's nodes could not be read ({str(exc).strip().splitlines()[-1][:200]}); trying again")
+            return {}
 
     def wait_job(self, job_id: str) -> str:
         def done() -> Any:
