@@ -23,7 +23,7 @@ import posixpath
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,14 +226,7 @@ class Storage:
         target = self.path(rel)
         try:
             if self.is_local:
-                path = Path(target)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
+                _replace_local(Path(target), lambda tmp: tmp.write_bytes(data))
                 return
             with self.fs.open_output_stream(target) as fh:
                 fh.write(data)
@@ -248,13 +241,7 @@ class Storage:
         target = self.path(rel)
         try:
             if self.is_local:
-                path = Path(target)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-                shutil.copyfile(local, tmp)
-                with open(tmp, "rb+") as fh:
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
+                _replace_local(Path(target), lambda tmp: shutil.copyfile(local, tmp))
                 return
             with open(local, "rb") as src, self.fs.open_output_stream(target) as dst:
                 shutil.copyfileobj(src, dst, 8 << 20)
@@ -358,6 +345,17 @@ class Storage:
     def ray_storage(self) -> tuple[str, Any]:
         """``(storage_path, storage_filesystem)`` for Ray Train's ``RunConfig``."""
         return self.root, self.fs
+
+
+def _replace_local(path: Path, fill: Callable[[Path], object]) -> None:
+    """Write ``path`` whole: ``fill`` writes a temporary file beside it, which is fsynced and
+    renamed into place, so a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    fill(tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _is_temporary(name: str) -> bool:
