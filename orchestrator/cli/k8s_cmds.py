@@ -22,6 +22,8 @@ from orchestrator.errors import NotAvailableError, UsageError
               help="kubeconfig context (default: the pod's service account, else the current context).")
 @click.option("--pools-namespace", default=None, metavar="NS",
               help="Read node-pool ConfigMaps only from this namespace (default: every namespace).")
+@click.option("--pools-poll-interval", "pools_poll_s", type=click.FloatRange(1, 3600), default=15.0,
+              show_default=True, help="Seconds between re-reads of the --pools-namespace ConfigMaps.")
 @click.option("--pools-from-nodes", is_flag=True,
               help="Also derive pools from Nodes, grouped by --node-pool-label.")
 @click.option("--node-pool-label", default="cloud.google.com/gke-nodepool", show_default=True)
@@ -48,7 +50,8 @@ from orchestrator.errors import NotAvailableError, UsageError
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 @handle_errors
 def operator(
-    namespaces: tuple[str, ...], kube_context: str | None, pools_namespace: str | None, pools_from_nodes: bool,
+    namespaces: tuple[str, ...], kube_context: str | None, pools_namespace: str | None, pools_poll_s: float,
+    pools_from_nodes: bool,
     node_pool_label: str, retry_interval: float, metrics_port: int, metrics_host: str, health_port: int,
     image: str | None, head_cpu: str, head_memory: str, worker_memory: str, ttl_s: int,
     service_account: str | None, workdir: str, kueue: bool, policy: str | None, verbose: bool,
@@ -70,7 +73,7 @@ def operator(
                             worker_memory=worker_memory, ttl_seconds_after_finished=ttl_s,
                             service_account=service_account, workdir=workdir, kueue=kueue)
     liveness = f"http://0.0.0.0:{health_port}/healthz" if health_port else None
-    config = OperatorConfig(namespaces=namespaces, pools_namespace=pools_namespace,
+    config = OperatorConfig(namespaces=namespaces, pools_namespace=pools_namespace, pools_poll_s=pools_poll_s,
                             pools_from_nodes=pools_from_nodes, node_pool_label=node_pool_label,
                             retry_interval_s=retry_interval, metrics_port=metrics_port, metrics_host=metrics_host,
                             liveness_endpoint=liveness, policy=policy, runtime=runtime)
@@ -82,7 +85,7 @@ def operator(
 @click.command()
 @click.option("--write", "write", is_flag=True, help="Write it to --path instead of printing it.")
 @click.option("--check", is_flag=True, help="Exit 2 when --path differs from the models (for CI).")
-@click.option("--path", type=click.Path(dir_okay=False, path_type=Path), default=Path("deploy/k8s/crd.yaml"),
+@click.option("--path", type=click.Path(dir_okay=False, path_type=Path), default=Path("deploy/k8s/base/crd.yaml"),
               show_default=True)
 @handle_errors
 def crd(write: bool, check: bool, path: Path) -> None:

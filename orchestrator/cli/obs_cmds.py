@@ -50,13 +50,39 @@ def local_queue_snapshot(records: list[JobRecord], cpus: float | None = None) ->
             "pools": {("local", "cpu"): (total, allocated)}, "preemptions": dict(preemptions)}
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class Duration(click.ParamType):
+    """A duration: ``90s``, ``30m``, ``24h``, ``7d`` or plain seconds; ``0`` means none."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip().lower()
+        unit = _UNITS.get(text[-1:], None)
+        number = text[:-1] if unit is not None else text
+        try:
+            seconds = float(number) * (unit or 1)
+        except ValueError:
+            self.fail(f"{value!r} is not a duration (e.g. 90s, 30m, 24h, 7d, or seconds)", param, ctx)
+        if seconds < 0:
+            self.fail(f"{value!r} is negative", param, ctx)
+        return seconds
+
+
 @metrics.command("serve")
 @click.option("--port", type=click.IntRange(0, 65535), default=9465, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--window", "window_s", type=Duration(), default="24h", show_default=True,
+              help="Export only jobs unfinished or ended within this long (0: every stored job).")
 @click.pass_context
 @handle_errors
-def metrics_serve(ctx: click.Context, port: int, host: str) -> None:
-    """Serve /metrics for every job in the job store (and the local queue) until Ctrl-C."""
+def metrics_serve(ctx: click.Context, port: int, host: str, window_s: float) -> None:
+    """Serve /metrics for the job store's unfinished and recently ended jobs (and the local queue)
+    until Ctrl-C."""
     from prometheus_client import CollectorRegistry
 
     from orchestrator.metrics.prometheus import StoreCollector, serve_registry
@@ -69,7 +95,7 @@ def metrics_serve(ctx: click.Context, port: int, host: str) -> None:
         return store.list(limit=10_000)
 
     registry = CollectorRegistry()
-    registry.register(StoreCollector(records, lambda: local_queue_snapshot(records())))
+    registry.register(StoreCollector(records, lambda: local_queue_snapshot(records()), window_s=window_s or None))
     try:
         server = serve_registry(registry, port, host)
     except OSError as exc:

@@ -94,6 +94,8 @@ JOB_RECOVERY_SECONDS = PromMetric("recovery_seconds", "histogram",
 JOB_LOST_STEPS = PromMetric("lost_steps_total", "counter", "Training steps redone after failures", JOB_LABELS)
 JOB_LAST_PROGRESS = PromMetric("last_progress_timestamp_seconds", "gauge",
                                "Unix time of the latest training progress seen", JOB_LABELS)
+JOB_ENDED = PromMetric("job_end_timestamp_seconds", "gauge",
+                       "Unix time the job reached its final state (succeeded, failed, cancelled)", JOB_LABELS)
 
 QUEUE_JOBS = PromMetric("queue_jobs", "gauge", "Jobs per queue and state (queued, running)", ("queue", "state"))
 QUEUE_OLDEST_WAIT = PromMetric("queue_oldest_wait_seconds", "gauge", "How long the oldest queued job has waited",
@@ -108,7 +110,7 @@ PREEMPTIONS = PromMetric("preemptions_total", "counter", "Jobs preempted (checkp
 ALL_PROMETHEUS_METRICS: tuple[PromMetric, ...] = (
     JOB_STATE, JOB_EPOCH, JOB_STEP, JOB_STEP_LOSS, JOB_TRAIN_LOSS, JOB_VAL_LOSS, JOB_TRAIN_ACCURACY,
     JOB_VAL_ACCURACY, JOB_SAMPLES_PER_SECOND, JOB_LEARNING_RATE, JOB_CHECKPOINT_SECONDS, JOB_RESTARTS,
-    JOB_RECOVERY_SECONDS, JOB_LOST_STEPS, JOB_LAST_PROGRESS, QUEUE_JOBS, QUEUE_OLDEST_WAIT, POOL_ACCELERATORS,
+    JOB_RECOVERY_SECONDS, JOB_LOST_STEPS, JOB_LAST_PROGRESS, JOB_ENDED, QUEUE_JOBS, QUEUE_OLDEST_WAIT, POOL_ACCELERATORS,
     POOL_ALLOCATED,
     SCHEDULING_SECONDS, PREEMPTIONS,
 )

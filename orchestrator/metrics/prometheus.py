@@ -8,6 +8,7 @@ driver feeds :class:`JobMetrics` from the workers' event stream, so one scrape o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from orchestrator.events import Checkpoint, Epoch, Event, Step
 from orchestrator.metrics import names
 
 _STATES = ("pending", "running", "cancelling", "succeeded", "failed", "cancelled", "interrupted")
+_FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 _SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -48,9 +50,11 @@ class JobMetrics:
     def _get(self, metric: names.PromMetric, **extra: str) -> Any:
         return self._m[metric.name].labels(**self.labels, **extra)
 
-    def set_state(self, state: str) -> None:
+    def set_state(self, state: str, at: float | None = None) -> None:
         for s in _STATES:
             self._get(names.JOB_STATE, state=s).set(1.0 if s == state else 0.0)
+        if state in _FINAL_STATES:
+            self._get(names.JOB_ENDED).set(time.time() if at is None else at)
 
     def on_event(self, event: Event) -> None:
         match event:
@@ -97,19 +101,32 @@ class StoreCollector(Collector):
     """Collects job metrics from the job store on every scrape (`orchestrator metrics serve`).
 
     ``records`` returns the current job records; ``queue_snapshot`` (optional) returns
-    per-queue counts and per-pool capacity from the scheduler.
+    per-queue counts and per-pool capacity from the scheduler. Jobs that ended more than
+    ``window_s`` seconds ago are not exported (None: every record): their series go stale, so an
+    alert about one resolves, and the exposition stays as small as the recent past.
     """
 
     def __init__(
         self,
         records: Callable[[], list[Any]],
         queue_snapshot: Callable[[], dict[str, Any]] | None = None,
+        window_s: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.records = records
         self.queue_snapshot = queue_snapshot
+        self.window_s = window_s
+        self.clock = clock
+
+    def recent(self, records: Iterable[Any]) -> list[Any]:
+        """The records inside the window: unfinished, or ended within ``window_s``."""
+        if self.window_s is None:
+            return list(records)
+        since = self.clock() - self.window_s
+        return [r for r in records if r.ended_at is None or r.ended_at >= since]
 
     def collect(self) -> Iterator[Metric]:
-        records = self.records()
+        records = self.recent(self.records())
         families = {m.name: _family(m) for m in names.ALL_PROMETHEUS_METRICS if m.kind != "histogram"}
         for r in records:
             job = [r.id, r.spec.get("framework", "torch")]
@@ -125,6 +142,8 @@ class StoreCollector(Collector):
             families[names.JOB_RESTARTS.name].add_metric(job, float(restarts))
             lost = sum(int(a.get("lost_steps") or 0) for a in r.attempts)
             families[names.JOB_LOST_STEPS.name].add_metric(job, float(lost))
+            if r.ended_at is not None and r.state.value in _FINAL_STATES:
+                families[names.JOB_ENDED.name].add_metric(job, float(r.ended_at))
         if self.queue_snapshot is not None:
             snap = self.queue_snapshot()
             for (queue, state), count in snap.get("queue_jobs", {}).items():

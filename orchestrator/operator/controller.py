@@ -65,8 +65,9 @@ class OperatorConfig:
 
     #: Namespaces whose TrainingJobs it runs; empty: all namespaces.
     namespaces: tuple[str, ...] = ()
-    #: Where it reads pool ConfigMaps; None: every namespace.
+    #: Where it reads pool ConfigMaps; None: every namespace (watched; else polled every pools_poll_s).
     pools_namespace: str | None = None
+    pools_poll_s: float = 15.0
     pools_from_nodes: bool = False
     node_pool_label: str = GKE_NODEPOOL_LABEL
     #: Waiting jobs are also retried this often (besides when pools or free capacity change).

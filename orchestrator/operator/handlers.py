@@ -128,9 +128,10 @@ def build_registry(controller: Controller, api: KubeApi) -> kopf.OperatorRegistr
         if owner:
             _kopf_errors(lambda: controller.sync(body["metadata"]["namespace"], owner))
 
-    @on.event("", "v1", "configmaps", registry=registry, id="pools", labels={POOLS_CONFIGMAP_LABEL: "true"})
-    def pools_changed(**_: Any) -> None:
-        _kopf_errors(controller.refresh_pools)
+    if config.pools_namespace is None:  # pools in every namespace: kopf watches ConfigMaps cluster-wide
+        @on.event("", "v1", "configmaps", registry=registry, id="pools", labels={POOLS_CONFIGMAP_LABEL: "true"})
+        def pools_changed(**_: Any) -> None:
+            _kopf_errors(controller.refresh_pools)
 
     if config.pools_from_nodes:
         @on.event("", "v1", "nodes", registry=registry, id="nodes")
@@ -145,6 +146,9 @@ async def run_operator(controller: Controller, api: KubeApi, *, stop_flag: Any =
     config = controller.config
     namespaces: Collection[str] = config.namespaces
     retry = asyncio.create_task(_retry_waiting(controller))
+    # kopf watches every resource in the same namespaces (all of them, cluster-wide); the pools
+    # namespace alone is polled instead, so the operator needs no ConfigMap access anywhere else.
+    pools = asyncio.create_task(_poll_pools(controller)) if config.pools_namespace is not None else None
     try:
         await kopf.operator(
             registry=build_registry(controller, api), standalone=True, clusterwide=not namespaces,
@@ -153,6 +157,8 @@ async def run_operator(controller: Controller, api: KubeApi, *, stop_flag: Any =
         )
     finally:
         retry.cancel()
+        if pools is not None:
+            pools.cancel()
 
 
 async def _retry_waiting(controller: Controller) -> None:
@@ -163,6 +169,17 @@ async def _retry_waiting(controller: Controller) -> None:
             await asyncio.to_thread(controller.retry_waiting)
         except OrchestratorError as exc:
             log.warning("could not retry the waiting jobs: %s", exc.render())
+
+
+async def _poll_pools(controller: Controller) -> None:
+    """Re-read the node-pool ConfigMaps of ``--pools-namespace`` now and then (a change re-places
+    the waiting jobs: :meth:`Controller.refresh_pools`)."""
+    while True:
+        await asyncio.sleep(controller.config.pools_poll_s)
+        try:
+            await asyncio.to_thread(controller.refresh_pools)
+        except OrchestratorError as exc:
+            log.warning("could not re-read the node pools: %s", exc.render())
 
 
 class OperatorThread:

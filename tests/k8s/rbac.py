@@ -1,24 +1,65 @@
-"""RBAC helpers: the operator's ClusterRole as (group, resource, verb) rules, and the rules the
-requests it made to the emulator needed."""
+"""RBAC helpers: an evaluator of rendered Roles, ClusterRoles and their bindings (what a subject
+may do, in which namespace), and the rules the requests the operator made to the emulator needed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
-from tests.conftest import REPO
 from tests.k8s.conftest import OPERATOR_AGENT
 
+#: (apiGroup, resource[/subresource], verb)
 Rule = tuple[str, str, str]
+#: A namespace, or None for cluster scope (cluster-scoped resources, and every namespace at once).
+Scope = str | None
+OPERATOR = ("orchestrator-system", "orchestrator-operator")
 
 
-def granted_rules(role: str = "orchestrator-operator") -> set[Rule]:
-    docs = yaml.safe_load_all((REPO / "deploy/k8s/rbac.yaml").read_text(encoding="utf-8"))
-    [cluster_role] = [d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == role]
-    return {(group, resource, verb) for rule in cluster_role["rules"] for group in rule["apiGroups"]
+def role_rules(role: Mapping[str, Any]) -> set[Rule]:
+    return {(group, resource, verb) for rule in role.get("rules") or [] for group in rule["apiGroups"]
             for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+def _matches(granted: Rule, wanted: Rule) -> bool:
+    return all(g in ("*", w) for g, w in zip(granted, wanted, strict=True))
+
+
+@dataclass
+class Rbac:
+    """What rendered RBAC objects grant a ServiceAccount, evaluated like the API server's
+    authorizer: a ClusterRoleBinding grants its ClusterRole's rules everywhere (scope None); a
+    RoleBinding grants its Role's or ClusterRole's rules in the binding's namespace only."""
+
+    objects: list[dict[str, Any]]
+
+    def _role(self, kind: str, name: str, namespace: str | None) -> Mapping[str, Any]:
+        for obj in self.objects:
+            meta = obj["metadata"]
+            if obj["kind"] == kind and meta["name"] == name and (kind == "ClusterRole" or meta["namespace"] == namespace):
+                return obj
+        raise AssertionError(f"a binding names {kind} {name} (namespace {namespace}), which is not rendered")
+
+    def grants(self, account: tuple[str, str] = OPERATOR) -> dict[Scope, set[Rule]]:
+        """Every rule granted to ``account`` (namespace, name), by scope."""
+        out: dict[Scope, set[Rule]] = {}
+        for binding in self.objects:
+            if binding["kind"] not in ("ClusterRoleBinding", "RoleBinding"):
+                continue
+            if not any(s["kind"] == "ServiceAccount" and (s["namespace"], s["name"]) == account
+                       for s in binding.get("subjects") or []):
+                continue
+            scope = binding["metadata"]["namespace"] if binding["kind"] == "RoleBinding" else None
+            ref = binding["roleRef"]
+            role = self._role(ref["kind"], ref["name"], scope)
+            out.setdefault(scope, set()).update(role_rules(role))
+        return out
+
+    def allows(self, rule: Rule, namespace: Scope, account: tuple[str, str] = OPERATOR) -> bool:
+        """May ``account`` do ``rule`` in ``namespace`` (None: cluster-wide or cluster-scoped)?"""
+        grants = self.grants(account)
+        scopes = [None] if namespace is None else [None, namespace]
+        return any(_matches(granted, rule) for scope in scopes for granted in grants.get(scope, ()))
 
 
 def _verb(request: Any) -> str:
@@ -31,8 +72,9 @@ def _verb(request: Any) -> str:
     return {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}[method]
 
 
-def used_rules(requests: Iterable[Any]) -> set[Rule]:
-    """The rules the operator's requests (kopf's and its own client's) needed; discovery is free."""
+def used_rules(requests: Iterable[Any]) -> set[tuple[Rule, Scope]]:
+    """The rules the operator's requests (kopf's and its own client's) needed, with the namespace
+    each was made in (None: cluster scope or all namespaces); discovery is free."""
     used = set()
     for request in requests:
         agent = (request.headers or {}).get("User-Agent", "")
@@ -41,5 +83,5 @@ def used_rules(requests: Iterable[Any]) -> set[Rule]:
         if request.resource.plural is None:
             continue  # API discovery (/api/v1, /apis/group/version): allowed to every user
         resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
-        used.add((request.resource.group or "", resource, _verb(request)))
+        used.add(((request.resource.group or "", resource, _verb(request)), request.namespace or None))
     return used

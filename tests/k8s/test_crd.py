@@ -107,7 +107,7 @@ def test_the_schema_rejects_bad_values_naming_the_field(field: str, value: Any, 
 
 def test_crd_check_passes_on_the_committed_file_and_fails_on_a_stale_one(tmp_path: Path) -> None:
     runner = CliRunner()
-    ok = runner.invoke(main, ["crd", "--check", "--path", str(REPO / "deploy/k8s/crd.yaml")])
+    ok = runner.invoke(main, ["crd", "--check", "--path", str(REPO / "deploy/k8s/base/crd.yaml")])
     assert ok.exit_code == 0, ok.output
     stale = tmp_path / "crd.yaml"
     stale.write_text(render_crd_yaml().replace("maximum: 4096", "maximum: 4095"), encoding="utf-8")

@@ -98,6 +98,53 @@ def test_store_collector_reads_the_store_at_scrape_time() -> None:
     assert got[("orchestrator_pool_accelerators_allocated", (("accelerator", "cpu"), ("pool", "local")))] == 1.0
 
 
+def test_the_store_collector_exports_only_jobs_inside_its_window() -> None:
+    """`metrics serve --window 24h`: a job that ended two days ago is gone (its series go stale, so
+    an alert about it resolves); one that ended an hour ago and an old unfinished one stay."""
+    now = 1_000_000_000.0
+    records = [
+        record("old-failed", JobState.FAILED, ended_at=now - 48 * 3600),
+        record("recent-failed", JobState.FAILED, ended_at=now - 3600),
+        record("old-running", JobState.RUNNING, started_at=now - 72 * 3600),
+    ]
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(lambda: records, window_s=24 * 3600, clock=lambda: now))
+    server = serve_registry(registry, 0)
+    try:
+        got = scrape(f"http://127.0.0.1:{server.server_port}/metrics")
+    finally:
+        server.shutdown()
+    jobs = {dict(labels).get("job") for (name, labels) in got if name == "orchestrator_job_state"}
+    assert jobs == {"recent-failed", "old-running"}
+    recent = (("framework", "torch"), ("job", "recent-failed"))
+    assert got[("orchestrator_job_end_timestamp_seconds", recent)] == now - 3600
+    assert ("orchestrator_job_end_timestamp_seconds", (("framework", "torch"), ("job", "old-running"))) not in got
+    # no window: every stored record
+    assert len(StoreCollector(lambda: records).recent(records)) == 3
+
+
+def test_a_final_state_stamps_the_end_time_a_running_one_does_not() -> None:
+    jm = JobMetrics("job-2", "torch")
+    jm.set_state("running")
+    labels = {"job": "job-2", "framework": "torch"}
+    assert jm.registry.get_sample_value("orchestrator_job_end_timestamp_seconds", labels) is None
+    jm.set_state("failed", at=1234.0)
+    assert jm.registry.get_sample_value("orchestrator_job_end_timestamp_seconds", labels) == 1234.0
+
+
+def test_metrics_serve_window_takes_durations() -> None:
+    import click
+    import pytest
+
+    from orchestrator.cli.obs_cmds import Duration
+
+    parse = Duration().convert
+    assert [parse(v, None, None) for v in ("24h", "30m", "7d", "90s", "3600", "0")] == [
+        86400.0, 1800.0, 604800.0, 90.0, 3600.0, 0.0]
+    with pytest.raises(click.BadParameter, match="not a duration"):
+        parse("soon", None, None)
+
+
 def test_writing_tensorboard_events_does_not_import_tensorflow(tmp_path: Path) -> None:
     """TensorBoard's file I/O would import all of tensorflow (when installed) into the driver."""
     import subprocess

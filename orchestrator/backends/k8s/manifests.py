@@ -343,7 +343,9 @@ def _head_group(job: Mapping[str, Any], spec: JobSpec, config: RuntimeConfig) ->
     spec_volume = {"name": "job-spec", "configMap": {
         "name": spec_configmap_name(rayjob_name(meta["name"], meta.get("uid", "")))}}
     pod = _pod(spec, config, container, [spec_volume])
-    return {"rayStartParams": {"dashboard-host": "0.0.0.0"}, "template": {"spec": pod}}
+    # the job's label on the head pod: deploy/k8s/monitoring's PodMonitor scrapes job heads by it
+    template = {"metadata": {"labels": {JOB_LABEL: meta["name"]}}, "spec": pod}
+    return {"rayStartParams": {"dashboard-host": "0.0.0.0"}, "template": template}
 
 
 def _worker_group(spec: JobSpec, pool: NodePool, config: RuntimeConfig) -> dict[str, Any]:
