@@ -113,6 +113,47 @@ def test_promtool_accepts_the_rules() -> None:
     assert f"SUCCESS: {len(rule_exprs())} rules found" in proc.stdout
 
 
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package prometheus; .ci/run installs it)")
+def test_the_job_failed_alert_resolves_on_its_own(tmp_path: Path) -> None:
+    """`promtool test rules`: a job that failed at t=0 (and stays failed in the store) alerts at
+    once and for 6 hours, then no more; a job that failed 7 hours ago never alerts."""
+    tests = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "10m",
+            "input_series": [
+                {"series": 'orchestrator_job_state{job="a",framework="torch",state="failed"}', "values": "1x60"},
+                {"series": 'orchestrator_job_end_timestamp_seconds{job="a",framework="torch"}', "values": "0x60"},
+                {"series": 'orchestrator_job_state{job="old",framework="torch",state="failed"}', "values": "1x60"},
+                {"series": 'orchestrator_job_end_timestamp_seconds{job="old",framework="torch"}',
+                 "values": "-25200x60"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "1m", "alertname": "OrchestratorJobFailed", "exp_alerts": [{
+                    "exp_labels": {"job": "a", "framework": "torch", "state": "failed", "severity": "warning"},
+                    "exp_annotations": {
+                        "summary": "Job a failed",
+                        "description": "`orchestrator status a` shows the reason; `orchestrator resume` continues "
+                                       "it. Resolves 6 hours after the failure."}}]},
+                {"eval_time": "5h50m", "alertname": "OrchestratorJobFailed", "exp_alerts": [{
+                    "exp_labels": {"job": "a", "framework": "torch", "state": "failed", "severity": "warning"},
+                    "exp_annotations": {
+                        "summary": "Job a failed",
+                        "description": "`orchestrator status a` shows the reason; `orchestrator resume` continues "
+                                       "it. Resolves 6 hours after the failure."}}]},
+                {"eval_time": "6h10m", "alertname": "OrchestratorJobFailed", "exp_alerts": []},
+                {"eval_time": "9h", "alertname": "OrchestratorJobFailed", "exp_alerts": []},
+            ],
+        }],
+    }
+    path = tmp_path / "alert-test.yml"
+    path.write_text(yaml.safe_dump(tests), encoding="utf-8")
+    proc = subprocess.run([str(PROMTOOL), "test", "rules", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout
+
+
 @pytest.fixture(scope="module")
 def observed_run(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
     if PROMETHEUS is None:

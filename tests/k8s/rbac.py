@@ -3,7 +3,7 @@ may do, in which namespace), and the rules the requests the operator made to the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,9 +72,10 @@ def _verb(request: Any) -> str:
     return {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}[method]
 
 
-def used_rules(requests: Iterable[Any]) -> set[tuple[Rule, Scope]]:
+def used_rules(requests: Iterable[Any], scope: Callable[[Any], Scope] | None = None) -> set[tuple[Rule, Scope]]:
     """The rules the operator's requests (kopf's and its own client's) needed, with the namespace
-    each was made in (None: cluster scope or all namespaces); discovery is free."""
+    each was made in (None: cluster scope or all namespaces; ``scope(request)`` maps it, e.g.
+    from a test's namespace to the one of an install); discovery is free."""
     used = set()
     for request in requests:
         agent = (request.headers or {}).get("User-Agent", "")
@@ -83,5 +84,6 @@ def used_rules(requests: Iterable[Any]) -> set[tuple[Rule, Scope]]:
         if request.resource.plural is None:
             continue  # API discovery (/api/v1, /apis/group/version): allowed to every user
         resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
-        used.add(((request.resource.group or "", resource, _verb(request)), request.namespace or None))
+        where = scope(request) if scope is not None else request.namespace or None
+        used.add(((request.resource.group or "", resource, _verb(request)), where))
     return used
