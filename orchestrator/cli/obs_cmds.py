@@ -53,30 +53,24 @@ def local_queue_snapshot(records: list[JobRecord], cpus: float | None = None) ->
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-class Duration(click.ParamType):
-    """A duration: ``90s``, ``30m``, ``24h``, ``7d`` or plain seconds; ``0`` means none."""
-
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, (int, float)):
-            return float(value)
-        text = str(value).strip().lower()
-        unit = _UNITS.get(text[-1:], None)
-        number = text[:-1] if unit is not None else text
-        try:
-            seconds = float(number) * (unit or 1)
-        except ValueError:
-            self.fail(f"{value!r} is not a duration (e.g. 90s, 30m, 24h, 7d, or seconds)", param, ctx)
-        if seconds < 0:
-            self.fail(f"{value!r} is negative", param, ctx)
-        return seconds
+def parse_duration(ctx: click.Context | None, param: click.Parameter | None, value: str) -> float:
+    """A duration in seconds: ``90s``, ``30m``, ``24h``, ``7d`` or plain seconds; ``0`` means none."""
+    text = str(value).strip().lower()
+    unit = _UNITS.get(text[-1:])
+    try:
+        seconds = float(text[:-1] if unit is not None else text) * (unit or 1)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a duration (e.g. 90s, 30m, 24h, 7d, or seconds)",
+                                 ctx, param) from None
+    if seconds < 0:
+        raise click.BadParameter(f"{value!r} is negative", ctx, param)
+    return seconds
 
 
 @metrics.command("serve")
 @click.option("--port", type=click.IntRange(0, 65535), default=9465, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--window", "window_s", type=Duration(), default="24h", show_default=True,
+@click.option("--window", "window_s", default="24h", show_default=True, metavar="DURATION", callback=parse_duration,
               help="Export only jobs unfinished or ended within this long (0: every stored job).")
 @click.pass_context
 @handle_errors

@@ -15,7 +15,14 @@ import kubernetes
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.backends.k8s import JOB_LABEL, POOLS_CONFIGMAP_LABEL, RAY_GROUP, RAY_PLURAL, RAY_VERSION, RETRY_ANNOTATION
+from orchestrator.backends.k8s import (
+    JOB_LABEL,
+    POOLS_CONFIGMAP_LABEL,
+    RAY_GROUP,
+    RAY_PLURAL,
+    RAY_VERSION,
+    RETRY_ANNOTATION,
+)
 from orchestrator.backends.k8s.manifests import RuntimeConfig, rayjob_manifest
 from orchestrator.spec import validate_spec_data
 from orchestrator.testing import builders as b

@@ -136,13 +136,12 @@ def test_metrics_serve_window_takes_durations() -> None:
     import click
     import pytest
 
-    from orchestrator.cli.obs_cmds import Duration
+    from orchestrator.cli.obs_cmds import parse_duration
 
-    parse = Duration().convert
-    assert [parse(v, None, None) for v in ("24h", "30m", "7d", "90s", "3600", "0")] == [
+    assert [parse_duration(None, None, v) for v in ("24h", "30m", "7d", "90s", "3600", "0")] == [
         86400.0, 1800.0, 604800.0, 90.0, 3600.0, 0.0]
     with pytest.raises(click.BadParameter, match="not a duration"):
-        parse("soon", None, None)
+        parse_duration(None, None, "soon")
 
 
 def test_writing_tensorboard_events_does_not_import_tensorflow(tmp_path: Path) -> None:
