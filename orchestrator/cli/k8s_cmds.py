@@ -43,7 +43,11 @@ from orchestrator.errors import NotAvailableError, UsageError
 @click.option("--service-account", default=None, help="ServiceAccount of the Ray pods.")
 @click.option("--workdir", default="/app", show_default=True,
               help="Relative paths in specs resolve against this directory of the image.")
-@click.option("--kueue", is_flag=True, help="Label RayJobs with Kueue's queue-name (resources.queue), suspended.")
+@click.option("--kueue", is_flag=True,
+              help="Kueue admits every job (LocalQueue: resources.queue): RayJobs are created suspended with "
+                   "Kueue's labels, and the operator's pools hold nothing.")
+@click.option("--kueue-namespace", "kueue_namespaces", multiple=True, metavar="NS",
+              help="Kueue admits the jobs of this namespace, as --kueue does for all (repeatable).")
 @click.option("--policy", default=None, help="Scheduling policy (default: the pools' scheduler.policy, else las).")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 @handle_errors
@@ -51,7 +55,8 @@ def operator(
     namespaces: tuple[str, ...], kube_context: str | None, pools_namespace: str | None, pools_from_nodes: bool,
     node_pool_label: str, retry_interval: float, metrics_port: int, metrics_host: str, health_port: int,
     image: str | None, head_cpu: str, head_memory: str, worker_memory: str, ttl_s: int,
-    service_account: str | None, workdir: str, kueue: bool, policy: str | None, verbose: bool,
+    service_account: str | None, workdir: str, kueue: bool, kueue_namespaces: tuple[str, ...], policy: str | None,
+    verbose: bool,
 ) -> None:
     """Run the Kubernetes operator: TrainingJobs -> KubeRay RayJobs on node pools."""
     try:
@@ -73,7 +78,8 @@ def operator(
     config = OperatorConfig(namespaces=namespaces, pools_namespace=pools_namespace,
                             pools_from_nodes=pools_from_nodes, node_pool_label=node_pool_label,
                             retry_interval_s=retry_interval, metrics_port=metrics_port, metrics_host=metrics_host,
-                            liveness_endpoint=liveness, policy=policy, runtime=runtime)
+                            liveness_endpoint=liveness, policy=policy, runtime=runtime,
+                            kueue_namespaces=kueue_namespaces)
     kopf.configure(verbose=verbose)
     api = KubeApi(load_api_client(kube_context))
     asyncio.run(run_operator(Controller(api, config), api))

@@ -21,6 +21,7 @@ from orchestrator.spec import validate_spec_data
 from orchestrator.testing.validation import schema_errors, validator_for_crd
 from tests.conftest import REPO
 from tests.k8s.kustomize import render
+from tests.k8s.test_kueue import check_workload_priority_class
 
 pytestmark = pytest.mark.k8s
 
@@ -39,6 +40,8 @@ def check(obj: dict[str, Any], where: str) -> None:
         validate_spec_data({k: v for k, v in obj["spec"].items() if k != "suspend"})
     elif obj["kind"] == "PodMonitor":
         check_podmonitor(obj)
+    elif obj["kind"] == "WorkloadPriorityClass":  # Kueue's (deploy/k8s/kueue)
+        check_workload_priority_class(obj)
     else:
         try:
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
