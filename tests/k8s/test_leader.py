@@ -4,6 +4,8 @@ leader stops renewing, and no TrainingJob ever gets a second RayJob."""
 from __future__ import annotations
 
 import datetime
+import json
+import urllib.request
 from typing import Any
 
 import pytest
@@ -12,7 +14,7 @@ from orchestrator.backends.k8s import JOB_LABEL
 from orchestrator.operator.leader import ElectionConfig, LeaderElector
 from orchestrator.testing import builders as b
 from tests.k8s.conftest import wait_for
-from tests.k8s.test_operator import add_pools, phase_is, rayjobs
+from tests.k8s.test_operator import add_pools, free_port, phase_is, rayjobs
 
 pytestmark = pytest.mark.k8s
 
@@ -29,6 +31,15 @@ class Clock:
 
 def election(namespace: str, identity: str, **timing: float) -> ElectionConfig:
     return ElectionConfig(namespace=namespace, name="orchestrator-operator", identity=identity, **timing)
+
+
+def probe(url: str) -> Any:
+    """(status, JSON body) of GET url, or None while nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except OSError:
+        return None
 
 
 def holder(api: Any, namespace: str) -> str | None:
@@ -89,8 +100,10 @@ def test_the_standby_takes_over_without_duplicating_a_rayjob(api: Any, namespace
     timing = {"lease_duration_s": 3.0, "renew_deadline_s": 2.0, "retry_period_s": 0.2}
     first = start_operator(namespace, election=election(namespace, "op-a", **timing))
     wait_for(lambda: first.leading.is_set(), "op-a to lead")
-    second = start_operator(namespace, election=election(namespace, "op-b", **timing))
+    health = f"http://127.0.0.1:{free_port()}/healthz"
+    second = start_operator(namespace, liveness_endpoint=health, election=election(namespace, "op-b", **timing))
     assert not second.leading.is_set() and holder(api, namespace) == "op-a"
+    assert probe(health) == (200, {"leader": False})  # the standby answers the Deployment's probes
 
     api.create_training_job(b.training_job("one", namespace, b.spec_data(
         "one", workers=8, gpus=1, accelerator="nvidia-a100-40gb")))
@@ -102,6 +115,10 @@ def test_the_standby_takes_over_without_duplicating_a_rayjob(api: Any, namespace
     wait_for(lambda: second.leading.is_set(), "the standby to take the Lease over")
     assert holder(api, namespace) == "op-b"
     assert api.get_lease(namespace, "orchestrator-operator")["spec"]["leaseTransitions"] == 1
+    # kopf's own liveness endpoint now answers on the same port (its probe results: a dict)
+    code, body = wait_for(lambda: (got := probe(health)) is not None and got[1] != {"leader": False} and got,
+                          "kopf's /healthz")
+    assert code == 200 and isinstance(body, dict)
 
     api.create_training_job(b.training_job("two", namespace, b.spec_data(
         "two", workers=8, gpus=1, accelerator="nvidia-a100-40gb")))
@@ -111,3 +128,18 @@ def test_the_standby_takes_over_without_duplicating_a_rayjob(api: Any, namespace
     # the new leader took the first job's pool back from its RayJob: both hold a100, one node each
     assert second.controller.book.placed(f"{namespace}/one") == "a100"
     assert second.controller.book.placed(f"{namespace}/two") == "a100"
+
+
+def test_leader_election_without_a_lease_namespace_is_refused_with_the_fix(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+    from orchestrator.operator import leader
+
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    monkeypatch.setattr(leader, "SERVICE_ACCOUNT_NAMESPACE", tmp_path / "absent")  # not in a pod
+    result = CliRunner().invoke(main, ["operator", "--leader-elect"])
+    assert result.exit_code != 0
+    assert "--leader-elect needs the Lease's namespace" in result.output
+    assert "--lease-namespace NS" in result.output
