@@ -24,6 +24,7 @@ from typing import Any
 from orchestrator.backends.base import Backend, SubmitOptions
 from orchestrator.backends.k8s import JOB_LABEL, POOLS_CONFIGMAP_LABEL
 from orchestrator.backends.k8s.client import KubeApi, load_api_client
+from orchestrator.backends.k8s.kueue import local_queue
 from orchestrator.backends.k8s.manifests import (
     RuntimeConfig,
     kubernetes_issues,
@@ -121,7 +122,7 @@ class KubernetesBackend(Backend):
             plan["placement"] = {"pool": pool.name, "accelerator": pool.accelerator,
                                  "nodes": len(decision.placement.shares), "from": source}
             plan["rayJob"] = rayjob_manifest({**job, "metadata": {**job["metadata"], "uid": ""}}, spec, pool,
-                                             self.runtime, spec.resources.queue if self.runtime.kueue else None)
+                                             self.runtime, local_queue(job, spec, everywhere=self.runtime.kueue))
         else:
             plan["placement"] = {"pool": None, "from": source, "waits": [r.text for r in decision.reasons]}
             plan["rayJob"] = None

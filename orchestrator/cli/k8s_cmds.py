@@ -45,7 +45,20 @@ from orchestrator.errors import NotAvailableError, UsageError
 @click.option("--service-account", default=None, help="ServiceAccount of the Ray pods.")
 @click.option("--workdir", default="/app", show_default=True,
               help="Relative paths in specs resolve against this directory of the image.")
-@click.option("--kueue", is_flag=True, help="Label RayJobs with Kueue's queue-name (resources.queue), suspended.")
+@click.option("--kueue", is_flag=True,
+              help="Kueue admits every job (LocalQueue: resources.queue): RayJobs are created suspended with "
+                   "Kueue's labels, and the operator's pools hold nothing.")
+@click.option("--kueue-namespace", "kueue_namespaces", multiple=True, metavar="NS",
+              help="Kueue admits the jobs of this namespace, as --kueue does for all (repeatable).")
+@click.option("--leader-elect", is_flag=True,
+              help="Run as one of several replicas: only the holder of a coordination.k8s.io Lease acts.")
+@click.option("--lease-name", default="orchestrator-operator", show_default=True, help="The Lease's name.")
+@click.option("--lease-namespace", envvar="POD_NAMESPACE", default=None, metavar="NS",
+              help="The Lease's namespace (default: POD_NAMESPACE, else the pod's service-account namespace).")
+@click.option("--lease-duration", type=click.FloatRange(3, 600), default=15.0, show_default=True,
+              help="Seconds a Lease not renewed stays held; the leader stops after 2/3 of it without a renewal.")
+@click.option("--identity", envvar="POD_NAME", default=None, metavar="NAME",
+              help="This replica's name in the Lease (default: POD_NAME, else host name and a random suffix).")
 @click.option("--policy", default=None, help="Scheduling policy (default: the pools' scheduler.policy, else las).")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
 @handle_errors
@@ -54,7 +67,9 @@ def operator(
     pools_from_nodes: bool,
     node_pool_label: str, retry_interval: float, metrics_port: int, metrics_host: str, health_port: int,
     image: str | None, head_cpu: str, head_memory: str, worker_memory: str, ttl_s: int,
-    service_account: str | None, workdir: str, kueue: bool, policy: str | None, verbose: bool,
+    service_account: str | None, workdir: str, kueue: bool, kueue_namespaces: tuple[str, ...], leader_elect: bool,
+    lease_name: str, lease_namespace: str | None, lease_duration: float, identity: str | None, policy: str | None,
+    verbose: bool,
 ) -> None:
     """Run the Kubernetes operator: TrainingJobs -> KubeRay RayJobs on node pools."""
     try:
@@ -76,10 +91,36 @@ def operator(
     config = OperatorConfig(namespaces=namespaces, pools_namespace=pools_namespace, pools_poll_s=pools_poll_s,
                             pools_from_nodes=pools_from_nodes, node_pool_label=node_pool_label,
                             retry_interval_s=retry_interval, metrics_port=metrics_port, metrics_host=metrics_host,
-                            liveness_endpoint=liveness, policy=policy, runtime=runtime)
+                            liveness_endpoint=liveness, policy=policy, runtime=runtime,
+                            kueue_namespaces=kueue_namespaces)
+    from orchestrator.operator.handlers import run_operator_elected
+    from orchestrator.operator.leader import (
+        ElectionConfig,
+        LeaderElector,
+        default_identity,
+        default_namespace,
+    )
+
+    election = None
+    if leader_elect:
+        lease_ns = lease_namespace or default_namespace()
+        if lease_ns is None:
+            raise UsageError("--leader-elect needs the Lease's namespace",
+                             fix="pass --lease-namespace NS (in a pod: set POD_NAMESPACE from the downward API)")
+        election = ElectionConfig(namespace=lease_ns, name=lease_name, identity=identity or default_identity(),
+                                  lease_duration_s=lease_duration, renew_deadline_s=lease_duration * 2 / 3,
+                                  retry_period_s=min(2.0, lease_duration / 7.5))
     kopf.configure(verbose=verbose)
     api = KubeApi(load_api_client(kube_context))
-    asyncio.run(run_operator(Controller(api, config), api))
+    controller = Controller(api, config)
+    if election is None:
+        asyncio.run(run_operator(controller, api))
+        return
+    elector = LeaderElector(api, election)
+    if metrics_port is not None:  # the standby serves /metrics too (a scrape target that is up)
+        controller.metrics.serve(metrics_port, metrics_host)
+    asyncio.run(run_operator_elected(controller, api, elector))
+    elector.release()
 
 
 @click.command()

@@ -26,14 +26,14 @@ from typing import Any
 from orchestrator.backends.k8s import (
     GROUP,
     JOB_LABEL,
-    KUEUE_QUEUE_LABEL,
     MANAGED_BY,
     POOLS_CONFIGMAP_LABEL,
     RETRY_ANNOTATION,
 )
 from orchestrator.backends.k8s.client import KubeApi
+from orchestrator.backends.k8s.kueue import admission_pool, local_queue
 from orchestrator.backends.k8s.manifests import RuntimeConfig, kubernetes_issues
-from orchestrator.backends.k8s.placement import PlacementBook
+from orchestrator.backends.k8s.placement import PlacementBook, decide_once
 from orchestrator.backends.k8s.pools import GKE_NODEPOOL_LABEL, cluster_from_configmaps, pools_from_nodes
 from orchestrator.backends.k8s.status import format_time
 from orchestrator.errors import BackendError, SpecError
@@ -53,8 +53,9 @@ from orchestrator.operator.reconcile import (
     pool_of,
     reconcile,
 )
-from orchestrator.scheduler import Place
+from orchestrator.scheduler import Place, Wait
 from orchestrator.spec import validate_spec_data
+from orchestrator.spec.models import JobSpec
 
 log = logging.getLogger("orchestrator.operator")
 
@@ -78,6 +79,8 @@ class OperatorConfig:
     liveness_endpoint: str | None = "http://0.0.0.0:8081/healthz"
     policy: str | None = None
     max_workers: int = 4
+    #: Namespaces whose jobs Kueue admits (LocalQueue: the spec's resources.queue); ``runtime.kueue``: all.
+    kueue_namespaces: tuple[str, ...] = ()
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
@@ -89,7 +92,7 @@ def desired_from(job: Mapping[str, Any], config: OperatorConfig) -> Desired:
     """Validate the TrainingJob's spec once, here at the edge."""
     meta = job.get("metadata", {})
     data = {k: v for k, v in (job.get("spec") or {}).items() if k != "suspend"}
-    queue = (meta.get("labels") or {}).get(KUEUE_QUEUE_LABEL)
+    queue = local_queue(job, None)
     try:
         spec = validate_spec_data(data, source=f"TrainingJob {meta.get('namespace')}/{meta.get('name')}")
         issues = kubernetes_issues(spec)
@@ -99,8 +102,7 @@ def desired_from(job: Mapping[str, Any], config: OperatorConfig) -> Desired:
         words = "; ".join(f"{i.field_path or '(top level)'}: {i.message}" + (f" (fix: {i.fix})" if i.fix else "")
                           for i in exc.issues)
         return Desired(job, None, words, queue)
-    if queue is None and config.runtime.kueue:
-        queue = spec.resources.queue
+    queue = local_queue(job, spec, everywhere=config.runtime.kueue, namespaces=config.kueue_namespaces)
     return Desired(job, spec, None, queue)
 
 
@@ -147,9 +149,17 @@ class Controller:
         key = job_key(meta["namespace"], meta["name"])
         rayjobs = owned_rayjobs(desired, self.api.list_rayjobs(meta["namespace"], f"{JOB_LABEL}={meta['name']}"))
         nudge: list[str] = []
-        decision, pool = None, None
+        decision, pool, advice = None, None, None
         cluster = self.book.cluster
-        if needs_placement(desired, rayjobs):
+        if desired.kueue_queue is not None:  # Kueue admits it: the book holds nothing for it
+            if self.book.release(key):
+                nudge += self.book.waiting()
+            if desired.spec is not None:
+                advice = self._advice(desired.spec)
+            if needs_placement(desired, rayjobs):
+                assert desired.spec is not None  # needs_placement checks it
+                pool = admission_pool(desired.spec, cluster)
+        elif needs_placement(desired, rayjobs):
             assert desired.spec is not None  # needs_placement checks it
             decision, nudge = self.book.place(key, desired.spec)
             if isinstance(decision, Place) and cluster is not None:
@@ -161,13 +171,24 @@ class Controller:
             if pool_name:
                 self.book.restore(key, desired.spec, pool_name)
                 pool = cluster.pool_by_name.get(pool_name) if cluster is not None else None
-        observed = Observed(rayjobs=rayjobs, decision=decision, pool=pool, now=format_time(self.now()))
+        observed = Observed(rayjobs=rayjobs, decision=decision, pool=pool, now=format_time(self.now()),
+                            advice=advice)
         actions = reconcile(desired, observed, self.config.runtime)
         freed = self._execute(job, actions)
         if freed:
             nudge += self.book.waiting()
         self._nudge([k for k in nudge if k != key])
         self.metrics.set_pools(self.book.usage())
+
+    def _advice(self, spec: JobSpec) -> str | None:
+        """What our scheduler sees for a Kueue job: said only when the known pools could never hold it."""
+        cluster = self.book.cluster
+        if cluster is None:
+            return None
+        decision = decide_once(cluster, spec)
+        if isinstance(decision, Wait) and decision.permanent:
+            return "the operator's node pools could never hold it: " + "; ".join(r.text for r in decision.reasons)
+        return None
 
     def _execute(self, job: Mapping[str, Any], actions: list[Action]) -> bool:
         """Carry out ``actions`` in order; True when a placement was freed."""
@@ -232,7 +253,7 @@ class Controller:
                 desired = desired_from(job, self.config)
                 mine = owned_rayjobs(desired, rayjobs)
                 pool = pool_of(mine[0]) if mine else None
-                if desired.spec is not None and pool and desired.status.phase not in ("Succeeded", "Failed"):
+                if desired.spec is not None and desired.kueue_queue is None and pool and desired.status.phase not in ("Succeeded", "Failed"):
                     self.book.restore(job_key(job["metadata"]["namespace"], desired.name), desired.spec, pool)
                     restored += 1
         self.metrics.set_pools(self.book.usage())

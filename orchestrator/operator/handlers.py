@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -42,6 +43,7 @@ from orchestrator.backends.k8s import (
 from orchestrator.backends.k8s.client import KubeApi
 from orchestrator.errors import OrchestratorError
 from orchestrator.operator.controller import Controller
+from orchestrator.operator.leader import ElectionConfig, LeaderElector, run_elected
 
 log = logging.getLogger("orchestrator.operator")
 #: Prefix of kopf's bookkeeping annotations on TrainingJobs.
@@ -95,7 +97,7 @@ def build_registry(controller: Controller, api: KubeApi) -> kopf.OperatorRegistr
         _kopf_errors(controller.refresh_pools)
         restored = _kopf_errors(controller.restore_all)
         log.info("operator started: %d running jobs restored", restored)
-        if config.metrics_port is not None:
+        if config.metrics_port is not None and not controller.metrics.serving:  # (a standby serves them already)
             port = controller.metrics.serve(config.metrics_port, config.metrics_host)
             log.info("metrics on %s:%d/metrics", config.metrics_host, port)
 
@@ -182,32 +184,61 @@ async def _poll_pools(controller: Controller) -> None:
             log.warning("could not re-read the node pools: %s", exc.render())
 
 
-class OperatorThread:
-    """The operator in a background thread with its own event loop (tests; embedding)."""
+async def run_operator_elected(controller: Controller, api: KubeApi, elector: LeaderElector, *,
+                               stop_flag: Any = None, ready_flag: Any = None, standby_flag: Any = None,
+                               leading_flag: Any = None) -> None:
+    """The operator, run only while this replica holds the Lease (see :mod:`orchestrator.operator.leader`)."""
+    async def lead(kopf_stop: threading.Event) -> None:
+        await run_operator(controller, api, stop_flag=kopf_stop, ready_flag=ready_flag)
 
-    def __init__(self, controller: Controller, api: KubeApi) -> None:
+    await run_elected(lead, elector, liveness_endpoint=controller.config.liveness_endpoint, stop_flag=stop_flag,
+                      standby_flag=standby_flag, leading_flag=leading_flag)
+
+
+class OperatorThread:
+    """The operator in a background thread with its own event loop (tests; embedding). With
+    ``election``, it runs kopf only while it holds the Lease (``leading`` is set then)."""
+
+    def __init__(self, controller: Controller, api: KubeApi, election: ElectionConfig | None = None) -> None:
         self.controller, self.api = controller, api
+        self.elector = LeaderElector(api, election) if election is not None else None
         self._stop = threading.Event()
         self._ready = threading.Event()
+        self._standby = threading.Event()
+        self.leading = threading.Event()
         self._thread = threading.Thread(target=self._run, name="orchestrator-operator", daemon=True)
         self.error: BaseException | None = None
+        self.release_on_stop = True
 
     def _run(self) -> None:
         try:
-            asyncio.run(run_operator(self.controller, self.api, stop_flag=self._stop, ready_flag=self._ready))
+            if self.elector is None:
+                asyncio.run(run_operator(self.controller, self.api, stop_flag=self._stop, ready_flag=self._ready))
+            else:
+                asyncio.run(run_operator_elected(self.controller, self.api, self.elector, stop_flag=self._stop,
+                                                 ready_flag=self._ready, standby_flag=self._standby,
+                                                 leading_flag=self.leading))
+                if self.release_on_stop:
+                    self.elector.release()
         except BaseException as exc:  # noqa: BLE001 - kept for the owner to inspect
             self.error = exc
             self._ready.set()
 
     def start(self, timeout: float = 300.0) -> OperatorThread:
+        """Start; returns once kopf is ready, or (with an election) once this replica stands by."""
         self._thread.start()
-        if not self._ready.wait(timeout):
-            raise RuntimeError("the operator did not start")
+        deadline = time.monotonic() + timeout
+        while not (self._ready.is_set() or self._standby.is_set()):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the operator did not start")
+            time.sleep(0.05)
         if self.error is not None:
             raise RuntimeError(f"the operator failed to start: {self.error!r}")
         return self
 
-    def stop(self, timeout: float = 120.0) -> None:
+    def stop(self, timeout: float = 120.0, *, release: bool = True) -> None:
+        """Stop; ``release=False`` leaves the Lease held, as a crashed leader would."""
+        self.release_on_stop = release
         self._stop.set()
         self._thread.join(timeout)
 

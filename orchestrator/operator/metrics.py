@@ -53,6 +53,10 @@ class OperatorMetrics:
             self._metric(names.POOL_ACCELERATORS).labels(pool=pool, accelerator=accelerator).set(total)
             self._metric(names.POOL_ALLOCATED).labels(pool=pool, accelerator=accelerator).set(allocated)
 
+    @property
+    def serving(self) -> bool:
+        return self._server is not None
+
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Serve /metrics; returns the port (0 picks a free one)."""
         self._server = serve_registry(self.registry, port, host)

@@ -17,6 +17,8 @@ Rules, in order:
 6. An invalid spec: phase ``Invalid``, the message naming the fields.
 7. No RayJob: the scheduler placed it -> write the spec ConfigMap and create the RayJob; it
    waits -> phase ``Pending`` with the scheduler's reasons, as a condition and an Event.
+   A job Kueue manages (``Desired.kueue_queue``) is not placed by us: its RayJob is created at
+   once, suspended, and the job is ``Pending`` until Kueue admits it (unsuspends the RayJob).
 
 Events are emitted only when a condition or the phase changes, so retries do not flood them.
 """
@@ -92,6 +94,8 @@ class Observed:
     pool: NodePool | None = None
     #: Now, RFC 3339 (for condition transition times and start/completion times).
     now: str = ""
+    #: For a Kueue job: what the operator's own pools say about it, when worth saying (never held).
+    advice: str | None = None
 
 
 # -- actions --------------------------------------------------------------------------------------
@@ -196,12 +200,20 @@ def _vanished(status: TrainingJobStatus) -> bool:
     return status.rayJob is not None and status.phase in ("Starting", "Running")
 
 
-def rayjob_phase(rayjob: Mapping[str, Any], kueue: bool = False) -> tuple[str, str]:
-    """(phase, words) of a RayJob from KubeRay's ``jobDeploymentStatus`` and ``jobStatus``."""
+def kueue_waiting(queue: str | None) -> str:
+    return "waiting for Kueue to admit it" + (f" in LocalQueue {queue}" if queue else "")
+
+
+def rayjob_phase(rayjob: Mapping[str, Any], kueue: bool = False, queue: str | None = None) -> tuple[str, str]:
+    """(phase, words) of a RayJob from KubeRay's ``jobDeploymentStatus`` and ``jobStatus``; a Kueue
+    job's RayJob that is still suspended (``spec.suspend``) waits for Kueue's admission."""
     st = rayjob.get("status") or {}
     deployment, job = st.get("jobDeploymentStatus") or "", st.get("jobStatus") or ""
     detail = st.get("message") or st.get("reason") or ""
-    if deployment == "Complete":
+    held = kueue and bool((rayjob.get("spec") or {}).get("suspend"))
+    if held and deployment not in ("Complete", "Failed", "ValidationFailed"):
+        phase, detail = "Pending", detail or kueue_waiting(queue)
+    elif deployment == "Complete":
         phase = "Succeeded" if job == "SUCCEEDED" else "Failed"
     elif deployment in ("Failed", "ValidationFailed"):
         phase = "Failed"
@@ -209,7 +221,7 @@ def rayjob_phase(rayjob: Mapping[str, Any], kueue: bool = False) -> tuple[str, s
         phase = "Running" if job == "RUNNING" or deployment == "Retrying" else "Starting"
     elif deployment in ("Suspending", "Suspended"):
         phase = "Pending" if kueue else "Suspending"
-        detail = detail or ("waiting for Kueue to admit it" if kueue else "")
+        detail = detail or (kueue_waiting(queue) if kueue else "")
     else:  # "", Initializing, Waiting, New
         phase = "Starting"
     words = f"RayJob {rayjob.get('metadata', {}).get('name')}: {deployment or 'New'}"
@@ -265,7 +277,8 @@ def _suspend(plan: _Plan, current: Mapping[str, Any] | None, now: str) -> list[A
 
 
 def _mirror(plan: _Plan, desired: Desired, rayjob: Mapping[str, Any], observed: Observed) -> list[Action]:
-    phase, words = rayjob_phase(rayjob, kueue=desired.kueue_queue is not None)
+    queue = desired.kueue_queue
+    phase, words = rayjob_phase(rayjob, kueue=queue is not None, queue=queue)
     st = rayjob.get("status") or {}
     meta = rayjob.get("metadata", {})
     attempts = max(plan.old.attempts, 1 + int(st.get("failed") or 0))
@@ -279,6 +292,14 @@ def _mirror(plan: _Plan, desired: Desired, rayjob: Mapping[str, Any], observed: 
                                               workers=desired.spec.resources.workers if desired.spec else 1))
     if plan.old.condition("Suspended") is not None:
         plan.condition("Suspended", False, "Resumed", "", observed.now)
+    if queue is not None and phase not in FINISHED_PHASES:  # Kueue admits (unsuspends) or holds it
+        admitted = not (rayjob.get("spec") or {}).get("suspend")
+        words_k = f"admitted by Kueue (LocalQueue {queue})" if admitted else _kueue_words(queue, observed)
+        if not admitted:
+            plan.update(message=words_k)
+        plan.condition("Scheduled", admitted, "Admitted" if admitted else "AwaitingAdmission", words_k,
+                       observed.now)
+        plan.event_if_changed("Scheduled", "Normal", "Admitted" if admitted else "AwaitingAdmission")
     if plan.old.startTime is None and (phase == "Running" or phase in FINISHED_PHASES):
         plan.update(startTime=st.get("startTime") or observed.now or None)
     plan.condition("Running", phase == "Running", phase, words, observed.now)
@@ -292,9 +313,25 @@ def _mirror(plan: _Plan, desired: Desired, rayjob: Mapping[str, Any], observed: 
     return plan.finish()
 
 
+def _kueue_words(queue: str, observed: Observed) -> str:
+    return kueue_waiting(queue) + (f"; {observed.advice}" if observed.advice else "")
+
+
 def _start_or_wait(plan: _Plan, desired: Desired, spec: JobSpec, observed: Observed,
                    config: RuntimeConfig) -> list[Action]:
     decision = observed.decision
+    queue = desired.kueue_queue
+    if queue is not None and observed.pool is not None:  # Kueue admits it: create it suspended, hold nothing
+        words = _kueue_words(queue, observed)
+        plan.actions.append(ApplyConfigMap(spec_configmap(desired.job, spec, config)))
+        plan.actions.append(CreateRayJob(rayjob_manifest(desired.job, spec, observed.pool, config, queue)))
+        plan.update(phase="Pending", message=words, attempts=plan.old.attempts + 1,
+                    rayJob=RayJobStatus(name=desired.rayjob_name), placement=None)
+        plan.condition("Scheduled", False, "AwaitingAdmission", words, observed.now)
+        if plan.old.condition("Suspended") is not None:
+            plan.condition("Suspended", False, "Resumed", "", observed.now)
+        plan.event_if_changed("Scheduled", "Normal", "AwaitingAdmission")
+        return plan.finish()
     if isinstance(decision, Place) and observed.pool is not None:
         pool = observed.pool
         placement = decision.placement

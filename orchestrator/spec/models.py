@@ -704,6 +704,11 @@ class KubernetesSpec(_Model):
         description="Size of /dev/shm (a memory-backed emptyDir, counted in the pod's memory), e.g. 2Gi; "
         "default: the container runtime's (often 64Mi).",
     )
+    local_queue: str | None = Field(
+        default=None, max_length=63, pattern=_K8S_LABEL,
+        description="Kueue LocalQueue of the job's namespace: Kueue admits the job (the RayJob is created "
+        "suspended with the kueue.x-k8s.io/queue-name label) instead of the operator's node pools.",
+    )
 
     @field_validator("node_selector")
     @classmethod

@@ -54,6 +54,7 @@ DEFAULT_RESOURCES: tuple[tuple[str, str, bool, tuple[str, ...]], ...] = (
     ("v1/events", "Event", True, ()),
     ("v1/pods", "Pod", True, ("status", "log")),
     ("v1/services", "Service", True, ("status",)),
+    ("coordination.k8s.io/v1/leases", "Lease", True, ()),
     ("ray.io/v1/rayjobs", "RayJob", True, ("status",)),
     ("ray.io/v1/rayclusters", "RayCluster", True, ("status",)),
 )

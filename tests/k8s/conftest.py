@@ -98,8 +98,9 @@ def start_operator(kube: Any) -> Iterator[Callable[..., Any]]:
         op_api = KubeApi(client)
         settings = {"namespaces": (namespace,), "pools_namespace": namespace, "metrics_port": None,
                     "liveness_endpoint": None, "retry_interval_s": 3600.0, **config}
+        election = settings.pop("election", None)  # an ElectionConfig: run as one of several replicas
         controller = Controller(op_api, OperatorConfig(**settings))
-        thread = OperatorThread(controller, op_api).start()
+        thread = OperatorThread(controller, op_api, election).start()
         started.append(thread)
         return thread
 

@@ -27,6 +27,7 @@ from orchestrator.testing.validation import schema_errors, validator_for_crd
 from tests.conftest import REPO
 from tests.k8s.kubectl import kubectl, kustomize
 from tests.k8s.rbac import Rbac, Rule, role_rules
+from tests.k8s.test_kueue import check_workload_priority_class
 
 pytestmark = pytest.mark.k8s
 
@@ -54,6 +55,8 @@ def check(obj: dict[str, Any], where: str) -> None:
         check_podmonitor(obj)
     elif obj["kind"] == "PrometheusRule":
         assert obj["spec"] == prometheus_rule()["spec"]
+    elif obj["kind"] == "WorkloadPriorityClass":  # Kueue's (deploy/k8s/kueue)
+        check_workload_priority_class(obj)
     else:
         try:
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)

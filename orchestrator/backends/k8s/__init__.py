@@ -38,6 +38,8 @@ POOLS_CONFIGMAP_LABEL = f"{GROUP}/node-pools"
 POOLS_CONFIGMAP_KEY = "pools.yaml"
 #: Kueue's label that puts a job in a LocalQueue.
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+#: Kueue's label that names a job's WorkloadPriorityClass.
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 #: Annotation the operator bumps on waiting TrainingJobs when pools or free capacity change.
 RETRY_ANNOTATION = f"{GROUP}/retry"
 
@@ -51,7 +53,7 @@ SHM_PATH = "/dev/shm"
 STORAGE_ENV = "ORCHESTRATOR_STORAGE"
 
 __all__ = [
-    "API_VERSION", "CRD_NAME", "GROUP", "JOB_LABEL", "JOB_UID_LABEL", "KIND", "KUEUE_QUEUE_LABEL",
+    "API_VERSION", "CRD_NAME", "GROUP", "JOB_LABEL", "JOB_UID_LABEL", "KIND", "KUEUE_PRIORITY_LABEL", "KUEUE_QUEUE_LABEL",
     "MANAGED_BY", "MANAGED_BY_LABEL", "PLURAL", "POOLS_CONFIGMAP_KEY", "POOLS_CONFIGMAP_LABEL",
     "POOL_LABEL", "RAY_API_VERSION", "RAY_GROUP", "RAY_KIND", "RAY_PLURAL", "RAY_VERSION",
     "RETRY_ANNOTATION", "SHM_PATH", "SHM_VOLUME", "SHORT_NAMES", "SINGULAR", "SPEC_FILE", "SPEC_MOUNT_DIR",

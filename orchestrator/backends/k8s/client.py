@@ -88,6 +88,7 @@ class KubeApi:
         self.api_client = api_client
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
         self.core = kubernetes.client.CoreV1Api(api_client)
+        self.coordination = kubernetes.client.CoordinationV1Api(api_client)
         self._api_exception = kubernetes.client.ApiException
 
     @property
@@ -147,6 +148,40 @@ class KubeApi:
 
     def delete_rayjob(self, namespace: str, name: str) -> bool:
         return self._delete(RAY_GROUP, RAY_VERSION, RAY_PLURAL, namespace, name, "RayJob")
+
+    # -- Leases (leader election) ------------------------------------------------------------
+
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._missing_is_none(), api_errors(f"read Lease {namespace}/{name}"):
+            return self._plain(self.coordination.read_namespaced_lease(name, namespace,
+                                                                       _request_timeout=REQUEST_TIMEOUT))
+        return None
+
+    def create_lease(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create; ``None`` when a Lease of that name exists already (someone else was first)."""
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        return self._unless_conflict(f"create Lease {ns}/{name}", lambda: self.coordination.create_namespaced_lease(
+            ns, body, _request_timeout=REQUEST_TIMEOUT))
+
+    def replace_lease(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Replace, guarded by ``metadata.resourceVersion``; ``None`` on a conflict (the Lease
+        changed since it was read: another replica wrote first)."""
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        return self._unless_conflict(f"update Lease {ns}/{name}", lambda: self.coordination.replace_namespaced_lease(
+            name, ns, body, _request_timeout=REQUEST_TIMEOUT))
+
+    def _unless_conflict(self, what: str, call: Any) -> dict[str, Any] | None:
+        try:
+            with api_errors(what):
+                return self._plain(call())
+        except BackendError as exc:
+            if "(HTTP 409)" in exc.message:
+                return None
+            raise
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        out: dict[str, Any] = self.api_client.sanitize_for_serialization(obj)
+        return out
 
     # -- ConfigMaps, Nodes, Events, Pods -----------------------------------------------------
 

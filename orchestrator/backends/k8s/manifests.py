@@ -17,7 +17,8 @@ How a job maps onto a RayJob (KubeRay v1):
   pool's own labels (which win); a toleration for each of the pool's taints.
 * **lifecycle**: ``shutdownAfterJobFinishes``, ``ttlSecondsAfterFinished``, ``backoffLimit`` =
   ``failure.max_failures`` (whole-cluster retries; worker restarts inside a run are the runtime's),
-  an owner reference to the TrainingJob, and optionally Kueue's queue label with ``suspend: true``.
+  an owner reference to the TrainingJob, and optionally Kueue's queue and priority-class labels with
+  ``suspend: true`` (see :mod:`orchestrator.backends.k8s.kueue`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from orchestrator.backends.k8s import (
     JOB_LABEL,
     JOB_UID_LABEL,
     KIND,
+    KUEUE_PRIORITY_LABEL,
     KUEUE_QUEUE_LABEL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
@@ -47,6 +49,7 @@ from orchestrator.backends.k8s import (
     SPEC_MOUNT_DIR,
     STORAGE_ENV,
 )
+from orchestrator.backends.k8s.kueue import priority_class
 from orchestrator.backends.k8s.pools import GPU_RESOURCE, TPU_RESOURCE, gke_node_selector, is_tpu
 from orchestrator.errors import SpecIssue
 from orchestrator.scheduler import NodePool
@@ -365,9 +368,12 @@ def rayjob_manifest(job: Mapping[str, Any], spec: JobSpec, pool: NodePool, confi
                     kueue_queue: str | None = None) -> dict[str, Any]:
     """The KubeRay RayJob that runs ``spec`` on ``pool`` for the TrainingJob ``job``."""
     meta = job["metadata"]
-    labels = job_labels(job, pool.name)
+    labels = job_labels(job, None if kueue_queue else pool.name)  # Kueue's job: no pool of ours is held
     if kueue_queue:
         labels[KUEUE_QUEUE_LABEL] = kueue_queue
+        priority = priority_class(spec.resources.priority)
+        if priority:
+            labels[KUEUE_PRIORITY_LABEL] = priority
     body: dict[str, Any] = {
         "entrypoint": entrypoint_command(config),
         "submissionMode": "K8sJobMode",

@@ -1,0 +1,145 @@
+"""Two operator replicas and a coordination.k8s.io Lease: one leads, the standby takes over when the
+leader stops renewing, and no TrainingJob ever gets a second RayJob."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import urllib.request
+from typing import Any
+
+import pytest
+
+from orchestrator.backends.k8s import JOB_LABEL
+from orchestrator.operator.leader import ElectionConfig, LeaderElector
+from orchestrator.testing import builders as b
+from tests.k8s.conftest import wait_for
+from tests.k8s.test_operator import add_pools, free_port, phase_is, rayjobs
+
+pytestmark = pytest.mark.k8s
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def election(namespace: str, identity: str, **timing: float) -> ElectionConfig:
+    return ElectionConfig(namespace=namespace, name="orchestrator-operator", identity=identity, **timing)
+
+
+def probe(url: str) -> Any:
+    """(status, JSON body) of GET url, or None while nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except OSError:
+        return None
+
+
+def holder(api: Any, namespace: str) -> str | None:
+    lease = api.get_lease(namespace, "orchestrator-operator") or {}
+    return (lease.get("spec") or {}).get("holderIdentity")
+
+
+def test_one_candidate_wins_the_lease_and_another_takes_it_only_once_it_expires(api: Any, namespace: str) -> None:
+    clock = Clock()
+    a = LeaderElector(api, election(namespace, "op-a"), clock=clock)
+    b_ = LeaderElector(api, election(namespace, "op-b"), clock=clock)
+    assert a.try_acquire_or_renew() is True  # creates the Lease
+    assert b_.try_acquire_or_renew() is False
+    lease = api.get_lease(namespace, "orchestrator-operator")
+    assert lease["spec"]["holderIdentity"] == "op-a" and lease["spec"]["leaseDurationSeconds"] == 15
+    assert datetime.datetime.fromisoformat(lease["spec"]["renewTime"]).utcoffset() == datetime.timedelta(0)
+    assert lease["spec"]["leaseTransitions"] == 0
+
+    clock.now += 14  # a renews in time: b keeps waiting, judged from when b saw the Lease change
+    assert a.try_acquire_or_renew() is True
+    assert b_.try_acquire_or_renew() is False
+    clock.now += 14
+    assert b_.try_acquire_or_renew() is False  # 14 s since b saw a's renewal: not expired yet
+    clock.now += 2  # a stopped renewing 16 s ago
+    assert b_.try_acquire_or_renew() is True
+    lease = api.get_lease(namespace, "orchestrator-operator")
+    assert lease["spec"]["holderIdentity"] == "op-b" and lease["spec"]["leaseTransitions"] == 1
+    assert a.try_acquire_or_renew() is False  # a comes back: b holds a fresh Lease
+    assert holder(api, namespace) == "op-b"
+
+
+def test_writes_are_guarded_by_resource_version_so_two_racers_cannot_both_win(api: Any, namespace: str) -> None:
+    a = LeaderElector(api, election(namespace, "op-a"))
+    assert a.try_acquire_or_renew() is True
+    read = api.get_lease(namespace, "orchestrator-operator")
+    # two candidates replace from the same read: the first write wins, the second is a conflict
+    first = api.replace_lease({**read, "spec": {**read["spec"], "holderIdentity": "op-b"}})
+    second = api.replace_lease({**read, "spec": {**read["spec"], "holderIdentity": "op-c"}})
+    assert first is not None and second is None
+    assert holder(api, namespace) == "op-b"
+    # and of two creates of one name, only one succeeds
+    body = {"metadata": {"name": "other", "namespace": namespace}, "spec": {"holderIdentity": "x"}}
+    assert api.create_lease(body) is not None and api.create_lease(body) is None
+
+
+def test_a_released_lease_is_taken_at_once(api: Any, namespace: str) -> None:
+    clock = Clock()
+    a = LeaderElector(api, election(namespace, "op-a"), clock=clock)
+    b_ = LeaderElector(api, election(namespace, "op-b"), clock=clock)
+    assert a.try_acquire_or_renew() and not b_.try_acquire_or_renew()
+    assert a.release() is True and holder(api, namespace) is None
+    assert b_.try_acquire_or_renew() is True  # no wait for the lease duration
+    assert a.release() is False  # not a's to release any more
+
+
+def test_the_standby_takes_over_without_duplicating_a_rayjob(api: Any, namespace: str, start_operator: Any) -> None:
+    add_pools(api, namespace, b.gpu_pool("a100", nodes=2, per_node=8))
+    timing = {"lease_duration_s": 3.0, "renew_deadline_s": 2.0, "retry_period_s": 0.2}
+    first = start_operator(namespace, election=election(namespace, "op-a", **timing))
+    wait_for(lambda: first.leading.is_set(), "op-a to lead")
+    health = f"http://127.0.0.1:{free_port()}/healthz"
+    second = start_operator(namespace, liveness_endpoint=health, election=election(namespace, "op-b", **timing))
+    assert not second.leading.is_set() and holder(api, namespace) == "op-a"
+    assert probe(health) == (200, {"leader": False})  # the standby answers the Deployment's probes
+
+    api.create_training_job(b.training_job("one", namespace, b.spec_data(
+        "one", workers=8, gpus=1, accelerator="nvidia-a100-40gb")))
+    wait_for(phase_is(api, namespace, "one", "Starting"), "the leader to start the first job")
+    assert [rj["metadata"]["name"] for rj in rayjobs(api, namespace)] == ["one"]
+    assert second.controller.book.placed(f"{namespace}/one") is None  # the standby did nothing
+
+    first.stop(release=False)  # as a crash: the Lease stays, unrenewed
+    wait_for(lambda: second.leading.is_set(), "the standby to take the Lease over")
+    assert holder(api, namespace) == "op-b"
+    assert api.get_lease(namespace, "orchestrator-operator")["spec"]["leaseTransitions"] == 1
+    # kopf's own liveness endpoint now answers on the same port (its probe results: a dict)
+    code, body = wait_for(lambda: (got := probe(health)) is not None and got[1] != {"leader": False} and got,
+                          "kopf's /healthz")
+    assert code == 200 and isinstance(body, dict)
+
+    api.create_training_job(b.training_job("two", namespace, b.spec_data(
+        "two", workers=8, gpus=1, accelerator="nvidia-a100-40gb")))
+    wait_for(phase_is(api, namespace, "two", "Starting"), "the new leader to start the second job")
+    assert sorted(rj["metadata"]["name"] for rj in rayjobs(api, namespace)) == ["one", "two"]
+    assert len(api.list_rayjobs(namespace, f"{JOB_LABEL}=one")) == 1
+    # the new leader took the first job's pool back from its RayJob: both hold a100, one node each
+    assert second.controller.book.placed(f"{namespace}/one") == "a100"
+    assert second.controller.book.placed(f"{namespace}/two") == "a100"
+
+
+def test_leader_election_without_a_lease_namespace_is_refused_with_the_fix(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+    from orchestrator.operator import leader
+
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    monkeypatch.setattr(leader, "SERVICE_ACCOUNT_NAMESPACE", tmp_path / "absent")  # not in a pod
+    result = CliRunner().invoke(main, ["operator", "--leader-elect"])
+    assert result.exit_code != 0
+    assert "--leader-elect needs the Lease's namespace" in result.output
+    assert "--lease-namespace NS" in result.output
