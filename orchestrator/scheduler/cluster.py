@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from orchestrator.errors import SpecError, SpecIssue
 from orchestrator.spec.loader import issues_from_validation, parse_yaml_text
 from orchestrator.spec.models import ACCELERATOR_PATTERN, CrossFieldError, parse_memory
+from orchestrator.spec.tpu import check_pool_shape
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 CPU = "cpu"
@@ -137,6 +138,9 @@ class NodePool(_Model):
                     fix="drop topology, or use a tpu-... accelerator",
                 )
             chips = self.chips_per_slice
+            shape = check_pool_shape(self.accelerator, self.topology, self.accelerators_per_node)
+            if shape:  # a TPU generation we know: its hosts and topologies (orchestrator/spec/tpu.py)
+                raise CrossFieldError(*shape)
             if chips % self.accelerators_per_node:
                 raise CrossFieldError(
                     "topology",
@@ -151,6 +155,10 @@ class NodePool(_Model):
                     f"slices ({self.hosts_per_slice} hosts each)",
                     fix=f"use a multiple of {self.hosts_per_slice}",
                 )
+        elif self.is_tpu:
+            shape = check_pool_shape(self.accelerator, None, self.accelerators_per_node)
+            if shape:
+                raise CrossFieldError(*shape)
         if self.node_sizes is not None:
             self._check_node_sizes()
         low, high = self.min_nodes, self.max_nodes

@@ -131,10 +131,12 @@ def never_fits(pool: NodePool, request: GangRequest) -> str | None:
     """Words for why the gang cannot fit ``pool`` even when it is empty, or None."""
     what = request.describe(pool.accelerator if request.accelerators_per_worker else None)
     if pool.topology:
-        if request.total_accelerators != pool.chips_per_slice or request.workers % pool.hosts_per_slice:
+        # one worker per host, holding all of the host's chips (the KubeRay/GKE convention)
+        if (request.workers, request.accelerators_per_worker) != (pool.hosts_per_slice, pool.accelerators_per_node):
             return (
                 f"needs {what} on {request.workers} workers; pool {pool.name} has {pool.topology} slices "
-                f"of {pool.chips_per_slice} chips on {pool.hosts_per_slice} hosts"
+                f"of {pool.chips_per_slice} chips on {pool.hosts_per_slice} hosts "
+                f"(one worker per host, with its {pool.accelerators_per_node} chips)"
             )
         return None if pool.nodes else f"pool {pool.name} has no slices"
     per_node = workers_per_node(pool, request)

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from orchestrator.spec.tpu import check_job_shape
 from orchestrator.storage import check_location
 
 #: Accelerator types the scheduler and the Kubernetes backend know by name. Other names that
@@ -362,10 +363,12 @@ class ResourcesSpec(_Model):
         if kinds == {True} and self.gpus_per_worker and self.workers > 1:
             # Ray Train reserves a multi-host TPU slice only given its type and topology.
             if self.topology is None:
+                issue = check_job_shape(self.accelerator_choices[0], None, self.workers, self.gpus_per_worker)
                 raise CrossFieldError(
                     "topology",
                     f"{self.workers} workers on TPUs need the slice topology",
-                    fix="set resources.topology, e.g. 2x2x1 or 4x4 (the slice the workers share)",
+                    fix=issue.fix if issue and issue.field == "topology"
+                    else "set resources.topology, e.g. 2x2x1 or 4x4 (the slice the workers share)",
                 )
             if self.accelerator is None:
                 raise CrossFieldError(
@@ -373,6 +376,18 @@ class ResourcesSpec(_Model):
                     f"{self.workers} workers on TPUs need one TPU type",
                     fix="set resources.accelerator to one TPU type instead of a list",
                 )
+        if kinds == {True} and self.gpus_per_worker:
+            # chips per host and slice topologies per TPU generation (orchestrator/spec/tpu.py)
+            for name in self.accelerator_choices:
+                issue = check_job_shape(name, self.topology, self.workers, self.gpus_per_worker)
+                if issue:
+                    field, fix = issue.field, issue.fix
+                    if self.accelerators is not None:
+                        index = self.accelerator_choices.index(name)
+                        field = f"accelerators[{index}]" if field == "accelerator" else field
+                        if len(self.accelerators) > 1:
+                            fix += f", or drop {name} from resources.accelerators"
+                    raise CrossFieldError(field, issue.message, fix=fix)
         return self
 
     @property

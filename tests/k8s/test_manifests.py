@@ -70,8 +70,8 @@ def test_gke_labels_are_used_when_a_gpu_pool_names_none() -> None:
 def test_multi_host_tpu_rayjob_is_one_slice_of_hosts(rayjob_errors: Any) -> None:
     pool = NodePool(name="v4", accelerator="tpu-v4-podslice", nodes=8, accelerators_per_node=4, topology="2x2x2",
                     labels={"cloud.google.com/gke-nodepool": "v4"})
-    rj = rayjob_manifest(JOB, spec(workers=4, gpus=2, accelerator="tpu-v4-podslice", topology="2x2x2"), pool,
-                         RuntimeConfig())
+    rj = rayjob_manifest(JOB, spec(workers=2, gpus=4, cpus=2, accelerator="tpu-v4-podslice", topology="2x2x2"),
+                         pool, RuntimeConfig())
     assert rayjob_errors(rj) == []
     group = workers_of(rj)
     assert (group["replicas"], group["numOfHosts"]) == (1, 2)
@@ -80,8 +80,8 @@ def test_multi_host_tpu_rayjob_is_one_slice_of_hosts(rayjob_errors: Any) -> None
                                    "cloud.google.com/gke-tpu-topology": "2x2x2",
                                    "cloud.google.com/gke-nodepool": "v4"}
     limits = pod["containers"][0]["resources"]["limits"]
-    assert limits["google.com/tpu"] == "4" and limits["cpu"] == "2"  # two workers per host
-    assert limits["memory"] == str(2 * 4 * 1024**3)
+    assert limits["google.com/tpu"] == "4" and limits["cpu"] == "2"  # one worker per host, all its chips
+    assert limits["memory"] == "4Gi"
     assert {"key": "google.com/tpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
 
 

@@ -89,7 +89,8 @@ BAD_SPECS: list[tuple[str, str | bytes | None, list[str], list[str]]] = [
      [], ["resources.accelerators", "mixes GPU and TPU types"]),
     ("tpu-workers-without-topology",
      "name: j\nmodel: {type: cnn}\nresources: {workers: 4, gpus_per_worker: 4, accelerator: tpu-v5p-slice}\n", [],
-     ["resources.topology", "4 workers on TPUs need the slice topology", "2x2x1"]),
+     ["resources.topology", "4 workers on TPUs need the slice topology",
+      "fix: set resources.topology: 2x2x4 (16 chips on 4 hosts of 4)"]),
     ("tpu-workers-on-a-list",
      "name: j\nmodel: {type: cnn}\nresources: {workers: 2, gpus_per_worker: 4, topology: 2x4,\n"
      "  accelerators: [tpu-v5-lite-podslice, tpu-v6e-slice]}\n", [],

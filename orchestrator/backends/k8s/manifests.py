@@ -212,7 +212,7 @@ def node_selector(pool: NodePool) -> dict[str, str]:
     then the pool's own labels."""
     selector: dict[str, str] = {}
     if is_tpu(pool.accelerator) or not pool.labels:
-        selector.update(gke_node_selector(pool.accelerator, pool.topology))
+        selector.update(gke_node_selector(pool.accelerator, pool.topology, pool.accelerators_per_node))
     selector.update(pool.labels)
     return selector
 

@@ -22,6 +22,7 @@ from orchestrator.scheduler import ClusterSpec, NodePool
 from orchestrator.scheduler.cluster import CPU, cluster_from_data
 from orchestrator.spec.loader import parse_yaml_text
 from orchestrator.spec.models import JobSpec, parse_memory
+from orchestrator.spec.tpu import generation, single_host_topology
 
 GKE_NODEPOOL_LABEL = "cloud.google.com/gke-nodepool"
 GKE_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
@@ -49,12 +50,15 @@ def is_tpu(accelerator: str | None) -> bool:
     return bool(accelerator and accelerator.startswith("tpu-"))
 
 
-def gke_node_selector(accelerator: str, topology: str | None) -> dict[str, str]:
-    """GKE's node labels for an accelerator type (and TPU slice topology)."""
+def gke_node_selector(accelerator: str, topology: str | None, chips_per_node: int = 0) -> dict[str, str]:
+    """GKE's node labels for an accelerator type (and TPU slice topology: for a pool that names
+    none, the single-host topology of ``chips_per_node`` chips)."""
     if accelerator == CPU:
         return {}
     if is_tpu(accelerator):
         selector = {GKE_TPU_ACCELERATOR_LABEL: accelerator}
+        if not topology and chips_per_node:
+            topology = tpu_topology(accelerator, chips_per_node)
         if topology:
             selector[GKE_TPU_TOPOLOGY_LABEL] = topology
         return selector
@@ -160,5 +164,15 @@ def assumed_pool(spec: JobSpec) -> NodePool:
     if accelerator == CPU:
         return NodePool(name="assumed-cpu", nodes=r.workers, cpus_per_node=float(math.ceil(r.cpus_per_worker)))
     per_node = max(1, math.ceil(r.gpus_per_worker))
+    # a validated TPU job is one slice: one worker per host, each with all of the host's chips
+    topology = (r.topology or tpu_topology(accelerator, per_node)) if is_tpu(accelerator) else None
     return NodePool(name=f"assumed-{accelerator}"[:63], accelerator=accelerator, nodes=r.workers,
-                    accelerators_per_node=per_node, topology=r.topology if is_tpu(accelerator) else None)
+                    accelerators_per_node=per_node, topology=topology)
+
+
+def tpu_topology(accelerator: str, chips_per_node: int) -> str | None:
+    """The slice topology of a single-host TPU node of ``chips_per_node`` chips (GKE labels every
+    TPU node with one, and the Ray TPU webhook refuses a TPU worker group without the selector);
+    None for a TPU generation we have no table for."""
+    gen = generation(accelerator)
+    return single_host_topology(gen, chips_per_node) if gen else None
