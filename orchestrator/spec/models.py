@@ -10,7 +10,7 @@ import posixpath
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from orchestrator.storage import check_location
 
@@ -288,6 +288,11 @@ class TolerationSpec(_Model):
         description="With effect NoExecute: how long the pod stays on a node after the taint appears.")
 
     @classmethod
+    def short_form(cls, value: Any) -> Any:
+        """A job file's ``key=value:Effect`` as fields; anything else as it is."""
+        return cls.parse(value) if isinstance(value, str) else value
+
+    @classmethod
     def parse(cls, text: str) -> dict[str, str]:
         """The short form ``key``, ``key=value``, ``key:Effect`` or ``key=value:Effect`` as fields."""
         if not re.match(_TOLERATION_PATTERN, text):
@@ -353,7 +358,7 @@ class ResourcesSpec(_Model):
         description="Priority class (low, normal, high, or one the cluster defines) or an integer; "
         "default: the queue's priority.",
     )
-    tolerations: list[TolerationSpec] = Field(
+    tolerations: list[Annotated[TolerationSpec, BeforeValidator(TolerationSpec.short_form)]] = Field(
         default_factory=list, max_length=64,
         description="Node-pool taints this job tolerates, as Kubernetes tolerations (the kubernetes backend "
         "also writes them on the job's pods); a job file may also write the short form key, key=value or "
@@ -364,13 +369,6 @@ class ResourcesSpec(_Model):
         description="How Ray places the workers on a cluster's nodes: pack (as few nodes as possible: "
         "faster all-reduce) or spread (one per node where it can: a lost node takes fewer workers).",
     )
-
-    @field_validator("tolerations", mode="before")
-    @classmethod
-    def _short_tolerations(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [TolerationSpec.parse(v) if isinstance(v, str) else v for v in value]
-        return value
 
     @field_validator("accelerator")
     @classmethod

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from orchestrator.backends.k8s import POOLS_CONFIGMAP_LABEL
+from orchestrator.backends.k8s.convert import job_spec_from_training_job
 from orchestrator.backends.k8s.crd import render_crd_yaml, training_job_crd
 from orchestrator.backends.k8s.placement import decide_once
 from orchestrator.backends.k8s.pools import cluster_from_configmaps
@@ -36,7 +37,7 @@ def check(obj: dict[str, Any], where: str) -> None:
     if obj["apiVersion"].startswith("orchestrator.dev/"):
         errors = schema_errors(validator_for_crd(training_job_crd()), obj)
         assert errors == [], f"{label}: {errors}"
-        validate_spec_data({k: v for k, v in obj["spec"].items() if k != "suspend"})
+        validate_spec_data(job_spec_from_training_job(obj))
     elif obj["kind"] == "PodMonitor":
         check_podmonitor(obj)
     else:
@@ -99,7 +100,7 @@ def test_example_trainingjobs_fit_the_example_pools(example: str, overlay: str, 
     pools = [o for o in render(DEPLOY / overlay) if o["kind"] == "ConfigMap"]
     cluster = cluster_from_configmaps(pools)
     assert cluster is not None
-    decision = decide_once(cluster, validate_spec_data(job["spec"]))
+    decision = decide_once(cluster, validate_spec_data(job_spec_from_training_job(job)))
     assert isinstance(decision, Place) and decision.placement.pool == pool
 
 

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from orchestrator.backends.k8s import GROUP
 from orchestrator.errors import SpecError, SpecIssue
 from orchestrator.spec import job_spec_json_schema
+from orchestrator.spec.models import TolerationSpec
 
 #: The annotation that carries failure injections (JSON list), for tests and demos only.
 INJECT_ANNOTATION = f"{GROUP}/testing-inject"
@@ -125,7 +126,8 @@ def _convert(data: Any, shape: _Shape | None, to: str, path: str, problems: list
         return data
     if isinstance(data, Mapping) and shape.fields is not None:
         out: dict[str, Any] = {}
-        for key, value in data.items():
+        for raw, value in data.items():
+            key = str(raw)
             if to == "camel":
                 snake, new = key, shape.camel.get(key, key)
             else:
@@ -145,13 +147,26 @@ def _convert(data: Any, shape: _Shape | None, to: str, path: str, problems: list
 
 def training_job_parts(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """A job spec as data (snake_case) -> (the TrainingJob's ``spec``, its annotations): the spec in
-    camelCase without ``testing``; failure injections, if any, in :data:`INJECT_ANNOTATION`."""
+    camelCase without ``testing``, tolerations as objects; failure injections, if any, in :data:`INJECT_ANNOTATION`."""
     body = {k: v for k, v in data.items() if k not in NOT_IN_API}
+    resources = body.get("resources")
+    if isinstance(resources, Mapping) and isinstance(resources.get("tolerations"), list):
+        # a job file's short form (key=value:Effect) as the Toleration objects of the API
+        body["resources"] = {**resources, "tolerations": [_toleration(t) for t in resources["tolerations"]]}
     annotations = {}
     inject = ((data.get("testing") or {}).get("inject")) or []
     if inject:
         annotations[INJECT_ANNOTATION] = json.dumps(inject, sort_keys=True, separators=(",", ":"))
     return convert_spec_keys(body, "camel"), annotations
+
+
+def _toleration(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return TolerationSpec.parse(value)
+        except ValueError:
+            return value  # refused by the spec's check, naming it
+    return value
 
 
 def job_spec_from_training_job(obj: Mapping[str, Any], *, strict: bool = True) -> dict[str, Any]:
