@@ -31,6 +31,7 @@ from orchestrator.backends.k8s import (
     RETRY_ANNOTATION,
 )
 from orchestrator.backends.k8s.client import KubeApi
+from orchestrator.backends.k8s.convert import field_path, job_spec_from_training_job
 from orchestrator.backends.k8s.kueue import admission_pool, local_queue
 from orchestrator.backends.k8s.manifests import RuntimeConfig, kubernetes_issues
 from orchestrator.backends.k8s.placement import PlacementBook, decide_once
@@ -91,16 +92,16 @@ def job_key(namespace: str, name: str) -> str:
 def desired_from(job: Mapping[str, Any], config: OperatorConfig) -> Desired:
     """Validate the TrainingJob's spec once, here at the edge."""
     meta = job.get("metadata", {})
-    data = {k: v for k, v in (job.get("spec") or {}).items() if k != "suspend"}
     queue = local_queue(job, None)
     try:
+        data = job_spec_from_training_job(job)  # camelCase -> snake_case; injections from the annotation
         spec = validate_spec_data(data, source=f"TrainingJob {meta.get('namespace')}/{meta.get('name')}")
         issues = kubernetes_issues(spec)
         if issues:
             raise SpecError(issues)
     except SpecError as exc:
-        words = "; ".join(f"{i.field_path or '(top level)'}: {i.message}" + (f" (fix: {i.fix})" if i.fix else "")
-                          for i in exc.issues)
+        words = "; ".join(f"{field_path(i.field_path) or '(top level)'}: {i.message}"
+                          + (f" (fix: {i.fix})" if i.fix else "") for i in exc.issues)
         return Desired(job, None, words, queue)
     queue = local_queue(job, spec, everywhere=config.runtime.kueue, namespaces=config.kueue_namespaces)
     return Desired(job, spec, None, queue)

@@ -152,9 +152,16 @@ class _Plan:
         value: Literal["True", "False"] = "True" if ok else "False"
         old = self.status.condition(kind)
         when = old.lastTransitionTime if old is not None and old.status == value else now
-        new = Condition(type=kind, status=value, reason=reason, message=message, lastTransitionTime=when or None)
+        new = Condition(type=kind, status=value, reason=reason, message=message, lastTransitionTime=when or None,
+                        observedGeneration=self.status.observedGeneration)
         others = [c for c in self.status.conditions if c.type != kind]
         self.update(conditions=sorted([*others, new], key=lambda c: c.type))
+
+    def ended(self, succeeded: bool, reason: str, message: str, now: str) -> None:
+        """The job ended: ``Finished``, and ``Complete`` or ``Failed`` (what ``kubectl wait
+        --for=condition=Complete`` reads), as a Kubernetes Job reports its end."""
+        self.condition("Finished", True, reason, message, now)
+        self.condition("Complete" if succeeded else "Failed", True, reason, message, now)
 
     def event_if_changed(self, kind: str, event_type: str, reason: str) -> None:
         """Emit an Event when condition ``kind`` differs from what the old status said."""
@@ -250,7 +257,7 @@ def reconcile(desired: Desired, observed: Observed, config: RuntimeConfig) -> li
         assert plan.old.rayJob is not None
         message = f"RayJob {plan.old.rayJob.name} was deleted while the job ran; resubmit to run it again"
         plan.update(phase="Failed", message=message, completionTime=observed.now or None)
-        plan.condition("Finished", True, "RayJobDeleted", message, observed.now)
+        plan.ended(False, "RayJobDeleted", message, observed.now)
         plan.actions.append(ReleasePlacement())
         plan.event_if_changed("Finished", "Warning", "RayJobDeleted")
         return plan.finish()
@@ -305,7 +312,7 @@ def _mirror(plan: _Plan, desired: Desired, rayjob: Mapping[str, Any], observed: 
     plan.condition("Running", phase == "Running", phase, words, observed.now)
     if phase in FINISHED_PHASES:
         plan.update(completionTime=st.get("endTime") or observed.now or None)
-        plan.condition("Finished", True, phase, words, observed.now)
+        plan.ended(phase == "Succeeded", phase, words, observed.now)
         plan.actions.append(ReleasePlacement())
         plan.event_if_changed("Finished", "Normal" if phase == "Succeeded" else "Warning", phase)
     elif plan.old.phase != phase:

@@ -15,7 +15,7 @@ from orchestrator.spec.models import JobSpec
 
 @dataclass(frozen=True, slots=True)
 class Toleration:
-    """Lets a job use a pool with a matching taint. ``None`` value or effect matches any."""
+    """Lets a job use a pool with a matching taint. ``None`` value or effect, or an empty key, matches any."""
 
     key: str
     value: str | None = None
@@ -30,7 +30,7 @@ class Toleration:
 
     def tolerates(self, taint: Taint) -> bool:
         return (
-            self.key == taint.key
+            (self.key == taint.key or not self.key)  # an empty key (operator Exists) tolerates every taint
             and (self.value is None or self.value == taint.value)
             and (self.effect is None or self.effect == taint.effect)
         )
@@ -110,5 +110,6 @@ def request_from_spec(spec: JobSpec) -> GangRequest:
         topology=r.topology,
         queue=r.queue,
         priority=r.priority,
-        tolerations=tuple(Toleration.parse(t) for t in r.tolerations),
+        tolerations=tuple(Toleration(key=t.key, value=t.value if t.operator == "Equal" else None,
+                                     effect=t.effect or None) for t in r.tolerations),
     )

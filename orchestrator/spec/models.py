@@ -10,7 +10,7 @@ import posixpath
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from orchestrator.spec.tpu import check_job_shape
 from orchestrator.storage import check_location
@@ -271,6 +271,57 @@ class DataSpec(_Model):
         return self.source in BUILTIN_DATASETS
 
 
+class TolerationSpec(_Model):
+    """A Kubernetes toleration (core/v1 Toleration): which taints of a node pool the job accepts."""
+
+    key: str = Field(
+        default="", max_length=316, pattern=r"^([A-Za-z0-9][-A-Za-z0-9./_]*)?$",
+        description="The taint key (empty with operator Exists: every taint).",
+    )
+    operator: Literal["Exists", "Equal"] = Field(
+        default="Equal", description="Equal: the taint's value must be `value`; Exists: any value.")
+    value: str = Field(default="", max_length=63, pattern=r"^[-A-Za-z0-9._]*$",
+                       description="The taint value to match (operator Equal).")
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = Field(
+        default="", description="The taint effect to match (empty: every effect).")
+    toleration_seconds: int | None = Field(
+        default=None, ge=0,
+        description="With effect NoExecute: how long the pod stays on a node after the taint appears.")
+
+    @classmethod
+    def short_form(cls, value: Any) -> Any:
+        """A job file's ``key=value:Effect`` as fields; anything else as it is."""
+        return cls.parse(value) if isinstance(value, str) else value
+
+    @classmethod
+    def parse(cls, text: str) -> dict[str, str]:
+        """The short form ``key``, ``key=value``, ``key:Effect`` or ``key=value:Effect`` as fields."""
+        if not re.match(_TOLERATION_PATTERN, text):
+            raise ValueError(f"{text[:80]!r} is not a toleration; write key, key=value or key=value:Effect "
+                             "(Effect: NoSchedule, PreferNoSchedule or NoExecute), or {key, operator, value, effect}")
+        body, _, effect = text.partition(":")
+        key, eq, value = body.partition("=")
+        out = {"key": key, "operator": "Equal" if eq else "Exists"}
+        if eq:
+            out["value"] = value
+        if effect:
+            out["effect"] = effect
+        return out
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TolerationSpec:
+        if self.operator == "Exists" and self.value:
+            raise CrossFieldError("value", "operator Exists matches any value: give no value",
+                                  fix="drop value, or set operator: Equal")
+        if not self.key and self.operator != "Exists":
+            raise CrossFieldError("key", "a toleration without a key must have operator Exists",
+                                  fix="give the taint's key, or set operator: Exists (tolerates every taint)")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise CrossFieldError("toleration_seconds", "toleration_seconds applies to effect NoExecute only",
+                                  fix="set effect: NoExecute, or drop toleration_seconds")
+        return self
+
+
 class ResourcesSpec(_Model):
     """What each worker of the gang needs."""
 
@@ -308,10 +359,11 @@ class ResourcesSpec(_Model):
         description="Priority class (low, normal, high, or one the cluster defines) or an integer; "
         "default: the queue's priority.",
     )
-    tolerations: list[Annotated[str, Field(pattern=_TOLERATION_PATTERN)]] = Field(
-        default_factory=list,
-        description="Node-pool taints this job tolerates: key, key=value or key=value:Effect (the kubernetes "
-        "backend also writes them on the job's pods).",
+    tolerations: list[Annotated[TolerationSpec, BeforeValidator(TolerationSpec.short_form)]] = Field(
+        default_factory=list, max_length=64,
+        description="Node-pool taints this job tolerates, as Kubernetes tolerations (the kubernetes backend "
+        "also writes them on the job's pods); a job file may also write the short form key, key=value or "
+        "key=value:Effect.",
     )
     placement: Literal["pack", "spread"] = Field(
         default="pack",

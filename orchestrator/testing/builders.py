@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from orchestrator.backends.k8s import API_VERSION, KIND, POOLS_CONFIGMAP_KEY, POOLS_CONFIGMAP_LABEL
+from orchestrator.backends.k8s.convert import training_job_parts
 
 
 def spec_data(name: str, *, workers: int = 2, gpus: float = 0, accelerator: str | None = None,
@@ -34,13 +35,16 @@ def spec_data(name: str, *, workers: int = 2, gpus: float = 0, accelerator: str 
 
 def training_job(name: str, namespace: str, spec: Mapping[str, Any] | None = None, *, suspend: bool = False,
                  labels: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """A TrainingJob object (spec: :func:`spec_data` of ``name`` unless given)."""
-    body = dict(spec if spec is not None else spec_data(name))
+    """A TrainingJob object (spec: :func:`spec_data` of ``name`` unless given; job spec data, snake_case,
+    as in a job file: written camelCase, failure injections in the annotation)."""
+    body, annotations = training_job_parts(spec if spec is not None else spec_data(name))
     if suspend:
         body["suspend"] = True
     metadata: dict[str, Any] = {"name": name, "namespace": namespace}
     if labels:
         metadata["labels"] = dict(labels)
+    if annotations:
+        metadata["annotations"] = annotations
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": body}
 
 

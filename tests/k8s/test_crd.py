@@ -22,7 +22,7 @@ pytestmark = pytest.mark.k8s
 ALLOWED = {"type", "description", "properties", "items", "additionalProperties", "required", "enum",
            "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "minItems",
            "maxItems", "maxProperties", "pattern", "nullable", "format", "x-kubernetes-preserve-unknown-fields",
-           "x-kubernetes-int-or-string"}
+           "x-kubernetes-int-or-string", "default", "x-kubernetes-list-type", "x-kubernetes-list-map-keys"}
 
 
 def nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -53,7 +53,7 @@ def test_the_crd_is_a_valid_customresourcedefinition() -> None:
 def test_types_nullables_and_free_form_fields_follow_the_models() -> None:
     spec = spec_schema()["properties"]
     resources = spec["resources"]["properties"]
-    assert resources["workers"] == {"description": "Number of training workers. Default: 2.", "maximum": 4096,
+    assert resources["workers"] == {"description": "Number of training workers.", "default": 2, "maximum": 4096,
                                     "minimum": 1, "type": "integer"}
     assert resources["memory"]["x-kubernetes-int-or-string"] and resources["memory"]["nullable"]
     assert resources["accelerator"]["type"] == "string" and resources["accelerator"]["nullable"]
@@ -63,7 +63,7 @@ def test_types_nullables_and_free_form_fields_follow_the_models() -> None:
     assert spec["model"]["properties"]["type"]["enum"] == ["cnn", "gan", "rnn", "sequential"]
     # rnn's `layers` (a count) and sequential's (a list): kept as given, checked by the spec models
     assert spec["model"]["properties"]["layers"]["x-kubernetes-preserve-unknown-fields"] is True
-    assert spec["data"]["properties"]["validation_fraction"]["exclusiveMinimum"] is True
+    assert spec["data"]["properties"]["validationFraction"]["exclusiveMinimum"] is True
     assert spec["suspend"]["type"] == "boolean"
     assert spec_schema()["required"] == ["name"]
 
@@ -95,7 +95,8 @@ def test_every_example_spec_is_a_valid_trainingjob(path: Path) -> None:
 @pytest.mark.parametrize(("field", "value", "where"), [
     ("workers", 0, "spec.resources.workers: 0 is less than the minimum of 1"),
     ("queue", "Bad Queue", "spec.resources.queue: 'Bad Queue' does not match"),
-    ("gpus_per_worker", "two", "spec.resources.gpus_per_worker: 'two' is not of type 'number'"),
+    ("gpusPerWorker", "two", "spec.resources.gpusPerWorker: 'two' is not of type 'number'"),
+    ("gpus_per_worker", 1, "spec.resources: Additional properties are not allowed ('gpus_per_worker' was"),
     ("colour", "red", "spec.resources: Additional properties are not allowed ('colour' was unexpected)"),
 ])
 def test_the_schema_rejects_bad_values_naming_the_field(field: str, value: Any, where: str) -> None:

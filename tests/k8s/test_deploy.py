@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from orchestrator.backends.k8s import JOB_LABEL, POOLS_CONFIGMAP_LABEL
+from orchestrator.backends.k8s.convert import job_spec_from_training_job
 from orchestrator.backends.k8s.crd import CRD_PATH, render_crd_yaml, training_job_crd
 from orchestrator.backends.k8s.manifests import RuntimeConfig, rayjob_manifest
 from orchestrator.backends.k8s.placement import decide_once
@@ -50,7 +51,7 @@ def check(obj: dict[str, Any], where: str) -> None:
     if obj["apiVersion"].startswith("orchestrator.dev/"):
         errors = schema_errors(validator_for_crd(training_job_crd()), obj)
         assert errors == [], f"{label}: {errors}"
-        validate_spec_data({k: v for k, v in obj["spec"].items() if k != "suspend"})
+        validate_spec_data(job_spec_from_training_job(obj))
     elif obj["kind"] == "PodMonitor":
         check_podmonitor(obj)
     elif obj["kind"] == "PrometheusRule":
@@ -177,7 +178,7 @@ def test_example_trainingjobs_fit_the_example_pools(example: str, overlay: str, 
     pools = [o for o in kustomize(DEPLOY / overlay) if o["kind"] == "ConfigMap"]
     cluster = cluster_from_configmaps(pools)
     assert cluster is not None
-    decision = decide_once(cluster, validate_spec_data(job["spec"]))
+    decision = decide_once(cluster, validate_spec_data(job_spec_from_training_job(job)))
     assert isinstance(decision, Place) and decision.placement.pool == pool
 
 

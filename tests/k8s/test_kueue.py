@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from orchestrator.backends.k8s import JOB_UID_LABEL, KUEUE_PRIORITY_LABEL, KUEUE_QUEUE_LABEL, POOL_LABEL
+from orchestrator.backends.k8s.convert import job_spec_from_training_job
 from orchestrator.backends.k8s.kueue import local_queue, priority_class, workload_priority_classes
 from orchestrator.backends.k8s.manifests import RuntimeConfig
 from orchestrator.operator.controller import OperatorConfig, desired_from
@@ -67,11 +68,11 @@ def check_workload_priority_class(obj: dict[str, Any]) -> None:
 
 def test_the_local_queue_comes_from_the_spec_then_the_label_then_the_operators_namespaces() -> None:
     named = tj(kubernetes={"local_queue": "team-a-gpu"}, labels={KUEUE_QUEUE_LABEL: "other"})
-    assert local_queue(named, validate_spec_data(named["spec"])) == "team-a-gpu"
+    assert local_queue(named, validate_spec_data(job_spec_from_training_job(named))) == "team-a-gpu"
     labelled = tj(labels={KUEUE_QUEUE_LABEL: "team-b"})
-    assert local_queue(labelled, validate_spec_data(labelled["spec"])) == "team-b"
+    assert local_queue(labelled, validate_spec_data(job_spec_from_training_job(labelled))) == "team-b"
     plain = tj()  # resources.queue: default
-    parsed = validate_spec_data(plain["spec"])
+    parsed = validate_spec_data(job_spec_from_training_job(plain))
     assert local_queue(plain, parsed) is None
     assert local_queue(plain, parsed, namespaces=("ns",)) == "default"
     assert local_queue(plain, parsed, namespaces=("elsewhere",)) is None

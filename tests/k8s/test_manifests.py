@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from orchestrator.backends.k8s import KUEUE_QUEUE_LABEL
+from orchestrator.backends.k8s.convert import job_spec_from_training_job
 from orchestrator.backends.k8s.manifests import (
     RuntimeConfig,
     cluster_paths,
@@ -147,8 +148,8 @@ def test_training_job_manifest_writes_every_field_and_suspend() -> None:
     tj = training_job_manifest(s, "ml", suspend=True)
     assert tj["metadata"] == {"name": "train", "namespace": "ml"}
     assert tj["spec"]["suspend"] is True
-    assert tj["spec"]["failure"]["hang_timeout_s"] is None  # null means "never", not "default"
-    assert validate_spec_data({k: v for k, v in tj["spec"].items() if k != "suspend"}) == s
+    assert tj["spec"]["failure"]["hangTimeoutS"] is None  # null means "never", not "default"
+    assert validate_spec_data(job_spec_from_training_job(tj)) == s
 
 
 def test_tolerations_of_a_cpu_pool_have_no_device_key() -> None:

@@ -23,6 +23,7 @@ from orchestrator.backends.k8s import (
     RAY_VERSION,
     RETRY_ANNOTATION,
 )
+from orchestrator.backends.k8s.convert import job_spec_from_training_job
 from orchestrator.backends.k8s.manifests import RuntimeConfig, rayjob_manifest
 from orchestrator.spec import validate_spec_data
 from orchestrator.testing import builders as b
@@ -234,11 +235,11 @@ def test_an_invalid_spec_is_rejected_naming_the_field(api: Any, namespace: str, 
     api.create_training_job(b.training_job("tiny-batch", namespace, b.spec_data(
         "tiny-batch", workers=4, training={"epochs": 1, "batch_size": 2})))
     st = wait_for(phase_is(api, namespace, "tiny-batch", "Invalid"), "phase Invalid")
-    assert st["message"].startswith("invalid spec: training.batch_size: global batch size 2 is smaller than "
+    assert st["message"].startswith("invalid spec: training.batchSize: global batch size 2 is smaller than "
                                     "resources.workers 4")
     valid = next(c for c in st["conditions"] if c["type"] == "Valid")
     assert valid["status"] == "False" and valid["reason"] == "InvalidSpec"
-    assert any(e[1] == "InvalidSpec" and "training.batch_size" in e[2]
+    assert any(e[1] == "InvalidSpec" and "training.batchSize" in e[2]
                for e in wait_for(lambda: events(api, namespace, "tiny-batch"), "the event"))
     assert rayjobs(api, namespace) == []
 
@@ -258,7 +259,7 @@ def test_restarting_the_operator_mid_flight_never_duplicates_a_rayjob(api: Any, 
         "orphan", workers=8, gpus=1, accelerator="nvidia-a100-40gb")))
     from orchestrator.scheduler import NodePool
 
-    spec = validate_spec_data(job["spec"])
+    spec = validate_spec_data(job_spec_from_training_job(job))
     api.create_rayjob(rayjob_manifest(job, spec, NodePool(**b.gpu_pool("a100", nodes=2, per_node=8)),
                                       RuntimeConfig()))
     # and a third job that must wait: both nodes are taken by the two running jobs

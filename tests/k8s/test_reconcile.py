@@ -184,11 +184,11 @@ def test_a_rayjob_deleted_behind_the_operators_back_fails_the_job() -> None:
 def test_an_invalid_spec_names_the_field_and_creates_nothing() -> None:
     obj = job(training={"epochs": 1, "batch_size": 1})
     d = desired(obj)
-    assert d.spec is None and d.invalid is not None and d.invalid.startswith("training.batch_size: ")
+    assert d.spec is None and d.invalid is not None and d.invalid.startswith("training.batchSize: ")
     assert not needs_placement(d, [])
     actions = reconcile(d, Observed(now=NOW), CONFIG)
     status = written(actions)
-    assert status.phase == "Invalid" and "training.batch_size" in status.message
+    assert status.phase == "Invalid" and "training.batchSize" in status.message
     assert of(actions, EmitEvent)[0].reason == "InvalidSpec"
     assert not of(actions, CreateRayJob)
 

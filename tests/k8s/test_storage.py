@@ -236,7 +236,7 @@ def test_dry_run_shows_the_secrets_and_mounts_and_never_a_secret_value(cli: Any,
         assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
         assert {"name": "shared", "mountPath": "/mnt/shared"} in container["volumeMounts"]
         assert {"name": STORAGE_ENV, "value": "s3://bucket/prefix"} in container["env"]
-    assert plan["trainingJob"]["spec"]["kubernetes"]["env_from_secrets"] == ["s3-creds"]
+    assert plan["trainingJob"]["spec"]["kubernetes"]["envFromSecrets"] == ["s3-creds"]
 
     code, out = cli("submit", path, "--dry-run", "-o", "json")
     assert code == 0 and SECRET_VALUE not in out

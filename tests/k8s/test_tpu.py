@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from orchestrator.backends.k8s.convert import job_spec_from_training_job
 from orchestrator.backends.k8s.manifests import RuntimeConfig, rayjob_manifest
 from orchestrator.backends.k8s.pools import assumed_pool, cluster_from_configmaps
 from orchestrator.errors import SpecError
@@ -88,7 +89,7 @@ def test_a_single_host_job_without_a_topology_gets_the_hosts_topology_label(
 def test_the_v5p_2x2x4_rayjob_has_4_hosts_of_4_chips_and_validates(rayjob_errors: Any) -> None:
     cluster = overlay_cluster()
     pool = cluster.pool_by_name["v5p-2x2x4"]
-    spec = validate_spec_data(yaml.safe_load((REPO / "deploy/k8s/examples/trainingjob-tpu.yaml").read_text())["spec"])
+    spec = validate_spec_data(job_spec_from_training_job(yaml.safe_load((REPO / "deploy/k8s/examples/trainingjob-tpu.yaml").read_text())))
     assert never_fits(pool, request_from_spec(spec)) is None
     rj = rayjob_manifest(JOB, spec, pool, RuntimeConfig())
     assert rayjob_errors(rj) == []

@@ -49,12 +49,12 @@ from orchestrator.backends.k8s import (
     SPEC_MOUNT_DIR,
     STORAGE_ENV,
 )
+from orchestrator.backends.k8s.convert import training_job_parts
 from orchestrator.backends.k8s.kueue import priority_class
 from orchestrator.backends.k8s.pools import GPU_RESOURCE, TPU_RESOURCE, gke_node_selector, is_tpu
 from orchestrator.errors import SpecIssue
 from orchestrator.scheduler import NodePool
 from orchestrator.scheduler.cluster import CPU
-from orchestrator.scheduler.jobs import Toleration
 from orchestrator.spec.loader import dump_yaml
 from orchestrator.spec.models import EnvVar, JobSpec, VolumeMount, VolumeSpec, parse_memory, unmounted_paths
 
@@ -111,12 +111,17 @@ def spec_data(spec: JobSpec) -> dict[str, Any]:
 
 def training_job_manifest(spec: JobSpec, namespace: str, *, name: str | None = None, suspend: bool = False,
                           labels: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The TrainingJob custom resource for ``spec`` (named after the spec unless ``name`` is given)."""
-    body: dict[str, Any] = {"suspend": True} if suspend else {}
+    """The TrainingJob custom resource for ``spec`` (named after the spec unless ``name`` is given): the
+    spec with camelCase field names, failure injections in an annotation (see :mod:`.convert`)."""
+    body, annotations = training_job_parts(spec_data(spec))
+    if suspend:
+        body["suspend"] = True
     metadata: dict[str, Any] = {"name": name or spec.name, "namespace": namespace}
     if labels:
         metadata["labels"] = dict(labels)
-    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": {**spec_data(spec), **body}}
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": body}
 
 
 def owner_reference(job: Mapping[str, Any]) -> dict[str, Any]:
@@ -230,16 +235,19 @@ def tolerations(pool: NodePool) -> list[dict[str, str]]:
     return out
 
 
-def spec_tolerations(spec: JobSpec) -> list[dict[str, str]]:
-    """The spec's ``resources.tolerations`` as pod tolerations (key, key=value, with or without an effect)."""
+def spec_tolerations(spec: JobSpec) -> list[dict[str, Any]]:
+    """The spec's ``resources.tolerations`` as pod tolerations (core/v1 Toleration; empty fields left out)."""
     out = []
-    for text in spec.resources.tolerations:
-        toleration = Toleration.parse(text)
-        item = {"key": toleration.key, "operator": "Exists" if toleration.value is None else "Equal"}
-        if toleration.value is not None:
+    for toleration in spec.resources.tolerations:
+        item: dict[str, Any] = {"key": toleration.key, "operator": toleration.operator}
+        if toleration.value:
             item["value"] = toleration.value
         if toleration.effect:
             item["effect"] = toleration.effect
+        if toleration.toleration_seconds is not None:
+            item["tolerationSeconds"] = toleration.toleration_seconds
+        if not toleration.key:
+            del item["key"]
         out.append(item)
     return out
 

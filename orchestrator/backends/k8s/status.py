@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.backends.k8s.convert import job_spec_from_training_job
 from orchestrator.store import JobRecord, JobState
 
 Phase = Literal["Pending", "Starting", "Running", "Suspending", "Suspended", "Succeeded", "Failed", "Invalid"]
@@ -38,13 +39,16 @@ class _Status(BaseModel):
 
 
 class Condition(_Status):
-    """A Kubernetes condition: ``Valid``, ``Scheduled``, ``Running``, ``Finished`` or ``Suspended``."""
+    """A Kubernetes condition (metav1.Condition): ``Valid``, ``Scheduled``, ``Running``, ``Suspended``,
+    ``Finished``, and when the job ends ``Complete`` (it succeeded) or ``Failed``, so that
+    ``kubectl wait --for=condition=Complete trainingjob/NAME`` works."""
 
-    type: str
+    type: str = Field(min_length=1, max_length=316, description="The condition, e.g. Scheduled, Complete, Failed.")
     status: Literal["True", "False", "Unknown"]
     reason: str = Field(description="One CamelCase word, e.g. Unschedulable, Placed, Succeeded.")
     message: str = ""
-    lastTransitionTime: str | None = None
+    lastTransitionTime: str | None = Field(default=None, description="When status last changed (RFC 3339).")
+    observedGeneration: int | None = Field(default=None, description="The spec's generation the condition is about.")
 
 
 class PlacementStatus(_Status):
@@ -75,7 +79,9 @@ class TrainingJobStatus(_Status):
     attempts: int = Field(default=0, ge=0, description="Runs started (1 + KubeRay retries).")
     placement: PlacementStatus | None = None
     rayJob: RayJobStatus | None = None
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Conditions, one per type.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
     lastMetrics: dict[str, float] | None = Field(
         default=None, description="Latest epoch metrics, when the driver reports them.")
     startTime: str | None = None
@@ -121,7 +127,7 @@ def job_state(phase: str | None) -> JobState:
 def record_from_training_job(obj: Mapping[str, Any]) -> JobRecord:
     """A TrainingJob as the CLI shows jobs: its name is the job id."""
     meta = obj.get("metadata", {})
-    spec = {k: v for k, v in (obj.get("spec") or {}).items() if k != "suspend"}
+    spec = job_spec_from_training_job(obj, strict=False)
     status = TrainingJobStatus.parse(obj.get("status"))
     namespace = meta.get("namespace", "default")
     result: dict[str, Any] = {"namespace": namespace, "phase": status.phase, "retries": max(0, status.attempts - 1)}
