@@ -49,15 +49,23 @@ class Where:
     recorded: JobTarget | None = None
 
 
-def _recorded(settings: Settings, job_id: str, backend: str | None) -> JobTarget | None:
-    """The recorded place of ``job_id`` on ``backend`` (any cluster backend when None); None if none."""
+def _recorded(settings: Settings, job_id: str, backend: str | None, address: str | None, namespace: str | None,
+              context: str | None) -> JobTarget | None:
+    """The recorded place of ``job_id`` on ``backend`` (any cluster backend when None); where several
+    are recorded, the one the options given agree with. None if none."""
     if not settings.db_path.exists():  # nothing submitted from here yet: create no store to read
         return None
+
+    def places(targets: list[JobTarget]) -> set[tuple[str | None, ...]]:
+        return {(t.job_id, t.backend, t.namespace, t.context, t.address) for t in targets}
+
     found = [t for t in JobStore(settings.db_path).targets(job_id) if backend is None or t.backend == backend]
-    places = {(t.job_id, t.backend, t.namespace, t.context, t.address) for t in found}
-    if len(places) > 1:
+    if len(places(found)) > 1:  # the same id in two places: the options given may tell which
+        found = [t for t in found if address in (None, t.address) and namespace in (None, t.namespace)
+                 and context in (None, t.context)] or found
+    if len(places(found)) > 1:
         shown = "; ".join(f"{t.job_id}: {t.options()}" for t in found[:6])
-        raise UsageError(f"{job_id!r} names {len(places)} jobs submitted from this machine: {shown}",
+        raise UsageError(f"{job_id!r} names {len(places(found))} jobs submitted from this machine: {shown}",
                          fix="give the whole id and say where it runs (the options shown)")
     return found[0] if found else None
 
@@ -86,7 +94,7 @@ def locate(ctx: click.Context, job_id: str | None, backend: str | None, ray_addr
         if backend is None and _is_local(settings, job_id):
             backend = "local"
         else:
-            recorded = _recorded(settings, job_id, backend)
+            recorded = _recorded(settings, job_id, backend, ray_address, kube_namespace, kube_context)
             if recorded is None and backend is None and not _cluster_options(ray_address, kube_namespace,
                                                                                kube_context):
                 raise JobNotFoundError(
