@@ -17,13 +17,18 @@ class Settings:
     """
 
     home: Path
-    #: A remote Ray cluster for the `ray` backend (ORCHESTRATOR_RAY_ADDRESS).
+    #: The Jobs API URL (``http://head:8265``) of a Ray cluster for the `ray` backend
+    #: (``--address``, ORCHESTRATOR_RAY_ADDRESS).
     ray_address: str | None = None
-    #: A Ray instance the local backend joins instead of starting its own (Ray's RAY_ADDRESS).
+    #: The GCS address (``host:6379``) of a Ray instance this process's driver joins instead of
+    #: starting its own: the local backend, and `tune --backend ray` (``--ray-address``, Ray's RAY_ADDRESS).
     local_ray_address: str | None = None
-    #: Kubernetes namespace and kubeconfig context for the `kubernetes` backend.
-    kube_namespace: str = "default"
+    #: Kubernetes namespace and kubeconfig context for the `kubernetes` backend (None: the
+    #: kubeconfig's current context, and that context's namespace, else ``default``).
+    kube_namespace: str | None = None
     kube_context: str | None = None
+    #: The kubeconfig file(s) (KUBECONFIG; None: the client's default, ~/.kube/config).
+    kubeconfig: str | None = None
     #: Who owns the checkpoint directory when a job's identity outlives its record, such as a
     #: TrainingJob run again in a new pod (ORCHESTRATOR_CHECKPOINT_OWNER); else the job id.
     checkpoint_owner: str | None = None
@@ -38,8 +43,9 @@ class Settings:
             home=home.resolve(),
             ray_address=env.get("ORCHESTRATOR_RAY_ADDRESS") or None,
             local_ray_address=env.get("RAY_ADDRESS") or None,
-            kube_namespace=env.get("ORCHESTRATOR_NAMESPACE") or "default",
+            kube_namespace=env.get("ORCHESTRATOR_NAMESPACE") or None,
             kube_context=env.get("ORCHESTRATOR_KUBE_CONTEXT") or None,
+            kubeconfig=env.get("KUBECONFIG") or None,
             checkpoint_owner=env.get("ORCHESTRATOR_CHECKPOINT_OWNER") or None,
             storage=env.get("ORCHESTRATOR_STORAGE") or None,
         )

@@ -140,6 +140,32 @@ class JobRecord:
         }
 
 
+@dataclass(frozen=True)
+class JobTarget:
+    """Where a job this machine submitted to a cluster runs: the ray backend's Jobs API URL, or the
+    kubernetes backend's namespace and kubeconfig context. The job's state stays on the cluster;
+    this is only the index that lets ``status JOB`` (and the other verbs) find it from the id alone.
+    """
+
+    job_id: str
+    backend: str
+    namespace: str | None = None
+    context: str | None = None
+    address: str | None = None
+    created_at: float = 0.0
+
+    def options(self) -> str:
+        """The command-line options that name this place (``-b kubernetes -n NS --context CTX``)."""
+        parts = [f"-b {self.backend}"]
+        if self.address:
+            parts.append(f"--address {self.address}")
+        if self.namespace:
+            parts.append(f"-n {self.namespace}")
+        if self.context:
+            parts.append(f"--context {self.context}")
+        return " ".join(parts)
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -160,6 +186,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     external_id TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
+CREATE TABLE IF NOT EXISTS job_targets (
+    id TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    namespace TEXT NOT NULL DEFAULT '',
+    context TEXT NOT NULL DEFAULT '',
+    address TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    PRIMARY KEY (id, backend, namespace, context, address)
+);
 """
 
 _COLUMNS = (
@@ -417,6 +452,31 @@ class JobStore:
         with self._transaction() as conn:
             cur = conn.execute(sql, values)
             return cur.rowcount == 1
+
+    # -- where cluster jobs run (the ray and kubernetes backends keep no job row here) -------------
+
+    def remember_target(self, target: JobTarget) -> None:
+        """Record where a cluster job runs (idempotent: the same place again updates its time)."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO job_targets (id, backend, namespace, context, address, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (target.job_id, target.backend, target.namespace or "", target.context or "", target.address or "",
+                 target.created_at or time.time()),
+            )
+
+    def targets(self, job_id: str) -> builtins.list[JobTarget]:
+        """The recorded places of ``job_id`` (exact id; else every id it is a prefix of), newest first."""
+        require_job_id(job_id)
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT id, backend, namespace, context, address, created_at FROM job_targets "
+                "WHERE id = ? OR id LIKE ? ESCAPE '\\' ORDER BY created_at DESC",
+                (job_id, _like_prefix(job_id)),
+            ).fetchall()
+        exact = [r for r in rows if r[0] == job_id]
+        return [JobTarget(job_id=r[0], backend=r[1], namespace=r[2] or None, context=r[3] or None,
+                          address=r[4] or None, created_at=r[5]) for r in (exact or rows)]
 
     def reconcile_dead_drivers(self) -> builtins.list[str]:
         """Mark jobs whose local driver process died without saying so as ``interrupted``."""

@@ -8,6 +8,7 @@ A backend turns a validated :class:`JobSpec` into running work. Every backend ha
 from __future__ import annotations
 
 import importlib
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from orchestrator.errors import UsageError
 from orchestrator.execution.handler import EventHandler
 from orchestrator.settings import Settings
 from orchestrator.spec.models import JobSpec
-from orchestrator.store import JobRecord
+from orchestrator.store import JobRecord, JobTarget
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,19 @@ class Backend(ABC):
 
     @abstractmethod
     def cancel(self, job_id: str) -> JobRecord: ...
+
+    def remember(self, target: JobTarget) -> None:
+        """Note in this machine's job store where a cluster job runs, so that later commands find it
+        from its id alone. The job runs whether or not this works (a warning says when it does not)."""
+        from orchestrator.errors import JobStoreError
+        from orchestrator.store import JobStore
+
+        try:
+            JobStore(self.settings.db_path).remember_target(target)
+        except JobStoreError as exc:
+            logging.getLogger("orchestrator").warning(
+                "job %s runs, but where it runs was not recorded (%s): later commands need %s",
+                target.job_id, exc.message, target.options())
 
     def resume(
         self,

@@ -23,7 +23,7 @@ from typing import Any
 
 from orchestrator.backends.base import Backend, SubmitOptions
 from orchestrator.backends.k8s import JOB_LABEL, POOLS_CONFIGMAP_LABEL
-from orchestrator.backends.k8s.client import KubeApi, load_api_client
+from orchestrator.backends.k8s.client import KubeApi, KubeTarget, load_api_client, resolve_kube_target
 from orchestrator.backends.k8s.kueue import local_queue
 from orchestrator.backends.k8s.manifests import (
     RuntimeConfig,
@@ -40,7 +40,7 @@ from orchestrator.execution.handler import EventHandler
 from orchestrator.scheduler import ClusterSpec, Place
 from orchestrator.settings import Settings
 from orchestrator.spec.models import JobSpec
-from orchestrator.store import JobRecord
+from orchestrator.store import JobRecord, JobTarget
 
 
 def portable_paths(spec: JobSpec, spec_path: str | None) -> JobSpec:
@@ -66,7 +66,8 @@ def portable_paths(spec: JobSpec, spec_path: str | None) -> JobSpec:
 
 
 class KubernetesBackend(Backend):
-    """Jobs as TrainingJobs in ``settings.kube_namespace`` of ``settings.kube_context``."""
+    """Jobs as TrainingJobs in ``settings.kube_namespace`` of ``settings.kube_context`` (unset: the
+    kubeconfig's current context and that context's namespace, else ``default``)."""
 
     name = "kubernetes"
 
@@ -77,17 +78,27 @@ class KubernetesBackend(Backend):
                  runtime: RuntimeConfig | None = None) -> None:
         super().__init__(settings)
         self._api = api
+        self._target: KubeTarget | None = None
         self.runtime = runtime or RuntimeConfig()
 
     @property
     def api(self) -> KubeApi:
         if self._api is None:
-            self._api = KubeApi(load_api_client(self.settings.kube_context))
+            self.target  # noqa: B018 - a context the kubeconfig lacks: our message, not the client's
+            self._api = KubeApi(load_api_client(self.settings.kube_context, self.settings.kubeconfig))
         return self._api
 
     @property
+    def target(self) -> KubeTarget:
+        """The namespace and context (resolved once: -n, else the context's namespace, else default)."""
+        if self._target is None:
+            self._target = resolve_kube_target(self.settings.kube_namespace, self.settings.kube_context,
+                                               self.settings.kubeconfig)
+        return self._target
+
+    @property
     def namespace(self) -> str:
-        return self.settings.kube_namespace
+        return self.target.namespace
 
     # -- dry run ----------------------------------------------------------------------------
 
@@ -140,14 +151,21 @@ class KubernetesBackend(Backend):
                     f"-n {self.namespace}",
             )
         created = self.api.create_training_job(body)
-        return record_from_training_job(created)
+        record = record_from_training_job(created)
+        self.remember(JobTarget(record.id, self.name, namespace=self.namespace, context=self.target.context))
+        return record
 
     def _get(self, job_id: str) -> dict[str, Any]:
         obj = self.api.get_training_job(self.namespace, job_id)
         if obj is None:
-            raise JobNotFoundError(f"no TrainingJob {job_id!r} in namespace {self.namespace}",
+            where = f"namespace {self.namespace}" + (f" of context {self.target.context}" if self.target.context else "")
+            raise JobNotFoundError(f"no TrainingJob {job_id!r} in {where} (namespace from {self.target.namespace_from})",
                                    fix="list them with: orchestrator list --backend kubernetes -n NAMESPACE")
         return obj
+
+    def training_job(self, job_id: str) -> dict[str, Any]:
+        """The TrainingJob object, status included (:class:`JobNotFoundError` when there is none)."""
+        return self._get(job_id)
 
     def status(self, job_id: str) -> JobRecord:
         return record_from_training_job(self._get(job_id))
@@ -161,6 +179,29 @@ class KubernetesBackend(Backend):
         """Suspend the job (the operator deletes its RayJob; unsuspend to run it again)."""
         self._get(job_id)
         patched = self.api.patch_training_job(self.namespace, job_id, {"spec": {"suspend": True}})
+        if patched is None:
+            raise JobNotFoundError(f"TrainingJob {job_id!r} was deleted meanwhile")
+        return record_from_training_job(patched)
+
+    def resume(self, job_id: str, options: SubmitOptions, events: EventHandler | None = None,
+               epochs: int | None = None) -> JobRecord:
+        """Run a suspended (cancelled) job again: ``spec.suspend`` back to false; the operator creates a
+        new RayJob, which continues from the job's latest checkpoint. Returns at once, as ``submit`` does."""
+        if epochs is not None:
+            raise UsageError("--epochs does not apply to the kubernetes backend",
+                             fix=f"orchestrator resume {job_id} (the TrainingJob's spec sets its epochs)")
+        job = self._get(job_id)
+        record = record_from_training_job(job)
+        if not (job.get("spec") or {}).get("suspend"):
+            if record.state.terminal:
+                raise UsageError(
+                    f"TrainingJob {job_id} is {record.state.value} (phase {record.result.get('phase')}); the operator "
+                    "runs a finished TrainingJob no more",
+                    fix=f"submit its spec again under another name (--set name=...), or delete it first: kubectl "
+                        f"delete tj {job_id} -n {self.namespace}")
+            raise UsageError(f"TrainingJob {job_id} is {record.state.value}, not suspended: nothing to resume",
+                             fix=f"orchestrator status {job_id}")
+        patched = self.api.patch_training_job(self.namespace, job_id, {"spec": {"suspend": False}})
         if patched is None:
             raise JobNotFoundError(f"TrainingJob {job_id!r} was deleted meanwhile")
         return record_from_training_job(patched)

@@ -31,7 +31,7 @@ from orchestrator.errors import BackendError, UsageError
 from orchestrator.events import Epoch, Event, Queued, from_wire
 from orchestrator.execution.handler import EventHandler
 from orchestrator.spec.models import JobSpec
-from orchestrator.store import JobRecord, JobState
+from orchestrator.store import JobRecord, JobState, JobTarget
 
 EVENT_MARK = "ORCHESTRATOR_EVENT "
 #: How long ``submit`` waits for a head whose job agent is not up yet (a cluster just started).
@@ -309,6 +309,7 @@ class RayClusterBackend(Backend):
                     continue
                 raise BackendError(f"the Ray cluster at {self.address} refused the job: {exc}",
                                    fix="see the message; `ray job list` on the cluster shows its jobs") from None
+        self.remember(JobTarget(job_id, self.name, address=self.address))
         record = self.status(job_id)
         if events is not None:
             events.on_start(record, {"dashboard_url": self.dashboard_url(job_id), "job_dir": record.job_dir,
@@ -446,28 +447,50 @@ class RayClusterBackend(Backend):
 
     def queue_rows(self) -> builtins.list[dict[str, Any]]:
         """The cluster queue's rows, read by a short Ray job (the HTTP API is all we have)."""
+        entrypoint = entrypoint_command(os.environ.get("ORCHESTRATOR_RAY_PYTHON")).replace("_ray_job", "_ray_queue_view")
+        rows = self._short_job(entrypoint, "queue-view", "read the queue of",
+                               fix="check the cluster; `orchestrator list --backend ray` shows its jobs")
+        if not rows:
+            raise BackendError("could not read the cluster's queue: it printed no rows",
+                               fix="check that orchestrator is installed on the cluster")
+        result: builtins.list[dict[str, Any]] = rows[-1]
+        return result
+
+    def gcs_address(self) -> str:
+        """The cluster's GCS address (``host:port``), as the cluster itself gives it to its jobs.
+
+        Ray's dashboard HTTP API does not expose it, but Ray's job supervisor sets ``RAY_ADDRESS`` to
+        it for every job: a short Ray job prints it. The host is the head's address inside the
+        cluster's network, which a driver joining from here must be able to reach anyway.
+        """
+        found = self._short_job(f'echo "{RESULT_MARK}\\"$RAY_ADDRESS\\""', "gcs-address", "ask the GCS address of",
+                                fix="pass the GCS address with --ray-address HEAD_IP:6379 (or RAY_ADDRESS)")
+        address = found[-1] if found else None
+        if not isinstance(address, str) or not address or address == "auto":
+            raise BackendError(f"the Ray cluster at {self.address} did not tell its GCS address (got {address!r})",
+                               fix="pass it with --ray-address HEAD_IP:6379 (or RAY_ADDRESS)")
+        return address
+
+    def _short_job(self, entrypoint: str, kind: str, what: str, fix: str) -> builtins.list[Any]:
+        """Run a short Ray job that prints ``RESULT_MARK`` lines; their JSON values (the job is deleted)."""
         client = self._client()
-        job_id = f"orchestrator-queue-view-{secrets.token_hex(3)}"
+        job_id = f"orchestrator-{kind}-{secrets.token_hex(3)}"
         try:
-            client.submit_job(entrypoint=entrypoint_command(os.environ.get("ORCHESTRATOR_RAY_PYTHON")).replace(
-                "_ray_job", "_ray_queue_view"), submission_id=job_id, entrypoint_num_cpus=0,
-                metadata={"orchestrator_queue_view": "1"})
+            client.submit_job(entrypoint=entrypoint, submission_id=job_id, entrypoint_num_cpus=0,
+                              metadata={f"orchestrator_{kind.replace('-', '_')}": "1"})
             deadline = time.time() + 300
             while not client.get_job_status(job_id).is_terminal():
                 if time.time() > deadline:
                     client.stop_job(job_id)
-                    raise BackendError("reading the cluster's queue took over 5 minutes", fix="try again")
+                    raise BackendError(f"a short Ray job to {what} the cluster took over 5 minutes", fix="try again")
                 time.sleep(0.5)
             text = client.get_job_logs(job_id) or ""
             client.delete_job(job_id)  # a view, not a job: leave nothing behind in `ray job list`
         except BackendError:
             raise
         except Exception as exc:  # noqa: BLE001 - the SDK raises RuntimeError/ConnectionError
-            raise BackendError(f"could not read the queue of the Ray cluster at {self.address}: {exc}",
-                               fix="check the cluster; `orchestrator list --backend ray` shows its jobs") from None
-        rows = [json.loads(line[len(RESULT_MARK):]) for line in text.splitlines() if line.startswith(RESULT_MARK)]
-        if not rows:
-            raise BackendError(f"could not read the cluster's queue: {text[-500:]}",
-                               fix="check that orchestrator is installed on the cluster")
-        result: builtins.list[dict[str, Any]] = rows[-1]
-        return result
+            raise BackendError(f"could not {what} the Ray cluster at {self.address}: {exc}", fix=fix) from None
+        values = [_parse(line[len(RESULT_MARK):]) for line in text.splitlines() if line.startswith(RESULT_MARK)]
+        if not values and text.strip():
+            raise BackendError(f"could not {what} the Ray cluster at {self.address}: {text[-500:]}", fix=fix)
+        return values

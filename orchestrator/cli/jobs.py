@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
 
 import click
 
-from orchestrator.backends.base import Backend, SubmitOptions, backend_names, get_backend
+from orchestrator.backends.base import SubmitOptions
 from orchestrator.cli.common import (
     OUTPUT_OPTION,
     emit_json,
@@ -16,6 +15,7 @@ from orchestrator.cli.common import (
     handle_errors,
     settings_of,
 )
+from orchestrator.cli.targets import backend_for, target_options
 from orchestrator.cli.ui import LiveProgress, jobs_table, stdout_console, summary_table
 from orchestrator.errors import UsageError
 from orchestrator.spec import load_spec, with_default_storage
@@ -31,31 +31,6 @@ METRICS_OPTIONS = (
     click.option("--metrics-linger", type=click.FloatRange(0, 3600), default=0.0, show_default=True,
                  help="Keep /metrics up this many seconds after the job ends (for a last scrape)."),
 )
-
-BACKEND_OPTION = click.option(
-    "--backend", "-b", default="local", show_default=True,
-    type=click.Choice(backend_names()), help="Where the job runs.",
-)
-
-
-def target_options(func: Any) -> Any:
-    """--backend plus where that backend is: --address (ray), --namespace/--context (kubernetes)."""
-    func = click.option("--context", "kube_context", default=None, metavar="CTX",
-                        help="kubeconfig context (backend kubernetes).")(func)
-    func = click.option("--namespace", "-n", "kube_namespace", default=None, metavar="NS",
-                        help="Kubernetes namespace (backend kubernetes; default: ORCHESTRATOR_NAMESPACE or default).")(func)
-    func = click.option("--address", "ray_address", default=None, metavar="URL",
-                        help="Ray cluster, e.g. http://head:8265 (backend ray; default: ORCHESTRATOR_RAY_ADDRESS).")(func)
-    return BACKEND_OPTION(func)
-
-
-def backend_for(ctx: click.Context, backend: str, ray_address: str | None, kube_namespace: str | None,
-                kube_context: str | None) -> Backend:
-    settings = settings_of(ctx).with_overrides(
-        ray_address=ray_address, kube_namespace=kube_namespace, kube_context=kube_context
-    )
-    return get_backend(backend, settings)
-
 
 def _finish(record: JobRecord, output: str, quiet: bool) -> None:
     """Print the outcome and exit with the job's exit code."""
@@ -87,7 +62,7 @@ def submit(
     ctx: click.Context,
     spec_path: str,
     overrides: tuple[str, ...],
-    backend: str,
+    backend: str | None,
     ray_address: str | None,
     kube_namespace: str | None,
     kube_context: str | None,
@@ -123,9 +98,8 @@ def submit(
             emit_json(record.to_json())
         else:
             click.echo(record.id)
-            if not quiet:
-                where = "" if backend == "local" else f" --backend {backend}"
-                click.echo(f"  follow it: orchestrator logs {record.id}{where} --follow", err=True)
+            if not quiet:  # a cluster job's place is recorded here: its id is enough
+                click.echo(f"  follow it: orchestrator logs {record.id} --follow", err=True)
                 if record.result.get("dashboard_url"):
                     click.echo(f"  Ray dashboard: {record.result['dashboard_url']}", err=True)
         return
@@ -145,7 +119,7 @@ def submit(
 @click.pass_context
 @handle_errors
 def resume(
-    ctx: click.Context, job_id: str, backend: str, ray_address: str | None, kube_namespace: str | None,
+    ctx: click.Context, job_id: str, backend: str | None, ray_address: str | None, kube_namespace: str | None,
     kube_context: str | None, epochs: int | None, detach: bool, quiet: bool,
     metrics_port: int, metrics_host: str, metrics_linger: float, output: str,
 ) -> None:
@@ -158,12 +132,12 @@ def resume(
     """
     from orchestrator.cli.tune_cmds import is_sweep, resume_sweep
 
-    be = backend_for(ctx, backend, ray_address, kube_namespace, kube_context)
     if is_job_location(job_id):  # a job known only by its storage: take it into this store first
         from orchestrator.backends.local import LocalBackend
         from orchestrator.execution.outputs import JobOutputs
 
         job_id = LocalBackend(settings_of(ctx)).adopt(JobOutputs.at(job_id)).id
+    be = backend_for(ctx, backend, ray_address, kube_namespace, kube_context, job_id)
     if is_sweep(be.status(job_id)):
         if detach or epochs is not None:
             raise UsageError(f"{'--detach' if detach else '--epochs'} does not apply to a sweep",
@@ -191,7 +165,7 @@ def resume(
 @OUTPUT_OPTION
 @click.pass_context
 @handle_errors
-def list_jobs(ctx: click.Context, limit: int, backend: str, ray_address: str | None,
+def list_jobs(ctx: click.Context, limit: int, backend: str | None, ray_address: str | None,
               kube_namespace: str | None, kube_context: str | None, output: str) -> None:
     """List jobs, newest first."""
     records = backend_for(ctx, backend, ray_address, kube_namespace, kube_context).list(limit)
@@ -209,10 +183,10 @@ def list_jobs(ctx: click.Context, limit: int, backend: str, ray_address: str | N
 @OUTPUT_OPTION
 @click.pass_context
 @handle_errors
-def status(ctx: click.Context, job_id: str, backend: str, ray_address: str | None,
+def status(ctx: click.Context, job_id: str, backend: str | None, ray_address: str | None,
            kube_namespace: str | None, kube_context: str | None, output: str) -> None:
     """Show a job's state, progress, metrics and attempts."""
-    record = backend_for(ctx, backend, ray_address, kube_namespace, kube_context).status(job_id)
+    record = backend_for(ctx, backend, ray_address, kube_namespace, kube_context, job_id).status(job_id)
     from orchestrator.cli.tune_cmds import is_sweep, sweep_status
 
     if is_sweep(record):  # a sweep: its trials and leaderboard
@@ -244,7 +218,7 @@ def status(ctx: click.Context, job_id: str, backend: str, ray_address: str | Non
 @target_options
 @click.pass_context
 @handle_errors
-def logs(ctx: click.Context, job_id: str, follow: bool, backend: str, ray_address: str | None,
+def logs(ctx: click.Context, job_id: str, follow: bool, backend: str | None, ray_address: str | None,
          kube_namespace: str | None, kube_context: str | None) -> None:
     """Print a job's log (driver messages, epoch lines, worker output).
 
@@ -256,7 +230,7 @@ def logs(ctx: click.Context, job_id: str, follow: bool, backend: str, ray_addres
         for line in JobOutputs.at(job_id).log_lines():
             click.echo(line)
         return
-    be = backend_for(ctx, backend, ray_address, kube_namespace, kube_context)
+    be = backend_for(ctx, backend, ray_address, kube_namespace, kube_context, job_id)
     for line in be.logs(job_id, follow=follow):
         click.echo(line)
 
@@ -267,10 +241,10 @@ def logs(ctx: click.Context, job_id: str, follow: bool, backend: str, ray_addres
 @OUTPUT_OPTION
 @click.pass_context
 @handle_errors
-def cancel(ctx: click.Context, job_id: str, backend: str, ray_address: str | None,
+def cancel(ctx: click.Context, job_id: str, backend: str | None, ray_address: str | None,
            kube_namespace: str | None, kube_context: str | None, output: str) -> None:
     """Stop a job gracefully: workers write a final checkpoint; the job can be resumed."""
-    record = backend_for(ctx, backend, ray_address, kube_namespace, kube_context).cancel(job_id)
+    record = backend_for(ctx, backend, ray_address, kube_namespace, kube_context, job_id).cancel(job_id)
     if output == "json":
         emit_json(record.to_json())
     else:

@@ -12,10 +12,12 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.cli.common import OUTPUT_OPTION, emit_json, handle_errors, settings_of
-from orchestrator.errors import UsageError
+from orchestrator.cli.targets import Where, locate, target_options
+from orchestrator.errors import SpecError, UsageError
 from orchestrator.scheduler import get_policy
 from orchestrator.scheduler.explain import duration_words
 from orchestrator.scheduler.view import QueueRow
+from orchestrator.settings import Settings
 
 _TIME = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -428,28 +430,89 @@ def _ray_view(ctx: click.Context, address: str | None) -> tuple[list[QueueRow], 
     return rows, {}, f"Ray cluster {backend.address}"
 
 
-def _view(ctx: click.Context, backend: str, address: str | None, policy: str) -> tuple[list[QueueRow], dict[str, str], str]:
-    if backend == "ray":
-        return _ray_view(ctx, address)
+#: TrainingJob phases the queue view shows (the others have ended, or wait to be resumed).
+_K8S_ACTIVE = {"Pending": "waiting", "Starting": "starting", "Running": "running", "Suspending": "suspending"}
+
+
+def kube_row(job: dict[str, Any], now: float) -> QueueRow:
+    """One TrainingJob as a queue row, from what its status carries: the phase, the operator's
+    message and ``Scheduled`` condition (why it waits), and the placement (where it runs)."""
+    from orchestrator.backends.k8s.convert import job_spec_from_training_job
+    from orchestrator.backends.k8s.status import TrainingJobStatus, parse_time
+    from orchestrator.scheduler import request_from_spec
+    from orchestrator.spec.models import JobSpec
+
+    meta = job.get("metadata") or {}
+    status = TrainingJobStatus.parse(job.get("status"))
+    try:
+        spec = job_spec_from_training_job(job, strict=False)  # camelCase -> the job spec's names
+    except SpecError:
+        spec = {}
+    resources = spec.get("resources") or {}
+    try:
+        gang = request_from_spec(JobSpec.model_validate(spec)).describe(
+            status.placement.accelerator if status.placement else None)
+    except ValueError:
+        gang = f"{resources.get('workers', 1)} workers"
+    scheduled = status.condition("Scheduled")
+    state = _K8S_ACTIVE.get(status.phase, status.phase.lower())
+    if status.phase == "Pending" and scheduled is not None and scheduled.reason == "Unschedulable":
+        state = "unschedulable"
+    reasons: tuple[str, ...] = ()
+    if status.phase in ("Running", "Starting") and status.placement is not None:
+        p = status.placement
+        detail = f"on pool {p.pool} ({p.accelerator}, {p.nodes} node{'s' * (p.nodes != 1)}, {p.workers} workers)"
+        if status.rayJob is not None:
+            detail += f", RayJob {status.rayJob.name}"
+        since = parse_time(status.startTime) or parse_time(scheduled.lastTransitionTime if scheduled else None)
+    else:
+        detail = status.message or ("not yet seen by the operator" if not job.get("status") else status.phase)
+        if scheduled is not None and scheduled.status == "False" and scheduled.message:
+            reasons = tuple(r.strip() for r in scheduled.message.split(";") if r.strip())
+        since = parse_time(scheduled.lastTransitionTime if scheduled else None)
+    since = since or parse_time(meta.get("creationTimestamp")) or now
+    priority = resources.get("priority")
+    return QueueRow(str(meta.get("name", "")), str(resources.get("queue") or "default"),
+                    priority if isinstance(priority, int) and not isinstance(priority, bool) else 0,
+                    state, gang, max(0.0, now - since), detail, reasons)
+
+
+def _kube_view(settings: Settings) -> tuple[list[QueueRow], dict[str, str], str]:
+    """The TrainingJobs of a namespace that are waiting, starting or running, as the operator sees them."""
+    from orchestrator.backends.kubernetes import KubernetesBackend
+
+    backend = KubernetesBackend(settings)
+    now = time.time()
+    jobs = [j for j in backend.api.list_training_jobs(backend.namespace)
+            if ((j.get("status") or {}).get("phase") or "Pending") in _K8S_ACTIVE]
+    rows = [kube_row(j, now) for j in jobs]
+    order = {"running": 0, "starting": 1, "suspending": 2, "waiting": 3, "unschedulable": 4}
+    rows.sort(key=lambda r: (order.get(r.state, 5), -r.since_s))
+    where = f"namespace {backend.namespace}" + (f", context {backend.target.context}" if backend.target.context else "")
+    return rows, {}, f"TrainingJobs in {where} (the operator's placement and messages)"
+
+
+def _view(ctx: click.Context, where: Where, policy: str) -> tuple[list[QueueRow], dict[str, str], str]:
+    if where.backend == "ray":
+        return _ray_view(ctx, where.settings.ray_address)
+    if where.backend == "kubernetes":
+        return _kube_view(where.settings)
     return _local_view(ctx, _policies([policy])[0])
 
 
-QUEUE_BACKEND = click.option("--backend", "-b", type=click.Choice(["local", "ray"]), default="local",
-                             show_default=True, help="Whose queue: this machine's jobs, or a Ray cluster's.")
-QUEUE_ADDRESS = click.option("--address", "ray_address", default=None, metavar="URL",
-                             help="Ray cluster, e.g. http://head:8265 (backend ray; default: ORCHESTRATOR_RAY_ADDRESS).")
-
-
 @click.command(name="queue")
-@click.option("--policy", default="default", show_default=True, help="Scheduling policy to explain with.")
-@QUEUE_BACKEND
-@QUEUE_ADDRESS
+@click.option("--policy", default="default", show_default=True,
+              help="Scheduling policy to explain with (backend local; a cluster's scheduler uses its own).")
+@target_options
 @OUTPUT_OPTION
 @click.pass_context
 @handle_errors
-def queue_command(ctx: click.Context, policy: str, backend: str, ray_address: str | None, output: str) -> None:
-    """Show queued and running jobs (this machine's, or a Ray cluster's) with their state and why they wait."""
-    rows, unreadable, machine = _view(ctx, backend, ray_address, policy)
+def queue_command(ctx: click.Context, policy: str, backend: str | None, ray_address: str | None,
+                  kube_namespace: str | None, kube_context: str | None, output: str) -> None:
+    """Show queued and running jobs (this machine's, a Ray cluster's, or a namespace's TrainingJobs)
+    with their state and why they wait."""
+    where = locate(ctx, None, backend, ray_address, kube_namespace, kube_context)
+    rows, unreadable, machine = _view(ctx, where, policy)
     if output == "json":
         emit_json(
             {
@@ -470,19 +533,27 @@ def queue_command(ctx: click.Context, policy: str, backend: str, ray_address: st
 
 @click.command()
 @click.argument("job_id", metavar="JOB")
-@click.option("--policy", default="default", show_default=True, help="Scheduling policy to explain with.")
-@QUEUE_BACKEND
-@QUEUE_ADDRESS
+@click.option("--policy", default="default", show_default=True,
+              help="Scheduling policy to explain with (backend local; a cluster's scheduler uses its own).")
+@target_options
 @OUTPUT_OPTION
 @click.pass_context
 @handle_errors
-def explain(ctx: click.Context, job_id: str, policy: str, backend: str, ray_address: str | None,
-            output: str) -> None:
-    """Say where JOB runs, or why it waits, in words."""
+def explain(ctx: click.Context, job_id: str, policy: str, backend: str | None, ray_address: str | None,
+            kube_namespace: str | None, kube_context: str | None, output: str) -> None:
+    """Say where JOB runs, or why it waits, in words.
+
+    On Kubernetes: what the TrainingJob's status carries (its phase, the operator's message, the
+    Scheduled condition's reasons, the placement); the operator's scheduler decides there.
+    """
     from orchestrator.backends.base import get_backend
 
-    record = get_backend(backend, settings_of(ctx).with_overrides(ray_address=ray_address)).status(job_id)
-    rows, unreadable, machine = _view(ctx, backend, ray_address, policy)
+    where = locate(ctx, job_id, backend, ray_address, kube_namespace, kube_context)
+    if where.backend == "kubernetes":
+        _explain_kube(where.settings, job_id, output)
+        return
+    record = get_backend(where.backend, where.settings).status(job_id)
+    rows, unreadable, machine = _view(ctx, where, policy)
     row = next((r for r in rows if r.job_id == record.id), None)
     if row is None:
         why = unreadable.get(record.id)
@@ -498,6 +569,32 @@ def explain(ctx: click.Context, job_id: str, policy: str, backend: str, ray_addr
         emit_json(row.to_json())
     else:
         _print_row(row, machine)
+
+
+def _explain_kube(settings: Settings, job_id: str, output: str) -> None:
+    from orchestrator.backends.k8s.status import TrainingJobStatus, record_from_training_job
+    from orchestrator.backends.kubernetes import KubernetesBackend
+
+    backend = KubernetesBackend(settings)
+    job = backend.training_job(job_id)
+    record = record_from_training_job(job)
+    status = TrainingJobStatus.parse(job.get("status"))
+    row = kube_row(job, time.time())
+    where = f"namespace {backend.namespace}"
+    conditions = [{"type": c.type, "status": c.status, "reason": c.reason, "message": c.message}
+                  for c in status.conditions]
+    if output == "json":
+        emit_json({**row.to_json(), "phase": status.phase, "message": status.message, "conditions": conditions,
+                   "placement": status.placement.model_dump() if status.placement else None,
+                   "namespace": backend.namespace})
+        return
+    if status.phase not in _K8S_ACTIVE:
+        click.echo(f"{record.id} ({where}): phase {status.phase}, not queued or running"
+                   + (f": {status.message}" if status.message else ""))
+    else:
+        _print_row(row, where)
+    for c in status.conditions:
+        click.echo(f"  condition {c.type}={c.status} ({c.reason})" + (f": {c.message}" if c.message else ""))
 
 
 #: The verbs of this module (added to the command line by :mod:`orchestrator.cli`).

@@ -13,6 +13,7 @@ import click
 from orchestrator.cli.common import OUTPUT_OPTION, emit_json, exit_code_for_state, handle_errors, settings_of
 from orchestrator.cli.ui import stdout_console
 from orchestrator.errors import UsageError
+from orchestrator.settings import Settings
 from orchestrator.spec.loader import dump_yaml
 from orchestrator.store import ACTIVE_STATES, JobRecord, JobState, JobStore
 from orchestrator.sweep.loader import load_sweep_spec
@@ -33,18 +34,24 @@ def _finish(record: JobRecord, output: str) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
               help="Override a field of the job part, e.g. --set training.epochs=3 (repeatable).")
 @click.option("--backend", "-b", default="local", show_default=True, type=click.Choice(["local", "ray", "kubernetes"]),
-              help="local: this machine; ray: join a running Ray cluster (--address host:port); "
-                   "kubernetes: one RayJob (--dry-run prints it).")
-@click.option("--address", "ray_address", default=None, metavar="HOST:PORT",
-              help="The Ray cluster's GCS address (backend ray; default: ORCHESTRATOR_RAY_ADDRESS).")
-@click.option("--namespace", "-n", "kube_namespace", default=None, metavar="NS", help="Namespace (backend kubernetes).")
+              help="local: this machine; ray: this process drives the sweep, joined to a running Ray cluster "
+                   "(--ray-address, or --address to ask the cluster for it); kubernetes: one RayJob (--dry-run "
+                   "prints it).")
+@click.option("--ray-address", "gcs_address", default=None, metavar="HOST:PORT",
+              help="The Ray cluster's GCS address to join (backend ray; default: RAY_ADDRESS).")
+@click.option("--address", "ray_address", default=None, metavar="URL",
+              help="The Ray cluster's Jobs API, http://head:8265 (backend ray; default: ORCHESTRATOR_RAY_ADDRESS): "
+                   "without --ray-address, the GCS address is asked of the cluster.")
+@click.option("--namespace", "-n", "kube_namespace", default=None, metavar="NS",
+              help="Namespace (backend kubernetes; default: ORCHESTRATOR_NAMESPACE, else the kubeconfig "
+                   "context's, else default).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (trials, scheduler, resources) and start nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No live table.")
 @OUTPUT_OPTION
 @click.pass_context
 @handle_errors
-def tune(ctx: click.Context, spec_path: str, overrides: tuple[str, ...], backend: str, ray_address: str | None,
-         kube_namespace: str | None, dry_run: bool, quiet: bool, output: str) -> None:
+def tune(ctx: click.Context, spec_path: str, overrides: tuple[str, ...], backend: str, gcs_address: str | None,
+         ray_address: str | None, kube_namespace: str | None, dry_run: bool, quiet: bool, output: str) -> None:
     """Run a hyperparameter sweep: SPEC is a job spec with a `tune:` section.
 
     \b
@@ -58,15 +65,8 @@ def tune(ctx: click.Context, spec_path: str, overrides: tuple[str, ...], backend
     sweep = load_sweep_spec(spec_path, overrides)
     settings = settings_of(ctx).with_overrides(kube_namespace=kube_namespace)
     if backend == "ray":
-        address = ray_address or settings.ray_address
-        if not address or address.startswith(("http://", "https://", "ray://")):
-            raise UsageError(
-                f"backend ray runs the sweep's driver here, joined to the cluster: it needs the cluster's "
-                f"GCS address (host:port), got {address!r}",
-                fix="pass --address HEAD_IP:6379 (or set ORCHESTRATOR_RAY_ADDRESS); on the head node itself, "
-                    "--backend local joins RAY_ADDRESS",
-            )
-        settings = settings.with_overrides(local_ray_address=address)
+        settings = settings.with_overrides(local_ray_address=sweep_gcs_address(settings, gcs_address, ray_address,
+                                                                               dry_run))
     if dry_run or backend == "kubernetes":
         if backend == "kubernetes" and not dry_run:
             raise UsageError("backend kubernetes supports --dry-run only for sweeps in this version",
@@ -88,6 +88,45 @@ def tune(ctx: click.Context, spec_path: str, overrides: tuple[str, ...], backend
     finally:
         ui.stop()
     _finish(record, output)
+
+
+def sweep_gcs_address(settings: Settings, gcs_address: str | None, jobs_url: str | None, dry_run: bool) -> str:
+    """The GCS address a ``--backend ray`` sweep's driver joins: ``--ray-address``; else one asked of the
+    cluster whose Jobs API ``--address`` (or ORCHESTRATOR_RAY_ADDRESS) names; else RAY_ADDRESS.
+
+    Before this version ``tune --address`` (and ORCHESTRATOR_RAY_ADDRESS) was the GCS address: a value
+    without a scheme (``head:6379``) is still taken as one, with a warning.
+    """
+    from orchestrator.backends.ray_cluster import RayClusterBackend
+
+    if gcs_address:
+        return _gcs_address(gcs_address, "--ray-address")
+    url = jobs_url or settings.ray_address
+    if url and "://" not in url:
+        where = "--address" if jobs_url else "ORCHESTRATOR_RAY_ADDRESS"
+        click.echo(f"warning: {where} {url} taken as the GCS address, as tune did before; it now means the Jobs "
+                   f"API URL (http://head:8265): use --ray-address {url} (or RAY_ADDRESS) for the GCS address",
+                   err=True)
+        return _gcs_address(url, where)
+    if url:
+        if dry_run:
+            return f"(asked of {url} at submit)"
+        return RayClusterBackend(settings.with_overrides(ray_address=url)).gcs_address()
+    if settings.local_ray_address and settings.local_ray_address != "auto":
+        return _gcs_address(settings.local_ray_address, "RAY_ADDRESS")
+    raise UsageError(
+        "backend ray runs the sweep's driver here, joined to the cluster: it needs the cluster's GCS address",
+        fix="pass --ray-address HEAD_IP:6379 (or set RAY_ADDRESS), or --address http://HEAD:8265 to ask the cluster "
+            "for it; on the head node itself, --backend local joins RAY_ADDRESS",
+    )
+
+
+def _gcs_address(address: str, where: str) -> str:
+    if address.startswith(("http://", "https://", "ray://")):
+        raise UsageError(f"{where} {address} is not a GCS address (host:port)",
+                         fix="give the GCS address, HEAD_IP:6379, with --ray-address; a http:// URL (the Jobs API) "
+                             "goes to --address")
+    return address
 
 
 def is_sweep(record: JobRecord) -> bool:

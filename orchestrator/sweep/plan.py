@@ -53,7 +53,10 @@ def sweep_plan(sweep: SweepSpec, backend: str, settings: Settings, spec_path: st
         "full_budget_trial_epochs": sweep.tune.total_trials * sweep.max_epochs(),
     }
     if backend == "kubernetes":
-        plan.update(kubernetes_manifests(sweep, settings.kube_namespace, spec_path))
+        from orchestrator.backends.k8s.client import resolve_kube_target
+
+        target = resolve_kube_target(settings.kube_namespace, settings.kube_context, settings.kubeconfig)
+        plan.update(kubernetes_manifests(sweep, target.namespace, spec_path))
     else:
         plan["job_home"] = str(settings.jobs_dir)
     return plan

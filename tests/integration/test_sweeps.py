@@ -160,10 +160,10 @@ tune:
 
 
 def test_backend_ray_runs_the_sweep_on_a_running_cluster(ray_address: str, tmp_path: Path) -> None:
-    env = cli_env(tmp_path / "home", None)  # no RAY_ADDRESS: the cluster comes from --address
+    env = cli_env(tmp_path / "home", None)  # no RAY_ADDRESS: the cluster comes from --ray-address
     spec = tmp_path / "tiny-sweep.yaml"
     spec.write_text(TINY_SWEEP)
-    out = last_json(run_cli(["tune", str(spec), "--backend", "ray", "--address", ray_address, "-q", "-o", "json"],
+    out = last_json(run_cli(["tune", str(spec), "--backend", "ray", "--ray-address", ray_address, "-q", "-o", "json"],
                             env, timeout=900, check=True).stdout)
     assert out["state"] == "succeeded"
     assert sorted(t["params"]["training.learning_rate"] for t in out["leaderboard"]) == [0.003, 0.01]

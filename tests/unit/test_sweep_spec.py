@@ -207,10 +207,47 @@ def test_validating_and_planning_a_sweep_imports_neither_ray_nor_torch() -> None
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
 
 
-def test_backend_ray_needs_the_clusters_gcs_address() -> None:
-    result = CliRunner().invoke(main, ["tune", str(SWEEP_FILE), "--backend", "ray", "--address", "http://head:8265"])
+def test_backend_ray_needs_the_clusters_gcs_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RAY_ADDRESS", "ORCHESTRATOR_RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(main, ["tune", str(SWEEP_FILE), "--backend", "ray"])
     assert result.exit_code == 2
-    assert "GCS address" in result.output and "--address HEAD_IP:6379" in result.output
+    assert "needs the cluster's GCS address" in result.output and "--ray-address HEAD_IP:6379" in result.output
+    # --ray-address is the GCS address only; the Jobs API URL goes to --address
+    result = CliRunner().invoke(main, ["tune", str(SWEEP_FILE), "--backend", "ray", "--ray-address", "http://head:8265"])
+    assert result.exit_code == 2
+    assert "--ray-address http://head:8265 is not a GCS address" in result.output
+
+
+def test_backend_ray_asks_the_cluster_of_address_for_its_gcs_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.backends.ray_cluster import RayClusterBackend
+    from orchestrator.cli.tune_cmds import sweep_gcs_address
+    from orchestrator.settings import Settings
+
+    asked: list[str] = []
+
+    def gcs(self: RayClusterBackend) -> str:
+        asked.append(self.address)
+        return "10.0.0.5:6379"
+
+    monkeypatch.setattr(RayClusterBackend, "gcs_address", gcs)
+    settings = Settings.from_env({"ORCHESTRATOR_HOME": "/nonexistent", "RAY_ADDRESS": "10.9.9.9:6379"})
+    assert sweep_gcs_address(settings, None, "http://head:8265", dry_run=False) == "10.0.0.5:6379"
+    assert asked == ["http://head:8265"]
+    # --ray-address wins; without either option, RAY_ADDRESS; ORCHESTRATOR_RAY_ADDRESS is the Jobs API URL
+    assert sweep_gcs_address(settings, "10.1.1.1:6379", "http://head:8265", dry_run=False) == "10.1.1.1:6379"
+    assert sweep_gcs_address(settings, None, None, dry_run=False) == "10.9.9.9:6379"
+    via_env = Settings.from_env({"ORCHESTRATOR_HOME": "/nonexistent", "ORCHESTRATOR_RAY_ADDRESS": "http://h2:8265"})
+    assert sweep_gcs_address(via_env, None, None, dry_run=False) == "10.0.0.5:6379" and asked[-1] == "http://h2:8265"
+
+
+def test_a_scheme_less_address_keeps_its_old_tune_meaning_with_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.cli.tune_cmds import sweep_gcs_address
+    from orchestrator.settings import Settings
+
+    settings = Settings.from_env({"ORCHESTRATOR_HOME": "/nonexistent"})
+    assert sweep_gcs_address(settings, None, "head:6379", dry_run=False) == "head:6379"
+    assert "use --ray-address head:6379" in capsys.readouterr().err
 
 
 def test_submitting_a_sweep_spec_points_at_orchestrator_tune() -> None:

@@ -12,18 +12,100 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from orchestrator.backends.k8s import GROUP, PLURAL, RAY_GROUP, RAY_PLURAL, RAY_VERSION, VERSION
-from orchestrator.errors import BackendError, NotAvailableError, TransientBackendError
+from orchestrator.errors import BackendError, NotAvailableError, TransientBackendError, UsageError
 
+#: The namespace of a pod's service account (read when there is no kubeconfig).
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 #: Seconds one API call may take (connect + read); the operator retries transient failures.
 REQUEST_TIMEOUT = 30
 
 
-def load_api_client(context: str | None = None) -> Any:
+@dataclass(frozen=True)
+class KubeTarget:
+    """Where the kubernetes backend works: the namespace, and the kubeconfig context it was taken
+    from (``None``: no kubeconfig, as in a pod with its service account)."""
+
+    namespace: str
+    context: str | None
+    #: Where the namespace came from, in words (for messages): "-n", "the context", "default".
+    namespace_from: str
+
+
+def kubeconfig_contexts(config_file: str | None = None) -> tuple[dict[str, dict[str, Any]], str | None] | None:
+    """The kubeconfig's contexts by name and its current context; ``None`` when there is no
+    kubeconfig (nor the ``kubernetes`` package to read one)."""
+    try:
+        import kubernetes
+    except ImportError:
+        return None
+    try:
+        contexts, current = kubernetes.config.list_kube_config_contexts(config_file=config_file)
+    except (kubernetes.config.ConfigException, OSError):
+        return None
+    by_name = {str(c.get("name")): dict(c.get("context") or {}) for c in contexts or []}
+    return by_name, (str(current["name"]) if current and current.get("name") else None)
+
+
+def kubeconfig_description(config_file: str | None = None) -> str:
+    if config_file:
+        return f"the kubeconfig {config_file} (KUBECONFIG)"
+    try:
+        from kubernetes.config.kube_config import KUBE_CONFIG_DEFAULT_LOCATION
+    except ImportError:
+        return "the kubeconfig ~/.kube/config"
+    return f"the kubeconfig {KUBE_CONFIG_DEFAULT_LOCATION}"
+
+
+def resolve_kube_target(namespace: str | None, context: str | None, config_file: str | None = None,
+                        *, recorded: bool = False) -> KubeTarget:
+    """The namespace and context to use: ``namespace`` if given, else the namespace of the given (or
+    current) kubeconfig context, else ``default``. A named context the kubeconfig lacks is an error
+    (``recorded``: the name came from the job's local record, and the message says so)."""
+    found = kubeconfig_contexts(config_file)
+    if found is None:
+        if context is not None:
+            raise NotAvailableError(
+                f"no kubeconfig to find context {context!r} in: {kubeconfig_description(config_file)} is missing "
+                "or unreadable",
+                fix="point KUBECONFIG at a kubeconfig file (kubectl config view shows the one kubectl uses)",
+            )
+        if namespace:
+            return KubeTarget(namespace, None, "-n")
+        try:  # in a pod: its service account's namespace
+            return KubeTarget(SERVICE_ACCOUNT_NAMESPACE.read_text(encoding="utf-8").strip() or "default", None,
+                              "the pod's service account")
+        except OSError:
+            return KubeTarget("default", None, "default")
+    contexts, current = found
+    if context is not None and context not in contexts:
+        known = ", ".join(sorted(contexts)) or "none"
+        if recorded:
+            raise UsageError(
+                f"this job was submitted with kubeconfig context {context!r}, which no longer exists in "
+                f"{kubeconfig_description(config_file)} (contexts: {known})",
+                fix="pass --context CTX (and -n NS) naming the cluster the job runs on; `kubectl config "
+                    "get-contexts` lists them",
+            )
+        raise UsageError(f"no context {context!r} in {kubeconfig_description(config_file)} (contexts: {known})",
+                         fix="pick one of them with --context, or leave --context out for the current one")
+    name = context or current
+    if namespace:
+        return KubeTarget(namespace, name, "-n")
+    from_context = (contexts.get(name or "") or {}).get("namespace")
+    if from_context:
+        return KubeTarget(str(from_context), name, f"context {name}")
+    return KubeTarget("default", name, "default")
+
+
+def load_api_client(context: str | None = None, config_file: str | None = None) -> Any:
     """An ``ApiClient``: the pod's service account in a cluster (unless a context is asked for),
-    otherwise the kubeconfig (``$KUBECONFIG`` or ``~/.kube/config``) and its current or given context."""
+    otherwise the kubeconfig (``config_file``, else ``$KUBECONFIG`` or ``~/.kube/config``) and its
+    current or given context."""
     try:
         import kubernetes
     except ImportError:
@@ -39,10 +121,11 @@ def load_api_client(context: str | None = None) -> Any:
         except kubernetes.config.ConfigException:
             pass  # not in a pod: use the kubeconfig
     try:
-        return kubernetes.config.new_client_from_config(context=context)
+        return kubernetes.config.new_client_from_config(config_file=config_file, context=context)
     except (kubernetes.config.ConfigException, OSError) as exc:
         raise NotAvailableError(
-            f"cannot load a Kubernetes configuration{f' for context {context!r}' if context else ''}: {exc}",
+            f"cannot load a Kubernetes configuration{f' for context {context!r}' if context else ''} from "
+            f"{kubeconfig_description(config_file)}: {exc}",
             fix="point KUBECONFIG at a kubeconfig file, or pick a context with --context",
         ) from None
 

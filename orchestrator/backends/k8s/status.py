@@ -143,6 +143,8 @@ def record_from_training_job(obj: Mapping[str, Any]) -> JobRecord:
     state = job_state(status.phase if obj.get("status") else None)
     if (obj.get("spec") or {}).get("suspend") and not state.terminal:
         state = JobState.CANCELLING  # the operator has yet to act on the suspend
+    elif status.phase == "Suspended" and not (obj.get("spec") or {}).get("suspend"):
+        state = JobState.PENDING  # resumed: the operator has yet to act on it
     return JobRecord(
         id=meta.get("name", ""),
         name=str(spec.get("name") or meta.get("name", "")),
