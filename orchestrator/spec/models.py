@@ -542,12 +542,13 @@ _LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 #: A Kubernetes quantity in bytes (``2Gi``, ``512Mi``; not ``2GB``, which Kubernetes refuses).
 _K8S_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 #: Variables whose value is a credential: never written inline in a spec (a TrainingJob is readable
-#: by everyone who may list jobs, and its spec is copied into a ConfigMap and printed by --dry-run).
+#: by everyone who may list jobs, and its spec is copied into the RayJob and printed by --dry-run).
 _CREDENTIAL_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY", re.I)
 #: ... except those that hold a path to a file (AWS_WEB_IDENTITY_TOKEN_FILE and the like).
 _PATH_NAME = re.compile(r"_(FILE|PATH|DIR)$", re.I)
 #: Set by the operator in every pod of a TrainingJob; a spec does not set them.
-KUBERNETES_RESERVED_ENV = ("ORCHESTRATOR_HOME", "ORCHESTRATOR_CHECKPOINT_OWNER", "ORCHESTRATOR_STORAGE")
+KUBERNETES_RESERVED_ENV = ("ORCHESTRATOR_HOME", "ORCHESTRATOR_CHECKPOINT_OWNER", "ORCHESTRATOR_STORAGE",
+                           "ORCHESTRATOR_SPEC_YAML", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 #: Volumes the operator adds itself (the spec ConfigMap; /dev/shm), and where they are mounted.
 KUBERNETES_RESERVED_VOLUMES = ("job-spec", "dshm")
 KUBERNETES_RESERVED_MOUNTS = ("/etc/orchestrator", "/dev/shm")
@@ -591,7 +592,7 @@ class EnvVar(_Model):
             raise CrossFieldError(
                 "value",
                 f"{self.name} looks like a credential and is written inline: a TrainingJob's spec is readable "
-                "by everyone who can list jobs, and is copied into a ConfigMap and printed by --dry-run",
+                "by everyone who can list jobs, and is copied into the RayJob and printed by --dry-run",
                 fix="keep it in a Secret and use secret_key_ref: {name: SECRET, key: KEY}, or list the Secret "
                     "in kubernetes.env_from_secrets (e.g. kubectl create secret generic s3-creds "
                     f"--from-literal={self.name}=...)",

@@ -6,6 +6,7 @@ statuses themselves.
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import urllib.request
@@ -13,13 +14,15 @@ from typing import Any
 
 import kubernetes
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.backends.k8s import JOB_LABEL, RAY_GROUP, RAY_PLURAL, RAY_VERSION, RETRY_ANNOTATION
-from orchestrator.backends.k8s.manifests import RuntimeConfig, rayjob_manifest
+from orchestrator.backends.k8s import JOB_LABEL, RAY_GROUP, RAY_PLURAL, RAY_VERSION, RETRY_ANNOTATION, SPEC_ENV
+from orchestrator.backends.k8s.manifests import TOKEN_PLACEHOLDER, RuntimeConfig, rayjob_manifest
 from orchestrator.spec import validate_spec_data
 from orchestrator.testing import builders as b
 from tests.k8s.conftest import wait_for
+from tests.k8s.podsecurity import restricted_violations
 
 pytestmark = pytest.mark.k8s
 
@@ -178,17 +181,78 @@ def test_rayjob_states_are_mirrored_and_a_finished_job_frees_its_pool(api: Any, 
     assert wait_for(phase_is(api, namespace, "second", "Starting"), "second starting")["placement"]["pool"] == "a100"
 
 
-def test_deleting_a_trainingjob_deletes_its_rayjob_and_spec(api: Any, namespace: str, start_operator: Any) -> None:
+def test_a_job_gets_its_own_token_secret_and_network_policy_and_no_configmap(
+        api: Any, namespace: str, start_operator: Any, rayjob_errors: Any) -> None:
+    """The operator makes the per-job Secret (a random token) and NetworkPolicy, both owned by the
+    TrainingJob; the RayJob carries the spec and hands the token to every Ray pod; nothing else is
+    written; deleting the TrainingJob deletes all three."""
     add_pools(api, namespace, b.gpu_pool("a100"))
+    configmaps_before = api.list_configmaps(namespace, "")
     start_operator(namespace)
-    api.create_training_job(b.training_job("doomed", namespace, b.spec_data(
-        "doomed", workers=2, gpus=1, accelerator="nvidia-a100-40gb")))
-    wait_for(lambda: api.get_rayjob(namespace, "doomed"), "the RayJob")
-    assert core(api).read_namespaced_config_map("doomed-spec", namespace).data
+    data = b.spec_data("doomed", workers=2, gpus=1, accelerator="nvidia-a100-40gb")
+    tj = api.create_training_job(b.training_job("doomed", namespace, data))
+    rj = wait_for(lambda: api.get_rayjob(namespace, "doomed"), "the RayJob")
+    assert rayjob_errors({k: v for k, v in rj.items() if k != "status"}) == []
+    assert restricted_violations(rj) == []
+
+    [secret] = api.list_secrets(namespace, f"{JOB_LABEL}=doomed")
+    [policy] = api.list_network_policies(namespace, f"{JOB_LABEL}=doomed")
+    for obj in (secret, policy):
+        [ref] = obj["metadata"]["ownerReferences"]
+        assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == ("TrainingJob", "doomed",
+                                                                              tj["metadata"]["uid"], True)
+    token = base64.b64decode(secret["data"]["auth_token"]).decode()
+    assert len(token) >= 40 and token != TOKEN_PLACEHOLDER  # secrets.token_urlsafe(32)
+    assert policy["spec"]["podSelector"]["matchLabels"][JOB_LABEL] == "doomed"
+
+    # the token reaches the head, the workers and the submitter, from that Secret
+    cluster = rj["spec"]["rayClusterSpec"]
+    assert cluster["authOptions"] == {"mode": "token", "secretName": secret["metadata"]["name"]}
+    templates = [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"]),
+                 rj["spec"]["submitterPodTemplate"]]
+    for template in templates:
+        env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"],
+                                                                      "key": "auth_token"}
+        # and every Ray pod is selected by the job's NetworkPolicy
+        labels = template["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in policy["spec"]["podSelector"]["matchLabels"].items())
+
+    # the spec travels in the RayJob: it is the TrainingJob's, and no ConfigMap was written
+    head_env = {e["name"]: e.get("value") for e in cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    assert validate_spec_data(yaml.safe_load(head_env[SPEC_ENV])) == validate_spec_data(data)
+    assert api.list_configmaps(namespace, "") == configmaps_before
+
+    # a resumed job keeps its Secret (same token) and policy
+    api.patch_training_job(namespace, "doomed", {"spec": {"suspend": True}})
+    wait_for(lambda: api.get_rayjob(namespace, "doomed") is None, "the RayJob to go on suspend")
+    api.patch_training_job(namespace, "doomed", {"spec": {"suspend": False}})
+    wait_for(lambda: api.get_rayjob(namespace, "doomed"), "a new RayJob on resume")
+    [again] = api.list_secrets(namespace, f"{JOB_LABEL}=doomed")
+    assert again["data"] == secret["data"] and again["metadata"]["uid"] == secret["metadata"]["uid"]
+
     assert api.delete_training_job(namespace, "doomed") is True
     wait_for(lambda: api.get_rayjob(namespace, "doomed") is None, "the RayJob to be deleted")
-    wait_for(lambda: not api.list_configmaps(namespace, f"{JOB_LABEL}=doomed"), "the spec ConfigMap to be deleted")
+    wait_for(lambda: not api.list_secrets(namespace, f"{JOB_LABEL}=doomed"), "the token Secret to be deleted")
+    wait_for(lambda: not api.list_network_policies(namespace, f"{JOB_LABEL}=doomed"), "the policy to be deleted")
     assert rayjobs(api, namespace) == []
+
+
+def test_a_secret_of_that_name_that_is_not_the_jobs_is_never_taken_over(
+        api: Any, namespace: str, start_operator: Any) -> None:
+    core(api).create_namespaced_secret(namespace, {"metadata": {"name": "squat-ray-token"},
+                                                   "stringData": {"auth_token": "someone-elses"}})
+    add_pools(api, namespace, b.gpu_pool("a100"))
+    start_operator(namespace)
+    api.create_training_job(b.training_job("squat", namespace, b.spec_data(
+        "squat", workers=1, gpus=1, accelerator="nvidia-a100-40gb")))
+    # kopf posts the permanent error as an Event on the TrainingJob
+    wait_for(lambda: [e for e in events(api, namespace, "squat") if "does not belong" in e[2]],
+             "the operator to refuse the Secret")
+    assert api.get_rayjob(namespace, "squat") is None
+    secret = core(api).read_namespaced_secret("squat-ray-token", namespace)
+    assert base64.b64decode(secret.data["auth_token"]).decode() == "someone-elses"
 
 
 def test_a_job_too_large_for_every_pool_waits_with_the_schedulers_reason_until_pools_change(
@@ -297,6 +361,8 @@ def test_suspend_and_resume_and_rbac_covers_exactly_the_calls_made(kube: Any, ap
     # everything granted was used, except what needs --pools-from-nodes, the finalizers
     # subresource (checked by the API server when an owner reference blocks deletion), and reading
     # one RayJob (only when its name is taken)
+    # and reading one Secret or patching a NetworkPolicy (only when they exist already)
     unused = granted - used - {("", "nodes", "list"), ("", "nodes", "watch"),
-                               ("orchestrator.dev", "trainingjobs/finalizers", "update"), ("ray.io", "rayjobs", "get")}
+                               ("orchestrator.dev", "trainingjobs/finalizers", "update"), ("ray.io", "rayjobs", "get"),
+                               ("", "secrets", "get"), ("networking.k8s.io", "networkpolicies", "patch")}
     assert unused == set(), f"the ClusterRole grants verbs the operator never uses: {unused}"
