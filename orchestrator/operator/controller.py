@@ -208,9 +208,11 @@ class Controller:
         existing = self.api.get_secret(meta["namespace"], meta["name"])
         refs = (existing or {}).get("metadata", {}).get("ownerReferences") or []
         if not any(r.get("uid") == job["metadata"].get("uid") for r in refs):
-            raise BackendError(f"a Secret named {meta['name']} already exists in {meta['namespace']} "
-                               "and does not belong to this TrainingJob",
-                               fix="delete or rename that Secret, or rename the TrainingJob")
+            error = BackendError(f"a Secret named {meta['name']} already exists in {meta['namespace']} "
+                                 "and does not belong to this TrainingJob",
+                                 fix="delete or rename that Secret, or rename the TrainingJob")
+            self.event(job, "Warning", "SecretConflict", error.render())
+            raise error
 
     def _create_rayjob(self, job: Mapping[str, Any], body: Mapping[str, Any]) -> None:
         created = self.api.create_rayjob(body)

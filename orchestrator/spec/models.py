@@ -548,7 +548,7 @@ _CREDENTIAL_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|API_?KEY|ACCESS_?KE
 _PATH_NAME = re.compile(r"_(FILE|PATH|DIR)$", re.I)
 #: Set by the operator in every pod of a TrainingJob; a spec does not set them.
 KUBERNETES_RESERVED_ENV = ("ORCHESTRATOR_HOME", "ORCHESTRATOR_CHECKPOINT_OWNER", "ORCHESTRATOR_STORAGE",
-                           "ORCHESTRATOR_SPEC_YAML", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+                           "ORCHESTRATOR_SPEC_YAML", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
 #: Volumes the operator adds itself (the spec ConfigMap; /dev/shm), and where they are mounted.
 KUBERNETES_RESERVED_VOLUMES = ("job-spec", "dshm")
 KUBERNETES_RESERVED_MOUNTS = ("/etc/orchestrator", "/dev/shm")

@@ -173,7 +173,8 @@ class ApiServer(kmock.KubernetesEmulator):
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
         self._validate(request, data)
-        if data.get("kind") == "Secret" and isinstance(data.get("stringData"), dict):
+        is_secret = request.resource is not None and request.resource.group == "" and request.resource.plural == "secrets"
+        if is_secret and isinstance(data.get("stringData"), dict):
             encoded = {k: base64.b64encode(str(v).encode()).decode() for k, v in data.pop("stringData").items()}
             data["data"] = {**(data.get("data") or {}), **encoded}
         meta.update(uid=str(uuid.uuid4()), resourceVersion=self._next_version(), generation=1,

@@ -172,7 +172,7 @@ def test_the_driver_pod_names_the_trainingjob_as_owner_of_its_checkpoint_dir() -
     pool = NodePool(name="t4", accelerator="nvidia-t4", nodes=1, accelerators_per_node=4)
     rj = rayjob_manifest(JOB, spec(), pool, RuntimeConfig())
     [head] = rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e["value"] for e in head["env"]}
+    env = {e["name"]: e.get("value") for e in head["env"]}
     assert env["ORCHESTRATOR_CHECKPOINT_OWNER"] == "ml-train-u-1"
     [worker] = workers_of(rj)["template"]["spec"]["containers"]
     assert "ORCHESTRATOR_CHECKPOINT_OWNER" not in {e["name"] for e in worker["env"]}

@@ -89,7 +89,7 @@ def test_gpu_job_becomes_a_rayjob_on_the_gpu_pool(api: Any, namespace: str, star
     assert rj["spec"]["backoffLimit"] == 2
     assert rj["spec"]["shutdownAfterJobFinishes"] is True
     assert rj["spec"]["ttlSecondsAfterFinished"] == 600
-    assert "orchestrator submit /etc/orchestrator/spec.yaml --backend local" in rj["spec"]["entrypoint"]
+    assert "orchestrator.backends.k8s.driver submit --backend local" in rj["spec"]["entrypoint"]
     [workers] = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     assert workers["replicas"] == workers["minReplicas"] == workers["maxReplicas"] == 4
     pod = workers["template"]["spec"]
@@ -98,8 +98,9 @@ def test_gpu_job_becomes_a_rayjob_on_the_gpu_pool(api: Any, namespace: str, star
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"}
     assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in pod["tolerations"]
 
-    cm = core(api).read_namespaced_config_map("gpu-job-spec", namespace)
-    mounted = validate_spec_data(__import__("yaml").safe_load(cm.data["spec.yaml"]))
+    head = rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    [carried] = [e["value"] for e in head["env"] if e["name"] == SPEC_ENV]
+    mounted = validate_spec_data(yaml.safe_load(carried))
     assert mounted.resources.workers == 4 and mounted.failure.max_failures == 2
 
     st = wait_for(phase_is(api, namespace, "gpu-job", "Starting"), "phase Starting")
@@ -247,7 +248,6 @@ def test_a_secret_of_that_name_that_is_not_the_jobs_is_never_taken_over(
     start_operator(namespace)
     api.create_training_job(b.training_job("squat", namespace, b.spec_data(
         "squat", workers=1, gpus=1, accelerator="nvidia-a100-40gb")))
-    # kopf posts the permanent error as an Event on the TrainingJob
     wait_for(lambda: [e for e in events(api, namespace, "squat") if "does not belong" in e[2]],
              "the operator to refuse the Secret")
     assert api.get_rayjob(namespace, "squat") is None

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from orchestrator.backends.k8s import SHM_PATH, SHM_VOLUME, SPEC_MOUNT_DIR, STORAGE_ENV
+from orchestrator.backends.k8s import SHM_PATH, SHM_VOLUME, SPEC_ENV, SPEC_MOUNT_DIR, STORAGE_ENV
 from orchestrator.backends.k8s.manifests import RuntimeConfig, kubernetes_issues, rayjob_manifest
 from orchestrator.cli import main
 from orchestrator.scheduler import NodePool
@@ -189,8 +189,8 @@ def test_the_operator_creates_a_rayjob_whose_pods_carry_storage_and_refuses_an_u
     [rj] = wait_for(lambda: api.list_rayjobs(namespace), "the RayJob")
     assert rj["metadata"]["name"] == "s3-job" and rayjob_errors(rj) == []
     assert_pods_carry_storage(rj)
-    cm = core.read_namespaced_config_map("s3-job-spec", namespace)
-    mounted = validate_spec_data(yaml.safe_load(cm.data["spec.yaml"]))
+    [carried] = [e["value"] for e in pods(rj)["head"]["containers"][0]["env"] if e["name"] == SPEC_ENV]
+    mounted = validate_spec_data(yaml.safe_load(carried))
     assert mounted.storage == "s3://bucket/prefix" and mounted.kubernetes is not None
     assert mounted.kubernetes.env_from_secrets == ["s3-creds"]
 
