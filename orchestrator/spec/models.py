@@ -629,6 +629,19 @@ class VolumeSpec(_Model):
     secret: SecretVolumeSource | None = Field(default=None, description="A Secret, e.g. {secret_name: gcs-key}.")
     config_map: ConfigMapVolumeSource | None = Field(default=None, description="A ConfigMap, e.g. {name: my-config}.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_host_path(cls, data: Any) -> Any:
+        """A node's own directory would break Pod Security "restricted", which every Ray pod meets."""
+        for key in ("host_path", "hostPath"):
+            if isinstance(data, dict) and key in data:
+                raise CrossFieldError(
+                    key, f"volume {data.get('name')}: hostPath volumes are refused (the Ray pods run under Pod "
+                    "Security \"restricted\", which forbids a node's directories)",
+                    fix="put the data on a PersistentVolumeClaim: {name: data, persistent_volume_claim: "
+                        "{claim_name: CLAIM}} (a local PersistentVolume can hold a node's disk), or in storage")
+        return data
+
     @model_validator(mode="after")
     def _one_source(self) -> VolumeSpec:
         given = [s for s in (self.persistent_volume_claim, self.secret, self.config_map) if s is not None]
