@@ -17,7 +17,14 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.backends.k8s import JOB_LABEL, RAY_GROUP, RAY_PLURAL, RAY_VERSION, RETRY_ANNOTATION, SPEC_ENV
+from orchestrator.backends.k8s import (
+    JOB_LABEL,
+    RAY_GROUP,
+    RAY_PLURAL,
+    RAY_VERSION,
+    RETRY_ANNOTATION,
+    SPEC_ENV,
+)
 from orchestrator.backends.k8s.manifests import TOKEN_PLACEHOLDER, RuntimeConfig, rayjob_manifest
 from orchestrator.spec import validate_spec_data
 from orchestrator.testing import builders as b
