@@ -47,6 +47,12 @@ class Backend(ABC):
     def dry_run(self, spec: JobSpec, options: SubmitOptions) -> dict[str, Any]:
         """The exact request ``submit`` would make, as plain data. Starts nothing."""
 
+    def dry_run_manifests(self, spec: JobSpec, options: SubmitOptions) -> list[dict[str, Any]]:
+        """The objects a dry run would create, as a stream ``kubectl apply -f -`` accepts; only
+        backends that create cluster objects have them."""
+        raise UsageError(f"backend {self.name} creates no cluster objects: --output yaml is for "
+                         "--backend kubernetes", fix="use --output text or json for this backend's plan")
+
     @abstractmethod
     def submit(
         self, spec: JobSpec, options: SubmitOptions, events: EventHandler | None = None

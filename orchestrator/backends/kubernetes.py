@@ -10,9 +10,11 @@ the RayJob and frees the placement; ``kubectl patch`` back to ``false`` runs the
 streams the driver's log until the Ray job ends. It needs only the ``pods/log`` permission the
 user already has, not network access to the Ray dashboard.
 
-``dry_run`` prints the TrainingJob and the RayJob the operator would create. It reads the pool
-ConfigMaps from the cluster when it can; otherwise it assumes a pool that just fits the job (and
-says so).
+``dry_run`` prints the TrainingJob and what the operator would create for it: the RayJob (which
+carries the spec), the Ray token Secret (with a placeholder token) and the NetworkPolicy.
+``dry_run_manifests`` gives those three as a list ``kubectl apply -f -`` accepts (``submit
+--dry-run -o yaml``). It reads the pool ConfigMaps from the cluster when it can; otherwise it
+assumes a pool that just fits the job (and says so).
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ from orchestrator.backends.k8s import JOB_LABEL, POOLS_CONFIGMAP_LABEL
 from orchestrator.backends.k8s.client import KubeApi, KubeTarget, load_api_client, resolve_kube_target
 from orchestrator.backends.k8s.kueue import local_queue
 from orchestrator.backends.k8s.manifests import (
+    TOKEN_PLACEHOLDER,
     RuntimeConfig,
     kubernetes_issues,
+    network_policy,
     rayjob_manifest,
     rayjob_name,
+    token_secret,
     training_job_manifest,
 )
 from orchestrator.backends.k8s.placement import decide_once
@@ -128,16 +133,33 @@ class KubernetesBackend(Backend):
             cluster, source = ClusterSpec(pools=[pool]), f"assumed pool {pool.name}: {source}"
         decision = decide_once(cluster, spec)
         plan: dict[str, Any] = {"trainingJob": job}
+        owner = {**job, "metadata": {**job["metadata"], "uid": ""}}
         if isinstance(decision, Place):
             pool = cluster.pool_by_name[decision.placement.pool]
             plan["placement"] = {"pool": pool.name, "accelerator": pool.accelerator,
                                  "nodes": len(decision.placement.shares), "from": source}
-            plan["rayJob"] = rayjob_manifest({**job, "metadata": {**job["metadata"], "uid": ""}}, spec, pool,
+            plan["rayJob"] = rayjob_manifest(owner, spec, pool,
                                              self.runtime, local_queue(job, spec, everywhere=self.runtime.kueue))
         else:
             plan["placement"] = {"pool": None, "from": source, "waits": [r.text for r in decision.reasons]}
             plan["rayJob"] = None
+        plan["secret"] = token_secret(owner, TOKEN_PLACEHOLDER)
+        plan["networkPolicy"] = network_policy(owner, self.runtime)
         return plan
+
+    def dry_run_manifests(self, spec: JobSpec, options: SubmitOptions) -> list[dict[str, Any]]:
+        """What the operator would create, applicable as it is: the Secret (placeholder token),
+        the NetworkPolicy and the RayJob, without owner references (no TrainingJob owns them)."""
+        plan = self.dry_run(spec, options)
+        if plan["rayJob"] is None:
+            raise BackendError(f"no pool can run {spec.name} now ({plan['placement']['from']}): "
+                               + "; ".join(plan["placement"]["waits"]),
+                               fix="see the plan with --dry-run -o text, or change the job's resources")
+        out = []
+        for obj in (plan["secret"], plan["networkPolicy"], plan["rayJob"]):
+            meta = {k: v for k, v in obj["metadata"].items() if k != "ownerReferences"}
+            out.append({**obj, "metadata": meta})
+        return out
 
     # -- jobs -------------------------------------------------------------------------------
 

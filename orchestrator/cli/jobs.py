@@ -55,7 +55,9 @@ def _finish(record: JobRecord, output: str, quiet: bool) -> None:
 @METRICS_OPTIONS[0]
 @METRICS_OPTIONS[1]
 @METRICS_OPTIONS[2]
-@OUTPUT_OPTION
+@click.option("--output", "-o", type=click.Choice(["text", "json", "yaml"]), default="text", show_default=True,
+              help="text for people, json for scripts (one object, last line of stdout); yaml (with "
+                   "--dry-run, backend kubernetes): the objects the operator would create, for kubectl apply -f -.")
 @click.pass_context
 @handle_errors
 def submit(
@@ -80,6 +82,15 @@ def submit(
     be = backend_for(ctx, backend, ray_address, kube_namespace, kube_context)
     options = SubmitOptions(detach=detach, spec_path=spec_path, metrics_port=metrics_port,
                             metrics_host=metrics_host, metrics_linger_s=metrics_linger)
+    if output == "yaml" and not dry_run:
+        raise UsageError("--output yaml prints the manifests of a dry run", fix="add --dry-run")
+    if dry_run and output == "yaml":
+        docs = be.dry_run_manifests(spec, options)
+        header = (f"# What the operator creates for TrainingJob {spec.name} (owner references left out).\n"
+                  "# The Secret's token is a placeholder: put a random one in before applying, e.g.\n"
+                  "#   python -c 'import secrets; print(secrets.token_urlsafe(32))'\n")
+        click.echo(header + "---\n".join(dump_yaml(d) for d in docs).rstrip())
+        return
     if dry_run:
         plan = be.dry_run(spec, options)
         if output == "json":

@@ -17,6 +17,7 @@ bumped on each, which makes kopf reconcile them again.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -27,7 +28,9 @@ from orchestrator.backends.k8s import (
     GROUP,
     JOB_LABEL,
     MANAGED_BY,
+    MANAGED_BY_LABEL,
     POOLS_CONFIGMAP_LABEL,
+    RAY_TOKEN_KEY,
     RETRY_ANNOTATION,
 )
 from orchestrator.backends.k8s.client import KubeApi
@@ -41,11 +44,12 @@ from orchestrator.errors import BackendError, SpecError
 from orchestrator.operator.metrics import OperatorMetrics
 from orchestrator.operator.reconcile import (
     Action,
-    ApplyConfigMap,
+    ApplyNetworkPolicy,
     CreateRayJob,
     DeleteRayJob,
     Desired,
     EmitEvent,
+    EnsureTokenSecret,
     Observed,
     ReleasePlacement,
     WriteStatus,
@@ -198,8 +202,10 @@ class Controller:
         key = job_key(ns, name)
         freed = False
         for action in actions:
-            if isinstance(action, ApplyConfigMap):
-                self.api.apply_configmap(action.body)
+            if isinstance(action, EnsureTokenSecret):
+                self._ensure_token_secret(job, action.body)
+            elif isinstance(action, ApplyNetworkPolicy):
+                self.api.apply_network_policy(action.body)
             elif isinstance(action, CreateRayJob):
                 self._create_rayjob(job, action.body)
             elif isinstance(action, DeleteRayJob):
@@ -213,6 +219,23 @@ class Controller:
             elif isinstance(action, EmitEvent):
                 self.event(job, action.type, action.reason, action.message)
         return freed
+
+    def _ensure_token_secret(self, job: Mapping[str, Any], body: Mapping[str, Any]) -> None:
+        """Create the Ray token Secret with a fresh random token, unless this job already has it
+        (a resumed job keeps its token); a Secret of that name that is not this job's is an error."""
+        meta = body["metadata"]
+        with_token = {**body, "stringData": {RAY_TOKEN_KEY: secrets.token_urlsafe(32)}}
+        if self.api.create_secret(with_token) is not None:
+            log.info("created Secret %s/%s", meta["namespace"], meta["name"])
+            return
+        existing = self.api.get_secret(meta["namespace"], meta["name"])
+        refs = (existing or {}).get("metadata", {}).get("ownerReferences") or []
+        if not any(r.get("uid") == job["metadata"].get("uid") for r in refs):
+            error = BackendError(f"a Secret named {meta['name']} already exists in {meta['namespace']} "
+                                 "and does not belong to this TrainingJob",
+                                 fix="delete or rename that Secret, or rename the TrainingJob")
+            self.event(job, "Warning", "SecretConflict", error.render())
+            raise error
 
     def _create_rayjob(self, job: Mapping[str, Any], body: Mapping[str, Any]) -> None:
         created = self.api.create_rayjob(body)
@@ -234,8 +257,12 @@ class Controller:
         with self._lock(key):
             for rayjob in self.api.list_rayjobs(namespace, f"{JOB_LABEL}={name}"):
                 self.api.delete_rayjob(namespace, rayjob["metadata"]["name"])
-            for cm in self.api.list_configmaps(namespace, f"{JOB_LABEL}={name}"):
-                self.api.delete_configmap(namespace, cm["metadata"]["name"])
+            # owned by the TrainingJob (the garbage collector would delete them too)
+            ours = f"{JOB_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}"
+            for secret in self.api.list_secrets(namespace, ours):
+                self.api.delete_secret(namespace, secret["metadata"]["name"])
+            for policy in self.api.list_network_policies(namespace, ours):
+                self.api.delete_network_policy(namespace, policy["metadata"]["name"])
             freed = self.book.release(key)
             self._phases.pop(key, None)
             self.metrics.set_phases(self._phases)

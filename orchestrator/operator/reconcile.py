@@ -15,10 +15,11 @@ Rules, in order:
 5. No RayJob, but the status names one that was running: it was deleted behind our back; the job
    fails with that message (re-running a job that may have finished is worse).
 6. An invalid spec: phase ``Invalid``, the message naming the fields.
-7. No RayJob: the scheduler placed it -> write the spec ConfigMap and create the RayJob; it
-   waits -> phase ``Pending`` with the scheduler's reasons, as a condition and an Event.
-   A job Kueue manages (``Desired.kueue_queue``) is not placed by us: its RayJob is created at
-   once, suspended, and the job is ``Pending`` until Kueue admits it (unsuspends the RayJob).
+7. No RayJob: the scheduler placed it -> make sure the job's Ray token Secret and NetworkPolicy
+   exist, then create the RayJob (which carries the spec); it waits -> phase ``Pending`` with the
+   scheduler's reasons, as a condition and an Event. A job Kueue manages (``Desired.kueue_queue``)
+   is not placed by us: its Secret, NetworkPolicy and RayJob are created at once, the RayJob
+   suspended, and the job is ``Pending`` until Kueue admits it (unsuspends the RayJob).
 
 Events are emitted only when a condition or the phase changes, so retries do not flood them.
 """
@@ -30,7 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from orchestrator.backends.k8s import JOB_UID_LABEL, POOL_LABEL
-from orchestrator.backends.k8s.manifests import RuntimeConfig, rayjob_manifest, rayjob_name, spec_configmap
+from orchestrator.backends.k8s.manifests import (
+    RuntimeConfig,
+    network_policy,
+    rayjob_manifest,
+    rayjob_name,
+    token_secret,
+)
 from orchestrator.backends.k8s.status import (
     FINISHED_PHASES,
     Condition,
@@ -102,7 +109,15 @@ class Observed:
 
 
 @dataclass(frozen=True)
-class ApplyConfigMap:
+class EnsureTokenSecret:
+    """Create the job's Ray token Secret (``body`` has no data: the executor adds a random token)
+    unless it exists; an existing one that this job owns is kept."""
+
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ApplyNetworkPolicy:
     body: Mapping[str, Any]
 
 
@@ -133,7 +148,7 @@ class EmitEvent:
     message: str
 
 
-Action = ApplyConfigMap | CreateRayJob | DeleteRayJob | ReleasePlacement | WriteStatus | EmitEvent
+Action = EnsureTokenSecret | ApplyNetworkPolicy | CreateRayJob | DeleteRayJob | ReleasePlacement | WriteStatus | EmitEvent
 
 
 @dataclass
@@ -330,7 +345,8 @@ def _start_or_wait(plan: _Plan, desired: Desired, spec: JobSpec, observed: Obser
     queue = desired.kueue_queue
     if queue is not None and observed.pool is not None:  # Kueue admits it: create it suspended, hold nothing
         words = _kueue_words(queue, observed)
-        plan.actions.append(ApplyConfigMap(spec_configmap(desired.job, spec, config)))
+        plan.actions.append(EnsureTokenSecret(token_secret(desired.job)))
+        plan.actions.append(ApplyNetworkPolicy(network_policy(desired.job, config)))
         plan.actions.append(CreateRayJob(rayjob_manifest(desired.job, spec, observed.pool, config, queue)))
         plan.update(phase="Pending", message=words, attempts=plan.old.attempts + 1,
                     rayJob=RayJobStatus(name=desired.rayjob_name), placement=None)
@@ -343,7 +359,8 @@ def _start_or_wait(plan: _Plan, desired: Desired, spec: JobSpec, observed: Obser
         pool = observed.pool
         placement = decision.placement
         words = f"placed on {placement.describe()}"
-        plan.actions.append(ApplyConfigMap(spec_configmap(desired.job, spec, config)))
+        plan.actions.append(EnsureTokenSecret(token_secret(desired.job)))
+        plan.actions.append(ApplyNetworkPolicy(network_policy(desired.job, config)))
         plan.actions.append(CreateRayJob(rayjob_manifest(desired.job, spec, pool, config, desired.kueue_queue)))
         plan.update(phase="Starting", message=words, attempts=plan.old.attempts + 1,
                     rayJob=RayJobStatus(name=desired.rayjob_name),

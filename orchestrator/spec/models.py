@@ -609,12 +609,13 @@ _LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 #: A Kubernetes quantity in bytes (``2Gi``, ``512Mi``; not ``2GB``, which Kubernetes refuses).
 _K8S_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 #: Variables whose value is a credential: never written inline in a spec (a TrainingJob is readable
-#: by everyone who may list jobs, and its spec is copied into a ConfigMap and printed by --dry-run).
+#: by everyone who may list jobs, and its spec is copied into the RayJob and printed by --dry-run).
 _CREDENTIAL_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY", re.I)
 #: ... except those that hold a path to a file (AWS_WEB_IDENTITY_TOKEN_FILE and the like).
 _PATH_NAME = re.compile(r"_(FILE|PATH|DIR)$", re.I)
 #: Set by the operator in every pod of a TrainingJob; a spec does not set them.
-KUBERNETES_RESERVED_ENV = ("ORCHESTRATOR_HOME", "ORCHESTRATOR_CHECKPOINT_OWNER", "ORCHESTRATOR_STORAGE")
+KUBERNETES_RESERVED_ENV = ("ORCHESTRATOR_HOME", "ORCHESTRATOR_CHECKPOINT_OWNER", "ORCHESTRATOR_STORAGE",
+                           "ORCHESTRATOR_SPEC_YAML", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
 #: Volumes the operator adds itself (the spec ConfigMap; /dev/shm), and where they are mounted.
 KUBERNETES_RESERVED_VOLUMES = ("job-spec", "dshm")
 KUBERNETES_RESERVED_MOUNTS = ("/etc/orchestrator", "/dev/shm")
@@ -658,7 +659,7 @@ class EnvVar(_Model):
             raise CrossFieldError(
                 "value",
                 f"{self.name} looks like a credential and is written inline: a TrainingJob's spec is readable "
-                "by everyone who can list jobs, and is copied into a ConfigMap and printed by --dry-run",
+                "by everyone who can list jobs, and is copied into the RayJob and printed by --dry-run",
                 fix="keep it in a Secret and use secret_key_ref: {name: SECRET, key: KEY}, or list the Secret "
                     "in kubernetes.env_from_secrets (e.g. kubectl create secret generic s3-creds "
                     f"--from-literal={self.name}=...)",
@@ -694,6 +695,19 @@ class VolumeSpec(_Model):
         default=None, description="A PersistentVolumeClaim, e.g. {claim_name: training-rwx}.")
     secret: SecretVolumeSource | None = Field(default=None, description="A Secret, e.g. {secret_name: gcs-key}.")
     config_map: ConfigMapVolumeSource | None = Field(default=None, description="A ConfigMap, e.g. {name: my-config}.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_host_path(cls, data: Any) -> Any:
+        """A node's own directory would break Pod Security "restricted", which every Ray pod meets."""
+        for key in ("host_path", "hostPath"):
+            if isinstance(data, dict) and key in data:
+                raise CrossFieldError(
+                    key, f"volume {data.get('name')}: hostPath volumes are refused (the Ray pods run under Pod "
+                    "Security \"restricted\", which forbids a node's directories)",
+                    fix="put the data on a PersistentVolumeClaim: {name: data, persistent_volume_claim: "
+                        "{claim_name: CLAIM}} (a local PersistentVolume can hold a node's disk), or in storage")
+        return data
 
     @model_validator(mode="after")
     def _one_source(self) -> VolumeSpec:

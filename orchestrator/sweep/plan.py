@@ -63,15 +63,17 @@ def sweep_plan(sweep: SweepSpec, backend: str, settings: Settings, spec_path: st
 
 
 def kubernetes_manifests(sweep: SweepSpec, namespace: str, spec_path: str | None = None) -> dict[str, Any]:
-    """``{"configMap": ..., "rayJob": ...}``: the sweep's spec and the one RayJob that runs it."""
-    from orchestrator.backends.k8s import SPEC_FILE, SPEC_MOUNT_DIR
+    """``{"rayJob": ..., "secret": ..., "networkPolicy": ...}``: the one RayJob that runs the sweep
+    (its head carries the sweep spec in ``ORCHESTRATOR_SPEC_YAML``), its Ray token Secret (a
+    placeholder token) and its NetworkPolicy."""
+    from orchestrator.backends.k8s import SPEC_ENV
     from orchestrator.backends.k8s.manifests import (
+        TOKEN_PLACEHOLDER,
         RuntimeConfig,
         cluster_paths,
-        job_labels,
+        network_policy,
         rayjob_manifest,
-        rayjob_name,
-        spec_configmap_name,
+        token_secret,
     )
     from orchestrator.backends.k8s.pools import assumed_pool
     from orchestrator.backends.kubernetes import portable_paths
@@ -88,19 +90,21 @@ def kubernetes_manifests(sweep: SweepSpec, namespace: str, spec_path: str | None
     rayjob["metadata"].pop("ownerReferences", None)  # no TrainingJob owns a sweep's RayJob
     rayjob["metadata"]["labels"]["orchestrator.dev/kind"] = "sweep"
     rayjob["spec"]["entrypoint"] = (
-        f"python -m orchestrator tune {SPEC_MOUNT_DIR}/{SPEC_FILE} --backend local --quiet --output json"
+        "python -m orchestrator.backends.k8s.driver tune --backend local --quiet --output json"
     )
     rayjob["spec"]["backoffLimit"] = 0  # a failed sweep is resumed with `orchestrator resume`, not rerun whole
     data = {**cluster_paths(job.model_dump(mode="json"), config.workdir), "tune": sweep.tune.model_dump(mode="json")}
-    configmap = {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": spec_configmap_name(rayjob_name(sweep.name, "")), "namespace": namespace,
-                     "labels": job_labels(owner)},
-        "data": {SPEC_FILE: dump_yaml(data)},
-    }
+    [head] = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    [carried] = [e for e in head["env"] if e["name"] == SPEC_ENV]
+    carried["value"] = dump_yaml(data)
+    extras = []
+    for obj in (token_secret(owner, TOKEN_PLACEHOLDER), network_policy(owner, config)):
+        obj["metadata"].pop("ownerReferences", None)
+        extras.append(obj)
     return {
         "placement": {"pool": pool.name, "from": f"assumed pool {pool.name} with room for {concurrent} trials",
                       "worker_pods": capacity.resources.workers},
-        "configMap": configmap,
         "rayJob": rayjob,
+        "secret": extras[0],
+        "networkPolicy": extras[1],
     }

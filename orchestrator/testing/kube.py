@@ -12,7 +12,8 @@ real API server that the official ``kubernetes`` client and a kopf operator rely
   object itself leaves ``status`` alone (as for any resource declared with a status subresource);
 * custom resources validated against their CRD's ``openAPIV3Schema`` on create and replace,
   answered with ``422 Invalid`` and the field paths, like ``kubectl apply`` sees;
-* the core group version reported as ``v1`` in discovery.
+* the core group version reported as ``v1`` in discovery;
+* a Secret's ``stringData`` written into ``data`` (base64) on create, as the API server does.
 
 There is no garbage collector (owner references are stored, not acted on), no admission and no
 scheduler: what a test wants to happen to pods or RayJobs, it writes itself.
@@ -26,6 +27,7 @@ scheduler: what a test wants to happen to pods or RayJobs, it writes itself.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import datetime
 import itertools
@@ -55,6 +57,8 @@ DEFAULT_RESOURCES: tuple[tuple[str, str, bool, tuple[str, ...]], ...] = (
     ("v1/pods", "Pod", True, ("status", "log")),
     ("v1/services", "Service", True, ("status",)),
     ("coordination.k8s.io/v1/leases", "Lease", True, ()),
+    ("v1/secrets", "Secret", True, ()),
+    ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy", True, ()),
     ("ray.io/v1/rayjobs", "RayJob", True, ("status",)),
     ("ray.io/v1/rayclusters", "RayCluster", True, ("status",)),
 )
@@ -170,6 +174,10 @@ class ApiServer(kmock.KubernetesEmulator):
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
         self._validate(request, data)
+        is_secret = request.resource is not None and request.resource.group == "" and request.resource.plural == "secrets"
+        if is_secret and isinstance(data.get("stringData"), dict):
+            encoded = {k: base64.b64encode(str(v).encode()).decode() for k, v in data.pop("stringData").items()}
+            data["data"] = {**(data.get("data") or {}), **encoded}
         meta.update(uid=str(uuid.uuid4()), resourceVersion=self._next_version(), generation=1,
                     creationTimestamp=_now())
 

@@ -17,7 +17,7 @@ import kubernetes
 import pytest
 import yaml
 
-from orchestrator.backends.k8s import RAY_GROUP, RAY_PLURAL, RAY_VERSION, SPEC_FILE
+from orchestrator.backends.k8s import RAY_GROUP, RAY_PLURAL, RAY_VERSION, SPEC_ENV
 from orchestrator.backends.k8s.convert import (
     INJECT_ANNOTATION,
     convert_spec_keys,
@@ -369,7 +369,9 @@ def test_the_operator_runs_injections_from_the_annotation_and_sets_complete_and_
         "bad", workers=2, gpus=1, accelerator="nvidia-a100-40gb")))
     for name in ("ok", "bad"):
         wait_for(lambda name=name: api.get_rayjob(namespace, name), f"the RayJob of {name}")
-    mounted = yaml.safe_load(core.read_namespaced_config_map("ok-spec", namespace).data[SPEC_FILE])
+    head = api.get_rayjob(namespace, "ok")["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    [carried] = [e["value"] for e in head["containers"][0]["env"] if e["name"] == SPEC_ENV]
+    mounted = yaml.safe_load(carried)  # the spec the head runs, carried inside the RayJob
     assert mounted["testing"]["inject"] == [{"kind": "exception", "rank": 1, "at_step": 2, "at_epoch": None,
                                              "attempt": 1}]
 

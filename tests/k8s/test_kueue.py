@@ -18,7 +18,14 @@ from orchestrator.backends.k8s.convert import job_spec_from_training_job
 from orchestrator.backends.k8s.kueue import local_queue, priority_class, workload_priority_classes
 from orchestrator.backends.k8s.manifests import RuntimeConfig
 from orchestrator.operator.controller import OperatorConfig, desired_from
-from orchestrator.operator.reconcile import ApplyConfigMap, CreateRayJob, Observed, WriteStatus, reconcile
+from orchestrator.operator.reconcile import (
+    ApplyNetworkPolicy,
+    CreateRayJob,
+    EnsureTokenSecret,
+    Observed,
+    WriteStatus,
+    reconcile,
+)
 from orchestrator.scheduler import NodePool
 from orchestrator.spec import validate_spec_data
 from orchestrator.testing import builders as b
@@ -123,7 +130,7 @@ def test_a_kueue_job_gets_its_rayjob_at_once_suspended_and_labelled_and_waits_fo
     pool = NodePool(name="a100", accelerator="nvidia-a100-40gb", nodes=2, accelerators_per_node=8)
     actions = reconcile(desired, Observed(pool=pool, now=NOW), RuntimeConfig())
     [create] = [a for a in actions if isinstance(a, CreateRayJob)]
-    assert [type(a) for a in actions][:2] == [ApplyConfigMap, CreateRayJob]
+    assert [type(a) for a in actions][:3] == [EnsureTokenSecret, ApplyNetworkPolicy, CreateRayJob]
     labels = create.body["metadata"]["labels"]
     assert labels[KUEUE_QUEUE_LABEL] == "team-a" and labels[KUEUE_PRIORITY_LABEL] == "orchestrator-high"
     assert POOL_LABEL not in labels and labels[JOB_UID_LABEL] == "uid-1"

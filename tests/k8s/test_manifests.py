@@ -1,4 +1,5 @@
-"""RayJob, spec ConfigMap and TrainingJob manifests (pure), validated against KubeRay's schema."""
+"""RayJob, token Secret, NetworkPolicy and TrainingJob manifests (pure), validated against KubeRay's
+schema, with the Pod Security "restricted" profile checked on every pod template."""
 
 from __future__ import annotations
 
@@ -7,15 +8,15 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.backends.k8s import KUEUE_QUEUE_LABEL
+from orchestrator.backends.k8s import KUEUE_QUEUE_LABEL, SPEC_ENV
 from orchestrator.backends.k8s.convert import job_spec_from_training_job
 from orchestrator.backends.k8s.manifests import (
     RuntimeConfig,
     cluster_paths,
+    entrypoint_command,
     node_selector,
     rayjob_manifest,
     rayjob_name,
-    spec_configmap,
     tolerations,
     training_job_manifest,
     worker_resources,
@@ -23,6 +24,7 @@ from orchestrator.backends.k8s.manifests import (
 from orchestrator.scheduler import NodePool
 from orchestrator.spec import validate_spec_data
 from orchestrator.testing import builders as b
+from tests.k8s.podsecurity import restricted_violations
 
 pytestmark = pytest.mark.k8s
 
@@ -45,6 +47,7 @@ def test_gpu_rayjob_requests_gpus_on_the_pool_with_its_labels_and_taints(rayjob_
     rj = rayjob_manifest(JOB, spec(workers=3, gpus=2, cpus=4.5, accelerator="nvidia-h100-80gb", memory="16Gi"),
                          pool, RuntimeConfig(ttl_seconds_after_finished=60))
     assert rayjob_errors(rj) == []
+    assert restricted_violations(rj) == []
     group = workers_of(rj)
     assert group["replicas"] == 3 and "numOfHosts" not in group
     pod = group["template"]["spec"]
@@ -57,7 +60,7 @@ def test_gpu_rayjob_requests_gpus_on_the_pool_with_its_labels_and_taints(rayjob_
     ]
     assert rj["spec"]["ttlSecondsAfterFinished"] == 60 and rj["spec"]["backoffLimit"] == 0
     head = rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
-    assert head["volumes"] == [{"name": "job-spec", "configMap": {"name": "train-spec"}}]
+    assert "volumes" not in head  # the spec travels in the RayJob, not in a mounted ConfigMap
     assert "nodeSelector" not in head
 
 
@@ -74,6 +77,7 @@ def test_multi_host_tpu_rayjob_is_one_slice_of_hosts(rayjob_errors: Any) -> None
     rj = rayjob_manifest(JOB, spec(workers=2, gpus=4, cpus=2, accelerator="tpu-v4-podslice", topology="2x2x2"),
                          pool, RuntimeConfig())
     assert rayjob_errors(rj) == []
+    assert restricted_violations(rj) == []
     group = workers_of(rj)
     assert (group["replicas"], group["numOfHosts"]) == (1, 2)
     pod = group["template"]["spec"]
@@ -99,6 +103,7 @@ def test_cpu_job_on_a_cpu_pool_has_no_accelerator_and_default_memory(rayjob_erro
     pool = NodePool(name="cpu", nodes=4, cpus_per_node=16)
     rj = rayjob_manifest(JOB, spec(workers=2, cpus=2), pool, RuntimeConfig(worker_memory="6Gi"))
     assert rayjob_errors(rj) == []
+    assert restricted_violations(rj) == []
     pod = workers_of(rj)["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"] == {"cpu": "2", "memory": "6Gi"}
     assert "nodeSelector" not in pod and "tolerations" not in pod
@@ -130,13 +135,19 @@ def test_rayjob_names_stay_short_and_stable() -> None:
     assert len(name) <= 40 and name == rayjob_name(long, "u-1") != rayjob_name(long, "u-2")
 
 
-def test_the_spec_configmap_holds_the_spec_with_paths_in_the_image() -> None:
+def test_the_rayjob_carries_the_spec_with_paths_in_the_image() -> None:
     data = b.spec_data("train", entrypoint="examples/custom_train.py:train", model=None,
                        checkpoint={"dir": "/ckpt/train"})
     s = validate_spec_data(data)
-    cm = spec_configmap(JOB, s, RuntimeConfig(workdir="/srv"))
-    assert cm["metadata"]["name"] == "train-spec" and cm["metadata"]["ownerReferences"][0]["uid"] == "u-1"
-    mounted = yaml.safe_load(cm["data"]["spec.yaml"])
+    config = RuntimeConfig(workdir="/srv")
+    rj = rayjob_manifest(JOB, s, NodePool(name="cpu", nodes=1, cpus_per_node=8), config)
+    assert rj["spec"]["entrypoint"] == entrypoint_command(config)
+    assert rj["spec"]["entrypoint"].startswith("python -m orchestrator.backends.k8s.driver submit --backend local")
+    [head] = rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    [carried] = [e["value"] for e in head["env"] if e["name"] == SPEC_ENV]
+    [worker] = workers_of(rj)["template"]["spec"]["containers"]
+    assert SPEC_ENV not in {e["name"] for e in worker["env"]}  # only the driver reads it
+    mounted = yaml.safe_load(carried)
     assert mounted["entrypoint"] == "/srv/examples/custom_train.py:train"
     assert mounted["checkpoint"]["dir"] == "/ckpt/train"
     assert validate_spec_data(mounted).name == "train"
@@ -162,7 +173,7 @@ def test_the_driver_pod_names_the_trainingjob_as_owner_of_its_checkpoint_dir() -
     pool = NodePool(name="t4", accelerator="nvidia-t4", nodes=1, accelerators_per_node=4)
     rj = rayjob_manifest(JOB, spec(), pool, RuntimeConfig())
     [head] = rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e["value"] for e in head["env"]}
+    env = {e["name"]: e.get("value") for e in head["env"]}
     assert env["ORCHESTRATOR_CHECKPOINT_OWNER"] == "ml-train-u-1"
     [worker] = workers_of(rj)["template"]["spec"]["containers"]
     assert "ORCHESTRATOR_CHECKPOINT_OWNER" not in {e["name"] for e in worker["env"]}

@@ -6,6 +6,7 @@ statuses themselves.
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import urllib.request
@@ -13,6 +14,7 @@ from typing import Any
 
 import kubernetes
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.backends.k8s import (
@@ -22,12 +24,14 @@ from orchestrator.backends.k8s import (
     RAY_PLURAL,
     RAY_VERSION,
     RETRY_ANNOTATION,
+    SPEC_ENV,
 )
 from orchestrator.backends.k8s.convert import job_spec_from_training_job
-from orchestrator.backends.k8s.manifests import RuntimeConfig, rayjob_manifest
+from orchestrator.backends.k8s.manifests import TOKEN_PLACEHOLDER, RuntimeConfig, rayjob_manifest
 from orchestrator.spec import validate_spec_data
 from orchestrator.testing import builders as b
 from tests.k8s.conftest import REPO, wait_for
+from tests.k8s.podsecurity import restricted_violations
 
 pytestmark = pytest.mark.k8s
 
@@ -94,7 +98,7 @@ def test_gpu_job_becomes_a_rayjob_on_the_gpu_pool(api: Any, namespace: str, star
     assert rj["spec"]["backoffLimit"] == 2
     assert rj["spec"]["shutdownAfterJobFinishes"] is True
     assert rj["spec"]["ttlSecondsAfterFinished"] == 600
-    assert "orchestrator submit /etc/orchestrator/spec.yaml --backend local" in rj["spec"]["entrypoint"]
+    assert "orchestrator.backends.k8s.driver submit --backend local" in rj["spec"]["entrypoint"]
     [workers] = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     assert workers["replicas"] == workers["minReplicas"] == workers["maxReplicas"] == 4
     pod = workers["template"]["spec"]
@@ -103,8 +107,9 @@ def test_gpu_job_becomes_a_rayjob_on_the_gpu_pool(api: Any, namespace: str, star
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"}
     assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in pod["tolerations"]
 
-    cm = core(api).read_namespaced_config_map("gpu-job-spec", namespace)
-    mounted = validate_spec_data(__import__("yaml").safe_load(cm.data["spec.yaml"]))
+    head = rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    [carried] = [e["value"] for e in head["env"] if e["name"] == SPEC_ENV]
+    mounted = validate_spec_data(yaml.safe_load(carried))
     assert mounted.resources.workers == 4 and mounted.failure.max_failures == 2
 
     st = wait_for(phase_is(api, namespace, "gpu-job", "Starting"), "phase Starting")
@@ -186,17 +191,77 @@ def test_rayjob_states_are_mirrored_and_a_finished_job_frees_its_pool(api: Any, 
     assert wait_for(phase_is(api, namespace, "second", "Starting"), "second starting")["placement"]["pool"] == "a100"
 
 
-def test_deleting_a_trainingjob_deletes_its_rayjob_and_spec(api: Any, namespace: str, start_operator: Any) -> None:
+def test_a_job_gets_its_own_token_secret_and_network_policy_and_no_configmap(
+        api: Any, namespace: str, start_operator: Any, rayjob_errors: Any) -> None:
+    """The operator makes the per-job Secret (a random token) and NetworkPolicy, both owned by the
+    TrainingJob; the RayJob carries the spec and hands the token to every Ray pod; nothing else is
+    written; deleting the TrainingJob deletes all three."""
     add_pools(api, namespace, b.gpu_pool("a100"))
+    configmaps_before = api.list_configmaps(namespace, "")
     start_operator(namespace)
-    api.create_training_job(b.training_job("doomed", namespace, b.spec_data(
-        "doomed", workers=2, gpus=1, accelerator="nvidia-a100-40gb")))
-    wait_for(lambda: api.get_rayjob(namespace, "doomed"), "the RayJob")
-    assert core(api).read_namespaced_config_map("doomed-spec", namespace).data
+    data = b.spec_data("doomed", workers=2, gpus=1, accelerator="nvidia-a100-40gb")
+    tj = api.create_training_job(b.training_job("doomed", namespace, data))
+    rj = wait_for(lambda: api.get_rayjob(namespace, "doomed"), "the RayJob")
+    assert rayjob_errors({k: v for k, v in rj.items() if k != "status"}) == []
+    assert restricted_violations(rj) == []
+
+    [secret] = api.list_secrets(namespace, f"{JOB_LABEL}=doomed")
+    [policy] = api.list_network_policies(namespace, f"{JOB_LABEL}=doomed")
+    for obj in (secret, policy):
+        [ref] = obj["metadata"]["ownerReferences"]
+        assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == ("TrainingJob", "doomed",
+                                                                              tj["metadata"]["uid"], True)
+    token = base64.b64decode(secret["data"]["auth_token"]).decode()
+    assert len(token) >= 40 and token != TOKEN_PLACEHOLDER  # secrets.token_urlsafe(32)
+    assert policy["spec"]["podSelector"]["matchLabels"][JOB_LABEL] == "doomed"
+
+    # the token reaches the head, the workers and the submitter, from that Secret
+    cluster = rj["spec"]["rayClusterSpec"]
+    assert cluster["authOptions"] == {"mode": "token", "secretName": secret["metadata"]["name"]}
+    templates = [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"]),
+                 rj["spec"]["submitterPodTemplate"]]
+    for template in templates:
+        env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"],
+                                                                      "key": "auth_token"}
+        # and every Ray pod is selected by the job's NetworkPolicy
+        labels = template["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in policy["spec"]["podSelector"]["matchLabels"].items())
+
+    # the spec travels in the RayJob: it is the TrainingJob's, and no ConfigMap was written
+    head_env = {e["name"]: e.get("value") for e in cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    assert validate_spec_data(yaml.safe_load(head_env[SPEC_ENV])) == validate_spec_data(data)
+    assert api.list_configmaps(namespace, "") == configmaps_before
+
+    # a resumed job keeps its Secret (same token) and policy
+    api.patch_training_job(namespace, "doomed", {"spec": {"suspend": True}})
+    wait_for(lambda: api.get_rayjob(namespace, "doomed") is None, "the RayJob to go on suspend")
+    api.patch_training_job(namespace, "doomed", {"spec": {"suspend": False}})
+    wait_for(lambda: api.get_rayjob(namespace, "doomed"), "a new RayJob on resume")
+    [again] = api.list_secrets(namespace, f"{JOB_LABEL}=doomed")
+    assert again["data"] == secret["data"] and again["metadata"]["uid"] == secret["metadata"]["uid"]
+
     assert api.delete_training_job(namespace, "doomed") is True
     wait_for(lambda: api.get_rayjob(namespace, "doomed") is None, "the RayJob to be deleted")
-    wait_for(lambda: not api.list_configmaps(namespace, f"{JOB_LABEL}=doomed"), "the spec ConfigMap to be deleted")
+    wait_for(lambda: not api.list_secrets(namespace, f"{JOB_LABEL}=doomed"), "the token Secret to be deleted")
+    wait_for(lambda: not api.list_network_policies(namespace, f"{JOB_LABEL}=doomed"), "the policy to be deleted")
     assert rayjobs(api, namespace) == []
+
+
+def test_a_secret_of_that_name_that_is_not_the_jobs_is_never_taken_over(
+        api: Any, namespace: str, start_operator: Any) -> None:
+    core(api).create_namespaced_secret(namespace, {"metadata": {"name": "squat-ray-token"},
+                                                   "stringData": {"auth_token": "someone-elses"}})
+    add_pools(api, namespace, b.gpu_pool("a100"))
+    start_operator(namespace)
+    api.create_training_job(b.training_job("squat", namespace, b.spec_data(
+        "squat", workers=1, gpus=1, accelerator="nvidia-a100-40gb")))
+    wait_for(lambda: [e for e in events(api, namespace, "squat") if "does not belong" in e[2]],
+             "the operator to refuse the Secret")
+    assert api.get_rayjob(namespace, "squat") is None
+    secret = core(api).read_namespaced_secret("squat-ray-token", namespace)
+    assert base64.b64decode(secret.data["auth_token"]).decode() == "someone-elses"
 
 
 def test_a_job_too_large_for_every_pool_waits_with_the_schedulers_reason_until_pools_change(
@@ -320,9 +385,9 @@ NOT_EXERCISED: dict[tuple[str, str, str], str] = {
     ("orchestrator.dev", "trainingjobs", "update"): "kopf's finalizer handling when one is left behind",
     **{("orchestrator.dev", "trainingjobs/status", v): "status updates by other writers"
        for v in ("get", "list", "watch", "update")},
-    **{("", "secrets", v): "the per-job Ray token Secret" for v in ("get", "list", "create", "delete")},
-    **{("networking.k8s.io", "networkpolicies", v): "the per-job NetworkPolicy"
-       for v in ("get", "list", "create", "delete", "patch")},
+    ("", "secrets", "get"): "read only when the job's token Secret exists already (a resumed job)",
+    **{("networking.k8s.io", "networkpolicies", v): "read or patched only when the job's policy exists already"
+       for v in ("get", "patch")},
     **{("", r, v): "pod logs and reasons for explain" for r, v in (("pods", "get"), ("pods", "list"),
                                                                    ("pods/log", "get"))},
     **{("kueue.x-k8s.io", r, v): "a job's LocalQueue and WorkloadPriorityClass"
@@ -338,18 +403,12 @@ def check_rbac(used: set[tuple[tuple[str, str, str], str | None]]) -> None:
     the API server would evaluate it: the test namespace is both the jobs' and the pools'; in the
     install, ConfigMaps are read in the operator's namespace only, everything else in a job
     namespace. Everything granted is used or has a reason in NOT_EXERCISED."""
-    from orchestrator.backends.k8s import manifests
     from tests.k8s.kubectl import kustomize
     from tests.k8s.rbac import Rbac
 
     rbac = Rbac(kustomize(REPO / "deploy" / "k8s" / "base"))
     denied = {(rule, ns) for rule, ns in used if not rbac.allows(rule, ns)}
-    # the spec ConfigMap each RayJob mounted is written (and found, and deleted) in the job's
-    # namespace, which the RBAC no longer allows: it goes when the spec travels inside the RayJob
-    # (then this set is empty)
-    legacy = {(("", "configmaps", v), "team-a") for v in ("create", "patch", "delete", "list")} \
-        if hasattr(manifests, "spec_configmap") else set()
-    assert denied - legacy == set(), f"the operator made calls its RBAC does not allow: {denied - legacy}"
+    assert denied == set(), f"the operator made calls its RBAC does not allow: {denied}"
     granted = set().union(*rbac.grants().values())
     unused = granted - {rule for rule, _ in used} - set(NOT_EXERCISED)
     assert unused == set(), f"the RBAC grants verbs the operator never uses: {unused}"
@@ -371,5 +430,5 @@ def test_pools_added_in_the_pools_namespace_are_seen_without_a_configmap_watch(
     st = wait_for(phase_is(api, namespace, "late", "Starting"), "the job to be placed on the new pool")
     assert st["placement"]["pool"] == "a100"
     configmaps = {(verb, ns) for (group, resource, verb), ns in used_rules(kube.server.request_log[before:])
-                  if resource == "configmaps" and ns != namespace}  # (the job namespace: its spec ConfigMap)
+                  if resource == "configmaps"}  # (the spec travels inside the RayJob: no ConfigMap of its own)
     assert configmaps == {("list", pools_ns)}  # read only, and only where the pools live

@@ -12,11 +12,12 @@ from orchestrator.backends.k8s.placement import PlacementBook
 from orchestrator.backends.k8s.status import TrainingJobStatus
 from orchestrator.operator.controller import OperatorConfig, desired_from
 from orchestrator.operator.reconcile import (
-    ApplyConfigMap,
+    ApplyNetworkPolicy,
     CreateRayJob,
     DeleteRayJob,
     Desired,
     EmitEvent,
+    EnsureTokenSecret,
     Observed,
     ReleasePlacement,
     WriteStatus,
@@ -68,10 +69,16 @@ def written(actions: list[Any]) -> TrainingJobStatus:
     return write.status
 
 
-def test_a_placed_job_gets_its_spec_configmap_then_its_rayjob_and_a_starting_status() -> None:
+def test_a_placed_job_gets_its_token_secret_and_network_policy_then_its_rayjob_and_a_starting_status() -> None:
     obj = job()
     actions = reconcile(desired(obj), placed(obj), CONFIG)
-    assert [type(a) for a in actions] == [ApplyConfigMap, CreateRayJob, EmitEvent, WriteStatus]
+    assert [type(a) for a in actions] == [EnsureTokenSecret, ApplyNetworkPolicy, CreateRayJob, EmitEvent,
+                                          WriteStatus]
+    [secret], [policy] = of(actions, EnsureTokenSecret), of(actions, ApplyNetworkPolicy)
+    assert secret.body["kind"] == "Secret" and "stringData" not in secret.body  # the executor adds the token
+    assert policy.body["kind"] == "NetworkPolicy"
+    for body in (secret.body, policy.body):
+        assert body["metadata"]["ownerReferences"][0]["name"] == "j"
     [create] = of(actions, CreateRayJob)
     assert create.body["metadata"]["name"] == "j" and create.body["metadata"]["labels"][POOL_LABEL] == "a100"
     status = written(actions)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from orchestrator.backends.k8s import SHM_PATH, SHM_VOLUME, SPEC_MOUNT_DIR, STORAGE_ENV
+from orchestrator.backends.k8s import SHM_PATH, SHM_VOLUME, SPEC_ENV, SPEC_MOUNT_DIR, STORAGE_ENV
 from orchestrator.backends.k8s.manifests import RuntimeConfig, kubernetes_issues, rayjob_manifest
 from orchestrator.cli import main
 from orchestrator.scheduler import NodePool
@@ -89,11 +89,11 @@ def assert_pods_carry_storage(rj: dict[str, Any]) -> None:
         assert mounts[SHM_PATH] == {"name": SHM_VOLUME, "mountPath": SHM_PATH}, role
         assert {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true",
                 "effect": "NoSchedule"} in pod["tolerations"], role
-        assert "securityContext" not in pod and "securityContext" not in container, role  # unchanged: none added
+        assert pod["securityContext"]["runAsNonRoot"] is True, role  # restricted, whatever the spec adds
     head, worker = pods(rj)["head"], pods(rj)["worker"]
-    # the head keeps the spec ConfigMap; the workers do not get it
-    assert {"name": "job-spec", "mountPath": SPEC_MOUNT_DIR, "readOnly": True} in head["containers"][0]["volumeMounts"]
-    assert "job-spec" not in {v["name"] for v in worker["volumes"]}
+    # no pod mounts a spec ConfigMap: the spec travels in the head's environment
+    assert SPEC_MOUNT_DIR not in {m["mountPath"] for m in head["containers"][0]["volumeMounts"]}
+    assert "job-spec" not in {v["name"] for v in [*head["volumes"], *worker["volumes"]]}
     # the user's selector on both; on the workers the pool's own label wins (the scheduler chose the pool)
     assert head["nodeSelector"] == KUBERNETES["node_selector"]
     assert worker["nodeSelector"] == {"cloud.google.com/gke-spot": "true", "cloud.google.com/gke-nodepool": "a100"}
@@ -118,8 +118,7 @@ def test_a_spec_without_the_section_renders_as_before(rayjob_errors: Any) -> Non
         assert container["image"] == "img:1" and pod["serviceAccountName"] == "sa"
         assert "envFrom" not in container and STORAGE_ENV not in {e["name"] for e in container["env"]}
         assert "nodeSelector" not in pod and "tolerations" not in pod
-    assert head["volumes"] == [{"name": "job-spec", "configMap": {"name": "train-spec"}}]
-    assert "volumes" not in worker and "volumeMounts" not in worker["containers"][0]
+    assert "volumes" not in head and "volumes" not in worker and "volumeMounts" not in worker["containers"][0]
 
 
 def test_a_shared_path_storage_on_a_writable_claim_is_mounted_in_every_pod(rayjob_errors: Any) -> None:
@@ -190,8 +189,8 @@ def test_the_operator_creates_a_rayjob_whose_pods_carry_storage_and_refuses_an_u
     [rj] = wait_for(lambda: api.list_rayjobs(namespace), "the RayJob")
     assert rj["metadata"]["name"] == "s3-job" and rayjob_errors(rj) == []
     assert_pods_carry_storage(rj)
-    cm = core.read_namespaced_config_map("s3-job-spec", namespace)
-    mounted = validate_spec_data(yaml.safe_load(cm.data["spec.yaml"]))
+    [carried] = [e["value"] for e in pods(rj)["head"]["containers"][0]["env"] if e["name"] == SPEC_ENV]
+    mounted = validate_spec_data(yaml.safe_load(carried))
     assert mounted.storage == "s3://bucket/prefix" and mounted.kubernetes is not None
     assert mounted.kubernetes.env_from_secrets == ["s3-creds"]
 

@@ -46,6 +46,14 @@ RETRY_ANNOTATION = f"{GROUP}/retry"
 #: Where the job spec is mounted in the Ray head pod, and the file name inside.
 SPEC_MOUNT_DIR = "/etc/orchestrator"
 SPEC_FILE = "spec.yaml"
+#: The head container's variable that carries the resolved job spec (YAML) to the driver: the spec
+#: travels inside the RayJob, so the operator writes no ConfigMap.
+SPEC_ENV = "ORCHESTRATOR_SPEC_YAML"
+#: Ray's token auth (Ray >= 2.52): the mode variable, the token variable, and the key of the per-job
+#: Secret that holds the token (the key KubeRay's ``authOptions.secretName`` expects).
+RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
+RAY_AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
+RAY_TOKEN_KEY = "auth_token"
 #: The memory-backed volume for ``kubernetes.shm_size``, and where it is mounted.
 SHM_VOLUME = "dshm"
 SHM_PATH = "/dev/shm"
@@ -55,7 +63,7 @@ STORAGE_ENV = "ORCHESTRATOR_STORAGE"
 __all__ = [
     "API_VERSION", "CRD_NAME", "GROUP", "JOB_LABEL", "JOB_UID_LABEL", "KIND", "KUEUE_PRIORITY_LABEL", "KUEUE_QUEUE_LABEL",
     "MANAGED_BY", "MANAGED_BY_LABEL", "PLURAL", "POOLS_CONFIGMAP_KEY", "POOLS_CONFIGMAP_LABEL",
-    "POOL_LABEL", "RAY_API_VERSION", "RAY_GROUP", "RAY_KIND", "RAY_PLURAL", "RAY_VERSION",
-    "RETRY_ANNOTATION", "SHM_PATH", "SHM_VOLUME", "SHORT_NAMES", "SINGULAR", "SPEC_FILE", "SPEC_MOUNT_DIR",
+    "POOL_LABEL", "RAY_API_VERSION", "RAY_AUTH_MODE_ENV", "RAY_AUTH_TOKEN_ENV", "RAY_TOKEN_KEY", "RAY_GROUP", "RAY_KIND", "RAY_PLURAL", "RAY_VERSION",
+    "RETRY_ANNOTATION", "SHM_PATH", "SHM_VOLUME", "SHORT_NAMES", "SINGULAR", "SPEC_ENV", "SPEC_FILE", "SPEC_MOUNT_DIR",
     "STORAGE_ENV", "VERSION",
 ]

@@ -172,6 +172,7 @@ class KubeApi:
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.coordination = kubernetes.client.CoordinationV1Api(api_client)
+        self.networking = kubernetes.client.NetworkingV1Api(api_client)
         self._api_exception = kubernetes.client.ApiException
 
     @property
@@ -266,25 +267,62 @@ class KubeApi:
         out: dict[str, Any] = self.api_client.sanitize_for_serialization(obj)
         return out
 
-    # -- ConfigMaps, Nodes, Events, Pods -----------------------------------------------------
+    # -- Secrets and NetworkPolicies (per job) ---------------------------------------------------
 
-    def apply_configmap(self, body: Mapping[str, Any]) -> None:
-        """Create the ConfigMap, or replace its data if it exists (idempotent)."""
+    def create_secret(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create; ``None`` when a Secret of that name already exists (the caller looks it up)."""
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        with api_errors(f"write ConfigMap {ns}/{name}"):
+        with api_errors(f"create Secret {ns}/{name}"):
             try:
-                self.core.create_namespaced_config_map(ns, body, _request_timeout=REQUEST_TIMEOUT)  # type: ignore[arg-type]
+                created = self.core.create_namespaced_secret(ns, body, _request_timeout=REQUEST_TIMEOUT)  # type: ignore[arg-type]
+            except self._api_exception as exc:
+                if _is_status(exc, 409):
+                    return None
+                raise
+        return self._plain(created)
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._missing_is_none(), api_errors(f"read Secret {namespace}/{name}"):
+            return self._plain(self.core.read_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT))
+        return None
+
+    def list_secrets(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        with api_errors(f"list Secrets in {namespace}"):
+            result = self.core.list_namespaced_secret(namespace, label_selector=selector,
+                                                      _request_timeout=REQUEST_TIMEOUT)
+        return [self._plain(item) for item in result.items]
+
+    def delete_secret(self, namespace: str, name: str) -> bool:
+        with self._missing_is_none(), api_errors(f"delete Secret {namespace}/{name}"):
+            self.core.delete_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+            return True
+        return False
+
+    def apply_network_policy(self, body: Mapping[str, Any]) -> None:
+        """Create the NetworkPolicy, or set its spec if it exists (idempotent)."""
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        with api_errors(f"write NetworkPolicy {ns}/{name}"):
+            try:
+                self.networking.create_namespaced_network_policy(ns, body, _request_timeout=REQUEST_TIMEOUT)  # type: ignore[arg-type]
             except self._api_exception as exc:
                 if not _is_status(exc, 409):
                     raise
-                self.core.patch_namespaced_config_map(name, ns, {"data": body.get("data", {})},
-                                                      _request_timeout=REQUEST_TIMEOUT)
+                self.networking.patch_namespaced_network_policy(name, ns, {"spec": body["spec"]},
+                                                                _request_timeout=REQUEST_TIMEOUT)
 
-    def delete_configmap(self, namespace: str, name: str) -> bool:
-        with self._missing_is_none(), api_errors(f"delete ConfigMap {namespace}/{name}"):
-            self.core.delete_namespaced_config_map(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+    def list_network_policies(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        with api_errors(f"list NetworkPolicies in {namespace}"):
+            result = self.networking.list_namespaced_network_policy(namespace, label_selector=selector,
+                                                                     _request_timeout=REQUEST_TIMEOUT)
+        return [self._plain(item) for item in result.items]
+
+    def delete_network_policy(self, namespace: str, name: str) -> bool:
+        with self._missing_is_none(), api_errors(f"delete NetworkPolicy {namespace}/{name}"):
+            self.networking.delete_namespaced_network_policy(name, namespace, _request_timeout=REQUEST_TIMEOUT)
             return True
         return False
+
+    # -- ConfigMaps (node pools, read only), Nodes, Events, Pods ---------------------------------
 
     def list_configmaps(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
         with api_errors("list ConfigMaps"):
@@ -325,6 +363,11 @@ class KubeApi:
                 yield pending.decode("utf-8", "replace")
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        """An official-client model as plain JSON-like data (camelCase keys, as the API sends)."""
+        out: dict[str, Any] = self.api_client.sanitize_for_serialization(obj)
+        return out
 
     @contextlib.contextmanager
     def _missing_is_none(self) -> Iterator[None]:

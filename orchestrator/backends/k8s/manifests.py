@@ -1,14 +1,15 @@
-"""Manifests: the TrainingJob a user submits, and the spec ConfigMap and KubeRay RayJob it becomes.
+"""Manifests: the TrainingJob a user submits, and the KubeRay RayJob, token Secret and NetworkPolicy it becomes.
 
 Pure functions of (job spec, chosen node pool, runtime config): the backend's dry run and the
 operator call the same code, so ``submit --dry-run`` prints exactly what the operator creates.
 
 How a job maps onto a RayJob (KubeRay v1):
 
-* **head group**: one small CPU pod that runs the driver. The RayJob entrypoint runs our runtime on
-  the embedded spec, which is mounted from a ConfigMap at ``/etc/orchestrator/spec.yaml``:
-  ``python -m orchestrator submit /etc/orchestrator/spec.yaml --backend local ...``. KubeRay sets
-  ``RAY_ADDRESS`` for the driver, and the local backend joins the Ray instance it names.
+* **head group**: one small CPU pod that runs the driver. The resolved spec travels inside the
+  RayJob, as the head container's ``ORCHESTRATOR_SPEC_YAML`` variable (no ConfigMap); the
+  entrypoint ``python -m orchestrator.backends.k8s.driver submit --backend local ...`` writes it
+  to a file and runs ``orchestrator submit`` on it. KubeRay sets ``RAY_ADDRESS`` for the driver,
+  and the local backend joins the Ray instance it names.
 * **worker group** on the chosen pool: GPU and CPU pools get one pod per training worker
   (requests = limits: cpu, memory, ``nvidia.com/gpu``); a TPU pool with a slice topology gets one
   slice: ``numOfHosts`` host pods, each with the host's ``google.com/tpu`` chips.
@@ -19,6 +20,12 @@ How a job maps onto a RayJob (KubeRay v1):
   ``failure.max_failures`` (whole-cluster retries; worker restarts inside a run are the runtime's),
   an owner reference to the TrainingJob, and optionally Kueue's queue and priority-class labels with
   ``suspend: true`` (see :mod:`orchestrator.backends.k8s.kueue`).
+* **locked down**: Ray's token auth on (``authOptions`` names the per-job Secret, and every Ray
+  container gets ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN`` from it); a NetworkPolicy admits to
+  the Ray pods only the job's own pods, the operators (ours and KubeRay's) on the Ray ports, and
+  Prometheus on the metrics ports; every pod template (head, workers, submitter) meets the Pod
+  Security "restricted" level (non-root, no privilege escalation, ALL capabilities dropped,
+  seccomp ``RuntimeDefault``, no service-account token).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import math
 import posixpath
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.backends.k8s import (
@@ -42,11 +49,13 @@ from orchestrator.backends.k8s import (
     MANAGED_BY_LABEL,
     POOL_LABEL,
     RAY_API_VERSION,
+    RAY_AUTH_MODE_ENV,
+    RAY_AUTH_TOKEN_ENV,
     RAY_KIND,
+    RAY_TOKEN_KEY,
     SHM_PATH,
     SHM_VOLUME,
-    SPEC_FILE,
-    SPEC_MOUNT_DIR,
+    SPEC_ENV,
     STORAGE_ENV,
 )
 from orchestrator.backends.k8s.convert import training_job_parts
@@ -62,6 +71,13 @@ DEFAULT_IMAGE = "ghcr.io/orchestrator-dev/orchestrator:0.1.0"
 #: A Kubernetes quantity as our specs write memory (``4Gi``, ``512M``; not ``4GB``, which Kubernetes refuses).
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 _MAX_NAME = 40  # KubeRay derives cluster, pod and service names from the RayJob's: leave room
+#: The most bytes of resolved spec YAML the head's ``ORCHESTRATOR_SPEC_YAML`` may hold: Linux
+#: refuses to start a process with one environment string over 128 KiB (MAX_ARG_STRLEN).
+MAX_SPEC_ENV_BYTES = 96 * 1024
+#: What ``--dry-run`` writes in place of the Ray token (the operator writes a random one).
+TOKEN_PLACEHOLDER = "REPLACE-ME-with-a-random-token"
+#: Ray's ports on the head: GCS, dashboard (Jobs API), Ray client.
+RAY_PORTS = {"gcs": 6379, "dashboard": 8265, "client": 10001}
 
 
 @dataclass(frozen=True)
@@ -81,6 +97,21 @@ class RuntimeConfig:
     #: Relative paths in a spec (data.source, entrypoint, checkpoint.dir) resolve against this.
     workdir: str = "/app"
     metrics_port: int = 9400
+    #: Ray's own metrics port (KubeRay's default ``metrics-export-port``).
+    ray_metrics_port: int = 8080
+    #: The user and group the Ray pods run as (rayproject images and ours: uid 1000, "ray").
+    run_as_user: int = 1000
+    run_as_group: int = 1000
+    #: Who the NetworkPolicy admits besides the job's own pods: our operator's pods (namespace and
+    #: labels), KubeRay's operator (it calls the dashboard; None: in any namespace) and Prometheus
+    #: (the metrics ports only; None: from any namespace).
+    operator_namespace: str = "orchestrator-system"
+    operator_labels: Mapping[str, str] = field(
+        default_factory=lambda: {"app.kubernetes.io/name": "orchestrator-operator"})
+    kuberay_namespace: str | None = None
+    kuberay_labels: Mapping[str, str] = field(
+        default_factory=lambda: {"app.kubernetes.io/name": "kuberay-operator"})
+    prometheus_namespace: str | None = None
 
 
 def rayjob_name(job_name: str, uid: str) -> str:
@@ -96,12 +127,24 @@ def kubernetes_issues(spec: JobSpec) -> list[SpecIssue]:
     ``storage`` or ``init_from`` that no volume of ``kubernetes`` holds (a spec with that section
     was already checked when it was validated; one without it is checked here, by the backend and
     the operator)."""
-    return [SpecIssue(p.field_path, str(p), fix=p.fix)
-            for p in unmounted_paths(spec.storage, spec.init_from, spec.kubernetes)]
+    issues = [SpecIssue(p.field_path, str(p), fix=p.fix)
+              for p in unmounted_paths(spec.storage, spec.init_from, spec.kubernetes)]
+    size = len(dump_yaml(spec_data(spec)).encode())
+    if size > MAX_SPEC_ENV_BYTES:
+        issues.append(SpecIssue(
+            "", f"the spec is {size} bytes as YAML; the RayJob carries it in an environment variable, "
+                f"which holds at most {MAX_SPEC_ENV_BYTES}",
+            fix="move large values (long lists, inline data) into files in the image or in storage"))
+    return issues
 
 
-def spec_configmap_name(rayjob: str) -> str:
-    return f"{rayjob}-spec"
+def token_secret_name(rayjob: str) -> str:
+    """The Secret holding the Ray token of a RayJob's cluster."""
+    return f"{rayjob}-ray-token"
+
+
+def network_policy_name(rayjob: str) -> str:
+    return f"{rayjob}-ray"
 
 
 def spec_data(spec: JobSpec) -> dict[str, Any]:
@@ -160,23 +203,88 @@ def cluster_paths(data: dict[str, Any], workdir: str) -> dict[str, Any]:
     return out
 
 
-def spec_configmap(job: Mapping[str, Any], spec: JobSpec, config: RuntimeConfig) -> dict[str, Any]:
-    """The ConfigMap holding the spec the driver runs (mounted in the Ray head pod)."""
-    meta = job["metadata"]
-    name = spec_configmap_name(rayjob_name(meta["name"], meta.get("uid", "")))
-    text = dump_yaml(cluster_paths(spec_data(spec), config.workdir))
-    return {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": meta["namespace"], "labels": job_labels(job),
-                     "ownerReferences": [owner_reference(job)]},
-        "data": {SPEC_FILE: text},
-    }
+def spec_text(spec: JobSpec, config: RuntimeConfig) -> str:
+    """The spec the driver runs, as YAML, with file paths resolved in the image."""
+    return dump_yaml(cluster_paths(spec_data(spec), config.workdir))
 
 
 def entrypoint_command(config: RuntimeConfig) -> str:
-    """The RayJob entrypoint: our runtime on the mounted spec, joining the RayJob's Ray cluster."""
-    return (f"python -m orchestrator submit {SPEC_MOUNT_DIR}/{SPEC_FILE} --backend local --quiet "
+    """The RayJob entrypoint: our runtime on the spec in ``ORCHESTRATOR_SPEC_YAML``, joining the
+    RayJob's Ray cluster (a plain command: KubeRay's submitter runs it through a shell)."""
+    return (f"python -m orchestrator.backends.k8s.driver submit --backend local --quiet "
             f"--metrics-host 0.0.0.0 --metrics-port {config.metrics_port}")
+
+
+def _names(job: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(namespace, RayJob name, TrainingJob name) of a TrainingJob."""
+    meta = job["metadata"]
+    return meta["namespace"], rayjob_name(meta["name"], meta.get("uid", "")), meta["name"]
+
+
+def token_secret(job: Mapping[str, Any], token: str | None = None) -> dict[str, Any]:
+    """The per-job Secret with the Ray token (``token`` None: without data; the operator adds a
+    random one when it creates it). Owned by the TrainingJob: it goes when the job goes."""
+    namespace, rayjob, _ = _names(job)
+    body: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": token_secret_name(rayjob), "namespace": namespace, "labels": job_labels(job),
+                     "ownerReferences": [owner_reference(job)]},
+    }
+    if token is not None:
+        body["stringData"] = {RAY_TOKEN_KEY: token}
+    return body
+
+
+def _selector(namespace: str | None, labels: Mapping[str, str]) -> dict[str, Any]:
+    """A NetworkPolicy peer: pods with ``labels`` in ``namespace`` (None: in any namespace)."""
+    ns = {"matchLabels": {"kubernetes.io/metadata.name": namespace}} if namespace else {}
+    peer: dict[str, Any] = {"namespaceSelector": ns}
+    if labels:
+        peer["podSelector"] = {"matchLabels": dict(labels)}
+    return peer
+
+
+def network_policy(job: Mapping[str, Any], config: RuntimeConfig) -> dict[str, Any]:
+    """Ingress to the job's Ray pods: from its own pods (every port: GCS, raylets, object manager,
+    workers, collectives), from our operator and KubeRay's on the Ray ports, and from Prometheus
+    on the metrics ports only. Egress is left alone."""
+    namespace, rayjob, name = _names(job)
+    own = {"podSelector": {"matchLabels": {JOB_LABEL: name, MANAGED_BY_LABEL: MANAGED_BY}}}
+    ray_ports = [{"protocol": "TCP", "port": port} for port in RAY_PORTS.values()]
+    metrics_ports = [{"protocol": "TCP", "port": port} for port in (config.metrics_port, config.ray_metrics_port)]
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": network_policy_name(rayjob), "namespace": namespace, "labels": job_labels(job),
+                     "ownerReferences": [owner_reference(job)]},
+        "spec": {
+            "podSelector": {"matchLabels": {JOB_LABEL: name, MANAGED_BY_LABEL: MANAGED_BY}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [own]},
+                {"from": [_selector(config.operator_namespace, config.operator_labels),
+                          _selector(config.kuberay_namespace, config.kuberay_labels)], "ports": ray_ports},
+                {"from": [_selector(config.prometheus_namespace, {})], "ports": metrics_ports},
+            ],
+        },
+    }
+
+
+def _auth_env(rayjob: str) -> list[dict[str, Any]]:
+    """Ray's token auth for a container: the mode, and the token from the job's Secret."""
+    return [{"name": RAY_AUTH_MODE_ENV, "value": "token"},
+            {"name": RAY_AUTH_TOKEN_ENV,
+             "valueFrom": {"secretKeyRef": {"name": token_secret_name(rayjob), "key": RAY_TOKEN_KEY}}}]
+
+
+def container_security() -> dict[str, Any]:
+    """A container's part of Pod Security "restricted"."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
+
+
+def pod_security(config: RuntimeConfig) -> dict[str, Any]:
+    """A pod's part of Pod Security "restricted" (non-root uid, seccomp RuntimeDefault)."""
+    return {"runAsNonRoot": True, "runAsUser": config.run_as_user, "runAsGroup": config.run_as_group,
+            "fsGroup": config.run_as_group, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def _quantity(value: float) -> str:
@@ -284,7 +392,7 @@ def _mount(mount: VolumeMount) -> dict[str, Any]:
 
 
 def _container(name: str, spec: JobSpec, config: RuntimeConfig, resources: Mapping[str, str],
-               env: Sequence[Mapping[str, str]] = ()) -> dict[str, Any]:
+               env: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """A Ray container: our environment, then the spec's ``kubernetes`` env, Secrets and mounts."""
     k8s = spec.kubernetes
     container: dict[str, Any] = {
@@ -292,6 +400,7 @@ def _container(name: str, spec: JobSpec, config: RuntimeConfig, resources: Mappi
         "imagePullPolicy": config.image_pull_policy,
         "resources": {"requests": dict(resources), "limits": dict(resources)},
         "env": [{"name": "ORCHESTRATOR_HOME", "value": "/tmp/orchestrator"}, *(dict(e) for e in env)],
+        "securityContext": container_security(),
     }
     if spec.storage:  # the driver and every worker write the job's outputs there
         container["env"].append({"name": STORAGE_ENV, "value": spec.storage})
@@ -315,7 +424,8 @@ def _pod(spec: JobSpec, config: RuntimeConfig, container: dict[str, Any],
     node selector (the pool's labels win on a key both name) and service account, and the spec's
     tolerations."""
     k8s = spec.kubernetes
-    pod: dict[str, Any] = {"containers": [container]}
+    pod: dict[str, Any] = {"containers": [container], "securityContext": pod_security(config),
+                           "automountServiceAccountToken": False}
     all_volumes = [dict(v) for v in volumes]
     labels: dict[str, str] = {}
     if k8s is not None:
@@ -340,36 +450,52 @@ def _pod(spec: JobSpec, config: RuntimeConfig, container: dict[str, Any],
 
 def _head_group(job: Mapping[str, Any], spec: JobSpec, config: RuntimeConfig) -> dict[str, Any]:
     meta = job["metadata"]
+    _, rayjob, _ = _names(job)
     # the driver runs here, once per RayJob run: the TrainingJob, not the run, owns checkpoint.dir
     owner = {"name": "ORCHESTRATOR_CHECKPOINT_OWNER",
              "value": f"{meta['namespace']}-{meta['name']}-{meta.get('uid', '')[:8]}".rstrip("-")}
+    carried = {"name": SPEC_ENV, "value": spec_text(spec, config)}
     container = _container("ray-head", spec, config, {"cpu": config.head_cpu, "memory": config.head_memory},
-                           [owner])
+                           [owner, carried, *_auth_env(rayjob)])
     container["ports"] = [
-        {"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
-        {"containerPort": 10001, "name": "client"}, {"containerPort": config.metrics_port, "name": "job-metrics"},
+        {"containerPort": RAY_PORTS["gcs"], "name": "gcs"}, {"containerPort": RAY_PORTS["dashboard"], "name": "dashboard"},
+        {"containerPort": RAY_PORTS["client"], "name": "client"},
+        {"containerPort": config.metrics_port, "name": "job-metrics"},
     ]
-    container["volumeMounts"] = [{"name": "job-spec", "mountPath": SPEC_MOUNT_DIR, "readOnly": True},
-                                 *container.get("volumeMounts", [])]
-    spec_volume = {"name": "job-spec", "configMap": {
-        "name": spec_configmap_name(rayjob_name(meta["name"], meta.get("uid", "")))}}
-    pod = _pod(spec, config, container, [spec_volume])
-    # the job's label on the head pod: deploy/k8s/monitoring's PodMonitor scrapes job heads by it
-    template = {"metadata": {"labels": {JOB_LABEL: meta["name"]}}, "spec": pod}
-    return {"rayStartParams": {"dashboard-host": "0.0.0.0"}, "template": template}
+    pod = _pod(spec, config, container)
+    # token auth guards the dashboard and the NetworkPolicy limits who reaches it; the job's label
+    # (job_labels) on the head pod is what deploy/k8s/monitoring's job PodMonitor selects
+    return {"rayStartParams": {"dashboard-host": "0.0.0.0"},
+            "template": {"metadata": {"labels": job_labels(job)}, "spec": pod}}
 
 
-def _worker_group(spec: JobSpec, pool: NodePool, config: RuntimeConfig) -> dict[str, Any]:
+def _worker_group(job: Mapping[str, Any], spec: JobSpec, pool: NodePool, config: RuntimeConfig) -> dict[str, Any]:
     replicas, hosts, _ = worker_layout(spec, pool)
-    container = _container("ray-worker", spec, config, worker_resources(spec, pool, config))
+    _, rayjob, _ = _names(job)
+    container = _container("ray-worker", spec, config, worker_resources(spec, pool, config), _auth_env(rayjob))
     pod = _pod(spec, config, container, selector=node_selector(pool), tolerated=tolerations(pool))
     group: dict[str, Any] = {
         "groupName": "workers", "replicas": replicas, "minReplicas": replicas, "maxReplicas": replicas,
-        "rayStartParams": {}, "template": {"metadata": {"labels": {POOL_LABEL: pool.name}}, "spec": pod},
+        "rayStartParams": {}, "template": {"metadata": {"labels": job_labels(job, pool.name)}, "spec": pod},
     }
     if hosts > 1 or (is_tpu(pool.accelerator) and pool.topology):
         group["numOfHosts"] = hosts
     return group
+
+
+def _submitter_template(job: Mapping[str, Any], spec: JobSpec, config: RuntimeConfig) -> dict[str, Any]:
+    """The pod of KubeRay's submitter Job (``ray job submit``; its log is the driver's, which
+    ``orchestrator logs`` reads). KubeRay fills in the command; we make it restricted, labelled
+    for the NetworkPolicy, and give it the token for the Jobs API."""
+    _, rayjob, _ = _names(job)
+    k8s = spec.kubernetes
+    resources = {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+    container = {"name": "ray-job-submitter", "image": (k8s.image if k8s and k8s.image else config.image),
+                 "imagePullPolicy": config.image_pull_policy, "resources": resources,
+                 "env": _auth_env(rayjob), "securityContext": container_security()}
+    return {"metadata": {"labels": job_labels(job)},
+            "spec": {"restartPolicy": "Never", "containers": [container], "securityContext": pod_security(config),
+                     "automountServiceAccountToken": False}}
 
 
 def rayjob_manifest(job: Mapping[str, Any], spec: JobSpec, pool: NodePool, config: RuntimeConfig,
@@ -390,9 +516,12 @@ def rayjob_manifest(job: Mapping[str, Any], spec: JobSpec, pool: NodePool, confi
         "backoffLimit": spec.failure.max_failures,
         "rayClusterSpec": {
             "rayVersion": config.ray_version,
+            "authOptions": {"mode": "token", "secretName": token_secret_name(rayjob_name(meta["name"],
+                                                                                         meta.get("uid", "")))},
             "headGroupSpec": _head_group(job, spec, config),
-            "workerGroupSpecs": [_worker_group(spec, pool, config)],
+            "workerGroupSpecs": [_worker_group(job, spec, pool, config)],
         },
+        "submitterPodTemplate": _submitter_template(job, spec, config),
     }
     if kueue_queue:
         body["suspend"] = True  # Kueue admits the job by unsuspending it
