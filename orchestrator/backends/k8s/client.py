@@ -263,10 +263,6 @@ class KubeApi:
                 return None
             raise
 
-    def _plain(self, obj: Any) -> dict[str, Any]:
-        out: dict[str, Any] = self.api_client.sanitize_for_serialization(obj)
-        return out
-
     # -- Secrets and NetworkPolicies (per job) ---------------------------------------------------
 
     def create_secret(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
