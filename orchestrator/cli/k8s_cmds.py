@@ -6,6 +6,7 @@ kopf and the kubernetes client are imported only when these verbs run.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +46,17 @@ from orchestrator.errors import NotAvailableError, UsageError
 @click.option("--service-account", default=None, help="ServiceAccount of the Ray pods.")
 @click.option("--workdir", default="/app", show_default=True,
               help="Relative paths in specs resolve against this directory of the image.")
+@click.option("--operator-namespace", default=None, metavar="NS",
+              help="The operator's own namespace, admitted to the Ray ports by each job's NetworkPolicy "
+                   "(default: POD_NAMESPACE, else orchestrator-system).")
+@click.option("--kuberay-namespace", default=None, metavar="NS",
+              help="KubeRay's operator namespace, admitted to the Ray dashboard by each job's NetworkPolicy "
+                   "(default: any namespace, pods labelled app.kubernetes.io/name=kuberay-operator).")
+@click.option("--prometheus-namespace", default=None, metavar="NS",
+              help="Where Prometheus runs: the only namespace admitted to the jobs' metrics ports "
+                   "(default: any namespace).")
+@click.option("--ray-uid", "run_as_user", type=click.IntRange(1), default=1000, show_default=True,
+              help="The non-root user (and group) the Ray pods run as.")
 @click.option("--kueue", is_flag=True,
               help="Kueue admits every job (LocalQueue: resources.queue): RayJobs are created suspended with "
                    "Kueue's labels, and the operator's pools hold nothing.")
@@ -67,7 +79,8 @@ def operator(
     pools_from_nodes: bool,
     node_pool_label: str, retry_interval: float, metrics_port: int, metrics_host: str, health_port: int,
     image: str | None, head_cpu: str, head_memory: str, worker_memory: str, ttl_s: int,
-    service_account: str | None, workdir: str, kueue: bool, kueue_namespaces: tuple[str, ...], leader_elect: bool,
+    service_account: str | None, workdir: str, operator_namespace: str | None, kuberay_namespace: str | None,
+    prometheus_namespace: str | None, run_as_user: int, kueue: bool, kueue_namespaces: tuple[str, ...], leader_elect: bool,
     lease_name: str, lease_namespace: str | None, lease_duration: float, identity: str | None, policy: str | None,
     verbose: bool,
 ) -> None:
@@ -86,7 +99,11 @@ def operator(
 
     runtime = RuntimeConfig(image=image or DEFAULT_IMAGE, head_cpu=head_cpu, head_memory=head_memory,
                             worker_memory=worker_memory, ttl_seconds_after_finished=ttl_s,
-                            service_account=service_account, workdir=workdir, kueue=kueue)
+                            service_account=service_account, workdir=workdir, kueue=kueue,
+                            operator_namespace=operator_namespace or os.environ.get("POD_NAMESPACE")
+                            or "orchestrator-system",
+                            kuberay_namespace=kuberay_namespace, prometheus_namespace=prometheus_namespace,
+                            run_as_user=run_as_user, run_as_group=run_as_user)
     liveness = f"http://0.0.0.0:{health_port}/healthz" if health_port else None
     config = OperatorConfig(namespaces=namespaces, pools_namespace=pools_namespace, pools_poll_s=pools_poll_s,
                             pools_from_nodes=pools_from_nodes, node_pool_label=node_pool_label,

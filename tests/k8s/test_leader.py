@@ -143,3 +143,41 @@ def test_leader_election_without_a_lease_namespace_is_refused_with_the_fix(monke
     assert result.exit_code != 0
     assert "--leader-elect needs the Lease's namespace" in result.output
     assert "--lease-namespace NS" in result.output
+
+
+def test_the_operator_options_for_the_networkpolicy_and_the_ray_user_reach_what_it_renders(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--operator-namespace / --kuberay-namespace / --prometheus-namespace / --ray-uid end up in the
+    per-job NetworkPolicy and the pods' securityContext (the operator's RuntimeConfig)."""
+    from click.testing import CliRunner
+
+    from orchestrator.backends.k8s import client
+    from orchestrator.backends.k8s.manifests import network_policy
+    from orchestrator.cli import main
+    from orchestrator.operator import controller
+
+    seen: dict[str, Any] = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(api: Any, config: Any) -> Any:
+        seen["config"] = config
+        raise Stop
+
+    monkeypatch.setattr(client, "load_api_client", lambda context=None: None)
+    monkeypatch.setattr(client, "KubeApi", lambda api_client: None)
+    monkeypatch.setattr(controller, "Controller", capture)
+    monkeypatch.setenv("POD_NAMESPACE", "ops")
+    result = CliRunner().invoke(main, ["operator", "--kuberay-namespace", "ray-system", "--prometheus-namespace",
+                                       "monitoring", "--ray-uid", "2000"])
+    assert "internal error: Stop" in result.output, result.output  # the captured Controller stopped it
+    runtime = seen["config"].runtime
+    assert (runtime.operator_namespace, runtime.kuberay_namespace, runtime.prometheus_namespace) == (
+        "ops", "ray-system", "monitoring")
+    assert (runtime.run_as_user, runtime.run_as_group) == (2000, 2000)
+    job = {"metadata": {"name": "j", "namespace": "team-a", "uid": "u1"}}
+    ingress = network_policy(job, runtime)["spec"]["ingress"]
+    namespaces = [peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+                  for rule in ingress[1:] for peer in rule["from"]]
+    assert namespaces == ["ops", "ray-system", "monitoring"]
