@@ -159,6 +159,26 @@ tune:
 """
 
 
+def test_the_gcs_address_is_asked_of_the_cluster_whose_jobs_api_address_names(
+        ray_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tune -b ray --address http://HEAD:8265`: the sweep's driver joins the GCS address that the
+    cluster itself gives its jobs (a short Ray job prints RAY_ADDRESS; nothing is left behind)."""
+    from orchestrator.cli.tune_cmds import sweep_gcs_address
+    from orchestrator.execution.ray_local import use_local_auth_token
+    from orchestrator.settings import Settings
+
+    use_local_auth_token()
+    from ray.job_submission import JobSubmissionClient
+
+    monkeypatch.setenv("ORCHESTRATOR_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    dashboard = "http://127.0.0.1:8265"
+    before = {j.submission_id for j in JobSubmissionClient(dashboard).list_jobs()}
+    assert sweep_gcs_address(Settings.from_env(), None, dashboard, dry_run=False) == ray_address
+    after = {j.submission_id for j in JobSubmissionClient(dashboard).list_jobs()}
+    assert after == before  # the short job was deleted
+
+
 def test_backend_ray_runs_the_sweep_on_a_running_cluster(ray_address: str, tmp_path: Path) -> None:
     env = cli_env(tmp_path / "home", None)  # no RAY_ADDRESS: the cluster comes from --ray-address
     spec = tmp_path / "tiny-sweep.yaml"
