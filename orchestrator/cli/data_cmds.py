@@ -67,6 +67,9 @@ def inspect(source: str, workers: int, fmt: str, label_column: str, feature_colu
     import ray
 
     from orchestrator.runtime.datasets import inspect as inspect_data
+    from orchestrator.runtime.datasets import precheck
+
+    precheck(spec)  # missing files, mixed formats, missing columns: before Ray starts
 
     started = not ray.is_initialized()
     if started:

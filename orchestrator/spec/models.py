@@ -227,6 +227,11 @@ class AugmentSpec(_Model):
 DATA_FORMATS: tuple[str, ...] = ("parquet", "npz", "npy", "csv", "images")
 
 
+def _bool_as_text(value: Any) -> Any:
+    """YAML's true/false for a field whose values are auto, true and false (one type in the CRD schema)."""
+    return ("true" if value else "false") if isinstance(value, bool) else value
+
+
 class DataSpec(_Model):
     """Where the data comes from and how it is split and preprocessed."""
 
@@ -257,7 +262,7 @@ class DataSpec(_Model):
     image_mode: Literal["grayscale", "rgb"] = Field(
         default="rgb", description="Image folders: read images as 1-channel grayscale or 3-channel RGB.",
     )
-    streaming: Literal["auto"] | bool = Field(
+    streaming: Annotated[Literal["auto", "true", "false"], BeforeValidator(_bool_as_text)] = Field(
         default="auto",
         description="Stream a data set of files through Ray Data (each worker reads only its part) or load "
         "it whole into memory (false). auto: stream data sets of files for torch built-in classifiers and "
@@ -308,7 +313,7 @@ class DataSpec(_Model):
         if self.is_builtin and self.format != "auto":
             raise CrossFieldError("format", f"the built-in data set {self.source!r} has no file format",
                                   fix="drop data.format (it is for data sets of files)")
-        if not self.is_file_set and self.streaming is True:
+        if not self.is_file_set and self.streaming == "true":
             raise CrossFieldError(
                 "streaming",
                 f"{self.source!r} is loaded into memory; streaming reads data sets of files",
@@ -1032,7 +1037,7 @@ class JobSpec(_Model):
                 "a gan's generator draws values in [0, 1] (a sigmoid): the data must be min-max normalised",
                 fix="set data.preprocessing: normalize",
             )
-        if self.data.streaming is True and not self._can_stream:
+        if self.data.streaming == "true" and not self._can_stream:
             raise CrossFieldError(
                 "data.streaming",
                 "streaming input feeds the torch built-in classifiers and regressors (cnn, rnn, sequential); "
@@ -1100,7 +1105,7 @@ class JobSpec(_Model):
         """True when the workers stream their part of a data set of files (data.streaming resolved)."""
         if self.data.streaming == "auto":
             return self.data.is_file_set and self._can_stream
-        return bool(self.data.streaming)
+        return self.data.streaming == "true"
 
     @property
     def per_worker_batch_size(self) -> int:
