@@ -196,7 +196,7 @@ def read_files(listing: SourceListing, files: list[DataFile], spec: DataSpec, im
     ctx.use_datasource_v2 = False  # Ray 2.60's V2 Parquet path took 10-20 s for three small files here (0.2 s without)
     paths = [f.path for f in files]
     read: dict[str, Any] = {"filesystem": listing.fs, "include_paths": True, "concurrency": READ_CONCURRENCY,
-                            "ray_remote_args": {"num_cpus": 0}}
+                            "num_cpus": 0}
     if listing.format == "parquet":
         cols = [*spec.feature_columns, spec.label_column] if spec.feature_columns else None
         ds = ray.data.read_parquet(paths, columns=cols, **read)
@@ -208,7 +208,7 @@ def read_files(listing: SourceListing, files: list[DataFile], spec: DataSpec, im
     else:
         ds = ray.data.read_binary_files(paths, **read)
     return ds.map_batches(decoder, batch_format="numpy", batch_size=None, num_cpus=0,
-                          concurrency=READ_CONCURRENCY, zero_copy_batch=True)
+                          compute=ray.data.TaskPoolStrategy(size=READ_CONCURRENCY), zero_copy_batch=True)
 
 
 # -- the plan --------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ def images_job(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> di
     spec = yaml.safe_load((REPO / "jobs" / "data-images.yaml").read_text())
     spec["data"]["source"] = str(tmp / "digits-png")
     spec["checkpoint"] = {"every_steps": 10, "every_epochs": 1}
+    spec["failure"] = {"max_failures": 2}
     path = tmp / "images.yaml"
     path.write_text(yaml.safe_dump(spec))
     env = cli_env(tmp / "home", ray_address)
