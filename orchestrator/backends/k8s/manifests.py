@@ -103,12 +103,13 @@ class RuntimeConfig:
     run_as_user: int = 1000
     run_as_group: int = 1000
     #: Who the NetworkPolicy admits besides the job's own pods: our operator's pods (namespace and
-    #: labels), KubeRay's operator (it calls the dashboard; None: in any namespace) and Prometheus
-    #: (the metrics ports only; None: from any namespace).
+    #: labels), KubeRay's operator (it calls the dashboard; in its own namespace only: a pod label
+    #: alone is one anybody who can create pods could copy) and Prometheus (the metrics ports only;
+    #: None: from any namespace).
     operator_namespace: str = "orchestrator-system"
     operator_labels: Mapping[str, str] = field(
         default_factory=lambda: {"app.kubernetes.io/name": "orchestrator-operator"})
-    kuberay_namespace: str | None = None
+    kuberay_namespace: str = "kuberay-system"
     kuberay_labels: Mapping[str, str] = field(
         default_factory=lambda: {"app.kubernetes.io/name": "kuberay-operator"})
     prometheus_namespace: str | None = None
