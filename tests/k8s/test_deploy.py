@@ -308,3 +308,20 @@ def test_the_dockerfile_installs_the_dependencies_before_it_copies_the_code() ->
     assert not any(re.match(r"^COPY (\.|orchestrator|setup\.py)\b", step) for step in steps[:deps])
     assert re.search(r"pip install --no-deps \.", steps[first(r"^RUN .*pip install --no-deps")])
     assert first(r"^RUN .*pip install --no-deps") > code
+
+
+def test_the_two_operator_replicas_prefer_different_nodes_and_a_pdb_keeps_one_up() -> None:
+    """Leader election is only worth a standby on another node (review item 11)."""
+    objects = kustomize(DEPLOY / "base")
+    [deployment] = [o for o in objects if o["kind"] == "Deployment"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["replicas"] == 2
+    [term] = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= labels.items()
+    [pdb] = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    assert pdb["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
