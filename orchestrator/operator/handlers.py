@@ -121,7 +121,7 @@ def build_registry(controller: Controller, api: KubeApi) -> kopf.OperatorRegistr
     def deleted(type: str | None, body: kopf.Body, **_: Any) -> None:
         if type == "DELETED":
             meta = body["metadata"]
-            _kopf_errors(lambda: controller.forget(meta["namespace"], meta["name"]))
+            _kopf_errors(lambda: controller.forget(meta["namespace"], meta["name"], meta.get("uid")))
 
     @on.event(RAY_GROUP, RAY_VERSION, RAY_PLURAL, registry=registry, id="rayjob",
               labels={MANAGED_BY_LABEL: MANAGED_BY})

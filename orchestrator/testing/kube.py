@@ -13,7 +13,8 @@ real API server that the official ``kubernetes`` client and a kopf operator rely
 * custom resources validated against their CRD's ``openAPIV3Schema`` on create and replace,
   answered with ``422 Invalid`` and the field paths, like ``kubectl apply`` sees;
 * the core group version reported as ``v1`` in discovery;
-* a Secret's ``stringData`` written into ``data`` (base64) on create, as the API server does.
+* a Secret's ``stringData`` written into ``data`` (base64) on create, as the API server does;
+* a delete's ``preconditions`` (``uid``, ``resourceVersion``): ``409 Conflict`` when they fail.
 
 There is no garbage collector (owner references are stored, not acted on), no admission and no
 scheduler: what a test wants to happen to pods or RayJobs, it writes itself.
@@ -136,6 +137,8 @@ class ApiServer(kmock.KubernetesEmulator):
             self._current(request)  # 404 for a pod that does not exist
             return aiohttp.web.Response(text=self._pod_logs.get((request.namespace or "", request.name), ""),
                                         content_type="text/plain")
+        if request.method == "DELETE" and request.name is not None and isinstance(request.data, dict):
+            self._check_preconditions(request, request.data.get("preconditions") or {})
         if request.resource is not None and isinstance(request.data, (dict, list)):
             if request.method == "PUT" and request.name is not None and isinstance(request.data, dict):
                 return await self._replace(request)
@@ -147,6 +150,16 @@ class ApiServer(kmock.KubernetesEmulator):
         if request.action == enums.action.CREATE and response.status == 200:
             response.set_status(201)
         return response
+
+    def _check_preconditions(self, request: rendering.Request, preconditions: Mapping[str, Any]) -> None:
+        """A delete's ``preconditions`` (uid, resourceVersion): 409 when the object is another now."""
+        meta = self._current(request).raw.get("metadata", {})
+        for key in ("uid", "resourceVersion"):
+            if preconditions.get(key) and preconditions[key] != meta.get(key):
+                raise kmock.KubernetesError(
+                    status=409, reason="Conflict",
+                    message=f"Precondition failed: {key} in precondition: {preconditions[key]}, "
+                            f"{key} in object meta: {meta.get(key)}")
 
     def _next_version(self) -> str:
         return str(next(self._versions))  # type: ignore[call-overload]

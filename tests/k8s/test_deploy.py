@@ -209,10 +209,9 @@ JOB_NEEDS: set[Rule] = {
       for v in ("get", "list", "watch", "patch", "update")),
     ("orchestrator.dev", "trainingjobs/finalizers", "update"),
     *(("ray.io", "rayjobs", v) for v in ("get", "list", "watch", "create", "delete", "patch")),
-    *(("", "secrets", v) for v in ("get", "list", "create", "delete")),
-    *(("networking.k8s.io", "networkpolicies", v) for v in ("get", "list", "create", "delete", "patch")),
-    ("", "events", "create"), ("", "pods", "get"), ("", "pods", "list"), ("", "pods/log", "get"),
-    *(("kueue.x-k8s.io", r, v) for r in ("localqueues", "workloadpriorityclasses") for v in ("get", "list")),
+    *(("", "secrets", v) for v in ("get", "create", "delete")),  # no list: Secrets cannot be enumerated
+    *(("networking.k8s.io", "networkpolicies", v) for v in ("get", "create", "delete", "patch")),
+    ("", "events", "create"),
 }
 #: ... in its own namespace only.
 OWN_NEEDS: set[Rule] = {

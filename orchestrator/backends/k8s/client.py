@@ -230,8 +230,9 @@ class KubeApi:
                 return None
             raise
 
-    def delete_rayjob(self, namespace: str, name: str) -> bool:
-        return self._delete(RAY_GROUP, RAY_VERSION, RAY_PLURAL, namespace, name, "RayJob")
+    def delete_rayjob(self, namespace: str, name: str, *, uid: str | None = None) -> bool:
+        """Delete; with ``uid``, only that very object (as :meth:`delete_secret`)."""
+        return self._delete(RAY_GROUP, RAY_VERSION, RAY_PLURAL, namespace, name, "RayJob", uid=uid)
 
     # -- Leases (leader election) ------------------------------------------------------------
 
@@ -288,23 +289,37 @@ class KubeApi:
                                                       _request_timeout=REQUEST_TIMEOUT)
         return [self._plain(item) for item in result.items]
 
-    def delete_secret(self, namespace: str, name: str) -> bool:
-        with self._missing_is_none(), api_errors(f"delete Secret {namespace}/{name}"):
-            self.core.delete_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+    def delete_secret(self, namespace: str, name: str, *, uid: str | None = None) -> bool:
+        """Delete; with ``uid``, only that very object (a precondition: a Secret recreated under
+        the name since it was read is left alone, and False returned)."""
+        with self._missing_is_none(), self._conflict_is_none(), api_errors(f"delete Secret {namespace}/{name}"):
+            self.core.delete_namespaced_secret(name, namespace, body=self._preconditions(uid),
+                                               _request_timeout=REQUEST_TIMEOUT)
             return True
         return False
 
-    def apply_network_policy(self, body: Mapping[str, Any]) -> None:
-        """Create the NetworkPolicy, or set its spec if it exists (idempotent)."""
+    def create_network_policy(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create; ``None`` when a NetworkPolicy of that name already exists (the caller looks it up)."""
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        with api_errors(f"write NetworkPolicy {ns}/{name}"):
+        with api_errors(f"create NetworkPolicy {ns}/{name}"):
             try:
-                self.networking.create_namespaced_network_policy(ns, body, _request_timeout=REQUEST_TIMEOUT)  # type: ignore[arg-type]
+                created = self.networking.create_namespaced_network_policy(ns, body, _request_timeout=REQUEST_TIMEOUT)  # type: ignore[arg-type]
             except self._api_exception as exc:
-                if not _is_status(exc, 409):
-                    raise
-                self.networking.patch_namespaced_network_policy(name, ns, {"spec": body["spec"]},
-                                                                _request_timeout=REQUEST_TIMEOUT)
+                if _is_status(exc, 409):
+                    return None
+                raise
+        return self._plain(created)
+
+    def get_network_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._missing_is_none(), api_errors(f"read NetworkPolicy {namespace}/{name}"):
+            return self._plain(self.networking.read_namespaced_network_policy(name, namespace,
+                                                                              _request_timeout=REQUEST_TIMEOUT))
+        return None
+
+    def patch_network_policy_spec(self, namespace: str, name: str, spec: Mapping[str, Any]) -> None:
+        with api_errors(f"update NetworkPolicy {namespace}/{name}"):
+            self.networking.patch_namespaced_network_policy(name, namespace, {"spec": dict(spec)},
+                                                            _request_timeout=REQUEST_TIMEOUT)
 
     def list_network_policies(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         with api_errors(f"list NetworkPolicies in {namespace}"):
@@ -312,9 +327,12 @@ class KubeApi:
                                                                      _request_timeout=REQUEST_TIMEOUT)
         return [self._plain(item) for item in result.items]
 
-    def delete_network_policy(self, namespace: str, name: str) -> bool:
-        with self._missing_is_none(), api_errors(f"delete NetworkPolicy {namespace}/{name}"):
-            self.networking.delete_namespaced_network_policy(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+    def delete_network_policy(self, namespace: str, name: str, *, uid: str | None = None) -> bool:
+        """Delete; with ``uid``, only that very object (as :meth:`delete_secret`)."""
+        with self._missing_is_none(), self._conflict_is_none(), \
+                api_errors(f"delete NetworkPolicy {namespace}/{name}"):
+            self.networking.delete_namespaced_network_policy(name, namespace, body=self._preconditions(uid),
+                                                             _request_timeout=REQUEST_TIMEOUT)
             return True
         return False
 
@@ -365,6 +383,23 @@ class KubeApi:
         out: dict[str, Any] = self.api_client.sanitize_for_serialization(obj)
         return out
 
+    def _preconditions(self, uid: str | None) -> Any:
+        import kubernetes
+
+        if uid is None:
+            return None
+        return kubernetes.client.V1DeleteOptions(preconditions=kubernetes.client.V1Preconditions(uid=uid))
+
+    @contextlib.contextmanager
+    def _conflict_is_none(self) -> Iterator[None]:
+        """Let a 409 (a delete precondition that failed: another object has the name now) end the
+        ``with`` block quietly."""
+        try:
+            yield
+        except BackendError as exc:
+            if "(HTTP 409)" not in exc.message:
+                raise
+
     @contextlib.contextmanager
     def _missing_is_none(self) -> Iterator[None]:
         """Let a 404 end the ``with`` block quietly (the caller returns its 'missing' value)."""
@@ -393,9 +428,11 @@ class KubeApi:
                 result = self.custom.list_namespaced_custom_object(group, version, ns, plural, **kwargs)
         return list(result.get("items", []))  # type: ignore[attr-defined]
 
-    def _delete(self, group: str, version: str, plural: str, ns: str, name: str, kind: str) -> bool:
-        with self._missing_is_none(), api_errors(f"delete {kind} {ns}/{name}"):
+    def _delete(self, group: str, version: str, plural: str, ns: str, name: str, kind: str, *,
+                uid: str | None = None) -> bool:
+        with self._missing_is_none(), self._conflict_is_none(), api_errors(f"delete {kind} {ns}/{name}"):
             self.custom.delete_namespaced_custom_object(
-                group, version, ns, plural, name, propagation_policy="Background", _request_timeout=REQUEST_TIMEOUT)
+                group, version, ns, plural, name, propagation_policy="Background", body=self._preconditions(uid),
+                _request_timeout=REQUEST_TIMEOUT)
             return True
         return False
