@@ -35,6 +35,7 @@ from orchestrator.backends.k8s import (
 )
 from orchestrator.backends.k8s.client import KubeApi
 from orchestrator.backends.k8s.convert import field_path, job_spec_from_training_job
+from orchestrator.backends.k8s.kuberay import RAYJOB_CRD_NAME, rayjob_crd_error
 from orchestrator.backends.k8s.kueue import admission_pool, local_queue
 from orchestrator.backends.k8s.manifests import (
     RuntimeConfig,
@@ -46,7 +47,7 @@ from orchestrator.backends.k8s.manifests import (
 from orchestrator.backends.k8s.placement import PlacementBook, decide_once
 from orchestrator.backends.k8s.pools import GKE_NODEPOOL_LABEL, cluster_from_configmaps, pools_from_nodes
 from orchestrator.backends.k8s.status import format_time
-from orchestrator.errors import BackendError, SpecError, TransientBackendError
+from orchestrator.errors import BackendError, NotAvailableError, SpecError, TransientBackendError
 from orchestrator.operator.metrics import OperatorMetrics
 from orchestrator.operator.reconcile import (
     Action,
@@ -150,6 +151,23 @@ class Controller:
     def _lock(self, key: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
+
+    def check_kuberay(self) -> None:
+        """At start-up: refuse to run against a KubeRay whose RayJob would drop the token Secret's
+        name (see :mod:`orchestrator.backends.k8s.kuberay`)."""
+        try:
+            crd = self.api.get_crd(RAYJOB_CRD_NAME)
+        except BackendError as exc:
+            if "(HTTP 403)" not in exc.message:
+                raise
+            raise NotAvailableError(
+                f"the operator may not read KubeRay's RayJob CRD {RAYJOB_CRD_NAME} to check its version: {exc.message}",
+                fix="apply deploy/k8s/base again (ClusterRole orchestrator-operator-kuberay-crd: get on that one "
+                    "CustomResourceDefinition)") from None
+        error = rayjob_crd_error(crd)
+        if error is not None:
+            raise error
+        log.info("KubeRay's RayJob CRD has authOptions.secretName")
 
     # -- TrainingJobs -----------------------------------------------------------------------
 

@@ -143,8 +143,12 @@ def build_registry(controller: Controller, api: KubeApi) -> kopf.OperatorRegistr
     return registry
 
 
-async def run_operator(controller: Controller, api: KubeApi, *, stop_flag: Any = None, ready_flag: Any = None) -> None:
-    """Run the operator in the current event loop until ``stop_flag`` is set (or forever)."""
+async def run_operator(controller: Controller, api: KubeApi, *, stop_flag: Any = None, ready_flag: Any = None,
+                       preflight: bool = True) -> None:
+    """Run the operator in the current event loop until ``stop_flag`` is set (or forever); first
+    (``preflight``) check the installed KubeRay, and refuse to start when it cannot work."""
+    if preflight:
+        await asyncio.to_thread(controller.check_kuberay)
     config = controller.config
     namespaces: Collection[str] = config.namespaces
     retry = asyncio.create_task(_retry_waiting(controller))
@@ -189,7 +193,9 @@ async def run_operator_elected(controller: Controller, api: KubeApi, elector: Le
                                leading_flag: Any = None) -> None:
     """The operator, run only while this replica holds the Lease (see :mod:`orchestrator.operator.leader`)."""
     async def lead(kopf_stop: threading.Event) -> None:
-        await run_operator(controller, api, stop_flag=kopf_stop, ready_flag=ready_flag)
+        await run_operator(controller, api, stop_flag=kopf_stop, ready_flag=ready_flag, preflight=False)
+
+    await asyncio.to_thread(controller.check_kuberay)  # once, before standing by: a standby that could never lead
 
     await run_elected(lead, elector, liveness_endpoint=controller.config.liveness_endpoint, stop_flag=stop_flag,
                       standby_flag=standby_flag, leading_flag=leading_flag)

@@ -219,13 +219,15 @@ OWN_NEEDS: set[Rule] = {
     *(("coordination.k8s.io", "leases", v) for v in ("get", "create", "update", "patch")),
 }
 NODES: set[Rule] = {("", "nodes", v) for v in ("get", "list", "watch")}
+#: KubeRay's RayJob CRD, that one object, read at start-up (resourceNames).
+KUBERAY_CRD: set[Rule] = {("apiextensions.k8s.io", "customresourcedefinitions", "get", "rayjobs.ray.io")}
 WRITES = ("create", "update", "patch", "delete", "deletecollection")
 
 
 def test_the_cluster_wide_install_grants_the_operator_what_it_needs_and_no_configmap_writes() -> None:
     rbac = Rbac(kustomize(DEPLOY / "base"))
     grants = rbac.grants()
-    assert grants[None] == JOB_NEEDS | NODES  # cluster-wide: job resources and reading nodes
+    assert grants[None] == JOB_NEEDS | NODES | KUBERAY_CRD  # cluster-wide: job resources, nodes, KubeRay's CRD
     assert grants[OPERATOR_NS] == OWN_NEEDS  # its own namespace: pools and its Lease
     assert set(grants) == {None, OPERATOR_NS}
     for rule in JOB_NEEDS:
@@ -239,15 +241,22 @@ def test_the_cluster_wide_install_grants_the_operator_what_it_needs_and_no_confi
         assert not rbac.allows(("", "configmaps", verb), "kube-system")
         assert not rbac.allows(("", "configmaps", verb), JOB_NS)
     assert not rbac.allows(("coordination.k8s.io", "leases", "update"), "kube-system")
+    # the one CRD, read only: no other CRD, no list (which would show every CRD), no write
+    assert rbac.allows(("apiextensions.k8s.io", "customresourcedefinitions", "get", "rayjobs.ray.io"), None)
+    for rule in [("apiextensions.k8s.io", "customresourcedefinitions", "get", "trainingjobs.orchestrator.dev"),
+                 ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+                 ("apiextensions.k8s.io", "customresourcedefinitions", "update", "rayjobs.ray.io")]:
+        assert not rbac.allows(rule, None), rule
 
 
-def test_the_namespaced_install_grants_nothing_cluster_wide() -> None:
+def test_the_namespaced_install_grants_nothing_cluster_wide_but_reading_kuberays_crd() -> None:
     objects = kustomize(DEPLOY / "overlays/namespaced")
     rbac = Rbac(objects)
     grants = rbac.grants()
-    assert None not in grants  # no ClusterRoleBinding for the operator at all
-    assert not [o for o in objects if o["kind"] == "ClusterRoleBinding"]
-    assert grants == {"team-a": JOB_NEEDS, "team-b": JOB_NEEDS, OPERATOR_NS: OWN_NEEDS}
+    assert grants[None] == KUBERAY_CRD  # the one cluster-wide grant: get on one CRD object
+    assert [o["metadata"]["name"] for o in objects if o["kind"] == "ClusterRoleBinding"] == [
+        "orchestrator-operator-kuberay-crd"]
+    assert grants == {None: KUBERAY_CRD, "team-a": JOB_NEEDS, "team-b": JOB_NEEDS, OPERATOR_NS: OWN_NEEDS}
     assert not any(rbac.allows(rule, "kube-system") for rule in JOB_NEEDS | OWN_NEEDS)
     assert not any(rbac.allows(rule, None) for rule in NODES)
     # the operator watches exactly the namespaces it is bound in

@@ -336,6 +336,21 @@ class KubeApi:
             return True
         return False
 
+    # -- CustomResourceDefinitions (KubeRay's, read at start-up) -----------------------------------
+
+    def get_crd(self, name: str) -> dict[str, Any] | None:
+        """A CustomResourceDefinition as plain data (read raw: the client's models would take a
+        large schema apart and back); ``None`` when it is not installed."""
+        import kubernetes
+
+        extensions = kubernetes.client.ApiextensionsV1Api(self.api_client)
+        with self._missing_is_none(), api_errors(f"read CustomResourceDefinition {name}"):
+            response = extensions.read_custom_resource_definition(name, _preload_content=False,
+                                                                  _request_timeout=REQUEST_TIMEOUT)
+            out: dict[str, Any] = json.loads(response.data)
+            return out
+        return None
+
     # -- ConfigMaps (node pools, read only), Nodes, Events, Pods ---------------------------------
 
     def list_configmaps(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
