@@ -320,6 +320,11 @@ def test_a_late_delete_of_a_job_leaves_the_job_recreated_under_its_name_alone(ap
     assert [o["metadata"]["ownerReferences"][0]["uid"] for o in kept] == [uid] * 3
     assert controller.book.placed(job_key(namespace, "again")) == "a100"
 
+    # a delete by name with another object's uid (what forget sends) leaves the object alone
+    secret_uid = kept[1]["metadata"]["uid"]
+    assert api.delete_secret(namespace, "again-ray-token", uid="not-" + secret_uid) is False
+    assert api.get_secret(namespace, "again-ray-token")["metadata"]["uid"] == secret_uid
+
     controller.forget(namespace, "again", uid)  # once it is its own turn, all of it goes
     assert (api.get_rayjob(namespace, "again"), api.get_secret(namespace, "again-ray-token"),
             api.get_network_policy(namespace, "again-ray")) == (None, None, None)
