@@ -26,7 +26,7 @@ from typing import Any
 from orchestrator.backends.base import Backend, SubmitOptions
 from orchestrator.backends.k8s import JOB_LABEL, POOLS_CONFIGMAP_LABEL
 from orchestrator.backends.k8s.client import KubeApi, KubeTarget, load_api_client, resolve_kube_target
-from orchestrator.backends.k8s.kueue import admission_pool, local_queue
+from orchestrator.backends.k8s.kueue import admission_pool, kueue_priority, local_queue
 from orchestrator.backends.k8s.manifests import (
     TOKEN_PLACEHOLDER,
     RuntimeConfig,
@@ -137,7 +137,12 @@ class KubernetesBackend(Backend):
             plan["placement"] = {"pool": pool.name, "accelerator": pool.accelerator, "kueue": queue,
                                  "from": f"Kueue LocalQueue {queue} admits it; workers shaped as "
                                          + (f"pool {pool.name} ({source})" if known else f"assumed pool {pool.name}")}
-            plan["rayJob"] = rayjob_manifest(owner, spec, pool, self.runtime, queue)
+            plan["rayJob"] = rayjob_manifest(owner, spec, pool, self.runtime, queue,
+                                             cluster.priority_classes if cluster is not None else None)
+            note = kueue_priority(spec.resources.priority,
+                                  known=cluster.priority_classes if cluster is not None else None)[1]
+            if note:
+                plan["placement"]["priority"] = note
             plan["secret"] = token_secret(owner, TOKEN_PLACEHOLDER)
             plan["networkPolicy"] = network_policy(owner, self.runtime)
             return plan

@@ -18,6 +18,7 @@ from orchestrator.backends.k8s import JOB_UID_LABEL, KUEUE_PRIORITY_LABEL, KUEUE
 from orchestrator.backends.k8s.convert import job_spec_from_training_job
 from orchestrator.backends.k8s.kueue import (
     admission_pool,
+    kueue_priority,
     local_queue,
     priority_class,
     workload_priority_classes,
@@ -103,8 +104,20 @@ def test_a_local_queue_that_is_not_a_label_value_is_refused_naming_the_field() -
 
 
 def test_priorities_map_to_our_workload_priority_classes() -> None:
-    assert [priority_class(p) for p in (None, "low", "normal", "high", "urgent")] == [
-        None, "orchestrator-low", "orchestrator-normal", "orchestrator-high", "orchestrator-urgent"]
+    assert [priority_class(p) for p in (None, "low", "normal", "high")] == [
+        None, "orchestrator-low", "orchestrator-normal", "orchestrator-high"]
+    # only shipped classes: another name maps through its value in the cluster's priority_classes
+    known = {"low": 0, "normal": 100, "high": 1000, "urgent": 500, "scavenger": -10, "critical": 5000}
+    assert [priority_class(p, known=known) for p in ("urgent", "scavenger", "critical", "nosuch")] == [
+        "orchestrator-normal", "orchestrator-low", "orchestrator-high", None]
+    assert priority_class("urgent") is None  # no value known: no label (Kueue's default), never orchestrator-urgent
+    assert kueue_priority("urgent", known=known)[1] == (
+        "priority urgent (500) has no WorkloadPriorityClass of its own: labelled orchestrator-normal, the highest "
+        "shipped class not above it (shipped: orchestrator-low, orchestrator-normal, orchestrator-high)")
+    assert kueue_priority("nosuch", known=known)[1] == (
+        "priority nosuch is not a priority class the operator knows: no Kueue priority-class label, so Kueue's "
+        "default priority (shipped WorkloadPriorityClasses: orchestrator-low, orchestrator-normal, orchestrator-high)")
+    assert kueue_priority("high", known=known)[1] is None and kueue_priority(500)[1] is None
     # an integer: the highest level not above it (the lowest when below them all)
     assert [priority_class(p) for p in (-5, 0, 99, 100, 999, 1000, 10**6)] == [
         "orchestrator-low", "orchestrator-low", "orchestrator-low", "orchestrator-normal", "orchestrator-normal",
@@ -255,3 +268,24 @@ def test_the_dry_run_of_a_kueue_job_uses_the_admission_pool_even_for_an_accelera
     assert (placement["pool"], placement["from"]) == (
         "l4", "Kueue LocalQueue team-a admits it; workers shaped as pool l4 (node-pool ConfigMaps in namespace "
               "orchestrator-system)")
+
+
+def test_a_custom_priority_name_gets_a_shipped_class_and_the_status_says_so(api: Any, start_operator: Any,
+                                                                            namespace: str) -> None:
+    from tests.k8s.test_operator import core
+
+    core(api).create_namespaced_config_map(namespace, b.pool_configmap(
+        "pools", namespace, [b.gpu_pool("a100", nodes=1, per_node=8)],
+        priority_classes={"low": 0, "normal": 100, "high": 1000, "urgent": 500}))
+    start_operator(namespace)
+    data = spec("rush", kubernetes={"local_queue": "team-a"})
+    data["resources"]["priority"] = "urgent"
+    api.create_training_job(b.training_job("rush", namespace, data))
+    [rj] = wait_for(lambda: rayjobs(api, namespace), "the suspended RayJob")
+    assert rj["metadata"]["labels"][KUEUE_PRIORITY_LABEL] == "orchestrator-normal"
+    st = wait_for(phase_is(api, namespace, "rush", "Pending"), "phase Pending")
+    note = ("priority urgent (500) has no WorkloadPriorityClass of its own: labelled orchestrator-normal, the "
+            "highest shipped class not above it (shipped: orchestrator-low, orchestrator-normal, orchestrator-high)")
+    assert st["message"] == f"waiting for Kueue to admit it in LocalQueue team-a; {note}"
+    scheduled = next(c for c in st["conditions"] if c["type"] == "Scheduled")
+    assert (scheduled["reason"], scheduled["message"]) == ("AwaitingAdmission", st["message"])
