@@ -216,7 +216,7 @@ class Controller:
                 self.book.restore(key, desired.spec, pool_name)
                 pool = cluster.pool_by_name.get(pool_name) if cluster is not None else None
         observed = Observed(rayjobs=rayjobs, decision=decision, pool=pool, now=format_time(self.now()),
-                            advice=advice)
+                            advice=advice, priority_classes=cluster.priority_classes if cluster is not None else None)
         actions = reconcile(desired, observed, self.config.runtime)
         freed = self._execute(job, actions)
         if freed:

@@ -236,24 +236,25 @@ class KubeApi:
 
     # -- Leases (leader election) ------------------------------------------------------------
 
-    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+    # ``timeout`` (seconds): the leader's renewals pass what is left of their renew deadline.
+
+    def get_lease(self, namespace: str, name: str, *, timeout: float = REQUEST_TIMEOUT) -> dict[str, Any] | None:
         with self._missing_is_none(), api_errors(f"read Lease {namespace}/{name}"):
-            return self._plain(self.coordination.read_namespaced_lease(name, namespace,
-                                                                       _request_timeout=REQUEST_TIMEOUT))
+            return self._plain(self.coordination.read_namespaced_lease(name, namespace, _request_timeout=timeout))
         return None
 
-    def create_lease(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+    def create_lease(self, body: Mapping[str, Any], *, timeout: float = REQUEST_TIMEOUT) -> dict[str, Any] | None:
         """Create; ``None`` when a Lease of that name exists already (someone else was first)."""
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         return self._unless_conflict(f"create Lease {ns}/{name}", lambda: self.coordination.create_namespaced_lease(
-            ns, body, _request_timeout=REQUEST_TIMEOUT))
+            ns, body, _request_timeout=timeout))
 
-    def replace_lease(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+    def replace_lease(self, body: Mapping[str, Any], *, timeout: float = REQUEST_TIMEOUT) -> dict[str, Any] | None:
         """Replace, guarded by ``metadata.resourceVersion``; ``None`` on a conflict (the Lease
         changed since it was read: another replica wrote first)."""
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         return self._unless_conflict(f"update Lease {ns}/{name}", lambda: self.coordination.replace_namespaced_lease(
-            name, ns, body, _request_timeout=REQUEST_TIMEOUT))
+            name, ns, body, _request_timeout=timeout))
 
     def _unless_conflict(self, what: str, call: Any) -> dict[str, Any] | None:
         try:

@@ -500,13 +500,16 @@ def _submitter_template(job: Mapping[str, Any], spec: JobSpec, config: RuntimeCo
 
 
 def rayjob_manifest(job: Mapping[str, Any], spec: JobSpec, pool: NodePool, config: RuntimeConfig,
-                    kueue_queue: str | None = None) -> dict[str, Any]:
-    """The KubeRay RayJob that runs ``spec`` on ``pool`` for the TrainingJob ``job``."""
+                    kueue_queue: str | None = None, priority_classes: Mapping[str, int] | None = None
+                    ) -> dict[str, Any]:
+    """The KubeRay RayJob that runs ``spec`` on ``pool`` for the TrainingJob ``job``; for Kueue
+    (``kueue_queue``), ``priority_classes`` (the cluster's) map a custom priority name to a
+    shipped WorkloadPriorityClass."""
     meta = job["metadata"]
     labels = job_labels(job, None if kueue_queue else pool.name)  # Kueue's job: no pool of ours is held
     if kueue_queue:
         labels[KUEUE_QUEUE_LABEL] = kueue_queue
-        priority = priority_class(spec.resources.priority)
+        priority = priority_class(spec.resources.priority, known=priority_classes)
         if priority:
             labels[KUEUE_PRIORITY_LABEL] = priority
     body: dict[str, Any] = {
