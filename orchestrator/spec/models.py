@@ -1001,7 +1001,7 @@ def model_data_problem(model: CNNModel | RNNModel | SequentialModel | GANModel, 
                                    fix="drop data.augment")
         if data.source in ("digits", "sine"):
             shape = BUILTIN_SAMPLE_SHAPES[data.source]
-            return CrossFieldError("data.source", f"an embedding reads token ids; {data.source} gives samples of "
+            return CrossFieldError("data.source", f"an embedding reads token ids, and {data.source} gives samples of "
                                    f"real values shaped {shape}", fix=fix_source)
         if data.source == "tokens":
             field, vocab = _embedding_vocab(model)

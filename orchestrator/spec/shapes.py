@@ -51,7 +51,7 @@ def cnn_sides(filters: Sequence[int], kernel: int, strides: Sequence[int], paddi
             raise ShapeError(
                 "conv_strides" if any(s > 1 for s in strides[: i + 1]) else "kernel_size",
                 f"conv block {i + 1} gets a {h}x{w} feature map, too small for a {kernel}x{kernel} kernel "
-                f"with padding {padding} (the {height}x{width} input shrinks {trail})",
+                f"with padding {padding} (the input, then after each block: {trail})",
                 _cnn_fix(filters, kernel, strides, padding, pool, height, width),
             )
         h, w = nh, nw
@@ -91,7 +91,7 @@ def dcgan_start(height: int, width: int, generator_filters: int) -> tuple[int, i
         raise ShapeError(
             "generator_filters",
             f"the dcgan generator doubles its side {generator_filters} times (once per generator_filters "
-            f"entry), so the image sides must divide by {factor}; the data's images are {height}x{width}",
+            f"entry), so the image sides must divide by {factor}, and the data's images are {height}x{width}",
             _dcgan_fix(height, width, "generator_filters"),
         )
     return height // factor, width // factor
