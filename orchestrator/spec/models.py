@@ -968,7 +968,8 @@ def _embedding_vocab(model: CNNModel | RNNModel | SequentialModel | GANModel) ->
         return "model.embedding.vocab_size", model.embedding.vocab_size
     from orchestrator.spec.layers import parse_layers
 
-    return "model.layers.0", int(parse_layers(model.layers)[0].args["input_dim"])  # type: ignore[union-attr]
+    assert isinstance(model, SequentialModel)  # uses_embedding: an rnn's embedding, else a layer list's
+    return "model.layers.0", int(parse_layers(model.layers)[0].args["input_dim"])
 
 
 def model_data_problem(model: CNNModel | RNNModel | SequentialModel | GANModel, data: DataSpec) -> CrossFieldError | None:
@@ -1008,9 +1009,10 @@ def model_data_problem(model: CNNModel | RNNModel | SequentialModel | GANModel, 
             if vocab < TOKENS_VOCAB:
                 return CrossFieldError(field, f"the tokens data set has ids 0 to {TOKENS_VOCAB - 1}: a vocabulary of "
                                        f"{vocab} is too small", fix=f"set the vocabulary size to {TOKENS_VOCAB}")
-    shape = BUILTIN_SAMPLE_SHAPES.get(data.source)
-    if shape is None:
+    builtin = BUILTIN_SAMPLE_SHAPES.get(data.source)
+    if builtin is None:
         return None
+    shape = builtin
     try:
         if isinstance(model, CNNModel):
             _, h, w = check_image_shape(shape, "the cnn model")
