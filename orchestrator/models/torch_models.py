@@ -185,9 +185,6 @@ def _keras_shape(sample_shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(sample_shape)
 
 
-_out_side = conv_side
-
-
 def build_sequential(spec: SequentialModel, sample_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """A Keras-style layer list as a torch model; shapes per sample, channels last, as in Keras.
 
@@ -268,7 +265,7 @@ def _torch_layer(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[nn.M
         inner: nn.Module = conv
         if a["padding"] == "same":
             inner = nn.Sequential(nn.ZeroPad2d(_same_padding_strided((h, w), (kh, kw), (sh, sw))), conv)
-        out = (_out_side(h, kh, sh, a["padding"]), _out_side(w, kw, sw, a["padding"]), a["filters"])
+        out = (conv_side(h, kh, sh, a["padding"]), conv_side(w, kw, sw, a["padding"]), a["filters"])
         if min(out[:2]) < 1:
             raise ValueError(f"layer {index} (Conv2D): a {kh}x{kw} kernel does not fit {h}x{w}; use padding='same'")
         return _ChannelsFirst(inner), out
@@ -281,7 +278,7 @@ def _torch_layer(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[nn.M
         if a["padding"] == "same":  # as Keras: pad (with -inf, so padding never wins) to ceil(size / stride)
             pool = nn.Sequential(nn.ConstantPad2d(_same_padding_strided((h, w), (ph, pw), (sh, sw)), float("-inf")),
                                  pool)
-        out = (_out_side(h, ph, sh, a["padding"]), _out_side(w, pw, sw, a["padding"]), c)
+        out = (conv_side(h, ph, sh, a["padding"]), conv_side(w, pw, sw, a["padding"]), c)
         if min(out[:2]) < 1:
             raise ValueError(f"layer {index} (MaxPooling2D): a {ph}x{pw} pool does not fit {h}x{w}")
         return _ChannelsFirst(pool), out
@@ -290,7 +287,7 @@ def _torch_layer(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[nn.M
         h, w, c = shape
         (ph, pw) = a["pool_size"]
         (sh, sw) = a["strides"] or (ph, pw)
-        out = (_out_side(h, ph, sh, a["padding"]), _out_side(w, pw, sw, a["padding"]), c)
+        out = (conv_side(h, ph, sh, a["padding"]), conv_side(w, pw, sw, a["padding"]), c)
         if min(out[:2]) < 1:
             raise ValueError(f"layer {index} (AveragePooling2D): a {ph}x{pw} pool does not fit {h}x{w}; "
                              "use padding='same'")
