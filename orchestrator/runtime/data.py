@@ -155,6 +155,10 @@ def load_source(spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
         return digits.images.astype(np.float32)[:, None, :, :], digits.target.astype(np.int64)
     if spec.source == "sine":
         return sine_windows()
+    if spec.source == "tokens":
+        from orchestrator.runtime.tokens import token_sequences
+
+        return token_sequences()
     return _load_npz(spec.source)
 
 
