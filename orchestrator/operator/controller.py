@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import Any, NoReturn, TypeGuard
 
 from orchestrator.backends.k8s import (
     GROUP,
@@ -269,11 +269,7 @@ class Controller:
             return
         existing = self.api.get_secret(meta["namespace"], meta["name"])
         if not _owned_by(existing, job):
-            error = BackendError(f"a Secret named {meta['name']} already exists in {meta['namespace']} "
-                                 "and does not belong to this TrainingJob",
-                                 fix="delete or rename that Secret, or rename the TrainingJob")
-            self.event(job, "Warning", "SecretConflict", error.render())
-            raise error
+            self._refuse_foreign(job, "Secret", meta)
 
     def _apply_network_policy(self, job: Mapping[str, Any], body: Mapping[str, Any]) -> None:
         """Create the job's NetworkPolicy, or set its spec when this job has it already; one of that
@@ -286,13 +282,18 @@ class Controller:
             raise TransientBackendError(f"the NetworkPolicy {meta['namespace']}/{meta['name']} vanished while "
                                         "it was written", retry_after=1)
         if not _owned_by(existing, job):
-            error = BackendError(f"a NetworkPolicy named {meta['name']} already exists in {meta['namespace']} "
-                                 "and does not belong to this TrainingJob",
-                                 fix="delete or rename that NetworkPolicy, or rename the TrainingJob")
-            self.event(job, "Warning", "NetworkPolicyConflict", error.render())
-            raise error
+            self._refuse_foreign(job, "NetworkPolicy", meta)
         if existing.get("spec") != body["spec"]:
             self.api.patch_network_policy_spec(meta["namespace"], meta["name"], body["spec"])
+
+    def _refuse_foreign(self, job: Mapping[str, Any], kind: str, meta: Mapping[str, Any]) -> NoReturn:
+        """An object the job needs exists under its name but belongs to something else: never taken
+        over (it may guard something else); a Warning Event ``<kind>Conflict`` and an error."""
+        error = BackendError(f"a {kind} named {meta['name']} already exists in {meta['namespace']} "
+                             "and does not belong to this TrainingJob",
+                             fix=f"delete or rename that {kind}, or rename the TrainingJob")
+        self.event(job, "Warning", f"{kind}Conflict", error.render())
+        raise error
 
     def _create_rayjob(self, job: Mapping[str, Any], body: Mapping[str, Any]) -> None:
         created = self.api.create_rayjob(body)

@@ -158,10 +158,6 @@ def api_errors(what: str) -> Iterator[None]:
                                     fix="check the cluster, the kubeconfig and --context") from None
 
 
-def _is_status(exc: BaseException, *codes: int) -> bool:
-    return getattr(exc, "status", None) in codes
-
-
 class KubeApi:
     """The calls the backend and the operator make, over an official-client ``ApiClient``."""
 
@@ -173,7 +169,6 @@ class KubeApi:
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.coordination = kubernetes.client.CoordinationV1Api(api_client)
         self.networking = kubernetes.client.NetworkingV1Api(api_client)
-        self._api_exception = kubernetes.client.ApiException
 
     @property
     def host(self) -> str:
@@ -220,15 +215,8 @@ class KubeApi:
     def create_rayjob(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """Create; ``None`` when a RayJob of that name already exists (the caller looks it up)."""
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        try:
-            with api_errors(f"create RayJob {ns}/{name}"):
-                out: dict[str, Any] = self.custom.create_namespaced_custom_object(  # type: ignore[assignment]
-                    RAY_GROUP, RAY_VERSION, ns, RAY_PLURAL, body, _request_timeout=REQUEST_TIMEOUT)  # type: ignore[arg-type]
-                return out
-        except BackendError as exc:
-            if "(HTTP 409)" in exc.message:
-                return None
-            raise
+        return self._unless_conflict(f"create RayJob {ns}/{name}", lambda: self.custom.create_namespaced_custom_object(
+            RAY_GROUP, RAY_VERSION, ns, RAY_PLURAL, body, _request_timeout=REQUEST_TIMEOUT))
 
     def delete_rayjob(self, namespace: str, name: str, *, uid: str | None = None) -> bool:
         """Delete; with ``uid``, only that very object (as :meth:`delete_secret`)."""
@@ -257,6 +245,8 @@ class KubeApi:
             name, ns, body, _request_timeout=timeout))
 
     def _unless_conflict(self, what: str, call: Any) -> dict[str, Any] | None:
+        """``call()`` (a create, or a guarded replace) as plain data; ``None`` on a 409 (the name is
+        taken, or the object changed since it was read): the caller decides what that means."""
         try:
             with api_errors(what):
                 return self._plain(call())
@@ -270,14 +260,8 @@ class KubeApi:
     def create_secret(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """Create; ``None`` when a Secret of that name already exists (the caller looks it up)."""
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        with api_errors(f"create Secret {ns}/{name}"):
-            try:
-                created = self.core.create_namespaced_secret(ns, body, _request_timeout=REQUEST_TIMEOUT)  # type: ignore[arg-type]
-            except self._api_exception as exc:
-                if _is_status(exc, 409):
-                    return None
-                raise
-        return self._plain(created)
+        return self._unless_conflict(f"create Secret {ns}/{name}", lambda: self.core.create_namespaced_secret(
+            ns, body, _request_timeout=REQUEST_TIMEOUT))
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._missing_is_none(), api_errors(f"read Secret {namespace}/{name}"):
@@ -302,14 +286,9 @@ class KubeApi:
     def create_network_policy(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """Create; ``None`` when a NetworkPolicy of that name already exists (the caller looks it up)."""
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        with api_errors(f"create NetworkPolicy {ns}/{name}"):
-            try:
-                created = self.networking.create_namespaced_network_policy(ns, body, _request_timeout=REQUEST_TIMEOUT)  # type: ignore[arg-type]
-            except self._api_exception as exc:
-                if _is_status(exc, 409):
-                    return None
-                raise
-        return self._plain(created)
+        return self._unless_conflict(f"create NetworkPolicy {ns}/{name}",
+                                     lambda: self.networking.create_namespaced_network_policy(
+                                         ns, body, _request_timeout=REQUEST_TIMEOUT))
 
     def get_network_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._missing_is_none(), api_errors(f"read NetworkPolicy {namespace}/{name}"):
