@@ -26,7 +26,7 @@ from typing import Any
 from orchestrator.backends.base import Backend, SubmitOptions
 from orchestrator.backends.k8s import JOB_LABEL, POOLS_CONFIGMAP_LABEL
 from orchestrator.backends.k8s.client import KubeApi, KubeTarget, load_api_client, resolve_kube_target
-from orchestrator.backends.k8s.kueue import local_queue
+from orchestrator.backends.k8s.kueue import admission_pool, kueue_priority, local_queue
 from orchestrator.backends.k8s.manifests import (
     TOKEN_PLACEHOLDER,
     RuntimeConfig,
@@ -128,18 +128,33 @@ class KubernetesBackend(Backend):
         self.check(spec, options)
         job = training_job_manifest(portable_paths(spec, options.spec_path), self.namespace)
         cluster, source = self._cluster_pools()
+        plan: dict[str, Any] = {"trainingJob": job}
+        owner = {**job, "metadata": {**job["metadata"], "uid": ""}}
+        queue = local_queue(job, spec, everywhere=self.runtime.kueue)
+        if queue:  # as the operator does: Kueue's quota decides; the pools only shape the workers
+            pool = admission_pool(spec, cluster)
+            known = cluster is not None and pool.name in cluster.pool_by_name
+            plan["placement"] = {"pool": pool.name, "accelerator": pool.accelerator, "kueue": queue,
+                                 "from": f"Kueue LocalQueue {queue} admits it; workers shaped as "
+                                         + (f"pool {pool.name} ({source})" if known else f"assumed pool {pool.name}")}
+            plan["rayJob"] = rayjob_manifest(owner, spec, pool, self.runtime, queue,
+                                             cluster.priority_classes if cluster is not None else None)
+            note = kueue_priority(spec.resources.priority,
+                                  known=cluster.priority_classes if cluster is not None else None)[1]
+            if note:
+                plan["placement"]["priority"] = note
+            plan["secret"] = token_secret(owner, TOKEN_PLACEHOLDER)
+            plan["networkPolicy"] = network_policy(owner, self.runtime)
+            return plan
         if cluster is None:
             pool = assumed_pool(spec)
             cluster, source = ClusterSpec(pools=[pool]), f"assumed pool {pool.name}: {source}"
         decision = decide_once(cluster, spec)
-        plan: dict[str, Any] = {"trainingJob": job}
-        owner = {**job, "metadata": {**job["metadata"], "uid": ""}}
         if isinstance(decision, Place):
             pool = cluster.pool_by_name[decision.placement.pool]
             plan["placement"] = {"pool": pool.name, "accelerator": pool.accelerator,
                                  "nodes": len(decision.placement.shares), "from": source}
-            plan["rayJob"] = rayjob_manifest(owner, spec, pool,
-                                             self.runtime, local_queue(job, spec, everywhere=self.runtime.kueue))
+            plan["rayJob"] = rayjob_manifest(owner, spec, pool, self.runtime)
         else:
             plan["placement"] = {"pool": None, "from": source, "waits": [r.text for r in decision.reasons]}
             plan["rayJob"] = None

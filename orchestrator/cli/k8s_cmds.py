@@ -49,9 +49,9 @@ from orchestrator.errors import NotAvailableError, UsageError
 @click.option("--operator-namespace", default=None, metavar="NS",
               help="The operator's own namespace, admitted to the Ray ports by each job's NetworkPolicy "
                    "(default: POD_NAMESPACE, else orchestrator-system).")
-@click.option("--kuberay-namespace", default=None, metavar="NS",
-              help="KubeRay's operator namespace, admitted to the Ray dashboard by each job's NetworkPolicy "
-                   "(default: any namespace, pods labelled app.kubernetes.io/name=kuberay-operator).")
+@click.option("--kuberay-namespace", default="kuberay-system", show_default=True, metavar="NS",
+              help="KubeRay's operator namespace: its pods labelled app.kubernetes.io/name=kuberay-operator "
+                   "there are admitted to the Ray ports by each job's NetworkPolicy.")
 @click.option("--prometheus-namespace", default=None, metavar="NS",
               help="Where Prometheus runs: the only namespace admitted to the jobs' metrics ports "
                    "(default: any namespace).")
@@ -79,12 +79,16 @@ def operator(
     pools_from_nodes: bool,
     node_pool_label: str, retry_interval: float, metrics_port: int, metrics_host: str, health_port: int,
     image: str | None, head_cpu: str, head_memory: str, worker_memory: str, ttl_s: int,
-    service_account: str | None, workdir: str, operator_namespace: str | None, kuberay_namespace: str | None,
+    service_account: str | None, workdir: str, operator_namespace: str | None, kuberay_namespace: str,
     prometheus_namespace: str | None, run_as_user: int, kueue: bool, kueue_namespaces: tuple[str, ...], leader_elect: bool,
     lease_name: str, lease_namespace: str | None, lease_duration: float, identity: str | None, policy: str | None,
     verbose: bool,
 ) -> None:
     """Run the Kubernetes operator: TrainingJobs -> KubeRay RayJobs on node pools."""
+    if not kuberay_namespace.strip():
+        raise UsageError("--kuberay-namespace is empty, which would admit pods labelled "
+                         "app.kubernetes.io/name=kuberay-operator from any namespace to the Ray ports",
+                         fix="name the namespace KubeRay's operator runs in (default: kuberay-system)")
     try:
         import asyncio
 

@@ -70,28 +70,57 @@ def _recorded(settings: Settings, job_id: str, backend: str | None, address: str
     return found[0] if found else None
 
 
-def _is_local(settings: Settings, job_id: str) -> bool:
+def _local_match(settings: Settings, job_id: str) -> str | None:
+    """"exact" when this machine's job store has a job ``job_id``; "prefix" when it is the prefix of
+    one or more of them; else None."""
     if not settings.db_path.exists():
-        return False
+        return None
     try:
-        JobStore(settings.db_path).get(job_id)
+        record = JobStore(settings.db_path).get(job_id)
     except JobNotFoundError:
+        return None
+    except UsageError:
+        return "prefix"  # an ambiguous prefix: the local backend's `get` says which jobs it matches
+    return "exact" if record.id == job_id else "prefix"
+
+
+def _goes_local(settings: Settings, job_id: str, cluster_options: bool) -> bool:
+    """Whether a command about ``job_id`` with no --backend is about this machine's own job: on an
+    exact local id, or on a prefix of local ids when no cluster job is recorded under it. Any of
+    --address/-n/--context says the job is on a cluster, and an exact recorded cluster id wins over
+    a local prefix match; a prefix that matches both local and cluster jobs is refused."""
+    if cluster_options:
         return False
-    return True  # an ambiguous prefix is local too: `get` says which jobs it matches
+    local = _local_match(settings, job_id)
+    if local is None:
+        return False
+    if local == "exact":
+        return True
+    recorded = JobStore(settings.db_path).targets(job_id)
+    if not recorded:
+        return True
+    if any(t.job_id == job_id for t in recorded):
+        return False
+    shown = ", ".join(sorted({t.job_id for t in recorded})[:6])
+    raise UsageError(f"{job_id!r} is the prefix of this machine's local jobs and of cluster jobs submitted "
+                     f"from here ({shown})",
+                     fix="give the whole id (`orchestrator list` shows the local ones), or -b local")
 
 
 def locate(ctx: click.Context, job_id: str | None, backend: str | None, ray_address: str | None,
            kube_namespace: str | None, kube_context: str | None) -> Where:
     """Which backend (and where) a command about ``job_id`` goes to.
 
-    An explicit ``--backend`` wins; else a job of this machine's store is local; else the recorded
-    place of a cluster job; else local (whose error names the unknown id). Options given override
-    what was recorded for the same backend.
+    An explicit ``--backend`` wins; else a job of this machine's store is local (see
+    :func:`_goes_local`: an exact id, or a prefix no cluster job is recorded under, and no cluster
+    option given); else the recorded place of a cluster job; else the backend the options imply.
+    Options given override what was recorded for the same backend.
     """
     settings = settings_of(ctx)
     recorded: JobTarget | None = None
     if job_id is not None and backend != "local":
-        if backend is None and _is_local(settings, job_id):
+        if backend is None and _goes_local(settings, job_id,
+                                           _cluster_options(ray_address, kube_namespace, kube_context)):
             backend = "local"
         else:
             recorded = _recorded(settings, job_id, backend, ray_address, kube_namespace, kube_context)

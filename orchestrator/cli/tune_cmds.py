@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from orchestrator.cli.common import OUTPUT_OPTION, emit_json, exit_code_for_state, handle_errors, settings_of
+from orchestrator.cli.common import emit_json, exit_code_for_state, handle_errors, settings_of
 from orchestrator.cli.ui import stdout_console
 from orchestrator.errors import UsageError
 from orchestrator.settings import Settings
@@ -47,7 +47,9 @@ def _finish(record: JobRecord, output: str) -> None:
                    "context's, else default).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (trials, scheduler, resources) and start nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No live table.")
-@OUTPUT_OPTION
+@click.option("--output", "-o", type=click.Choice(["text", "json", "yaml"]), default="text", show_default=True,
+              help="text for people, json for scripts (one object, last line of stdout); yaml (with "
+                   "--dry-run, backend kubernetes): the Secret, NetworkPolicy and RayJob, for kubectl apply -f -.")
 @click.pass_context
 @handle_errors
 def tune(ctx: click.Context, spec_path: str, overrides: tuple[str, ...], backend: str, gcs_address: str | None,
@@ -67,10 +69,25 @@ def tune(ctx: click.Context, spec_path: str, overrides: tuple[str, ...], backend
     if backend == "ray":
         settings = settings.with_overrides(local_ray_address=sweep_gcs_address(settings, gcs_address, ray_address,
                                                                                dry_run))
+    if output == "yaml" and backend != "kubernetes":
+        raise UsageError("--output yaml is for --backend kubernetes (the objects a sweep becomes there)",
+                         fix="add --backend kubernetes --dry-run, or use -o text / -o json")
     if dry_run or backend == "kubernetes":
         if backend == "kubernetes" and not dry_run:
             raise UsageError("backend kubernetes supports --dry-run only for sweeps in this version",
-                             fix="add --dry-run and apply the printed RayJob with kubectl apply -f -")
+                             fix="add --dry-run -o yaml and apply what it prints with kubectl apply -f - (the "
+                                 "Secret, NetworkPolicy and RayJob; put a random token in the Secret first)")
+        if output == "yaml":
+            from orchestrator.backends.k8s.client import resolve_kube_target
+            from orchestrator.sweep.plan import kubernetes_stream
+
+            target = resolve_kube_target(settings.kube_namespace, settings.kube_context, settings.kubeconfig)
+            docs = kubernetes_stream(sweep, target.namespace, spec_path)
+            header = (f"# The objects sweep {sweep.name} becomes on Kubernetes: apply with kubectl apply -f -.\n"
+                      "# The Secret's token is a placeholder: put a random one in before applying, e.g.\n"
+                      "#   python -c 'import secrets; print(secrets.token_urlsafe(32))'\n")
+            click.echo(header + "---\n".join(dump_yaml(d) for d in docs).rstrip())
+            return
         plan = sweep_plan(sweep, backend, settings, spec_path)
         if output == "json":
             emit_json(plan)

@@ -125,7 +125,10 @@ def start_embedded_ray(join_address: str | None = None, metadata: dict[str, str]
         # without the dashboard: the job runs, only the dashboard is missing (and logged).
         with_dashboard = attempt == 1
         try:
-            context = ray.init(include_dashboard=with_dashboard, dashboard_host="127.0.0.1", **common)
+            # "local": a new instance even where a `ray start` cluster is recorded in
+            # /tmp/ray/ray_current_cluster (plain ray.init() would join it, or hang on a dead one)
+            context = ray.init(address="local", include_dashboard=with_dashboard, dashboard_host="127.0.0.1",
+                               **common)
             if not with_dashboard:
                 log.warning("Ray started without its dashboard (the machine is too busy to start it in time)")
             return context

@@ -15,6 +15,13 @@ from tf_keras import layers as kl
 
 from orchestrator.spec.layers import Layer, check_output_shape, parse_layers
 from orchestrator.spec.models import CNNModel, GANModel, RNNModel, SequentialModel
+from orchestrator.spec.shapes import (
+    check_image_shape,
+    cnn_sides,
+    conv_side,
+    dcgan_discriminator_sides,
+    dcgan_start,
+)
 
 #: torch's BatchNorm defaults, so a spec means the same in both frameworks (Keras keeps
 #: ``momentum`` of the running value, torch ``momentum`` of the new one: 0.9 here is torch's 0.1).
@@ -26,14 +33,16 @@ def _channels_last(inp: Any, sample_shape: tuple[int, ...]) -> Any:
 
 
 def build_cnn(spec: CNNModel, sample_shape: tuple[int, ...], outputs: int) -> keras.Model:
-    """Conv blocks (conv -> [batch norm] -> ReLU -> [2x2 max-pool]) then a dense head, as in torch."""
-    if len(sample_shape) != 3:
-        raise ValueError(f"the cnn model needs image samples shaped (channels, height, width), got {sample_shape}")
-    _, height, width = sample_shape
+    """Conv blocks (conv -> [batch norm] -> ReLU -> [2x2 max-pool]) then a dense head, as in torch:
+    each conv with its block's stride and the spec's padding."""
+    _, height, width = check_image_shape(tuple(sample_shape), "the cnn model")
+    cnn_sides(spec.conv_filters, spec.kernel_size, spec.strides, spec.padding, spec.pool, height, width)
     inp = keras.Input(shape=sample_shape)
     x = _channels_last(inp, sample_shape)
-    for filters in spec.conv_filters:
-        x = kl.Conv2D(filters, spec.kernel_size, padding="same")(x)
+    k = spec.kernel_size
+    for filters, stride in zip(spec.conv_filters, spec.strides, strict=True):
+        x = kl.Conv2D(filters, k, strides=stride, padding=spec.padding)(x)
+        height, width = conv_side(height, k, stride, spec.padding), conv_side(width, k, stride, spec.padding)
         if spec.batch_norm:
             x = kl.BatchNormalization(**BN)(x)
         x = kl.ReLU()(x)
@@ -50,7 +59,12 @@ def build_cnn(spec: CNNModel, sample_shape: tuple[int, ...], outputs: int) -> ke
 def build_rnn(spec: RNNModel, sample_shape: tuple[int, ...], outputs: int) -> keras.Model:
     """An RNN (simple, LSTM or GRU) reading each sample row by row: 8x8 digits are 8 steps of 8."""
     inp = keras.Input(shape=sample_shape)
-    if len(sample_shape) == 3:  # (c, h, w) -> h steps of c * w features
+    if spec.embedding is not None:
+        if len(sample_shape) != 1:
+            raise ValueError(f"an rnn with an embedding reads token ids shaped (steps,), got samples shaped "
+                             f"{sample_shape}; use data.source: tokens, or an .npz of integer ids shaped (N, steps)")
+        x = kl.Embedding(spec.embedding.vocab_size, spec.embedding.dim)(inp)  # float ids are cast to int
+    elif len(sample_shape) == 3:  # (c, h, w) -> h steps of c * w features
         c, h, w = sample_shape
         x = kl.Reshape((h, c * w))(kl.Permute((2, 1, 3))(inp))
     elif len(sample_shape) == 2:
@@ -96,6 +110,10 @@ def _keras_layer(layer: Layer) -> Any:
                          use_bias=a["use_bias"])
     if kind == "MaxPooling2D":
         return kl.MaxPooling2D(a["pool_size"], strides=a["strides"], padding=a["padding"])
+    if kind == "AveragePooling2D":
+        return kl.AveragePooling2D(a["pool_size"], strides=a["strides"], padding=a["padding"])
+    if kind == "Embedding":
+        return kl.Embedding(a["input_dim"], a["output_dim"])
     if kind == "Flatten":
         return kl.Flatten()
     if kind == "Dropout":
@@ -146,6 +164,8 @@ def build_sequential(spec: SequentialModel, sample_shape: tuple[int, ...], outpu
 
 def build_gan(spec: GANModel, sample_shape: tuple[int, ...]) -> tuple[keras.Model, keras.Model]:
     """Generator (latent -> sample in [0, 1]) and discriminator (sample -> logit), as the torch pair."""
+    if spec.architecture == "dcgan":
+        return build_dcgan(spec, sample_shape)
     size = _numel(tuple(sample_shape))
     z = keras.Input(shape=(spec.latent,))
     x = z
@@ -158,4 +178,31 @@ def build_gan(spec: GANModel, sample_shape: tuple[int, ...]) -> tuple[keras.Mode
     for units in spec.discriminator_units:
         y = kl.Dropout(spec.dropout)(kl.LeakyReLU(0.2)(kl.Dense(units)(y)))
     discriminator = keras.Model(s, kl.Dense(1)(y), name="discriminator")
+    return generator, discriminator
+
+
+def build_dcgan(spec: GANModel, sample_shape: tuple[int, ...]) -> tuple[keras.Model, keras.Model]:
+    """The torch DCGAN pair (:func:`orchestrator.models.torch_models.build_dcgan`) in Keras, layer for
+    layer: the same sizes and parameter counts; samples channels first in and out."""
+    channels, height, width = check_image_shape(tuple(sample_shape), "the dcgan architecture")
+    h0, w0 = dcgan_start(height, width, len(spec.generator_filters))
+    dcgan_discriminator_sides(height, width, len(spec.discriminator_filters))
+    g = spec.generator_filters
+    z = keras.Input(shape=(spec.latent,))
+    x = kl.ReLU()(kl.BatchNormalization(**BN)(kl.Dense(g[0] * h0 * w0, use_bias=False)(z)))
+    x = kl.Permute((2, 3, 1))(kl.Reshape((g[0], h0, w0))(x))  # torch's channels-first order, then Keras'
+    for b in g[1:]:
+        x = kl.ReLU()(kl.BatchNormalization(**BN)(kl.Conv2DTranspose(b, 4, strides=2, padding="same",
+                                                                      use_bias=False)(x)))
+    x = kl.Conv2DTranspose(channels, 4, strides=2, padding="same", activation="sigmoid")(x)
+    generator = keras.Model(z, kl.Permute((3, 1, 2))(x), name="generator")
+    s = keras.Input(shape=tuple(sample_shape))
+    y = kl.Permute((2, 3, 1))(s)
+    for i, filters in enumerate(spec.discriminator_filters):
+        # torch's padding=1 on both sides (Keras' 'same' would pad an odd side unevenly)
+        y = kl.Conv2D(filters, 4, strides=2, padding="valid", use_bias=i == 0)(kl.ZeroPadding2D(1)(y))
+        if i > 0:
+            y = kl.BatchNormalization(**BN)(y)
+        y = kl.Dropout(spec.dropout)(kl.LeakyReLU(0.2)(y))
+    discriminator = keras.Model(s, kl.Dense(1)(kl.Flatten()(y)), name="discriminator")
     return generator, discriminator

@@ -7,22 +7,30 @@ from torch import nn
 
 from orchestrator.spec.layers import Layer, check_output_shape, parse_layers
 from orchestrator.spec.models import CNNModel, GANModel, RNNModel, SequentialModel
+from orchestrator.spec.shapes import (
+    check_image_shape,
+    cnn_sides,
+    conv_side,
+    dcgan_discriminator_sides,
+    dcgan_start,
+)
 
 
 def build_cnn(spec: CNNModel, sample_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
     """Conv blocks (conv -> [batch norm] -> ReLU -> [2x2 max-pool]) then a dense head.
 
-    Pooling is skipped once the feature map is smaller than 2x2, so the same spec works on
-    8x8 digits and on larger images.
+    Each conv has its block's stride and the spec's padding ('same': Keras' ceil(side / stride),
+    zero-padded as TensorFlow pads, the extra row or column on the far side; 'valid': none). Pooling
+    is skipped once the feature map is smaller than 2x2, so the same spec works on 8x8 digits and on
+    larger images. A map that would vanish raises ValueError with the sizes and the fix.
     """
-    if len(sample_shape) != 3:
-        raise ValueError(
-            f"the cnn model needs image samples shaped (channels, height, width), got {sample_shape}"
-        )
-    channels, height, width = sample_shape
+    channels, height, width = check_image_shape(tuple(sample_shape), "the cnn model")
+    cnn_sides(spec.conv_filters, spec.kernel_size, spec.strides, spec.padding, spec.pool, height, width)
     layers: list[nn.Module] = []
-    for filters in spec.conv_filters:
-        layers.append(nn.Conv2d(channels, filters, spec.kernel_size, padding=spec.kernel_size // 2))
+    k = spec.kernel_size
+    for filters, stride in zip(spec.conv_filters, spec.strides, strict=True):
+        layers.append(_conv(channels, filters, k, stride, spec.padding, (height, width)))
+        height, width = conv_side(height, k, stride, spec.padding), conv_side(width, k, stride, spec.padding)
         if spec.batch_norm:
             layers.append(nn.BatchNorm2d(filters))
         layers.append(nn.ReLU())
@@ -39,6 +47,29 @@ def build_cnn(spec: CNNModel, sample_shape: tuple[int, ...], num_classes: int) -
     return nn.Sequential(*layers)
 
 
+class _PaddedConv2d(nn.Conv2d):
+    """A Conv2d that zero-pads its input unevenly first (TensorFlow's 'same' with an even kernel or a
+    stride): the same parameters (and state_dict keys) as a plain Conv2d."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int,
+                 pads: tuple[int, int, int, int]) -> None:
+        super().__init__(in_channels, out_channels, kernel, stride=stride)
+        self.pads: list[int] = list(pads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(nn.functional.pad(x, self.pads), self.weight, self.bias)
+
+
+def _conv(in_channels: int, out_channels: int, kernel: int, stride: int, padding: str,
+          size: tuple[int, int]) -> nn.Module:
+    if padding == "valid":
+        return nn.Conv2d(in_channels, out_channels, kernel, stride=stride)
+    left, right, top, bottom = _same_padding_strided(size, (kernel, kernel), (stride, stride))
+    if left == right and top == bottom:  # a plain Conv2d (what an odd kernel at stride 1 always was)
+        return nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=(top, left))
+    return _PaddedConv2d(in_channels, out_channels, kernel, stride, (left, right, top, bottom))
+
+
 class RowsAsSequence(nn.Module):
     """(batch, channels, height, width) images as sequences of rows: (batch, height, channels x width)."""
 
@@ -50,13 +81,25 @@ class RowsAsSequence(nn.Module):
         return x
 
 
+class TokenEmbedding(nn.Embedding):
+    """An embedding table over token ids that arrive as floats (the data pipeline's dtype): (batch,
+    steps) ids in, (batch, steps, dim) vectors out. The same parameters as ``nn.Embedding``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(x.long(), self.weight)
+
+
 class RecurrentClassifier(nn.Module):
-    """A recurrent stack over the rows of each sample, then a dense head on the last step."""
+    """A recurrent stack over the rows of each sample (or its embedded token ids), then a dense head
+    on the last step."""
 
     def __init__(self, spec: RNNModel, features: int, num_classes: int) -> None:
         super().__init__()
         cell = {"simple": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[spec.cell]
-        self.rows = RowsAsSequence()
+        self.rows: nn.Module = RowsAsSequence()
+        if spec.embedding is not None:
+            self.rows = TokenEmbedding(spec.embedding.vocab_size, spec.embedding.dim)
+            features = spec.embedding.dim
         self.rnn = cell(features, spec.hidden, num_layers=spec.layers, batch_first=True,
                         bidirectional=spec.bidirectional, dropout=spec.dropout if spec.layers > 1 else 0.0)
         width = spec.hidden * (2 if spec.bidirectional else 1)
@@ -73,8 +116,14 @@ class RecurrentClassifier(nn.Module):
 
 
 def build_rnn(spec: RNNModel, sample_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """An RNN (simple, LSTM or GRU) reading each sample row by row: 8x8 digits are 8 steps of 8."""
-    if len(sample_shape) == 3:
+    """An RNN (simple, LSTM or GRU) reading each sample row by row: 8x8 digits are 8 steps of 8; with
+    an embedding, samples are (steps,) token ids, each step one embedded token."""
+    if spec.embedding is not None:
+        if len(sample_shape) != 1:
+            raise ValueError(f"an rnn with an embedding reads token ids shaped (steps,), got samples shaped "
+                             f"{sample_shape}; use data.source: tokens, or an .npz of integer ids shaped (N, steps)")
+        features = spec.embedding.dim
+    elif len(sample_shape) == 3:
         features = sample_shape[0] * sample_shape[2]
     elif len(sample_shape) == 2:
         features = sample_shape[1]
@@ -134,10 +183,6 @@ def _keras_shape(sample_shape: tuple[int, ...]) -> tuple[int, ...]:
         c, h, w = sample_shape
         return (h, w, c)
     return tuple(sample_shape)
-
-
-def _out_side(size: int, kernel: int, stride: int, padding: str) -> int:
-    return -(-size // stride) if padding == "same" else (size - kernel) // stride + 1
 
 
 def build_sequential(spec: SequentialModel, sample_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -220,7 +265,7 @@ def _torch_layer(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[nn.M
         inner: nn.Module = conv
         if a["padding"] == "same":
             inner = nn.Sequential(nn.ZeroPad2d(_same_padding_strided((h, w), (kh, kw), (sh, sw))), conv)
-        out = (_out_side(h, kh, sh, a["padding"]), _out_side(w, kw, sw, a["padding"]), a["filters"])
+        out = (conv_side(h, kh, sh, a["padding"]), conv_side(w, kw, sw, a["padding"]), a["filters"])
         if min(out[:2]) < 1:
             raise ValueError(f"layer {index} (Conv2D): a {kh}x{kw} kernel does not fit {h}x{w}; use padding='same'")
         return _ChannelsFirst(inner), out
@@ -233,10 +278,25 @@ def _torch_layer(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[nn.M
         if a["padding"] == "same":  # as Keras: pad (with -inf, so padding never wins) to ceil(size / stride)
             pool = nn.Sequential(nn.ConstantPad2d(_same_padding_strided((h, w), (ph, pw), (sh, sw)), float("-inf")),
                                  pool)
-        out = (_out_side(h, ph, sh, a["padding"]), _out_side(w, pw, sw, a["padding"]), c)
+        out = (conv_side(h, ph, sh, a["padding"]), conv_side(w, pw, sw, a["padding"]), c)
         if min(out[:2]) < 1:
             raise ValueError(f"layer {index} (MaxPooling2D): a {ph}x{pw} pool does not fit {h}x{w}")
         return _ChannelsFirst(pool), out
+    if kind == "AveragePooling2D":
+        need(3, "images (height, width, channels)")
+        h, w, c = shape
+        (ph, pw) = a["pool_size"]
+        (sh, sw) = a["strides"] or (ph, pw)
+        out = (conv_side(h, ph, sh, a["padding"]), conv_side(w, pw, sw, a["padding"]), c)
+        if min(out[:2]) < 1:
+            raise ValueError(f"layer {index} (AveragePooling2D): a {ph}x{pw} pool does not fit {h}x{w}; "
+                             "use padding='same'")
+        avg: nn.Module = nn.AvgPool2d((ph, pw), stride=(sh, sw))
+        if a["padding"] == "same":
+            avg = _SameAvgPool2d((h, w), (ph, pw), (sh, sw))
+        return _ChannelsFirst(avg), out
+    if kind == "Embedding":
+        return TokenEmbedding(a["input_dim"], a["output_dim"]), (*shape, a["output_dim"])
     if kind in ("SimpleRNN", "LSTM", "GRU"):
         need(2, "sequences (steps, features)")
         steps, features = shape
@@ -248,6 +308,24 @@ def _torch_layer(layer: Layer, shape: tuple[int, ...], index: int) -> tuple[nn.M
         out_shape = (steps, a["units"]) if a["return_sequences"] else (a["units"],)
         return _Recurrent(rnn, a["return_sequences"]), out_shape
     raise ValueError(f"layer {index}: {kind} has no torch builder")
+
+
+class _SameAvgPool2d(nn.Module):
+    """Keras' 'same' average pool: zero-padded to ceil(size / stride), each output the mean of the
+    cells its window covers inside the image (the padding is not counted)."""
+
+    def __init__(self, size: tuple[int, int], pool: tuple[int, int], stride: tuple[int, int]) -> None:
+        super().__init__()
+        self.pads: list[int] = list(_same_padding_strided(size, pool, stride))
+        self.pool: list[int] = list(pool)
+        self.stride: list[int] = list(stride)
+        ones = torch.ones(1, 1, *size)
+        share = nn.functional.avg_pool2d(nn.functional.pad(ones, self.pads), self.pool, self.stride)
+        self.register_buffer("share", share, persistent=False)  # the share of each window inside the image
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = nn.functional.avg_pool2d(nn.functional.pad(x, self.pads), self.pool, self.stride)
+        return out / self.share  # type: ignore[operator]
 
 
 def _same_padding_strided(size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -262,6 +340,8 @@ def _same_padding_strided(size: tuple[int, int], kernel: tuple[int, int], stride
 
 def build_gan(spec: GANModel, sample_shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
     """Generator (latent -> sample, sigmoid: data normalised to [0, 1]) and discriminator (sample -> logit)."""
+    if spec.architecture == "dcgan":
+        return build_dcgan(spec, sample_shape)
     size = _numel(tuple(sample_shape))
     gen: list[nn.Module] = []
     width = spec.latent
@@ -275,6 +355,37 @@ def build_gan(spec: GANModel, sample_shape: tuple[int, ...]) -> tuple[nn.Module,
         disc += [nn.Linear(width, units), nn.LeakyReLU(0.2), nn.Dropout(spec.dropout)]
         width = units
     disc += [nn.Linear(width, 1)]
+    return nn.Sequential(*gen), nn.Sequential(*disc)
+
+
+def build_dcgan(spec: GANModel, sample_shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
+    """A DCGAN pair for (channels, height, width) images.
+
+    Generator: a dense projection of the latent vector to ``generator_filters[0]`` maps of side
+    image / 2 ** len(generator_filters), batch norm, ReLU; then per entry one 4x4 stride-2 transposed
+    convolution doubling the side (batch norm and ReLU between, a sigmoid after the last, which gives
+    the image's channels). Discriminator: per ``discriminator_filters`` entry a 4x4 stride-2
+    convolution halving the side (batch norm from the second on), LeakyReLU(0.2) and dropout; then
+    one logit. Sizes that do not fit raise ValueError with the fix.
+    """
+    channels, height, width = check_image_shape(tuple(sample_shape), "the dcgan architecture")
+    h0, w0 = dcgan_start(height, width, len(spec.generator_filters))
+    hd, wd = dcgan_discriminator_sides(height, width, len(spec.discriminator_filters))
+    g = spec.generator_filters
+    gen: list[nn.Module] = [nn.Linear(spec.latent, g[0] * h0 * w0, bias=False), nn.BatchNorm1d(g[0] * h0 * w0),
+                            nn.ReLU(), _Reshape((g[0], h0, w0))]
+    for a, b in zip(g, g[1:], strict=False):
+        gen += [nn.ConvTranspose2d(a, b, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU()]
+    gen += [nn.ConvTranspose2d(g[-1], channels, 4, stride=2, padding=1), nn.Sigmoid()]
+    disc: list[nn.Module] = []
+    previous = channels
+    for i, filters in enumerate(spec.discriminator_filters):
+        disc.append(nn.Conv2d(previous, filters, 4, stride=2, padding=1, bias=i == 0))
+        if i > 0:
+            disc.append(nn.BatchNorm2d(filters))
+        disc += [nn.LeakyReLU(0.2), nn.Dropout(spec.dropout)]
+        previous = filters
+    disc += [nn.Flatten(), nn.Linear(previous * hd * wd, 1)]
     return nn.Sequential(*gen), nn.Sequential(*disc)
 
 

@@ -22,25 +22,32 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn, TypeGuard
 
 from orchestrator.backends.k8s import (
     GROUP,
     JOB_LABEL,
+    JOB_UID_LABEL,
     MANAGED_BY,
-    MANAGED_BY_LABEL,
     POOLS_CONFIGMAP_LABEL,
     RAY_TOKEN_KEY,
     RETRY_ANNOTATION,
 )
 from orchestrator.backends.k8s.client import KubeApi
 from orchestrator.backends.k8s.convert import field_path, job_spec_from_training_job
+from orchestrator.backends.k8s.kuberay import RAYJOB_CRD_NAME, rayjob_crd_error
 from orchestrator.backends.k8s.kueue import admission_pool, local_queue
-from orchestrator.backends.k8s.manifests import RuntimeConfig, kubernetes_issues
+from orchestrator.backends.k8s.manifests import (
+    RuntimeConfig,
+    kubernetes_issues,
+    network_policy_name,
+    rayjob_name,
+    token_secret_name,
+)
 from orchestrator.backends.k8s.placement import PlacementBook, decide_once
 from orchestrator.backends.k8s.pools import GKE_NODEPOOL_LABEL, cluster_from_configmaps, pools_from_nodes
 from orchestrator.backends.k8s.status import format_time
-from orchestrator.errors import BackendError, SpecError
+from orchestrator.errors import BackendError, NotAvailableError, SpecError, TransientBackendError
 from orchestrator.operator.metrics import OperatorMetrics
 from orchestrator.operator.reconcile import (
     Action,
@@ -93,6 +100,21 @@ def job_key(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
+def _owned_by(obj: Mapping[str, Any] | None, job: Mapping[str, Any]) -> bool:
+    """Does ``obj`` name this TrainingJob (its uid) among its owners?"""
+    refs = (obj or {}).get("metadata", {}).get("ownerReferences") or []
+    return any(r.get("uid") == job["metadata"].get("uid") for r in refs)
+
+
+def _labelled_for(obj: Mapping[str, Any] | None, uid: str) -> TypeGuard[Mapping[str, Any]]:
+    """Was ``obj`` made for the TrainingJob ``uid`` (its uid label, or an owner reference)?"""
+    if obj is None:
+        return False
+    meta = obj.get("metadata", {})
+    return bool((meta.get("labels") or {}).get(JOB_UID_LABEL) == uid
+                or any(r.get("uid") == uid for r in meta.get("ownerReferences") or []))
+
+
 def desired_from(job: Mapping[str, Any], config: OperatorConfig) -> Desired:
     """Validate the TrainingJob's spec once, here at the edge."""
     meta = job.get("metadata", {})
@@ -129,6 +151,23 @@ class Controller:
     def _lock(self, key: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
+
+    def check_kuberay(self) -> None:
+        """At start-up: refuse to run against a KubeRay whose RayJob would drop the token Secret's
+        name (see :mod:`orchestrator.backends.k8s.kuberay`)."""
+        try:
+            crd = self.api.get_crd(RAYJOB_CRD_NAME)
+        except BackendError as exc:
+            if "(HTTP 403)" not in exc.message:
+                raise
+            raise NotAvailableError(
+                f"the operator may not read KubeRay's RayJob CRD {RAYJOB_CRD_NAME} to check its version: {exc.message}",
+                fix="apply deploy/k8s/base again (ClusterRole orchestrator-operator-kuberay-crd: get on that one "
+                    "CustomResourceDefinition)") from None
+        error = rayjob_crd_error(crd)
+        if error is not None:
+            raise error
+        log.info("KubeRay's RayJob CRD has authOptions.secretName")
 
     # -- TrainingJobs -----------------------------------------------------------------------
 
@@ -177,7 +216,7 @@ class Controller:
                 self.book.restore(key, desired.spec, pool_name)
                 pool = cluster.pool_by_name.get(pool_name) if cluster is not None else None
         observed = Observed(rayjobs=rayjobs, decision=decision, pool=pool, now=format_time(self.now()),
-                            advice=advice)
+                            advice=advice, priority_classes=cluster.priority_classes if cluster is not None else None)
         actions = reconcile(desired, observed, self.config.runtime)
         freed = self._execute(job, actions)
         if freed:
@@ -205,7 +244,7 @@ class Controller:
             if isinstance(action, EnsureTokenSecret):
                 self._ensure_token_secret(job, action.body)
             elif isinstance(action, ApplyNetworkPolicy):
-                self.api.apply_network_policy(action.body)
+                self._apply_network_policy(job, action.body)
             elif isinstance(action, CreateRayJob):
                 self._create_rayjob(job, action.body)
             elif isinstance(action, DeleteRayJob):
@@ -229,13 +268,32 @@ class Controller:
             log.info("created Secret %s/%s", meta["namespace"], meta["name"])
             return
         existing = self.api.get_secret(meta["namespace"], meta["name"])
-        refs = (existing or {}).get("metadata", {}).get("ownerReferences") or []
-        if not any(r.get("uid") == job["metadata"].get("uid") for r in refs):
-            error = BackendError(f"a Secret named {meta['name']} already exists in {meta['namespace']} "
-                                 "and does not belong to this TrainingJob",
-                                 fix="delete or rename that Secret, or rename the TrainingJob")
-            self.event(job, "Warning", "SecretConflict", error.render())
-            raise error
+        if not _owned_by(existing, job):
+            self._refuse_foreign(job, "Secret", meta)
+
+    def _apply_network_policy(self, job: Mapping[str, Any], body: Mapping[str, Any]) -> None:
+        """Create the job's NetworkPolicy, or set its spec when this job has it already; one of that
+        name that is not this job's is an error (never overwritten: it may guard something else)."""
+        meta = body["metadata"]
+        if self.api.create_network_policy(body) is not None:
+            return
+        existing = self.api.get_network_policy(meta["namespace"], meta["name"])
+        if existing is None:  # deleted in between: create it on the next reconciliation
+            raise TransientBackendError(f"the NetworkPolicy {meta['namespace']}/{meta['name']} vanished while "
+                                        "it was written", retry_after=1)
+        if not _owned_by(existing, job):
+            self._refuse_foreign(job, "NetworkPolicy", meta)
+        if existing.get("spec") != body["spec"]:
+            self.api.patch_network_policy_spec(meta["namespace"], meta["name"], body["spec"])
+
+    def _refuse_foreign(self, job: Mapping[str, Any], kind: str, meta: Mapping[str, Any]) -> NoReturn:
+        """An object the job needs exists under its name but belongs to something else: never taken
+        over (it may guard something else); a Warning Event ``<kind>Conflict`` and an error."""
+        error = BackendError(f"a {kind} named {meta['name']} already exists in {meta['namespace']} "
+                             "and does not belong to this TrainingJob",
+                             fix=f"delete or rename that {kind}, or rename the TrainingJob")
+        self.event(job, "Warning", f"{kind}Conflict", error.render())
+        raise error
 
     def _create_rayjob(self, job: Mapping[str, Any], body: Mapping[str, Any]) -> None:
         created = self.api.create_rayjob(body)
@@ -251,21 +309,33 @@ class Controller:
         self.metrics.rayjob_created(meta["labels"].get(f"{GROUP}/pool", ""))
         log.info("created RayJob %s/%s", meta["namespace"], meta["name"])
 
-    def forget(self, namespace: str, name: str) -> None:
-        """The TrainingJob was deleted: delete what it owns, free its pool, nudge waiting jobs."""
+    def forget(self, namespace: str, name: str, uid: str | None) -> None:
+        """The TrainingJob ``uid`` was deleted: delete what it owns, free its pool, nudge waiting jobs.
+
+        Only objects that carry its uid go: a job created again under the same name before this
+        deletion was handled keeps its RayJob, Secret and NetworkPolicy (and its pool)."""
         key = job_key(namespace, name)
+        freed = False
         with self._lock(key):
-            for rayjob in self.api.list_rayjobs(namespace, f"{JOB_LABEL}={name}"):
-                self.api.delete_rayjob(namespace, rayjob["metadata"]["name"])
-            # owned by the TrainingJob (the garbage collector would delete them too)
-            ours = f"{JOB_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}"
-            for secret in self.api.list_secrets(namespace, ours):
-                self.api.delete_secret(namespace, secret["metadata"]["name"])
-            for policy in self.api.list_network_policies(namespace, ours):
-                self.api.delete_network_policy(namespace, policy["metadata"]["name"])
-            freed = self.book.release(key)
-            self._phases.pop(key, None)
-            self.metrics.set_phases(self._phases)
+            current = self.api.get_training_job(namespace, name)
+            successor = current is not None and current.get("metadata", {}).get("uid") != uid
+            if uid:
+                for found in self.api.list_rayjobs(namespace, f"{JOB_LABEL}={name},{JOB_UID_LABEL}={uid}"):
+                    self.api.delete_rayjob(namespace, found["metadata"]["name"], uid=found["metadata"].get("uid"))
+                # owned by the TrainingJob (the garbage collector would delete them too); their
+                # names are fixed, and each is deleted only when it carries this uid
+                rayjob = rayjob_name(name, uid)
+                secret = self.api.get_secret(namespace, token_secret_name(rayjob))
+                if _labelled_for(secret, uid):
+                    self.api.delete_secret(namespace, secret["metadata"]["name"], uid=secret["metadata"].get("uid"))
+                policy = self.api.get_network_policy(namespace, network_policy_name(rayjob))
+                if _labelled_for(policy, uid):
+                    self.api.delete_network_policy(namespace, policy["metadata"]["name"],
+                                                   uid=policy["metadata"].get("uid"))
+            if not successor:  # the book's entry and the phase under this name are the new job's otherwise
+                freed = self.book.release(key)
+                self._phases.pop(key, None)
+                self.metrics.set_phases(self._phases)
         if freed:
             self._nudge(self.book.waiting())
         self.metrics.set_pools(self.book.usage())

@@ -121,7 +121,7 @@ def build_registry(controller: Controller, api: KubeApi) -> kopf.OperatorRegistr
     def deleted(type: str | None, body: kopf.Body, **_: Any) -> None:
         if type == "DELETED":
             meta = body["metadata"]
-            _kopf_errors(lambda: controller.forget(meta["namespace"], meta["name"]))
+            _kopf_errors(lambda: controller.forget(meta["namespace"], meta["name"], meta.get("uid")))
 
     @on.event(RAY_GROUP, RAY_VERSION, RAY_PLURAL, registry=registry, id="rayjob",
               labels={MANAGED_BY_LABEL: MANAGED_BY})
@@ -143,14 +143,20 @@ def build_registry(controller: Controller, api: KubeApi) -> kopf.OperatorRegistr
     return registry
 
 
-async def run_operator(controller: Controller, api: KubeApi, *, stop_flag: Any = None, ready_flag: Any = None) -> None:
-    """Run the operator in the current event loop until ``stop_flag`` is set (or forever)."""
+async def run_operator(controller: Controller, api: KubeApi, *, stop_flag: Any = None, ready_flag: Any = None,
+                       preflight: bool = True) -> None:
+    """Run the operator in the current event loop until ``stop_flag`` is set (or forever); first
+    (``preflight``) check the installed KubeRay, and refuse to start when it cannot work."""
+    if preflight:
+        await asyncio.to_thread(controller.check_kuberay)
     config = controller.config
     namespaces: Collection[str] = config.namespaces
-    retry = asyncio.create_task(_retry_waiting(controller))
+    retry = asyncio.create_task(_every(config.retry_interval_s, controller.retry_waiting, "retry the waiting jobs"))
     # kopf watches every resource in the same namespaces (all of them, cluster-wide); the pools
     # namespace alone is polled instead, so the operator needs no ConfigMap access anywhere else.
-    pools = asyncio.create_task(_poll_pools(controller)) if config.pools_namespace is not None else None
+    pools = None
+    if config.pools_namespace is not None:
+        pools = asyncio.create_task(_every(config.pools_poll_s, controller.refresh_pools, "re-read the node pools"))
     try:
         await kopf.operator(
             registry=build_registry(controller, api), standalone=True, clusterwide=not namespaces,
@@ -163,25 +169,16 @@ async def run_operator(controller: Controller, api: KubeApi, *, stop_flag: Any =
             pools.cancel()
 
 
-async def _retry_waiting(controller: Controller) -> None:
-    """The safety net behind the event-driven retries: nudge every waiting job now and then."""
+async def _every(seconds: float, call: Callable[[], Any], what: str) -> None:
+    """Run ``call`` in a thread every ``seconds``; a failure is logged and the next round tries again.
+    The safety net behind the event-driven retries (waiting jobs), and the poll of the
+    ``--pools-namespace`` ConfigMaps (a change re-places the waiting jobs)."""
     while True:
-        await asyncio.sleep(controller.config.retry_interval_s)
+        await asyncio.sleep(seconds)
         try:
-            await asyncio.to_thread(controller.retry_waiting)
+            await asyncio.to_thread(call)
         except OrchestratorError as exc:
-            log.warning("could not retry the waiting jobs: %s", exc.render())
-
-
-async def _poll_pools(controller: Controller) -> None:
-    """Re-read the node-pool ConfigMaps of ``--pools-namespace`` now and then (a change re-places
-    the waiting jobs: :meth:`Controller.refresh_pools`)."""
-    while True:
-        await asyncio.sleep(controller.config.pools_poll_s)
-        try:
-            await asyncio.to_thread(controller.refresh_pools)
-        except OrchestratorError as exc:
-            log.warning("could not re-read the node pools: %s", exc.render())
+            log.warning("could not %s: %s", what, exc.render())
 
 
 async def run_operator_elected(controller: Controller, api: KubeApi, elector: LeaderElector, *,
@@ -189,7 +186,9 @@ async def run_operator_elected(controller: Controller, api: KubeApi, elector: Le
                                leading_flag: Any = None) -> None:
     """The operator, run only while this replica holds the Lease (see :mod:`orchestrator.operator.leader`)."""
     async def lead(kopf_stop: threading.Event) -> None:
-        await run_operator(controller, api, stop_flag=kopf_stop, ready_flag=ready_flag)
+        await run_operator(controller, api, stop_flag=kopf_stop, ready_flag=ready_flag, preflight=False)
+
+    await asyncio.to_thread(controller.check_kuberay)  # once, before standing by: a standby that could never lead
 
     await run_elected(lead, elector, liveness_endpoint=controller.config.liveness_endpoint, stop_flag=stop_flag,
                       standby_flag=standby_flag, leading_flag=leading_flag)

@@ -12,7 +12,11 @@ stand still). The protocol is client-go's ``leaderelection``:
 * "expired" is judged on the candidate's own monotonic clock: the Lease has not changed for
   ``lease_duration_s`` since this candidate last saw it change (no trust in another node's clock);
 * the leader gives up acting when it could not renew for ``renew_deadline_s`` (shorter than the
-  lease duration), so it has stopped before a standby may take over.
+  lease duration), so it has stopped before a standby may take over. A renewal counts from the
+  moment its request was sent (the standby saw the Lease change no earlier than that); each round
+  is bounded by what is left of the renew deadline (``asyncio.wait_for``, and the same limit as
+  the Lease calls' request timeout), and a watchdog stops kopf the moment the deadline passes, even
+  while a round still hangs on a Lease call.
 
 Only the leader runs kopf's handlers (:func:`run_elected`): the standby watches nothing. On
 takeover kopf starts as at any start: ``restore_all`` rebuilds the book and its resume handlers
@@ -36,8 +40,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from orchestrator.backends.k8s.client import KubeApi
-from orchestrator.errors import OrchestratorError
+from orchestrator.backends.k8s.client import REQUEST_TIMEOUT, KubeApi
+from orchestrator.errors import OrchestratorError, TransientBackendError
 
 log = logging.getLogger("orchestrator.operator")
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -103,15 +107,26 @@ class LeaderElector:
                 "acquireTime": previous.get("acquireTime") if mine else micro_time(now),
                 "renewTime": micro_time(now), "leaseTransitions": transitions}
 
-    def try_acquire_or_renew(self) -> bool:
-        """Take or keep the Lease; True when we hold it now."""
+    def try_acquire_or_renew(self, timeout: float | None = None) -> bool:
+        """Take or keep the Lease; True when we hold it now. With ``timeout``, the Lease calls
+        together get at most that many seconds (each call's request timeout is what is left)."""
         c = self.config
-        now = self._wall()
-        lease = self.api.get_lease(c.namespace, c.name)
+        started, now = self._clock(), self._wall()  # before any request: a renewal counts from here
+
+        def left() -> float:
+            if timeout is None:
+                return REQUEST_TIMEOUT
+            remaining = min(REQUEST_TIMEOUT, started + timeout - self._clock())
+            if remaining <= 0:
+                raise TransientBackendError(f"Lease {c.namespace}/{c.name}: no time left in this round "
+                                            f"({timeout:.1f}s)")
+            return remaining
+
+        lease = self.api.get_lease(c.namespace, c.name, timeout=left())
         if lease is None:
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": c.name, "namespace": c.namespace}, "spec": self._spec(now, {})}
-            return self._won(self.api.create_lease(body))
+            return self._won(self.api.create_lease(body, timeout=left()), started)
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
         record = (holder, spec.get("renewTime"), spec.get("leaseTransitions"), spec.get("leaseDurationSeconds"))
@@ -121,15 +136,18 @@ class LeaderElector:
         if holder and holder != self.identity and self._clock() - self._seen_at < duration:
             return False  # another replica holds it and renews it
         body = {**lease, "spec": self._spec(now, spec)}  # metadata.resourceVersion guards the write
-        return self._won(self.api.replace_lease(body))
+        return self._won(self.api.replace_lease(body, timeout=left()), started)
 
-    def _won(self, lease: dict[str, Any] | None) -> bool:
+    def _won(self, lease: dict[str, Any] | None, started: float) -> bool:
         if lease is None:
             return False  # another replica wrote first
         spec = lease.get("spec") or {}
         self._seen = (spec.get("holderIdentity"), spec.get("renewTime"), spec.get("leaseTransitions"),
                       spec.get("leaseDurationSeconds"))
-        self._seen_at = self.renewed_at = self._clock()
+        self._seen_at = self._clock()
+        # held from when the request was sent, not when the answer came: any other replica saw the
+        # Lease change after that, so our renew deadline ends before its lease duration does
+        self.renewed_at = started if self.renewed_at is None else max(self.renewed_at, started)
         return True
 
     def release(self) -> bool:
@@ -142,17 +160,43 @@ class LeaderElector:
                 "renewTime": micro_time(self._wall())}
         return self.api.replace_lease({**lease, "spec": spec}) is not None
 
+    def time_left(self) -> float:
+        """Seconds until the renew deadline of our last renewal (0 if we never held the Lease)."""
+        if self.renewed_at is None:
+            return 0.0
+        return self.renewed_at + self.config.renew_deadline_s - self._clock()
+
     def overdue(self) -> bool:
         """We held the Lease but have not renewed it within the renew deadline."""
-        return self.renewed_at is None or self._clock() - self.renewed_at >= self.config.renew_deadline_s
+        return self.time_left() <= 0
 
 
-async def _attempt(elector: LeaderElector) -> bool:
-    try:
-        return await asyncio.to_thread(elector.try_acquire_or_renew)
-    except OrchestratorError as exc:  # the API is away: we do not hold it (a leader retries until overdue)
-        log.warning("leader election: %s", exc.render())
-        return False
+class _Rounds:
+    """Runs :meth:`LeaderElector.try_acquire_or_renew` in a thread, waiting at most a given time;
+    a round that outlives its wait is left to finish (a thread cannot be cancelled), and no new
+    round starts while it hangs."""
+
+    def __init__(self, elector: LeaderElector) -> None:
+        self.elector = elector
+        self._pending: asyncio.Future[bool] | None = None
+
+    async def attempt(self, budget: float) -> bool:
+        if budget <= 0:
+            return False
+        if self._pending is not None and not self._pending.done():
+            log.warning("leader election: the previous round's Lease call has not returned")
+            return False
+        pending = asyncio.ensure_future(asyncio.to_thread(self.elector.try_acquire_or_renew, budget))
+        pending.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: logged below
+        self._pending = pending
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending), budget)
+        except TimeoutError:
+            log.warning("leader election: the Lease calls took over %.1fs", budget)
+            return False
+        except OrchestratorError as exc:  # the API is away: we do not hold it (a leader retries until overdue)
+            log.warning("leader election: %s", exc.render())
+            return False
 
 
 async def _standby_health(endpoint: str | None) -> Any:
@@ -188,9 +232,10 @@ async def run_elected(run: Callable[[threading.Event], Any], elector: LeaderElec
     :meth:`LeaderElector.release` the Lease after a clean stop."""
     c = elector.config
     health = await _standby_health(liveness_endpoint)
+    rounds = _Rounds(elector)
     try:
         while not _set(stop_flag):
-            if await _attempt(elector):
+            if await rounds.attempt(c.renew_deadline_s):
                 break
             if standby_flag is not None and not standby_flag.is_set():
                 log.info("standing by: Lease %s/%s is held by another replica", c.namespace, c.name)
@@ -207,24 +252,37 @@ async def run_elected(run: Callable[[threading.Event], Any], elector: LeaderElec
     kopf_stop = threading.Event()
     lost = False
 
-    async def renew() -> None:
+    def lose() -> None:
         nonlocal lost
-        while not _set(stop_flag):
-            await _sleep(c.retry_period_s, stop_flag)
-            if _set(stop_flag):
+        if not kopf_stop.is_set():
+            lost = True
+            log.error("lost the Lease %s/%s: stopping", c.namespace, c.name)
+            kopf_stop.set()
+
+    async def renew() -> None:
+        while not _set(stop_flag) and not kopf_stop.is_set():
+            await _sleep(c.retry_period_s, stop_flag, kopf_stop)
+            if _set(stop_flag) or kopf_stop.is_set():
                 break
-            if not await _attempt(elector) and elector.overdue():
-                lost = True
-                log.error("lost the Lease %s/%s: stopping", c.namespace, c.name)
-                break
+            if not await rounds.attempt(elector.time_left()) and elector.overdue():
+                lose()
         kopf_stop.set()
 
-    renewer = asyncio.create_task(renew())
+    async def watchdog() -> None:
+        """Stop kopf the moment the renew deadline passes, whatever a renewal is waiting on."""
+        while not kopf_stop.is_set():
+            if elector.overdue():
+                lose()
+                return
+            await asyncio.sleep(min(0.05, max(0.001, elector.time_left())))
+
+    renewer, guard = asyncio.create_task(renew()), asyncio.create_task(watchdog())
     try:
         await run(kopf_stop)
     finally:
         kopf_stop.set()
         renewer.cancel()
+        guard.cancel()
         if leading_flag is not None:
             leading_flag.clear()
     if lost:
@@ -232,8 +290,8 @@ async def run_elected(run: Callable[[threading.Event], Any], elector: LeaderElec
                              f"{c.renew_deadline_s:.0f}s and stopped", fix="it restarts and stands by")
 
 
-async def _sleep(seconds: float, stop_flag: threading.Event | None) -> None:
-    """Sleep, waking early when ``stop_flag`` is set."""
+async def _sleep(seconds: float, *flags: threading.Event | None) -> None:
+    """Sleep, waking early when one of ``flags`` is set."""
     deadline = time.monotonic() + seconds
-    while not _set(stop_flag) and (left := deadline - time.monotonic()) > 0:
+    while not any(_set(f) for f in flags) and (left := deadline - time.monotonic()) > 0:
         await asyncio.sleep(min(left, 0.1))

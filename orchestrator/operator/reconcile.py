@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from orchestrator.backends.k8s import JOB_UID_LABEL, POOL_LABEL
+from orchestrator.backends.k8s.kueue import kueue_priority
 from orchestrator.backends.k8s.manifests import (
     RuntimeConfig,
     network_policy,
@@ -103,6 +104,9 @@ class Observed:
     now: str = ""
     #: For a Kueue job: what the operator's own pools say about it, when worth saying (never held).
     advice: str | None = None
+    #: The cluster's priority classes (name -> value): a Kueue job's custom priority name maps
+    #: through them to a shipped WorkloadPriorityClass.
+    priority_classes: Mapping[str, int] | None = None
 
 
 # -- actions --------------------------------------------------------------------------------------
@@ -316,7 +320,8 @@ def _mirror(plan: _Plan, desired: Desired, rayjob: Mapping[str, Any], observed: 
         plan.condition("Suspended", False, "Resumed", "", observed.now)
     if queue is not None and phase not in FINISHED_PHASES:  # Kueue admits (unsuspends) or holds it
         admitted = not (rayjob.get("spec") or {}).get("suspend")
-        words_k = f"admitted by Kueue (LocalQueue {queue})" if admitted else _kueue_words(queue, observed)
+        words_k = (f"admitted by Kueue (LocalQueue {queue})" if admitted
+                   else _kueue_words(queue, observed, desired.spec))
         if not admitted:
             plan.update(message=words_k)
         plan.condition("Scheduled", admitted, "Admitted" if admitted else "AwaitingAdmission", words_k,
@@ -335,8 +340,9 @@ def _mirror(plan: _Plan, desired: Desired, rayjob: Mapping[str, Any], observed: 
     return plan.finish()
 
 
-def _kueue_words(queue: str, observed: Observed) -> str:
-    return kueue_waiting(queue) + (f"; {observed.advice}" if observed.advice else "")
+def _kueue_words(queue: str, observed: Observed, spec: JobSpec | None) -> str:
+    note = kueue_priority(spec.resources.priority, known=observed.priority_classes)[1] if spec else None
+    return kueue_waiting(queue) + "".join(f"; {w}" for w in (note, observed.advice) if w)
 
 
 def _start_or_wait(plan: _Plan, desired: Desired, spec: JobSpec, observed: Observed,
@@ -344,10 +350,11 @@ def _start_or_wait(plan: _Plan, desired: Desired, spec: JobSpec, observed: Obser
     decision = observed.decision
     queue = desired.kueue_queue
     if queue is not None and observed.pool is not None:  # Kueue admits it: create it suspended, hold nothing
-        words = _kueue_words(queue, observed)
+        words = _kueue_words(queue, observed, spec)
         plan.actions.append(EnsureTokenSecret(token_secret(desired.job)))
         plan.actions.append(ApplyNetworkPolicy(network_policy(desired.job, config)))
-        plan.actions.append(CreateRayJob(rayjob_manifest(desired.job, spec, observed.pool, config, queue)))
+        plan.actions.append(CreateRayJob(rayjob_manifest(desired.job, spec, observed.pool, config, queue,
+                                                         observed.priority_classes)))
         plan.update(phase="Pending", message=words, attempts=plan.old.attempts + 1,
                     rayJob=RayJobStatus(name=desired.rayjob_name), placement=None)
         plan.condition("Scheduled", False, "AwaitingAdmission", words, observed.now)

@@ -163,6 +163,10 @@ def load_source(spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
         return digits.images.astype(np.float32)[:, None, :, :], digits.target.astype(np.int64)
     if spec.source == "sine":
         return sine_windows()
+    if spec.source == "tokens":
+        from orchestrator.runtime.tokens import token_sequences
+
+        return token_sequences()
     if spec.is_file_set:  # read whole through Ray Data (data.streaming: false, or a job that cannot stream)
         from orchestrator.runtime.datasets import load_file_set
 

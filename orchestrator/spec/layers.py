@@ -26,6 +26,8 @@ LAYER_ARGS: dict[str, tuple[tuple[str, Any], ...]] = {
     "Conv2D": (("filters", None), ("kernel_size", None), ("strides", 1), ("padding", "valid"),
                ("activation", None), ("use_bias", True), ("input_shape", None)),
     "MaxPooling2D": (("pool_size", 2), ("strides", None), ("padding", "valid"), ("input_shape", None)),
+    "AveragePooling2D": (("pool_size", 2), ("strides", None), ("padding", "valid"), ("input_shape", None)),
+    "Embedding": (("input_dim", None), ("output_dim", None), ("input_shape", None)),
     "Flatten": (("input_shape", None),),
     "Dropout": (("rate", None), ("input_shape", None)),
     "BatchNormalization": (("momentum", 0.99), ("epsilon", 0.001), ("input_shape", None)),
@@ -34,6 +36,9 @@ LAYER_ARGS: dict[str, tuple[tuple[str, Any], ...]] = {
     "GRU": (("units", None), ("return_sequences", False), ("input_shape", None)),
     "Reshape": (("target_shape", None), ("input_shape", None)),
 }
+
+#: The largest vocabulary an Embedding takes (its input_dim).
+MAX_VOCAB = 1_000_000
 
 #: The longest layer written as text, the most layers, and the largest size or count one takes.
 MAX_LAYER_CHARS = 500
@@ -124,6 +129,9 @@ def parse_layers(items: list[Any]) -> list[Layer]:
     for i, layer in enumerate(layers[1:], start=1):
         if layer.args.get("input_shape") is not None:
             raise LayerError(i, "only the first layer may set input_shape", "remove input_shape here")
+        if layer.kind == "Embedding":
+            raise LayerError(i, "Embedding reads the token ids of the data: only the first layer may be one",
+                             "move it to the start of the list")
     return layers
 
 
@@ -188,6 +196,13 @@ def _check(kind: str, args: dict[str, Any], index: int) -> None:
     act = args.get("activation")
     if act is not None and act not in ACTIVATIONS:
         raise LayerError(index, f"{kind}: unknown activation {_short(repr(act))}", f"use one of {', '.join(ACTIVATIONS)}")
+    if kind == "Embedding":
+        if not _positive_int(args["input_dim"], MAX_VOCAB) or args["input_dim"] < 2:
+            raise LayerError(index, f"Embedding: input_dim (the vocabulary size) must be an integer from 2 to "
+                             f"{MAX_VOCAB}, got {_short(repr(args['input_dim']))}", "e.g. Embedding(32, 16)")
+        if not _positive_int(args["output_dim"]):
+            raise LayerError(index, f"Embedding: output_dim must be a positive integer (at most {MAX_UNITS}), "
+                             f"got {_short(repr(args['output_dim']))}", "e.g. Embedding(32, 16)")
     for name in ("units", "filters"):
         if name in args and not _positive_int(args[name]):
             raise LayerError(index, f"{kind}: {name} must be a positive integer (at most {MAX_UNITS}), "

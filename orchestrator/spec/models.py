@@ -32,7 +32,7 @@ KNOWN_ACCELERATORS: tuple[str, ...] = (
 )
 ACCELERATOR_PATTERN = re.compile(r"^(nvidia|amd|intel|tpu)-[a-z0-9][a-z0-9-]*$")
 
-BUILTIN_DATASETS: tuple[str, ...] = ("digits", "sine")
+BUILTIN_DATASETS: tuple[str, ...] = ("digits", "sine", "tokens")
 
 _MEMORY_UNITS = {
     "": 1,
@@ -114,6 +114,15 @@ class CNNModel(_Model):
         default=[32, 64], min_length=1, max_length=8, description="Filters of each conv block."
     )
     kernel_size: int = Field(default=3, ge=1, le=15, description="Square kernel side.")
+    conv_strides: list[Annotated[int, Field(ge=1, le=8)]] | None = Field(
+        default=None, min_length=1, max_length=8,
+        description="Stride of each conv block, one per conv_filters entry (default: 1 for every block).",
+    )
+    padding: Literal["same", "valid"] = Field(
+        default="same",
+        description="same: each conv gives ceil(side / stride) (zero padding, as Keras); valid: no padding, "
+        "floor((side - kernel_size) / stride) + 1. validate refuses a model whose feature map would vanish.",
+    )
     pool: bool = Field(default=True, description="2x2 max-pool after each block that fits.")
     batch_norm: bool = Field(default=True, description="Batch normalisation after each conv.")
     dropout: float = Field(default=0.25, ge=0.0, lt=1.0, description="Dropout before the head.")
@@ -121,12 +130,38 @@ class CNNModel(_Model):
         default=[128], max_length=8, description="Hidden dense layers before the output layer."
     )
 
+    @model_validator(mode="after")
+    def _strides_per_block(self) -> CNNModel:
+        if self.conv_strides is not None and len(self.conv_strides) != len(self.conv_filters):
+            raise CrossFieldError(
+                "conv_strides", f"{len(self.conv_strides)} strides for {len(self.conv_filters)} conv blocks",
+                fix=f"give one stride per conv_filters entry, e.g. conv_strides: {[1] * len(self.conv_filters)}",
+            )
+        return self
+
+    @property
+    def strides(self) -> list[int]:
+        """Each conv block's stride (1 where conv_strides is not given)."""
+        return list(self.conv_strides) if self.conv_strides is not None else [1] * len(self.conv_filters)
+
+
+class EmbeddingSpec(_Model):
+    """A learned vector per token id: the samples are sequences of integer ids below vocab_size."""
+
+    vocab_size: int = Field(ge=2, le=1_000_000, description="Number of token ids (ids are 0 .. vocab_size - 1).")
+    dim: int = Field(default=16, ge=1, le=4096, description="Size of each token's vector.")
+
 
 class RNNModel(_Model):
     """A recurrent classifier: a sample's rows are the time steps (8x8 digits: 8 steps of 8 features)."""
 
     type: Literal["rnn"] = "rnn"
     cell: Literal["simple", "lstm", "gru"] = Field(default="lstm", description="Recurrent cell.")
+    embedding: EmbeddingSpec | None = Field(
+        default=None,
+        description="Read token ids (samples shaped (steps,), e.g. data.source: tokens) through an embedding "
+        "table, e.g. {vocab_size: 32, dim: 16}; needs data.preprocessing: none.",
+    )
     layers: int = Field(default=1, ge=1, le=8, description="Stacked recurrent layers.")
     hidden: int = Field(default=64, ge=1, le=8192, description="Hidden units per layer and direction.")
     bidirectional: bool = Field(default=False, description="Read the sequence both ways.")
@@ -159,15 +194,32 @@ class SequentialModel(_Model):
 
 
 class GANModel(_Model):
-    """A generative adversarial pair of dense networks that learns to draw samples like the data."""
+    """A generative adversarial pair that learns to draw samples like the data: dense networks, or
+    convolutional ones (DCGAN: transposed convolutions up, strided convolutions down) for images."""
 
     type: Literal["gan"] = "gan"
+    architecture: Literal["dense", "dcgan"] = Field(
+        default="dense",
+        description="dense: fully connected networks (generator_units, discriminator_units); dcgan: a generator "
+        "of stride-2 transposed convolutions with batch norm and ReLU, a discriminator of stride-2 "
+        "convolutions with LeakyReLU (generator_filters, discriminator_filters); images only.",
+    )
     latent: int = Field(default=32, ge=1, le=4096, description="Size of the generator's random input.")
     generator_units: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
-        default=[128, 256], min_length=1, max_length=8, description="Hidden dense layers of the generator."
+        default=[128, 256], min_length=1, max_length=8, description="Hidden dense layers of the generator (dense)."
     )
     discriminator_units: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
-        default=[256, 128], min_length=1, max_length=8, description="Hidden dense layers of the discriminator."
+        default=[256, 128], min_length=1, max_length=8,
+        description="Hidden dense layers of the discriminator (dense).",
+    )
+    generator_filters: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default=[64, 32], min_length=1, max_length=6,
+        description="dcgan: channels of the generator's feature maps, smallest map first; each entry is one "
+        "4x4 stride-2 transposed convolution, so image sides must divide by 2 ** len (8x8 digits: at most 3).",
+    )
+    discriminator_filters: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default=[32, 64], min_length=1, max_length=6,
+        description="dcgan: channels of the discriminator's 4x4 stride-2 convolutions, in order.",
     )
     generator_learning_rate: float = Field(default=0.0005, gt=0, le=1.0, description="The generator's Adam rate.")
     discriminator_learning_rate: float = Field(
@@ -176,6 +228,22 @@ class GANModel(_Model):
     beta1: float = Field(default=0.5, ge=0.0, lt=1.0, description="Adam's beta1 for both optimizers.")
     label_smoothing: float = Field(default=0.1, ge=0.0, lt=0.5, description="Real labels are 1 minus this.")
     dropout: float = Field(default=0.3, ge=0.0, lt=1.0, description="Dropout in the discriminator.")
+
+    @model_validator(mode="after")
+    def _fields_of_the_architecture(self) -> GANModel:
+        other = {"dense": ("generator_filters", "discriminator_filters"),
+                 "dcgan": ("generator_units", "discriminator_units")}[self.architecture]
+        for name in other:
+            # compared with the default, not model_fields_set: a dumped spec (the job record, the CRD)
+            # carries every field and must validate again
+            if getattr(self, name) != type(self).model_fields[name].get_default(call_default_factory=True):
+                uses = "units" if self.architecture == "dense" else "filters"
+                raise CrossFieldError(
+                    name, f"{name} is not used by architecture {self.architecture}",
+                    fix=f"drop it, or set architecture: {'dcgan' if self.architecture == 'dense' else 'dense'} "
+                        f"(architecture {self.architecture} uses generator_{uses} and discriminator_{uses})",
+                )
+        return self
 
 
 ModelSpec = Annotated[CNNModel | RNNModel | SequentialModel | GANModel, Field(discriminator="type")]
@@ -239,7 +307,9 @@ class DataSpec(_Model):
         default="digits",
         max_length=1024,
         description="'digits' (scikit-learn's 8x8 digits), 'sine' (noisy sine windows: forecast the next "
-        "value), a path to one .npz file with x and y (loaded into memory), or a data set of files: a "
+        "value), 'tokens' (generated token-id sequences, 4 classes by marker tokens and their order: text "
+        "classification for an rnn with an embedding), a path to one .npz file with x and y (loaded into "
+        "memory), or a data set of files: a "
         "directory, a glob (data/*.parquet) or an s3:// / gs:// prefix of Parquet, CSV, .npz/.npy shards "
         "or an image folder (one sub-directory per class). docs/data.md says what each holds.",
     )
@@ -951,6 +1021,81 @@ def unmounted_paths(storage: str | None, init_from: str | None,
     return problems
 
 
+def uses_embedding(model: CNNModel | RNNModel | SequentialModel | GANModel) -> bool:
+    """The model reads token ids: an rnn with an embedding, or a layer list that starts with Embedding."""
+    if isinstance(model, RNNModel):
+        return model.embedding is not None
+    if isinstance(model, SequentialModel):
+        from orchestrator.spec.layers import parse_layers
+
+        return parse_layers(model.layers)[0].kind == "Embedding"
+    return False
+
+
+def _embedding_vocab(model: CNNModel | RNNModel | SequentialModel | GANModel) -> tuple[str, int]:
+    if isinstance(model, RNNModel) and model.embedding is not None:
+        return "model.embedding.vocab_size", model.embedding.vocab_size
+    from orchestrator.spec.layers import parse_layers
+
+    assert isinstance(model, SequentialModel)  # uses_embedding: an rnn's embedding, else a layer list's
+    return "model.layers.0", int(parse_layers(model.layers)[0].args["input_dim"])
+
+
+def model_data_problem(model: CNNModel | RNNModel | SequentialModel | GANModel, data: DataSpec) -> CrossFieldError | None:
+    """Why the model cannot take the data (None: it can, or the data's shape is known only at load).
+
+    Token ids must reach an embedding as they are (no preprocessing, clipping or augmentation); a
+    built-in data set's sample shape is known here, so a cnn or a dcgan that cannot fit it is
+    refused now, with the sizes, rather than in the workers.
+    """
+    from orchestrator.spec.shapes import (
+        BUILTIN_SAMPLE_SHAPES,
+        TOKENS_VOCAB,
+        ShapeError,
+        check_image_shape,
+        cnn_sides,
+        dcgan_discriminator_sides,
+        dcgan_start,
+    )
+
+    if uses_embedding(model):
+        fix_source = "use data.source: tokens, or an .npz whose x holds integer token ids shaped (N, steps)"
+        if data.preprocessing != "none":
+            return CrossFieldError("data.preprocessing", f"an embedding reads token ids, which {data.preprocessing} "
+                                   "would turn into fractions", fix="set data.preprocessing: none")
+        if data.cleaning.clip_outliers_z is not None:
+            return CrossFieldError("data.cleaning.clip_outliers_z", "clipping would change token ids",
+                                   fix="drop data.cleaning.clip_outliers_z")
+        if data.augment.active:
+            return CrossFieldError("data.augment", "image augmentation would change token ids",
+                                   fix="drop data.augment")
+        if data.source in ("digits", "sine"):
+            shape = BUILTIN_SAMPLE_SHAPES[data.source]
+            return CrossFieldError("data.source", f"an embedding reads token ids, and {data.source} gives samples of "
+                                   f"real values shaped {shape}", fix=fix_source)
+        if data.source == "tokens":
+            field, vocab = _embedding_vocab(model)
+            if vocab < TOKENS_VOCAB:
+                return CrossFieldError(field, f"the tokens data set has ids 0 to {TOKENS_VOCAB - 1}: a vocabulary of "
+                                       f"{vocab} is too small", fix=f"set the vocabulary size to {TOKENS_VOCAB}")
+    builtin = BUILTIN_SAMPLE_SHAPES.get(data.source)
+    if builtin is None:
+        return None
+    shape = builtin
+    try:
+        if isinstance(model, CNNModel):
+            _, h, w = check_image_shape(shape, "the cnn model")
+            cnn_sides(model.conv_filters, model.kernel_size, model.strides, model.padding, model.pool, h, w)
+        elif isinstance(model, GANModel) and model.architecture == "dcgan":
+            _, h, w = check_image_shape(shape, "the dcgan architecture")
+            dcgan_start(h, w, len(model.generator_filters))
+            dcgan_discriminator_sides(h, w, len(model.discriminator_filters))
+    except ShapeError as exc:
+        field = "data.source" if exc.field == "type" else f"model.{exc.field}"
+        return CrossFieldError(field, f"{exc.message} (data.source: {data.source})", fix=exc.fix)
+    return None
+
+
 class JobSpec(_Model):
     """A training job: what to train, on what data, with which resources."""
 
@@ -1084,6 +1229,14 @@ class JobSpec(_Model):
                 fix="give each worker a whole GPU (resources.gpus_per_worker: 1), or use sync.backend: "
                 "gloo (or auto, which picks gloo here)",
             )
+        return self
+
+    @model_validator(mode="after")
+    def _model_fits_data(self) -> JobSpec:
+        if self.model is not None:
+            problem = model_data_problem(self.model, self.data)
+            if problem is not None:
+                raise problem
         return self
 
     @model_validator(mode="after")

@@ -1,10 +1,14 @@
 """A sweep's dry run: what would run, and on Kubernetes the one RayJob the sweep becomes.
 
 On Kubernetes a sweep is one KubeRay RayJob: its entrypoint runs ``orchestrator tune`` on the
-sweep spec (mounted from a ConfigMap, like a job's spec) with ``--backend local``, which joins the
-RayJob's Ray cluster; its worker group has room for ``max_concurrent`` trials at once (the job's
-workers times ``max_concurrent``). The manifests come from the same functions the operator uses
-for jobs (:mod:`orchestrator.backends.k8s.manifests`), so they validate against KubeRay's CRD.
+sweep spec (carried in the head's ``ORCHESTRATOR_SPEC_YAML`` environment variable, like a job's
+spec) with ``--backend local``, which joins the RayJob's Ray cluster; its worker group has room for
+``max_concurrent`` trials at once (the job's workers times ``max_concurrent``). With it go its Ray
+token Secret and its NetworkPolicy (:func:`kubernetes_stream`: the three objects ``tune -b
+kubernetes --dry-run -o yaml`` prints for ``kubectl apply -f -``). With ``kubernetes.local_queue``
+the RayJob is created suspended with Kueue's labels, for Kueue to admit. The manifests come from the
+same functions the operator uses for jobs (:mod:`orchestrator.backends.k8s.manifests`), so they
+validate against KubeRay's CRD.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ def _scheduler(sweep: SweepSpec) -> dict[str, Any]:
 
 
 def sweep_plan(sweep: SweepSpec, backend: str, settings: Settings, spec_path: str | None = None) -> dict[str, Any]:
-    """The resolved plan of a sweep for ``--dry-run`` (Kubernetes: the RayJob and its ConfigMap)."""
+    """The resolved plan of a sweep for ``--dry-run`` (Kubernetes: the RayJob, its token Secret and
+    its NetworkPolicy)."""
     r = sweep.job.resources
     per_worker = r.ray_resources_per_worker()
     plan: dict[str, Any] = {
@@ -67,6 +72,7 @@ def kubernetes_manifests(sweep: SweepSpec, namespace: str, spec_path: str | None
     (its head carries the sweep spec in ``ORCHESTRATOR_SPEC_YAML``), its Ray token Secret (a
     placeholder token) and its NetworkPolicy."""
     from orchestrator.backends.k8s import SPEC_ENV
+    from orchestrator.backends.k8s.kueue import local_queue
     from orchestrator.backends.k8s.manifests import (
         TOKEN_PLACEHOLDER,
         RuntimeConfig,
@@ -86,7 +92,8 @@ def kubernetes_manifests(sweep: SweepSpec, namespace: str, spec_path: str | None
         update={"workers": job.resources.workers * concurrent})})
     pool = assumed_pool(capacity)
     owner = {"metadata": {"name": sweep.name, "namespace": namespace, "uid": ""}}
-    rayjob = rayjob_manifest(owner, capacity, pool, config)
+    queue = local_queue(owner, job, everywhere=config.kueue)
+    rayjob = rayjob_manifest(owner, capacity, pool, config, queue)
     rayjob["metadata"].pop("ownerReferences", None)  # no TrainingJob owns a sweep's RayJob
     rayjob["metadata"]["labels"]["orchestrator.dev/kind"] = "sweep"
     rayjob["spec"]["entrypoint"] = (
@@ -101,10 +108,20 @@ def kubernetes_manifests(sweep: SweepSpec, namespace: str, spec_path: str | None
     for obj in (token_secret(owner, TOKEN_PLACEHOLDER), network_policy(owner, config)):
         obj["metadata"].pop("ownerReferences", None)
         extras.append(obj)
+    placement: dict[str, Any] = {"pool": pool.name, "from": f"assumed pool {pool.name} with room for {concurrent} "
+                                                            "trials", "worker_pods": capacity.resources.workers}
+    if queue:
+        placement["from"] = f"Kueue LocalQueue {queue} admits it (workers shaped as pool {pool.name})"
     return {
-        "placement": {"pool": pool.name, "from": f"assumed pool {pool.name} with room for {concurrent} trials",
-                      "worker_pods": capacity.resources.workers},
+        "placement": placement,
         "rayJob": rayjob,
         "secret": extras[0],
         "networkPolicy": extras[1],
     }
+
+
+def kubernetes_stream(sweep: SweepSpec, namespace: str, spec_path: str | None = None) -> list[dict[str, Any]]:
+    """The sweep's Secret (placeholder token), NetworkPolicy and RayJob, in the order ``kubectl
+    apply -f -`` needs them (the RayJob's pods mount the Secret)."""
+    manifests = kubernetes_manifests(sweep, namespace, spec_path)
+    return [manifests["secret"], manifests["networkPolicy"], manifests["rayJob"]]

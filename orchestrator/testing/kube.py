@@ -13,7 +13,8 @@ real API server that the official ``kubernetes`` client and a kopf operator rely
 * custom resources validated against their CRD's ``openAPIV3Schema`` on create and replace,
   answered with ``422 Invalid`` and the field paths, like ``kubectl apply`` sees;
 * the core group version reported as ``v1`` in discovery;
-* a Secret's ``stringData`` written into ``data`` (base64) on create, as the API server does.
+* a Secret's ``stringData`` written into ``data`` (base64) on create, as the API server does;
+* a delete's ``preconditions`` (``uid``, ``resourceVersion``): ``409 Conflict`` when they fail.
 
 There is no garbage collector (owner references are stored, not acted on), no admission and no
 scheduler: what a test wants to happen to pods or RayJobs, it writes itself.
@@ -61,7 +62,29 @@ DEFAULT_RESOURCES: tuple[tuple[str, str, bool, tuple[str, ...]], ...] = (
     ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy", True, ()),
     ("ray.io/v1/rayjobs", "RayJob", True, ("status",)),
     ("ray.io/v1/rayclusters", "RayCluster", True, ("status",)),
+    ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False, ("status",)),
 )
+
+
+def rayjob_crd_stub(*, secret_name: bool = True) -> dict[str, Any]:
+    """KubeRay's RayJob CustomResourceDefinition cut down to what the operator reads of it at
+    start-up (``authOptions``, whose ``secretName`` KubeRay has from 1.6.0; ``secret_name=False``:
+    a KubeRay 1.5); the rest of the schema is left open. The real one is 1.4 MB."""
+    auth = {"mode": {"type": "string", "enum": ["disabled", "token"]}}
+    if secret_name:
+        auth["secretName"] = {"type": "string"}
+    schema = {"type": "object", "properties": {"spec": {"type": "object", "properties": {"rayClusterSpec": {
+        "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {"authOptions": {"type": "object", "properties": auth}}}},
+        "x-kubernetes-preserve-unknown-fields": True}}, "x-kubernetes-preserve-unknown-fields": True}
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "rayjobs.ray.io"},
+            "spec": {"group": "ray.io", "scope": "Namespaced",
+                     "names": {"kind": "RayJob", "listKind": "RayJobList", "plural": "rayjobs", "singular": "rayjob"},
+                     "versions": [{"name": "v1", "served": True, "storage": True,
+                                   "schema": {"openAPIV3Schema": schema}, "subresources": {"status": {}}}]}}
+
+
 #: The request this task answers (each HTTP request is served in a task of its own).
 _ANSWERING: contextvars.ContextVar[rendering.Request | None] = contextvars.ContextVar("answering", default=None)
 _VERBS = {"create", "delete", "get", "list", "patch", "update", "watch"}
@@ -136,6 +159,8 @@ class ApiServer(kmock.KubernetesEmulator):
             self._current(request)  # 404 for a pod that does not exist
             return aiohttp.web.Response(text=self._pod_logs.get((request.namespace or "", request.name), ""),
                                         content_type="text/plain")
+        if request.method == "DELETE" and request.name is not None and isinstance(request.data, dict):
+            self._check_preconditions(request, request.data.get("preconditions") or {})
         if request.resource is not None and isinstance(request.data, (dict, list)):
             if request.method == "PUT" and request.name is not None and isinstance(request.data, dict):
                 return await self._replace(request)
@@ -147,6 +172,16 @@ class ApiServer(kmock.KubernetesEmulator):
         if request.action == enums.action.CREATE and response.status == 200:
             response.set_status(201)
         return response
+
+    def _check_preconditions(self, request: rendering.Request, preconditions: Mapping[str, Any]) -> None:
+        """A delete's ``preconditions`` (uid, resourceVersion): 409 when the object is another now."""
+        meta = self._current(request).raw.get("metadata", {})
+        for key in ("uid", "resourceVersion"):
+            if preconditions.get(key) and preconditions[key] != meta.get(key):
+                raise kmock.KubernetesError(
+                    status=409, reason="Conflict",
+                    message=f"Precondition failed: {key} in precondition: {preconditions[key]}, "
+                            f"{key} in object meta: {meta.get(key)}")
 
     def _next_version(self) -> str:
         return str(next(self._versions))  # type: ignore[call-overload]
@@ -319,8 +354,12 @@ class ApiServer(kmock.KubernetesEmulator):
 class KubeEmulator:
     """:class:`ApiServer` served over HTTP on 127.0.0.1 by an event loop in a background thread."""
 
-    def __init__(self, resources: Iterable[tuple[str, str, bool, tuple[str, ...]]] = DEFAULT_RESOURCES) -> None:
+    def __init__(self, resources: Iterable[tuple[str, str, bool, tuple[str, ...]]] = DEFAULT_RESOURCES,
+                 crds: Iterable[Mapping[str, Any]] | None = None) -> None:
+        """``crds``: CustomResourceDefinition objects there from the start (default: KubeRay's
+        RayJob one, :func:`rayjob_crd_stub`; stored as objects only, nothing validated by them)."""
         self._resources = tuple(resources)
+        self._crds = [rayjob_crd_stub()] if crds is None else list(crds)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -343,7 +382,22 @@ class KubeEmulator:
             raise RuntimeError("the Kubernetes API emulator did not start")
         if self._error is not None:
             raise RuntimeError(f"the Kubernetes API emulator failed: {self._error!r}")
+        for crd in self._crds:
+            self.put_crd(crd)
         return self
+
+    def put_crd(self, crd: Mapping[str, Any]) -> None:
+        """Create (or replace) a CustomResourceDefinition object, as ``kubectl apply`` of it would."""
+        import kubernetes
+
+        extensions = kubernetes.client.ApiextensionsV1Api(self.api_client())
+        name = crd["metadata"]["name"]
+        try:
+            extensions.delete_custom_resource_definition(name, _preload_content=False)
+        except kubernetes.client.ApiException as exc:
+            if exc.status != 404:
+                raise
+        extensions.create_custom_resource_definition(dict(crd), _preload_content=False)  # type: ignore[arg-type]
 
     def _run(self) -> None:
         try:

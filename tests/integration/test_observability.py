@@ -117,6 +117,12 @@ def test_promtool_accepts_the_rules() -> None:
 def test_the_job_failed_alert_resolves_on_its_own(tmp_path: Path) -> None:
     """`promtool test rules`: a job that failed at t=0 (and stays failed in the store) alerts at
     once and for 6 hours, then no more; a job that failed 7 hours ago never alerts."""
+    a_failed = [{
+        "exp_labels": {"job": "a", "framework": "torch", "state": "failed", "severity": "warning"},
+        "exp_annotations": {
+            "summary": "Job a failed",
+            "description": "`orchestrator status a` shows the reason; `orchestrator resume` continues "
+                           "it. Resolves 6 hours after the failure."}}]
     tests = {
         "rule_files": [str(RULES)],
         "evaluation_interval": "1m",
@@ -129,22 +135,8 @@ def test_the_job_failed_alert_resolves_on_its_own(tmp_path: Path) -> None:
                 {"series": 'orchestrator_job_end_timestamp_seconds{job="old",framework="torch"}',
                  "values": "-25200x60"},
             ],
-            "alert_rule_test": [
-                {"eval_time": "1m", "alertname": "OrchestratorJobFailed", "exp_alerts": [{
-                    "exp_labels": {"job": "a", "framework": "torch", "state": "failed", "severity": "warning"},
-                    "exp_annotations": {
-                        "summary": "Job a failed",
-                        "description": "`orchestrator status a` shows the reason; `orchestrator resume` continues "
-                                       "it. Resolves 6 hours after the failure."}}]},
-                {"eval_time": "5h50m", "alertname": "OrchestratorJobFailed", "exp_alerts": [{
-                    "exp_labels": {"job": "a", "framework": "torch", "state": "failed", "severity": "warning"},
-                    "exp_annotations": {
-                        "summary": "Job a failed",
-                        "description": "`orchestrator status a` shows the reason; `orchestrator resume` continues "
-                                       "it. Resolves 6 hours after the failure."}}]},
-                {"eval_time": "6h10m", "alertname": "OrchestratorJobFailed", "exp_alerts": []},
-                {"eval_time": "9h", "alertname": "OrchestratorJobFailed", "exp_alerts": []},
-            ],
+            "alert_rule_test": [{"eval_time": at, "alertname": "OrchestratorJobFailed", "exp_alerts": alerts}
+                                for at, alerts in (("1m", a_failed), ("5h50m", a_failed), ("6h10m", []), ("9h", []))],
         }],
     }
     path = tmp_path / "alert-test.yml"

@@ -9,20 +9,32 @@ from typing import Any
 
 from tests.k8s.conftest import OPERATOR_AGENT
 
-#: (apiGroup, resource[/subresource], verb)
-Rule = tuple[str, str, str]
+#: (apiGroup, resource[/subresource], verb), or with a fourth element, one object's name: a grant
+#: limited by ``resourceNames``, or a request for that object (``used_rules(named=True)``).
+Rule = tuple[str, ...]
 #: A namespace, or None for cluster scope (cluster-scoped resources, and every namespace at once).
 Scope = str | None
 OPERATOR = ("orchestrator-system", "orchestrator-operator")
 
 
 def role_rules(role: Mapping[str, Any]) -> set[Rule]:
-    return {(group, resource, verb) for rule in role.get("rules") or [] for group in rule["apiGroups"]
-            for resource in rule["resources"] for verb in rule["verbs"]}
+    """A role's rules, one per (group, resource, verb); one per name too where ``resourceNames``
+    limits the rule (a 4-tuple)."""
+    out: set[Rule] = set()
+    for rule in role.get("rules") or []:
+        names = rule.get("resourceNames") or [None]
+        out |= {(group, resource, verb) if name is None else (group, resource, verb, name)
+                for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]
+                for name in names}
+    return out
 
 
-def _matches(granted: Rule, wanted: Rule) -> bool:
-    return all(g in ("*", w) for g, w in zip(granted, wanted, strict=True))
+def matches(granted: Rule, wanted: Rule) -> bool:
+    """Does ``granted`` allow ``wanted``? A grant limited to a name allows only a request for that
+    name; a request of unknown name (3-tuple) needs an unlimited grant."""
+    if len(granted) == 4 and (len(wanted) != 4 or granted[3] != wanted[3]):
+        return False
+    return all(g in ("*", w) for g, w in zip(granted[:3], wanted[:3], strict=True))
 
 
 @dataclass
@@ -59,7 +71,7 @@ class Rbac:
         """May ``account`` do ``rule`` in ``namespace`` (None: cluster-wide or cluster-scoped)?"""
         grants = self.grants(account)
         scopes = [None] if namespace is None else [None, namespace]
-        return any(_matches(granted, rule) for scope in scopes for granted in grants.get(scope, ()))
+        return any(matches(granted, rule) for scope in scopes for granted in grants.get(scope, ()))
 
 
 def _verb(request: Any) -> str:
@@ -72,10 +84,12 @@ def _verb(request: Any) -> str:
     return {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}[method]
 
 
-def used_rules(requests: Iterable[Any], scope: Callable[[Any], Scope] | None = None) -> set[tuple[Rule, Scope]]:
+def used_rules(requests: Iterable[Any], scope: Callable[[Any], Scope] | None = None, *,
+               named: bool = False) -> set[tuple[Rule, Scope]]:
     """The rules the operator's requests (kopf's and its own client's) needed, with the namespace
     each was made in (None: cluster scope or all namespaces; ``scope(request)`` maps it, e.g.
-    from a test's namespace to the one of an install); discovery is free."""
+    from a test's namespace to the one of an install); discovery is free. ``named``: a request for
+    one object carries its name (4-tuples), for grants limited by ``resourceNames``."""
     used = set()
     for request in requests:
         agent = (request.headers or {}).get("User-Agent", "")
@@ -85,5 +99,8 @@ def used_rules(requests: Iterable[Any], scope: Callable[[Any], Scope] | None = N
             continue  # API discovery (/api/v1, /apis/group/version): allowed to every user
         resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
         where = scope(request) if scope is not None else request.namespace or None
-        used.add(((request.resource.group or "", resource, _verb(request)), where))
+        rule: Rule = (request.resource.group or "", resource, _verb(request))
+        if named and request.name:
+            rule = (*rule, request.name)
+        used.add((rule, where))
     return used

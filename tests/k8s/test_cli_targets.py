@@ -217,3 +217,31 @@ def test_resume_refuses_a_finished_or_running_job_with_what_to_do(run: Run, api:
     assert f"kubectl delete tj fin -n {namespace}" in output
     code, _, output = run("resume", "fin", "--epochs", "3")
     assert code == 2 and "--epochs does not apply to the kubernetes backend" in output
+
+
+def test_a_recorded_cluster_id_wins_over_a_local_job_it_is_the_prefix_of(run: Run, tmp_path: Path,
+                                                                         namespace: str) -> None:
+    from orchestrator.store import JobRecord, JobState, JobStore
+
+    assert run("submit", spec_file(tmp_path, "cnn-digits"), "-b", "kubernetes", "-n", namespace)[0] == 0
+    home = tmp_path / "home"
+    JobStore(home / "jobs.db").create(JobRecord(
+        id="cnn-digits-a1b2c3", name="cnn-digits", backend="local", state=JobState.SUCCEEDED,
+        spec=b.spec_data("cnn-digits"), job_dir=home / "jobs" / "cnn-digits-a1b2c3", created_at=1.0))
+    for extra in ((), ("-n", namespace)):
+        code, out, output = run("status", "cnn-digits", *extra, "-o", "json")
+        record = last_json(out)
+        assert (code, record["backend"], record["namespace"], record["job_id"]) == (
+            0, "kubernetes", namespace, "cnn-digits"), output
+    # the local job is reached by its whole id, or by a prefix no cluster job is recorded under
+    for ref in ("cnn-digits-a1b2c3", "cnn-digits-a1"):
+        code, out, _ = run("status", ref, "-o", "json")
+        assert (code, last_json(out)["backend"], last_json(out)["job_id"]) == (0, "local", "cnn-digits-a1b2c3")
+    # a cluster option says the job is on a cluster, even for a local job's whole id
+    code, _, output = run("status", "cnn-digits-a1b2c3", "-n", namespace)
+    assert (code, output.splitlines()[0]) == (2, f"error: no TrainingJob 'cnn-digits-a1b2c3' in namespace {namespace} "
+                                                 "of context emulator (namespace from -n)")
+    # a prefix of both a local and a recorded cluster job (neither exact) is refused, naming both kinds
+    code, _, output = run("status", "cnn-dig")
+    assert code == 2 and "'cnn-dig' is the prefix of this machine's local jobs and of cluster jobs" in output
+    assert "(cnn-digits)" in output and "give the whole id" in output

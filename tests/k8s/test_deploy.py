@@ -209,10 +209,9 @@ JOB_NEEDS: set[Rule] = {
       for v in ("get", "list", "watch", "patch", "update")),
     ("orchestrator.dev", "trainingjobs/finalizers", "update"),
     *(("ray.io", "rayjobs", v) for v in ("get", "list", "watch", "create", "delete", "patch")),
-    *(("", "secrets", v) for v in ("get", "list", "create", "delete")),
-    *(("networking.k8s.io", "networkpolicies", v) for v in ("get", "list", "create", "delete", "patch")),
-    ("", "events", "create"), ("", "pods", "get"), ("", "pods", "list"), ("", "pods/log", "get"),
-    *(("kueue.x-k8s.io", r, v) for r in ("localqueues", "workloadpriorityclasses") for v in ("get", "list")),
+    *(("", "secrets", v) for v in ("get", "create", "delete")),  # no list: Secrets cannot be enumerated
+    *(("networking.k8s.io", "networkpolicies", v) for v in ("get", "create", "delete", "patch")),
+    ("", "events", "create"),
 }
 #: ... in its own namespace only.
 OWN_NEEDS: set[Rule] = {
@@ -220,13 +219,15 @@ OWN_NEEDS: set[Rule] = {
     *(("coordination.k8s.io", "leases", v) for v in ("get", "create", "update", "patch")),
 }
 NODES: set[Rule] = {("", "nodes", v) for v in ("get", "list", "watch")}
+#: KubeRay's RayJob CRD, that one object, read at start-up (resourceNames).
+KUBERAY_CRD: set[Rule] = {("apiextensions.k8s.io", "customresourcedefinitions", "get", "rayjobs.ray.io")}
 WRITES = ("create", "update", "patch", "delete", "deletecollection")
 
 
 def test_the_cluster_wide_install_grants_the_operator_what_it_needs_and_no_configmap_writes() -> None:
     rbac = Rbac(kustomize(DEPLOY / "base"))
     grants = rbac.grants()
-    assert grants[None] == JOB_NEEDS | NODES  # cluster-wide: job resources and reading nodes
+    assert grants[None] == JOB_NEEDS | NODES | KUBERAY_CRD  # cluster-wide: job resources, nodes, KubeRay's CRD
     assert grants[OPERATOR_NS] == OWN_NEEDS  # its own namespace: pools and its Lease
     assert set(grants) == {None, OPERATOR_NS}
     for rule in JOB_NEEDS:
@@ -240,15 +241,22 @@ def test_the_cluster_wide_install_grants_the_operator_what_it_needs_and_no_confi
         assert not rbac.allows(("", "configmaps", verb), "kube-system")
         assert not rbac.allows(("", "configmaps", verb), JOB_NS)
     assert not rbac.allows(("coordination.k8s.io", "leases", "update"), "kube-system")
+    # the one CRD, read only: no other CRD, no list (which would show every CRD), no write
+    assert rbac.allows(("apiextensions.k8s.io", "customresourcedefinitions", "get", "rayjobs.ray.io"), None)
+    for rule in [("apiextensions.k8s.io", "customresourcedefinitions", "get", "trainingjobs.orchestrator.dev"),
+                 ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+                 ("apiextensions.k8s.io", "customresourcedefinitions", "update", "rayjobs.ray.io")]:
+        assert not rbac.allows(rule, None), rule
 
 
-def test_the_namespaced_install_grants_nothing_cluster_wide() -> None:
+def test_the_namespaced_install_grants_nothing_cluster_wide_but_reading_kuberays_crd() -> None:
     objects = kustomize(DEPLOY / "overlays/namespaced")
     rbac = Rbac(objects)
     grants = rbac.grants()
-    assert None not in grants  # no ClusterRoleBinding for the operator at all
-    assert not [o for o in objects if o["kind"] == "ClusterRoleBinding"]
-    assert grants == {"team-a": JOB_NEEDS, "team-b": JOB_NEEDS, OPERATOR_NS: OWN_NEEDS}
+    assert grants[None] == KUBERAY_CRD  # the one cluster-wide grant: get on one CRD object
+    assert [o["metadata"]["name"] for o in objects if o["kind"] == "ClusterRoleBinding"] == [
+        "orchestrator-operator-kuberay-crd"]
+    assert grants == {None: KUBERAY_CRD, "team-a": JOB_NEEDS, "team-b": JOB_NEEDS, OPERATOR_NS: OWN_NEEDS}
     assert not any(rbac.allows(rule, "kube-system") for rule in JOB_NEEDS | OWN_NEEDS)
     assert not any(rbac.allows(rule, None) for rule in NODES)
     # the operator watches exactly the namespaces it is bound in
@@ -308,3 +316,20 @@ def test_the_dockerfile_installs_the_dependencies_before_it_copies_the_code() ->
     assert not any(re.match(r"^COPY (\.|orchestrator|setup\.py)\b", step) for step in steps[:deps])
     assert re.search(r"pip install --no-deps \.", steps[first(r"^RUN .*pip install --no-deps")])
     assert first(r"^RUN .*pip install --no-deps") > code
+
+
+def test_the_two_operator_replicas_prefer_different_nodes_and_a_pdb_keeps_one_up() -> None:
+    """Leader election is only worth a standby on another node (review item 11)."""
+    objects = kustomize(DEPLOY / "base")
+    [deployment] = [o for o in objects if o["kind"] == "Deployment"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["replicas"] == 2
+    [term] = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= labels.items()
+    [pdb] = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    assert pdb["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]

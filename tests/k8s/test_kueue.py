@@ -4,6 +4,7 @@ unsuspends it. Plus our priorities as WorkloadPriorityClasses (deploy/k8s/kueue)
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -15,8 +16,14 @@ import yaml
 
 from orchestrator.backends.k8s import JOB_UID_LABEL, KUEUE_PRIORITY_LABEL, KUEUE_QUEUE_LABEL, POOL_LABEL
 from orchestrator.backends.k8s.convert import job_spec_from_training_job
-from orchestrator.backends.k8s.kueue import local_queue, priority_class, workload_priority_classes
-from orchestrator.backends.k8s.manifests import RuntimeConfig
+from orchestrator.backends.k8s.kueue import (
+    admission_pool,
+    kueue_priority,
+    local_queue,
+    priority_class,
+    workload_priority_classes,
+)
+from orchestrator.backends.k8s.manifests import RuntimeConfig, rayjob_manifest
 from orchestrator.operator.controller import OperatorConfig, desired_from
 from orchestrator.operator.reconcile import (
     ApplyNetworkPolicy,
@@ -97,8 +104,20 @@ def test_a_local_queue_that_is_not_a_label_value_is_refused_naming_the_field() -
 
 
 def test_priorities_map_to_our_workload_priority_classes() -> None:
-    assert [priority_class(p) for p in (None, "low", "normal", "high", "urgent")] == [
-        None, "orchestrator-low", "orchestrator-normal", "orchestrator-high", "orchestrator-urgent"]
+    assert [priority_class(p) for p in (None, "low", "normal", "high")] == [
+        None, "orchestrator-low", "orchestrator-normal", "orchestrator-high"]
+    # only shipped classes: another name maps through its value in the cluster's priority_classes
+    known = {"low": 0, "normal": 100, "high": 1000, "urgent": 500, "scavenger": -10, "critical": 5000}
+    assert [priority_class(p, known=known) for p in ("urgent", "scavenger", "critical", "nosuch")] == [
+        "orchestrator-normal", "orchestrator-low", "orchestrator-high", None]
+    assert priority_class("urgent") is None  # no value known: no label (Kueue's default), never orchestrator-urgent
+    assert kueue_priority("urgent", known=known)[1] == (
+        "priority urgent (500) has no WorkloadPriorityClass of its own: labelled orchestrator-normal, the highest "
+        "shipped class not above it (shipped: orchestrator-low, orchestrator-normal, orchestrator-high)")
+    assert kueue_priority("nosuch", known=known)[1] == (
+        "priority nosuch is not a priority class the operator knows: no Kueue priority-class label, so Kueue's "
+        "default priority (shipped WorkloadPriorityClasses: orchestrator-low, orchestrator-normal, orchestrator-high)")
+    assert kueue_priority("high", known=known)[1] is None and kueue_priority(500)[1] is None
     # an integer: the highest level not above it (the lowest when below them all)
     assert [priority_class(p) for p in (-5, 0, 99, 100, 999, 1000, 10**6)] == [
         "orchestrator-low", "orchestrator-low", "orchestrator-low", "orchestrator-normal", "orchestrator-normal",
@@ -205,3 +224,68 @@ def test_kueue_admits_the_job_the_operator_holds_no_placement_and_a_plain_namesp
                              "never hold it: needs 32 nvidia-a100-40gb as one gang; pool a100 has 8 in total")
     assert rayjob_writes(kube, before) == []  # the operator unsuspended (or patched) no RayJob itself
     assert sorted(r["metadata"]["name"] for r in rayjobs(api, queued)) == ["big", "huge"]
+
+
+# -- the dry run agrees with the operator ------------------------------------------------------------
+
+
+def test_the_dry_run_of_a_kueue_job_uses_the_admission_pool_even_for_an_accelerator_no_pool_has(
+        cli: Any, api: Any, tmp_path: Path, namespace: str, rayjob_errors: Any) -> None:
+    import kubernetes
+
+    try:  # the pools the dry run reads: l4 only (as test_cli.py makes them; either may come first)
+        kubernetes.client.CoreV1Api(api.api_client).create_namespaced_config_map("orchestrator-system", b.pool_configmap(
+            "pools", "orchestrator-system", [b.gpu_pool("l4", accelerator="nvidia-l4", nodes=4, per_node=2)]))
+    except kubernetes.client.ApiException as exc:
+        assert exc.status == 409
+    path = tmp_path / "h100.yaml"
+    path.write_text(yaml.safe_dump(b.spec_data("big", workers=1, gpus=1, accelerator="nvidia-h100-80gb",
+                                               kubernetes={"local_queue": "team-a"})), encoding="utf-8")
+    code, out = cli("submit", str(path), "--dry-run", "-o", "yaml")
+    assert code == 0, out
+    secret, policy, rayjob = yaml.safe_load_all(out)
+    assert rayjob_errors(rayjob) == []
+    assert rayjob["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "team-a" and rayjob["spec"]["suspend"] is True
+    assert POOL_LABEL not in rayjob["metadata"]["labels"]
+    # the operator's RayJob for the same job: the admission pool with no pools known of its accelerator
+    desired = desired_from(b.training_job("big", namespace, b.spec_data(
+        "big", workers=1, gpus=1, accelerator="nvidia-h100-80gb", kubernetes={"local_queue": "team-a"})),
+        OperatorConfig())
+    assert desired.spec is not None
+    expected = rayjob_manifest({"metadata": {"name": "big", "namespace": namespace, "uid": ""}}, desired.spec,
+                               admission_pool(desired.spec, None), RuntimeConfig(), "team-a")
+    assert rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"] == expected["spec"]["rayClusterSpec"][
+        "workerGroupSpecs"]
+    code, out = cli("submit", str(path), "--dry-run", "-o", "json")
+    placement = json.loads(out.strip().splitlines()[-1])["placement"]
+    assert (placement["kueue"], placement["accelerator"]) == ("team-a", "nvidia-h100-80gb")
+    assert placement["from"] == f"Kueue LocalQueue team-a admits it; workers shaped as assumed pool {placement['pool']}"
+    # an accelerator the pools have: the workers take that pool's shape
+    path.write_text(yaml.safe_dump(b.spec_data("small", workers=1, gpus=1, accelerator="nvidia-l4",
+                                               kubernetes={"local_queue": "team-a"})), encoding="utf-8")
+    code, out = cli("submit", str(path), "--dry-run", "-o", "json")
+    placement = json.loads(out.strip().splitlines()[-1])["placement"]
+    assert (placement["pool"], placement["from"]) == (
+        "l4", "Kueue LocalQueue team-a admits it; workers shaped as pool l4 (node-pool ConfigMaps in namespace "
+              "orchestrator-system)")
+
+
+def test_a_custom_priority_name_gets_a_shipped_class_and_the_status_says_so(api: Any, start_operator: Any,
+                                                                            namespace: str) -> None:
+    from tests.k8s.test_operator import core
+
+    core(api).create_namespaced_config_map(namespace, b.pool_configmap(
+        "pools", namespace, [b.gpu_pool("a100", nodes=1, per_node=8)],
+        priority_classes={"low": 0, "normal": 100, "high": 1000, "urgent": 500}))
+    start_operator(namespace)
+    data = spec("rush", kubernetes={"local_queue": "team-a"})
+    data["resources"]["priority"] = "urgent"
+    api.create_training_job(b.training_job("rush", namespace, data))
+    [rj] = wait_for(lambda: rayjobs(api, namespace), "the suspended RayJob")
+    assert rj["metadata"]["labels"][KUEUE_PRIORITY_LABEL] == "orchestrator-normal"
+    st = wait_for(phase_is(api, namespace, "rush", "Pending"), "phase Pending")
+    note = ("priority urgent (500) has no WorkloadPriorityClass of its own: labelled orchestrator-normal, the "
+            "highest shipped class not above it (shipped: orchestrator-low, orchestrator-normal, orchestrator-high)")
+    assert st["message"] == f"waiting for Kueue to admit it in LocalQueue team-a; {note}"
+    scheduled = next(c for c in st["conditions"] if c["type"] == "Scheduled")
+    assert (scheduled["reason"], scheduled["message"]) == ("AwaitingAdmission", st["message"])

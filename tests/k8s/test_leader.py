@@ -3,15 +3,18 @@ leader stops renewing, and no TrainingJob ever gets a second RayJob."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
+import threading
+import time
 import urllib.request
 from typing import Any
 
 import pytest
 
 from orchestrator.backends.k8s import JOB_LABEL
-from orchestrator.operator.leader import ElectionConfig, LeaderElector
+from orchestrator.operator.leader import ElectionConfig, LeaderElector, LeadershipLost, run_elected
 from orchestrator.testing import builders as b
 from tests.k8s.conftest import wait_for
 from tests.k8s.test_operator import add_pools, free_port, phase_is, rayjobs
@@ -181,3 +184,81 @@ def test_the_operator_options_for_the_networkpolicy_and_the_ray_user_reach_what_
     namespaces = [peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
                   for rule in ingress[1:] for peer in rule["from"]]
     assert namespaces == ["ops", "ray-system", "monitoring"]
+
+
+class HangingLeases:
+    """The emulator's KubeApi, whose Lease calls hang (until released, at most ``hang_s``) once
+    ``hang`` is set; records the request timeout each Lease call was given."""
+
+    def __init__(self, api: Any, hang_s: float = 30.0) -> None:
+        self.api, self.hang_s = api, hang_s
+        self.hang, self.released = threading.Event(), threading.Event()
+        self.timeouts: list[float | None] = []
+
+    def _call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        self.timeouts.append(timeout)
+        if self.hang.is_set():
+            self.released.wait(self.hang_s)
+        return getattr(self.api, method)(*args)
+
+    def get_lease(self, *args: Any, timeout: float | None = None) -> Any:
+        return self._call("get_lease", *args, timeout=timeout)
+
+    def create_lease(self, *args: Any, timeout: float | None = None) -> Any:
+        return self._call("create_lease", *args, timeout=timeout)
+
+    def replace_lease(self, *args: Any, timeout: float | None = None) -> Any:
+        return self._call("replace_lease", *args, timeout=timeout)
+
+
+def test_a_leader_whose_lease_calls_hang_stops_acting_before_the_standby_takes_over(api: Any,
+                                                                                     namespace: str) -> None:
+    timing = {"lease_duration_s": 2.0, "renew_deadline_s": 1.0, "retry_period_s": 0.2}
+    events: list[tuple[str, float]] = []  # (what, time.monotonic()): one clock for both replicas
+    hanging = HangingLeases(api)
+    outcome: dict[str, BaseException | None] = {}
+
+    def replica(name: str, lease_api: Any, stop: threading.Event, leading: threading.Event,
+                standby: threading.Event) -> threading.Thread:
+        async def act(kopf_stop: threading.Event) -> None:  # stands for kopf: acts until told to stop
+            events.append((f"{name} acts", time.monotonic()))
+            while not kopf_stop.is_set():
+                await asyncio.sleep(0.01)
+            events.append((f"{name} stopped", time.monotonic()))
+
+        def main() -> None:
+            try:
+                asyncio.run(run_elected(act, LeaderElector(lease_api, election(namespace, name, **timing)),
+                                        stop_flag=stop, leading_flag=leading, standby_flag=standby))
+                outcome[name] = None
+            except BaseException as exc:  # noqa: BLE001 - inspected below
+                outcome[name] = exc
+
+        thread = threading.Thread(target=main, daemon=True)
+        thread.start()
+        return thread
+
+    flags = {n: (threading.Event(), threading.Event(), threading.Event()) for n in ("op-a", "op-b")}
+    a = replica("op-a", hanging, *flags["op-a"])
+    wait_for(lambda: flags["op-a"][1].is_set(), "op-a to lead")
+    b_ = replica("op-b", api, *flags["op-b"])
+    try:
+        wait_for(lambda: flags["op-b"][2].is_set(), "op-b to stand by")
+        hanging.hang.set()  # op-a's next renewal hangs on the Lease read
+        wait_for(lambda: any(what == "op-b acts" for what, _ in events), "op-b to take the Lease over")
+        hanging.released.set()  # the hung call returns (and op-a's thread can end)
+        wait_for(lambda: not a.is_alive(), "op-a to give up", timeout=60)
+    finally:
+        hanging.released.set()
+        flags["op-b"][0].set()
+        flags["op-a"][0].set()
+        a.join(60)
+        b_.join(60)
+    order = [what for what, _ in events]
+    assert order == ["op-a acts", "op-a stopped", "op-b acts", "op-b stopped"]
+    when = dict(events)
+    assert when["op-a stopped"] < when["op-b acts"]
+    assert isinstance(outcome["op-a"], LeadershipLost) and outcome["op-b"] is None
+    assert holder(api, namespace) in ("op-b", None)  # op-b released it at its clean stop
+    # every Lease call of op-a was bounded, at most by the renew deadline
+    assert hanging.timeouts and all(t is not None and 0 < t <= timing["renew_deadline_s"] for t in hanging.timeouts)

@@ -147,6 +147,34 @@ def test_the_token_secret_and_network_policy_are_valid_owned_and_admit_only_the_
                        "ports": [{"protocol": "TCP", "port": 9400}, {"protocol": "TCP", "port": 8080}]}
 
 
+def test_kuberay_is_admitted_from_its_own_namespace_only_by_default_and_in_deploy() -> None:
+    """No "any namespace" default for KubeRay's peer: a pod label alone is spoofable by anyone who
+    may create pods somewhere (review item 4)."""
+    from orchestrator.cli.k8s_cmds import operator
+    from tests.k8s.kubectl import kustomize
+    from tests.k8s.test_deploy import DEPLOY
+
+    _, operators, _ = network_policy(JOB, RuntimeConfig())["spec"]["ingress"]
+    kuberay = [p for p in operators["from"] if p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "kuberay-operator"]
+    assert kuberay == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}},
+                        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}]
+    [option] = [p for p in operator.params if p.name == "kuberay_namespace"]
+    assert option.default == "kuberay-system"
+    [deployment] = [o for o in kustomize(DEPLOY / "base") if o["kind"] == "Deployment"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--kuberay-namespace") + 1] == "kuberay-system"
+
+
+def test_an_empty_kuberay_namespace_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    result = CliRunner().invoke(main, ["operator", "--kuberay-namespace", ""])
+    assert result.exit_code == 2, result.output
+    assert "--kuberay-namespace" in result.output and "any namespace" in result.output
+
+
 def test_the_head_carries_the_spec_and_a_spec_too_big_for_it_is_refused_with_a_fix() -> None:
     spec = validate_spec_data(b.spec_data("train"))
     rj = rayjob_manifest(JOB, spec, NodePool(name="cpu", nodes=1, cpus_per_node=8), RuntimeConfig())

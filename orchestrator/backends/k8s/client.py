@@ -158,10 +158,6 @@ def api_errors(what: str) -> Iterator[None]:
                                     fix="check the cluster, the kubeconfig and --context") from None
 
 
-def _is_status(exc: BaseException, *codes: int) -> bool:
-    return getattr(exc, "status", None) in codes
-
-
 class KubeApi:
     """The calls the backend and the operator make, over an official-client ``ApiClient``."""
 
@@ -173,7 +169,6 @@ class KubeApi:
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.coordination = kubernetes.client.CoordinationV1Api(api_client)
         self.networking = kubernetes.client.NetworkingV1Api(api_client)
-        self._api_exception = kubernetes.client.ApiException
 
     @property
     def host(self) -> str:
@@ -220,41 +215,38 @@ class KubeApi:
     def create_rayjob(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """Create; ``None`` when a RayJob of that name already exists (the caller looks it up)."""
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        try:
-            with api_errors(f"create RayJob {ns}/{name}"):
-                out: dict[str, Any] = self.custom.create_namespaced_custom_object(  # type: ignore[assignment]
-                    RAY_GROUP, RAY_VERSION, ns, RAY_PLURAL, body, _request_timeout=REQUEST_TIMEOUT)  # type: ignore[arg-type]
-                return out
-        except BackendError as exc:
-            if "(HTTP 409)" in exc.message:
-                return None
-            raise
+        return self._unless_conflict(f"create RayJob {ns}/{name}", lambda: self.custom.create_namespaced_custom_object(
+            RAY_GROUP, RAY_VERSION, ns, RAY_PLURAL, body, _request_timeout=REQUEST_TIMEOUT))
 
-    def delete_rayjob(self, namespace: str, name: str) -> bool:
-        return self._delete(RAY_GROUP, RAY_VERSION, RAY_PLURAL, namespace, name, "RayJob")
+    def delete_rayjob(self, namespace: str, name: str, *, uid: str | None = None) -> bool:
+        """Delete; with ``uid``, only that very object (as :meth:`delete_secret`)."""
+        return self._delete(RAY_GROUP, RAY_VERSION, RAY_PLURAL, namespace, name, "RayJob", uid=uid)
 
     # -- Leases (leader election) ------------------------------------------------------------
 
-    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+    # ``timeout`` (seconds): the leader's renewals pass what is left of their renew deadline.
+
+    def get_lease(self, namespace: str, name: str, *, timeout: float = REQUEST_TIMEOUT) -> dict[str, Any] | None:
         with self._missing_is_none(), api_errors(f"read Lease {namespace}/{name}"):
-            return self._plain(self.coordination.read_namespaced_lease(name, namespace,
-                                                                       _request_timeout=REQUEST_TIMEOUT))
+            return self._plain(self.coordination.read_namespaced_lease(name, namespace, _request_timeout=timeout))
         return None
 
-    def create_lease(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+    def create_lease(self, body: Mapping[str, Any], *, timeout: float = REQUEST_TIMEOUT) -> dict[str, Any] | None:
         """Create; ``None`` when a Lease of that name exists already (someone else was first)."""
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         return self._unless_conflict(f"create Lease {ns}/{name}", lambda: self.coordination.create_namespaced_lease(
-            ns, body, _request_timeout=REQUEST_TIMEOUT))
+            ns, body, _request_timeout=timeout))
 
-    def replace_lease(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+    def replace_lease(self, body: Mapping[str, Any], *, timeout: float = REQUEST_TIMEOUT) -> dict[str, Any] | None:
         """Replace, guarded by ``metadata.resourceVersion``; ``None`` on a conflict (the Lease
         changed since it was read: another replica wrote first)."""
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         return self._unless_conflict(f"update Lease {ns}/{name}", lambda: self.coordination.replace_namespaced_lease(
-            name, ns, body, _request_timeout=REQUEST_TIMEOUT))
+            name, ns, body, _request_timeout=timeout))
 
     def _unless_conflict(self, what: str, call: Any) -> dict[str, Any] | None:
+        """``call()`` (a create, or a guarded replace) as plain data; ``None`` on a 409 (the name is
+        taken, or the object changed since it was read): the caller decides what that means."""
         try:
             with api_errors(what):
                 return self._plain(call())
@@ -268,14 +260,8 @@ class KubeApi:
     def create_secret(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """Create; ``None`` when a Secret of that name already exists (the caller looks it up)."""
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        with api_errors(f"create Secret {ns}/{name}"):
-            try:
-                created = self.core.create_namespaced_secret(ns, body, _request_timeout=REQUEST_TIMEOUT)  # type: ignore[arg-type]
-            except self._api_exception as exc:
-                if _is_status(exc, 409):
-                    return None
-                raise
-        return self._plain(created)
+        return self._unless_conflict(f"create Secret {ns}/{name}", lambda: self.core.create_namespaced_secret(
+            ns, body, _request_timeout=REQUEST_TIMEOUT))
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._missing_is_none(), api_errors(f"read Secret {namespace}/{name}"):
@@ -288,23 +274,32 @@ class KubeApi:
                                                       _request_timeout=REQUEST_TIMEOUT)
         return [self._plain(item) for item in result.items]
 
-    def delete_secret(self, namespace: str, name: str) -> bool:
-        with self._missing_is_none(), api_errors(f"delete Secret {namespace}/{name}"):
-            self.core.delete_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+    def delete_secret(self, namespace: str, name: str, *, uid: str | None = None) -> bool:
+        """Delete; with ``uid``, only that very object (a precondition: a Secret recreated under
+        the name since it was read is left alone, and False returned)."""
+        with self._missing_is_none(), self._conflict_is_none(), api_errors(f"delete Secret {namespace}/{name}"):
+            self.core.delete_namespaced_secret(name, namespace, body=self._preconditions(uid),
+                                               _request_timeout=REQUEST_TIMEOUT)
             return True
         return False
 
-    def apply_network_policy(self, body: Mapping[str, Any]) -> None:
-        """Create the NetworkPolicy, or set its spec if it exists (idempotent)."""
+    def create_network_policy(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create; ``None`` when a NetworkPolicy of that name already exists (the caller looks it up)."""
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        with api_errors(f"write NetworkPolicy {ns}/{name}"):
-            try:
-                self.networking.create_namespaced_network_policy(ns, body, _request_timeout=REQUEST_TIMEOUT)  # type: ignore[arg-type]
-            except self._api_exception as exc:
-                if not _is_status(exc, 409):
-                    raise
-                self.networking.patch_namespaced_network_policy(name, ns, {"spec": body["spec"]},
-                                                                _request_timeout=REQUEST_TIMEOUT)
+        return self._unless_conflict(f"create NetworkPolicy {ns}/{name}",
+                                     lambda: self.networking.create_namespaced_network_policy(
+                                         ns, body, _request_timeout=REQUEST_TIMEOUT))
+
+    def get_network_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._missing_is_none(), api_errors(f"read NetworkPolicy {namespace}/{name}"):
+            return self._plain(self.networking.read_namespaced_network_policy(name, namespace,
+                                                                              _request_timeout=REQUEST_TIMEOUT))
+        return None
+
+    def patch_network_policy_spec(self, namespace: str, name: str, spec: Mapping[str, Any]) -> None:
+        with api_errors(f"update NetworkPolicy {namespace}/{name}"):
+            self.networking.patch_namespaced_network_policy(name, namespace, {"spec": dict(spec)},
+                                                            _request_timeout=REQUEST_TIMEOUT)
 
     def list_network_policies(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         with api_errors(f"list NetworkPolicies in {namespace}"):
@@ -312,11 +307,29 @@ class KubeApi:
                                                                      _request_timeout=REQUEST_TIMEOUT)
         return [self._plain(item) for item in result.items]
 
-    def delete_network_policy(self, namespace: str, name: str) -> bool:
-        with self._missing_is_none(), api_errors(f"delete NetworkPolicy {namespace}/{name}"):
-            self.networking.delete_namespaced_network_policy(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+    def delete_network_policy(self, namespace: str, name: str, *, uid: str | None = None) -> bool:
+        """Delete; with ``uid``, only that very object (as :meth:`delete_secret`)."""
+        with self._missing_is_none(), self._conflict_is_none(), \
+                api_errors(f"delete NetworkPolicy {namespace}/{name}"):
+            self.networking.delete_namespaced_network_policy(name, namespace, body=self._preconditions(uid),
+                                                             _request_timeout=REQUEST_TIMEOUT)
             return True
         return False
+
+    # -- CustomResourceDefinitions (KubeRay's, read at start-up) -----------------------------------
+
+    def get_crd(self, name: str) -> dict[str, Any] | None:
+        """A CustomResourceDefinition as plain data (read raw: the client's models would take a
+        large schema apart and back); ``None`` when it is not installed."""
+        import kubernetes
+
+        extensions = kubernetes.client.ApiextensionsV1Api(self.api_client)
+        with self._missing_is_none(), api_errors(f"read CustomResourceDefinition {name}"):
+            response = extensions.read_custom_resource_definition(name, _preload_content=False,
+                                                                  _request_timeout=REQUEST_TIMEOUT)
+            out: dict[str, Any] = json.loads(response.data)
+            return out
+        return None
 
     # -- ConfigMaps (node pools, read only), Nodes, Events, Pods ---------------------------------
 
@@ -365,6 +378,23 @@ class KubeApi:
         out: dict[str, Any] = self.api_client.sanitize_for_serialization(obj)
         return out
 
+    def _preconditions(self, uid: str | None) -> Any:
+        import kubernetes
+
+        if uid is None:
+            return None
+        return kubernetes.client.V1DeleteOptions(preconditions=kubernetes.client.V1Preconditions(uid=uid))
+
+    @contextlib.contextmanager
+    def _conflict_is_none(self) -> Iterator[None]:
+        """Let a 409 (a delete precondition that failed: another object has the name now) end the
+        ``with`` block quietly."""
+        try:
+            yield
+        except BackendError as exc:
+            if "(HTTP 409)" not in exc.message:
+                raise
+
     @contextlib.contextmanager
     def _missing_is_none(self) -> Iterator[None]:
         """Let a 404 end the ``with`` block quietly (the caller returns its 'missing' value)."""
@@ -393,9 +423,11 @@ class KubeApi:
                 result = self.custom.list_namespaced_custom_object(group, version, ns, plural, **kwargs)
         return list(result.get("items", []))  # type: ignore[attr-defined]
 
-    def _delete(self, group: str, version: str, plural: str, ns: str, name: str, kind: str) -> bool:
-        with self._missing_is_none(), api_errors(f"delete {kind} {ns}/{name}"):
+    def _delete(self, group: str, version: str, plural: str, ns: str, name: str, kind: str, *,
+                uid: str | None = None) -> bool:
+        with self._missing_is_none(), self._conflict_is_none(), api_errors(f"delete {kind} {ns}/{name}"):
             self.custom.delete_namespaced_custom_object(
-                group, version, ns, plural, name, propagation_policy="Background", _request_timeout=REQUEST_TIMEOUT)
+                group, version, ns, plural, name, propagation_policy="Background", body=self._preconditions(uid),
+                _request_timeout=REQUEST_TIMEOUT)
             return True
         return False

@@ -58,19 +58,42 @@ def admission_pool(spec: JobSpec, cluster: ClusterSpec | None) -> NodePool:
     return assumed_pool(spec)
 
 
-def priority_class(priority: int | str | None,
-                   classes: Mapping[str, int] = DEFAULT_PRIORITY_CLASSES) -> str | None:
-    """The WorkloadPriorityClass of a spec's ``resources.priority``: a name maps to
-    ``orchestrator-NAME``; an integer to the highest of ``classes`` not above it (the lowest when
-    it is below them all); None to None (Kueue then uses its default)."""
+def priority_class(priority: int | str | None, classes: Mapping[str, int] = DEFAULT_PRIORITY_CLASSES,
+                   known: Mapping[str, int] | None = None) -> str | None:
+    """The WorkloadPriorityClass of a spec's ``resources.priority`` (see :func:`kueue_priority`)."""
+    return kueue_priority(priority, classes, known)[0]
+
+
+def kueue_priority(priority: int | str | None, classes: Mapping[str, int] = DEFAULT_PRIORITY_CLASSES,
+                   known: Mapping[str, int] | None = None) -> tuple[str | None, str | None]:
+    """(WorkloadPriorityClass, note) of a spec's ``resources.priority``, only ever one of the
+    shipped ``classes`` (deploy/k8s/kueue: Kueue cannot admit a job whose class does not exist).
+
+    A shipped name maps to ``orchestrator-NAME``; an integer to the highest shipped class not above
+    it (the lowest when it is below them all); another name through its value in ``known`` (the
+    cluster's ``priority_classes``) the same way, with a note saying so; a name with no known value
+    to no class (Kueue's default priority), with a note; None to None."""
     if priority is None:
-        return None
-    if isinstance(priority, str):
-        return f"{PRIORITY_CLASS_PREFIX}{priority}"
+        return None, None
+    if isinstance(priority, int):
+        return _at_most(priority, classes), None
+    if priority in classes:
+        return f"{PRIORITY_CLASS_PREFIX}{priority}", None
+    shipped = ", ".join(f"{PRIORITY_CLASS_PREFIX}{n}" for n, _ in sorted(classes.items(), key=lambda kv: kv[1]))
+    value = (known or {}).get(priority)
+    if value is None:
+        return None, (f"priority {priority} is not a priority class the operator knows: no Kueue priority-class "
+                      f"label, so Kueue's default priority (shipped WorkloadPriorityClasses: {shipped})")
+    name = _at_most(value, classes)
+    return name, (f"priority {priority} ({value}) has no WorkloadPriorityClass of its own: labelled {name}, the "
+                  f"highest shipped class not above it (shipped: {shipped})")
+
+
+def _at_most(value: int, classes: Mapping[str, int]) -> str:
     ranked = sorted(classes.items(), key=lambda kv: kv[1])
     name = ranked[0][0]
-    for candidate, value in ranked:
-        if value <= priority:
+    for candidate, level in ranked:
+        if level <= value:
             name = candidate
     return f"{PRIORITY_CLASS_PREFIX}{name}"
 

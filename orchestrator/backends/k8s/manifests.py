@@ -103,12 +103,13 @@ class RuntimeConfig:
     run_as_user: int = 1000
     run_as_group: int = 1000
     #: Who the NetworkPolicy admits besides the job's own pods: our operator's pods (namespace and
-    #: labels), KubeRay's operator (it calls the dashboard; None: in any namespace) and Prometheus
-    #: (the metrics ports only; None: from any namespace).
+    #: labels), KubeRay's operator (it calls the dashboard; in its own namespace only: a pod label
+    #: alone is one anybody who can create pods could copy) and Prometheus (the metrics ports only;
+    #: None: from any namespace).
     operator_namespace: str = "orchestrator-system"
     operator_labels: Mapping[str, str] = field(
         default_factory=lambda: {"app.kubernetes.io/name": "orchestrator-operator"})
-    kuberay_namespace: str | None = None
+    kuberay_namespace: str = "kuberay-system"
     kuberay_labels: Mapping[str, str] = field(
         default_factory=lambda: {"app.kubernetes.io/name": "kuberay-operator"})
     prometheus_namespace: str | None = None
@@ -499,13 +500,16 @@ def _submitter_template(job: Mapping[str, Any], spec: JobSpec, config: RuntimeCo
 
 
 def rayjob_manifest(job: Mapping[str, Any], spec: JobSpec, pool: NodePool, config: RuntimeConfig,
-                    kueue_queue: str | None = None) -> dict[str, Any]:
-    """The KubeRay RayJob that runs ``spec`` on ``pool`` for the TrainingJob ``job``."""
+                    kueue_queue: str | None = None, priority_classes: Mapping[str, int] | None = None
+                    ) -> dict[str, Any]:
+    """The KubeRay RayJob that runs ``spec`` on ``pool`` for the TrainingJob ``job``; for Kueue
+    (``kueue_queue``), ``priority_classes`` (the cluster's) map a custom priority name to a
+    shipped WorkloadPriorityClass."""
     meta = job["metadata"]
     labels = job_labels(job, None if kueue_queue else pool.name)  # Kueue's job: no pool of ours is held
     if kueue_queue:
         labels[KUEUE_QUEUE_LABEL] = kueue_queue
-        priority = priority_class(spec.resources.priority)
+        priority = priority_class(spec.resources.priority, known=priority_classes)
         if priority:
             labels[KUEUE_PRIORITY_LABEL] = priority
     body: dict[str, Any] = {
