@@ -496,9 +496,10 @@ def prepare_stream(spec: DataSpec, seed: int, workers: int) -> PreparedData:
     check_workers(plan, workers)
     empty = np.zeros((0, *plan.sample_shape), np.float32)
     counts = plan.counts.sum(0)
+    no_y = np.zeros(0, np.int64 if plan.task == "classification" else np.float32)
     return PreparedData(
-        x_train=empty, y_train=np.zeros(0, np.int64), x_val=empty, y_val=np.zeros(0, np.int64),
-        x_test=empty, y_test=np.zeros(0, np.int64), sample_shape=plan.sample_shape,
+        x_train=empty, y_train=no_y, x_val=empty, y_val=no_y,
+        x_test=empty, y_test=no_y, sample_shape=plan.sample_shape,
         num_classes=plan.num_classes, task=plan.task, preprocessor=plan.preprocessor,
         cleaning=CleaningReport(rows_in=int(counts.sum())), source=spec.source, stream=plan,
     )

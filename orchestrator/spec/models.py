@@ -335,8 +335,8 @@ class DataSpec(_Model):
     streaming: Annotated[Literal["auto", "true", "false"], BeforeValidator(_bool_as_text)] = Field(
         default="auto",
         description="Stream a data set of files through Ray Data (each worker reads only its part) or load "
-        "it whole into memory (false). auto: stream data sets of files for torch built-in classifiers and "
-        "regressors; built-ins, one .npz file, tensorflow, gan and entrypoint jobs load into memory.",
+        "it whole into memory (false). auto: stream data sets of files for the built-in classifiers and "
+        "regressors (torch and tensorflow); built-ins, one .npz file, gan and entrypoint jobs load into memory.",
     )
     shuffle_buffer: int = Field(
         default=4096, ge=0, le=10_000_000,
@@ -1185,8 +1185,8 @@ class JobSpec(_Model):
         if self.data.streaming == "true" and not self._can_stream:
             raise CrossFieldError(
                 "data.streaming",
-                "streaming input feeds the torch built-in classifiers and regressors (cnn, rnn, sequential); "
-                "tensorflow, gan and entrypoint jobs read the same files into memory",
+                "streaming input feeds the built-in classifiers and regressors (cnn, rnn, sequential; torch "
+                "and tensorflow); gan and entrypoint jobs read the same files into memory",
                 fix="set data.streaming: auto (or false)",
             )
         if self.training.batch_size < self.resources.workers:
@@ -1250,7 +1250,7 @@ class JobSpec(_Model):
 
     @property
     def _can_stream(self) -> bool:
-        return (self.framework == "torch" and self.entrypoint is None and self.model is not None
+        return (self.entrypoint is None and self.model is not None
                 and self.model.type in ("cnn", "rnn", "sequential"))
 
     @property

@@ -54,12 +54,17 @@ def test_image_folder_cnn_reaches_the_digits_accuracy(images_job: dict[str, Any]
     assert result["peak_worker_rss_bytes"] > 0
 
 
-def test_shards_disjoint_every_epoch_and_the_resumed_epoch_is_exact(images_job: dict[str, Any],
-                                                                     ray_address: str) -> None:
+def test_shards_disjoint_every_epoch_and_the_resumed_epoch_is_exact(images_job: dict[str, Any], ray_address: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
+    from orchestrator.execution.ray_local import use_local_auth_token
     from orchestrator.runtime.datasets import plan_stream, sample_ids, train_batches
     from orchestrator.spec.models import DataSpec
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "")  # so that the test's end restores what was there before
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    use_local_auth_token()  # `ray start` turned on token auth; an explicit address needs the token
 
     result = images_job["result"]
     shards = json.loads((Path(result["job_dir"]) / "shards.json").read_text())
@@ -113,3 +118,32 @@ def test_parquet_streams_from_s3_with_the_same_split_as_a_local_copy(s3: Any, ra
     assert result["data"]["files"] == local["files"] == 4
     shards = json.loads((Path(result["job_dir"]) / "shards.json").read_text())
     assert set(shards["0"]["1"]).isdisjoint(shards["1"]["1"]) and len(shards["0"]["1"]) == len(shards["1"]["1"]) > 0
+
+
+@pytest.mark.smoke
+def test_tensorflow_streams_npz_shards_each_rank_its_own_files(ray_address: str, tmp_path: Path) -> None:
+    """`make test`'s streaming job: MWMS workers each stream their files of an npz shard set (Ray Data)."""
+    generate("npz", tmp_path / "shards", shards=4)
+    spec = yaml.safe_load((REPO / "jobs" / "data-npz-shards.yaml").read_text())
+    spec.update(framework="tensorflow", model={"type": "sequential", "layers": [
+        "Flatten(input_shape=(1, 8, 8))", "Dense(64, activation='relu')", "Dense(10, activation='softmax')"]})
+    spec["data"]["source"] = str(tmp_path / "shards" / "*.npz")
+    spec["training"].update(epochs=3, learning_rate=0.01)
+    path = tmp_path / "tf-stream.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    env = cli_env(tmp_path / "home", ray_address)
+    result = last_json(run_cli(["submit", str(path), "-o", "json", "-q"], env, check=True).stdout)
+    assert result["state"] == "succeeded", result
+    assert result["sync_backend"].startswith("mwms-")
+    data = result["data"]
+    assert data["streaming"] is True and data["format"] == "npz" and data["files"] == 4
+    assert result["metrics"]["val_accuracy"] >= 0.85 and result["metrics"]["test_accuracy"] >= 0.85, result["metrics"]
+    local = last_json(run_cli(["data", "inspect", str(tmp_path / "shards"), "-o", "json", "--workers", "2"], env,
+                              check=True).stdout)
+    assert data["split"]["rows"] == local["split"]["rows"]  # the split the job used is the one inspect shows
+    shards = json.loads((Path(result["job_dir"]) / "shards.json").read_text())
+    rows = local["rows_per_worker_epoch"]
+    for epoch in ("1", "2", "3"):
+        a, b = shards["0"][epoch], shards["1"][epoch]
+        assert len(a) == len(b) == rows > 0 and set(a).isdisjoint(b)
+    assert shards["0"]["1"] != shards["0"]["2"]  # shuffled anew each epoch
