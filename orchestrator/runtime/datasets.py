@@ -28,6 +28,7 @@ Guarantees (docs/data.md says the same to users):
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -195,8 +196,10 @@ def read_files(listing: SourceListing, files: list[DataFile], spec: DataSpec, im
     ctx.enable_progress_bars = False
     ctx.use_datasource_v2 = False  # Ray 2.60's V2 Parquet path took 10-20 s for three small files here (0.2 s without)
     paths = [f.path for f in files]
+    # One block per file: Ray Data would otherwise split each read into ~12 blocks, and a split read
+    # cannot be fused with the decoder (two tasks and an extra trip through the object store per file).
     read: dict[str, Any] = {"filesystem": listing.fs, "include_paths": True, "concurrency": READ_CONCURRENCY,
-                            "num_cpus": 0}
+                            "num_cpus": 0, "override_num_blocks": len(paths)}
     if listing.format == "parquet":
         cols = [*spec.feature_columns, spec.label_column] if spec.feature_columns else None
         ds = ray.data.read_parquet(paths, columns=cols, **read)
@@ -209,6 +212,23 @@ def read_files(listing: SourceListing, files: list[DataFile], spec: DataSpec, im
         ds = ray.data.read_binary_files(paths, **read)
     return ds.map_batches(decoder, batch_format="numpy", batch_size=None, num_cpus=0,
                           compute=ray.data.TaskPoolStrategy(size=READ_CONCURRENCY), zero_copy_batch=True)
+
+
+def _warm_worker() -> None:
+    import orchestrator.runtime.datasets  # noqa: F401 - what a read task unpickles first
+
+    time.sleep(1.0)  # held a moment, so that the READ_CONCURRENCY tasks take one process each
+
+
+def warm_read_workers() -> None:
+    """Have Ray start this worker's read-task processes now, beside the model's set-up, rather than at
+    the first batch (a fresh Ray worker process takes seconds to start on a small machine; the
+    embedded Ray keeps idle ones for ``IDLE_WORKER_KEEP_MS``). Fire and forget."""
+    import ray
+
+    warm = ray.remote(num_cpus=0, max_retries=0)(_warm_worker)
+    for _ in range(READ_CONCURRENCY):
+        warm.remote()
 
 
 # -- the plan --------------------------------------------------------------------------------
@@ -518,39 +538,59 @@ def load_file_set(spec: DataSpec, seed: int) -> tuple[np.ndarray, np.ndarray]:
 # -- a worker's stream ---------------------------------------------------------------------------
 class ShuffleBuffer:
     """A seeded shuffle buffer whose output depends on the row stream only, not on how it is chunked:
-    it fills to ``capacity + batch`` rows before each draw of ``batch`` random rows."""
+    it fills to ``capacity + batch`` rows before each draw of ``batch`` random rows.
+
+    The rows live in preallocated arrays; a draw copies its ``batch`` rows out and moves the newest
+    rows into the holes, so each draw costs O(batch), not O(capacity).
+    """
 
     def __init__(self, capacity: int, batch: int, rng: np.random.Generator) -> None:
         self.capacity, self.batch, self.rng = capacity, batch, rng
         self.rows: dict[str, np.ndarray] | None = None
+        self.size = 0
 
-    def _size(self) -> int:
-        return 0 if self.rows is None else len(self.rows["key"])
+    def _store(self, part: dict[str, np.ndarray]) -> None:
+        if self.rows is None:
+            room = self.capacity + self.batch
+            self.rows = {k: np.empty((room, *v.shape[1:]), dtype=v.dtype) for k, v in part.items()}
+        n = len(part["key"])
+        for k, v in part.items():
+            self.rows[k][self.size:self.size + n] = v
+        self.size += n
+
+    def _draw(self) -> dict[str, np.ndarray]:
+        assert self.rows is not None
+        n = self.size
+        pick = self.rng.choice(n, self.batch, replace=False)
+        out = {k: v[pick] for k, v in self.rows.items()}
+        tail = n - self.batch
+        picked = np.zeros(n, bool)
+        picked[pick] = True
+        holes = np.flatnonzero(picked[:tail])  # drawn rows below the tail: refilled from the tail's rest
+        movers = tail + np.flatnonzero(~picked[tail:])
+        for v in self.rows.values():
+            v[holes] = v[movers]
+        self.size = tail
+        return out
 
     def push(self, chunk: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         n, pos = len(chunk["key"]), 0
         while pos < n:
-            take = min(self.capacity + self.batch - self._size(), n - pos)
-            part = {k: chunk[k][pos:pos + take] for k in ("x", "y", "key")}
-            self.rows = part if self.rows is None else {k: np.concatenate([self.rows[k], part[k]]) for k in part}
+            take = min(self.capacity + self.batch - self.size, n - pos)
+            self._store({k: chunk[k][pos:pos + take] for k in ("x", "y", "key")})
             pos += take
-            if self._size() == self.capacity + self.batch:
-                pick = self.rng.choice(self._size(), self.batch, replace=False)
-                keep = np.ones(self._size(), bool)
-                keep[pick] = False
-                assert self.rows is not None
-                yield {k: v[pick] for k, v in self.rows.items()}
-                self.rows = {k: v[keep] for k, v in self.rows.items()}
+            if self.size == self.capacity + self.batch:
+                yield self._draw()
 
     def flush(self) -> Iterator[dict[str, np.ndarray]]:
-        if not self._size():
+        if not self.size:
             return
         assert self.rows is not None
-        order = self.rng.permutation(self._size())
+        order = self.rng.permutation(self.size)
         for start in range(0, len(order), self.batch):
             sel = order[start:start + self.batch]
             yield {k: v[sel] for k, v in self.rows.items()}
-        self.rows = None
+        self.size = 0
 
 
 def train_batches(plan: StreamPlan, epoch: int, rank: int, world: int, batch: int) -> Iterator[dict[str, np.ndarray]]:

@@ -179,13 +179,18 @@ def test_spec_fields_are_checked_with_a_fix(tmp_path: Path) -> None:
     check("data: {source: digits, streaming: true}\n", "data.streaming", "loaded into memory")
     check("data: {source: ./nothere}\n", "data.source", "no files match")
     generate("parquet", tmp_path / "pq", shards=2)
-    check("framework: tensorflow\ndata: {source: ./pq, streaming: true}\n", "data.streaming", "tensorflow")
     check("data: {source: ./pq, label_column: label, feature_columns: [p0, label]}\n", "data.feature_columns")
     check("data: {source: ./pq, image_size: [8]}\n", "data.image_size")
     spec = load_spec(_write(tmp_path / "ok.yaml", "name: j\nmodel: {type: cnn}\ndata: {source: ./pq}\n"))
     assert spec.data.source == str(tmp_path / "pq") and spec.streams_data
-    assert not load_spec(_write(tmp_path / "tf.yaml", "name: j\nframework: tensorflow\nmodel: {type: cnn}\n"
+    assert load_spec(_write(tmp_path / "tf.yaml", "name: j\nframework: tensorflow\nmodel: {type: cnn}\n"
                                 "data: {source: ./pq}\n")).streams_data
+    assert not load_spec(_write(tmp_path / "gan.yaml", "name: j\nmodel: {type: gan}\n"
+                                "data: {source: ./pq, preprocessing: normalize}\n")).streams_data
+    with pytest.raises(SpecError) as err:
+        load_spec(_write(tmp_path / "gan-stream.yaml", "name: j\nmodel: {type: gan}\n"
+                         "data: {source: ./pq, streaming: true, preprocessing: normalize}\n"))
+    assert "data.streaming" in err.value.render() and "gan and entrypoint jobs" in err.value.render()
     assert not load_spec(_write(tmp_path / "mem.yaml", "name: j\nmodel: {type: cnn}\n"
                                 "data: {source: ./pq, streaming: false}\n")).streams_data
 
