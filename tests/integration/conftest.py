@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.execution.ray_local import IDLE_WORKER_KEEP_MS
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -44,7 +45,8 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if given:
         yield given
         return
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "600"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "600",
+           "RAY_idle_worker_killing_time_threshold_ms": str(IDLE_WORKER_KEEP_MS)}  # as an embedded Ray
     env.pop("RAY_ADDRESS", None)
     cmd = [
         sys.executable, "-m", "orchestrator.execution.ray_startup", "start", "--head", "--num-cpus=2", "--num-gpus=0",
