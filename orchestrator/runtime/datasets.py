@@ -65,10 +65,13 @@ def _mix(h: np.ndarray) -> np.ndarray:
 def row_keys(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """A 64-bit hash per row of (float32 features, label): the same row always has the same key."""
     n = len(x)
-    flat = np.ascontiguousarray(x.reshape(n, -1), dtype=np.float32).view(np.uint32).astype(np.uint64)
+    flat = np.ascontiguousarray(x.reshape(n, -1), dtype=np.float32).view(np.uint32)
     weights = _mix(np.arange(1, flat.shape[1] + 1, dtype=np.uint64)) | np.uint64(1)
+    h = np.empty(n, dtype=np.uint64)
+    step = max(1, (1 << 17) // max(flat.shape[1], 1))  # rows per chunk: a ~1 MB uint64 product stays in cache
     with np.errstate(over="ignore"):
-        h = (flat * weights).sum(axis=1, dtype=np.uint64)
+        for start in range(0, n, step):  # sum_j u64(bits_j) * w_j (mod 2**64), chunk by chunk: 4-5x faster
+            h[start:start + step] = (flat[start:start + step].astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
         label = np.ascontiguousarray(np.asarray(y, dtype=np.float64)).view(np.uint64)
         h = _mix(h ^ _mix(label + np.uint64(0x9E3779B97F4A7C15)))
     return h
@@ -146,6 +149,8 @@ class Decoder:
                 xs.append(x)
                 ys.append(y)
                 ps.extend([path] * len(x))
+            if len(xs) == 1:  # one file per block (read_files): no copy
+                return xs[0], ys[0], ps
             return np.concatenate(xs), np.concatenate(ys), ps
         columns = list(self.feature_columns) if self.feature_columns else [
             c for c in batch if c not in (self.label_column, "path")]
