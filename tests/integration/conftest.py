@@ -69,6 +69,17 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     _ray_stop()
 
 
+@pytest.fixture(scope="module")
+def s3() -> Iterator[Any]:
+    """An S3 API server (moto) for one test module, in a process of its own: Ray workers reach it over HTTP."""
+    pytest.importorskip("moto.server", reason="the S3 test server needs moto[server] (the test extra)")
+    from orchestrator.testing.s3 import start_moto_process
+
+    server = start_moto_process()
+    yield server
+    server.stop()
+
+
 def cli_env(home: Path, ray_address: str | None) -> dict[str, str]:
     env = {**os.environ, "ORCHESTRATOR_HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)

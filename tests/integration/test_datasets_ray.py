@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,16 +85,6 @@ def test_shards_disjoint_every_epoch_and_the_resumed_epoch_is_exact(images_job: 
             assert got == stream[int(first) * 32:].tolist()
     finally:
         ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[Any]:
-    pytest.importorskip("moto.server", reason="the S3 test server needs moto[server] (the test extra)")
-    from orchestrator.testing.s3 import start_moto_process
-
-    server = start_moto_process()
-    yield server
-    server.stop()
 
 
 def test_parquet_streams_from_s3_with_the_same_split_as_a_local_copy(s3: Any, ray_address: str,
