@@ -191,6 +191,20 @@ def decode_array_file(raw: bytes, fmt: str, path: str) -> tuple[np.ndarray, np.n
 
 
 # -- reading --------------------------------------------------------------------------------
+#: Small files are grouped into read blocks of about this many bytes (one task per tiny PNG is slow).
+BLOCK_BYTES = 64 << 20
+
+
+def read_blocks(files: list[DataFile]) -> int:
+    """How many read blocks: never more than files (no split, so read and decode fuse); small files
+    grouped up to ``BLOCK_BYTES`` a block; at least ``READ_CONCURRENCY`` where there are that many files."""
+    if not files:
+        return 1
+    mean = max(1, sum(f.size for f in files) // len(files))
+    per_block = max(1, BLOCK_BYTES // mean)
+    return max(min(len(files), READ_CONCURRENCY), -(-len(files) // per_block))
+
+
 def read_files(listing: SourceListing, files: list[DataFile], spec: DataSpec, image_size: tuple[int, int] | None,
                decoder: Decoder) -> Any:
     """A Ray Data dataset of ``files`` (in this order), decoded by ``decoder``."""
@@ -201,10 +215,10 @@ def read_files(listing: SourceListing, files: list[DataFile], spec: DataSpec, im
     ctx.enable_progress_bars = False
     ctx.use_datasource_v2 = False  # Ray 2.60's V2 Parquet path took 10-20 s for three small files here (0.2 s without)
     paths = [f.path for f in files]
-    # One block per file: Ray Data would otherwise split each read into ~12 blocks, and a split read
-    # cannot be fused with the decoder (two tasks and an extra trip through the object store per file).
+    # No more blocks than files: Ray Data would otherwise split each read into ~12 blocks, and a split
+    # read cannot be fused with the decoder (two tasks and a trip through the object store per file).
     read: dict[str, Any] = {"filesystem": listing.fs, "include_paths": True, "concurrency": READ_CONCURRENCY,
-                            "num_cpus": 0, "override_num_blocks": len(paths)}
+                            "num_cpus": 0, "override_num_blocks": read_blocks(files)}
     if listing.format == "parquet":
         cols = [*spec.feature_columns, spec.label_column] if spec.feature_columns else None
         ds = ray.data.read_parquet(paths, columns=cols, **read)

@@ -26,14 +26,14 @@ from orchestrator.runtime.datasets import (
     row_keys,
     split_codes,
 )
-from orchestrator.spec.datasource import SourceError, list_source
+from orchestrator.spec.datasource import DataFile, SourceError, list_source
 from orchestrator.spec.loader import load_spec
 from orchestrator.spec.models import DataSpec
 
 
 def _plan(counts: list[list[int]], seed: int = 0) -> StreamPlan:
     files = [Path(f"/d/part-{i}.parquet") for i in range(len(counts))]
-    from orchestrator.spec.datasource import DataFile, SourceListing
+    from orchestrator.spec.datasource import SourceListing
 
     listing = SourceListing("/d", "parquet", tuple(DataFile(str(p), p.name, 1) for p in files), fs=None)
     return StreamPlan(listing, DataSpec(source="/d"), seed, None, np.asarray(counts, dtype=np.int64),
@@ -232,3 +232,16 @@ def test_row_keys_are_the_documented_hash_chunk_by_chunk() -> None:
             expected = _mix(h ^ _mix(label + np.uint64(0x9E3779B97F4A7C15)))
         assert (row_keys(x, y) == expected).all()
     assert len(set(row_keys(x, y).tolist())) == n  # distinct rows, distinct keys
+
+
+def test_read_blocks_never_split_a_file_and_group_small_ones() -> None:
+    from orchestrator.runtime.datasets import BLOCK_BYTES, READ_CONCURRENCY, read_blocks
+
+    def files(n: int, size: int) -> list[DataFile]:
+        return [DataFile(f"/d/{i}", str(i), size) for i in range(n)]
+
+    assert read_blocks(files(1797, 300)) == READ_CONCURRENCY  # a folder of tiny PNGs: a few tasks
+    assert read_blocks(files(4, 12 << 20)) == 2  # 12 MB shards: five to a 64 MB block, at least two blocks
+    assert read_blocks(files(160, 12 << 20)) == 32
+    assert read_blocks(files(10, BLOCK_BYTES * 2)) == 10  # big files: one block each, never fewer files
+    assert read_blocks(files(1, 100)) == 1
