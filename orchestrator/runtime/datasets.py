@@ -28,6 +28,8 @@ Guarantees (docs/data.md says the same to users):
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -612,8 +614,10 @@ class ShuffleBuffer:
         self.size = 0
 
 
-def train_batches(plan: StreamPlan, epoch: int, rank: int, world: int, batch: int) -> Iterator[dict[str, np.ndarray]]:
-    """This rank's training batches for ``epoch`` (raw features), ``plan.epoch_rows`` rows in all."""
+def train_batches(plan: StreamPlan, epoch: int, rank: int, world: int, batch: int,
+                  read_done: threading.Event | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """This rank's training batches for ``epoch`` (raw features), ``plan.epoch_rows`` rows in all.
+    ``read_done`` is set once the epoch's files are read (what is left comes from the shuffle buffer)."""
     total = plan.epoch_rows(epoch, world)
     files = plan.assign(epoch, world)[rank]
     buffer = ShuffleBuffer(plan.spec.shuffle_buffer, batch, np.random.default_rng([plan.seed, epoch, rank, 0xB0F]))
@@ -625,26 +629,99 @@ def train_batches(plan: StreamPlan, epoch: int, rank: int, world: int, batch: in
         sent += n
         return {k: v[:n] for k, v in b.items()} if n > 0 else None
 
-    for chunk in plan.stream(files, TRAIN):
-        for out in buffer.push(chunk):
-            if (b := cut(out)) is not None:
-                yield b
-        if sent >= total:
-            return
+    try:
+        for chunk in plan.stream(files, TRAIN):
+            for out in buffer.push(chunk):
+                if (b := cut(out)) is not None:
+                    yield b
+            if sent >= total:
+                return
+    finally:
+        if read_done is not None:
+            read_done.set()
     for out in buffer.flush():
         if (b := cut(out)) is not None:
             yield b
 
 
+#: Preprocessed batches a producer keeps ready ahead of the training step.
+PRODUCER_DEPTH = 8
+
+
+class BatchProducer:
+    """One epoch's training batches (read, shuffled, preprocessed), made on a background thread into a
+    bounded queue, so that reading and preprocessing overlap the training steps.
+
+    A producer made with ``after`` (the previous epoch's ``read_done``) starts reading only when that
+    epoch's files are read: the next epoch's stream opens while the current one drains its shuffle
+    buffer, instead of stalling the first step of every epoch. The batches are those of
+    :func:`train_batches`, a pure function of the epoch, so a prefetched epoch is the same epoch
+    (exact resume holds). Memory: the shuffle buffer and ``PRODUCER_DEPTH`` batches per producer, at
+    most two producers at a time, whatever the data set's size."""
+
+    def __init__(self, plan: StreamPlan, epoch: int, rank: int, world: int, batch: int,
+                 after: threading.Event | None = None, depth: int = PRODUCER_DEPTH) -> None:
+        self.plan, self.epoch, self.rank, self.world, self.batch = plan, epoch, rank, world, batch
+        self.read_done = threading.Event()
+        self._after = after
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+        self._closed = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name=f"orchestrator-stream-epoch-{epoch}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while self._after is not None and not self._after.wait(0.2):
+                if self._closed.is_set():
+                    return
+            apply = self.plan.preprocessor.apply
+            for b in train_batches(self.plan, self.epoch, self.rank, self.world, self.batch, self.read_done):
+                if not self._put(("batch", {"x": apply(b["x"]), "y": b["y"], "key": b["key"]})):
+                    return
+            self._put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the training thread, as it was
+            self._put(("error", exc))
+        finally:
+            self.read_done.set()
+
+    def _put(self, item: tuple[str, Any]) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> BatchProducer:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._done:
+            raise StopIteration
+        kind, value = self._queue.get()
+        if kind == "batch":
+            return value  # type: ignore[no-any-return]
+        self._done = True
+        if kind == "error":
+            raise value
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop the thread (it ends at its next batch or within 0.2 s while waiting)."""
+        self._closed.set()
+
+
 class TrainFeed:
     """One epoch's training batches for the epoch loop: ``select(step)`` stages batch ``step`` into
-    ``data.x_train`` / ``y_train`` (preprocessed) and returns the positions to train on; batches
-    before the first one asked for (a mid-epoch resume) are read and skipped."""
+    ``data.x_train`` / ``y_train`` (preprocessed by ``producer``) and returns the positions to train
+    on; batches before the first one asked for (a mid-epoch resume) are read and skipped."""
 
-    def __init__(self, data: PreparedData, plan: StreamPlan, epoch: int, rank: int, world: int, batch: int) -> None:
-        self.data, self.plan, self.batch = data, plan, batch
-        self.size = plan.epoch_rows(epoch, world)
-        self._it = train_batches(plan, epoch, rank, world, batch)
+    def __init__(self, data: PreparedData, plan: StreamPlan, producer: BatchProducer) -> None:
+        self.data, self.plan = data, plan
+        self.size = plan.epoch_rows(producer.epoch, producer.world)
+        self._it = producer
         self._next = 0
         self._ids: list[np.ndarray] = []
         self._first = 0
@@ -657,7 +734,7 @@ class TrainFeed:
             self._next += 1
         b = next(self._it)
         self._next += 1
-        self.data.x_train = self.plan.preprocessor.apply(b["x"])
+        self.data.x_train = b["x"]
         self.data.y_train = b["y"]
         self._ids.append(sample_ids(b["key"].view(np.uint64)))
         return np.arange(len(b["key"]))

@@ -195,6 +195,8 @@ class TrainSession:
         self._last_touch = time.monotonic()
         self._watchdog: threading.Thread | None = None
         self._closed = threading.Event()
+        #: Streamed data sets: the producers of the epoch being trained and of the next one.
+        self._producers: dict[int, Any] = {}
 
     # -- events -------------------------------------------------------------------------
     def emit(self, event: events.Event, *, wait: bool = False) -> None:
@@ -237,6 +239,9 @@ class TrainSession:
 
     def close(self) -> None:
         self._closed.set()
+        for producer in self._producers.values():
+            producer.close()
+        self._producers.clear()
 
     # -- failure injection (tests and demos) --------------------------------------------
     def maybe_inject(self, *, epoch: int, global_step: int, epoch_start: bool) -> None:
@@ -333,12 +338,20 @@ class TrainSession:
     # -- data ---------------------------------------------------------------------------
     def epoch_feed(self, epoch: int) -> Any:
         """This rank's training batches for ``epoch``: :class:`IndexFeed` over the in-memory split, or
-        :class:`orchestrator.runtime.datasets.TrainFeed` streaming its files."""
+        :class:`orchestrator.runtime.datasets.TrainFeed` streaming its files. A streamed epoch starts
+        the next epoch's producer, which opens its stream once this epoch's files are read."""
         if self.data is not None and self.data.stream is not None:
-            from orchestrator.runtime.datasets import TrainFeed
+            from orchestrator.runtime.datasets import BatchProducer, TrainFeed
 
-            return TrainFeed(self.data, self.data.stream, epoch, self.rank, self.world_size,
-                             self.spec.per_worker_batch_size)
+            plan, bs = self.data.stream, self.spec.per_worker_batch_size
+            for old in [e for e in self._producers if e != epoch]:  # an epoch started before: done
+                self._producers.pop(old).close()
+            producer = self._producers.pop(epoch, None) or BatchProducer(plan, epoch, self.rank, self.world_size, bs)
+            if epoch < self.spec.training.epochs:
+                self._producers[epoch + 1] = BatchProducer(plan, epoch + 1, self.rank, self.world_size, bs,
+                                                           after=producer.read_done)
+            self._producers[epoch] = producer
+            return TrainFeed(self.data, plan, producer)
         return IndexFeed(self.shard(epoch))
 
     def shard(self, epoch: int) -> np.ndarray:

@@ -245,3 +245,91 @@ def test_read_blocks_never_split_a_file_and_group_small_ones() -> None:
     assert read_blocks(files(160, 12 << 20)) == 32
     assert read_blocks(files(10, BLOCK_BYTES * 2)) == 10  # big files: one block each, never fewer files
     assert read_blocks(files(1, 100)) == 1
+
+
+class _MemoryPlan(StreamPlan):
+    """A plan whose files are arrays in memory (the Ray Data read replaced), recording each stream."""
+
+    opened: list[tuple[int, ...]]
+    fail_at: int | None = None
+
+    def stream(self, files: list[int], keep: int | None):  # type: ignore[no-untyped-def]
+        self.opened.append(tuple(files))
+        for i in files:
+            if i == self.fail_at:
+                raise ValueError(f"/d/part-{i}.parquet: corrupt")
+            n = int(self.counts[i, TRAIN])
+            key = np.arange(1000 * i, 1000 * i + n, dtype=np.int64)
+            yield {"x": key.astype(np.float32)[:, None], "y": key % 3, "key": key}
+
+
+def _memory_plan(files: int = 6, rows: int = 50) -> _MemoryPlan:
+    base = _plan([[rows, 5, 5]] * files)
+    plan = _MemoryPlan(base.listing, base.spec.model_copy(update={"shuffle_buffer": 64}), 3, None, base.counts,
+                       Preprocessor("standardize", np.full(1, 100, np.float32), np.full(1, 2, np.float32)))
+    plan.opened = []
+    return plan
+
+
+def test_batch_producer_is_the_epoch_stream_preprocessed_and_prefetches_after_the_read() -> None:
+    import threading
+
+    from orchestrator.runtime.datasets import BatchProducer, train_batches
+
+    plan = _memory_plan()
+    expected = list(train_batches(plan, 2, 1, 2, 16))
+    plan.opened.clear()
+    got = list(BatchProducer(plan, 2, 1, 2, 16))
+    assert [len(b["key"]) for b in got] == [len(b["key"]) for b in expected] and sum(len(b["key"]) for b in got) == 150
+    for g, e in zip(got, expected, strict=True):
+        assert np.array_equal(g["key"], e["key"]) and np.array_equal(g["y"], e["y"])
+        assert np.allclose(g["x"], (e["x"] - 100) / 2)  # preprocessed on the producer's thread
+
+    gate = threading.Event()
+    waiting = BatchProducer(plan, 3, 0, 2, 16, after=gate)
+    assert not waiting._thread.join(0.5) and plan.opened == [tuple(plan.assign(2, 2)[1])]  # nothing read yet
+    gate.set()
+    assert [b["key"].tolist() for b in waiting] == [b["key"].tolist() for b in train_batches(plan, 3, 0, 2, 16)]
+    assert waiting.read_done.is_set()
+
+
+def test_batch_producer_raises_the_stream_error_in_the_reader_and_stops_when_closed() -> None:
+    from orchestrator.runtime.datasets import BatchProducer
+
+    plan = _memory_plan()
+    plan.fail_at = plan.assign(1, 1)[0][2]
+    with pytest.raises(ValueError, match="corrupt"):
+        list(BatchProducer(plan, 1, 0, 1, 16))
+
+    plan.fail_at = None
+    stuck = BatchProducer(plan, 1, 0, 1, 8, depth=1)  # its queue fills: the thread waits to put
+    next(stuck)
+    stuck.close()
+    stuck._thread.join(10)
+    assert not stuck._thread.is_alive()
+
+
+def test_a_streamed_epoch_feed_prefetches_the_next_epoch_only(tmp_path: Path) -> None:
+    from orchestrator.runtime.data import CleaningReport, PreparedData
+    from orchestrator.runtime.datasets import train_batches
+    from orchestrator.runtime.session import JobPaths, LocalCollectives, TrainSession
+    from orchestrator.spec.models import JobSpec
+
+    plan = _memory_plan()
+    data = PreparedData(*(np.zeros(0),) * 6, (1,), 3, "classification", plan.preprocessor,  # type: ignore[arg-type]
+                        CleaningReport(0), "/d", stream=plan)
+    spec = JobSpec.model_validate({"name": "s", "model": {"type": "cnn"}, "training": {"epochs": 2, "batch_size": 16}})
+    sess = TrainSession(spec=spec, rank=0, world_size=1, paths=JobPaths(tmp_path, None, tmp_path / "model"),
+                        data=data, sink=None, collectives=LocalCollectives(), keep_checkpoints=1)
+    bs = spec.per_worker_batch_size
+    feed = sess.epoch_feed(1)
+    ids = [feed.select(step, bs) for step in range(feed.size // bs)]
+    assert sum(len(i) for i in ids) == feed.size // bs * bs and feed.size == 300
+    assert set(sess._producers) == {1, 2}  # epoch 2 is read beside epoch 1's last steps
+    nxt = sess._producers[2]
+    first = next(nxt)  # epoch 1's files are read, so epoch 2's stream is open ...
+    assert len(plan.opened) == 2 and plan.opened[1] == tuple(plan.assign(2, 1)[0])
+    assert sess.epoch_feed(2)._it is nxt and set(sess._producers) == {2}  # ... and is epoch 2's feed; no epoch 3
+    assert np.array_equal(first["key"], next(iter(train_batches(plan, 2, 0, 1, bs)))["key"])
+    sess.close()
+    assert not sess._producers
