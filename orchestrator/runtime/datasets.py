@@ -124,7 +124,8 @@ class Decoder:
             ok = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
             if np.issubdtype(y.dtype, np.floating):
                 ok &= np.isfinite(y)
-            x, y, files = x[ok], y[ok], files[ok]
+            if not ok.all():  # the usual case keeps every row: no copy
+                x, y, files = x[ok], y[ok], files[ok]
         keys = row_keys(x, y)
         codes = split_codes(keys, self.seed, self.val_fraction, self.test_fraction)
         if self.keep is not None:
