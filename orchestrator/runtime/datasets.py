@@ -615,10 +615,8 @@ class ShuffleBuffer:
         self.size = 0
 
 
-def train_batches(plan: StreamPlan, epoch: int, rank: int, world: int, batch: int,
-                  read_done: threading.Event | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """This rank's training batches for ``epoch`` (raw features), ``plan.epoch_rows`` rows in all.
-    ``read_done`` is set once the epoch's files are read (what is left comes from the shuffle buffer)."""
+def train_batches(plan: StreamPlan, epoch: int, rank: int, world: int, batch: int) -> Iterator[dict[str, np.ndarray]]:
+    """This rank's training batches for ``epoch`` (raw features), ``plan.epoch_rows`` rows in all."""
     total = plan.epoch_rows(epoch, world)
     files = plan.assign(epoch, world)[rank]
     buffer = ShuffleBuffer(plan.spec.shuffle_buffer, batch, np.random.default_rng([plan.seed, epoch, rank, 0xB0F]))
@@ -630,16 +628,12 @@ def train_batches(plan: StreamPlan, epoch: int, rank: int, world: int, batch: in
         sent += n
         return {k: v[:n] for k, v in b.items()} if n > 0 else None
 
-    try:
-        for chunk in plan.stream(files, TRAIN):
-            for out in buffer.push(chunk):
-                if (b := cut(out)) is not None:
-                    yield b
-            if sent >= total:
-                return
-    finally:
-        if read_done is not None:
-            read_done.set()
+    for chunk in plan.stream(files, TRAIN):
+        for out in buffer.push(chunk):
+            if (b := cut(out)) is not None:
+                yield b
+        if sent >= total:
+            return
     for out in buffer.flush():
         if (b := cut(out)) is not None:
             yield b
@@ -653,9 +647,11 @@ class BatchProducer:
     """One epoch's training batches (read, shuffled, preprocessed), made on a background thread into a
     bounded queue, so that reading and preprocessing overlap the training steps.
 
-    A producer made with ``after`` (the previous epoch's ``read_done``) starts reading only when that
-    epoch's files are read: the next epoch's stream opens while the current one drains its shuffle
-    buffer, instead of stalling the first step of every epoch. The batches are those of
+    A producer made with ``after`` (the previous epoch's producer's ``made``) starts reading when that
+    epoch's last batch is made, ``depth`` steps before its end: the next epoch's stream opens beside
+    those last steps, the validation and the checkpoint, instead of stalling the first step of every
+    epoch, and it does not take CPU from the training steps before (on a small machine the read
+    tasks and the train workers share the cores). The batches are those of
     :func:`train_batches`, a pure function of the epoch, so a prefetched epoch is the same epoch
     (exact resume holds). Memory: the shuffle buffer and ``PRODUCER_DEPTH`` batches per producer, at
     most two producers at a time, whatever the data set's size."""
@@ -663,7 +659,8 @@ class BatchProducer:
     def __init__(self, plan: StreamPlan, epoch: int, rank: int, world: int, batch: int,
                  after: threading.Event | None = None, depth: int = PRODUCER_DEPTH) -> None:
         self.plan, self.epoch, self.rank, self.world, self.batch = plan, epoch, rank, world, batch
-        self.read_done = threading.Event()
+        #: Set when this epoch's last batch is made (or the producer failed or was closed).
+        self.made = threading.Event()
         self._after = after
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
         self._closed = threading.Event()
@@ -677,14 +674,14 @@ class BatchProducer:
                 if self._closed.is_set():
                     return
             apply = self.plan.preprocessor.apply
-            for b in train_batches(self.plan, self.epoch, self.rank, self.world, self.batch, self.read_done):
+            for b in train_batches(self.plan, self.epoch, self.rank, self.world, self.batch):
                 if not self._put(("batch", {"x": apply(b["x"]), "y": b["y"], "key": b["key"]})):
                     return
             self._put(("end", None))
         except BaseException as exc:  # noqa: BLE001 - raised again in the training thread, as it was
             self._put(("error", exc))
         finally:
-            self.read_done.set()
+            self.made.set()
 
     def _put(self, item: tuple[str, Any]) -> bool:
         while not self._closed.is_set():

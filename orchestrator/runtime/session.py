@@ -339,7 +339,7 @@ class TrainSession:
     def epoch_feed(self, epoch: int) -> Any:
         """This rank's training batches for ``epoch``: :class:`IndexFeed` over the in-memory split, or
         :class:`orchestrator.runtime.datasets.TrainFeed` streaming its files. A streamed epoch starts
-        the next epoch's producer, which opens its stream once this epoch's files are read."""
+        the next epoch's producer, which opens its stream once this epoch's last batch is made."""
         if self.data is not None and self.data.stream is not None:
             from orchestrator.runtime.datasets import BatchProducer, TrainFeed
 
@@ -349,7 +349,7 @@ class TrainSession:
             producer = self._producers.pop(epoch, None) or BatchProducer(plan, epoch, self.rank, self.world_size, bs)
             if epoch < self.spec.training.epochs:
                 self._producers[epoch + 1] = BatchProducer(plan, epoch + 1, self.rank, self.world_size, bs,
-                                                           after=producer.read_done)
+                                                           after=producer.made)
             self._producers[epoch] = producer
             return TrainFeed(self.data, plan, producer)
         return IndexFeed(self.shard(epoch))

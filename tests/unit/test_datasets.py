@@ -271,7 +271,7 @@ def _memory_plan(files: int = 6, rows: int = 50) -> _MemoryPlan:
     return plan
 
 
-def test_batch_producer_is_the_epoch_stream_preprocessed_and_prefetches_after_the_read() -> None:
+def test_batch_producer_is_the_epoch_stream_preprocessed_and_waits_for_the_previous_epoch() -> None:
     import threading
 
     from orchestrator.runtime.datasets import BatchProducer, train_batches
@@ -290,7 +290,7 @@ def test_batch_producer_is_the_epoch_stream_preprocessed_and_prefetches_after_th
     assert not waiting._thread.join(0.5) and plan.opened == [tuple(plan.assign(2, 2)[1])]  # nothing read yet
     gate.set()
     assert [b["key"].tolist() for b in waiting] == [b["key"].tolist() for b in train_batches(plan, 3, 0, 2, 16)]
-    assert waiting.read_done.is_set()
+    assert waiting.made.is_set()
 
 
 def test_batch_producer_raises_the_stream_error_in_the_reader_and_stops_when_closed() -> None:
@@ -326,8 +326,9 @@ def test_a_streamed_epoch_feed_prefetches_the_next_epoch_only(tmp_path: Path) ->
     ids = [feed.select(step, bs) for step in range(feed.size // bs)]
     assert sum(len(i) for i in ids) == feed.size // bs * bs and feed.size == 300
     assert set(sess._producers) == {1, 2}  # epoch 2 is read beside epoch 1's last steps
+    assert sess._producers[1].made.wait(10)
     nxt = sess._producers[2]
-    first = next(nxt)  # epoch 1's files are read, so epoch 2's stream is open ...
+    first = next(nxt)  # epoch 1's batches are all made, so epoch 2's stream is open ...
     assert len(plan.opened) == 2 and plan.opened[1] == tuple(plan.assign(2, 1)[0])
     assert sess.epoch_feed(2)._it is nxt and set(sess._producers) == {2}  # ... and is epoch 2's feed; no epoch 3
     assert np.array_equal(first["key"], next(iter(train_batches(plan, 2, 0, 1, bs)))["key"])
