@@ -155,6 +155,7 @@ def run_one(spec: Path, home: Path) -> dict[str, Any]:
         # steady state: the median epoch after the first (the first also starts the read-task processes)
         "samples_per_second": statistics.median(epochs[1:] or epochs),
         "first_epoch_samples_per_second": epochs[0],
+        "epoch_samples_per_second": epochs,
         "overall_samples_per_second": result["metrics"]["samples_per_second"],
         "val_accuracy": result["metrics"]["val_accuracy"],
         "peak_worker_uss_mib": peak[1] / 2**20,
@@ -193,7 +194,7 @@ def main() -> None:
                 print(config, json.dumps(run), flush=True)
     checks.append(machine_check())
 
-    med = {c: {k: statistics.median(r[k] for r in runs[c]) for k in runs[c][0] if k != "streaming"} for c in configs}
+    med = {c: {k: statistics.median(r[k] for r in runs[c]) for k in runs[c][0] if k not in ("streaming", "epoch_samples_per_second")} for c in configs}
     ratios: dict[str, float] = {}
     if "20x-stream" in med and "1x-stream" in med:
         ratios["worker_uss_20x_over_1x"] = med["20x-stream"]["peak_worker_uss_mib"] / med["1x-stream"]["peak_worker_uss_mib"]
