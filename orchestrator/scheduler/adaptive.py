@@ -14,7 +14,10 @@ reading durations), made robust for clusters it was not tuned on:
   ``starve_factor`` x its run time since it was last promoted (at least ``min_starve_s``) moves
   to the first band, and its service count restarts (``starve_by="service"``: its wait reaches
   ``starve_factor`` x its attained service since then, in accelerator-seconds, so a wide gang
-  waits longer before it is promoted over narrower jobs).
+  waits longer before it is promoted over narrower jobs). With ``starve_count="whole"`` the wait
+  is measured against all the service the job ever had, not the service since its last promotion,
+  so one job's promotions are spaced geometrically (on Philly VC 11cb48 promotions otherwise drive a
+  round-robin of the medium jobs with the 10-min quantum as its time slice).
 * **Thrashing guards**, on preemptions by band (cause ``policy``) only; priority, reclaim and the
   backfill bound are rules, not heuristics, and are never held back:
 
@@ -120,6 +123,7 @@ class Adaptive(Las):
         starve_factor: float = 4.0,
         min_starve_s: float = 600.0,
         starve_by: str = "service",
+        starve_count: str = "since-promotion",
         min_quantum_s: float = 600.0,
         quantum_per_restore: float = 10.0,
         max_preemptions: int = 3,
@@ -144,6 +148,11 @@ class Adaptive(Las):
             raise UsageError(
                 f"adaptive starve_by must be time or service, got {starve_by!r}", fix="use time or service"
             )
+        if starve_count not in ("since-promotion", "whole"):
+            raise UsageError(
+                f"adaptive starve_count must be since-promotion or whole, got {starve_count!r}",
+                fix="use since-promotion or whole",
+            )
         if weighting not in ("jobs", "work", "gittins"):
             raise UsageError(
                 f"adaptive weighting must be jobs, work or gittins, got {weighting!r}",
@@ -152,6 +161,7 @@ class Adaptive(Las):
         super().__init__(prior, starve_factor, min_starve_s)
         self.weighting = weighting
         self.starve_by = starve_by
+        self.starve_count = starve_count
         self.prior = self.thresholds
         self.band_quantiles = tuple(quantiles)
         self.warmup, self.refresh_every = warmup, refresh_every
@@ -175,6 +185,7 @@ class Adaptive(Las):
             starve_factor=self.starve_factor,
             min_starve_s=self.min_starve_s,
             starve_by=self.starve_by,
+            starve_count=self.starve_count,
             min_quantum_s=self.min_quantum_s,
             quantum_per_restore=self.quantum_per_restore,
             max_preemptions=self.max_preemptions,
@@ -218,7 +229,9 @@ class Adaptive(Las):
     # -- starvation guard ----------------------------------------------------------------------
     def _starve_after(self, job: Job) -> float:
         # Tiresias' promote knob: the wait allowed grows with the run time since the last promotion
-        served = job.attained - job.service_forgiven
+        # "whole": every accelerator-second it ever had counts, so one job's promotions are
+        # geometrically spaced (a promotion no longer restarts the wait the next one needs)
+        served = job.attained if self.starve_count == "whole" else job.attained - job.service_forgiven
         if self.starve_by == "service":  # 2D: a wide gang waits as many seconds as it held accelerators
             return max(self.min_starve_s, self.starve_factor * served)
         ran = served / job.size if job.size else job.last_run
