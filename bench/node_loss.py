@@ -54,6 +54,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.submit import machine_check  # noqa: E402
+
 RESULTS = REPO / "bench" / "results"
 PLAIN = REPO / "bench" / "plain_train_node_loss.py"
 EVENT_MARK = "ORCHESTRATOR_EVENT "
@@ -63,12 +67,6 @@ RUN_TIMEOUT_S = 1500.0
 #: Ray's answer while the head's job agent is still starting; submissions are retried meanwhile.
 NO_AGENT = "No available agent to submit job"
 AGENT_RETRIES = 40
-
-
-def machine_check() -> float:
-    start = time.perf_counter()
-    sum(range(10**7))
-    return time.perf_counter() - start
 
 
 def log(text: str) -> None:

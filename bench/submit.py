@@ -38,3 +38,10 @@ def submit_json(
     wall = time.time() - started
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     return proc, (json.loads(lines[-1]) if lines else None), wall
+
+
+def machine_check() -> float:
+    """Seconds for ``sum(range(10**7))`` (DESIGN.md: timed before and after a benchmark)."""
+    start = time.perf_counter()
+    sum(range(10**7))
+    return time.perf_counter() - start

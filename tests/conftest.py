@@ -88,3 +88,18 @@ def s3_server() -> Iterator[S3Server]:
 def s3_bucket(s3_server: S3Server) -> str:
     """A fresh, empty bucket on the session's S3 server: ``s3://<bucket>``."""
     return s3_server.create_bucket()
+
+
+@pytest.fixture(scope="session")
+def example_jobs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of jobs/ and examples/ with the data the data-set examples read, written by the documented
+    generator (``orchestrator data generate``): the folder holding the copied jobs/."""
+    import shutil
+
+    from orchestrator.runtime.datagen import write_example_data
+
+    root = tmp_path_factory.mktemp("examples")
+    for folder in ("jobs", "examples"):
+        shutil.copytree(REPO / folder, root / folder)
+    write_example_data(root)
+    return root

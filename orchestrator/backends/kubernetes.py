@@ -60,7 +60,7 @@ def portable_paths(spec: JobSpec, spec_path: str | None) -> JobSpec:
         return os.path.relpath(path, base) if inside else path
 
     updates: dict[str, Any] = {}
-    if not spec.data.is_builtin:
+    if not spec.data.is_builtin and "://" not in spec.data.source:
         updates["data"] = spec.data.model_copy(update={"source": portable(spec.data.source)})
     if spec.entrypoint:
         file_part, func = spec.entrypoint.rsplit(":", 1)

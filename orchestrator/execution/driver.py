@@ -209,8 +209,6 @@ class Driver(RunFrame):
 
         from orchestrator.metrics.tensorboard import TensorBoardWriter
         from orchestrator.runtime.checkpoints import check_owner
-        from orchestrator.runtime.data import prepare_data
-
         spec = self.spec
         log.info("job %s (%s): %s", self.record.id, spec.framework, json.dumps(self.record.spec))
         # Before Ray starts. On a Ray of its own this machine is where the workers write, so the
@@ -225,12 +223,9 @@ class Driver(RunFrame):
             log.info("storage: %s", self._outputs.storage.uri)
         if spec.init_from:  # before the data: a wrong source fails at once
             self.paths["init_from"] = resolve_init_from(spec, self.store)
-        data = prepare_data(spec.data, spec.training.seed)
-        summary = data.summary()
-        log.info("data: %s", json.dumps(summary))
-        if spec.init_from:
-            check_init_data(self.paths["init_from"], data.sample_shape, data.num_classes)
-            log.info("init_from: %s (weights checked against this model)", self.paths["init_from"].uri)
+        # a data set of files is read through Ray Data, so after Ray starts (its files were listed when
+        # the spec was loaded); the built-ins and one .npz file load here, before the queue
+        data = None if spec.data.is_file_set else self._prepare_data()
 
         if not self.settings.local_ray_address:
             # Ray of its own: the machine's queue (the job store) decides when the gang starts,
@@ -253,6 +248,9 @@ class Driver(RunFrame):
         log.info("Ray ready in %.1fs; dashboard: %s", time.time() - init_start, url or "off")
         self._retake_signals()  # so `orchestrator cancel` (SIGTERM) stops with a final checkpoint
         check_fits_local_cluster(spec, ray.cluster_resources())  # type: ignore[no-untyped-call]
+        if data is None:
+            data = self._prepare_data()
+        summary = data.summary()
 
         self._tb = TensorBoardWriter(self.record.job_dir / "tensorboard")
         tensorboard_dir = str(self.record.job_dir / "tensorboard")
@@ -270,6 +268,25 @@ class Driver(RunFrame):
             return self._finish(JobState.CANCELLED, "cancelled while queued")
         write_shards(self.record.job_dir / "shards.json", self.tracker.shards)
         return self._conclude(outcome)
+
+    def _prepare_data(self) -> Any:
+        """The job's data (in memory, or a streaming plan after one pass over the files), logged and
+        checked against ``init_from``."""
+        from orchestrator.runtime.data import prepare_data
+
+        spec = self.spec
+        if spec.streams_data:
+            from orchestrator.runtime.datasets import prepare_stream
+
+            data = prepare_stream(spec.data, spec.training.seed, spec.resources.workers)
+        else:
+            data = prepare_data(spec.data, spec.training.seed)
+        log.info("data: %s", json.dumps(data.summary()))
+        self._update_result(data=data.summary())
+        if spec.init_from:
+            check_init_data(self.paths["init_from"], data.sample_shape, data.num_classes)
+            log.info("init_from: %s (weights checked against this model)", self.paths["init_from"].uri)
+        return data
 
     def _sit(self, queue: AdmissionQueue) -> QueueSeat:
         return QueueSeat(queue, self.store, self.record.id, self.machine, self.events)

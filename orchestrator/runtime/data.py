@@ -132,8 +132,16 @@ class PreparedData:
     cleaning: CleaningReport
     source: str
     train_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: A streamed data set of files (:class:`orchestrator.runtime.datasets.StreamPlan`): no rows are held
+    #: here; during training ``x_train``/``y_train`` hold the current batch only. None: in memory.
+    stream: Any = None
 
     def summary(self) -> dict[str, Any]:
+        if self.stream is not None:
+            counts = self.stream.counts.sum(0)
+            return {"source": self.source, "streaming": True, "train": int(counts[0]), "validation": int(counts[1]),
+                    "test": int(counts[2]), "sample_shape": list(self.sample_shape),
+                    "num_classes": self.num_classes, "task": self.task, **self.stream.summary()}
         return {
             "source": self.source,
             "train": len(self.x_train),
@@ -159,6 +167,10 @@ def load_source(spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
         from orchestrator.runtime.tokens import token_sequences
 
         return token_sequences()
+    if spec.is_file_set:  # read whole through Ray Data (data.streaming: false, or a job that cannot stream)
+        from orchestrator.runtime.datasets import load_file_set
+
+        return load_file_set(spec, 0)
     return _load_npz(spec.source)
 
 

@@ -202,8 +202,8 @@ def run_epochs(sess: TrainSession, spec: JobSpec, adapter: EpochAdapter) -> dict
     epoch = point.start_epoch
 
     for epoch in range(point.start_epoch, spec.training.epochs + 1):
-        idx = sess.shard(epoch)
-        steps = adapter.steps(len(idx))
+        feed = sess.epoch_feed(epoch)  # this rank's shard: positions in memory, or a stream of files
+        steps = adapter.steps(feed.size)
         first = point.step_in_epoch if epoch == point.start_epoch else 0
         sums = EpochSums.restored(point.extra, rank) if first else EpochSums()
         sess.epoch_started(epoch, global_step)
@@ -211,7 +211,7 @@ def run_epochs(sess: TrainSession, spec: JobSpec, adapter: EpochAdapter) -> dict
         t0 = time.perf_counter()
         step = first
         for step in range(first, steps):
-            sel = idx[step * bs : (step + 1) * bs]
+            sel = feed.select(step, bs)
             shown_loss, first_sum, second_sum = adapter.step(epoch, step, sel)
             global_step += 1
             sums.add(first_sum, second_sum, len(sel))
@@ -229,7 +229,7 @@ def run_epochs(sess: TrainSession, spec: JobSpec, adapter: EpochAdapter) -> dict
                 stopped = True
                 break
         sums.seconds += time.perf_counter() - t0
-        sess.record_shard(epoch, idx[first * bs : min(step + 1, steps) * bs])  # what this attempt trained
+        sess.record_shard(epoch, feed.trained(first, min(step + 1, steps), bs))  # what this attempt trained
         if stopped:
             break
         totals = adapter.all_reduce(sums.counts())

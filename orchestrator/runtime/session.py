@@ -138,6 +138,21 @@ class JobPaths:
         return CheckpointManager(self.checkpoint_dir or self.job_dir / "checkpoints", keep=keep, owner=self.job_id)
 
 
+class IndexFeed:
+    """An epoch's batches as positions in the in-memory training split (``data.x_train``)."""
+
+    def __init__(self, idx: np.ndarray) -> None:
+        self.idx = idx
+        self.size = len(idx)
+
+    def select(self, step: int, batch: int) -> np.ndarray:
+        return self.idx[step * batch : (step + 1) * batch]
+
+    def trained(self, first: int, end: int, batch: int) -> np.ndarray:
+        """The samples of steps ``first`` to ``end`` (exclusive)."""
+        return self.idx[first * batch : end * batch]
+
+
 class TrainSession:
     """One worker's view of the job: rank, data, event stream, checkpoints, stop requests."""
 
@@ -316,6 +331,16 @@ class TrainSession:
         self.emit(events.Shard(epoch=epoch, indices=[int(i) for i in indices]))
 
     # -- data ---------------------------------------------------------------------------
+    def epoch_feed(self, epoch: int) -> Any:
+        """This rank's training batches for ``epoch``: :class:`IndexFeed` over the in-memory split, or
+        :class:`orchestrator.runtime.datasets.TrainFeed` streaming its files."""
+        if self.data is not None and self.data.stream is not None:
+            from orchestrator.runtime.datasets import TrainFeed
+
+            return TrainFeed(self.data, self.data.stream, epoch, self.rank, self.world_size,
+                             self.spec.per_worker_batch_size)
+        return IndexFeed(self.shard(epoch))
+
     def shard(self, epoch: int) -> np.ndarray:
         """This rank's training sample positions for ``epoch`` (disjoint across ranks)."""
         if self.data is None:

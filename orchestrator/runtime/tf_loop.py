@@ -23,6 +23,7 @@ from orchestrator.runtime.tf_multiworker import (
     build_model,
     checksum,
     evaluate,
+    evaluate_batches,
     export_keras_model,
     local_predict,
     make_optimizer,
@@ -137,7 +138,9 @@ class TFSupervised(SupervisedAdapter):
 
     def prepare(self) -> None:
         data, shape = self.data, tuple(self.data.sample_shape)
-        y_dtype = tf.as_dtype(data.y_train.dtype)
+        # a streamed batch's labels keep the files' dtype: the step casts them to the task's
+        self.y_dtype = np.dtype(np.int64 if data.task == "classification" else np.float32)
+        y_dtype = tf.as_dtype(self.y_dtype)
         self.train_step = make_train_step(self.strategy, self.model, self.optimizer, self.spec, shape, y_dtype,
                                           self.world)
         self.predict = local_predict(self.strategy, self.model, shape)
@@ -146,12 +149,24 @@ class TFSupervised(SupervisedAdapter):
         xb, augment = self.data.x_train[sel], self.spec.data.augment
         if augment.active:  # training split only; the same draws after a resume
             xb = augment_batch(xb, augment, batch_rng(self.spec.training.seed, epoch, self.rank, step))
-        loss_sum, correct = self.train_step(tf.constant(xb, tf.float32), tf.constant(self.data.y_train[sel]))
+        yb = self.data.y_train[sel].astype(self.y_dtype, copy=False)
+        loss_sum, correct = self.train_step(tf.constant(xb, tf.float32), tf.constant(yb))
         return float(loss_sum) / max(len(sel), 1), float(loss_sum), float(correct)
 
     def evaluate(self, epoch: int, totals: Sequence[float]) -> tuple[float, ...]:
         sync_moving_statistics(self.model)  # every rank scores the model that is saved (all-reduce)
-        return evaluate(self.predict, self.data.x_val, self.data.y_val, tf_collectives(self.sess))
+        return self._evaluate("validation")
+
+    def _evaluate(self, split: str) -> tuple[float, float]:
+        data, collectives = self.data, tf_collectives(self.sess)
+        if data.stream is not None:  # this rank's files of the split, streamed
+            from orchestrator.runtime.datasets import SPLITS, eval_batches
+
+            batches = eval_batches(data.stream, SPLITS[split], self.rank, self.world, 512)
+            return evaluate_batches(self.predict, ((x, y.astype(self.y_dtype, copy=False)) for x, y in batches),
+                                    collectives)
+        x, y = (data.x_val, data.y_val) if split == "validation" else (data.x_test, data.y_test)
+        return evaluate(self.predict, x, y, collectives)
 
     def learning_rate(self) -> float:
         import tf_keras as keras
@@ -161,7 +176,7 @@ class TFSupervised(SupervisedAdapter):
     def finish(self) -> tuple[dict[str, float], str | None]:
         data, spec = self.data, self.spec
         sync_moving_statistics(self.model)
-        final = test_metrics(data, *evaluate(self.predict, data.x_test, data.y_test, tf_collectives(self.sess)))
+        final = test_metrics(data, *self._evaluate("test"))
         weights = read_arrays(self.model.weights)  # every rank (collective reads)
         if self.rank != 0:
             return final, None

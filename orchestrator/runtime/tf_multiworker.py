@@ -20,6 +20,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tf.keras is Keras 2 (tf_ker
 import hashlib
 import json
 import pickle
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -348,16 +349,24 @@ def local_predict(strategy: tf.distribute.Strategy, model: Any, sample_shape: tu
 def evaluate(predict: Any, x: np.ndarray, y: np.ndarray, collectives: TFCollectives, batch: int = 512) -> tuple[float, float]:
     """Loss and accuracy over a whole split: each rank takes a slice, the sums are all-reduced."""
     idx = eval_indices(len(x), collectives.rank, collectives.world)
-    loss_sum = correct = 0.0
-    for start in range(0, len(idx), batch):
+    return evaluate_batches(predict, ((x[idx[s : s + batch]], y[idx[s : s + batch]]) for s in range(0, len(idx), batch)),
+                            collectives)
+
+
+def evaluate_batches(predict: Any, batches: Iterable[tuple[np.ndarray, np.ndarray]],
+                     collectives: TFCollectives) -> tuple[float, float]:
+    """Loss and accuracy over this rank's ``batches`` (arrays) and every other rank's: sums all-reduced
+    (ranks may hold different numbers of batches: ``predict`` runs on this worker's replica only)."""
+    loss_sum = correct = seen = 0.0
+    for xs, ys in batches:
         session_mod.touch_if_active()
-        sel = idx[start : start + batch]
-        yb = tf.constant(y[sel])
-        out = predict(tf.constant(x[sel], tf.float32))
+        yb = tf.constant(ys)
+        out = predict(tf.constant(xs, tf.float32))
         loss_sum += float(tf.reduce_sum(per_example_loss(yb, out)))
+        seen += len(xs)
         if not yb.dtype.is_floating:
-            correct += float(np.sum(np.argmax(out.numpy(), axis=1) == y[sel]))
-    total_loss, total_correct, count = collectives.sum(np.array([loss_sum, correct, float(len(idx))]))
+            correct += float(np.sum(np.argmax(out.numpy(), axis=1) == ys))
+    total_loss, total_correct, count = collectives.sum(np.array([loss_sum, correct, seen]))
     return total_loss / max(count, 1), total_correct / max(count, 1)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -116,20 +117,27 @@ def evaluate(
 ) -> tuple[float, float]:
     """Loss and accuracy over the whole split: each rank takes a slice, sums are all-reduced."""
     idx = eval_indices(len(x), rank, world)
+    return evaluate_batches(model, ((x[idx[s : s + batch]], y[idx[s : s + batch]]) for s in range(0, len(idx), batch)),
+                            dev)
+
+
+def evaluate_batches(model: nn.Module, batches: Iterable[tuple[np.ndarray, np.ndarray]],
+                     dev: torch.device) -> tuple[float, float]:
+    """Loss and accuracy over this rank's ``batches`` (arrays) and every other rank's: sums all-reduced."""
     model.eval()
-    loss_sum = correct = 0.0
+    loss_sum = correct = seen = 0.0
     touch = session_mod.touch_if_active
     with torch.no_grad():
-        for start in range(0, len(idx), batch):
+        for xs, ys in batches:
             touch()
-            sel = idx[start : start + batch]
-            xb = torch.from_numpy(x[sel]).to(dev)
-            yb = torch.from_numpy(y[sel]).to(dev)
+            xb = torch.from_numpy(xs).to(dev)
+            yb = torch.from_numpy(ys).to(dev)
             out = model(xb)
             loss_sum += float(task_loss(out, yb, reduction="sum"))
+            seen += len(xs)
             if yb.dtype != torch.float32:  # classification
                 correct += float((out.argmax(1) == yb).sum())
-    total_loss, total_correct, count = all_reduce_sum([loss_sum, correct, float(len(idx))], dev)
+    total_loss, total_correct, count = all_reduce_sum([loss_sum, correct, seen], dev)
     return total_loss / max(count, 1), total_correct / max(count, 1)
 
 

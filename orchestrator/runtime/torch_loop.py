@@ -23,6 +23,7 @@ from orchestrator.runtime.torch_ddp import (
     all_reduce_sum,
     build_model,
     evaluate,
+    evaluate_batches,
     export_torch_model,
     make_optimizer,
     optimizer_checksum,
@@ -92,6 +93,10 @@ class TorchSupervised(SupervisedAdapter):
         dev, augment = self.dev, self.spec.data.augment
         xb = torch.from_numpy(self.data.x_train[sel]).to(dev, non_blocking=True)
         yb = torch.from_numpy(self.data.y_train[sel]).to(dev, non_blocking=True)
+        if not self.classify and yb.dtype != torch.float32:  # streamed targets keep the files' dtype
+            yb = yb.float()
+        elif self.classify and yb.dtype != torch.int64:
+            yb = yb.long()
         if augment.active:  # training split only; the same draws after a resume
             xb = augment_batch(xb, augment, batch_generator(self.spec.training.seed, epoch, self.rank, step))
         self.optimizer.zero_grad(set_to_none=True)
@@ -104,14 +109,26 @@ class TorchSupervised(SupervisedAdapter):
         return batch_loss, batch_loss * len(sel), correct
 
     def evaluate(self, epoch: int, totals: Sequence[float]) -> tuple[float, ...]:
-        return evaluate(self.net, self.data.x_val, self.data.y_val, self.rank, self.world, 512, self.dev)
+        return self._evaluate("validation")
+
+    def _evaluate(self, split: str) -> tuple[float, float]:
+        data = self.data
+        if data.stream is not None:  # this rank's files of the split, streamed
+            from orchestrator.runtime.datasets import SPLITS, eval_batches
+
+            batches = eval_batches(data.stream, SPLITS[split], self.rank, self.world, 512)
+            target = np.int64 if data.task == "classification" else np.float32
+            batches = ((x, y.astype(target, copy=False)) for x, y in batches)
+            return evaluate_batches(self.net, batches, self.dev)
+        x, y = (data.x_val, data.y_val) if split == "validation" else (data.x_test, data.y_test)
+        return evaluate(self.net, x, y, self.rank, self.world, 512, self.dev)
 
     def learning_rate(self) -> float:
         return float(self.optimizer.param_groups[0].get("lr", self.spec.training.learning_rate))
 
     def finish(self) -> tuple[dict[str, float], str | None]:
         data = self.data
-        final = test_metrics(data, *evaluate(self.net, data.x_test, data.y_test, self.rank, self.world, 512, self.dev))
+        final = test_metrics(data, *self._evaluate("test"))
         if self.rank != 0:
             return final, None
         export_torch_model(self.model, data, self.spec, self.sess.paths.model_dir)

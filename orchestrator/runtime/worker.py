@@ -100,6 +100,10 @@ def _make_session(
     data = config.get("data")
     if data is not None and not isinstance(data, PreparedData):
         data = ray.get(data)
+    if data is not None and data.stream is not None:
+        from orchestrator.runtime.datasets import warm_read_workers
+
+        warm_read_workers()
     return TrainSession(
         spec=spec,
         rank=rank,

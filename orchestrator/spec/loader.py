@@ -34,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import SpecError, SpecFileError, SpecIssue, UsageError
 from orchestrator.spec.datafile import DataFileError, inspect_npz
+from orchestrator.spec.datasource import SourceError, list_source, resolve_source
 from orchestrator.spec.models import CrossFieldError, JobSpec
 from orchestrator.storage import check_location
 
@@ -775,7 +776,18 @@ def resolve_paths(spec: JobSpec, base: Path, *, source: str | None = None, loade
     """Make file references absolute and check that they exist (the one place that does I/O)."""
     issues: list[SpecIssue] = []
     updates: dict[str, Any] = {}
-    if not spec.data.is_builtin:
+    if spec.data.is_file_set:
+        where = resolve_source(spec.data.source, str(base))
+        try:
+            # local and shared paths are listed now (no file is read); s3:// and gs:// when the job
+            # starts, with the credentials of the machine that runs it
+            if "://" not in where:
+                list_source(where, spec.data.format)
+        except SourceError as exc:
+            issues.append(SpecIssue("data.source", exc.message, value=_excerpt(spec.data.source, 80), fix=exc.fix,
+                                    line=loaded.line_of(("data", "source")) if loaded else None))
+        updates["data"] = spec.data.model_copy(update={"source": where})
+    elif not spec.data.is_builtin:
         data_path = (base / spec.data.source).resolve()
         try:
             inspect_npz(data_path, ("x", "y"))  # from the headers only: milliseconds, nothing loaded

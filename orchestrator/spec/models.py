@@ -292,14 +292,55 @@ class AugmentSpec(_Model):
                     or self.noise or (self.scale is not None and self.scale != [1.0, 1.0]))
 
 
+DATA_FORMATS: tuple[str, ...] = ("parquet", "npz", "npy", "csv", "images")
+
+
+def _bool_as_text(value: Any) -> Any:
+    """YAML's true/false for a field whose values are auto, true and false (one type in the CRD schema)."""
+    return ("true" if value else "false") if isinstance(value, bool) else value
+
+
 class DataSpec(_Model):
     """Where the data comes from and how it is split and preprocessed."""
 
     source: str = Field(
         default="digits",
+        max_length=1024,
         description="'digits' (scikit-learn's 8x8 digits), 'sine' (noisy sine windows: forecast the next "
         "value), 'tokens' (generated token-id sequences, 4 classes by marker tokens and their order: text "
-        "classification for an rnn with an embedding) or a path to a .npz file with x and y.",
+        "classification for an rnn with an embedding), a path to one .npz file with x and y (loaded into "
+        "memory), or a data set of files: a "
+        "directory, a glob (data/*.parquet) or an s3:// / gs:// prefix of Parquet, CSV, .npz/.npy shards "
+        "or an image folder (one sub-directory per class). docs/data.md says what each holds.",
+    )
+    format: Literal["auto", "parquet", "npz", "npy", "csv", "images"] = Field(
+        default="auto",
+        description="The files' format; auto: from their extensions (.parquet, .csv, .npz, .npy, .png/.jpg).",
+    )
+    label_column: str = Field(
+        default="label", min_length=1, max_length=256,
+        description="Parquet and CSV: the column holding the class (an integer) or the regression target.",
+    )
+    feature_columns: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        default=None, min_length=1, max_length=100_000,
+        description="Parquet and CSV: the numeric feature columns, in order (default: every column but the label).",
+    )
+    image_size: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(
+        default=None, min_length=2, max_length=2,
+        description="Image folders: resize every image to [height, width] (default: the first image's size).",
+    )
+    image_mode: Literal["grayscale", "rgb"] = Field(
+        default="rgb", description="Image folders: read images as 1-channel grayscale or 3-channel RGB.",
+    )
+    streaming: Annotated[Literal["auto", "true", "false"], BeforeValidator(_bool_as_text)] = Field(
+        default="auto",
+        description="Stream a data set of files through Ray Data (each worker reads only its part) or load "
+        "it whole into memory (false). auto: stream data sets of files for the built-in classifiers and "
+        "regressors (torch and tensorflow); built-ins, one .npz file, gan and entrypoint jobs load into memory.",
+    )
+    shuffle_buffer: int = Field(
+        default=4096, ge=0, le=10_000_000,
+        description="Streaming: rows in each worker's shuffle buffer (seeded by training.seed, epoch and rank).",
     )
     validation_fraction: float = Field(
         default=0.15, gt=0.0, lt=0.5, description="Share of the samples held out for validation (stratified, seeded)."
@@ -318,12 +359,18 @@ class DataSpec(_Model):
     @field_validator("source")
     @classmethod
     def _source_kind(cls, value: str) -> str:
+        value = value.strip()
         if value in BUILTIN_DATASETS or value.endswith(".npz"):
             return value
-        raise ValueError(
-            f"unknown data source; use one of {', '.join(BUILTIN_DATASETS)} "
-            "or a path ending in .npz"
-        )
+        if not value or not (value.startswith(("/", ".", "~")) or "/" in value or "://" in value
+                             or any(c in value for c in "*?[")):
+            raise ValueError(
+                f"unknown data source; use one of {', '.join(BUILTIN_DATASETS)}, a path ending in .npz, "
+                "or a directory, glob or s3:// / gs:// prefix of data files (e.g. ./data/digits-parquet)"
+            )
+        if "://" in value:
+            check_location(value.split("*", 1)[0] if "*" in value else value)
+        return value
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataSpec:
@@ -333,11 +380,33 @@ class DataSpec(_Model):
                 "validation_fraction + test_fraction must leave at least 20% for training",
                 fix="lower data.validation_fraction or data.test_fraction",
             )
+        if self.is_builtin and self.format != "auto":
+            raise CrossFieldError("format", f"the built-in data set {self.source!r} has no file format",
+                                  fix="drop data.format (it is for data sets of files)")
+        if not self.is_file_set and self.streaming == "true":
+            raise CrossFieldError(
+                "streaming",
+                f"{self.source!r} is loaded into memory; streaming reads data sets of files",
+                fix="drop data.streaming, or point data.source at a directory, glob or s3:// prefix of files",
+            )
+        if self.label_column in (self.feature_columns or []):
+            raise CrossFieldError("feature_columns", f"the label column {self.label_column!r} is also a feature",
+                                  fix=f"remove {self.label_column!r} from data.feature_columns")
         return self
 
     @property
     def is_builtin(self) -> bool:
         return self.source in BUILTIN_DATASETS
+
+    @property
+    def is_file_set(self) -> bool:
+        """A data set of files (a directory, glob or storage prefix) rather than a built-in or one .npz
+        file (which keep today's in-memory path)."""
+        if self.is_builtin:
+            return False
+        single_npz = self.source.endswith(".npz") and "://" not in self.source and not any(
+            c in self.source for c in "*?[")
+        return not single_npz
 
 
 class TolerationSpec(_Model):
@@ -1113,6 +1182,13 @@ class JobSpec(_Model):
                 "a gan's generator draws values in [0, 1] (a sigmoid): the data must be min-max normalised",
                 fix="set data.preprocessing: normalize",
             )
+        if self.data.streaming == "true" and not self._can_stream:
+            raise CrossFieldError(
+                "data.streaming",
+                "streaming input feeds the built-in classifiers and regressors (cnn, rnn, sequential; torch "
+                "and tensorflow); gan and entrypoint jobs read the same files into memory",
+                fix="set data.streaming: auto (or false)",
+            )
         if self.training.batch_size < self.resources.workers:
             raise CrossFieldError(
                 "training.batch_size",
@@ -1171,6 +1247,18 @@ class JobSpec(_Model):
             for problem in unmounted_paths(self.storage, self.init_from, self.kubernetes):
                 raise problem
         return self
+
+    @property
+    def _can_stream(self) -> bool:
+        return (self.entrypoint is None and self.model is not None
+                and self.model.type in ("cnn", "rnn", "sequential"))
+
+    @property
+    def streams_data(self) -> bool:
+        """True when the workers stream their part of a data set of files (data.streaming resolved)."""
+        if self.data.streaming == "auto":
+            return self.data.is_file_set and self._can_stream
+        return self.data.streaming == "true"
 
     @property
     def per_worker_batch_size(self) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.execution.ray_local import IDLE_WORKER_KEEP_MS
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -44,7 +45,8 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if given:
         yield given
         return
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "600"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "600",
+           "RAY_idle_worker_killing_time_threshold_ms": str(IDLE_WORKER_KEEP_MS)}  # as an embedded Ray
     env.pop("RAY_ADDRESS", None)
     cmd = [
         sys.executable, "-m", "orchestrator.execution.ray_startup", "start", "--head", "--num-cpus=2", "--num-gpus=0",
@@ -65,6 +67,17 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             break
     yield address
     _ray_stop()
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[Any]:
+    """An S3 API server (moto) for one test module, in a process of its own: Ray workers reach it over HTTP."""
+    pytest.importorskip("moto.server", reason="the S3 test server needs moto[server] (the test extra)")
+    from orchestrator.testing.s3 import start_moto_process
+
+    server = start_moto_process()
+    yield server
+    server.stop()
 
 
 def cli_env(home: Path, ray_address: str | None) -> dict[str, str]:

@@ -35,16 +35,6 @@ EPOCHS = 8
 
 
 @pytest.fixture(scope="module")
-def s3() -> Iterator[Any]:
-    pytest.importorskip("moto.server", reason="the S3 test server needs moto[server] (the test extra)")
-    from orchestrator.testing.s3 import start_moto_process
-
-    server = start_moto_process()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def cluster(s3: Any) -> Iterator[Any]:
     from orchestrator.testing.ray_nodes import LocalRayCluster
 

@@ -9,7 +9,6 @@ TensorBoard events come from there, and a new job starts from its weights (``ini
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,6 @@ import yaml
 from tests.integration.conftest import assert_epoch_scalars, cli_env, last_json, run_cli, small_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.heavy, pytest.mark.smoke]
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[Any]:
-    pytest.importorskip("moto.server", reason="the S3 test server needs moto[server] (the test extra)")
-    from orchestrator.testing.s3 import start_moto_process
-
-    server = start_moto_process()  # a process of its own: the Ray workers reach it over HTTP
-    yield server
-    server.stop()
 
 
 def env_for(home: Path, s3: Any, cache: Path) -> dict[str, str]:

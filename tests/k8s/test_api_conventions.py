@@ -124,7 +124,8 @@ def test_a_job_spec_round_trips_through_a_trainingjob() -> None:
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "jobs").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_example_job_round_trips(path: Path) -> None:
+def test_every_example_job_round_trips(path: Path, example_jobs: Path) -> None:
+    path = example_jobs / "jobs" / path.name  # beside the data the data-set examples read
     if "\ntune:" in path.read_text():  # a sweep spec: each trial's job is a TrainingJob's spec
         spec = load_sweep_spec(path).job
     else:

@@ -79,8 +79,10 @@ def test_a_union_of_models_becomes_one_object_with_every_field() -> None:
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "jobs").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_example_spec_is_a_valid_trainingjob(path: Path) -> None:
+def test_every_example_spec_is_a_valid_trainingjob(path: Path, example_jobs: Path) -> None:
     from orchestrator.backends.k8s.manifests import training_job_manifest
+
+    path = example_jobs / "jobs" / path.name  # beside the data the data-set examples read
 
     if "\ntune:" in path.read_text():  # a sweep spec: its job part (each trial's job) is a TrainingJob's spec
         from orchestrator.sweep.loader import load_sweep_spec

@@ -12,6 +12,7 @@ import pytest
 from orchestrator.metrics import names
 from orchestrator.runtime.epoch_loop import GanAdapter, ModelSummary, SupervisedAdapter, run_epochs
 from orchestrator.runtime.loop_common import RestorePoint
+from orchestrator.runtime.session import IndexFeed
 from orchestrator.spec.models import JobSpec
 
 SHARD = 50  # samples per epoch on the one rank: 13 steps of 4 (the last one of 2)
@@ -28,6 +29,9 @@ class FakeSession:
 
     def model_built(self, **summary: Any) -> None:
         self.calls.append(("model_built", summary["parameters"] > 0))
+
+    def epoch_feed(self, epoch: int) -> IndexFeed:
+        return IndexFeed(self.shard(epoch))
 
     def shard(self, epoch: int) -> np.ndarray:
         return np.random.default_rng(epoch).permutation(SHARD)

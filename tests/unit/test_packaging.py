@@ -86,6 +86,11 @@ def test_examples_copies_specs_that_validate_and_refuses_to_overwrite(
     assert f"copied {len(copied)} files into {target}" in result.output
 
     monkeypatch.chdir(target)  # specs name their entrypoints relative to themselves; jobs/ as in the repo
+    from orchestrator.runtime.datagen import EXAMPLE_DATA
+
+    for rel, (kind, shards) in EXAMPLE_DATA.items():  # the documented commands write the data examples' files
+        made = runner.invoke(main, ["data", "generate", kind, rel, "--shards", str(shards)])
+        assert made.exit_code == 0, made.output
     specs = sorted(Path("jobs").glob("*.yaml"))
     assert len(specs) == len(list((REPO / "jobs").glob("*.yaml"))) >= 10
     for spec in specs:
