@@ -74,6 +74,34 @@ CANDIDATES: dict[str, Adaptive] = {
     "adaptive[jobs .95/.995, starve 4 x whole service]": Adaptive(
         (0.95, 0.995), weighting="jobs", starve_by="service", starve_factor=4.0, starve_count="whole"
     ),
+    # Added in a fourth sitting (11cb48's fold still chose work bands, whose cut points there are
+    # set by 19 16-GPU jobs, so its 10,739 1-GPU jobs share one band: FIFO-like, p95 2.00x SRTF):
+    # work bands with each observed service capped at a job-count quantile
+    "adaptive[work .5/.75 cap .99, starve 4 x whole service]": Adaptive(
+        (0.5, 0.75),
+        weighting="work",
+        work_cap=0.99,
+        starve_by="service",
+        starve_factor=4.0,
+        starve_count="whole",
+    ),
+    "adaptive[work .5/.75 cap .99, starve 4 x service]": Adaptive(
+        (0.5, 0.75), weighting="work", work_cap=0.99, starve_by="service", starve_factor=4.0
+    ),
+    "adaptive[work .5/.75 cap .99, starve 1 x service]": Adaptive(
+        (0.5, 0.75), weighting="work", work_cap=0.99, starve_by="service", starve_factor=1.0
+    ),
+    "adaptive[work .5/.75 cap .995, starve 4 x whole service]": Adaptive(
+        (0.5, 0.75),
+        weighting="work",
+        work_cap=0.995,
+        starve_by="service",
+        starve_factor=4.0,
+        starve_count="whole",
+    ),
+    "adaptive[work .5/.75 cap .99, starve 8]": Adaptive(
+        (0.5, 0.75), weighting="work", work_cap=0.99, starve_factor=8.0
+    ),
     # and bands at the ends of successive Gittins-optimal quanta over the observed service
     "adaptive[gittins x2, starve 4]": Adaptive((0.5, 0.75), weighting="gittins", starve_factor=4.0),
 }
@@ -99,6 +127,12 @@ REPLAY_X_LAS: dict[str, float] = {
     "adaptive[jobs .95/.995, starve 4 x service]": 1.48,  # 6.15 s / 4.15 s
     "adaptive[jobs .99/.999, starve 4 x service]": 1.18,  # 4.9 s / 4.15 s
     "adaptive[jobs .9/.99, starve 4 x whole service]": 1.94,  # 8.05 s / 4.15 s
+    # the capped work bands, in one more such sitting (las 3.95 s)
+    "adaptive[work .5/.75 cap .99, starve 4 x whole service]": 1.95,  # 7.7 s
+    "adaptive[work .5/.75 cap .99, starve 4 x service]": 1.92,  # 7.6 s
+    "adaptive[work .5/.75 cap .99, starve 1 x service]": 1.85,  # 7.3 s
+    "adaptive[work .5/.75 cap .995, starve 4 x whole service]": 1.96,  # 7.75 s
+    "adaptive[work .5/.75 cap .99, starve 8]": 1.90,  # 7.5 s
 }
 
 

@@ -6,8 +6,11 @@ reading durations), made robust for clusters it was not tuned on:
 * **Bands from the observed workload.** The band thresholds are quantiles (``band_quantiles``) of
   the attained service of the jobs that finished lately (the state keeps a sliding sample), so a
   cluster of one-GPU-minute jobs and one of week-long 64-GPU jobs both get bands that split their
-  own jobs; until ``warmup`` jobs have finished, the thresholds are ``prior`` (8 and 80 GPU-hours,
-  a tenth of the lowest before them for each band more: 0.8, 8 and 80 for three).
+  own jobs (with ``weighting="work"`` and ``work_cap`` < 1, each service counts at most the
+  ``work_cap`` quantile by job count, so where a handful of huge gangs own most of the work the
+  bands still split the many small jobs); until ``warmup`` jobs have finished, the thresholds are
+  ``prior`` (8 and 80 GPU-hours, a tenth of the lowest before them for each band more: 0.8, 8 and
+  80 for three).
   They are recomputed as the sample grows (at 1, 2, 4, ... times ``warmup`` finishes, then every
   ``refresh_every``), not at every finish: each change re-ranks every job.
 * **Starvation guard** (Tiresias' promote knob): a waiting job whose wait reaches
@@ -71,9 +74,19 @@ class ServiceSample:
         high = min(low + 1, len(self.values) - 1)
         return self.values[low] + (self.values[high] - self.values[low]) * (position - low)
 
-    def work_quantile(self, q: float) -> float:
-        """The smallest service below which (inclusive) a share ``q`` of all observed service lies."""
-        index = bisect.bisect_left(self.prefix, q * self.prefix[-1])
+    def work_quantile(self, q: float, cap: float = math.inf) -> float:
+        """The smallest service below which (inclusive) a share ``q`` of all observed service lies;
+        each value counting at most ``cap`` (so a handful of huge jobs cannot own the share)."""
+        capped = bisect.bisect_right(self.values, cap)  # values[capped:] count as cap each
+        total = (
+            self.prefix[capped] + (len(self.values) - capped) * cap
+            if capped < len(self.values)
+            else self.prefix[-1]
+        )
+        target = q * total
+        if target > self.prefix[capped]:
+            return min(cap, self.values[-1])
+        index = bisect.bisect_left(self.prefix, target, 0, capped + 1)
         return self.values[min(max(index - 1, 0), len(self.values) - 1)]
 
     def gittins_quantum_end(self, attained: float) -> float:
@@ -117,6 +130,7 @@ class Adaptive(Las):
         band_quantiles: Sequence[float] = (0.9, 0.99),
         *,
         weighting: str = "jobs",
+        work_cap: float = 1.0,
         prior: Sequence[float] | None = None,
         warmup: int = 50,
         refresh_every: int = 2_000,
@@ -158,8 +172,14 @@ class Adaptive(Las):
                 f"adaptive weighting must be jobs, work or gittins, got {weighting!r}",
                 fix="use jobs, work or gittins",
             )
+        if not 0 < work_cap <= 1:
+            raise UsageError(
+                f"adaptive work_cap must be a job-count quantile in (0, 1], got {work_cap}",
+                fix="e.g. work_cap=0.99 (1 caps nothing)",
+            )
         super().__init__(prior, starve_factor, min_starve_s)
         self.weighting = weighting
+        self.work_cap = work_cap
         self.starve_by = starve_by
         self.starve_count = starve_count
         self.prior = self.thresholds
@@ -179,6 +199,7 @@ class Adaptive(Las):
         return Adaptive(
             self.band_quantiles,
             weighting=self.weighting,
+            work_cap=self.work_cap,
             prior=self.prior,
             warmup=self.warmup,
             refresh_every=self.refresh_every,
@@ -209,13 +230,14 @@ class Adaptive(Las):
         self.sample = ServiceSample(state.finished_service)
         self._next_refresh = max(seen + 1, min(2 * seen, seen + self.refresh_every))
         thresholds: list[float] = []
+        cap = self.sample.quantile(self.work_cap) if self.work_cap < 1 else math.inf
         for q in self.band_quantiles:
             if self.weighting == "gittins":  # the next Gittins quantum's end (the quantiles' count only)
                 cut = self.sample.gittins_quantum_end(thresholds[-1] if thresholds else 0.0)
             elif self.weighting == "jobs":
                 cut = self.sample.quantile(q)
             else:
-                cut = self.sample.work_quantile(q)
+                cut = self.sample.work_quantile(q, cap)
             value = max(cut, 1.0)
             if thresholds:
                 value = max(value, thresholds[-1] * 1.01)

@@ -272,6 +272,29 @@ def test_work_weighted_bands_split_the_observed_service() -> None:
     assert policy.thresholds == (60.0,)  # the first four hold 40 of 100 GPU-s: under half
 
 
+def test_capped_work_bands_are_not_set_by_a_handful_of_huge_jobs() -> None:
+    # 18 jobs of 10 GPU-s and two of 10,000: the two own 99% of the work, so the work median is
+    # 10,000 (every small job in the first band, as on Philly VC 11cb48). Capped at the 0.9
+    # job-count quantile (interpolated: 10 + 0.1 x 9,990 = 1,009) each huge job counts 1,009:
+    # the 18 small ones hold 180 of 2,198 GPU-s, and the median is the cap itself
+    sample = ServiceSample([10.0] * 18 + [10_000.0] * 2)
+    assert sample.work_quantile(0.5) == 10_000.0
+    cap = sample.quantile(0.9)
+    assert cap == pytest.approx(1_009.0)
+    assert sample.work_quantile(0.5, cap) == pytest.approx(1_009.0)
+    assert sample.work_quantile(0.05, cap) == 10.0  # 110 GPU-s (5% of 2,198) lies in the small jobs
+    assert sample.work_quantile(0.5, math.inf) == sample.work_quantile(0.5)  # no cap: as before
+    state = ClusterState(cluster(gpu_pool(nodes=1)))
+    state.remember_finished([10.0] * 18 + [10_000.0] * 2)
+    capped = Adaptive((0.05, 0.5), weighting="work", work_cap=0.9, warmup=20)
+    uncapped = Adaptive((0.05, 0.5), weighting="work", warmup=20)
+    assert capped.observe(state, 0.0) and capped.thresholds == pytest.approx((10.0, 1_009.0))
+    assert uncapped.observe(state, 0.0) and uncapped.thresholds == (10_000.0, 10_100.0)
+    assert capped.fresh().work_cap == 0.9
+    with pytest.raises(UsageError, match="work_cap must be a job-count quantile"):
+        Adaptive(weighting="work", work_cap=0.0)
+
+
 def test_expected_remaining_service() -> None:
     sample = ServiceSample([100.0, 200.0, 300.0, 400.0])
     assert sample.expected_remaining(0.0) == 250.0
