@@ -155,7 +155,8 @@ REPLAY_X_LAS: dict[str, float] = {
 # The shipped default (``Adaptive()``'s knobs) and the candidates the rule chose it from (those
 # whose replay time had been measured then, third sitting). Candidates added later can replace it
 # only through ``verdict``: the rule's held-out figures over every candidate must meet more of the
-# targets (per VC and "all", in every setting) than the shipped default's and lose none it met.
+# targets (per VC and "all", in every setting) than the shipped default's, lose none it met, and
+# be no worse (by more than ``WORSE_BY`` in the ratio) on any it missed.
 SHIPPED = "adaptive[jobs .9/.99, starve 4 x service]"
 SHIPPED_FROM = (
     "adaptive[jobs .9/.99, starve 4 x service]",
@@ -165,6 +166,7 @@ SHIPPED_FROM = (
     "adaptive[jobs .5/.9/.99, starve 8]",
 )
 TARGETS = ("avg <= 1.25x SRTF", "avg <= 0.5x FIFO", "p95 <= 1.5x SRTF", "preemptions <= 2x SRTF")
+WORSE_BY = 0.02
 
 
 @dataclass(frozen=True)
@@ -339,13 +341,15 @@ def verdict(
     jcts: dict[str, dict[str, dict[str, list[float]]]],
     old: dict[str, str],
     new: dict[str, str],
-) -> tuple[int, int, list[str], list[str]]:
+) -> tuple[int, int, list[str], list[str], list[str]]:
     """Targets met held out under the knobs ``old`` and ``new`` (each VC's fold choice), summed over
-    the VCs, "all" and the settings, and the targets ``new`` gains and loses (``setting VC target:
-    old ratio -> new ratio``)."""
+    the VCs, "all" and the settings; the targets ``new`` gains, those it loses, and those both miss
+    where ``new``'s ratio is more than ``WORSE_BY`` worse (each ``setting VC target: old ratio ->
+    new ratio``)."""
     counts = [0, 0]
     gained: list[str] = []
     lost: list[str] = []
+    worse: list[str] = []
     for setting in results:
         before, after = held_out(results, jcts, old, setting), held_out(results, jcts, new, setting)
         for vc in before:
@@ -353,11 +357,14 @@ def verdict(
             was, now = targets_met(before[vc], srtf, fifo), targets_met(after[vc], srtf, fifo)
             counts[0] += sum(was)
             counts[1] += sum(now)
+            old_ratios, new_ratios = _ratios(before[vc], srtf, fifo), _ratios(after[vc], srtf, fifo)
             for k, name in enumerate(TARGETS):
+                text = f"{setting} {vc} {name}: {old_ratios[k]:.3f} -> {new_ratios[k]:.3f}"
                 if was[k] != now[k]:
-                    text = f"{setting} {vc} {name}: {_ratios(before[vc], srtf, fifo)[k]:.3f} -> {_ratios(after[vc], srtf, fifo)[k]:.3f}"
                     (gained if now[k] else lost).append(text)
-    return counts[0], counts[1], gained, lost
+                elif not now[k] and new_ratios[k] > old_ratios[k] + WORSE_BY:
+                    worse.append(text)
+    return counts[0], counts[1], gained, lost, worse
 
 
 def _ratios(cell: Cell, srtf: Cell, fifo: Cell) -> tuple[float, ...]:
@@ -413,30 +420,32 @@ def report(
         lines.append("")
     lines += [
         "Other fold rules over every candidate (targets met held out, against the shipped default's;",
-        "gained and lost):",
+        f"gained, lost, and missed by both but more than {WORSE_BY:g} worse in the ratio):",
         "",
     ]
     for rule in RULES[1:]:
         other = leave_one_out(results, list(CANDIDATES), vcs, rule)
-        was, now, gained, lost = verdict(results, jcts, shipped, other)
+        was, now, gained, lost, worse = verdict(results, jcts, shipped, other)
         lines += [
             f"- {rule}: {now} (shipped {was}); folds {other}",
             *(f"  - gained: {g}" for g in gained),
             *(f"  - lost: {x}" for x in lost),
+            *(f"  - worse: {x}" for x in worse),
         ]
     lines.append("")
     everywhere = [c for c in CANDIDATES if all(c in results[s] for s in TUNED_ON)]
     ok = [c for c in everywhere if admissible(results, c, vcs)] or everywhere
     pick = min(ok, key=lambda c: total_score(results, c, vcs))
-    was, now, gained, lost = verdict(results, jcts, shipped, chosen)
+    was, now, gained, lost, worse = verdict(results, jcts, shipped, chosen)
     lines += [
         f"On all six VCs the rule over every candidate picks {pick}. Held out, the shipped default",
         f"meets {was} of the {len(TARGETS)} targets x (VCs + all) x settings, the rule over every candidate {now};",
-        f"it gains {len(gained)} and loses {len(lost)}, so the default "
-        + ("is replaced." if now > was and not lost else "stays."),
+        f"it gains {len(gained)}, loses {len(lost)} and is worse on {len(worse)} missed by both, so the default "
+        + ("is replaced." if now > was and not lost and not worse else "stays."),
         "",
         *(f"- gained: {g}" for g in gained),
         *(f"- lost: {x}" for x in lost),
+        *(f"- worse: {x}" for x in worse),
         "",
     ]
     lines += [

@@ -85,11 +85,26 @@ def test_the_verdict_counts_targets_gained_and_lost() -> None:
     )
     old = {vc: "steady" for vc in VCS}
     new = {"a": "spiky", "b": "spiky", "c": "spiky"}
-    was, now, gained, lost = pe.verdict(results, jcts, old, new)
+    was, now, gained, lost, worse = pe.verdict(results, jcts, old, new)
     settings = len(pe.TUNED_ON)
     # steady meets all four targets (0.3x FIFO, no preemptions) on a, b, c and all, in each setting
     assert was == settings * 4 * 4
     assert now == was - settings  # c's average target, in each setting
     assert gained == []
     assert lost == [f"{s} c avg <= 1.25x SRTF: 1.200 -> 1.300" for s in pe.TUNED_ON]
+    assert worse == []
+    # the other way round, c's average is gained; and a target missed by both counts as worse
+    # only past WORSE_BY: 1.3x -> 1.33x SRTF on c
+    assert pe.verdict(results, jcts, new, old)[2] == [
+        f"{s} c avg <= 1.25x SRTF: 1.300 -> 1.200" for s in pe.TUNED_ON
+    ]
+    worst, _ = figures({"spikier": {"a": cell(100.0), "b": cell(100.0), "c": cell(133.0, p95=140.0)}})
+    both = {s: {**results[s], **worst[s]} for s in results}
+    jcts_both = {
+        s: {**jcts[s], "spikier": {vc: [c.avg_jct_s] * c.jobs for vc, c in worst[s]["spikier"].items()}}
+        for s in jcts
+    }
+    assert pe.verdict(both, jcts_both, new, {vc: "spikier" for vc in VCS})[4] == [
+        f"{s} c avg <= 1.25x SRTF: 1.300 -> 1.330" for s in pe.TUNED_ON
+    ]
     assert pe.targets_met(cell(130.0, p95=140.0), cell(100.0), cell(400.0)) == (False, True, True, True)
