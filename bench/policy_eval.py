@@ -118,6 +118,27 @@ CANDIDATES: dict[str, Adaptive] = {
     "adaptive[work .5/.75 cap .99, starve 8 x service]": Adaptive(
         (0.5, 0.75), weighting="work", work_cap=0.99, starve_by="service", starve_factor=8.0
     ),
+    # and, last (after the figures above had been seen), capped or uncapped work bands with faster
+    # promotion counting the whole service (replay time not measured: not admitted)
+    "adaptive[work .5/.75 cap .99, starve 1 x whole service]": Adaptive(
+        (0.5, 0.75),
+        weighting="work",
+        work_cap=0.99,
+        starve_by="service",
+        starve_factor=1.0,
+        starve_count="whole",
+    ),
+    "adaptive[work .5/.75 cap .99, starve 2 x whole service]": Adaptive(
+        (0.5, 0.75),
+        weighting="work",
+        work_cap=0.99,
+        starve_by="service",
+        starve_factor=2.0,
+        starve_count="whole",
+    ),
+    "adaptive[work .5/.75, starve 1 x whole service]": Adaptive(
+        (0.5, 0.75), weighting="work", starve_by="service", starve_factor=1.0, starve_count="whole"
+    ),
     # and bands at the ends of successive Gittins-optimal quanta over the observed service
     "adaptive[gittins x2, starve 4]": Adaptive(
         (0.5, 0.75), weighting="gittins", starve_by="time", starve_factor=4.0
