@@ -190,6 +190,12 @@ def report(paths: list[str], out_json: str | None) -> int:
             results.setdefault(setting, {}).update(r[setting])
             jcts.setdefault(setting, {}).update(j[setting])
         checks.append(check)
+    # labels no longer in the candidate list (renamed or dropped) are left out of the report
+    known = {*policy_eval.BASELINES, *policy_eval.CANDIDATES}
+    for setting, by_policy in results.items():
+        for label in [label for label in by_policy if label not in known]:
+            print(f"left out (not a baseline or candidate now): {setting} {label}", file=sys.stderr)
+            del by_policy[label]
     ordered = {s: results[s] for s in policy_eval.SETTINGS if s in results}
     text, chosen = policy_eval.report(ordered, jcts)
     print(text)

@@ -6,15 +6,21 @@ reading durations), made robust for clusters it was not tuned on:
 * **Bands from the observed workload.** The band thresholds are quantiles (``band_quantiles``) of
   the attained service of the jobs that finished lately (the state keeps a sliding sample), so a
   cluster of one-GPU-minute jobs and one of week-long 64-GPU jobs both get bands that split their
-  own jobs; until ``warmup`` jobs have finished, the thresholds are ``prior`` (8 and 80 GPU-hours,
-  a tenth of the lowest before them for each band more: 0.8, 8 and 80 for three).
+  own jobs (with ``weighting="work"`` and ``work_cap`` < 1, each service counts at most the
+  ``work_cap`` quantile by job count, so where a handful of huge gangs own most of the work the
+  bands still split the many small jobs); until ``warmup`` jobs have finished, the thresholds are
+  ``prior`` (8 and 80 GPU-hours, a tenth of the lowest before them for each band more: 0.8, 8 and
+  80 for three).
   They are recomputed as the sample grows (at 1, 2, 4, ... times ``warmup`` finishes, then every
   ``refresh_every``), not at every finish: each change re-ranks every job.
 * **Starvation guard** (Tiresias' promote knob): a waiting job whose wait reaches
   ``starve_factor`` x its run time since it was last promoted (at least ``min_starve_s``) moves
   to the first band, and its service count restarts (``starve_by="service"``: its wait reaches
   ``starve_factor`` x its attained service since then, in accelerator-seconds, so a wide gang
-  waits longer before it is promoted over narrower jobs).
+  waits longer before it is promoted over narrower jobs). With ``starve_count="whole"`` the wait
+  is measured against all the service the job ever had, not the service since its last promotion,
+  so one job's promotions are spaced geometrically (on Philly VC 11cb48 promotions otherwise drive a
+  round-robin of the medium jobs with the 10-min quantum as its time slice).
 * **Thrashing guards**, on preemptions by band (cause ``policy``) only; priority, reclaim and the
   backfill bound are rules, not heuristics, and are never held back:
 
@@ -68,9 +74,19 @@ class ServiceSample:
         high = min(low + 1, len(self.values) - 1)
         return self.values[low] + (self.values[high] - self.values[low]) * (position - low)
 
-    def work_quantile(self, q: float) -> float:
-        """The smallest service below which (inclusive) a share ``q`` of all observed service lies."""
-        index = bisect.bisect_left(self.prefix, q * self.prefix[-1])
+    def work_quantile(self, q: float, cap: float = math.inf) -> float:
+        """The smallest service below which (inclusive) a share ``q`` of all observed service lies;
+        each value counting at most ``cap`` (so a handful of huge jobs cannot own the share)."""
+        capped = bisect.bisect_right(self.values, cap)  # values[capped:] count as cap each
+        total = (
+            self.prefix[capped] + (len(self.values) - capped) * cap
+            if capped < len(self.values)
+            else self.prefix[-1]
+        )
+        target = q * total
+        if target > self.prefix[capped]:
+            return min(cap, self.values[-1])
+        index = bisect.bisect_left(self.prefix, target, 0, capped + 1)
         return self.values[min(max(index - 1, 0), len(self.values) - 1)]
 
     def gittins_quantum_end(self, attained: float) -> float:
@@ -114,12 +130,14 @@ class Adaptive(Las):
         band_quantiles: Sequence[float] = (0.9, 0.99),
         *,
         weighting: str = "jobs",
+        work_cap: float = 1.0,
         prior: Sequence[float] | None = None,
         warmup: int = 50,
         refresh_every: int = 2_000,
         starve_factor: float = 4.0,
         min_starve_s: float = 600.0,
         starve_by: str = "service",
+        starve_count: str = "since-promotion",
         min_quantum_s: float = 600.0,
         quantum_per_restore: float = 10.0,
         max_preemptions: int = 3,
@@ -144,14 +162,26 @@ class Adaptive(Las):
             raise UsageError(
                 f"adaptive starve_by must be time or service, got {starve_by!r}", fix="use time or service"
             )
+        if starve_count not in ("since-promotion", "whole"):
+            raise UsageError(
+                f"adaptive starve_count must be since-promotion or whole, got {starve_count!r}",
+                fix="use since-promotion or whole",
+            )
         if weighting not in ("jobs", "work", "gittins"):
             raise UsageError(
                 f"adaptive weighting must be jobs, work or gittins, got {weighting!r}",
                 fix="use jobs, work or gittins",
             )
+        if not 0 < work_cap <= 1:
+            raise UsageError(
+                f"adaptive work_cap must be a job-count quantile in (0, 1], got {work_cap}",
+                fix="e.g. work_cap=0.99 (1 caps nothing)",
+            )
         super().__init__(prior, starve_factor, min_starve_s)
         self.weighting = weighting
+        self.work_cap = work_cap
         self.starve_by = starve_by
+        self.starve_count = starve_count
         self.prior = self.thresholds
         self.band_quantiles = tuple(quantiles)
         self.warmup, self.refresh_every = warmup, refresh_every
@@ -169,12 +199,14 @@ class Adaptive(Las):
         return Adaptive(
             self.band_quantiles,
             weighting=self.weighting,
+            work_cap=self.work_cap,
             prior=self.prior,
             warmup=self.warmup,
             refresh_every=self.refresh_every,
             starve_factor=self.starve_factor,
             min_starve_s=self.min_starve_s,
             starve_by=self.starve_by,
+            starve_count=self.starve_count,
             min_quantum_s=self.min_quantum_s,
             quantum_per_restore=self.quantum_per_restore,
             max_preemptions=self.max_preemptions,
@@ -198,13 +230,14 @@ class Adaptive(Las):
         self.sample = ServiceSample(state.finished_service)
         self._next_refresh = max(seen + 1, min(2 * seen, seen + self.refresh_every))
         thresholds: list[float] = []
+        cap = self.sample.quantile(self.work_cap) if self.work_cap < 1 else math.inf
         for q in self.band_quantiles:
             if self.weighting == "gittins":  # the next Gittins quantum's end (the quantiles' count only)
                 cut = self.sample.gittins_quantum_end(thresholds[-1] if thresholds else 0.0)
             elif self.weighting == "jobs":
                 cut = self.sample.quantile(q)
             else:
-                cut = self.sample.work_quantile(q)
+                cut = self.sample.work_quantile(q, cap)
             value = max(cut, 1.0)
             if thresholds:
                 value = max(value, thresholds[-1] * 1.01)
@@ -218,7 +251,9 @@ class Adaptive(Las):
     # -- starvation guard ----------------------------------------------------------------------
     def _starve_after(self, job: Job) -> float:
         # Tiresias' promote knob: the wait allowed grows with the run time since the last promotion
-        served = job.attained - job.service_forgiven
+        # "whole": every accelerator-second it ever had counts, so one job's promotions are
+        # geometrically spaced (a promotion no longer restarts the wait the next one needs)
+        served = job.attained if self.starve_count == "whole" else job.attained - job.service_forgiven
         if self.starve_by == "service":  # 2D: a wide gang waits as many seconds as it held accelerators
             return max(self.min_starve_s, self.starve_factor * served)
         ran = served / job.size if job.size else job.last_run

@@ -23,7 +23,7 @@ from tests.unit.sched_helpers import Harness, cluster, gang, gpu_pool
 NEVER_LEARNS = 10**9  # warmup: the thresholds stay at the prior
 
 
-def quiet(starve_by: str = "time", **knobs: float) -> Adaptive:
+def quiet(starve_by: str = "time", starve_count: str = "since-promotion", **knobs: float) -> Adaptive:
     """Adaptive with 100 and 1,000 GPU-second bands that never move, every guard off unless asked."""
     settings: dict[str, float] = {
         "min_quantum_s": 0.0,
@@ -44,6 +44,7 @@ def quiet(starve_by: str = "time", **knobs: float) -> Adaptive:
         min_starve_s=settings.get("min_starve_s", 600.0),
         starve_factor=settings.get("starve_factor", 4.0),
         starve_by=starve_by,
+        starve_count=starve_count,
     )
 
 
@@ -157,10 +158,21 @@ def test_preemption_cost_guard_leaves_a_job_that_is_probably_about_to_finish() -
     assert [p.job_id for p in h2.step(at=50).preemptions] == ["victim"]
 
 
-def starving_long_job(min_starve_s: float, starve_by: str = "time", starve_factor: float = 4.0) -> Harness:
+def starving_long_job(
+    min_starve_s: float,
+    starve_by: str = "time",
+    starve_factor: float = 4.0,
+    starve_count: str = "since-promotion",
+) -> Harness:
     """The job "long" (8 GPUs) ran 200 s and was preempted; "short" took the node and "short2" waits
     behind it; "short" ends at t=1100 (the quantum keeps it from being preempted before)."""
-    policy = quiet(starve_by, min_starve_s=min_starve_s, min_quantum_s=10_000.0, starve_factor=starve_factor)
+    policy = quiet(
+        starve_by,
+        starve_count,
+        min_starve_s=min_starve_s,
+        min_quantum_s=10_000.0,
+        starve_factor=starve_factor,
+    )
     h = Harness(cluster(gpu_pool(nodes=1)), policy)
     h.submit("long", gang(8))
     h.step(at=0)
@@ -180,6 +192,24 @@ def test_starvation_guard_promotes_a_long_job_past_newer_short_ones() -> None:
     result = h.step(at=1100)
     assert [(d.job_id, d.promoted, d.guard) for d in result.placements] == [("long", True, "starvation")]
     assert h.state.jobs["long"].service_forgiven == 1600.0  # its service count restarts
+
+
+@pytest.mark.parametrize(
+    ("starve_count", "next_promotion"), [("since-promotion", 1300.0 + 800.0), ("whole", 1300.0 + 1600.0)]
+)
+def test_the_wait_for_a_second_promotion_counts_the_service_since_the_first_or_all_of_it(
+    starve_count: str, next_promotion: float
+) -> None:
+    h = starving_long_job(min_starve_s=600.0, starve_count=starve_count)
+    # promoted at t=1100 either way: 200 s run, 900 s >= max(600, 4 x 200) s of waiting
+    assert [(d.job_id, d.guard) for d in h.step(at=1100).placements] == [("long", "starvation")]
+    long = h.state.jobs["long"]
+    h.state.preempt(long, 1300.0)  # 200 s more: 400 s of run time in all, 200 s since the promotion
+    # "since-promotion" (Tiresias' knob) waits 4 x 200 s; "whole" waits 4 x 400 s, so one job's
+    # promotions are spaced out geometrically and cannot drive a round-robin at the quantum's pace
+    assert h.scheduler.policy.next_change(long, 1300.0) == next_promotion
+    with pytest.raises(UsageError, match="starve_count must be since-promotion or whole"):
+        Adaptive(starve_count="recent")
 
 
 def test_the_default_promote_knob_waits_four_times_the_attained_service() -> None:
@@ -240,6 +270,29 @@ def test_work_weighted_bands_split_the_observed_service() -> None:
     t = finish_jobs(h, [10.0, 10.0, 10.0, 10.0, 60.0], 0.0)
     h.step(at=t)
     assert policy.thresholds == (60.0,)  # the first four hold 40 of 100 GPU-s: under half
+
+
+def test_capped_work_bands_are_not_set_by_a_handful_of_huge_jobs() -> None:
+    # 18 jobs of 10 GPU-s and two of 10,000: the two own 99% of the work, so the work median is
+    # 10,000 (every small job in the first band, as on Philly VC 11cb48). Capped at the 0.9
+    # job-count quantile (interpolated: 10 + 0.1 x 9,990 = 1,009) each huge job counts 1,009:
+    # the 18 small ones hold 180 of 2,198 GPU-s, and the median is the cap itself
+    sample = ServiceSample([10.0] * 18 + [10_000.0] * 2)
+    assert sample.work_quantile(0.5) == 10_000.0
+    cap = sample.quantile(0.9)
+    assert cap == pytest.approx(1_009.0)
+    assert sample.work_quantile(0.5, cap) == pytest.approx(1_009.0)
+    assert sample.work_quantile(0.05, cap) == 10.0  # 110 GPU-s (5% of 2,198) lies in the small jobs
+    assert sample.work_quantile(0.5, math.inf) == sample.work_quantile(0.5)  # no cap: as before
+    state = ClusterState(cluster(gpu_pool(nodes=1)))
+    state.remember_finished([10.0] * 18 + [10_000.0] * 2)
+    capped = Adaptive((0.05, 0.5), weighting="work", work_cap=0.9, warmup=20)
+    uncapped = Adaptive((0.05, 0.5), weighting="work", warmup=20)
+    assert capped.observe(state, 0.0) and capped.thresholds == pytest.approx((10.0, 1_009.0))
+    assert uncapped.observe(state, 0.0) and uncapped.thresholds == (10_000.0, 10_100.0)
+    assert capped.fresh().work_cap == 0.9
+    with pytest.raises(UsageError, match="work_cap must be a job-count quantile"):
+        Adaptive(weighting="work", work_cap=0.0)
 
 
 def test_expected_remaining_service() -> None:
