@@ -716,17 +716,14 @@ class TrainFeed:
     ``data.x_train`` / ``y_train`` (preprocessed by ``producer``) and returns the positions to train
     on; batches before the first one asked for (a mid-epoch resume) are read and skipped."""
 
-    def __init__(self, data: PreparedData, plan: StreamPlan, producer: BatchProducer) -> None:
-        self.data, self.plan = data, plan
-        self.size = plan.epoch_rows(producer.epoch, producer.world)
+    def __init__(self, data: PreparedData, producer: BatchProducer) -> None:
+        self.data = data
+        self.size = producer.plan.epoch_rows(producer.epoch, producer.world)
         self._it = producer
         self._next = 0
         self._ids: list[np.ndarray] = []
-        self._first = 0
 
     def select(self, step: int, batch: int) -> np.ndarray:
-        if not self._ids:
-            self._first = step
         while self._next < step:  # resume: the stream is the same, skip what was trained
             next(self._it)
             self._next += 1

@@ -351,7 +351,7 @@ class TrainSession:
                 self._producers[epoch + 1] = BatchProducer(plan, epoch + 1, self.rank, self.world_size, bs,
                                                            after=producer.made)
             self._producers[epoch] = producer
-            return TrainFeed(self.data, plan, producer)
+            return TrainFeed(self.data, producer)
         return IndexFeed(self.shard(epoch))
 
     def shard(self, epoch: int) -> np.ndarray:
