@@ -14,6 +14,7 @@ import click
 
 from orchestrator import __version__
 from orchestrator.cli import (
+    cluster_cmds,
     data_cmds,
     examples_cmds,
     jobs,
@@ -50,7 +51,7 @@ def main(ctx: click.Context) -> None:
 
 
 #: The modules whose ``COMMANDS`` make up the command line.
-VERB_MODULES = (jobs, spec_cmds, model_cmds, tune_cmds, sched_cmds, obs_cmds, k8s_cmds, examples_cmds, data_cmds)
+VERB_MODULES = (jobs, cluster_cmds, spec_cmds, model_cmds, tune_cmds, sched_cmds, obs_cmds, k8s_cmds, examples_cmds, data_cmds)
 for _module in VERB_MODULES:
     for _command in _module.COMMANDS:
         main.add_command(_command)

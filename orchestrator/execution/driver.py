@@ -56,6 +56,7 @@ from orchestrator.execution.result import JobResult, write_shards
 from orchestrator.execution.seat import QueueSeat
 from orchestrator.execution.states import Next, RunMachine, RunState
 from orchestrator.execution.tracker import RunTracker
+from orchestrator.execution.warm_fit import pooled_sink, warm_refusal
 from orchestrator.settings import Settings
 from orchestrator.spec.models import JobSpec
 from orchestrator.storage import LAYOUT, Storage
@@ -139,6 +140,12 @@ class Driver(RunFrame):
         metrics_host: str = "127.0.0.1",
         metrics_linger_s: float = 0.0,
     ) -> None:
+        from orchestrator.execution.cluster import find_warm_cluster
+
+        # a warm cluster this home started (`orchestrator up`) is joined like any RAY_ADDRESS
+        self.warm = None if settings.local_ray_address else find_warm_cluster(settings.home)
+        if self.warm is not None:
+            settings = settings.with_overrides(local_ray_address=self.warm.address)
         self.settings = settings
         self.store = JobStore(settings.db_path)
         self.record = self.store.get(job_id)
@@ -246,6 +253,7 @@ class Driver(RunFrame):
         url = dashboard_url(context)
         self._head = HeadWatch(gcs_address(context))
         log.info("Ray ready in %.1fs; dashboard: %s", time.time() - init_start, url or "off")
+        self._update_result(cluster=self._cluster_description())
         self._retake_signals()  # so `orchestrator cancel` (SIGTERM) stops with a final checkpoint
         check_fits_local_cluster(spec, ray.cluster_resources())  # type: ignore[no-untyped-call]
         if data is None:
@@ -268,6 +276,15 @@ class Driver(RunFrame):
             return self._finish(JobState.CANCELLED, "cancelled while queued")
         write_shards(self.record.job_dir / "shards.json", self.tracker.shards)
         return self._conclude(outcome)
+
+    def _cluster_description(self) -> str:
+        """Which Ray ran the job, for ``status``: this home's warm cluster, a given one, or its own."""
+        if self.warm is not None:
+            refusal = warm_refusal(self.spec)
+            return self.warm.describe() + (f"; Ray Train workers: {refusal}" if refusal else "; warm workers")
+        if self.settings.local_ray_address:
+            return f"Ray at {self.settings.local_ray_address} (RAY_ADDRESS)"
+        return "embedded Ray (started for this job)"
 
     def _prepare_data(self) -> Any:
         """The job's data (in memory, or a streaming plan after one pass over the files), logged and
@@ -315,10 +332,12 @@ class Driver(RunFrame):
                     return None
                 if self.machine.state is RunState.QUEUED:
                     self.machine.admitted()
-            self._sink = create_sink(attempts_before=len(self.tracker.attempts))
+            warm = self.warm is not None and warm_refusal(self.spec) is None
+            self._sink = (pooled_sink(self.record.id, len(self.tracker.attempts)) if warm
+                          else create_sink(attempts_before=len(self.tracker.attempts)))
             if self.machine.stop_reason:
                 self._sink.request_stop.remote(self.machine.stop_reason)
-            trainer = build_trainer(self.spec, self.record, self.paths, data_ref, self._sink)
+            trainer = build_trainer(self.spec, self.record, self.paths, data_ref, self._sink, warm=warm)
             if self.events and not announced:
                 announced = True
                 self.events.on_start(self.store.get(self.record.id), info)

@@ -255,9 +255,17 @@ def scaling_arguments(spec: JobSpec) -> dict[str, Any]:
     }
 
 
-def build_trainer(spec: JobSpec, record: JobRecord, paths: dict[str, Any], data_ref: Any, sink: Any) -> Any:
+def build_trainer(spec: JobSpec, record: JobRecord, paths: dict[str, Any], data_ref: Any, sink: Any, *,
+                  warm: bool = False) -> Any:
     """The Ray Train trainer for a spec: TorchTrainer (DDP over gloo on CPU, nccl on GPU) or
-    TensorflowTrainer (MultiWorkerMirroredStrategy), by ``spec.framework``."""
+    TensorflowTrainer (MultiWorkerMirroredStrategy), by ``spec.framework``; with ``warm``, the
+    warm cluster's :class:`orchestrator.execution.warm_fit.WarmTrainer` (same workers' function)."""
+    # the typed spec travels as it is (pickled): the workers validate nothing again
+    config = {"spec": spec, "paths": paths, "data": data_ref, "sink": sink}
+    if warm:
+        from orchestrator.execution.warm_fit import WarmTrainer
+
+        return WarmTrainer(spec, config, sink)
     from ray.train import FailureConfig, RunConfig, ScalingConfig
 
     from orchestrator.runtime.progress import failure_reporter
@@ -282,8 +290,6 @@ def build_trainer(spec: JobSpec, record: JobRecord, paths: dict[str, Any], data_
         "failure_config": FailureConfig(max_failures=spec.failure.max_failures),
         "callbacks": [failure_reporter(sink)],
     }
-    # the typed spec travels as it is (pickled): the workers validate nothing again
-    config = {"spec": spec, "paths": paths, "data": data_ref, "sink": sink}
     if spec.framework == "tensorflow":
         from ray.train.tensorflow import TensorflowTrainer
 

@@ -157,10 +157,8 @@ class PreparedData:
 def load_source(spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
     """Raw features and labels from the spec's source (digits shaped as 1x8x8 images)."""
     if spec.source == "digits":
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        return digits.images.astype(np.float32)[:, None, :, :], digits.target.astype(np.int64)
+        images, target = digits_arrays()
+        return images.astype(np.float32)[:, None, :, :], target.astype(np.int64)
     if spec.source == "sine":
         return sine_windows()
     if spec.source == "tokens":
@@ -172,6 +170,26 @@ def load_source(spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
 
         return load_file_set(spec, 0)
     return _load_npz(spec.source)
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits, ``(images (1797, 8, 8), target (1797,))``, as ``load_digits`` returns
+    them, read straight from the file scikit-learn ships: importing scikit-learn (scipy included)
+    takes 2-6 s on a small machine, far longer than a job on a warm cluster takes to start."""
+    import importlib.util
+    from pathlib import Path
+
+    found = importlib.util.find_spec("sklearn")
+    locations = list(found.submodule_search_locations or []) if found is not None else []
+    path = next((Path(p) / "datasets" / "data" / "digits.csv.gz" for p in locations
+                 if (Path(p) / "datasets" / "data" / "digits.csv.gz").is_file()), None)
+    if path is None:  # another layout of scikit-learn: its own loader
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return digits.images, digits.target
+    data = np.loadtxt(path, delimiter=",")  # what load_digits does with the same file
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
 
 
 #: The generated sequence task: windows of a noisy sine, each labelled with the value that follows.

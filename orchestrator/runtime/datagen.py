@@ -24,10 +24,10 @@ KINDS = ("parquet", "csv", "npz", "npy", "images")
 
 def digits_copies(copies: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The digits ``copies`` times: x (n, 8, 8) float32 in 0-16, y (n,) int64."""
-    from sklearn.datasets import load_digits
+    from orchestrator.runtime.data import digits_arrays
 
-    digits = load_digits()
-    base, labels = digits.images.astype(np.float32), digits.target.astype(np.int64)
+    images, target = digits_arrays()
+    base, labels = images.astype(np.float32), target.astype(np.int64)
     rng = np.random.default_rng(seed)
     xs = [base] + [np.clip(base + rng.normal(0, 0.5, base.shape).astype(np.float32), 0, 16) for _ in range(copies - 1)]
     return np.concatenate(xs), np.tile(labels, copies)

@@ -97,13 +97,13 @@ def failure_reporter(sink: Any) -> Any:
             self.sink = sink
 
         def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
-            errors = {int(rank): _one_line(exc) for rank, exc in worker_exceptions.items()}
+            errors = {int(rank): one_line(exc) for rank, exc in worker_exceptions.items()}
             self.sink.push.remote([Failure(errors=errors).to_wire()])
 
     return FailureReporter(sink)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     tail = [line for line in text if line and not line.startswith(" ")]
     return f"{type(exc).__name__}: {tail[-1] if tail else ''}".strip()

@@ -58,13 +58,17 @@ def torch_train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    ctx = ray.train.get_context()
+    run_torch_worker(config, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+
+
+def run_torch_worker(config: dict[str, Any], rank: int, world: int, dev: Any) -> None:
+    """One torch worker's job, in a process group already set up (by Ray Train, or by a warm
+    cluster's long-lived workers: :mod:`orchestrator.runtime.warm`)."""
     from orchestrator.runtime.torch_ddp import TorchCollectives
     from orchestrator.runtime.torch_loop import train_builtin
 
     spec = job_spec_of(config)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    dev = ray.train.torch.get_device()
     collectives: Collectives = TorchCollectives(dev) if world > 1 else LocalCollectives(dev)
     sess = _make_session(config, spec, rank, world, collectives)
     _run(sess, spec, config, lambda: train_builtin(sess, spec, dev))
