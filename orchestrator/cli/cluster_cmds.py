@@ -38,7 +38,7 @@ def up(ctx: click.Context, idle_timeout_s: float, warm_workers: int, num_cpus: f
     cluster = find_warm_cluster(settings.home)
     already = cluster is not None
     if cluster is None:
-        cluster = start_cluster(settings.home, num_cpus=num_cpus, idle_timeout_s=idle_timeout_s or float("inf"),
+        cluster = start_cluster(settings.home, num_cpus=num_cpus, idle_timeout_s=idle_timeout_s,
                                 warm_workers=warm_workers, dashboard_port=dashboard_port)
     info = cluster_info(cluster)
     info.update(already_up=already, seconds=round(time.time() - started, 1))
@@ -52,7 +52,7 @@ def up(ctx: click.Context, idle_timeout_s: float, warm_workers: int, num_cpus: f
     click.echo(f"  Ray dashboard: {cluster.dashboard_url}")
     click.echo(f"  warm torch workers: {pool.get('idle_workers', pool.get('error', '?'))}")
     timeout = cluster.idle_timeout_s
-    click.echo(f"  stops after {timeout / 60:g} min with no active job" if timeout != float("inf")
+    click.echo(f"  stops after {timeout / 60:g} min with no active job" if timeout
                else "  stays up until `orchestrator down`")
     click.echo("  `orchestrator submit SPEC` now runs here; `orchestrator down` stops it")
 

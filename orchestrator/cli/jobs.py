@@ -210,6 +210,8 @@ def status(ctx: click.Context, job_id: str, backend: str | None, ray_address: st
     console.print(summary_table(record))
     if record.result.get("storage"):
         console.print(f"storage: {record.result['storage']}")
+    if record.result.get("cluster"):
+        console.print(f"ran on: {record.result['cluster']}")
     if record.state.value in ("running", "pending", "cancelling") and record.progress:
         p = record.job_progress
         console.print(f"progress: epoch {p.epoch}/{p.epochs}, "

@@ -50,7 +50,7 @@ class WarmCluster:
     pgid: int  # the process group of every Ray process of the cluster
     temp_dir: str
     started_at: float
-    idle_timeout_s: float
+    idle_timeout_s: float  # 0: never stops by itself
     warm_workers: int
     watcher_pid: int | None = None
 
@@ -141,6 +141,7 @@ def start_cluster(home: Path, *, num_cpus: float | None, idle_timeout_s: float, 
                           warm_workers=warm_workers)
     try:
         _start_pool(cluster)
+        cluster = WarmCluster(**{**asdict(cluster), "started_at": time.time()})  # idle from now on
         watcher = subprocess.Popen(
             [sys.executable, "-m", "orchestrator.execution.cluster", "watch", str(home)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log_path, "ab"),  # noqa: SIM115
@@ -303,7 +304,7 @@ def watch(home: Path, interval_s: float = WATCH_INTERVAL_S) -> None:
             _forget(home)
             return
         since = idle_since(home, cluster)
-        if since is not None and time.time() - since > cluster.idle_timeout_s:
+        if cluster.idle_timeout_s and since is not None and time.time() - since > cluster.idle_timeout_s:
             log.warning("warm cluster idle for %.0f s: stopping it", time.time() - since)
             stop_cluster(home)
             return

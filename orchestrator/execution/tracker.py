@@ -145,6 +145,8 @@ class RunTracker:
             "restored_step": event.restored_step,
             "failure": None,
         }
+        if event.pid is not None:  # rank 0's process (a warm cluster's jobs share them)
+            attempt["pid"] = int(event.pid)
         if event.nodes:  # the Ray node of each rank (rank order)
             attempt["nodes"] = list(event.nodes)
         if previous is not None and previous.get("ended_at") is None:

@@ -210,8 +210,9 @@ class WarmPool:
         return {
             "idle_gangs": {str(world): len(g) for world, g in self._idle.items() if g},
             "idle_workers": sum(len(gang["workers"]) for g in self._idle.values() for gang in g),
+            "idle_pids": [gang["pids"] for g in self._idle.values() for gang in g],
             "reused": self.reused,
-            "jobs": sum(1 for t in self._drained.values() if time.time() - t < DRIVER_SILENT_S),
+            "recent_jobs": sum(1 for t in self._drained.values() if time.time() - t < DRIVER_SILENT_S),
             "started_at": self.started_at,
             "last_used": self.last_used,
         }

@@ -60,6 +60,7 @@ def test_json_output_has_the_documented_fields(cnn_run: dict[str, Any]) -> None:
         assert result["dashboard_url"].startswith("http://127.0.0.1:")
     assert result["time_to_first_step_s"] > 0
     assert (result["device"], result["sync_backend"]) == ("cpu", "gloo")  # 2 CPU workers: DDP over gloo
+    assert result["cluster"] == "embedded Ray (started for this job)"  # no warm cluster is up in its home
 
 
 @pytest.mark.heavy

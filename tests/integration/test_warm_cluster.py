@@ -1,0 +1,123 @@
+"""The warm local cluster end to end: `orchestrator up`, jobs on its long-lived workers, a worker
+killed mid-job and recovered, `down`, and the idle stop. Real Ray, real processes, no RAY_ADDRESS."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+from tests.integration.conftest import cli_env, last_json, run_cli, small_job, wait_for
+
+pytestmark = pytest.mark.integration
+
+CNN = str(REPO / "jobs" / "cnn.yaml")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A warm cluster (2 primed workers, no idle stop) for the module; stopped at the end."""
+    home = tmp_path_factory.mktemp("warm-home")
+    env = cli_env(home, ray_address=None)
+    proc = run_cli(["up", "--idle-timeout", "0", "--warm-workers", "2", "--output", "json"], env, timeout=900,
+                   check=True)
+    info = last_json(proc.stdout)
+    yield {"home": home, "env": env, "up": info}
+    run_cli(["down", "--force"], env, timeout=120)
+
+
+def _submit(spec: str | Path, env: dict[str, str]) -> dict[str, Any]:
+    proc = run_cli(["submit", str(spec), "--output", "json", "--quiet"], env, timeout=900, check=True)
+    return last_json(proc.stdout)
+
+
+def test_up_records_the_cluster_and_primes_a_gang(warm: dict[str, Any]) -> None:
+    info = warm["up"]
+    record = json.loads((warm["home"] / "cluster.json").read_text())
+    assert record["address"] == info["address"] and record["pgid"] == info["pgid"]
+    assert _group_alive(record["pgid"]) and _pid_alive(record["watcher_pid"])
+    assert info["pool"]["idle_workers"] == 2 and info["pool"]["idle_gangs"] == {"2": 1}
+    again = last_json(run_cli(["up", "--output", "json"], warm["env"], check=True).stdout)
+    assert again["already_up"] is True and again["address"] == info["address"]  # never a second head
+
+
+def test_jobs_run_on_the_same_warm_workers(warm: dict[str, Any]) -> None:
+    primed = warm["up"]["pool"]["idle_pids"][0]
+    first, second = _submit(CNN, warm["env"]), _submit(CNN, warm["env"])
+    for job in (first, second):
+        assert job["state"] == "succeeded"
+        assert job["metrics"]["val_accuracy"] >= 0.95
+        assert "warm workers" in job["cluster"] and warm["up"]["address"] in job["cluster"]
+        assert job["attempts"][0]["pid"] == primed[0]  # rank 0 is the process `up` started and primed
+    # the same data, seed and workers: a warm gang trains exactly what a fresh one does
+    assert first["model_checksum"] == second["model_checksum"]
+    status = run_cli(["status", second["job_id"]], warm["env"], check=True).stdout
+    assert "warm cluster at" in status
+
+
+def test_a_killed_warm_worker_is_replaced_and_the_job_resumes(warm: dict[str, Any], tmp_path: Path) -> None:
+    spec = small_job(tmp_path, 6, name="warm-kill",
+                     failure={"max_failures": 2, "backoff_s": 0},
+                     testing={"inject": [{"kind": "sigkill", "rank": 1, "at_step": 50},
+                                         {"kind": "exception", "rank": 0, "at_step": 90, "attempt": 2}]})
+    job = _submit(spec, warm["env"])
+    assert job["state"] == "succeeded"
+    attempts = job["attempts"]
+    assert [a["attempt"] for a in attempts] == [1, 2, 3]
+    assert [a["restored_step"] for a in attempts] == [None, 40, 80]  # checkpoints every 20 steps
+    assert attempts[0]["failure"] and attempts[1]["failure"] and "injected exception" in attempts[1]["failure"]
+    assert len({a["pid"] for a in attempts}) == 3  # each restart ran on a new gang
+    assert job["metrics"]["val_accuracy"] >= 0.9
+    info = last_json(run_cli(["up", "--output", "json"], warm["env"], check=True).stdout)
+    assert info["pool"]["idle_gangs"] == {"2": 1}  # the failed gangs are gone, the healthy one kept
+    assert info["pool"]["idle_pids"][0][0] == attempts[2]["pid"]
+
+
+def test_down_stops_every_process_of_the_cluster(warm: dict[str, Any]) -> None:
+    record = json.loads((warm["home"] / "cluster.json").read_text())
+    idle_pids = last_json(run_cli(["up", "--output", "json"], warm["env"], check=True).stdout)["pool"]["idle_pids"]
+    proc = run_cli(["down", "--output", "json"], warm["env"], timeout=120, check=True)
+    out = last_json(proc.stdout)
+    assert out["stopped"] is True and out["address"] == record["address"]
+    assert not (warm["home"] / "cluster.json").exists()
+    wait_for(lambda: not _group_alive(record["pgid"]), 30, what="the cluster's process group to exit")
+    # the workers run in sessions of their own: down finds them as the head's descendants
+    worker_pids = [pid for gang in idle_pids for pid in gang]
+    assert worker_pids and not any(_pid_alive(pid) for pid in worker_pids)
+    assert not _pid_alive(record["watcher_pid"])
+    again = run_cli(["down"], warm["env"], check=True)
+    assert "no warm cluster is up" in again.stdout
+
+
+def test_an_idle_cluster_stops_itself(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = cli_env(home, ray_address=None)
+    info = last_json(run_cli(["up", "--idle-timeout", "10s", "--warm-workers", "0", "--output", "json"], env,
+                             timeout=900, check=True).stdout)
+    assert info["idle_timeout_s"] == 10
+    started = time.time()
+    wait_for(lambda: not (home / "cluster.json").exists(), 180, what="the idle cluster to stop itself")
+    assert time.time() - started >= 5  # not at once: after its idle timeout
+    wait_for(lambda: not _group_alive(info["pgid"]), 30, what="the cluster's processes to exit")
+    assert "idle for" in (home / "cluster.log").read_text()
