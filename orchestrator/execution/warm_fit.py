@@ -76,6 +76,16 @@ def kill_gang(gang: dict[str, Any]) -> None:
             pass
 
 
+def _alive(gang: dict[str, Any]) -> bool:
+    import ray
+
+    try:
+        ray.get([worker.pid.remote() for worker in gang["workers"]], timeout=60)
+    except Exception:  # noqa: BLE001 - a dead actor, whatever the error says
+        return False
+    return True
+
+
 class WarmFitError(RuntimeError):
     """The job failed on warm workers more often than ``failure.max_failures`` allows."""
 
@@ -99,6 +109,9 @@ class WarmTrainer:
         failures = 0
         while True:
             taken: Any = ray.get(pool.take.remote(world), timeout=60)
+            if taken is not None and not _alive(taken):  # died while idle (the OOM killer, a kill -9)
+                kill_gang(taken)
+                taken = None
             if taken is None:
                 gang = start_gang(world)
                 self.gangs_started += 1

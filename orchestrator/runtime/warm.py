@@ -103,16 +103,21 @@ class WarmWorker:
         try:
             run_torch_worker(config, rank, world, torch.device("cpu"))
         except BaseException:
-            if not _reachable(config.get("sink")):
-                # the job's driver is gone (its sink died with it): nobody will use or kill this gang
-                os._exit(1)
+            _exit_if_orphaned(config)
             raise
         finally:
             self.jobs += 1
+        _exit_if_orphaned(config)  # stopped because its driver went away: nobody gives the gang back
         return {"rank": rank, "pid": os.getpid(), "seconds": time.time() - started}
 
     def pid(self) -> int:
         return os.getpid()
+
+
+def _exit_if_orphaned(config: dict[str, Any]) -> None:
+    """End this process when the job's driver is gone: nobody will use, return or kill this gang."""
+    if not _reachable(config.get("sink")):
+        os._exit(1)
 
 
 def _reachable(sink: Any) -> bool:
@@ -121,8 +126,10 @@ def _reachable(sink: Any) -> bool:
     import ray
 
     try:
-        ray.get(sink.ping.remote(), timeout=10)
-    except Exception:  # noqa: BLE001 - any failure means the driver cannot be told
+        ray.get(sink.ping.remote(), timeout=30)
+    except ray.exceptions.GetTimeoutError:  # a busy machine, not an answer
+        return True
+    except Exception:  # noqa: BLE001 - the sink died with its driver, or the pool says the driver is gone
         return False
     return True
 

@@ -94,6 +94,18 @@ def test_a_killed_warm_worker_is_replaced_and_the_job_resumes(warm: dict[str, An
     assert info["pool"]["idle_pids"][0][0] == attempts[2]["pid"]
 
 
+def test_a_warm_worker_that_died_while_idle_costs_no_attempt(warm: dict[str, Any], tmp_path: Path) -> None:
+    import signal
+
+    idle = last_json(run_cli(["up", "--output", "json"], warm["env"], check=True).stdout)["pool"]["idle_pids"][0]
+    os.kill(idle[1], signal.SIGKILL)  # as the OOM killer would
+    wait_for(lambda: not _pid_alive(idle[1]), 30, what="the killed worker to exit")
+    job = _submit(small_job(tmp_path, 2, name="after-idle-death"), warm["env"])  # failure.max_failures: 0
+    assert job["state"] == "succeeded" and len(job["attempts"]) == 1
+    assert job["attempts"][0]["pid"] not in idle  # a new gang, not the broken one
+    assert "warm workers" in job["cluster"]
+
+
 def test_down_stops_every_process_of_the_cluster(warm: dict[str, Any]) -> None:
     record = json.loads((warm["home"] / "cluster.json").read_text())
     idle_pids = last_json(run_cli(["up", "--output", "json"], warm["env"], check=True).stdout)["pool"]["idle_pids"]

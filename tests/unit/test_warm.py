@@ -194,3 +194,14 @@ def test_digits_are_read_as_scikit_learn_loads_them() -> None:
     digits = load_digits()
     assert np.array_equal(images, digits.images) and np.array_equal(target, digits.target)
     assert images.shape == (1797, 8, 8)
+
+
+def test_a_worker_whose_driver_is_gone_ends_its_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    exits: list[int] = []
+    monkeypatch.setattr(warm_mod, "_reachable", lambda sink: sink != "gone")
+    monkeypatch.setattr(warm_mod.os, "_exit", lambda code: exits.append(code))
+    warm_mod._exit_if_orphaned({"sink": "alive"})
+    warm_mod._exit_if_orphaned({"sink": None})
+    assert exits == []
+    warm_mod._exit_if_orphaned({"sink": "gone"})
+    assert exits == [1]
