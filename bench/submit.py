@@ -45,3 +45,18 @@ def machine_check() -> float:
     start = time.perf_counter()
     sum(range(10**7))
     return time.perf_counter() - start
+
+
+def run_launched(cmd: list[str], env: dict[str, str], what: str) -> dict[str, Any]:
+    """Run a bare baseline script whose rank 0 prints one JSON line; ``BENCH_LAUNCHED_AT`` tells it
+    when it was launched (its time to first step counts from there). Its JSON plus ``wall_s``."""
+    launched = time.time()
+    env = {**os.environ, **env, "BENCH_LAUNCHED_AT": str(launched)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    wall = time.time() - launched
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"{what} failed:\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["wall_s"] = wall
+    return result

@@ -13,52 +13,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.submit import machine_check, submit_json  # noqa: E402
+from bench.submit import machine_check, run_launched  # noqa: E402
+from bench.throughput import run_orchestrator  # noqa: E402
 
 KEYS = ("samples_per_second", "val_accuracy", "time_to_first_step_s", "peak_worker_rss_bytes", "wall_s")
 
 
-def run_orchestrator(spec: str, home: Path) -> dict[str, float]:
-    """One ``orchestrator submit`` with its own embedded Ray (no ``RAY_ADDRESS``)."""
-    proc, result, wall = submit_json(spec, home)
-    if proc.returncode != 0 or result is None:
-        raise SystemExit(f"orchestrator run failed:\n{proc.stderr[-3000:]}")
-    return {
-        "samples_per_second": result["metrics"]["samples_per_second"],
-        "val_accuracy": result["metrics"]["val_accuracy"],
-        "time_to_first_step_s": result["time_to_first_step_s"],
-        "peak_worker_rss_bytes": result["peak_worker_rss_bytes"],
-        "wall_s": wall,
-    }
-
-
 def run_bare(spec: str) -> dict[str, Any]:
     """One run of bench/tf_mwms_cnn.py (its launcher starts the 2 ranks)."""
-    launched = time.time()
-    env = {**os.environ, "BENCH_LAUNCHED_AT": str(launched), "OMP_NUM_THREADS": "1", "TF_USE_LEGACY_KERAS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "tf_mwms_cnn.py"), spec],
-        capture_output=True, text=True, env=env, cwd=REPO, check=False,
-    )
-    wall = time.time() - launched
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"bare tensorflow run failed:\n{proc.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    result["wall_s"] = wall
-    return result
+    return run_launched([sys.executable, str(REPO / "bench" / "tf_mwms_cnn.py"), spec],
+                        {"OMP_NUM_THREADS": "1", "TF_USE_LEGACY_KERAS": "1"}, "bare tensorflow run")
 
 
 def main() -> None:

@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.submit import submit_json  # noqa: E402
+from bench.submit import run_launched, submit_json  # noqa: E402
 
 
 def run_orchestrator(spec: str, home: Path) -> dict[str, float]:
@@ -33,37 +30,15 @@ def run_orchestrator(spec: str, home: Path) -> dict[str, float]:
         "samples_per_second": result["metrics"]["samples_per_second"],
         "val_accuracy": result["metrics"]["val_accuracy"],
         "time_to_first_step_s": result["time_to_first_step_s"],
+        "peak_worker_rss_bytes": result.get("peak_worker_rss_bytes") or 0,
         "wall_s": wall,
     }
 
 
 def run_torchrun(spec: str) -> dict[str, float]:
-    launched = time.time()
-    env = {**os.environ, "BENCH_LAUNCHED_AT": str(launched), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--standalone",
-            str(REPO / "bench" / "torchrun_cnn.py"),
-            spec,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        check=False,
-    )
-    wall = time.time() - launched
-    if proc.returncode != 0:
-        raise SystemExit(f"torchrun failed:\n{proc.stderr[-3000:]}")
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    result = json.loads(lines[-1])
-    result["wall_s"] = wall
-    return result
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           str(REPO / "bench" / "torchrun_cnn.py"), spec]
+    return run_launched(cmd, {"OMP_NUM_THREADS": "1"}, "torchrun")
 
 
 def main() -> None:
