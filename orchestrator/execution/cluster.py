@@ -118,6 +118,8 @@ def start_cluster(home: Path, *, num_cpus: float | None, idle_timeout_s: float, 
         sys.executable, "-m", "orchestrator.execution.ray_startup", "start", "--head", f"--port={port}",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
         "--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--temp-dir={temp_dir}", "--num-gpus=0",
+        # not Ray's fixed default (10001): another Ray on this machine may hold it
+        f"--ray-client-server-port={free_port()}",
     ]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus:g}")
@@ -142,13 +144,17 @@ def start_cluster(home: Path, *, num_cpus: float | None, idle_timeout_s: float, 
     try:
         _start_pool(cluster)
         cluster = WarmCluster(**{**asdict(cluster), "started_at": time.time()})  # idle from now on
-        watcher = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.execution.cluster", "watch", str(home)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log_path, "ab"),  # noqa: SIM115
-            env={**env, "ORCHESTRATOR_HOME": str(home)}, start_new_session=True,
-        )
-    except BaseException:
+        with open(log_path, "ab") as err:
+            watcher = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator.execution.cluster", "watch", str(home)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                env={**env, "ORCHESTRATOR_HOME": str(home)}, start_new_session=True,
+            )
+    except BaseException as exc:
         _kill_group(cluster.pgid)
+        if isinstance(exc, Exception) and not isinstance(exc, BackendError):
+            raise BackendError(f"the warm cluster's head started, but its warm workers did not: {exc}",
+                               fix=f"see {log_path} and {temp_dir}/session_latest/logs; try again") from None
         raise
     cluster = WarmCluster(**{**asdict(cluster), "watcher_pid": watcher.pid})
     tmp = cluster_file(home).with_suffix(".tmp")
