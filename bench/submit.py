@@ -12,6 +12,12 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Every process a benchmark starts caches its bytecode, as on a user's machine. A shell with
+# PYTHONDONTWRITEBYTECODE set (this kind of sandbox sets it) makes each new process compile every
+# module it imports again: several seconds of each start-up (torch._dynamo alone, imported by
+# every torch optimizer, compiled in 4 s), which no user pays.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 
 def submit_json(
     spec: str | Path,
