@@ -28,18 +28,19 @@ from orchestrator.errors import UsageError
 def up(ctx: click.Context, idle_timeout_s: float, warm_workers: int, num_cpus: float | None,
        dashboard_port: int | None, output: str) -> None:
     """Start a warm local Ray cluster; `submit` then uses it (its torch jobs start in seconds)."""
-    from orchestrator.execution.cluster import cluster_info, find_warm_cluster, start_cluster
+    from orchestrator.execution.cluster import cluster_info, cluster_lock, find_warm_cluster, start_cluster
 
     settings = settings_of(ctx)
     if settings.local_ray_address:
         raise UsageError(f"RAY_ADDRESS is set ({settings.local_ray_address}): jobs of this shell join that Ray, "
                          "not a warm cluster", fix="unset RAY_ADDRESS, then run orchestrator up")
     started = time.time()
-    cluster = find_warm_cluster(settings.home)
-    already = cluster is not None
-    if cluster is None:
-        cluster = start_cluster(settings.home, num_cpus=num_cpus, idle_timeout_s=idle_timeout_s,
-                                warm_workers=warm_workers, dashboard_port=dashboard_port)
+    with cluster_lock(settings.home):  # two `up` at once: the second finds the first's cluster
+        cluster = find_warm_cluster(settings.home)
+        already = cluster is not None
+        if cluster is None:
+            cluster = start_cluster(settings.home, num_cpus=num_cpus, idle_timeout_s=idle_timeout_s,
+                                    warm_workers=warm_workers, dashboard_port=dashboard_port)
     info = cluster_info(cluster)
     info.update(already_up=already, seconds=round(time.time() - started, 1))
     if output == "json":

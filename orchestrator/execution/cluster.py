@@ -14,6 +14,7 @@ it stops the cluster once no job of this home has been active for the idle timeo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,9 @@ DEFAULT_IDLE_TIMEOUT_S = 1800.0
 WATCH_INTERVAL_S = 5.0
 #: Seconds the cluster's processes get to exit on SIGTERM before they are killed.
 STOP_GRACE_S = 5.0
+#: Tries, and seconds each, for the head's start (``ray start`` gives up on a starved machine).
+HEAD_START_ATTEMPTS = 2
+HEAD_START_TIMEOUT_S = 900.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,20 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def cluster_lock(home: Path) -> Iterator[None]:
+    """Held while one ``up`` looks for and starts this home's cluster: two at once start one."""
+    import fcntl
+
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "cluster.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def temp_dir_for(home: Path) -> str:
     """Ray's temp dir for this home's cluster: short (Ray's socket paths must stay under 108
     bytes) and its own, so the cluster's files never mix with another Ray's."""
@@ -127,15 +146,23 @@ def start_cluster(home: Path, *, num_cpus: float | None, idle_timeout_s: float, 
            "RAY_idle_worker_killing_time_threshold_ms": str(IDLE_WORKER_KEEP_MS)}
     env.pop("RAY_ADDRESS", None)
     log_path = home / "cluster.log"
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=out, env=env, start_new_session=True)
-        stdout, _ = proc.communicate(timeout=900)
-        out.write(stdout)
-    text = re.sub(r"\x1b\[[0-9;]*m", "", stdout.decode(errors="replace"))
-    if proc.returncode != 0:
+    for attempt in range(1, HEAD_START_ATTEMPTS + 1):
+        # on a very busy machine the head can miss one of Ray's own start-up deadlines: try again
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=out, env=env, start_new_session=True)
+            try:
+                stdout, _ = proc.communicate(timeout=HEAD_START_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stdout, _ = proc.communicate()
+            out.write(stdout)
+        if proc.returncode == 0:
+            break
         _kill_group(proc.pid)
-        raise BackendError(f"the warm cluster's Ray head did not start (exit {proc.returncode})",
-                           fix=f"see {log_path}; on a very busy machine try again")
+        if attempt == HEAD_START_ATTEMPTS:
+            raise BackendError(f"the warm cluster's Ray head did not start (exit {proc.returncode})",
+                               fix=f"see {log_path}; on a very busy machine try again")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", stdout.decode(errors="replace"))
     match = re.search(r"--address='?([^'\s]+)'?", text)
     address = match.group(1) if match else f"127.0.0.1:{port}"
     cluster = WarmCluster(address=address, dashboard_url=f"http://127.0.0.1:{dash_port}", pgid=proc.pid,

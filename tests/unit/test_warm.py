@@ -205,3 +205,24 @@ def test_a_worker_whose_driver_is_gone_ends_its_process(monkeypatch: pytest.Monk
     assert exits == []
     warm_mod._exit_if_orphaned({"sink": "gone"})
     assert exits == [1]
+
+
+def test_one_up_at_a_time_per_home(tmp_path: Path) -> None:
+    import threading
+
+    order: list[str] = []
+    entered = threading.Event()
+
+    def second() -> None:
+        entered.wait(5)
+        with cluster_mod.cluster_lock(tmp_path):
+            order.append("second")
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with cluster_mod.cluster_lock(tmp_path):
+        entered.set()
+        time.sleep(0.5)  # the second `up` waits here for the first to record its cluster
+        order.append("first")
+    thread.join(5)
+    assert order == ["first", "second"]
