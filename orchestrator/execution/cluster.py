@@ -232,14 +232,22 @@ def stop_cluster(home: Path) -> WarmCluster | None:
     cluster = read_cluster(home)
     if cluster is None:
         return None
-    if cluster.watcher_pid and cluster.watcher_pid != os.getpid():
-        try:
-            os.kill(cluster.watcher_pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    if cluster.watcher_pid and cluster.watcher_pid != os.getpid() and _is_watcher(cluster.watcher_pid):
+        _signal(cluster.watcher_pid, signal.SIGTERM)
     _kill_group(cluster.pgid)
     _forget(home)
     return cluster
+
+
+def _is_watcher(pid: int) -> bool:
+    """Whether ``pid`` is still an idle watcher (not another process that got its pid since)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"orchestrator.execution.cluster" in f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc here: trust the record
+        return True
 
 
 def _kill_group(pgid: int) -> None:
