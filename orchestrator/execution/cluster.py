@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import BackendError
-from orchestrator.execution.ray_local import IDLE_WORKER_KEEP_MS, ray_head_gone
+from orchestrator.execution.ray_local import IDLE_WORKER_KEEP_MS, local_auth_token_path, ray_head_gone
 from orchestrator.execution.ray_startup import free_port
 
 log = logging.getLogger("orchestrator.cluster")
@@ -162,6 +162,7 @@ def start_cluster(home: Path, *, num_cpus: float | None, idle_timeout_s: float, 
         if attempt == HEAD_START_ATTEMPTS:
             raise BackendError(f"the warm cluster's Ray head did not start (exit {proc.returncode})",
                                fix=f"see {log_path}; on a very busy machine try again")
+    _protect_token()
     text = re.sub(r"\x1b\[[0-9;]*m", "", stdout.decode(errors="replace"))
     match = re.search(r"--address='?([^'\s]+)'?", text)
     address = match.group(1) if match else f"127.0.0.1:{port}"
@@ -188,6 +189,17 @@ def start_cluster(home: Path, *, num_cpus: float | None, idle_timeout_s: float, 
     tmp.write_text(json.dumps(asdict(cluster), indent=2))
     os.replace(tmp, cluster_file(home))
     return cluster
+
+
+def _protect_token() -> None:
+    """``ray start`` writes the auth token with the umask (often 0644): whoever reads it can run code
+    on the cluster. The cluster is this user's, so the token is made readable by this user only."""
+    path = local_auth_token_path()
+    try:
+        if path.is_file() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except OSError:
+        pass  # not ours to change: use_local_auth_token warns about it
 
 
 def _port_free(port: int) -> bool:

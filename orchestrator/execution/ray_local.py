@@ -58,6 +58,11 @@ def warn_if_token_readable(path: Path) -> bool:
     return True
 
 
+def local_auth_token_path() -> Path:
+    """Where ``ray start`` keeps this user's Ray auth token."""
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
 def use_local_auth_token() -> bool:
     """Turn on Ray's token auth for this process when a token is at hand; True if it did.
 
@@ -67,7 +72,7 @@ def use_local_auth_token() -> bool:
     machine started would then fail with "Authentication token is missing". An explicit
     ``RAY_AUTH_MODE`` is left alone.
     """
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    path = str(local_auth_token_path())
     warn_if_token_readable(Path(path))
     if "RAY_AUTH_MODE" in os.environ:
         return False

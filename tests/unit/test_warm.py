@@ -226,3 +226,12 @@ def test_one_up_at_a_time_per_home(tmp_path: Path) -> None:
         order.append("first")
     thread.join(5)
     assert order == ["first", "second"]
+
+
+def test_up_makes_the_ray_token_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = tmp_path / "auth_token"
+    token.write_text("secret")
+    token.chmod(0o644)  # as `ray start` leaves it under a 022 umask
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    cluster_mod._protect_token()
+    assert token.stat().st_mode & 0o777 == 0o600
