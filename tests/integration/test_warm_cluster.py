@@ -106,6 +106,29 @@ def test_a_warm_worker_that_died_while_idle_costs_no_attempt(warm: dict[str, Any
     assert "warm workers" in job["cluster"]
 
 
+def test_a_cancelled_warm_job_gives_its_gang_back_and_resumes(warm: dict[str, Any], tmp_path: Path) -> None:
+    spec = small_job(tmp_path, 400, name="warm-cancel")
+    job_id = last_json(run_cli(["submit", str(spec), "--detach", "--output", "json", "--quiet"], warm["env"],
+                               check=True).stdout)["job_id"]
+
+    def status() -> dict[str, Any]:
+        return last_json(run_cli(["status", job_id, "--output", "json"], warm["env"], check=True).stdout)
+
+    wait_for(lambda: ((status().get("progress") or {}).get("epoch") or 0) >= 2, 300, what="two epochs trained")
+    run_cli(["cancel", job_id], warm["env"], check=True)
+    cancelled = wait_for(lambda: (s := status())["state"] == "cancelled" and s, 300, what="the job to cancel")
+    stopped_at = cancelled["progress"]["epoch"]
+    pid = cancelled["attempts"][0]["pid"]
+    pool = last_json(run_cli(["up", "--output", "json"], warm["env"], check=True).stdout)["pool"]
+    assert pid in pool["idle_pids"][0]  # a graceful stop leaves the gang healthy: back in the pool
+    resumed = last_json(run_cli(["resume", job_id, "--epochs", str(stopped_at + 2), "--output", "json", "--quiet"],
+                                warm["env"], timeout=900, check=True).stdout)
+    assert resumed["state"] == "succeeded" and resumed["progress"]["epoch"] == stopped_at + 2
+    assert resumed["attempts"][-1]["restored_epoch"] is not None
+    assert resumed["attempts"][-1]["restored_epoch"] >= stopped_at  # the cancel's own checkpoint, no epoch lost
+    assert resumed["attempts"][-1]["pid"] == pid
+
+
 def test_down_stops_every_process_of_the_cluster(warm: dict[str, Any]) -> None:
     record = json.loads((warm["home"] / "cluster.json").read_text())
     idle_pids = last_json(run_cli(["up", "--output", "json"], warm["env"], check=True).stdout)["pool"]["idle_pids"]
