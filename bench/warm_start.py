@@ -28,25 +28,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.submit import machine_check, submit_json  # noqa: E402
-from bench.throughput import run_torchrun  # noqa: E402
+from bench.submit import machine_check  # noqa: E402
+from bench.throughput import run_orchestrator, run_torchrun  # noqa: E402
 
 CONFIGS = ("warm", "cold", "torchrun")
-
-
-def run_submit(spec: str, home: Path) -> dict[str, float]:
-    launched = time.time()
-    proc, result, wall = submit_json(spec, home)
-    if proc.returncode != 0 or result is None:
-        raise SystemExit(f"orchestrator run failed:\n{proc.stderr[-3000:]}")
-    return {
-        "launch_to_first_step_s": result["created_at"] - launched + result["time_to_first_step_s"],
-        "submit_to_first_step_s": result["time_to_first_step_s"],
-        "samples_per_second": result["metrics"]["samples_per_second"],
-        "val_accuracy": result["metrics"]["val_accuracy"],
-        "wall_s": wall,
-        "cluster": result.get("cluster"),  # type: ignore[dict-item]
-    }
 
 
 def cluster_pss_bytes(home: Path) -> dict[str, Any]:
@@ -107,7 +92,7 @@ def main() -> None:
                                "samples_per_second": t["samples_per_second"], "val_accuracy": t["val_accuracy"],
                                "wall_s": t["wall_s"]}
                     else:
-                        res = run_submit(args.spec, warm if name == "warm" else cold)
+                        res = run_orchestrator(args.spec, warm if name == "warm" else cold)
                     runs[name].append(res)
                     print(f"run {i + 1} {name}: {json.dumps(res)}", file=sys.stderr, flush=True)
             if "warm" in configs:

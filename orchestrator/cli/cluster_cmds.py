@@ -65,12 +65,10 @@ def up(ctx: click.Context, idle_timeout_s: float, warm_workers: int, num_cpus: f
 @handle_errors
 def down(ctx: click.Context, force: bool, output: str) -> None:
     """Stop the warm local cluster `up` started (jobs running on it stop too)."""
-    from orchestrator.execution.cluster import find_warm_cluster, stop_cluster
-    from orchestrator.store import ACTIVE_STATES, JobStore
+    from orchestrator.execution.cluster import active_job_ids, find_warm_cluster, stop_cluster
 
     settings = settings_of(ctx)
-    db = settings.db_path
-    active = [r.id for r in JobStore(db).list(limit=100) if r.state in ACTIVE_STATES] if db.exists() else []
+    active = active_job_ids(settings.home)
     if active and not force and find_warm_cluster(settings.home) is not None:
         raise UsageError(f"jobs are active on the warm cluster: {', '.join(active)}",
                          fix="wait for them, or `orchestrator cancel JOB` (it checkpoints first), "

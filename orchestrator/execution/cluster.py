@@ -31,6 +31,7 @@ from typing import Any
 from orchestrator.errors import BackendError
 from orchestrator.execution.ray_local import IDLE_WORKER_KEEP_MS, local_auth_token_path, ray_head_gone
 from orchestrator.execution.ray_startup import free_port
+from orchestrator.store import ACTIVE_STATES, JobRecord, JobStore
 
 log = logging.getLogger("orchestrator.cluster")
 
@@ -81,7 +82,7 @@ def find_warm_cluster(home: Path) -> WarmCluster | None:
     cluster = read_cluster(home)
     if cluster is None:
         return None
-    if ray_head_gone(cluster.address) or not _group_alive(cluster.pgid):
+    if ray_head_gone(cluster.address) or not group_alive(cluster.pgid):
         _forget(home)
         return None
     return cluster
@@ -94,7 +95,7 @@ def _forget(home: Path) -> None:
         pass
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -272,7 +273,7 @@ def _kill_group(pgid: int) -> None:
     for pid in pids:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE_S
-    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+    while time.monotonic() < deadline and any(process_alive(pid) for pid in pids):
         time.sleep(0.2)
     for pid in _cluster_pids(pgid) | pids:
         _signal(pid, signal.SIGKILL)
@@ -298,7 +299,7 @@ def _cluster_pids(pgid: int) -> set[int]:
         parent[pid] = ppid
         if group == pgid:
             members.add(pid)
-    if not entries and _group_alive(pgid):
+    if not entries and group_alive(pgid):
         return {-pgid}  # no /proc: signal the group itself
     found = set(members)
     grew = True
@@ -316,9 +317,9 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     if pid < 0:
-        return _group_alive(-pid)
+        return group_alive(-pid)
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
@@ -326,19 +327,23 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def recent_jobs(home: Path) -> list[JobRecord]:
+    """This home's newest job records (none before its first job)."""
+    db = home / "jobs.db"
+    return JobStore(db).list(limit=100) if db.exists() else []
+
+
+def active_job_ids(home: Path) -> list[str]:
+    """This home's jobs that are queued, running or stopping."""
+    return [record.id for record in recent_jobs(home) if record.state in ACTIVE_STATES]
+
+
 def idle_since(home: Path, cluster: WarmCluster) -> float | None:
     """When this home last had an active job (or the cluster started); None while one is active."""
-    from orchestrator.store import ACTIVE_STATES, JobStore
-
-    db = home / "jobs.db"
-    if not db.exists():
-        return cluster.started_at
-    last = cluster.started_at
-    for record in JobStore(db).list(limit=100):
-        if record.state in ACTIVE_STATES:
-            return None
-        last = max(last, record.ended_at or 0.0, record.created_at)
-    return last
+    records = recent_jobs(home)
+    if any(r.state in ACTIVE_STATES for r in records):
+        return None
+    return max([cluster.started_at, *(max(r.ended_at or 0.0, r.created_at) for r in records)])
 
 
 def watch(home: Path, interval_s: float = WATCH_INTERVAL_S) -> None:

@@ -150,6 +150,8 @@ class Driver(RunFrame):
         self.store = JobStore(settings.db_path)
         self.record = self.store.get(job_id)
         self.spec = self.record.job_spec
+        #: why this job runs on Ray Train although a warm cluster is up (None: on its warm workers)
+        self._warm_refusal = warm_refusal(self.spec) if self.warm is not None else None
         self.events = events
         self.install_signal_handlers = install_signal_handlers
         self.paths = job_paths(self.record, self.spec, owner=settings.checkpoint_owner)
@@ -280,7 +282,7 @@ class Driver(RunFrame):
     def _cluster_description(self) -> str:
         """Which Ray ran the job, for ``status``: this home's warm cluster, a given one, or its own."""
         if self.warm is not None:
-            refusal = warm_refusal(self.spec)
+            refusal = self._warm_refusal
             return self.warm.describe() + (f"; Ray Train workers: {refusal}" if refusal else "; warm workers")
         if self.settings.local_ray_address:
             return f"Ray at {self.settings.local_ray_address} (RAY_ADDRESS)"
@@ -332,7 +334,7 @@ class Driver(RunFrame):
                     return None
                 if self.machine.state is RunState.QUEUED:
                     self.machine.admitted()
-            warm = self.warm is not None and warm_refusal(self.spec) is None
+            warm = self.warm is not None and self._warm_refusal is None
             self._sink = (pooled_sink(self.record.id, len(self.tracker.attempts)) if warm
                           else create_sink(attempts_before=len(self.tracker.attempts)))
             if self.machine.stop_reason:

@@ -72,11 +72,11 @@ def use_local_auth_token() -> bool:
     machine started would then fail with "Authentication token is missing". An explicit
     ``RAY_AUTH_MODE`` is left alone.
     """
-    path = str(local_auth_token_path())
-    warn_if_token_readable(Path(path))
+    path = local_auth_token_path()
+    warn_if_token_readable(path)
     if "RAY_AUTH_MODE" in os.environ:
         return False
-    if not (os.environ.get("RAY_AUTH_TOKEN") or Path(path).is_file()):
+    if not (os.environ.get("RAY_AUTH_TOKEN") or path.is_file()):
         return False
     try:
         from ray._private.authentication.authentication_token_setup import _enable_token_auth

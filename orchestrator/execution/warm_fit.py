@@ -76,7 +76,7 @@ def kill_gang(gang: dict[str, Any]) -> None:
             pass
 
 
-def _alive(gang: dict[str, Any]) -> bool:
+def _gang_alive(gang: dict[str, Any]) -> bool:
     import ray
 
     try:
@@ -97,8 +97,6 @@ class WarmTrainer:
         self.spec = spec
         self.config = config
         self.sink = sink
-        self.gangs_started = 0
-        self.gangs_reused = 0
 
     def fit(self) -> dict[str, Any]:
         import ray
@@ -109,20 +107,15 @@ class WarmTrainer:
         failures = 0
         while True:
             taken: Any = ray.get(pool.take.remote(world), timeout=60)
-            if taken is not None and not _alive(taken):  # died while idle (the OOM killer, a kill -9)
+            if taken is not None and not _gang_alive(taken):  # died while idle (the OOM killer, a kill -9)
                 kill_gang(taken)
                 taken = None
-            if taken is None:
-                gang = start_gang(world)
-                self.gangs_started += 1
-            else:
-                gang = taken
-                self.gangs_reused += 1
+            gang = taken if taken is not None else start_gang(world)
             refs = [worker.run.remote(self.config, threads) for worker in gang["workers"]]
             errors, first = self._wait(refs)
             if not errors:
                 ray.get(pool.give.remote(gang), timeout=60)
-                return {"pids": gang["pids"], "gangs_started": self.gangs_started, "gangs_reused": self.gangs_reused}
+                return {"pids": gang["pids"]}
             kill_gang(gang)  # a gang that failed may be stuck in a collective: never reuse it
             self.sink.push.remote([Failure(errors=errors).to_wire()])
             failures += 1

@@ -41,7 +41,6 @@ class WarmWorker:
 
         self._rank: int | None = None
         self._world = 0
-        self.jobs = 0
 
     def endpoint(self) -> tuple[str, int]:
         """This node's address and a free port, for the gang's rendezvous (asked of rank 0)."""
@@ -80,7 +79,6 @@ class WarmWorker:
         started = time.time()
         data = prepare_data(spec.data, spec.training.seed)
         self.run({"spec": spec, "paths": paths, "data": data, "sink": None}, 1)
-        self.jobs = 0
         return time.time() - started
 
     def run(self, config: dict[str, Any], threads: int) -> dict[str, Any]:
@@ -105,8 +103,6 @@ class WarmWorker:
         except BaseException:
             _exit_if_orphaned(config)
             raise
-        finally:
-            self.jobs += 1
         _exit_if_orphaned(config)  # stopped because its driver went away: nobody gives the gang back
         return {"rank": rank, "pid": os.getpid(), "seconds": time.time() - started}
 
@@ -158,7 +154,6 @@ class WarmPool:
         self._drained: dict[str, float] = {}
         self.started_at = time.time()
         self.last_used = self.started_at
-        self.handed_out = 0
         self.reused = 0
 
     def take(self, world: int) -> dict[str, Any] | None:
@@ -166,7 +161,6 @@ class WarmPool:
         gangs = self._idle.get(world) or []
         if not gangs:
             return None
-        self.handed_out += 1
         self.reused += 1
         return gangs.pop()
 

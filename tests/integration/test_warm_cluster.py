@@ -11,28 +11,13 @@ from typing import Any
 
 import pytest
 
+from orchestrator.execution.cluster import group_alive, process_alive
 from tests.conftest import REPO
 from tests.integration.conftest import cli_env, last_json, run_cli, small_job, wait_for
 
 pytestmark = pytest.mark.integration
 
 CNN = str(REPO / "jobs" / "cnn.yaml")
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +41,7 @@ def test_up_records_the_cluster_and_primes_a_gang(warm: dict[str, Any]) -> None:
     info = warm["up"]
     record = json.loads((warm["home"] / "cluster.json").read_text())
     assert record["address"] == info["address"] and record["pgid"] == info["pgid"]
-    assert _group_alive(record["pgid"]) and _pid_alive(record["watcher_pid"])
+    assert group_alive(record["pgid"]) and process_alive(record["watcher_pid"])
     assert info["pool"]["idle_workers"] == 2 and info["pool"]["idle_gangs"] == {"2": 1}
     again = last_json(run_cli(["up", "--output", "json"], warm["env"], check=True).stdout)
     assert again["already_up"] is True and again["address"] == info["address"]  # never a second head
@@ -99,7 +84,7 @@ def test_a_warm_worker_that_died_while_idle_costs_no_attempt(warm: dict[str, Any
 
     idle = last_json(run_cli(["up", "--output", "json"], warm["env"], check=True).stdout)["pool"]["idle_pids"][0]
     os.kill(idle[1], signal.SIGKILL)  # as the OOM killer would
-    wait_for(lambda: not _pid_alive(idle[1]), 30, what="the killed worker to exit")
+    wait_for(lambda: not process_alive(idle[1]), 30, what="the killed worker to exit")
     job = _submit(small_job(tmp_path, 2, name="after-idle-death"), warm["env"])  # failure.max_failures: 0
     assert job["state"] == "succeeded" and len(job["attempts"]) == 1
     assert job["attempts"][0]["pid"] not in idle  # a new gang, not the broken one
@@ -136,11 +121,11 @@ def test_down_stops_every_process_of_the_cluster(warm: dict[str, Any]) -> None:
     out = last_json(proc.stdout)
     assert out["stopped"] is True and out["address"] == record["address"]
     assert not (warm["home"] / "cluster.json").exists()
-    wait_for(lambda: not _group_alive(record["pgid"]), 30, what="the cluster's process group to exit")
+    wait_for(lambda: not group_alive(record["pgid"]), 30, what="the cluster's process group to exit")
     # the workers run in sessions of their own: down finds them as the head's descendants
     worker_pids = [pid for gang in idle_pids for pid in gang]
-    assert worker_pids and not any(_pid_alive(pid) for pid in worker_pids)
-    assert not _pid_alive(record["watcher_pid"])
+    assert worker_pids and not any(process_alive(pid) for pid in worker_pids)
+    assert not process_alive(record["watcher_pid"])
     again = run_cli(["down"], warm["env"], check=True)
     assert "no warm cluster is up" in again.stdout
 
@@ -154,5 +139,5 @@ def test_an_idle_cluster_stops_itself(tmp_path: Path) -> None:
     started = time.time()
     wait_for(lambda: not (home / "cluster.json").exists(), 180, what="the idle cluster to stop itself")
     assert time.time() - started >= 5  # not at once: after its idle timeout
-    wait_for(lambda: not _group_alive(info["pgid"]), 30, what="the cluster's processes to exit")
+    wait_for(lambda: not group_alive(info["pgid"]), 30, what="the cluster's processes to exit")
     assert "idle for" in (home / "cluster.log").read_text()

@@ -153,9 +153,9 @@ def test_stopping_a_cluster_kills_its_group_and_the_sessions_it_started(tmp_path
     cluster_mod._kill_group(head.pid)
     head.wait(timeout=10)
     deadline = time.time() + 10
-    while time.time() < deadline and cluster_mod._alive(child):
+    while time.time() < deadline and cluster_mod.process_alive(child):
         time.sleep(0.1)
-    assert not cluster_mod._alive(child)
+    assert not cluster_mod.process_alive(child)
 
 
 def test_up_refuses_when_ray_address_is_set_and_down_says_when_nothing_is_up(tmp_path: Path) -> None:
